@@ -1,0 +1,44 @@
+# obpipe - thin targets; each sets up what it needs.  `make` alone lists them.
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+DEV    := $(VENV)/.installed-dev
+BENCH  := $(VENV)/.installed-bench
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test stats clean-shm bench bench-core lobster-check
+
+help:           ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEV): pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev]' && touch $@
+
+$(BENCH): pyproject.toml $(DEV)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]' && touch $@
+
+install: $(DEV)  ## create .venv and install obpipe (editable) with test tools
+
+run: $(DEV)      ## run the pipeline on embedded defaults (Ctrl-C stops; ARGS="--duration 10")
+	$(VENV)/bin/obpipe run $(ARGS)
+
+test: $(DEV)     ## run the test suite
+	$(VPY) -m pytest $(ARGS)
+
+stats: $(DEV)    ## live counters and books of a running instance
+	$(VENV)/bin/obpipe stats $(ARGS)
+
+clean-shm: $(DEV) ## remove shared-memory segments whose owner is gone
+	$(VENV)/bin/obpipe clean $(ARGS)
+
+lobster-check: $(DEV) ## replay the AMZN LOBSTER sample and compare with its order book
+	$(VENV)/bin/obpipe lobster-check ../shared/data/lobster/AMZN_2012-06-21_34200000_57600000_message_1.csv ../shared/data/lobster/AMZN_2012-06-21_34200000_57600000_orderbook_1.csv
+
+bench-core: $(BENCH) ## ring/book/snapshot benchmarks + peers -> bench/results/core.json
+	$(VPY) bench/core.py $(ARGS)
+
+bench: bench-core ## every benchmark

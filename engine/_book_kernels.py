@@ -1,0 +1,533 @@
+"""Compiled aggregated price-level book on a fixed ladder (the book writer's hot path).
+
+Design
+------
+State lives in three preallocated arrays owned by the single book-writer process:
+
+* ``lad`` - int64 quantities, all symbols back to back.  Symbol ``s`` owns
+  ``lad[S[s,B_OFF] : S[s,B_OFF] + 2*W]``: bids in the first ``W`` words, asks in the
+  next ``W``; index ``i`` is price ``S[s,B_BASE] + i`` ticks.  Price -> index is one
+  subtraction; no dict, no tree, no allocation.
+* ``S`` - int64 ``(n_symbols, NS)``: per-symbol scalars (ladder base, best indices,
+  level counts, last trade, sequence, dirty flag, last emitted BBO), one row each.
+* ``C`` - int64 counters, indexed by ``schema.ST_BOOK_*`` (copied to the shared stats
+  row at every batch end).
+
+Best bid/ask are kept incrementally: an add/set above the best (below, for asks)
+moves it in O(1); emptying the best level scans away from the touch to the next
+non-empty level (O(gap), and O(1) when the side's level count says it is empty).
+
+Out-of-ladder policy (documented in docs/DECISIONS.md): the window is
+``[base, base + W)``.  The first price of a symbol centres it.  A message that *adds*
+liquidity (add, or set-level to a positive size) at a price outside the window
+re-centres the window on the current mid (on the best of the one non-empty side, or
+on the price itself when the book is empty) if the price then fits; non-empty levels
+that fall outside the new window are dropped and counted (``evicted_levels``).  If the
+price does not fit even then (more than W/2 ticks from the market), the message is
+rejected and counted (``out_of_ladder``).  A message that *removes* liquidity at a
+price outside the window (that level is not held) is counted as ``out_of_ladder`` and
+ignored.  Nothing is ever written outside the ladder.
+
+Granularity: ``apply_batch`` applies ``n`` messages; events (top-of-book changes and
+trades) are written to the events ring as they happen but published (made visible) at
+the end of the batch; each symbol touched by the batch gets exactly one snapshot,
+published after the batch's last message, reflecting the book after that message.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ring import schema
+from ring._atomics import f64_bits, monotonic_ns, store_relaxed
+from ring._kernels import (
+    payload_check,
+    ring_available,
+    ring_claim,
+    ring_publish,
+    ring_release,
+    ring_wait,
+    snap_write,
+)
+
+NO_PX = schema.NO_PX
+BID = schema.SIDE_BID
+ASK = schema.SIDE_ASK
+
+# Columns of S.
+B_OFF = 0  # offset of the symbol's bid ladder in lad (asks at +W)
+B_WIDTH = 1  # W, ladder width in ticks
+B_BASE = 2  # price (ticks) of index 0; NO_PX until the first price
+B_BEST = 3  # B_BEST + side: index of the best level, -1 when the side is empty
+B_NLEV = 5  # B_NLEV + side: number of non-empty levels
+B_LAST_PX = 7  # last trade price (NO_PX before the first)
+B_LAST_QTY = 8
+B_LAST_SIDE = 9  # aggressor side of the last trade, -1 before the first
+B_MSGS = 10  # messages applied to this symbol
+B_SEQ = 11  # feed sequence of the last applied message
+B_TS_EXCH = 12  # its exchange timestamp
+B_DIRTY = 13  # 1 when touched since the last snapshot
+B_VERSION = 14  # snapshots published
+B_PREV = 15  # B_PREV + 0..3: bid px, bid qty, ask px, ask qty as last emitted (EV_BBO)
+B_TS_APPLY = 19  # apply stamp of the last batch that touched the symbol
+NS = 20
+
+_PX_LIMIT = 1 << 60  # |px_tick| beyond this is malformed (keeps index math exact)
+
+
+def new_state(widths, n_levels):
+    """Allocate ``lad``, ``S`` and ``C`` for symbols with ladder ``widths`` (ticks)."""
+    widths = np.asarray(widths, dtype=np.int64)
+    if widths.ndim != 1 or len(widths) == 0 or (widths < 2 * n_levels).any():
+        raise ValueError(f"ladder widths must be >= 2 * snapshot levels ({2 * n_levels}), got {widths}")
+    S = np.zeros((len(widths), NS), np.int64)
+    off = np.concatenate(([0], np.cumsum(2 * widths)[:-1]))
+    S[:, B_OFF] = off
+    S[:, B_WIDTH] = widths
+    reset_state(S)
+    lad = np.zeros(int(2 * widths.sum()), np.int64)
+    C = np.zeros(schema.STATS_WORDS, np.int64)
+    return lad, S, C
+
+
+def reset_state(S):
+    S[:, B_BASE] = NO_PX
+    S[:, B_BEST] = -1
+    S[:, B_BEST + 1] = -1
+    S[:, B_NLEV] = 0
+    S[:, B_NLEV + 1] = 0
+    S[:, B_LAST_PX] = NO_PX
+    S[:, B_LAST_QTY] = 0
+    S[:, B_LAST_SIDE] = -1
+    S[:, B_MSGS:B_DIRTY + 1] = 0
+    S[:, B_VERSION] = 0
+    S[:, B_PREV] = NO_PX
+    S[:, B_PREV + 1] = 0
+    S[:, B_PREV + 2] = NO_PX
+    S[:, B_PREV + 3] = 0
+    S[:, B_TS_APPLY] = 0
+
+
+# --- level primitives ----------------------------------------------------------------
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _scan_from(lad, o, w, side, i):
+    """First non-empty level at or beyond index ``i`` away from the touch, or -1."""
+    if side == BID:
+        while i >= 0:
+            if lad[o + i] > 0:
+                return i
+            i -= 1
+        return -1
+    while i < w:
+        if lad[o + i] > 0:
+            return i
+        i += 1
+    return -1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _better(side, i, b):
+    """True when index ``i`` is better than the best index ``b`` (or the side is empty)."""
+    if b < 0:
+        return True
+    return i > b if side == BID else i < b
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _level_grow(lad, S, s, side, i, q):
+    """Level (side, i) += q, q > 0."""
+    w = S[s, B_WIDTH]
+    p = S[s, B_OFF] + side * w + i
+    old = lad[p]
+    lad[p] = old + q
+    if old == 0:
+        S[s, B_NLEV + side] += 1
+        if _better(side, i, S[s, B_BEST + side]):
+            S[s, B_BEST + side] = i
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _level_shrink_to(lad, S, s, side, i, new):
+    """Level (side, i) := new where new < current (new >= 0)."""
+    w = S[s, B_WIDTH]
+    o = S[s, B_OFF] + side * w
+    lad[o + i] = new
+    if new == 0:
+        S[s, B_NLEV + side] -= 1
+        if S[s, B_BEST + side] == i:
+            if S[s, B_NLEV + side] == 0:
+                S[s, B_BEST + side] = -1
+            else:
+                S[s, B_BEST + side] = _scan_from(lad, o, w, side, i - 1 if side == BID else i + 1)
+
+
+@njit(nogil=True, cache=True)
+def _recentre(lad, S, C, s, nb):
+    """Move symbol s's window to base ``nb``; evict levels that fall outside (counted)."""
+    w = S[s, B_WIDTH]
+    d = nb - S[s, B_BASE]
+    C[schema.ST_BOOK_RECENTRES] += 1
+    for side in range(2):
+        o = S[s, B_OFF] + side * w
+        if d > 0:
+            for i in range(min(d, w)):
+                if lad[o + i] > 0:
+                    C[schema.ST_BOOK_EVICTED_LEVELS] += 1
+            for i in range(d, w):
+                lad[o + i - d] = lad[o + i]
+            for i in range(max(w - d, 0), w):
+                lad[o + i] = 0
+        elif d < 0:
+            e = -d
+            for i in range(max(w - e, 0), w):
+                if lad[o + i] > 0:
+                    C[schema.ST_BOOK_EVICTED_LEVELS] += 1
+            for i in range(w - 1, e - 1, -1):
+                lad[o + i] = lad[o + i - e]
+            for i in range(min(e, w)):
+                lad[o + i] = 0
+        n = 0
+        for i in range(w):
+            if lad[o + i] > 0:
+                n += 1
+        S[s, B_NLEV + side] = n
+        S[s, B_BEST + side] = _scan_from(lad, o, w, side, w - 1 if side == BID else 0)
+    S[s, B_BASE] = nb
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _locate(lad, S, C, s, px, grow):
+    """Ladder index of ``px`` for symbol s, re-centring per the policy when ``grow``;
+    -1 when the price is outside the ladder (the caller counts it)."""
+    w = S[s, B_WIDTH]
+    base = S[s, B_BASE]
+    if base == NO_PX:
+        if not grow:
+            return -1
+        S[s, B_BASE] = px - w // 2
+        return w // 2
+    i = px - base
+    if i >= 0 and i < w:
+        return i
+    if not grow:
+        return -1
+    bb = S[s, B_BEST]
+    ba = S[s, B_BEST + 1]
+    if bb >= 0 and ba >= 0:
+        c = base + (bb + ba) // 2
+    elif bb >= 0:
+        c = base + bb
+    elif ba >= 0:
+        c = base + ba
+    else:
+        c = px
+    nb = c - w // 2
+    if px < nb or px >= nb + w:
+        return -1
+    _recentre(lad, S, C, s, nb)
+    return px - nb
+
+
+@njit(nogil=True, cache=True, inline="always")
+def best_px(S, s, side):
+    b = S[s, B_BEST + side]
+    return NO_PX if b < 0 else S[s, B_BASE] + b
+
+
+@njit(nogil=True, cache=True, inline="always")
+def best_qty(lad, S, s, side):
+    b = S[s, B_BEST + side]
+    return 0 if b < 0 else lad[S[s, B_OFF] + side * S[s, B_WIDTH] + b]
+
+
+@njit(nogil=True, cache=True)
+def top_levels(lad, S, s, side, n, px_out, qty_out):
+    """Fill the top ``n`` levels of a side (best first); returns how many exist.
+    Unused entries get NO_PX / 0."""
+    w = S[s, B_WIDTH]
+    o = S[s, B_OFF] + side * w
+    base = S[s, B_BASE]
+    i = S[s, B_BEST + side]
+    k = 0
+    step = -1 if side == BID else 1
+    while i >= 0 and i < w and k < n:
+        q = lad[o + i]
+        if q > 0:
+            px_out[k] = base + i
+            qty_out[k] = q
+            k += 1
+        i += step
+    for j in range(k, n):
+        px_out[j] = NO_PX
+        qty_out[j] = 0
+    return k
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _depth(lad, S, s, side, n):
+    """Sum of the top ``n`` non-empty levels of a side."""
+    w = S[s, B_WIDTH]
+    o = S[s, B_OFF] + side * w
+    i = S[s, B_BEST + side]
+    k = 0
+    tot = 0
+    step = -1 if side == BID else 1
+    while i >= 0 and i < w and k < n:
+        q = lad[o + i]
+        if q > 0:
+            tot += q
+            k += 1
+        i += step
+    return tot
+
+
+@njit(nogil=True, cache=True)
+def clear_symbol(lad, S, s):
+    """Clear/reset: both sides of symbol s emptied (the window stays where it is)."""
+    o = S[s, B_OFF]
+    for i in range(2 * S[s, B_WIDTH]):
+        lad[o + i] = 0
+    S[s, B_BEST] = -1
+    S[s, B_BEST + 1] = -1
+    S[s, B_NLEV] = 0
+    S[s, B_NLEV + 1] = 0
+
+
+# --- events -------------------------------------------------------------------------
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _emit(ev, head, mask, k, free, kind, side, s, seq, ts_exch, ts_apply, lad, S, depth_n, tpx, tqty):
+    """Write event number k of this batch into the events ring slot (head + k); returns
+    1 if written, 0 if the ring had no room (the caller counts a drop)."""
+    if k >= free:
+        return 0
+    e = ev[(head + k) & mask]
+    e.kind = kind
+    e.side = side
+    e.symbol = s
+    e.trade_qty = tqty
+    e.seq = seq
+    e.ts_exch_ns = ts_exch
+    e.ts_apply_ns = ts_apply
+    e.bid_px_tick = best_px(S, s, BID)
+    e.ask_px_tick = best_px(S, s, ASK)
+    e.trade_px_tick = tpx
+    e.bid_qty = best_qty(lad, S, s, BID)
+    e.ask_qty = best_qty(lad, S, s, ASK)
+    e.bid_depth_qty = _depth(lad, S, s, BID, depth_n)
+    e.ask_depth_qty = _depth(lad, S, s, ASK, depth_n)
+    return 1
+
+
+# --- snapshot payload ----------------------------------------------------------------
+
+
+@njit(nogil=True, cache=True)
+def build_payload(lad, S, s, n_levels, pay, lv_px, lv_qty):
+    """Fill snapshot payload words ``pay`` for symbol s (check word included)."""
+    bpx = best_px(S, s, BID)
+    apx = best_px(S, s, ASK)
+    bq = best_qty(lad, S, s, BID)
+    aq = best_qty(lad, S, s, ASK)
+    pay[schema.SW_BID_PX] = bpx
+    pay[schema.SW_BID_QTY] = bq
+    pay[schema.SW_ASK_PX] = apx
+    pay[schema.SW_ASK_QTY] = aq
+    both = bpx != NO_PX and apx != NO_PX
+    pay[schema.SW_SPREAD] = apx - bpx if both else NO_PX
+    nan = np.nan
+    pay[schema.SW_IMBALANCE] = f64_bits((bq - aq) / (bq + aq) if bq + aq > 0 else nan)
+    if both:
+        pay[schema.SW_MICROPRICE] = f64_bits((bpx * aq + apx * bq) / (bq + aq))
+    else:
+        pay[schema.SW_MICROPRICE] = f64_bits(nan)
+    h = schema.SNAP_HEADER_WORDS
+    top_levels(lad, S, s, BID, n_levels, lv_px, lv_qty)
+    db = 0
+    for k in range(n_levels):
+        pay[h + k] = lv_px[k]
+        pay[h + n_levels + k] = lv_qty[k]
+        db += lv_qty[k]
+    top_levels(lad, S, s, ASK, n_levels, lv_px, lv_qty)
+    da = 0
+    for k in range(n_levels):
+        pay[h + 2 * n_levels + k] = lv_px[k]
+        pay[h + 3 * n_levels + k] = lv_qty[k]
+        da += lv_qty[k]
+    pay[schema.SW_DEPTH_IMBALANCE] = f64_bits((db - da) / (db + da) if db + da > 0 else nan)
+    pay[schema.SW_LAST_PX] = S[s, B_LAST_PX]
+    pay[schema.SW_LAST_QTY] = S[s, B_LAST_QTY]
+    pay[schema.SW_LAST_SIDE] = S[s, B_LAST_SIDE]
+    pay[schema.SW_MSGS] = S[s, B_MSGS]
+    pay[schema.SW_SEQ] = S[s, B_SEQ]
+    pay[schema.SW_TS_EXCH] = S[s, B_TS_EXCH]
+    pay[schema.SW_TS_APPLY] = S[s, B_TS_APPLY]
+    pay[schema.SW_VERSION] = S[s, B_VERSION]
+    pay[schema.SW_N_LEVELS] = n_levels
+    nw = h + 4 * n_levels + 1
+    pay[nw - 1] = payload_check(pay, nw)
+
+
+# --- the batch ------------------------------------------------------------------------
+
+
+@njit(nogil=True, cache=True)
+def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, depth_n, dirty, ts_apply):
+    """Apply messages ``md[(start + j) & mask]`` for j in 0..n-1 (``mask = -1`` for a
+    plain array).  Emits events into the events ring (``ev`` = its records view,
+    ``ev_ctrl`` = its control words) and publishes them at the end.  Symbols touched
+    are appended to ``dirty`` (``dirty[0]`` holds the count).  Returns n."""
+    ev_cap = ev.shape[0]
+    ev_mask = ev_cap - 1
+    ev_head, ev_free = ring_claim(ev_ctrl, ev_cap, ev_cap)
+    ne = 0
+    dropped = 0
+    n_sym = S.shape[0]
+    for j in range(n):
+        m = md[(start + j) & mask]
+        kind = np.int64(m.kind)
+        side = np.int64(m.side)
+        s = np.int64(m.symbol)
+        q = np.int64(m.qty)
+        px = np.int64(m.px_tick)
+        if s >= n_sym or kind < schema.K_ADD or kind > schema.K_HEARTBEAT:
+            C[schema.ST_BOOK_BAD_MSG] += 1
+            continue
+        if kind < schema.K_CLEAR:
+            if side > 1 or px <= -_PX_LIMIT or px >= _PX_LIMIT or (q <= 0 and kind != schema.K_SET_LEVEL):
+                C[schema.ST_BOOK_BAD_MSG] += 1
+                continue
+        trade = False
+        if kind == schema.K_ADD:
+            i = _locate(lad, S, C, s, px, True)
+            if i < 0:
+                C[schema.ST_BOOK_OUT_OF_LADDER] += 1
+            else:
+                _level_grow(lad, S, s, side, i, q)
+        elif kind <= schema.K_EXECUTE:  # cancel, delete, execute
+            i = _locate(lad, S, C, s, px, False)
+            if i < 0:
+                C[schema.ST_BOOK_OUT_OF_LADDER] += 1
+            else:
+                old = lad[S[s, B_OFF] + side * S[s, B_WIDTH] + i]
+                if q > old:
+                    C[schema.ST_BOOK_QTY_UNDERFLOW] += 1
+                    if old > 0:
+                        _level_shrink_to(lad, S, s, side, i, 0)
+                else:
+                    _level_shrink_to(lad, S, s, side, i, old - q)
+            trade = kind == schema.K_EXECUTE
+        elif kind == schema.K_TRADE:
+            trade = True
+        elif kind == schema.K_SET_LEVEL:
+            i = _locate(lad, S, C, s, px, q > 0)
+            if i < 0:
+                C[schema.ST_BOOK_OUT_OF_LADDER] += 1
+            else:
+                old = lad[S[s, B_OFF] + side * S[s, B_WIDTH] + i]
+                if q > old:
+                    _level_grow(lad, S, s, side, i, q - old)
+                elif q < old:
+                    _level_shrink_to(lad, S, s, side, i, q)
+        elif kind == schema.K_CLEAR:
+            clear_symbol(lad, S, s)
+            C[schema.ST_BOOK_CLEARS] += 1
+        else:
+            C[schema.ST_BOOK_HEARTBEATS] += 1
+        seq = np.int64(m.seq)
+        ts_exch = np.int64(m.ts_exch_ns)
+        S[s, B_MSGS] += 1
+        S[s, B_SEQ] = seq
+        S[s, B_TS_EXCH] = ts_exch
+        if S[s, B_DIRTY] == 0:
+            S[s, B_DIRTY] = 1
+            dirty[0] += 1
+            dirty[dirty[0]] = s
+        if trade:
+            C[schema.ST_BOOK_TRADES] += 1
+            agg = 1 - side
+            S[s, B_LAST_PX] = px
+            S[s, B_LAST_QTY] = q
+            S[s, B_LAST_SIDE] = agg
+            w = _emit(ev, ev_head, ev_mask, ne, ev_free, schema.EV_TRADE, agg, s, seq, ts_exch, ts_apply, lad, S,
+                      depth_n, px, q)
+            ne += w
+            dropped += 1 - w
+        bpx = best_px(S, s, BID)
+        apx = best_px(S, s, ASK)
+        bq = best_qty(lad, S, s, BID)
+        aq = best_qty(lad, S, s, ASK)
+        if bpx != NO_PX and apx != NO_PX and bpx >= apx:
+            C[schema.ST_BOOK_CROSSED] += 1
+        if bpx != S[s, B_PREV] or bq != S[s, B_PREV + 1] or apx != S[s, B_PREV + 2] or aq != S[s, B_PREV + 3]:
+            S[s, B_PREV] = bpx
+            S[s, B_PREV + 1] = bq
+            S[s, B_PREV + 2] = apx
+            S[s, B_PREV + 3] = aq
+            w = _emit(ev, ev_head, ev_mask, ne, ev_free, schema.EV_BBO, 0, s, seq, ts_exch, ts_apply, lad, S,
+                      depth_n, NO_PX, 0)
+            ne += w
+            dropped += 1 - w
+    if ne > 0:
+        ring_publish(ev_ctrl, ev_head + ne)
+    C[schema.ST_BOOK_MSGS] += n
+    C[schema.ST_BOOK_BATCHES] += 1
+    C[schema.ST_BOOK_EVENTS] += ne
+    C[schema.ST_BOOK_EVENTS_DROPPED] += dropped
+    return n
+
+
+@njit(nogil=True, cache=True)
+def publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_words, pay, lv_px, lv_qty,
+                      ts_apply):
+    """One snapshot per symbol touched since the last call; clears the dirty list."""
+    nd = dirty[0]
+    for k in range(1, nd + 1):
+        s = dirty[k]
+        S[s, B_DIRTY] = 0
+        S[s, B_VERSION] += 1
+        S[s, B_TS_APPLY] = ts_apply
+        build_payload(lad, S, s, n_levels, pay, lv_px, lv_qty)
+        snap_write(snap_words, snap_base0 + s * slot_words, pay, pay.shape[0])
+    C[schema.ST_BOOK_SNAPSHOTS] += nd
+    dirty[0] = 0
+    return nd
+
+
+@njit(nogil=True, cache=True)
+def publish_counters(C, row, lo, hi):
+    """Copy counters lo..hi-1 to the shared stats row (owner: the book writer)."""
+    for k in range(lo, hi):
+        store_relaxed(row, k, C[k])
+
+
+@njit(nogil=True, cache=True)
+def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirty, snap_words, snap_base0,
+          slot_words, pay, lv_px, lv_qty, row, spin_iters, yield_iters):
+    """The book writer's loop: apply batches from the md ring until ``budget`` messages
+    are applied or the ring stays empty through the spin -> yield backoff.
+
+    Per batch: apply (events published), release the md slots, publish one snapshot
+    per touched symbol, copy counters and a heartbeat to the stats ``row``.  Returns
+    messages applied (0: idle; the caller sleeps briefly and checks its stop flag).
+    """
+    done = 0
+    mask = md.shape[0] - 1
+    while done < budget:
+        tail, n = ring_available(md_ctrl, max_batch)
+        if n == 0:
+            if ring_wait(md_ctrl, spin_iters, yield_iters) == 0:
+                break
+            tail, n = ring_available(md_ctrl, max_batch)
+        n = min(n, max_batch)
+        ts = monotonic_ns()
+        apply_batch(md, tail, n, mask, lad, S, C, ev, ev_ctrl, n_levels, dirty, ts)
+        ring_release(md_ctrl, tail + n)
+        publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_words, pay, lv_px, lv_qty, ts)
+        publish_counters(C, row, schema.ST_BOOK_MSGS, schema.ST_BOOK_CROSSED + 1)
+        store_relaxed(row, schema.ST_HEARTBEAT_NS, ts)
+        done += n
+    return done

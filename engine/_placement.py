@@ -1,0 +1,39 @@
+"""Which cores each process role runs on (psutil affinity)."""
+from __future__ import annotations
+
+import os
+
+import psutil
+
+
+def usable_cores() -> list[int]:
+    try:
+        return sorted(psutil.Process().cpu_affinity())
+    except (AttributeError, psutil.Error):
+        return list(range(os.cpu_count() or 1))
+
+
+def cores_for(role: str, setting, cores: list[int] | None = None) -> list[int]:
+    """Cores for ``role`` ("book", "feed", "supervisor") given the config value.
+
+    ``"auto"``: with 2+ cores the book writer gets the last core to itself and every
+    other role shares the rest; with 1 core everyone shares it.  An explicit list is
+    intersected with the usable cores (an empty intersection is an error naming it).
+    """
+    cores = usable_cores() if cores is None else cores
+    if setting == "auto":
+        if len(cores) < 2:
+            return list(cores)
+        return [cores[-1]] if role == "book" else cores[:-1]
+    picked = [c for c in setting if c in cores]
+    if not picked:
+        raise ValueError(f"pinning.{role} = {setting}: none of these cores is usable (usable: {cores})")
+    return picked
+
+
+def pin(cores: list[int]) -> None:
+    """Pin the calling process; a no-op where affinity is unsupported."""
+    try:
+        psutil.Process().cpu_affinity(cores)
+    except (AttributeError, psutil.Error, OSError):
+        pass

@@ -1,0 +1,74 @@
+"""The book-writer process: the only writer of the books.
+
+Reads the md ring, applies each batch to the ladder books, writes one event per
+top-of-book change and per trade into the events ring (drops and counts when full),
+publishes a seqlock snapshot per touched symbol per batch, and keeps its stats row.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ring import schema
+from ring.snapshot import SnapshotRegion
+from ring.spsc import Backoff, Ring
+from ring.stats import ROW_BOOK, StatsBlock
+
+from . import _book_kernels as BK
+from ._placement import pin
+from .book import Book
+
+STATE_STARTING, STATE_RUNNING, STATE_STOPPED = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class BookWriterSpec:
+    """Everything the child needs; picklable for the spawn context."""
+
+    instance: str
+    widths: tuple[int, ...]
+    n_levels: int
+    max_batch: int
+    backoff: Backoff
+    cores: tuple[int, ...] = ()
+    budget: int = 1 << 16  # messages per kernel call before Python checks the stop flag
+
+
+def run(spec: BookWriterSpec, stop) -> int:
+    """Run until ``stop`` is set, then drain the md ring and return 0."""
+    if spec.cores:
+        pin(list(spec.cores))
+    stats = StatsBlock.attach(spec.instance)
+    row = stats.row(ROW_BOOK)
+    import os
+
+    row[schema.ST_PID] = os.getpid()
+    row[schema.ST_STATE] = STATE_STARTING
+    md = Ring.attach(spec.instance, "md", schema.MD_DTYPE)
+    ev = Ring.attach(spec.instance, "events", schema.EVENT_DTYPE)
+    snaps = SnapshotRegion.attach(spec.instance, "snap", spec.n_levels)
+    book = Book(spec.widths, spec.n_levels, events=(ev.ctrl, ev.records), snapshots=snaps)
+    b = spec.backoff
+    args = (book.lad, book.S, book.C, book.ev, book.ev_ctrl, book.n_levels, book.dirty, snaps.words,
+            snaps.base(0), snaps.slot_words, book.pay, book._lv_px, book._lv_qty, row)
+    # Compile (or load from cache) before announcing "running".
+    BK.drain(md.ctrl, md.records, spec.max_batch, 0, *args, 0, 0)
+    row[schema.ST_STATE] = STATE_RUNNING
+    while not stop.is_set():
+        n = BK.drain(md.ctrl, md.records, spec.max_batch, spec.budget, *args, b.spin_iters, b.yield_iters)
+        if n == 0:
+            time.sleep(b.sleep_us * 1e-6)
+            row[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()
+    while BK.drain(md.ctrl, md.records, spec.max_batch, spec.budget, *args, 0, 0):
+        pass
+    row[schema.ST_STATE] = STATE_STOPPED
+    return 0
+
+
+def main_entry(spec: BookWriterSpec, stop) -> None:
+    """Process target (spawn): exit code is run()'s return value."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    sys.exit(run(spec, stop))

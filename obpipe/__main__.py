@@ -1,0 +1,5 @@
+import sys
+
+from obpipe.cli import main
+
+sys.exit(main())

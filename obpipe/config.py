@@ -1,0 +1,202 @@
+"""Configuration: one frozen dataclass per component, loaded from TOML.
+
+``load(path)`` reads a TOML file (``configs/default.toml`` when no path is given) and
+returns a ``Config``.  Unknown sections and keys, and values of the wrong type or
+range, raise ``ConfigError`` naming the key (``book.ladder_widht: unknown key``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_PATH = CONFIG_DIR / "default.toml"
+
+
+class ConfigError(ValueError):
+    """Raised by ``load``/``from_dict`` for a bad config: the message names the key."""
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    name: str = "main"  # segments are /obpipe.<name>.<part>; letters, digits, - and _
+
+
+@dataclass(frozen=True)
+class BookConfig:
+    symbols: tuple[str, ...] = ("AAA", "BBB", "CCC", "DDD")  # symbol index = position
+    ladder_width: int = 4096  # ticks held per symbol (both sides share the window)
+    ladder_width_by_symbol: dict[str, int] = field(default_factory=dict)  # per-symbol override
+    snapshot_levels: int = 10  # levels per side in snapshots and event depth
+    max_batch: int = 1024  # messages applied per batch (one snapshot per symbol per batch)
+
+    def widths(self) -> list[int]:
+        return [self.ladder_width_by_symbol.get(s, self.ladder_width) for s in self.symbols]
+
+
+@dataclass(frozen=True)
+class RingsConfig:
+    md_capacity: int = 1 << 16  # rx -> book writer, MD records (power of two)
+    events_capacity: int = 1 << 16  # book writer -> analysis, events (power of two)
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    spin_iters: int = 2000  # pause-loop polls before yielding (~10 us)
+    yield_iters: int = 20  # sched_yield() polls before sleeping
+    sleep_us: int = 50  # sleep per idle round after that
+
+
+@dataclass(frozen=True)
+class PinningConfig:
+    # role -> cores.  "auto": spread roles over the cores this process may use
+    # (on 2 cores the book writer gets its own core, everything else shares the other).
+    book: str | list[int] = "auto"
+    feed: str | list[int] = "auto"
+    supervisor: str | list[int] = "auto"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    rate: int = 200_000  # synthetic feed messages/s (0: as fast as possible)
+    duration_s: float = 0.0  # 0: until Ctrl-C
+    seed: int = 1  # synthetic flow seed
+    stats_interval_s: float = 1.0  # live status line period
+
+
+@dataclass(frozen=True)
+class Config:
+    instance: InstanceConfig = InstanceConfig()
+    book: BookConfig = BookConfig()
+    rings: RingsConfig = RingsConfig()
+    backoff: BackoffConfig = BackoffConfig()
+    pinning: PinningConfig = PinningConfig()
+    run: RunConfig = RunConfig()
+
+    def __post_init__(self):
+        _validate(self)
+
+
+def _type_ok(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is tuple:
+        (elem, _) = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, elem) for v in value)
+    if origin is list:
+        (elem,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, elem) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(hint)
+        return isinstance(value, dict) and all(_type_ok(a, k) and _type_ok(b, v) for a, b in value.items())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _build(cls, table: dict, where: str):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(names))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, path)
+            continue
+        if not _type_ok(value, hint):
+            raise ConfigError(f"{path}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+        if typing.get_origin(hint) is tuple:
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _pow2(v: int) -> bool:
+    return v >= 2 and v & (v - 1) == 0
+
+
+def _validate(c: Config) -> None:
+    import re
+
+    def bad(key, why):
+        raise ConfigError(f"{key}: {why}")
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", c.instance.name):
+        bad("instance.name", f"{c.instance.name!r} must be 1-64 letters, digits, '-' or '_'")
+    b = c.book
+    if not b.symbols:
+        bad("book.symbols", "at least one symbol is needed")
+    if len(set(b.symbols)) != len(b.symbols):
+        bad("book.symbols", "symbols must be unique")
+    if len(b.symbols) > 65535:
+        bad("book.symbols", "at most 65535 symbols (u16 symbol index)")
+    if not 1 <= b.snapshot_levels <= 1024:
+        bad("book.snapshot_levels", f"must be 1..1024, got {b.snapshot_levels}")
+    for sym, w in [("", b.ladder_width)] + list(b.ladder_width_by_symbol.items()):
+        key = "book.ladder_width" + (f"_by_symbol.{sym}" if sym else "")
+        if sym and sym not in b.symbols:
+            bad(key, f"{sym!r} is not in book.symbols")
+        if not 2 * b.snapshot_levels <= w <= 1 << 24:
+            bad(key, f"must be {2 * b.snapshot_levels}..{1 << 24} ticks, got {w}")
+    if not 1 <= b.max_batch <= 1 << 20:
+        bad("book.max_batch", f"must be 1..{1 << 20}, got {b.max_batch}")
+    for k in ("md_capacity", "events_capacity"):
+        if not _pow2(getattr(c.rings, k)):
+            bad(f"rings.{k}", f"must be a power of two >= 2, got {getattr(c.rings, k)}")
+    for k in ("spin_iters", "yield_iters", "sleep_us"):
+        if getattr(c.backoff, k) < 0:
+            bad(f"backoff.{k}", "must be >= 0")
+    for k in ("book", "feed", "supervisor"):
+        v = getattr(c.pinning, k)
+        if isinstance(v, str) and v != "auto":
+            bad(f"pinning.{k}", f"must be \"auto\" or a list of core numbers, got {v!r}")
+        if isinstance(v, list) and (not v or any(x < 0 for x in v)):
+            bad(f"pinning.{k}", f"core list must be non-empty and non-negative, got {v!r}")
+    if c.run.rate < 0:
+        bad("run.rate", "must be >= 0")
+    if c.run.duration_s < 0:
+        bad("run.duration_s", "must be >= 0")
+    if c.run.stats_interval_s <= 0:
+        bad("run.stats_interval_s", "must be > 0")
+
+
+def from_dict(table: dict) -> Config:
+    """A ``Config`` from a parsed TOML table; raises ``ConfigError`` naming a bad key."""
+    return _build(Config, table, "")
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Load a TOML config file (default: ``configs/default.toml``)."""
+    p = Path(path) if path is not None else DEFAULT_PATH
+    try:
+        with open(p, "rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {p} not found") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from e
+    try:
+        return from_dict(table)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def replace(cfg: Config, **sections) -> Config:
+    """A copy of ``cfg`` with some fields of some sections replaced:
+    ``replace(cfg, run={"rate": 0})``."""
+    new = {k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items()}
+    return dataclasses.replace(cfg, **new)

@@ -1,0 +1,288 @@
+"""Every shared-memory record layout and constant of obpipe, in one module.
+
+Layouts are ``np.dtype([...], align=True)``; sizes and offsets are asserted at import,
+so a change that moves a field fails loudly here rather than as garbage in another
+process.  Units are in the names: ``*_tick`` integer price ticks, ``qty`` integer lots,
+``*_ns`` integer nanoseconds.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+# --- segment header ------------------------------------------------------------------
+
+#: Magic number at offset 0 of every obpipe segment: b"OBPIPE\x00\x01" little-endian.
+SEG_MAGIC = int.from_bytes(b"OBPIPE\x00\x01", "little")
+#: Bumped whenever any layout in this module changes incompatibly.
+LAYOUT_VERSION = 1
+#: Prefix of every segment name: ``/obpipe.<instance>.<part>``.
+SEG_PREFIX = "obpipe"
+
+#: Segment kinds (header field ``kind``).
+SEG_RING = 1
+SEG_SNAPSHOT = 2
+SEG_STATS = 3
+SEG_KIND_NAMES = {SEG_RING: "ring", SEG_SNAPSHOT: "snapshot", SEG_STATS: "stats"}
+
+CACHE_LINE = 64
+
+#: The 64-byte header every segment starts with.  Written once by the creator before
+#: any other process attaches; read-only afterwards.
+SEG_HEADER_DTYPE = np.dtype(
+    [
+        ("magic", "<i8"),  # SEG_MAGIC (stored as int64 bits)
+        ("layout_version", "<i8"),  # LAYOUT_VERSION of the creator's code
+        ("kind", "<i8"),  # SEG_RING / SEG_SNAPSHOT / SEG_STATS
+        ("record_size", "<i8"),  # bytes per slot / snapshot payload / stats row
+        ("capacity", "<i8"),  # slots (power of two) / symbols / stats rows
+        ("dtype_crc", "<i8"),  # crc32 of the record dtype's description
+        ("owner_pid", "<i8"),  # pid of the supervisor that owns the instance
+        ("owner_start_ns", "<i8"),  # that process's start time (guards pid reuse)
+    ],
+    align=True,
+)
+assert SEG_HEADER_DTYPE.itemsize == CACHE_LINE
+
+# Ring control words, as indices into the segment viewed as int64 words.  Producer
+# words and consumer words sit 128 bytes apart (two lines: x86's adjacent-line
+# prefetcher pulls pairs of lines, so 64 bytes apart would still share traffic).
+#: Producer count of records ever pushed.  Writer: producer.  Readers: consumer.
+RING_W_HEAD = 128 // 8
+#: Producer's private cache of the consumer tail.  Writer and reader: producer only.
+RING_W_TAIL_CACHE = RING_W_HEAD + 1
+#: Consumer count of records ever popped.  Writer: consumer.  Readers: producer.
+RING_W_TAIL = 256 // 8
+#: Consumer's private cache of the producer head.  Writer and reader: consumer only.
+RING_W_HEAD_CACHE = RING_W_TAIL + 1
+#: Byte offset of slot 0.
+RING_DATA_OFFSET = 384
+
+# --- feed / book message kinds -------------------------------------------------------
+
+#: Add ``qty`` at (side, px_tick): a new visible order.
+K_ADD = 1
+#: Partial cancel: remove ``qty`` from (side, px_tick).
+K_CANCEL = 2
+#: Delete: an order's remaining ``qty`` leaves (side, px_tick).
+K_DELETE = 3
+#: Visible execution of ``qty`` resting at (side, px_tick); also a trade whose
+#: aggressor is the other side.
+K_EXECUTE = 4
+#: Hidden / non-displayed trade: informational, the visible book does not change.
+#: ``side`` is the resting (passive) side, as in the feed.
+K_TRADE = 5
+#: Absolute L2 update: the level at (side, px_tick) := qty (0 removes it).
+K_SET_LEVEL = 6
+#: Clear/reset one symbol's book (both sides).
+K_CLEAR = 7
+#: Heartbeat: keeps sequence numbers moving, changes nothing.
+K_HEARTBEAT = 8
+KIND_NAMES = {
+    K_ADD: "add",
+    K_CANCEL: "cancel",
+    K_DELETE: "delete",
+    K_EXECUTE: "execute",
+    K_TRADE: "trade",
+    K_SET_LEVEL: "set_level",
+    K_CLEAR: "clear",
+    K_HEARTBEAT: "heartbeat",
+}
+
+#: Book sides (also ladder array indices).
+SIDE_BID = 0
+SIDE_ASK = 1
+
+#: A price meaning "no level" (empty side).  Never a valid price.
+NO_PX = np.iinfo(np.int64).min
+
+#: One market-data message as it travels the "md" ring (rx -> book writer).  40 bytes.
+#: The wire message (docs/PROTOCOL.md) carries an order id; the aggregated book does
+#: not need it, so the ring carries the feed sequence and the receive stamp instead.
+MD_DTYPE = np.dtype(
+    [
+        ("kind", "u1"),  # K_*
+        ("side", "u1"),  # SIDE_BID / SIDE_ASK
+        ("symbol", "<u2"),  # symbol index 0..n_symbols-1
+        ("qty", "<u4"),  # lots
+        ("px_tick", "<i8"),  # price in ticks
+        ("seq", "<i8"),  # feed sequence number of this message
+        ("ts_exch_ns", "<i8"),  # exchange timestamp
+        ("ts_recv_ns", "<i8"),  # CLOCK_MONOTONIC when rx received it (0 if not stamped)
+    ],
+    align=True,
+)
+assert MD_DTYPE.itemsize == 40 and MD_DTYPE.fields["px_tick"][1] == 8
+
+#: Event kinds of the "events" ring (book writer -> analysis).
+EV_BBO = 1  # top of book changed (price or size on either side)
+EV_TRADE = 2  # a trade (visible execution or hidden trade)
+
+#: One book event.  80 bytes.  Carries the book state the analysis needs so it never
+#: reads the book's memory.
+EVENT_DTYPE = np.dtype(
+    [
+        ("kind", "u1"),  # EV_*
+        ("side", "u1"),  # for EV_TRADE: aggressor side (SIDE_BID = buyer initiated)
+        ("symbol", "<u2"),
+        ("trade_qty", "<u4"),  # EV_TRADE: lots traded; else 0
+        ("seq", "<i8"),  # feed sequence of the message that caused it
+        ("ts_exch_ns", "<i8"),
+        ("ts_apply_ns", "<i8"),  # CLOCK_MONOTONIC of the batch apply
+        ("bid_px_tick", "<i8"),  # NO_PX when the side is empty
+        ("ask_px_tick", "<i8"),
+        ("trade_px_tick", "<i8"),  # EV_TRADE: price; else NO_PX
+        ("bid_qty", "<u4"),
+        ("ask_qty", "<u4"),
+        ("bid_depth_qty", "<i8"),  # sum of the top-N bid levels
+        ("ask_depth_qty", "<i8"),  # sum of the top-N ask levels
+    ],
+    align=True,
+)
+assert EVENT_DTYPE.itemsize == 80
+
+#: Default number of levels per side in a snapshot.
+DEFAULT_SNAPSHOT_LEVELS = 10
+
+
+def snapshot_dtype(n_levels: int) -> np.dtype:
+    """The per-symbol snapshot payload with ``n_levels`` levels per side.
+
+    The payload is all 8-byte words; ``check`` is the XOR of every other word (floats
+    by their bits), so a reader can prove a copy is not torn.  The seqlock sequence
+    word lives outside the payload, on its own cache line.
+    """
+    if not 1 <= n_levels <= 1024:
+        raise ValueError(f"snapshot levels must be 1..1024, got {n_levels}")
+    return np.dtype(
+        [
+            ("bid_px_tick", "<i8"),  # NO_PX when empty
+            ("bid_qty", "<i8"),
+            ("ask_px_tick", "<i8"),
+            ("ask_qty", "<i8"),
+            ("spread_tick", "<i8"),  # ask - bid; NO_PX when a side is empty
+            ("imbalance", "<f8"),  # (bid_qty - ask_qty) / (bid_qty + ask_qty); NaN if empty
+            ("depth_imbalance", "<f8"),  # same over the top-N levels
+            ("microprice_tick", "<f8"),  # (bid*ask_qty + ask*bid_qty)/(bid_qty+ask_qty)
+            ("last_trade_px_tick", "<i8"),  # NO_PX before the first trade
+            ("last_trade_qty", "<i8"),
+            ("last_trade_side", "<i8"),  # aggressor SIDE_*, -1 before the first trade
+            ("msgs_applied", "<i8"),  # messages applied to this symbol so far
+            ("seq", "<i8"),  # feed sequence of the last applied message
+            ("ts_exch_ns", "<i8"),  # its exchange timestamp
+            ("ts_apply_ns", "<i8"),  # CLOCK_MONOTONIC of the batch that applied it
+            ("version", "<i8"),  # snapshot publications of this symbol so far
+            ("n_levels", "<i8"),  # levels per side in this layout
+            ("bid_px", "<i8", (n_levels,)),  # top-N bids, best first; NO_PX padding
+            ("bid_lvl_qty", "<i8", (n_levels,)),
+            ("ask_px", "<i8", (n_levels,)),  # top-N asks, best first; NO_PX padding
+            ("ask_lvl_qty", "<i8", (n_levels,)),
+            ("check", "<i8"),  # XOR of all previous words
+        ],
+        align=True,
+    )
+
+
+# Word indices into a snapshot payload viewed as int64 (the writer kernel writes words;
+# floats go in by their bits).  Asserted against the dtype below.
+SW_BID_PX = 0
+SW_BID_QTY = 1
+SW_ASK_PX = 2
+SW_ASK_QTY = 3
+SW_SPREAD = 4
+SW_IMBALANCE = 5
+SW_DEPTH_IMBALANCE = 6
+SW_MICROPRICE = 7
+SW_LAST_PX = 8
+SW_LAST_QTY = 9
+SW_LAST_SIDE = 10
+SW_MSGS = 11
+SW_SEQ = 12
+SW_TS_EXCH = 13
+SW_TS_APPLY = 14
+SW_VERSION = 15
+SW_N_LEVELS = 16
+#: Scalar words before the level arrays: bid_px[N], bid_lvl_qty[N], ask_px[N],
+#: ask_lvl_qty[N] follow, then ``check`` at word ``SNAP_HEADER_WORDS + 4 * N``.
+SNAP_HEADER_WORDS = 17
+
+#: Byte offset of the first snapshot slot in a snapshot segment.
+SNAP_DATA_OFFSET = 128
+
+
+def snapshot_slot_words(n_levels: int) -> int:
+    """int64 words per snapshot slot: one cache line for the sequence, then the payload,
+    rounded up to whole cache lines so slots never share a line."""
+    payload = snapshot_dtype(n_levels).itemsize
+    lines = 1 + -(-payload // CACHE_LINE)
+    return lines * CACHE_LINE // 8
+
+
+_s = snapshot_dtype(DEFAULT_SNAPSHOT_LEVELS)
+assert _s.itemsize % 8 == 0 and _s.fields["bid_px"][1] == SNAP_HEADER_WORDS * 8
+assert _s.fields["check"][1] == _s.itemsize - 8
+for _name, _w in (("bid_px_tick", SW_BID_PX), ("bid_qty", SW_BID_QTY), ("ask_px_tick", SW_ASK_PX),
+                  ("ask_qty", SW_ASK_QTY), ("spread_tick", SW_SPREAD), ("imbalance", SW_IMBALANCE),
+                  ("depth_imbalance", SW_DEPTH_IMBALANCE), ("microprice_tick", SW_MICROPRICE),
+                  ("last_trade_px_tick", SW_LAST_PX), ("last_trade_qty", SW_LAST_QTY),
+                  ("last_trade_side", SW_LAST_SIDE), ("msgs_applied", SW_MSGS), ("seq", SW_SEQ),
+                  ("ts_exch_ns", SW_TS_EXCH), ("ts_apply_ns", SW_TS_APPLY), ("version", SW_VERSION),
+                  ("n_levels", SW_N_LEVELS)):
+    assert _s.fields[_name][1] == _w * 8, _name
+
+# --- stats block ---------------------------------------------------------------------
+
+#: Counters per stats row: 32 int64 = 4 cache lines, written only by the row's owner.
+STATS_WORDS = 32
+STATS_DATA_OFFSET = 64
+
+#: Common words of every row.
+ST_PID = 0  # owner process id (0: row unused)
+ST_HEARTBEAT_NS = 1  # owner's CLOCK_MONOTONIC at its last loop turn
+ST_STATE = 2  # 0 unused, 1 starting, 2 running, 3 stopped
+
+#: Book-writer row.
+ST_BOOK_MSGS = 4  # messages applied
+ST_BOOK_BATCHES = 5  # batches applied
+ST_BOOK_BAD_MSG = 6  # unknown kind / side / symbol, or non-positive add qty
+ST_BOOK_OUT_OF_LADDER = 7  # messages rejected: price outside the ladder policy
+ST_BOOK_RECENTRES = 8  # ladder windows re-centred
+ST_BOOK_EVICTED_LEVELS = 9  # non-empty levels dropped by a re-centre
+ST_BOOK_QTY_UNDERFLOW = 10  # decrements larger than the level (clamped to 0)
+ST_BOOK_EVENTS = 11  # events pushed to the events ring
+ST_BOOK_EVENTS_DROPPED = 12  # events dropped because the events ring was full
+ST_BOOK_SNAPSHOTS = 13  # snapshot publications
+ST_BOOK_TRADES = 14  # executions + hidden trades
+ST_BOOK_CLEARS = 15  # clear/reset messages
+ST_BOOK_HEARTBEATS = 16
+ST_BOOK_CROSSED = 17  # applied messages after which the book was crossed
+BOOK_STAT_NAMES = {
+    ST_BOOK_MSGS: "msgs",
+    ST_BOOK_BATCHES: "batches",
+    ST_BOOK_BAD_MSG: "bad_msgs",
+    ST_BOOK_OUT_OF_LADDER: "out_of_ladder",
+    ST_BOOK_RECENTRES: "recentres",
+    ST_BOOK_EVICTED_LEVELS: "evicted_levels",
+    ST_BOOK_QTY_UNDERFLOW: "qty_underflow",
+    ST_BOOK_EVENTS: "events",
+    ST_BOOK_EVENTS_DROPPED: "events_dropped",
+    ST_BOOK_SNAPSHOTS: "snapshots",
+    ST_BOOK_TRADES: "trades",
+    ST_BOOK_CLEARS: "clears",
+    ST_BOOK_HEARTBEATS: "heartbeats",
+    ST_BOOK_CROSSED: "crossed",
+}
+
+
+def dtype_crc(dt: np.dtype) -> int:
+    """Stable fingerprint of a record layout (names, formats, offsets, size)."""
+    desc = repr([(n, dt.fields[n][0].str, dt.fields[n][0].shape, dt.fields[n][1]) for n in dt.names])
+    return zlib.crc32(f"{desc}|{dt.itemsize}".encode())
+
+
+def words_of(dt: np.dtype) -> int:
+    """Record size in int64 words (records are whole words so kernels copy words)."""
+    if dt.itemsize % 8:
+        raise ValueError(f"record size {dt.itemsize} is not a multiple of 8 bytes")
+    return dt.itemsize // 8
