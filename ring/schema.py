@@ -274,6 +274,14 @@ BOOK_STAT_NAMES = {
     ST_BOOK_CROSSED: "crossed",
 }
 
+#: Feed row (the synthetic/replay source pushing into the md ring).
+ST_FEED_SENT = 4  # messages pushed into the md ring
+ST_FEED_DROPPED = 5  # messages dropped because the md ring was full
+#: Supervisor row.
+ST_SUP_EVENTS_READ = 4  # events drained from the events ring (stand-in consumer until analysis)
+FEED_STAT_NAMES = {ST_FEED_SENT: "sent", ST_FEED_DROPPED: "dropped_ring_full"}
+SUP_STAT_NAMES = {ST_SUP_EVENTS_READ: "events_read"}
+
 
 def dtype_crc(dt: np.dtype) -> int:
     """Stable fingerprint of a record layout (names, formats, offsets, size)."""

@@ -14,13 +14,18 @@ from ring._shm import list_segments
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 _counter = itertools.count()
+#: Every instance a test creates starts with this (so concurrent sessions don't collide).
+PREFIX = f"t{os.getpid()}x"
+
+
+def _ours():
+    return [s for s in list_segments() if s.startswith(f"/obpipe.{PREFIX}")]
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_segment_left_behind():
-    before = set(list_segments())
     yield
-    left = sorted(set(list_segments()) - before)
+    left = sorted(_ours())
     for name in left:  # clean up so one failure does not poison later runs
         try:
             posix_ipc.unlink_shared_memory(name)
@@ -32,7 +37,7 @@ def no_segment_left_behind():
 @pytest.fixture
 def instance():
     """A unique instance name; every segment of it is unlinked after the test."""
-    name = f"t{os.getpid()}x{next(_counter)}"
+    name = f"{PREFIX}{next(_counter)}"
     yield name
     for seg in list_segments(name):
         try:

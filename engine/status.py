@@ -1,0 +1,96 @@
+"""Read a running instance's stats block, rings and snapshots (``obpipe stats``)."""
+from __future__ import annotations
+
+import math
+
+from ring import schema
+from ring.snapshot import SnapshotRegion
+from ring.spsc import Ring
+from ring.stats import ROW_BOOK, ROW_FEED, ROW_SUPERVISOR, StatsBlock
+
+_STATE = {0: "unused", 1: "starting", 2: "running", 3: "stopped"}
+
+
+class Status:
+    """Attached read-only views of one instance."""
+
+    def __init__(self, instance: str, symbols: list[str] | None = None):
+        self.instance = instance
+        self.stats = StatsBlock.attach(instance)
+        self.md = Ring.attach(instance, "md", schema.MD_DTYPE)
+        self.events = Ring.attach(instance, "events", schema.EVENT_DTYPE)
+        self.snaps = SnapshotRegion.attach(instance, "snap")
+        self.symbols = symbols or [f"sym{i}" for i in range(self.snaps.n_slots)]
+
+    def collect(self) -> dict:
+        rows = self.stats.snapshot()
+        book, feed, sup = rows[ROW_BOOK], rows[ROW_FEED], rows[ROW_SUPERVISOR]
+        out = {
+            "instance": self.instance,
+            "book": {"pid": int(book[schema.ST_PID]), "state": _STATE.get(int(book[schema.ST_STATE]), "?"),
+                     **{n: int(book[i]) for i, n in schema.BOOK_STAT_NAMES.items()}},
+            "feed": {n: int(feed[i]) for i, n in schema.FEED_STAT_NAMES.items()},
+            "supervisor": {n: int(sup[i]) for i, n in schema.SUP_STAT_NAMES.items()},
+            "rings": {"md": {"fill": len(self.md), "capacity": self.md.capacity},
+                      "events": {"fill": len(self.events), "capacity": self.events.capacity}},
+            "symbols": {},
+        }
+        for i, name in enumerate(self.symbols[: self.snaps.n_slots]):
+            r = self.snaps.read(i)
+            out["symbols"][name] = snapshot_dict(r)
+        out["snapshot_read_retries"] = self.snaps.retries
+        return out
+
+    def close(self):
+        for x in (self.stats, self.md, self.events, self.snaps):
+            x.close()
+
+
+def _px(v) -> int | None:
+    return None if int(v) == schema.NO_PX else int(v)
+
+
+def _f(v) -> float | None:
+    return None if math.isnan(v) else round(float(v), 6)
+
+
+def snapshot_dict(r) -> dict:
+    """A snapshot record as plain JSON-able values (None for empty / undefined)."""
+    n = int(r["n_levels"])
+    return {
+        "bid_px_tick": _px(r["bid_px_tick"]), "bid_qty": int(r["bid_qty"]),
+        "ask_px_tick": _px(r["ask_px_tick"]), "ask_qty": int(r["ask_qty"]),
+        "spread_tick": _px(r["spread_tick"]), "imbalance": _f(r["imbalance"]),
+        "depth_imbalance": _f(r["depth_imbalance"]), "microprice_tick": _f(r["microprice_tick"]),
+        "last_trade_px_tick": _px(r["last_trade_px_tick"]), "last_trade_qty": int(r["last_trade_qty"]),
+        "last_trade_side": int(r["last_trade_side"]), "msgs_applied": int(r["msgs_applied"]),
+        "seq": int(r["seq"]), "ts_exch_ns": int(r["ts_exch_ns"]), "ts_apply_ns": int(r["ts_apply_ns"]),
+        "version": int(r["version"]),
+        "bids": [[int(p), int(q)] for p, q in zip(r["bid_px"][:n], r["bid_lvl_qty"][:n]) if int(p) != schema.NO_PX],
+        "asks": [[int(p), int(q)] for p, q in zip(r["ask_px"][:n], r["ask_lvl_qty"][:n]) if int(p) != schema.NO_PX],
+    }
+
+
+def render(d: dict, levels: int = 3) -> str:
+    """A human table of ``Status.collect()``."""
+    b, f = d["book"], d["feed"]
+    lines = [
+        f"instance {d['instance']}  book writer pid {b['pid']} ({b['state']})",
+        f"  feed     sent {f['sent']:>14,}  dropped(ring full) {f['dropped_ring_full']:>10,}",
+        f"  book     msgs {b['msgs']:>14,}  batches {b['batches']:>10,}  bad {b['bad_msgs']:,}  "
+        f"out_of_ladder {b['out_of_ladder']:,}  recentres {b['recentres']:,}  evicted {b['evicted_levels']:,}  "
+        f"underflow {b['qty_underflow']:,}  crossed {b['crossed']:,}",
+        f"  events   sent {b['events']:>14,}  dropped(ring full) {b['events_dropped']:>10,}  "
+        f"snapshots {b['snapshots']:,}  trades {b['trades']:,}",
+        f"  rings    md {d['rings']['md']['fill']}/{d['rings']['md']['capacity']}  "
+        f"events {d['rings']['events']['fill']}/{d['rings']['events']['capacity']}",
+        f"  {'symbol':<8}{'bid':>16}{'ask':>16}{'spread':>8}{'imb':>8}{'last trade':>18}{'msgs':>14}",
+    ]
+    for name, s in d["symbols"].items():
+        bid = f"{s['bid_qty']}@{s['bid_px_tick']}" if s["bid_px_tick"] is not None else "-"
+        ask = f"{s['ask_qty']}@{s['ask_px_tick']}" if s["ask_px_tick"] is not None else "-"
+        last = f"{s['last_trade_qty']}@{s['last_trade_px_tick']}" if s["last_trade_px_tick"] is not None else "-"
+        imb = f"{s['imbalance']:+.2f}" if s["imbalance"] is not None else "-"
+        spread = s["spread_tick"] if s["spread_tick"] is not None else "-"
+        lines.append(f"  {name:<8}{bid:>16}{ask:>16}{spread!s:>8}{imb:>8}{last:>18}{s['msgs_applied']:>14,}")
+    return "\n".join(lines)

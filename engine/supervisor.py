@@ -1,0 +1,221 @@
+"""The supervisor: ``obpipe run``.
+
+Creates the instance's segments (stats, md ring, events ring, snapshots), starts the
+book writer as its own pinned process (spawn context), feeds it, shows live counters,
+and shuts everything down in order: stop the feed, let the book writer drain the md
+ring, stop it, print the final stats, unlink every segment.
+
+Until the UDP receiver and the analysis process exist (later issues), the supervisor
+itself is the feed (the seeded synthetic flow of ``feed_sim.synth``, pushed into the md
+ring in batches at the configured rate; a full ring drops and counts) and the events
+ring's consumer (it drains and counts events so the book never sees a full ring in a
+normal run).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from feed_sim.synth import SynthParams, generate_into
+from obpipe.config import Config
+from ring import schema
+from ring._kernels import ring_pop, ring_push
+from ring._shm import clean_stale, list_segments
+from ring.snapshot import SnapshotRegion
+from ring.spsc import Backoff, Ring
+from ring.stats import ROW_FEED, ROW_SUPERVISOR, StatsBlock
+
+from . import book_writer
+from ._placement import cores_for, pin
+from .status import Status, render
+
+CHUNK = 1024  # messages generated and pushed per feed step
+
+
+@dataclass
+class RunOptions:
+    """Command-line overrides of ``[run]``."""
+
+    rate: int | None = None
+    duration_s: float | None = None
+    count: int | None = None  # stop after this many messages (None: no limit)
+    seed: int | None = None
+    as_json: bool = False
+    quiet: bool = False
+
+
+class _Segments:
+    """Every segment of one instance; unlinks them all on close."""
+
+    def __init__(self, cfg: Config):
+        inst = cfg.instance.name
+        self.items = []
+        try:
+            self.stats = self._add(StatsBlock.create(inst))
+            self.md = self._add(Ring.create(inst, "md", schema.MD_DTYPE, cfg.rings.md_capacity))
+            self.events = self._add(Ring.create(inst, "events", schema.EVENT_DTYPE, cfg.rings.events_capacity))
+            self.snaps = self._add(SnapshotRegion.create(inst, "snap", len(cfg.book.symbols),
+                                                         cfg.book.snapshot_levels))
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, x):
+        self.items.append(x)
+        return x
+
+    def close(self):
+        for x in reversed(self.items):
+            x.unlink()
+            x.close()
+        self.items = []
+
+
+def _say(opts: RunOptions, msg: str) -> None:
+    if not opts.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run(cfg: Config, opts: RunOptions | None = None) -> int:
+    """Run the pipeline; returns the process exit status (0 clean, 1 a child failed)."""
+    opts = opts or RunOptions()
+    inst = cfg.instance.name
+    rate = cfg.run.rate if opts.rate is None else opts.rate
+    duration = cfg.run.duration_s if opts.duration_s is None else opts.duration_s
+    seed = cfg.run.seed if opts.seed is None else opts.seed
+
+    stale = clean_stale(inst)
+    for name, why in stale:
+        _say(opts, f"removed stale segment {name} ({why})")
+    if list_segments(inst):
+        print(f"obpipe run: instance {inst!r} is already running (segments {list_segments(inst)}); "
+              f"pick another [instance] name", file=sys.stderr)
+        return 2
+
+    # placement is decided from the cores we may use *before* pinning ourselves
+    book_cores = tuple(cores_for("book", cfg.pinning.book))
+    pin(cores_for("supervisor", cfg.pinning.supervisor))
+    segs = _Segments(cfg)
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    b = cfg.backoff
+    spec = book_writer.BookWriterSpec(
+        instance=inst, widths=tuple(cfg.book.widths()), n_levels=cfg.book.snapshot_levels,
+        max_batch=cfg.book.max_batch, backoff=Backoff(b.spin_iters, b.yield_iters, b.sleep_us),
+        cores=book_cores)
+    writer = ctx.Process(target=book_writer.main_entry, args=(spec, stop), name="obpipe-book")
+    interrupted = []
+    old_int = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
+    old_term = signal.signal(signal.SIGTERM, lambda *_: interrupted.append(1))
+    status = None
+    rc = 0
+    try:
+        writer.start()
+        _say(opts, f"obpipe: instance {inst}, book writer pid {writer.pid} on cores {list(spec.cores)}, "
+                   f"{len(cfg.book.symbols)} symbols; starting (first run compiles kernels)...")
+        book_row = segs.stats.row(2)
+        t0 = time.monotonic()
+        while book_row[schema.ST_STATE] < book_writer.STATE_RUNNING:
+            if not writer.is_alive():
+                print(f"obpipe run: book writer exited with code {writer.exitcode} during start-up", file=sys.stderr)
+                return 1
+            if interrupted or time.monotonic() - t0 > 300:
+                return 1 if not interrupted else 0
+            time.sleep(0.05)
+        status = Status(inst, list(cfg.book.symbols))
+        rc = _feed_loop(cfg, opts, segs, writer, status, interrupted, rate, duration, seed)
+        # orderly stop: the feed has stopped; let the writer drain the md ring
+        t_drain = time.monotonic()
+        while len(segs.md) and writer.is_alive() and time.monotonic() - t_drain < 10:
+            _drain_events(segs)
+            time.sleep(0.01)
+        stop.set()
+        writer.join(30)
+        _drain_events(segs)
+        if writer.exitcode not in (0, None) and rc == 0:
+            print(f"obpipe run: book writer exited with code {writer.exitcode}", file=sys.stderr)
+            rc = 1
+        final = status.collect()
+        final["exit_code"] = rc
+        if opts.as_json:
+            sys.stdout.write(orjson.dumps(final, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            print(render(final))
+        return rc
+    finally:
+        stop.set()
+        if writer.pid is not None:
+            writer.join(10)
+            if writer.is_alive():
+                writer.terminate()
+                writer.join(5)
+            if writer.is_alive():
+                writer.kill()
+                writer.join(5)
+        if status is not None:
+            status.close()
+        segs.close()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _drain_events(segs: _Segments, buf=np.zeros((4096, schema.EVENT_DTYPE.itemsize // 8), np.int64)) -> int:
+    """Stand-in events consumer (until the analysis process exists): pop and count."""
+    total = 0
+    while True:
+        n = int(ring_pop(segs.events.ctrl, segs.events.slots, buf, buf.shape[0]))
+        total += n
+        if n < buf.shape[0]:
+            break
+    row = segs.stats.row(ROW_SUPERVISOR)
+    row[schema.ST_SUP_EVENTS_READ] += total
+    return total
+
+
+def _feed_loop(cfg, opts, segs, writer, status, interrupted, rate, duration, seed) -> int:
+    params = SynthParams(n_symbols=len(cfg.book.symbols), seed=seed)
+    buf = np.zeros(CHUNK, schema.MD_DTYPE)
+    words = buf.view(np.int64).reshape(CHUNK, -1)
+    generate_into(buf[:1], params)  # compile (or load) the generator before the clock starts
+    state = None
+    feed = segs.stats.row(ROW_FEED)
+    sent = dropped = 0
+    t_start = time.monotonic()
+    next_report = t_start + cfg.run.stats_interval_s
+    last_sent, last_t = 0, t_start
+    while not interrupted:
+        now = time.monotonic()
+        if duration and now - t_start >= duration:
+            break
+        if opts.count is not None and sent + dropped >= opts.count:
+            break
+        if not writer.is_alive():
+            print(f"obpipe run: book writer died (exit code {writer.exitcode})", file=sys.stderr)
+            return 1
+        if rate:
+            due = int((now - t_start) * rate)
+            if sent + dropped >= due:
+                time.sleep(min(CHUNK / rate, 0.005))
+                continue
+        n = CHUNK if opts.count is None else min(CHUNK, opts.count - sent - dropped)
+        state = generate_into(buf[:n] if n < CHUNK else buf, params, state)
+        k = int(ring_push(segs.md.ctrl, segs.md.slots, words, 0, n))
+        sent += k
+        dropped += n - k
+        feed[schema.ST_FEED_SENT] = sent
+        feed[schema.ST_FEED_DROPPED] = dropped
+        _drain_events(segs)
+        if now >= next_report:
+            d = status.collect()
+            r = (sent - last_sent) / max(now - last_t, 1e-9)
+            last_sent, last_t = sent, now
+            if not opts.quiet:
+                print(f"\n[{now - t_start:7.1f}s] feeding {r:,.0f} msgs/s\n{render(d)}", file=sys.stderr, flush=True)
+            next_report = now + cfg.run.stats_interval_s
+    return 0

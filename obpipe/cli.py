@@ -1,0 +1,121 @@
+"""The ``obpipe`` command line (also ``python -m obpipe``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from obpipe import config as cfgmod
+
+
+def _load(path):
+    try:
+        return cfgmod.load(path)
+    except cfgmod.ConfigError as e:
+        print(f"obpipe: config error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def cmd_run(a) -> int:
+    from engine.supervisor import RunOptions, run
+
+    cfg = _load(a.config)
+    if a.instance:
+        cfg = cfgmod.replace(cfg, instance={"name": a.instance})
+    return run(cfg, RunOptions(rate=a.rate, duration_s=a.duration, count=a.count, seed=a.seed,
+                               as_json=a.json, quiet=a.quiet))
+
+
+def cmd_stats(a) -> int:
+    import orjson
+
+    from engine.status import Status, render
+    from ring.errors import RingError
+
+    cfg = _load(a.config)
+    inst = a.instance or cfg.instance.name
+    try:
+        st = Status(inst, list(cfg.book.symbols))
+    except RingError as e:
+        print(f"obpipe stats: no running instance {inst!r}: {e}", file=sys.stderr)
+        return 1
+    try:
+        while True:
+            d = st.collect()
+            if a.json:
+                print(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())
+            else:
+                print(render(d), flush=True)
+            if not a.watch:
+                return 0
+            time.sleep(a.interval)
+            print()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        st.close()
+
+
+def cmd_clean(a) -> int:
+    from ring._shm import clean_stale
+
+    removed = clean_stale(a.instance, dry_run=a.dry_run)
+    for name, why in removed:
+        print(f"{'would remove' if a.dry_run else 'removed'} {name}: {why}")
+    if not removed:
+        print("no stale obpipe segments")
+    return 0
+
+
+def cmd_lobster_check(a) -> int:
+    from engine import lobster
+
+    argv = [a.message_csv, a.orderbook_csv] + (["--json"] if a.json else []) + (
+        ["--width", str(a.width)] if a.width else [])
+    return lobster.main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="obpipe", description="market-data and order-book engine")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run the pipeline (synthetic feed -> book writer) until Ctrl-C or a limit")
+    r.add_argument("--config", help="TOML config (default: configs/default.toml)")
+    r.add_argument("--instance", help="instance name (segments /obpipe.<name>.*)")
+    r.add_argument("--rate", type=int, help="feed messages/s (0 = as fast as possible)")
+    r.add_argument("--duration", type=float, help="seconds to run (0 = until Ctrl-C)")
+    r.add_argument("--count", type=int, help="stop after this many messages")
+    r.add_argument("--seed", type=int, help="synthetic flow seed")
+    r.add_argument("--json", action="store_true", help="final stats as JSON on stdout")
+    r.add_argument("--quiet", action="store_true", help="no live status lines")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("stats", help="counters, rings and books of a running instance")
+    s.add_argument("--config")
+    s.add_argument("--instance")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--watch", action="store_true", help="repeat every --interval seconds")
+    s.add_argument("--interval", type=float, default=1.0)
+    s.set_defaults(fn=cmd_stats)
+
+    c = sub.add_parser("clean", help="remove shared-memory segments whose owner process is gone")
+    c.add_argument("--instance", help="only this instance")
+    c.add_argument("--dry-run", action="store_true")
+    c.set_defaults(fn=cmd_clean)
+
+    lc = sub.add_parser("lobster-check", help="replay a LOBSTER message file and compare with its order book")
+    lc.add_argument("message_csv")
+    lc.add_argument("orderbook_csv")
+    lc.add_argument("--json", action="store_true")
+    lc.add_argument("--width", type=int)
+    lc.set_defaults(fn=cmd_lobster_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
