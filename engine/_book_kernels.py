@@ -28,6 +28,11 @@ rejected and counted (``out_of_ladder``).  A message that *removes* liquidity at
 price outside the window (that level is not held) is counted as ``out_of_ladder`` and
 ignored.  Nothing is ever written outside the ladder.
 
+Events carry, besides the top of book, the lots resting within ``S[s, B_DT]`` ticks of
+each side's best (the depth band, ``band_depth``): a contiguous sum, much cheaper per
+event than walking the top-N non-empty levels.  Snapshots, built once per batch,
+carry the exact top-N non-empty levels.
+
 Granularity: ``apply_batch`` applies ``n`` messages; events (top-of-book changes and
 trades) are written to the events ring as they happen but published (made visible) at
 the end of the batch; each symbol touched by the batch gets exactly one snapshot,
@@ -70,13 +75,15 @@ B_DIRTY = 13  # 1 when touched since the last snapshot
 B_VERSION = 14  # snapshots published
 B_PREV = 15  # B_PREV + 0..3: bid px, bid qty, ask px, ask qty as last emitted (EV_BBO)
 B_TS_APPLY = 19  # apply stamp of the last batch that touched the symbol
-NS = 20
+B_DT = 20  # the depth band of events, ticks ([book] event_depth_ticks)
+NS = 21
 
 _PX_LIMIT = 1 << 60  # |px_tick| beyond this is malformed (keeps index math exact)
 
 
-def new_state(widths, n_levels):
-    """Allocate ``lad``, ``S`` and ``C`` for symbols with ladder ``widths`` (ticks)."""
+def new_state(widths, n_levels, depth_ticks=10):
+    """Allocate ``lad``, ``S`` and ``C`` for symbols with ladder ``widths`` (ticks);
+    events will carry the lots within ``depth_ticks`` of each best."""
     widths = np.asarray(widths, dtype=np.int64)
     if widths.ndim != 1 or len(widths) == 0 or (widths < 2 * n_levels).any():
         raise ValueError(f"ladder widths must be >= 2 * snapshot levels ({2 * n_levels}), got {widths}")
@@ -84,6 +91,7 @@ def new_state(widths, n_levels):
     off = np.concatenate(([0], np.cumsum(2 * widths)[:-1]))
     S[:, B_OFF] = off
     S[:, B_WIDTH] = widths
+    S[:, B_DT] = depth_ticks
     reset_state(S)
     lad = np.zeros(int(2 * widths.sum()), np.int64)
     C = np.zeros(schema.STATS_WORDS, np.int64)
@@ -109,6 +117,29 @@ def reset_state(S):
 
 
 # --- level primitives ----------------------------------------------------------------
+# Each keeps the level count and the best index of its side up to date.
+
+@njit(nogil=True, cache=True, inline="always")
+def band_depth(lad, S, s, side):
+    """Lots resting within ``S[s, B_DT]`` ticks of a side's best, best included (0 if
+    the side is empty): a contiguous sum, computed for each emitted event.  (Kept
+    incrementally instead, it cost as much: on realistic flow the best moves often.)"""
+    d = S[s, B_DT]
+    b = S[s, B_BEST + side]
+    if b < 0:
+        return 0
+    w = S[s, B_WIDTH]
+    o = S[s, B_OFF] + side * w
+    if side == BID:
+        lo = max(b - d + 1, 0)
+        hi = b + 1
+    else:
+        lo = b
+        hi = min(b + d, w)
+    tot = 0
+    for i in range(lo, hi):
+        tot += lad[o + i]
+    return tot
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -265,24 +296,6 @@ def top_levels(lad, S, s, side, n, px_out, qty_out):
     return k
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _depth(lad, S, s, side, n):
-    """Sum of the top ``n`` non-empty levels of a side."""
-    w = S[s, B_WIDTH]
-    o = S[s, B_OFF] + side * w
-    i = S[s, B_BEST + side]
-    k = 0
-    tot = 0
-    step = -1 if side == BID else 1
-    while i >= 0 and i < w and k < n:
-        q = lad[o + i]
-        if q > 0:
-            tot += q
-            k += 1
-        i += step
-    return tot
-
-
 @njit(nogil=True, cache=True)
 def clear_symbol(lad, S, s):
     """Clear/reset: both sides of symbol s emptied (the window stays where it is)."""
@@ -299,12 +312,9 @@ def clear_symbol(lad, S, s):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _emit(ev, head, mask, k, free, kind, side, s, seq, ts_exch, ts_apply, lad, S, depth_n, tpx, tqty):
-    """Write event number k of this batch into the events ring slot (head + k); returns
-    1 if written, 0 if the ring had no room (the caller counts a drop)."""
-    if k >= free:
-        return 0
-    e = ev[(head + k) & mask]
+def _emit(ev, slot, kind, side, s, seq, ts_exch, ts_apply, lad, S, tpx, tqty):
+    """Write one event into events-ring record ``slot`` (the caller checked for room)."""
+    e = ev[slot]
     e.kind = kind
     e.side = side
     e.symbol = s
@@ -317,9 +327,8 @@ def _emit(ev, head, mask, k, free, kind, side, s, seq, ts_exch, ts_apply, lad, S
     e.trade_px_tick = tpx
     e.bid_qty = best_qty(lad, S, s, BID)
     e.ask_qty = best_qty(lad, S, s, ASK)
-    e.bid_depth_qty = _depth(lad, S, s, BID, depth_n)
-    e.ask_depth_qty = _depth(lad, S, s, ASK, depth_n)
-    return 1
+    e.bid_depth_qty = band_depth(lad, S, s, BID)
+    e.ask_depth_qty = band_depth(lad, S, s, ASK)
 
 
 # --- snapshot payload ----------------------------------------------------------------
@@ -375,7 +384,7 @@ def build_payload(lad, S, s, n_levels, pay, lv_px, lv_qty):
 
 
 @njit(nogil=True, cache=True)
-def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, depth_n, dirty, ts_apply):
+def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty, ts_apply):
     """Apply messages ``md[(start + j) & mask]`` for j in 0..n-1 (``mask = -1`` for a
     plain array).  Emits events into the events ring (``ev`` = its records view,
     ``ev_ctrl`` = its control words) and publishes them at the end.  Symbols touched
@@ -452,25 +461,42 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, depth_n, dirty, ts_a
             S[s, B_LAST_PX] = px
             S[s, B_LAST_QTY] = q
             S[s, B_LAST_SIDE] = agg
-            w = _emit(ev, ev_head, ev_mask, ne, ev_free, schema.EV_TRADE, agg, s, seq, ts_exch, ts_apply, lad, S,
-                      depth_n, px, q)
-            ne += w
-            dropped += 1 - w
-        bpx = best_px(S, s, BID)
-        apx = best_px(S, s, ASK)
-        bq = best_qty(lad, S, s, BID)
-        aq = best_qty(lad, S, s, ASK)
-        if bpx != NO_PX and apx != NO_PX and bpx >= apx:
-            C[schema.ST_BOOK_CROSSED] += 1
-        if bpx != S[s, B_PREV] or bq != S[s, B_PREV + 1] or apx != S[s, B_PREV + 2] or aq != S[s, B_PREV + 3]:
-            S[s, B_PREV] = bpx
-            S[s, B_PREV + 1] = bq
-            S[s, B_PREV + 2] = apx
-            S[s, B_PREV + 3] = aq
-            w = _emit(ev, ev_head, ev_mask, ne, ev_free, schema.EV_BBO, 0, s, seq, ts_exch, ts_apply, lad, S,
-                      depth_n, NO_PX, 0)
-            ne += w
-            dropped += 1 - w
+            if ne < ev_free:
+                _emit(ev, (ev_head + ne) & ev_mask, schema.EV_TRADE, agg, s, seq, ts_exch, ts_apply, lad, S, px, q)
+                ne += 1
+            else:
+                dropped += 1
+        # Top-of-book change.  Only the touched side can move, except on a clear, or an
+        # add / set-level that re-centred the window, so those check both sides.
+        lo = side
+        hi = side + 1
+        if kind == schema.K_CLEAR or kind == schema.K_ADD or kind == schema.K_SET_LEVEL:
+            lo = 0
+            hi = 2
+        elif kind == schema.K_TRADE or kind == schema.K_HEARTBEAT:
+            hi = lo
+        changed = False
+        for sd in range(lo, hi):
+            b = S[s, B_BEST + sd]
+            p = NO_PX
+            qq = 0
+            if b >= 0:
+                p = S[s, B_BASE] + b
+                qq = lad[S[s, B_OFF] + sd * S[s, B_WIDTH] + b]
+            if p != S[s, B_PREV + 2 * sd] or qq != S[s, B_PREV + 2 * sd + 1]:
+                S[s, B_PREV + 2 * sd] = p
+                S[s, B_PREV + 2 * sd + 1] = qq
+                changed = True
+        if changed:
+            bb = S[s, B_BEST]
+            ba = S[s, B_BEST + 1]
+            if bb >= 0 and ba >= 0 and bb >= ba:
+                C[schema.ST_BOOK_CROSSED] += 1
+            if ne < ev_free:
+                _emit(ev, (ev_head + ne) & ev_mask, schema.EV_BBO, 0, s, seq, ts_exch, ts_apply, lad, S, NO_PX, 0)
+                ne += 1
+            else:
+                dropped += 1
     if ne > 0:
         ring_publish(ev_ctrl, ev_head + ne)
     C[schema.ST_BOOK_MSGS] += n
@@ -505,8 +531,8 @@ def publish_counters(C, row, lo, hi):
 
 
 @njit(nogil=True, cache=True)
-def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirty, snap_words, snap_base0,
-          slot_words, pay, lv_px, lv_qty, row, spin_iters, yield_iters):
+def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirty, snap_words,
+          snap_base0, slot_words, pay, lv_px, lv_qty, row, spin_iters, yield_iters):
     """The book writer's loop: apply batches from the md ring until ``budget`` messages
     are applied or the ring stays empty through the spin -> yield backoff.
 
@@ -524,7 +550,7 @@ def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirt
             tail, n = ring_available(md_ctrl, max_batch)
         n = min(n, max_batch)
         ts = monotonic_ns()
-        apply_batch(md, tail, n, mask, lad, S, C, ev, ev_ctrl, n_levels, dirty, ts)
+        apply_batch(md, tail, n, mask, lad, S, C, ev, ev_ctrl, dirty, ts)
         ring_release(md_ctrl, tail + n)
         publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_words, pay, lv_px, lv_qty, ts)
         publish_counters(C, row, schema.ST_BOOK_MSGS, schema.ST_BOOK_CROSSED + 1)

@@ -18,6 +18,9 @@ from ring.snapshot import SnapshotRegion
 from . import _book_kernels as BK
 
 
+DEFAULT_DEPTH_TICKS = 10
+
+
 def _local_ring(dtype: np.dtype, capacity: int):
     """(ctrl, records) of an in-process ring nobody consumes: events are dropped and
     counted once it fills.  Used when a Book runs without a real events ring."""
@@ -31,17 +34,21 @@ class Book:
     Args:
         widths: ladder width in ticks per symbol (TOML ``[book] ladder_width`` or
             per-symbol overrides).
-        n_levels: levels per side in snapshots and events depth (default 10).
+        n_levels: levels per side in snapshots (default 10).
+        depth_ticks: events carry the quantity within this many ticks of each best.
         events: ``(ctrl, records)`` of the events ring (``Ring.ctrl``, ``Ring.records``);
             ``None`` gives a private 1-slot ring, so events are counted as dropped.
         snapshots: the ``SnapshotRegion`` to publish into (``None``: no publishing).
     """
 
     def __init__(self, widths: Sequence[int], n_levels: int = schema.DEFAULT_SNAPSHOT_LEVELS,
-                 events=None, snapshots: SnapshotRegion | None = None):
+                 events=None, snapshots: SnapshotRegion | None = None, depth_ticks: int = DEFAULT_DEPTH_TICKS):
+        if depth_ticks < 1:
+            raise ValueError(f"depth_ticks must be >= 1, got {depth_ticks}")
         self.n_symbols = len(widths)
         self.n_levels = n_levels
-        self.lad, self.S, self.C = BK.new_state(widths, n_levels)
+        self.depth_ticks = depth_ticks
+        self.lad, self.S, self.C = BK.new_state(widths, n_levels, depth_ticks)
         self.ev_ctrl, self.ev = events if events is not None else _local_ring(schema.EVENT_DTYPE, 2)
         self.snapshots = snapshots
         if snapshots is not None:
@@ -69,8 +76,7 @@ class Book:
         if start < 0 or n < 0 or start + n > len(msgs):
             raise IndexError(f"batch [{start}, {start + n}) outside {len(msgs)} messages")
         ts = monotonic_ns()
-        BK.apply_batch(msgs, start, n, -1, self.lad, self.S, self.C, self.ev, self.ev_ctrl, self.n_levels,
-                       self.dirty, ts)
+        BK.apply_batch(msgs, start, n, -1, self.lad, self.S, self.C, self.ev, self.ev_ctrl, self.dirty, ts)
         self.publish(ts)
         return n
 

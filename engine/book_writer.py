@@ -28,6 +28,7 @@ class BookWriterSpec:
     instance: str
     widths: tuple[int, ...]
     n_levels: int
+    depth_ticks: int
     max_batch: int
     backoff: Backoff
     cores: tuple[int, ...] = ()
@@ -47,7 +48,8 @@ def run(spec: BookWriterSpec, stop) -> int:
     md = Ring.attach(spec.instance, "md", schema.MD_DTYPE)
     ev = Ring.attach(spec.instance, "events", schema.EVENT_DTYPE)
     snaps = SnapshotRegion.attach(spec.instance, "snap", spec.n_levels)
-    book = Book(spec.widths, spec.n_levels, events=(ev.ctrl, ev.records), snapshots=snaps)
+    book = Book(spec.widths, spec.n_levels, events=(ev.ctrl, ev.records), snapshots=snaps,
+                depth_ticks=spec.depth_ticks)
     b = spec.backoff
     args = (book.lad, book.S, book.C, book.ev, book.ev_ctrl, book.n_levels, book.dirty, snaps.words,
             snaps.base(0), snaps.slot_words, book.pay, book._lv_px, book._lv_qty, row)

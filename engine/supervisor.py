@@ -107,7 +107,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     b = cfg.backoff
     spec = book_writer.BookWriterSpec(
         instance=inst, widths=tuple(cfg.book.widths()), n_levels=cfg.book.snapshot_levels,
-        max_batch=cfg.book.max_batch, backoff=Backoff(b.spin_iters, b.yield_iters, b.sleep_us),
+        depth_ticks=cfg.book.event_depth_ticks, max_batch=cfg.book.max_batch, backoff=Backoff(b.spin_iters, b.yield_iters, b.sleep_us),
         cores=book_cores)
     writer = ctx.Process(target=book_writer.main_entry, args=(spec, stop), name="obpipe-book")
     interrupted = []

@@ -135,8 +135,8 @@ EVENT_DTYPE = np.dtype(
         ("trade_px_tick", "<i8"),  # EV_TRADE: price; else NO_PX
         ("bid_qty", "<u4"),
         ("ask_qty", "<u4"),
-        ("bid_depth_qty", "<i8"),  # sum of the top-N bid levels
-        ("ask_depth_qty", "<i8"),  # sum of the top-N ask levels
+        ("bid_depth_qty", "<i8"),  # lots within [book] event_depth_ticks of the best bid
+        ("ask_depth_qty", "<i8"),  # lots within [book] event_depth_ticks of the best ask
     ],
     align=True,
 )
@@ -256,7 +256,7 @@ ST_BOOK_SNAPSHOTS = 13  # snapshot publications
 ST_BOOK_TRADES = 14  # executions + hidden trades
 ST_BOOK_CLEARS = 15  # clear/reset messages
 ST_BOOK_HEARTBEATS = 16
-ST_BOOK_CROSSED = 17  # applied messages after which the book was crossed
+ST_BOOK_CROSSED = 17  # top-of-book changes that left the book crossed (bid >= ask)
 BOOK_STAT_NAMES = {
     ST_BOOK_MSGS: "msgs",
     ST_BOOK_BATCHES: "batches",

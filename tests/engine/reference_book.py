@@ -15,6 +15,7 @@ class RefBook:
         self.c = dict(out_of_ladder=0, recentres=0, evicted_levels=0, qty_underflow=0, trades=0,
                       clears=0, heartbeats=0, crossed=0)
         self.last = (NO_PX, 0, -1)
+        self.prev_bbo = (NO_PX, 0, NO_PX, 0)
 
     def best(self, side):
         d = self.lv[side]
@@ -107,7 +108,16 @@ class RefBook:
             self.c["clears"] += 1
         else:
             self.c["heartbeats"] += 1
-        (bb, _), (ba, _) = self.best(0), self.best(1)
-        if bb != NO_PX and ba != NO_PX and bb >= ba:
-            self.c["crossed"] += 1
+        bbo = self.bbo()
+        if bbo != self.prev_bbo:
+            self.prev_bbo = bbo
+            if bbo[0] != NO_PX and bbo[2] != NO_PX and bbo[0] >= bbo[2]:
+                self.c["crossed"] += 1
         return True
+
+    def band_depth(self, side, d):
+        p, _ = self.best(side)
+        if p == NO_PX:
+            return 0
+        lo, hi = (p - d + 1, p) if side == 0 else (p, p + d - 1)
+        return sum(q for px, q in self.lv[side].items() if lo <= px <= hi)

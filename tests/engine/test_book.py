@@ -183,7 +183,7 @@ def test_recentre_evicts_far_levels_and_counts_them():
     assert c["recentres"] == 1 and c["evicted_levels"] == 1 and c["out_of_ladder"] == 0
 
 
-def _expected_events(msgs, width, depth_n):
+def _expected_events(msgs, width, depth_ticks):
     ref = RefBook(width)
     out = []
     prev = (NO_PX, 0, NO_PX, 0)
@@ -192,11 +192,8 @@ def _expected_events(msgs, width, depth_n):
         if m["symbol"] != 0 or not ref.apply(k, side, px, q):
             continue
 
-        def depth(sd):
-            return sum(qq for _, qq in ref.top(sd, depth_n))
-
         b = ref.bbo()
-        state = (b[0], b[2], b[1], b[3], depth(0), depth(1))
+        state = (b[0], b[2], b[1], b[3], ref.band_depth(0, depth_ticks), ref.band_depth(1, depth_ticks))
         if k in (sc.K_EXECUTE, sc.K_TRADE):
             out.append((sc.EV_TRADE, 1 - side, int(m["seq"]), px, q) + state)
         if b != prev:
@@ -210,7 +207,7 @@ def test_events_ring_gets_one_event_per_bbo_change_and_trade(instance):
     msgs = random_stream(11, 4000, 1, 256)
     ev = Ring.create(instance, "events", sc.EVENT_DTYPE, 1 << 14)
     try:
-        book = Book([256], n_levels=4, events=(ev.ctrl, ev.records))
+        book = Book([256], n_levels=4, events=(ev.ctrl, ev.records), depth_ticks=5)
         for j in range(0, len(msgs), 100):
             book.apply(msgs, j, min(100, len(msgs) - j))
         got = np.zeros(len(ev), sc.EVENT_DTYPE)
@@ -218,8 +215,8 @@ def test_events_ring_gets_one_event_per_bbo_change_and_trade(instance):
         got = [(int(e["kind"]), int(e["side"]), int(e["seq"]), int(e["trade_px_tick"]), int(e["trade_qty"]),
                 int(e["bid_px_tick"]), int(e["ask_px_tick"]), int(e["bid_qty"]), int(e["ask_qty"]),
                 int(e["bid_depth_qty"]), int(e["ask_depth_qty"])) for e in got[:n]]
-        want = _expected_events(msgs, 256, 4)
-        assert len(want) > 500
+        want = _expected_events(msgs, 256, 5)
+        assert len(want) > 500 and any(w[9] > w[7] for w in want)  # the band reaches past the best level
         assert got == want
         assert book.counters()["events"] == n and book.counters()["events_dropped"] == 0
     finally:
