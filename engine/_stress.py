@@ -15,8 +15,8 @@ import numpy as np
 from numba import njit
 
 from ring import schema
-from ring._atomics import monotonic_ns
-from ring._kernels import payload_check, snap_read
+from ring._atomics import monotonic_ns, sleep_ns
+from ring._kernels import payload_check, snap_read_changed
 from ring._stress import _collect, _pin, _stop_all
 
 from . import _book_kernels as BK
@@ -44,19 +44,34 @@ def writer_load(msgs, max_batch, duration_ns, lad, S, C, ev, ev_ctrl, n_levels, 
 
 
 @njit(nogil=True, cache=True)
-def reader_load(words, base0, slot_words, n_slots, n_levels, dst, duration_ns):
-    """Read every slot round-robin for ``duration_ns``; returns (reads, retries, bad)."""
+def reader_load(words, base0, slot_words, n_slots, n_levels, dst, duration_ns, interval_ns):
+    """Every ``interval_ns`` sample every slot, copying versions it has not seen and
+    checking each copy, for ``duration_ns``; returns (copies, retries, bad, polls)."""
     nw = dst.shape[0]
     h = schema.SNAP_HEADER_WORDS
     last_version = np.zeros(n_slots, np.int64)
+    last_seq = np.full(n_slots, -2, np.int64)
     t_end = monotonic_ns() + duration_ns
     reads = 0
+    polls = 0
     retries = 0
     bad = 0
-    while monotonic_ns() < t_end:
+    t_next = monotonic_ns()
+    while True:
+        now = monotonic_ns()
+        if now >= t_end:
+            break
+        if now < t_next:
+            sleep_ns(t_next - now)  # a sampling reader gives its core away between samples
+            continue
+        t_next += interval_ns
         for s in range(n_slots):
-            r = snap_read(words, base0 + s * slot_words, dst, nw, 1 << 30)
+            polls += 1
+            seq, r = snap_read_changed(words, base0 + s * slot_words, dst, nw, last_seq[s], 1 << 30)
             retries += r
+            if seq == last_seq[s]:
+                continue
+            last_seq[s] = seq
             reads += 1
             ok = payload_check(dst, nw) == dst[nw - 1]
             bpx = dst[schema.SW_BID_PX]
@@ -78,7 +93,7 @@ def reader_load(words, base0, slot_words, n_slots, n_levels, dst, duration_ns):
             last_version[s] = v
             if not ok:
                 bad += 1
-    return reads, retries, bad
+    return reads, retries, bad, polls
 
 
 def _stream(n_symbols: int, n_msgs: int, seed: int) -> np.ndarray:
@@ -110,24 +125,25 @@ def writer_main(instance, n_symbols, n_levels, width, max_batch, n_msgs, duratio
     q.put(("writer", (int(n), time.perf_counter() - t)))
 
 
-def reader_main(instance, n_levels, duration_s, cores, q, go):
+def reader_main(instance, n_levels, duration_s, interval_ns, cores, q, go):
     from ring.snapshot import SnapshotRegion
 
     _pin(cores)
     snaps = SnapshotRegion.attach(instance, "snap", n_levels)
     dst = np.zeros(snaps.payload_words, np.int64)
-    reader_load(snaps.words, snaps.base(0), snaps.slot_words, snaps.n_slots, n_levels, dst, 0)
+    reader_load(snaps.words, snaps.base(0), snaps.slot_words, snaps.n_slots, n_levels, dst, 0, 1)
     q.put(("ready", "reader"))
     go.wait(60)
     res = reader_load(snaps.words, snaps.base(0), snaps.slot_words, snaps.n_slots, n_levels, dst,
-                      int(duration_s * 1e9))
+                      int(duration_s * 1e9), interval_ns)
     q.put(("reader", tuple(int(x) for x in res)))
 
 
-def run_writer_with_readers(instance: str, n_readers: int, duration_s: float = 1.0, n_symbols: int = 4,
+def run_writer_with_readers(instance: str, n_readers: int, duration_s: float = 1.0, interval_ns: int = 10_000,
+                            n_symbols: int = 4,
                             n_levels: int = 10, width: int = 4096, max_batch: int = 1024, n_msgs: int = 1_000_000,
                             writer_cores=(), reader_cores=(), timeout_s: float = 180) -> dict:
-    """One run: {msgs_per_s, readers: [(reads, retries, bad), ...]}."""
+    """One run: {msgs_per_s, readers: [(copies, retries, bad, polls), ...]}."""
     import multiprocessing as mp
 
     from ring.snapshot import SnapshotRegion
@@ -137,7 +153,8 @@ def run_writer_with_readers(instance: str, n_readers: int, duration_s: float = 1
     q = ctx.Queue()
     go = ctx.Event()
     procs = [ctx.Process(target=reader_main, name=f"reader{i}",
-                         args=(instance, n_levels, duration_s, tuple(reader_cores), q, go)) for i in range(n_readers)]
+                         args=(instance, n_levels, duration_s, interval_ns, tuple(reader_cores), q, go))
+             for i in range(n_readers)]
     procs.append(ctx.Process(target=writer_main, name="writer",
                              args=(instance, n_symbols, n_levels, width, max_batch, n_msgs, duration_s,
                                    tuple(writer_cores), q, go)))

@@ -111,7 +111,7 @@ class Book:
         w = int(self.S[symbol, BK.B_WIDTH])
         if base == schema.NO_PX or not 0 <= px_tick - base < w:
             return 0
-        return int(self.lad[int(self.S[symbol, BK.B_OFF]) + side * w + px_tick - base])
+        return int(self.lad[int(self.S[symbol, BK.B_OFF + side]) + px_tick - base])
 
     def window(self, symbol: int) -> tuple[int, int]:
         """[lo, hi) prices currently held by the ladder (NO_PX, NO_PX before any price)."""

@@ -356,7 +356,7 @@ def _apply_one(lad, S, C, s, kind, side, px, q):
         if i < 0:
             C[schema.ST_BOOK_OUT_OF_LADDER] += 1
         else:
-            old = lad[S[s, BK.B_OFF] + side * S[s, BK.B_WIDTH] + i]
+            old = lad[S[s, BK.B_OFF + side] + i]
             if q > old:
                 C[schema.ST_BOOK_QTY_UNDERFLOW] += 1
                 if old > 0:
@@ -372,7 +372,7 @@ def _apply_one(lad, S, C, s, kind, side, px, q):
         if i < 0:
             C[schema.ST_BOOK_OUT_OF_LADDER] += 1
         else:
-            old = lad[S[s, BK.B_OFF] + side * S[s, BK.B_WIDTH] + i]
+            old = lad[S[s, BK.B_OFF + side] + i]
             if q > old:
                 BK._level_grow(lad, S, s, side, i, q - old)
             elif q < old:
@@ -404,7 +404,7 @@ def _resync_side(lad, S, C, s, side, px, q):
     if i < 0:
         C[schema.ST_BOOK_OUT_OF_LADDER] += 1
         return False
-    old = lad[S[s, BK.B_OFF] + side * S[s, BK.B_WIDTH] + i]
+    old = lad[S[s, BK.B_OFF + side] + i]
     if q > old:
         BK._level_grow(lad, S, s, side, i, q - old)
     elif q < old:
@@ -451,7 +451,7 @@ def check_kernel(md, top, s, lad, S, C, via_batch, ev, ev_ctrl, dirty, status):
             c = 2 if side == BID else 0
             empties = top[k - 1, c] != NO_PX and px == top[k - 1, c] and q >= top[k - 1, c + 1]
         if via_batch:
-            BK.apply_batch(md, k, 1, -1, lad, S, C, ev, ev_ctrl, 1, dirty, 0)
+            BK.apply_batch(md, k, 1, -1, lad, S, C, ev, ev_ctrl, dirty, 0)
         else:
             _apply_one(lad, S, C, s, kind, side, px, q)
         bpx = BK.best_px(S, s, BID)

@@ -32,7 +32,7 @@ class BookConfig:
     ladder_width: int = 4096  # ticks held per symbol (both sides share the window)
     ladder_width_by_symbol: dict[str, int] = field(default_factory=dict)  # per-symbol override
     snapshot_levels: int = 10  # levels per side in snapshots
-    event_depth_ticks: int = 10  # events carry the lots within this many ticks of each best
+    event_depth_ticks: int = 10  # events carry the lots within this many ticks of each best (1..16)
     max_batch: int = 1024  # messages applied per batch (one snapshot per symbol per batch)
 
     def widths(self) -> list[int]:
@@ -153,8 +153,8 @@ def _validate(c: Config) -> None:
             bad(key, f"{sym!r} is not in book.symbols")
         if not 2 * b.snapshot_levels <= w <= 1 << 24:
             bad(key, f"must be {2 * b.snapshot_levels}..{1 << 24} ticks, got {w}")
-    if not 1 <= b.event_depth_ticks <= 1 << 16:
-        bad("book.event_depth_ticks", f"must be 1..65536, got {b.event_depth_ticks}")
+    if not 1 <= b.event_depth_ticks <= 16:
+        bad("book.event_depth_ticks", f"must be 1..16 ticks, got {b.event_depth_ticks}")
     if not 1 <= b.max_batch <= 1 << 20:
         bad("book.max_batch", f"must be 1..{1 << 20}, got {b.max_batch}")
     for k in ("md_capacity", "events_capacity"):

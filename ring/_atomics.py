@@ -44,7 +44,8 @@ Counters are ``int64``, not ``uint64``: numba promotes ``uint64 op int64`` to fl
 and 2**63 messages is ~2,900 years at 100M/s.
 
 Also here, because they are the same kind of low-level code: ``cpu_relax`` (x86
-``pause``), ``sched_yield``, ``monotonic_ns`` (clock_gettime) and ``rdtsc``.  They are
+``pause``), ``sched_yield``, ``sleep_ns`` (nanosleep), ``monotonic_ns``
+(clock_gettime) and ``rdtsc``.  They are
 linked by symbol name (not by ctypes address), so kernels using them stay cacheable.
 """
 from __future__ import annotations
@@ -200,6 +201,28 @@ def _clock_gettime_ns(typingctx, clock_id):
         return builder.add(builder.mul(sec, ir.Constant(_I64, 1_000_000_000)), nsec)
 
     return types.int64(clock_id), codegen
+
+
+@intrinsic
+def sleep_ns(typingctx, ns):
+    """libc ``nanosleep`` for ``ns`` nanoseconds (gives the core away; Linux rounds up
+    to its timer slack, ~50 us by default)."""
+    if not isinstance(ns, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.int64)
+        ts = cgutils.alloca_once(builder, ir.ArrayType(_I64, 2))
+        base = builder.bitcast(ts, _I64.as_pointer())
+        billion = ir.Constant(_I64, 1_000_000_000)
+        builder.store(builder.sdiv(v, billion), base)
+        builder.store(builder.srem(v, billion), builder.gep(base, [ir.Constant(ir.IntType(32), 1)]))
+        fnty = ir.FunctionType(ir.IntType(32), [_I64.as_pointer(), _I64.as_pointer()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "nanosleep")
+        builder.call(fn, [base, ir.Constant(_I64.as_pointer(), None)])
+        return context.get_dummy_value()
+
+    return types.none(ns), codegen
 
 
 @njit(nogil=True, cache=True, inline="always")

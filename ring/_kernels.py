@@ -191,3 +191,27 @@ def snap_read(words, base, dst, n_words, max_tries):
             return tries
         tries += 1
     return -1
+
+
+@njit(nogil=True, cache=True)
+def snap_read_changed(words, base, dst, n_words, last_seq, max_tries):
+    """Like ``snap_read``, but copies only if the slot changed since the reader's copy
+    at sequence ``last_seq``: a poll of an unchanged slot touches one cache line.
+
+    Returns (seq, retries): ``seq`` of the copy in ``dst`` (== last_seq: unchanged,
+    nothing copied; -1: gave up after ``max_tries``)."""
+    tries = 0
+    while tries < max_tries:
+        s0 = seqlock_read_begin(words, base)
+        if s0 == last_seq:
+            return last_seq, tries
+        if s0 & 1:
+            tries += 1
+            cpu_relax()
+            continue
+        for j in range(n_words):
+            dst[j] = words[base + 8 + j]
+        if seqlock_read_ok(words, base, s0):
+            return s0, tries
+        tries += 1
+    return -1, tries
