@@ -1,0 +1,140 @@
+"""The command line as a user runs it: `obpipe run`, `stats`, `clean`, config errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ring._shm import list_segments
+from tests.conftest import REPO
+
+ENV = dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def obpipe(*args, timeout=240, **kw):
+    return subprocess.run([sys.executable, "-m", "obpipe", *args], capture_output=True, text=True, cwd=REPO,
+                          env=ENV, timeout=timeout, **kw)
+
+
+def _config(tmp_path, instance, extra="", md_capacity=4096):
+    p = tmp_path / "c.toml"
+    p.write_text(f'[instance]\nname = "{instance}"\n[rings]\nmd_capacity = {md_capacity}\n'
+                 f'events_capacity = 4096\n{extra}')
+    return str(p)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_run_bounded_count_applies_every_message_and_cleans_up(tmp_path, instance):
+    cfg = _config(tmp_path, instance, md_capacity=1 << 20)  # room for the whole run: no drops
+    out = obpipe("run", "--config", cfg, "--count", "300000", "--rate", "0", "--json", "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    d = json.loads(out.stdout)
+    assert d["exit_code"] == 0
+    assert d["feed"] == {"sent": 300_000, "dropped_ring_full": 0}
+    assert d["book"]["msgs"] == 300_000
+    assert d["book"]["bad_msgs"] == 0 and d["book"]["qty_underflow"] == 0 and d["book"]["crossed"] == 0
+    assert d["book"]["events"] == d["supervisor"]["events_read"] > 0
+    assert d["book"]["state"] == "stopped"
+    sym = d["symbols"]["AAA"]
+    assert sym["bid_px_tick"] < sym["ask_px_tick"] and len(sym["bids"]) == 10
+    assert list_segments(instance) == []
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_a_full_md_ring_drops_and_counts_never_blocks(tmp_path, instance):
+    cfg = _config(tmp_path, instance, "[book]\nmax_batch = 64\n", md_capacity=64)
+    out = obpipe("run", "--config", cfg, "--count", "2000000", "--rate", "0", "--json", "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    d = json.loads(out.stdout)
+    assert d["feed"]["sent"] + d["feed"]["dropped_ring_full"] == 2_000_000
+    assert d["feed"]["dropped_ring_full"] > 0  # a 64-slot ring cannot keep up with an unpaced feed
+    assert d["book"]["msgs"] == d["feed"]["sent"]  # what was accepted was applied
+    assert list_segments(instance) == []
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_stats_reads_a_running_instance_and_ctrl_c_stops_it_cleanly(tmp_path, instance):
+    cfg = _config(tmp_path, instance)
+    p = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--rate", "50000", "--json",
+                          "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
+    try:
+        deadline = time.monotonic() + 120
+        d = None
+        while time.monotonic() < deadline:
+            s = obpipe("stats", "--config", cfg, "--json", timeout=60)
+            if s.returncode == 0:
+                d = json.loads(s.stdout)
+                if d["book"]["state"] == "running" and d["book"]["msgs"] > 1000:
+                    break
+            time.sleep(0.5)
+        assert d is not None and d["book"]["msgs"] > 1000, "stats never showed a running book"
+        assert d["symbols"]["AAA"]["msgs_applied"] > 0
+        human = obpipe("stats", "--config", cfg, timeout=60)
+        assert "book writer pid" in human.stdout and "AAA" in human.stdout
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+        assert p.returncode == 0, stderr[-3000:]
+        final = json.loads(stdout)
+        assert final["book"]["msgs"] == final["feed"]["sent"] >= d["book"]["msgs"]
+        assert list_segments(instance) == []
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def test_stats_without_an_instance_says_so(tmp_path, instance):
+    s = obpipe("stats", "--config", _config(tmp_path, instance), timeout=60)
+    assert s.returncode == 1 and f"no running instance '{instance}'" in s.stderr
+
+
+def test_unknown_config_key_is_an_error_naming_it(tmp_path, instance):
+    out = obpipe("run", "--config", _config(tmp_path, instance, "[book]\nladder_widht = 10\n"), "--count", "10",
+                 timeout=60)
+    assert out.returncode == 2
+    assert "book.ladder_widht: unknown key" in out.stderr and "Traceback" not in out.stderr
+    out = obpipe("run", "--config", _config(tmp_path, instance, "[book]\nmax_batch = 0\n"), timeout=60)
+    assert out.returncode == 2 and "book.max_batch: must be 1.." in out.stderr
+    out = obpipe("run", "--config", _config(tmp_path, instance, "[book]\nsymbols = 5\n"), timeout=60)
+    assert out.returncode == 2 and "book.symbols: expected" in out.stderr
+
+
+def test_clean_reports_nothing_to_do_or_what_it_removed(instance):
+    out = obpipe("clean", "--instance", instance, timeout=60)
+    assert out.returncode == 0 and "no stale obpipe segments" in out.stdout
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_a_dying_book_writer_gives_a_nonzero_exit(tmp_path, instance):
+    cfg = _config(tmp_path, instance)
+    p = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--rate", "20000", "--quiet",
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
+    try:
+        pid = 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not pid:
+            s = obpipe("stats", "--config", cfg, "--json", timeout=60)
+            if s.returncode == 0:
+                d = json.loads(s.stdout)
+                if d["book"]["state"] == "running":
+                    pid = d["book"]["pid"]
+            time.sleep(0.3)
+        assert pid, "book writer never started"
+        os.kill(pid, signal.SIGKILL)
+        stdout, stderr = p.communicate(timeout=60)
+        assert p.returncode == 1
+        assert "book writer died" in stderr and "-9" in stderr
+        assert list_segments(instance) == []
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
