@@ -67,7 +67,7 @@ def _apply_rate(msgs, widths, batch, repeats, events_consumed: bool, snapshots: 
             t = time.perf_counter()
             for j in range(0, len(msgs), batch):
                 k = min(batch, len(msgs) - j)
-                BK.apply_batch(msgs, j, k, -1, book.lad, book.S, book.C, book.ev, book.ev_ctrl, book.dirty, 0)
+                BK.apply_batch(msgs, j, k, -1, book.lad, book.S, book.C, book.ev, book.ev_ctrl, book.dirty)
                 if events_consumed:
                     evc[schema.RING_W_TAIL] = evc[schema.RING_W_HEAD]  # a consumer that keeps up
                 book.publish(0)

@@ -320,7 +320,7 @@ def clear_symbol(lad, S, s):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _emit(ev, slot, kind, side, s, seq, ts_exch, ts_apply, lad, S, tpx, tqty):
+def _emit(ev, slot, kind, side, s, seq, ts_exch, lad, S, tpx, tqty):
     """Write one event into events-ring record ``slot`` (the caller checked for room)."""
     e = ev[slot]
     e.kind = kind
@@ -329,7 +329,6 @@ def _emit(ev, slot, kind, side, s, seq, ts_exch, ts_apply, lad, S, tpx, tqty):
     e.trade_qty = tqty
     e.seq = seq
     e.ts_exch_ns = ts_exch
-    e.ts_apply_ns = ts_apply
     e.bid_px_tick = best_px(S, s, BID)
     e.ask_px_tick = best_px(S, s, ASK)
     e.trade_px_tick = tpx
@@ -358,7 +357,9 @@ def build_payload(lad, S, s, n_levels, pay, lv_px, lv_qty):
     nan = np.nan
     pay[schema.SW_IMBALANCE] = f64_bits((bq - aq) / (bq + aq) if bq + aq > 0 else nan)
     if both:
-        pay[schema.SW_MICROPRICE] = f64_bits((bpx * aq + apx * bq) / (bq + aq))
+        # bid + spread * bq / (bq + aq): the same value as (bid*aq + ask*bq)/(bq+aq)
+        # without the int64 products, which overflow for large prices x sizes
+        pay[schema.SW_MICROPRICE] = f64_bits(bpx + (apx - bpx) * (bq / (bq + aq)))
     else:
         pay[schema.SW_MICROPRICE] = f64_bits(nan)
     h = schema.SNAP_HEADER_WORDS
@@ -392,7 +393,7 @@ def build_payload(lad, S, s, n_levels, pay, lv_px, lv_qty):
 
 
 @njit(nogil=True, cache=True)
-def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty, ts_apply):
+def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
     """Apply messages ``md[(start + j) & mask]`` for j in 0..n-1 (``mask = -1`` for a
     plain array).  Emits events into the events ring (``ev`` = its records view,
     ``ev_ctrl`` = its control words) and publishes them at the end.  Symbols touched
@@ -470,7 +471,7 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty, ts_apply):
             S[s, B_LAST_QTY] = q
             S[s, B_LAST_SIDE] = agg
             if ne < ev_free:
-                _emit(ev, (ev_head + ne) & ev_mask, schema.EV_TRADE, agg, s, seq, ts_exch, ts_apply, lad, S, px, q)
+                _emit(ev, (ev_head + ne) & ev_mask, schema.EV_TRADE, agg, s, seq, ts_exch, lad, S, px, q)
                 ne += 1
             else:
                 dropped += 1
@@ -501,7 +502,7 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty, ts_apply):
             if bb >= 0 and ba >= 0 and bb >= ba:
                 C[schema.ST_BOOK_CROSSED] += 1
             if ne < ev_free:
-                _emit(ev, (ev_head + ne) & ev_mask, schema.EV_BBO, 0, s, seq, ts_exch, ts_apply, lad, S, NO_PX, 0)
+                _emit(ev, (ev_head + ne) & ev_mask, schema.EV_BBO, 0, s, seq, ts_exch, lad, S, NO_PX, 0)
                 ne += 1
             else:
                 dropped += 1
@@ -558,7 +559,7 @@ def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirt
             tail, n = ring_available(md_ctrl, max_batch)
         n = min(n, max_batch)
         ts = monotonic_ns()
-        apply_batch(md, tail, n, mask, lad, S, C, ev, ev_ctrl, dirty, ts)
+        apply_batch(md, tail, n, mask, lad, S, C, ev, ev_ctrl, dirty)
         ring_release(md_ctrl, tail + n)
         publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_words, pay, lv_px, lv_qty, ts)
         publish_counters(C, row, schema.ST_BOOK_MSGS, schema.ST_BOOK_CROSSED + 1)

@@ -33,7 +33,7 @@ def writer_load(msgs, max_batch, duration_ns, lad, S, C, ev, ev_ctrl, n_levels, 
     while True:
         k = min(max_batch, n - j)
         ts = monotonic_ns()
-        BK.apply_batch(msgs, j, k, -1, lad, S, C, ev, ev_ctrl, dirty, ts)
+        BK.apply_batch(msgs, j, k, -1, lad, S, C, ev, ev_ctrl, dirty)
         BK.publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_words, pay, lv_px, lv_qty, ts)
         done += k
         j += k

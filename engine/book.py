@@ -37,7 +37,7 @@ class Book:
         n_levels: levels per side in snapshots (default 10).
         depth_ticks: events carry the quantity within this many ticks of each best.
         events: ``(ctrl, records)`` of the events ring (``Ring.ctrl``, ``Ring.records``);
-            ``None`` gives a private 1-slot ring, so events are counted as dropped.
+            ``None`` gives a private 2-slot ring nobody drains: events are counted as dropped.
         snapshots: the ``SnapshotRegion`` to publish into (``None``: no publishing).
     """
 
@@ -76,7 +76,7 @@ class Book:
         if start < 0 or n < 0 or start + n > len(msgs):
             raise IndexError(f"batch [{start}, {start + n}) outside {len(msgs)} messages")
         ts = monotonic_ns()
-        BK.apply_batch(msgs, start, n, -1, self.lad, self.S, self.C, self.ev, self.ev_ctrl, self.dirty, ts)
+        BK.apply_batch(msgs, start, n, -1, self.lad, self.S, self.C, self.ev, self.ev_ctrl, self.dirty)
         self.publish(ts)
         return n
 
@@ -92,21 +92,30 @@ class Book:
 
     # --- inspection (tests, CLIs; not the hot path) ----------------------------------
 
+    def _check(self, symbol: int, side: int = 0) -> None:
+        if not 0 <= symbol < self.n_symbols:
+            raise IndexError(f"symbol {symbol} out of range 0..{self.n_symbols - 1}")
+        if side not in (0, 1):
+            raise ValueError(f"side must be 0 (bid) or 1 (ask), got {side}")
+
     def bbo(self, symbol: int) -> tuple[int, int, int, int]:
         """(bid_px_tick, bid_qty, ask_px_tick, ask_qty); NO_PX/0 for an empty side."""
+        self._check(symbol)
         S, lad = self.S, self.lad
         return (int(BK.best_px(S, symbol, 0)), int(BK.best_qty(lad, S, symbol, 0)),
                 int(BK.best_px(S, symbol, 1)), int(BK.best_qty(lad, S, symbol, 1)))
 
     def top(self, symbol: int, side: int, n: int) -> list[tuple[int, int]]:
         """Top ``n`` (px_tick, qty) levels of a side, best first."""
-        px = np.zeros(n, np.int64)
+        self._check(symbol, side)
+        px = np.zeros(max(n, 0), np.int64)
         qty = np.zeros(n, np.int64)
         k = BK.top_levels(self.lad, self.S, symbol, side, n, px, qty)
         return list(zip(px[:k].tolist(), qty[:k].tolist()))
 
     def level(self, symbol: int, side: int, px_tick: int) -> int:
         """Quantity resting at a price (0 if empty or outside the ladder)."""
+        self._check(symbol, side)
         base = int(self.S[symbol, BK.B_BASE])
         w = int(self.S[symbol, BK.B_WIDTH])
         if base == schema.NO_PX or not 0 <= px_tick - base < w:
@@ -115,6 +124,7 @@ class Book:
 
     def window(self, symbol: int) -> tuple[int, int]:
         """[lo, hi) prices currently held by the ladder (NO_PX, NO_PX before any price)."""
+        self._check(symbol)
         base = int(self.S[symbol, BK.B_BASE])
         return (base, base + int(self.S[symbol, BK.B_WIDTH])) if base != schema.NO_PX else (base, base)
 
@@ -122,4 +132,5 @@ class Book:
         return {name: int(self.C[i]) for i, name in schema.BOOK_STAT_NAMES.items()}
 
     def clear(self, symbol: int) -> None:
+        self._check(symbol)
         BK.clear_symbol(self.lad, self.S, symbol)

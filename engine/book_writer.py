@@ -6,6 +6,9 @@ publishes a seqlock snapshot per touched symbol per batch, and keeps its stats r
 """
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -33,6 +36,7 @@ class BookWriterSpec:
     backoff: Backoff
     cores: tuple[int, ...] = ()
     budget: int = 1 << 16  # messages per kernel call before Python checks the stop flag
+    parent_pid: int = 0  # the supervisor; the writer exits if it disappears
 
 
 def run(spec: BookWriterSpec, stop) -> int:
@@ -41,8 +45,6 @@ def run(spec: BookWriterSpec, stop) -> int:
         pin(list(spec.cores))
     stats = StatsBlock.attach(spec.instance)
     row = stats.row(ROW_BOOK)
-    import os
-
     row[schema.ST_PID] = os.getpid()
     row[schema.ST_STATE] = STATE_STARTING
     md = Ring.attach(spec.instance, "md", schema.MD_DTYPE)
@@ -59,6 +61,9 @@ def run(spec: BookWriterSpec, stop) -> int:
     while not stop.is_set():
         n = BK.drain(md.ctrl, md.records, spec.max_batch, spec.budget, *args, b.spin_iters, b.yield_iters)
         if n == 0:
+            if spec.parent_pid and os.getppid() != spec.parent_pid:
+                row[schema.ST_STATE] = STATE_STOPPED
+                return 3  # orphaned: the supervisor died without stopping us
             time.sleep(b.sleep_us * 1e-6)
             row[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()
     while BK.drain(md.ctrl, md.records, spec.max_batch, spec.budget, *args, 0, 0):
@@ -67,10 +72,24 @@ def run(spec: BookWriterSpec, stop) -> int:
     return 0
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (a SIGKILLed supervisor
+    must not leave a book writer spinning on a core); exit now if it already has."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the idle-loop parent check still applies
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(3)
+
+
 def main_entry(spec: BookWriterSpec, stop) -> None:
     """Process target (spawn): exit code is run()'s return value."""
-    import signal
     import sys
 
+    die_with_parent(spec.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     sys.exit(run(spec, stop))

@@ -451,7 +451,7 @@ def check_kernel(md, top, s, lad, S, C, via_batch, ev, ev_ctrl, dirty, status):
             c = 2 if side == BID else 0
             empties = top[k - 1, c] != NO_PX and px == top[k - 1, c] and q >= top[k - 1, c + 1]
         if via_batch:
-            BK.apply_batch(md, k, 1, -1, lad, S, C, ev, ev_ctrl, dirty, 0)
+            BK.apply_batch(md, k, 1, -1, lad, S, C, ev, ev_ctrl, dirty)
         else:
             _apply_one(lad, S, C, s, kind, side, px, q)
         bpx = BK.best_px(S, s, BID)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from ring import schema
 from ring.snapshot import SnapshotRegion
@@ -28,6 +29,8 @@ class Status:
         out = {
             "instance": self.instance,
             "book": {"pid": int(book[schema.ST_PID]), "state": _STATE.get(int(book[schema.ST_STATE]), "?"),
+                     "heartbeat_age_s": (round((time.monotonic_ns() - int(book[schema.ST_HEARTBEAT_NS])) / 1e9, 3)
+                                         if book[schema.ST_HEARTBEAT_NS] else None),
                      **{n: int(book[i]) for i, n in schema.BOOK_STAT_NAMES.items()}},
             "feed": {n: int(feed[i]) for i, n in schema.FEED_STAT_NAMES.items()},
             "supervisor": {n: int(sup[i]) for i, n in schema.SUP_STAT_NAMES.items()},
@@ -36,7 +39,7 @@ class Status:
             "symbols": {},
         }
         for i, name in enumerate(self.symbols[: self.snaps.n_slots]):
-            r = self.snaps.read(i)
+            r = self.snaps.read(i, max_tries=100_000)
             out["symbols"][name] = snapshot_dict(r)
         out["snapshot_read_retries"] = self.snaps.retries
         return out
@@ -75,7 +78,8 @@ def render(d: dict, levels: int = 3) -> str:
     """A human table of ``Status.collect()``."""
     b, f = d["book"], d["feed"]
     lines = [
-        f"instance {d['instance']}  book writer pid {b['pid']} ({b['state']})",
+        f"instance {d['instance']}  book writer pid {b['pid']} ({b['state']}, heartbeat "
+        f"{'-' if b['heartbeat_age_s'] is None else format(b['heartbeat_age_s'], '.1f') + 's ago'})",
         f"  feed     sent {f['sent']:>14,}  dropped(ring full) {f['dropped_ring_full']:>10,}",
         f"  book     msgs {b['msgs']:>14,}  batches {b['batches']:>10,}  bad {b['bad_msgs']:,}  "
         f"out_of_ladder {b['out_of_ladder']:,}  recentres {b['recentres']:,}  evicted {b['evicted_levels']:,}  "

@@ -14,6 +14,7 @@ normal run).
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import sys
 import time
@@ -29,7 +30,7 @@ from ring._kernels import ring_pop, ring_push
 from ring._shm import clean_stale, list_segments
 from ring.snapshot import SnapshotRegion
 from ring.spsc import Backoff, Ring
-from ring.stats import ROW_FEED, ROW_SUPERVISOR, StatsBlock
+from ring.stats import ROW_BOOK, ROW_FEED, ROW_SUPERVISOR, StatsBlock
 
 from . import book_writer
 from ._placement import cores_for, pin
@@ -72,8 +73,10 @@ class _Segments:
 
     def close(self):
         for x in reversed(self.items):
-            x.unlink()
-            x.close()
+            try:
+                x.unlink()
+            finally:
+                x.close()
         self.items = []
 
 
@@ -102,24 +105,26 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     book_cores = tuple(cores_for("book", cfg.pinning.book))
     pin(cores_for("supervisor", cfg.pinning.supervisor))
     segs = _Segments(cfg)
-    ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    b = cfg.backoff
-    spec = book_writer.BookWriterSpec(
-        instance=inst, widths=tuple(cfg.book.widths()), n_levels=cfg.book.snapshot_levels,
-        depth_ticks=cfg.book.event_depth_ticks, max_batch=cfg.book.max_batch, backoff=Backoff(b.spin_iters, b.yield_iters, b.sleep_us),
-        cores=book_cores)
-    writer = ctx.Process(target=book_writer.main_entry, args=(spec, stop), name="obpipe-book")
-    interrupted = []
-    old_int = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
-    old_term = signal.signal(signal.SIGTERM, lambda *_: interrupted.append(1))
+    writer = None
     status = None
+    old_handlers = {}
     rc = 0
     try:
+        ctx = mp.get_context("spawn")
+        stop = ctx.Event()
+        b = cfg.backoff
+        spec = book_writer.BookWriterSpec(
+            instance=inst, widths=tuple(cfg.book.widths()), n_levels=cfg.book.snapshot_levels,
+            depth_ticks=cfg.book.event_depth_ticks, max_batch=cfg.book.max_batch,
+            backoff=Backoff(b.spin_iters, b.yield_iters, b.sleep_us), cores=book_cores, parent_pid=os.getpid())
+        writer = ctx.Process(target=book_writer.main_entry, args=(spec, stop), name="obpipe-book")
+        interrupted = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old_handlers[sig] = signal.signal(sig, lambda *_: interrupted.append(1))
         writer.start()
         _say(opts, f"obpipe: instance {inst}, book writer pid {writer.pid} on cores {list(spec.cores)}, "
                    f"{len(cfg.book.symbols)} symbols; starting (first run compiles kernels)...")
-        book_row = segs.stats.row(2)
+        book_row = segs.stats.row(ROW_BOOK)
         t0 = time.monotonic()
         while book_row[schema.ST_STATE] < book_writer.STATE_RUNNING:
             if not writer.is_alive():
@@ -149,8 +154,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             print(render(final))
         return rc
     finally:
-        stop.set()
-        if writer.pid is not None:
+        if writer is not None and writer.pid is not None:
+            stop.set()
             writer.join(10)
             if writer.is_alive():
                 writer.terminate()
@@ -161,8 +166,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         if status is not None:
             status.close()
         segs.close()
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
 
 
 def _drain_events(segs: _Segments, buf=np.zeros((4096, schema.EVENT_DTYPE.itemsize // 8), np.int64)) -> int:

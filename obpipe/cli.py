@@ -16,14 +16,28 @@ def _load(path):
         raise SystemExit(2)
 
 
+def _with_overrides(cfg, a):
+    """Command-line overrides, validated exactly like the config file's values."""
+    run = {k: v for k, v in (("rate", getattr(a, "rate", None)), ("duration_s", getattr(a, "duration", None)),
+                             ("seed", getattr(a, "seed", None))) if v is not None}
+    sections = {"run": run} if run else {}
+    if getattr(a, "instance", None):
+        sections["instance"] = {"name": a.instance}
+    try:
+        return cfgmod.replace(cfg, **sections) if sections else cfg
+    except cfgmod.ConfigError as e:
+        print(f"obpipe: bad option: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def cmd_run(a) -> int:
     from engine.supervisor import RunOptions, run
 
-    cfg = _load(a.config)
-    if a.instance:
-        cfg = cfgmod.replace(cfg, instance={"name": a.instance})
-    return run(cfg, RunOptions(rate=a.rate, duration_s=a.duration, count=a.count, seed=a.seed,
-                               as_json=a.json, quiet=a.quiet))
+    cfg = _with_overrides(_load(a.config), a)
+    if a.count is not None and a.count < 0:
+        print("obpipe: bad option: --count must be >= 0", file=sys.stderr)
+        return 2
+    return run(cfg, RunOptions(count=a.count, as_json=a.json, quiet=a.quiet))
 
 
 def cmd_stats(a) -> int:
@@ -32,8 +46,8 @@ def cmd_stats(a) -> int:
     from engine.status import Status, render
     from ring.errors import RingError
 
-    cfg = _load(a.config)
-    inst = a.instance or cfg.instance.name
+    cfg = _with_overrides(_load(a.config), a)
+    inst = cfg.instance.name
     try:
         st = Status(inst, list(cfg.book.symbols))
     except RingError as e:
@@ -41,7 +55,11 @@ def cmd_stats(a) -> int:
         return 1
     try:
         while True:
-            d = st.collect()
+            try:
+                d = st.collect()
+            except TimeoutError as e:
+                print(f"obpipe stats: {e} (book writer stuck or killed mid-write?)", file=sys.stderr)
+                return 1
             if a.json:
                 print(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())
             else:

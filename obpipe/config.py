@@ -158,8 +158,9 @@ def _validate(c: Config) -> None:
     if not 1 <= b.max_batch <= 1 << 20:
         bad("book.max_batch", f"must be 1..{1 << 20}, got {b.max_batch}")
     for k in ("md_capacity", "events_capacity"):
-        if not _pow2(getattr(c.rings, k)):
-            bad(f"rings.{k}", f"must be a power of two >= 2, got {getattr(c.rings, k)}")
+        v = getattr(c.rings, k)
+        if not _pow2(v) or v > 1 << 24:
+            bad(f"rings.{k}", f"must be a power of two in 2..{1 << 24}, got {v}")
     for k in ("spin_iters", "yield_iters", "sleep_us"):
         if getattr(c.backoff, k) < 0:
             bad(f"backoff.{k}", "must be >= 0")
@@ -169,6 +170,11 @@ def _validate(c: Config) -> None:
             bad(f"pinning.{k}", f"must be \"auto\" or a list of core numbers, got {v!r}")
         if isinstance(v, list) and (not v or any(x < 0 for x in v)):
             bad(f"pinning.{k}", f"core list must be non-empty and non-negative, got {v!r}")
+    import math
+
+    for k in ("duration_s", "stats_interval_s"):
+        if not math.isfinite(getattr(c.run, k)):
+            bad(f"run.{k}", f"must be a finite number, got {getattr(c.run, k)}")
     if c.run.rate < 0:
         bad("run.rate", "must be >= 0")
     if c.run.duration_s < 0:
@@ -199,7 +205,12 @@ def load(path: str | Path | None = None) -> Config:
 
 
 def replace(cfg: Config, **sections) -> Config:
-    """A copy of ``cfg`` with some fields of some sections replaced:
-    ``replace(cfg, run={"rate": 0})``."""
-    new = {k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items()}
-    return dataclasses.replace(cfg, **new)
+    """A copy of ``cfg`` with some fields of some sections replaced, type-checked and
+    validated like a file's values: ``replace(cfg, run={"rate": 0})``."""
+    table = {k: {f.name: getattr(getattr(cfg, k), f.name) for f in dataclasses.fields(getattr(cfg, k))}
+             for k in (f.name for f in dataclasses.fields(cfg))}
+    for k, v in sections.items():
+        if k not in table:
+            raise ConfigError(f"{k}: unknown section")
+        table[k].update(v)
+    return from_dict(table)

@@ -254,8 +254,13 @@ def rdtsc(typingctx):
 
 @njit(nogil=True, cache=True, inline="always")
 def seqlock_write_begin(words, idx):
-    """Writer: make the sequence odd; payload stores that follow cannot move above it."""
+    """Writer: make the sequence odd; payload stores that follow cannot move above it.
+
+    If the sequence is already odd (a previous writer died mid-write), it is first
+    rounded up to even, so odd always means "being written" and a new writer never
+    makes readers accept a copy taken mid-write."""
     s = load_relaxed(words, idx)
+    s += s & 1
     store_relaxed(words, idx, s + 1)
     fence_release()
     return s + 1

@@ -85,6 +85,8 @@ def ring_push(ctrl, slots, src, start, n):
     cap = slots.shape[0]
     mask = cap - 1
     w = slots.shape[1]
+    if n <= 0:
+        return 0
     head, k = ring_claim(ctrl, cap, n)
     for i in range(k):
         s = (head + i) & mask
@@ -102,6 +104,8 @@ def ring_pop(ctrl, slots, dst, max_n):
     mask = cap - 1
     w = slots.shape[1]
     want = min(max_n, dst.shape[0])
+    if want <= 0:
+        return 0
     tail, avail = ring_available(ctrl, want)
     k = min(avail, want)
     for i in range(k):
@@ -136,7 +140,7 @@ def ring_wait(ctrl, spin_iters, yield_iters):
 
 @njit(nogil=True, cache=True)
 def ring_counters(ctrl):
-    """(head, tail) as seen now, for monitoring (head read first, so head >= tail)."""
+    """(head, tail) as seen now, for monitoring (tail read first, so head >= tail)."""
     tail = load_acquire(ctrl, _TAIL)
     head = load_acquire(ctrl, _HEAD)
     return head, tail

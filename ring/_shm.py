@@ -11,22 +11,31 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import time
 
 import numpy as np
 import posix_ipc
 import psutil
 
 from . import schema
-from .errors import HeaderMismatch, SegmentExists, SegmentMissing
+from .errors import HeaderMismatch, SegmentExists, SegmentMissing, SegmentTooLarge
 
 _NAME_PART = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SHM_DIR = "/dev/shm"
 
 
+def _shm_free_bytes() -> int | None:
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 def seg_name(instance: str, part: str) -> str:
     """``/obpipe.<instance>.<part>``; both parts are checked to be safe file names."""
     for what, v in (("instance", instance), ("part", part)):
-        if not _NAME_PART.match(v):
+        if not _NAME_PART.fullmatch(v):
             raise ValueError(f"segment {what} {v!r} must match {_NAME_PART.pattern}")
     return f"/{schema.SEG_PREFIX}.{instance}.{part}"
 
@@ -64,6 +73,10 @@ class Segment:
     def create(cls, name: str, size: int, *, kind: int, record_dtype: np.dtype, record_size: int,
                capacity: int, owner_pid: int | None = None) -> "Segment":
         """Create, size, zero and stamp a new segment.  Raises ``SegmentExists``."""
+        free = _shm_free_bytes()
+        if free is not None and size > free:
+            raise SegmentTooLarge(f"segment {name} needs {size:,} bytes but {SHM_DIR} has {free:,} free; "
+                                  f"lower the ring capacities in the config")
         try:
             shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
         except posix_ipc.ExistentialError as e:
@@ -71,9 +84,13 @@ class Segment:
                 f"shared memory segment {name} already exists (another instance running, or a stale "
                 f"segment: `obpipe clean` removes those)") from e
         try:
-            mm = mmap.mmap(shm.fd, size)
-        finally:
-            shm.close_fd()
+            try:
+                mm = mmap.mmap(shm.fd, size)
+            finally:
+                shm.close_fd()
+        except OSError as e:
+            posix_ipc.unlink_shared_memory(name)
+            raise SegmentTooLarge(f"cannot map segment {name} of {size:,} bytes: {e}") from e
         seg = cls(name, mm, size, created=True)
         pid = os.getpid() if owner_pid is None else owner_pid
         h = seg.header[0]
@@ -99,8 +116,9 @@ class Segment:
             raise SegmentMissing(f"shared memory segment {name} does not exist") from e
         try:
             size = shm.size
-            if size < 64:
-                raise HeaderMismatch(f"segment {name}: size {size} bytes is smaller than its 64-byte header")
+            if size < 64 or size % 8:
+                raise HeaderMismatch(f"shared ring header mismatch in {name}: size {size} bytes is not an obpipe "
+                                     f"segment (smaller than its 64-byte header, or not whole 8-byte words)")
             mm = mmap.mmap(shm.fd, size)
         finally:
             shm.close_fd()
@@ -188,6 +206,12 @@ def clean_stale(instance: str | None = None, dry_run: bool = False) -> list[tupl
     for name in list_segments(instance):
         owner = segment_owner(name)
         if owner is None:
+            try:
+                age = time.time() - os.stat(SHM_DIR + name).st_mtime
+            except OSError:
+                continue
+            if age < 5:
+                continue  # maybe being created right now (the magic is written last)
             reason = "no valid header"
         elif not _owner_alive(*owner):
             reason = f"owner pid {owner[0]} is gone"

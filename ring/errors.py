@@ -15,6 +15,11 @@ class SegmentMissing(RingError):
     """Raised by ``Segment.attach`` when no segment of that name exists."""
 
 
+class SegmentTooLarge(RingError):
+    """Raised by ``Segment.create`` when a segment would not fit in /dev/shm (or cannot
+    be mapped); nothing is left behind."""
+
+
 class HeaderMismatch(RingError):
     """Raised by ``Segment.attach`` (and so by ``Ring.attach``, ``SnapshotRegion.attach``,
     ``StatsBlock.attach``) when the segment's header differs from what the caller's

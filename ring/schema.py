@@ -129,12 +129,11 @@ EVENT_DTYPE = np.dtype(
         ("trade_qty", "<u4"),  # EV_TRADE: lots traded; else 0
         ("seq", "<i8"),  # feed sequence of the message that caused it
         ("ts_exch_ns", "<i8"),
-        ("ts_apply_ns", "<i8"),  # CLOCK_MONOTONIC of the batch apply
         ("bid_px_tick", "<i8"),  # NO_PX when the side is empty
         ("ask_px_tick", "<i8"),
         ("trade_px_tick", "<i8"),  # EV_TRADE: price; else NO_PX
-        ("bid_qty", "<u4"),
-        ("ask_qty", "<u4"),
+        ("bid_qty", "<i8"),  # lots at the best bid (a level sums many u32 orders: i8)
+        ("ask_qty", "<i8"),
         ("bid_depth_qty", "<i8"),  # lots within [book] event_depth_ticks of the best bid
         ("ask_depth_qty", "<i8"),  # lots within [book] event_depth_ticks of the best ask
     ],

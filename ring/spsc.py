@@ -83,9 +83,11 @@ class Ring:
 
     # --- checked entry points (batch granularity) -------------------------------------
 
-    def _as_words(self, records: np.ndarray) -> np.ndarray:
+    def _as_words(self, records: np.ndarray, writable: bool = False) -> np.ndarray:
         if records.dtype != self.dtype:
             raise TypeError(f"records have dtype {records.dtype}, ring holds {self.dtype}")
+        if writable and not (records.flags.c_contiguous and records.flags.writeable):
+            raise ValueError("pop needs a C-contiguous, writeable output array")
         return np.ascontiguousarray(records).view(np.int64).reshape(-1, self.words)
 
     def push(self, records: np.ndarray) -> int:
@@ -95,8 +97,8 @@ class Ring:
 
     def pop(self, out: np.ndarray, max_n: int | None = None) -> int:
         """Pop up to ``len(out)`` (or ``max_n``) records into ``out``; returns the count."""
-        dst = self._as_words(out)
-        return int(K.ring_pop(self.ctrl, self.slots, dst, dst.shape[0] if max_n is None else max_n))
+        dst = self._as_words(out, writable=True)
+        return int(K.ring_pop(self.ctrl, self.slots, dst, dst.shape[0] if max_n is None else max(max_n, 0)))
 
     def wait(self, backoff: Backoff, timeout_s: float | None = None) -> int:
         """Block politely until records are available (or ``timeout_s``); returns how many."""
