@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from engine import _book_kernels as BK  # noqa: E402
-from engine._placement import usable_cores  # noqa: E402
+from engine._placement import usable_cores, writer_and_reader_cores  # noqa: E402
 from engine._stress import run_writer_with_readers  # noqa: E402
 from engine.book import Book  # noqa: E402
 from engine.lobster import load_messages  # noqa: E402
@@ -41,13 +41,8 @@ def med(xs):
     return float(statistics.median(xs))
 
 
-def _placement():
-    cores = usable_cores()
-    return (cores[:1], cores[-1:]) if len(cores) > 1 else ((), ())
-
-
 def bench_ring(repeats: int, total: int) -> dict:
-    prod, cons = _placement()
+    cons, prod = writer_and_reader_cores()
     runs = [run_ring_stress(f"{INSTANCE}r{i}", total, capacity=1 << 16, batch=1024, producer_cores=prod,
                             consumer_cores=cons) for i in range(repeats)]
     assert all(r["bad"] == 0 and r["received"] == total for r in runs)
@@ -123,8 +118,8 @@ def bench_snapshots(repeats: int) -> dict:
             rates.append(n / (time.perf_counter() - t))
     finally:
         region.unlink()
-    w, r = _placement()
-    contended = [run_snapshot_stress(f"{INSTANCE}t{i}", 1.0, 1, writer_cores=r, reader_cores=w)
+    w, r = writer_and_reader_cores()
+    contended = [run_snapshot_stress(f"{INSTANCE}t{i}", 1.0, 1, writer_cores=w, reader_cores=r)
                  for i in range(repeats)]
     assert all(c["readers"][0][2] == 0 for c in contended)
     return {
@@ -151,12 +146,12 @@ def _loop_reads_k(words, base, dst, nw, n):
 
 
 def bench_writer_with_readers(repeats: int, interval_ns: int) -> dict:
-    w, r = _placement()
+    w, r = writer_and_reader_cores()
     alone, with2 = [], []
     for i in range(repeats):  # alternate, so drift in machine load hits both alike
-        alone.append(run_writer_with_readers(f"{INSTANCE}w{i}", 0, 1.0, interval_ns, writer_cores=r,
-                                             reader_cores=w)["msgs_per_s"])
-        res = run_writer_with_readers(f"{INSTANCE}v{i}", 2, 1.0, interval_ns, writer_cores=r, reader_cores=w)
+        alone.append(run_writer_with_readers(f"{INSTANCE}w{i}", 0, 1.0, interval_ns, writer_cores=w,
+                                             reader_cores=r)["msgs_per_s"])
+        res = run_writer_with_readers(f"{INSTANCE}v{i}", 2, 1.0, interval_ns, writer_cores=w, reader_cores=r)
         assert all(x[2] == 0 for x in res["readers"])
         with2.append(res["msgs_per_s"])
     a, b = med(alone), med(with2)
@@ -175,13 +170,21 @@ def bench_peers(repeats: int, n_msgs: int) -> dict:
     book.apply(msgs)
     bb, _, ba, _ = book.bbo(0)
     ours = _apply_rate(msgs, [4096], 1024, repeats, True, True, f"{INSTANCE}p")
+    ours_apply = _apply_rate(msgs, [4096], 1024, repeats, False, False, f"{INSTANCE}q")
     ob = _peers.peer_order_book_msgs_per_s(kind, side, px, qty, repeats=repeats, expect_best_bid_tick=bb,
                                            expect_best_ask_tick=ba)
+    ob_top = _peers.peer_order_book_msgs_per_s(kind, side, px, qty, repeats=repeats, expect_best_bid_tick=bb,
+                                               expect_best_ask_tick=ba, read_top_each_msg=True)
     hbt = _peers.peer_hftbacktest_msgs_per_s(kind, side, px, qty, repeats=repeats, expect_best_bid_tick=bb,
                                              expect_best_ask_tick=ba)
-    return {"peer_stream_msgs": n_msgs, "book_msgs_per_s_peer_stream": ours,
-            "peer_order_book_msgs_per_s": ob, "peer_hftbacktest_msgs_per_s": hbt,
-            "book_vs_order_book": ours / ob, "book_vs_hftbacktest": ours / hbt}
+    return {"peer_stream_msgs": n_msgs,
+            # the book writer's whole job (events written, snapshots) / apply only, same stream
+            "book_msgs_per_s_peer_stream": ours, "book_apply_only_msgs_per_s_peer_stream": ours_apply,
+            "peer_order_book_msgs_per_s": ob, "peer_order_book_top_each_msg_msgs_per_s": ob_top,
+            "peer_hftbacktest_msgs_per_s": hbt,
+            "book_vs_order_book": ours / ob, "book_apply_only_vs_order_book": ours_apply / ob,
+            "book_vs_order_book_top_each_msg": ours / ob_top,
+            "book_vs_hftbacktest": ours / hbt, "book_apply_only_vs_hftbacktest": ours_apply / hbt}
 
 
 def main(argv=None) -> int:

@@ -31,6 +31,13 @@ def cores_for(role: str, setting, cores: list[int] | None = None) -> list[int]:
     return picked
 
 
+def writer_and_reader_cores(cores: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """(writer cores, reader cores): with 2+ cores the writer alone on the last one and
+    readers on the rest, as the pipeline places the book writer; else no pinning."""
+    cores = usable_cores() if cores is None else cores
+    return (cores[-1:], cores[:-1]) if len(cores) > 1 else ([], [])
+
+
 def pin(cores: list[int]) -> None:
     """Pin the calling process; a no-op where affinity is unsupported."""
     try:

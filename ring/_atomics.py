@@ -77,60 +77,47 @@ def _word_ptr(context, builder, arrty, arr, idxty, idx):
     return cgutils.get_item_pointer(context, builder, arrty, ary, [i], wraparound=False)
 
 
-@intrinsic
-def load_acquire(typingctx, arr, idx):
-    """``arr[idx]`` as an atomic load-acquire (re-read every time; later accesses stay after it)."""
-    if not (_is_i64_vector(arr) and isinstance(idx, types.Integer)):
-        return None
+def _make_load(ordering: str, doc: str):
+    @intrinsic
+    def _load(typingctx, arr, idx):
+        if not (_is_i64_vector(arr) and isinstance(idx, types.Integer)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        ptr = _word_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        return builder.load_atomic(ptr, "acquire", 8)
+        def codegen(context, builder, sig, args):
+            ptr = _word_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+            return builder.load_atomic(ptr, ordering, 8)
 
-    return types.int64(arr, idx), codegen
+        return types.int64(arr, idx), codegen
 
-
-@intrinsic
-def load_relaxed(typingctx, arr, idx):
-    """``arr[idx]`` as an atomic monotonic load: re-read every time, no ordering."""
-    if not (_is_i64_vector(arr) and isinstance(idx, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _word_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        return builder.load_atomic(ptr, "monotonic", 8)
-
-    return types.int64(arr, idx), codegen
+    _load.__doc__ = doc
+    return _load
 
 
-@intrinsic
-def store_release(typingctx, arr, idx, val):
-    """``arr[idx] = val`` as an atomic store-release (earlier accesses stay before it)."""
-    if not (_is_i64_vector(arr) and isinstance(idx, types.Integer) and isinstance(val, types.Integer)):
-        return None
+def _make_store(ordering: str, doc: str):
+    @intrinsic
+    def _store(typingctx, arr, idx, val):
+        if not (_is_i64_vector(arr) and isinstance(idx, types.Integer) and isinstance(val, types.Integer)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        ptr = _word_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        v = context.cast(builder, args[2], sig.args[2], types.int64)
-        builder.store_atomic(v, ptr, "release", 8)
-        return context.get_dummy_value()
+        def codegen(context, builder, sig, args):
+            ptr = _word_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+            v = context.cast(builder, args[2], sig.args[2], types.int64)
+            builder.store_atomic(v, ptr, ordering, 8)
+            return context.get_dummy_value()
 
-    return types.none(arr, idx, val), codegen
+        return types.none(arr, idx, val), codegen
+
+    _store.__doc__ = doc
+    return _store
 
 
-@intrinsic
-def store_relaxed(typingctx, arr, idx, val):
-    """``arr[idx] = val`` as an atomic monotonic store (never torn, never elided)."""
-    if not (_is_i64_vector(arr) and isinstance(idx, types.Integer) and isinstance(val, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _word_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        v = context.cast(builder, args[2], sig.args[2], types.int64)
-        builder.store_atomic(v, ptr, "monotonic", 8)
-        return context.get_dummy_value()
-
-    return types.none(arr, idx, val), codegen
+load_acquire = _make_load("acquire", "``arr[idx]`` as an atomic load-acquire (re-read every time; later "
+                                     "accesses stay after it).")
+load_relaxed = _make_load("monotonic", "``arr[idx]`` as an atomic monotonic load: re-read every time, no ordering.")
+store_release = _make_store("release", "``arr[idx] = val`` as an atomic store-release (earlier accesses stay "
+                                       "before it).")
+store_relaxed = _make_store("monotonic", "``arr[idx] = val`` as an atomic monotonic store (never torn, never "
+                                         "elided).")
 
 
 def _make_fence(ordering: str):

@@ -179,25 +179,6 @@ def snap_write(words, base, payload, n_words):
 
 
 @njit(nogil=True, cache=True)
-def snap_read(words, base, dst, n_words, max_tries):
-    """Copy a consistent payload into ``dst``; returns the retries it took, -1 if it
-    gave up after ``max_tries`` attempts (writer stuck mid-write, e.g. killed)."""
-    tries = 0
-    while tries < max_tries:
-        s0 = seqlock_read_begin(words, base)
-        if s0 & 1:
-            tries += 1
-            cpu_relax()
-            continue
-        for j in range(n_words):
-            dst[j] = words[base + 8 + j]
-        if seqlock_read_ok(words, base, s0):
-            return tries
-        tries += 1
-    return -1
-
-
-@njit(nogil=True, cache=True)
 def snap_read_changed(words, base, dst, n_words, last_seq, max_tries):
     """Like ``snap_read``, but copies only if the slot changed since the reader's copy
     at sequence ``last_seq``: a poll of an unchanged slot touches one cache line.
@@ -219,3 +200,11 @@ def snap_read_changed(words, base, dst, n_words, last_seq, max_tries):
             return s0, tries
         tries += 1
     return -1, tries
+
+
+@njit(nogil=True, cache=True)
+def snap_read(words, base, dst, n_words, max_tries):
+    """Copy a consistent payload into ``dst``; returns the retries it took, -1 if it
+    gave up after ``max_tries`` attempts (writer stuck mid-write, e.g. killed)."""
+    seq, tries = snap_read_changed(words, base, dst, n_words, -2, max_tries)  # -2: never a sequence
+    return tries if seq >= 0 else -1

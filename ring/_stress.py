@@ -25,6 +25,15 @@ from ._kernels import (
 )
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _idle(idle):
+    """Spin for the first 200 idle polls, then yield the core."""
+    if idle < 200:
+        cpu_relax()
+    else:
+        sched_yield()
+
+
 @njit(nogil=True, cache=True)
 def produce_pattern(ctrl, slots, total, batch):
     """Push records 0..total-1 in batches; returns the number of full-ring stalls."""
@@ -39,10 +48,7 @@ def produce_pattern(ctrl, slots, total, batch):
         if k == 0:
             stalls += 1
             idle += 1
-            if idle < 200:
-                cpu_relax()
-            else:
-                sched_yield()
+            _idle(idle)
             continue
         idle = 0
         for i in range(k):
@@ -72,10 +78,7 @@ def consume_check(ctrl, slots, total, batch, dst):
         tail, n = ring_available(ctrl, batch)
         if n == 0:
             idle += 1
-            if idle < 200:
-                cpu_relax()
-            else:
-                sched_yield()
+            _idle(idle)
             continue
         idle = 0
         if t0 == 0:

@@ -45,14 +45,3 @@ def instance():
         except posix_ipc.ExistentialError:
             pass
 
-
-def stop_process(p, timeout=10):
-    """terminate -> join -> kill -> join; for process fixtures' teardown."""
-    if p is None:
-        return
-    if p.is_alive():
-        p.terminate()
-        p.join(timeout)
-    if p.is_alive():
-        p.kill()
-        p.join(timeout)

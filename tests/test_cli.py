@@ -28,6 +28,19 @@ def _config(tmp_path, instance, extra="", md_capacity=4096):
     return str(p)
 
 
+def wait_running(cfg, min_msgs=0, timeout_s=120) -> dict:
+    """Poll `obpipe stats --json` until the book writer runs (and applied min_msgs)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        s = obpipe("stats", "--config", cfg, "--json", timeout=60)
+        if s.returncode == 0:
+            d = json.loads(s.stdout)
+            if d["book"]["state"] == "running" and d["book"]["msgs"] >= min_msgs:
+                return d
+        time.sleep(0.3)
+    raise AssertionError(f"the book writer never ran (last stats: {s.stdout or s.stderr})")
+
+
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_run_bounded_count_applies_every_message_and_cleans_up(tmp_path, instance):
@@ -66,16 +79,7 @@ def test_stats_reads_a_running_instance_and_ctrl_c_stops_it_cleanly(tmp_path, in
     p = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--rate", "50000", "--json",
                           "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
     try:
-        deadline = time.monotonic() + 120
-        d = None
-        while time.monotonic() < deadline:
-            s = obpipe("stats", "--config", cfg, "--json", timeout=60)
-            if s.returncode == 0:
-                d = json.loads(s.stdout)
-                if d["book"]["state"] == "running" and d["book"]["msgs"] > 1000:
-                    break
-            time.sleep(0.5)
-        assert d is not None and d["book"]["msgs"] > 1000, "stats never showed a running book"
+        d = wait_running(cfg, min_msgs=1001)
         assert d["symbols"]["AAA"]["msgs_applied"] > 0
         human = obpipe("stats", "--config", cfg, timeout=60)
         assert "book writer pid" in human.stdout and "AAA" in human.stdout
@@ -119,17 +123,7 @@ def test_a_dying_book_writer_gives_a_nonzero_exit(tmp_path, instance):
     p = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--rate", "20000", "--quiet",
                           "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
     try:
-        pid = 0
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not pid:
-            s = obpipe("stats", "--config", cfg, "--json", timeout=60)
-            if s.returncode == 0:
-                d = json.loads(s.stdout)
-                if d["book"]["state"] == "running":
-                    pid = d["book"]["pid"]
-            time.sleep(0.3)
-        assert pid, "book writer never started"
-        os.kill(pid, signal.SIGKILL)
+        os.kill(wait_running(cfg)["book"]["pid"], signal.SIGKILL)
         stdout, stderr = p.communicate(timeout=60)
         assert p.returncode == 1
         assert "book writer died" in stderr and "-9" in stderr

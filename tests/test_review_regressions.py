@@ -1,7 +1,6 @@
 """Regressions for bugs a review demonstrated; each test failed before its fix."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -23,7 +22,7 @@ from ring.errors import HeaderMismatch, SegmentTooLarge
 from ring.snapshot import SnapshotRegion
 from ring.spsc import Ring
 from tests.conftest import REPO
-from tests.test_cli import ENV, _config, obpipe
+from tests.test_cli import ENV, _config, obpipe, wait_running
 
 
 def _msgs(rows):
@@ -140,13 +139,7 @@ def test_book_writer_exits_when_its_supervisor_is_killed(tmp_path, instance):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=ENV)
     writer = 0
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not writer:
-            s = obpipe("stats", "--config", cfg, "--json", timeout=60)
-            if s.returncode == 0 and json.loads(s.stdout)["book"]["state"] == "running":
-                writer = json.loads(s.stdout)["book"]["pid"]
-            time.sleep(0.3)
-        assert writer
+        writer = wait_running(cfg)["book"]["pid"]
         p.send_signal(signal.SIGKILL)
         p.wait(30)
         deadline = time.monotonic() + 20

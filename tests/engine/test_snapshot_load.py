@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from engine._placement import usable_cores
+from engine._placement import writer_and_reader_cores
 from engine._stress import run_writer_with_readers
 
 
@@ -14,9 +14,7 @@ from engine._stress import run_writer_with_readers
 @pytest.mark.multiproc
 @pytest.mark.timeout(400)
 def test_writer_rate_with_two_sampling_readers_within_10_percent(instance):
-    cores = usable_cores()
-    # the writer alone on one core, both readers on the other - the pipeline's placement
-    wc, rc = (cores[-1:], cores[:-1]) if len(cores) > 1 else ((), ())
+    wc, rc = writer_and_reader_cores()
     attempts = []
     for attempt in range(3):  # timing on a shared 2-core VM is noisy: a ratio must hold in one attempt
         alone, with2 = [], []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine._placement import usable_cores
+from engine._placement import writer_and_reader_cores
 from ring._kernels import payload_check, snap_write
 from ring._stress import run_snapshot_stress
 from ring.snapshot import SnapshotRegion, TornSnapshot
@@ -36,9 +36,7 @@ def test_read_verifies_the_check_word(instance):
 @pytest.mark.multiproc
 @pytest.mark.timeout(120)
 def test_two_readers_never_see_a_torn_snapshot(instance):
-    cores = usable_cores()
-    # writer alone on one core, both readers on the other (as the pipeline places them)
-    wc, rc = (cores[-1:], cores[:-1]) if len(cores) > 1 else ((), ())
+    wc, rc = writer_and_reader_cores()
     res = run_snapshot_stress(instance, duration_s=2.0, n_readers=2, writer_cores=wc, reader_cores=rc,
                               timeout_s=100)
     assert res["writes"] > 100_000
