@@ -392,6 +392,19 @@ def build_payload(lad, S, s, n_levels, pay, lv_px, lv_qty):
 # --- the batch ------------------------------------------------------------------------
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _tob_changed(lad, S, s, sd):
+    """Did side sd's best (price, qty) change since last recorded?  Records it.  Branch
+    free: an empty side has best -1, and lad[off - 1] is an always-zero pad word."""
+    b = S[s, B_BEST + sd]
+    qq = lad[S[s, B_OFF + sd] + b]
+    p = S[s, B_BASE] + b if b >= 0 else NO_PX
+    ch = (p != S[s, B_PREV + 2 * sd]) | (qq != S[s, B_PREV + 2 * sd + 1])
+    S[s, B_PREV + 2 * sd] = p
+    S[s, B_PREV + 2 * sd + 1] = qq
+    return ch
+
+
 @njit(nogil=True, cache=True)
 def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
     """Apply messages ``md[(start + j) & mask]`` for j in 0..n-1 (``mask = -1`` for a
@@ -419,6 +432,7 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
                 C[schema.ST_BOOK_BAD_MSG] += 1
                 continue
         trade = False
+        base0 = S[s, B_BASE]
         if kind == schema.K_ADD:
             i = _locate(lad, S, C, s, px, True)
             if i < 0:
@@ -475,27 +489,14 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
                 ne += 1
             else:
                 dropped += 1
-        # Top-of-book change.  Only the touched side can move, except on a clear, or an
-        # add / set-level that re-centred the window, so those check both sides.
-        lo = side
-        hi = side + 1
-        if kind == schema.K_CLEAR or kind == schema.K_ADD or kind == schema.K_SET_LEVEL:
-            lo = 0
-            hi = 2
-        elif kind == schema.K_TRADE or kind == schema.K_HEARTBEAT:
-            hi = lo
-        changed = False
-        for sd in range(lo, hi):
-            b = S[s, B_BEST + sd]
-            p = NO_PX
-            qq = 0
-            if b >= 0:
-                p = S[s, B_BASE] + b
-                qq = lad[S[s, B_OFF + sd] + b]
-            if p != S[s, B_PREV + 2 * sd] or qq != S[s, B_PREV + 2 * sd + 1]:
-                S[s, B_PREV + 2 * sd] = p
-                S[s, B_PREV + 2 * sd + 1] = qq
-                changed = True
+        # Top-of-book change.  Only the touched side can move, except on a clear or a
+        # re-centre (the window moved: evictions may touch both sides).
+        if kind == schema.K_TRADE or kind == schema.K_HEARTBEAT:
+            changed = False
+        elif kind == schema.K_CLEAR or S[s, B_BASE] != base0:
+            changed = _tob_changed(lad, S, s, 0) | _tob_changed(lad, S, s, 1)
+        else:
+            changed = _tob_changed(lad, S, s, side)
         if changed:
             bb = S[s, B_BEST]
             ba = S[s, B_BEST + 1]
