@@ -230,6 +230,50 @@ for _name, _w in (("bid_px_tick", SW_BID_PX), ("bid_qty", SW_BID_QTY), ("ask_px_
                   ("n_levels", SW_N_LEVELS)):
     assert _s.fields[_name][1] == _w * 8, _name
 
+# --- UDP wire protocol (docs/PROTOCOL.md) ----------------------------------------------
+# A datagram = one 24-byte packet header + ``count`` 32-byte messages, little-endian,
+# like MoldUDP64: the header carries the sequence number of the first message.
+
+#: Packet magic, u16 at offset 0: b"OB".
+WIRE_MAGIC = 0x424F
+WIRE_VERSION = 1
+WIRE_HEADER_BYTES = 24
+WIRE_MSG_BYTES = 32
+#: Largest UDP payload that fits a 1,500-byte Ethernet MTU without fragmenting.
+WIRE_MAX_PAYLOAD = 1472
+#: Messages per full packet: (1472 - 24) // 32 = 45 (1,464 bytes).
+WIRE_MAX_MSGS = (WIRE_MAX_PAYLOAD - WIRE_HEADER_BYTES) // WIRE_MSG_BYTES
+#: A packet as int64 words (header 3 words + 45 messages x 4 words).
+WIRE_PACKET_WORDS = (WIRE_HEADER_BYTES + WIRE_MAX_MSGS * WIRE_MSG_BYTES) // 8
+
+WIRE_HEADER_DTYPE = np.dtype(
+    [
+        ("magic", "<u2"),  # WIRE_MAGIC
+        ("version", "u1"),  # WIRE_VERSION
+        ("flags", "u1"),  # 0 (reserved)
+        ("session", "<u4"),  # feed session; a new session restarts sequence numbering
+        ("seq", "<i8"),  # sequence number of the first message (the first message ever is 1)
+        ("count", "<u2"),  # messages in this packet, 0..45
+        ("msg_size", "<u2"),  # WIRE_MSG_BYTES
+        ("check", "<u4"),  # XOR of the messages' 8-byte words, high half XOR low half
+    ],
+    align=True,
+)
+WIRE_MSG_DTYPE = np.dtype(
+    [
+        ("kind", "u1"),  # K_* (add, cancel, delete, execute, trade, set level, clear, heartbeat)
+        ("side", "u1"),  # SIDE_BID / SIDE_ASK
+        ("symbol", "<u2"),
+        ("qty", "<u4"),  # lots
+        ("order_id", "<u8"),  # exchange order id (0 when the feed has none)
+        ("px_tick", "<i8"),
+        ("ts_exch_ns", "<i8"),
+    ],
+    align=True,
+)
+assert WIRE_HEADER_DTYPE.itemsize == WIRE_HEADER_BYTES and WIRE_MSG_DTYPE.itemsize == WIRE_MSG_BYTES
+assert WIRE_MAX_MSGS == 45 and WIRE_PACKET_WORDS == 183
+
 # --- stats block ---------------------------------------------------------------------
 
 #: Counters per stats row: 32 int64 = 4 cache lines, written only by the row's owner.

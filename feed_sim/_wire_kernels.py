@@ -1,0 +1,235 @@
+"""Compiled UDP wire protocol: packet encoding, and the receiver's decode + sequence
+tracking.  No I/O here; the sender and receiver processes call these once per packet.
+
+Packets are handled as int64 words (little-endian machines only; checked by the
+Python face):
+
+    header  w0 = magic | version << 16 | flags << 24 | session << 32
+            w1 = seq of the first message
+            w2 = count | msg_size << 16 | check << 32
+    message w0 = kind | side << 8 | symbol << 16 | qty << 32
+            w1 = order_id, w2 = px_tick, w3 = ts_exch_ns
+
+``check`` is the XOR of all message words folded to 32 bits: a corrupted message body
+is caught and counted as malformed instead of reaching the book as garbage.
+
+Sequence tracking (one session at a time), for a valid packet covering [a, b):
+  a == next        in order: deliver all, next = b
+  a >  next        gap: [next, a) is missing (remembered), gap_msgs += a - next, deliver
+  b <= next        old: inside a remembered missing range -> out of order (late): counted,
+                   *not* applied (the book is not commutative under clamping), gap_msgs
+                   shrinks by its count; otherwise a duplicate
+  a < next < b     overlap: [a, next) duplicate, [next, b) delivered
+So ``gap_msgs`` is always the net number of messages never received.  A new session
+id restarts tracking at sequence 1 (so a receiver counts whatever it missed at the
+start as a gap).  A packet with count 0 is a heartbeat: it reveals trailing gaps.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ring import schema
+from ring._kernels import ring_claim, ring_publish
+
+_MAGIC = schema.WIRE_MAGIC
+_VERSION = schema.WIRE_VERSION
+_HDR = schema.WIRE_HEADER_BYTES
+_MSZ = schema.WIRE_MSG_BYTES
+_MAXM = schema.WIRE_MAX_MSGS
+_M32 = (1 << 32) - 1
+
+# Tracker words (T): counters and state of the receiver, one int64 each.
+T_NEXT = 0  # next expected sequence number (0: no session yet)
+T_SESSION = 1
+T_SESSIONS = 2  # sessions seen
+T_PACKETS = 3  # datagrams received (valid or not)
+T_MESSAGES = 4  # messages in valid packets
+T_DELIVERED = 5  # messages pushed into the md ring
+T_GAP_MSGS = 6  # messages never received (net of late arrivals)
+T_GAP_EVENTS = 7  # gaps detected
+T_DUP_PKTS = 8  # packets (or packet prefixes) received again
+T_DUP_MSGS = 9
+T_OOO_PKTS = 10  # late packets that filled (part of) a gap
+T_LATE_MSGS = 11  # their messages (not applied)
+T_MAL_LENGTH = 12  # malformed: too short, count > 45, wrong message size, length mismatch
+T_MAL_MAGIC = 13
+T_MAL_VERSION = 14
+T_MAL_CHECK = 15  # body does not match the header's check
+T_RING_DROPS = 16  # delivered messages dropped because the md ring was full
+T_HEARTBEATS = 17  # count-0 packets
+T_NMISS = 18  # remembered missing ranges in use
+T_MISS_LOST = 19  # missing ranges forgotten (table full): a late packet for them counts as duplicate
+NT = 20
+TRACKER_NAMES = {
+    T_PACKETS: "packets", T_MESSAGES: "messages", T_DELIVERED: "delivered", T_GAP_MSGS: "gap_messages",
+    T_GAP_EVENTS: "gap_events", T_DUP_PKTS: "duplicates", T_DUP_MSGS: "duplicate_messages",
+    T_OOO_PKTS: "out_of_order", T_LATE_MSGS: "late_messages", T_MAL_LENGTH: "malformed_length",
+    T_MAL_MAGIC: "malformed_magic", T_MAL_VERSION: "malformed_version", T_MAL_CHECK: "malformed_check",
+    T_RING_DROPS: "ring_drops", T_HEARTBEATS: "heartbeats", T_SESSIONS: "sessions",
+    T_MISS_LOST: "missing_ranges_forgotten",
+}
+MAX_MISSING = 256  # remembered missing ranges [lo, hi)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fold(x):
+    return ((x >> 32) ^ x) & _M32
+
+
+@njit(nogil=True, cache=True)
+def encode_packets(md, start, n, session, seq0, per_packet, pk):
+    """Encode messages ``md[start:start+n]`` (MD_DTYPE) into packets of up to
+    ``per_packet`` messages, rows of ``pk`` (int64, WIRE_PACKET_WORDS wide), sequence
+    numbers from ``seq0``.  Returns the number of packets (``pk`` must have room)."""
+    n_pk = (n + per_packet - 1) // per_packet
+    for p in range(n_pk):
+        c = min(per_packet, n - p * per_packet)
+        chk = 0
+        for j in range(c):
+            m = md[start + p * per_packet + j]
+            o = 3 + 4 * j
+            w0 = (np.int64(m.kind) | (np.int64(m.side) << 8) | (np.int64(m.symbol) << 16)
+                  | (np.int64(m.qty) << 32))
+            pk[p, o] = w0
+            pk[p, o + 1] = 0
+            pk[p, o + 2] = m.px_tick
+            pk[p, o + 3] = m.ts_exch_ns
+            chk ^= w0 ^ m.px_tick ^ m.ts_exch_ns
+        pk[p, 0] = _MAGIC | (_VERSION << 16) | (np.int64(session) << 32)
+        pk[p, 1] = seq0 + p * per_packet
+        pk[p, 2] = c | (_MSZ << 16) | (_fold(chk) << 32)
+    return n_pk
+
+
+@njit(nogil=True, cache=True)
+def encode_heartbeat(session, seq, pk):
+    """A count-0 packet announcing ``seq`` as the next sequence number (row 0 of pk)."""
+    pk[0, 0] = _MAGIC | (_VERSION << 16) | (np.int64(session) << 32)
+    pk[0, 1] = seq
+    pk[0, 2] = _MSZ << 16
+    return _HDR
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _remember_gap(T, miss, lo, hi):
+    k = T[T_NMISS]
+    if k == miss.shape[0]:  # forget the oldest range
+        for i in range(1, k):
+            miss[i - 1, 0] = miss[i, 0]
+            miss[i - 1, 1] = miss[i, 1]
+        k -= 1
+        T[T_MISS_LOST] += 1
+    miss[k, 0] = lo
+    miss[k, 1] = hi
+    T[T_NMISS] = k + 1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fill_gap(T, miss, a, b):
+    """If [a, b) lies inside a remembered missing range, carve it out; True if so."""
+    k = T[T_NMISS]
+    for i in range(k):
+        lo = miss[i, 0]
+        hi = miss[i, 1]
+        if lo <= a and b <= hi:
+            if lo == a and b == hi:  # range filled: remove it
+                miss[i, 0] = miss[k - 1, 0]
+                miss[i, 1] = miss[k - 1, 1]
+                T[T_NMISS] = k - 1
+            elif lo == a:
+                miss[i, 0] = b
+            elif b == hi:
+                miss[i, 1] = a
+            else:  # split in two
+                miss[i, 1] = a
+                _remember_gap(T, miss, b, hi)
+            return True
+    return False
+
+
+@njit(nogil=True, cache=True)
+def rx_packet(w, nbytes, T, miss, md_ctrl, md_rec, ts_recv):
+    """Check and track one datagram (``w``: its bytes as int64 words, ``nbytes`` long)
+    and push its new messages into the md ring.  Returns messages delivered."""
+    T[T_PACKETS] += 1
+    if nbytes < _HDR:
+        T[T_MAL_LENGTH] += 1
+        return 0
+    h0 = w[0]
+    if (h0 & 0xFFFF) != _MAGIC:
+        T[T_MAL_MAGIC] += 1
+        return 0
+    if ((h0 >> 16) & 0xFF) != _VERSION:
+        T[T_MAL_VERSION] += 1
+        return 0
+    h2 = w[2]
+    count = h2 & 0xFFFF
+    if ((h2 >> 16) & 0xFFFF) != _MSZ or count > _MAXM or nbytes != _HDR + count * _MSZ:
+        T[T_MAL_LENGTH] += 1
+        return 0
+    chk = 0
+    for j in range(count):
+        o = 3 + 4 * j
+        chk ^= w[o] ^ w[o + 1] ^ w[o + 2] ^ w[o + 3]
+    if _fold(chk) != ((h2 >> 32) & _M32):
+        T[T_MAL_CHECK] += 1
+        return 0
+    session = (h0 >> 32) & _M32
+    a = w[1]
+    if T[T_NEXT] == 0 or session != T[T_SESSION]:
+        T[T_SESSION] = session
+        T[T_SESSIONS] += 1
+        T[T_NEXT] = 1
+        T[T_NMISS] = 0
+    if count == 0:
+        T[T_HEARTBEATS] += 1
+    T[T_MESSAGES] += count
+    b = a + count
+    nxt = T[T_NEXT]
+    first = 0  # index of the first message to deliver
+    if a > nxt:
+        _remember_gap(T, miss, nxt, a)
+        T[T_GAP_MSGS] += a - nxt
+        T[T_GAP_EVENTS] += 1
+    elif a < nxt:
+        if b <= nxt:
+            if count == 0:
+                return 0  # an old heartbeat
+            if _fill_gap(T, miss, a, b):
+                T[T_OOO_PKTS] += 1
+                T[T_LATE_MSGS] += count
+                T[T_GAP_MSGS] -= count
+            else:
+                T[T_DUP_PKTS] += 1
+                T[T_DUP_MSGS] += count
+            return 0
+        first = nxt - a
+        T[T_DUP_PKTS] += 1
+        T[T_DUP_MSGS] += first
+    if b > T[T_NEXT]:
+        T[T_NEXT] = b
+    k = count - first
+    if k <= 0:
+        return 0
+    cap = md_rec.shape[0]
+    head, free = ring_claim(md_ctrl, cap, k)
+    put = min(k, free)
+    for i in range(put):
+        j = first + i
+        o = 3 + 4 * j
+        w0 = w[o]
+        r = md_rec[(head + i) & (cap - 1)]
+        r.kind = w0 & 0xFF
+        r.side = (w0 >> 8) & 0xFF
+        r.symbol = (w0 >> 16) & 0xFFFF
+        r.qty = (w0 >> 32) & _M32
+        r.px_tick = w[o + 2]
+        r.seq = a + j
+        r.ts_exch_ns = w[o + 3]
+        r.ts_recv_ns = ts_recv
+    if put > 0:
+        ring_publish(md_ctrl, head + put)
+    T[T_DELIVERED] += put
+    T[T_RING_DROPS] += k - put
+    return put

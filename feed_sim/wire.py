@@ -1,0 +1,180 @@
+"""The UDP wire protocol's Python face: packet buffers, encoding, the receiver's
+tracker, and seeded fault plans.  Layout and rules: docs/PROTOCOL.md and
+``feed_sim._wire_kernels``.
+
+Everything per message runs in the kernels; Python touches each *packet* at most once
+(a ``sendto`` or ``recv_into``), as the sockets require.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from ring import schema
+
+from . import _wire_kernels as WK
+
+if sys.byteorder != "little":  # the kernels pack packets as little-endian int64 words
+    raise ImportError("feed_sim.wire needs a little-endian machine")
+
+TRACKER_NAMES = WK.TRACKER_NAMES
+
+
+class PacketBuffer:
+    """``n`` preallocated packets: ``words`` (n, 183) int64 for kernels, ``bytes_`` the
+    same memory as (n, 1464) uint8 for sockets, ``nbytes`` each packet's length."""
+
+    def __init__(self, n: int):
+        self.words = np.zeros((n, schema.WIRE_PACKET_WORDS), np.int64)
+        self.bytes_ = self.words.view(np.uint8)
+        self.nbytes = np.zeros(n, np.int64)
+        self.n = 0
+
+    def encode(self, md: np.ndarray, session: int, seq0: int, per_packet: int = schema.WIRE_MAX_MSGS) -> int:
+        """Encode all of ``md`` (MD_DTYPE) from sequence ``seq0``; returns packets made."""
+        if not 1 <= per_packet <= schema.WIRE_MAX_MSGS:
+            raise ValueError(f"per_packet must be 1..{schema.WIRE_MAX_MSGS}, got {per_packet}")
+        need = -(-len(md) // per_packet)
+        if need > len(self.words):
+            raise ValueError(f"{len(md)} messages need {need} packets, buffer holds {len(self.words)}")
+        n = int(WK.encode_packets(md, 0, len(md), session, seq0, per_packet, self.words))
+        counts = np.full(n, per_packet, np.int64)
+        if n:
+            counts[-1] = len(md) - per_packet * (n - 1)
+        self.nbytes[:n] = schema.WIRE_HEADER_BYTES + counts * schema.WIRE_MSG_BYTES
+        self.n = n
+        return n
+
+    def heartbeat(self, session: int, seq: int) -> bytes:
+        """A count-0 packet announcing ``seq`` as the next sequence number."""
+        w = np.zeros((1, schema.WIRE_PACKET_WORDS), np.int64)
+        nb = int(WK.encode_heartbeat(session, seq, w))
+        return w.view(np.uint8)[0, :nb].tobytes()
+
+    def packet(self, i: int) -> memoryview:
+        return memoryview(self.bytes_[i, : self.nbytes[i]])
+
+
+class Tracker:
+    """The receiver's sequence tracker and counters (``T``) and missing ranges."""
+
+    def __init__(self):
+        self.T = np.zeros(WK.NT, np.int64)
+        self.miss = np.zeros((WK.MAX_MISSING, 2), np.int64)
+
+    def counters(self) -> dict[str, int]:
+        d = {name: int(self.T[i]) for i, name in TRACKER_NAMES.items()}
+        d["malformed"] = sum(d[k] for k in ("malformed_length", "malformed_magic", "malformed_version",
+                                            "malformed_check"))
+        return d
+
+
+# --- fault injection ----------------------------------------------------------------
+
+SEND = 0
+DROP = 1
+DUPLICATE = 2  # sent twice
+REORDER = 3  # sent after the next packet
+TRUNCATE = 4  # last 7 bytes cut
+CORRUPT = 5  # one byte of a message flipped (caught by the check)
+BAD_MAGIC = 6
+BAD_VERSION = 7
+ACTION_NAMES = {DROP: "drop", DUPLICATE: "duplicate", REORDER: "reorder", TRUNCATE: "truncate",
+                CORRUPT: "corrupt", BAD_MAGIC: "bad_magic", BAD_VERSION: "bad_version"}
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Sender-side faults, each exact and seeded: ``*_every`` k hits packets k, 2k, ...
+    (1-based), ``*_prob`` p hits each packet with probability p.  A packet gets at most
+    one fault; the first packet is never faulted (it starts the session cleanly)."""
+
+    drop_every: int = 0
+    drop_prob: float = 0.0
+    duplicate_every: int = 0
+    reorder_every: int = 0
+    truncate_every: int = 0
+    corrupt_every: int = 0
+    bad_magic_every: int = 0
+    bad_version_every: int = 0
+    seed: int = 1
+
+    def any(self) -> bool:
+        return any(v for k, v in self.__dict__.items() if k != "seed")
+
+
+def plan(n_packets: int, f: Faults) -> np.ndarray:
+    """The action (SEND, DROP, ...) for each of ``n_packets`` packets, decided up front
+    (numpy, no per-packet Python) so a test knows exactly what was injected."""
+    act = np.zeros(n_packets, np.int8)
+    idx = np.arange(1, n_packets + 1)
+    for every, action in ((f.drop_every, DROP), (f.duplicate_every, DUPLICATE), (f.reorder_every, REORDER),
+                          (f.truncate_every, TRUNCATE), (f.corrupt_every, CORRUPT),
+                          (f.bad_magic_every, BAD_MAGIC), (f.bad_version_every, BAD_VERSION)):
+        if every:
+            hit = (idx % every == 0) & (act == SEND)
+            act[hit] = action
+    if f.drop_prob:
+        rng = np.random.default_rng(f.seed)
+        hit = (rng.random(n_packets) < f.drop_prob) & (act == SEND)
+        act[hit] = DROP
+    if n_packets:
+        act[0] = SEND
+        # a reorder swaps with the next packet; the last packet has none to swap with
+        if act[-1] == REORDER:
+            act[-1] = SEND
+        # the packet after a reorder is sent as is (it overtakes the reordered one)
+        r = np.flatnonzero(act[:-1] == REORDER)
+        act[r + 1] = SEND
+    return act
+
+
+def datagrams(buf: PacketBuffer, actions: np.ndarray):
+    """Yield the datagrams to send, in order, after applying ``actions`` (a generator:
+    Python per packet, as the socket call needs anyway)."""
+    n = buf.n
+    i = 0
+    while i < n:
+        a = actions[i]
+        p = buf.packet(i)
+        if a == SEND:
+            yield p
+        elif a == DUPLICATE:
+            yield p
+            yield p
+        elif a == REORDER:
+            yield buf.packet(i + 1)
+            yield p
+            i += 1
+        elif a == TRUNCATE:
+            yield p[:-7]
+        elif a == CORRUPT:
+            b = bytearray(p)
+            b[schema.WIRE_HEADER_BYTES + 9] ^= 0x5A  # a byte of the first message's order id/price
+            yield bytes(b)
+        elif a == BAD_MAGIC:
+            b = bytearray(p)
+            b[0] ^= 0xFF
+            yield bytes(b)
+        elif a == BAD_VERSION:
+            b = bytearray(p)
+            b[2] = schema.WIRE_VERSION + 1
+            yield bytes(b)
+        # DROP: nothing
+        i += 1
+
+
+def expected_counts(buf: PacketBuffer, actions: np.ndarray) -> dict[str, int]:
+    """What a receiver must count for ``actions`` (plus a closing heartbeat)."""
+    counts = (buf.nbytes[: buf.n] - schema.WIRE_HEADER_BYTES) // schema.WIRE_MSG_BYTES
+    a = actions[: buf.n]
+    return {
+        "gap_messages": int(counts[a == DROP].sum() + counts[a >= TRUNCATE].sum()),
+        "duplicates": int((a == DUPLICATE).sum()),
+        "out_of_order": int((a == REORDER).sum()),
+        "malformed": int((a >= TRUNCATE).sum()),
+        "late_messages": int(counts[a == REORDER].sum()),  # arrive after their successor: not applied
+        "delivered": int(counts[(a == SEND) | (a == DUPLICATE)].sum()),
+    }
