@@ -105,11 +105,14 @@ class Faults:
         return any(v for k, v in self.__dict__.items() if k != "seed")
 
 
-def plan(n_packets: int, f: Faults) -> np.ndarray:
-    """The action (SEND, DROP, ...) for each of ``n_packets`` packets, decided up front
-    (numpy, no per-packet Python) so a test knows exactly what was injected."""
+def plan(n_packets: int, f: Faults, first_packet_no: int = 0) -> np.ndarray:
+    """The action (SEND, DROP, ...) for each of ``n_packets`` packets numbered from
+    ``first_packet_no`` in the whole feed, decided up front (numpy, no per-packet
+    Python), so a test knows exactly what was injected.  Probabilistic drops depend
+    only on (seed, packet number): the same feed sent in other batch sizes gets the
+    same faults."""
     act = np.zeros(n_packets, np.int8)
-    idx = np.arange(1, n_packets + 1)
+    idx = np.arange(first_packet_no + 1, first_packet_no + n_packets + 1)
     for every, action in ((f.drop_every, DROP), (f.duplicate_every, DUPLICATE), (f.reorder_every, REORDER),
                           (f.truncate_every, TRUNCATE), (f.corrupt_every, CORRUPT),
                           (f.bad_magic_every, BAD_MAGIC), (f.bad_version_every, BAD_VERSION)):
@@ -117,11 +120,12 @@ def plan(n_packets: int, f: Faults) -> np.ndarray:
             hit = (idx % every == 0) & (act == SEND)
             act[hit] = action
     if f.drop_prob:
-        rng = np.random.default_rng(f.seed)
-        hit = (rng.random(n_packets) < f.drop_prob) & (act == SEND)
+        u = _uniform(idx, f.seed)
+        hit = (u < f.drop_prob) & (act == SEND)
         act[hit] = DROP
     if n_packets:
-        act[0] = SEND
+        if first_packet_no == 0:
+            act[0] = SEND
         # a reorder swaps with the next packet; the last packet has none to swap with
         if act[-1] == REORDER:
             act[-1] = SEND
@@ -129,6 +133,16 @@ def plan(n_packets: int, f: Faults) -> np.ndarray:
         r = np.flatnonzero(act[:-1] == REORDER)
         act[r + 1] = SEND
     return act
+
+
+def _uniform(idx: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform [0, 1) per packet number: splitmix64 of (seed, number), vectorized."""
+    with np.errstate(over="ignore"):
+        z = (idx.astype(np.uint64) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def datagrams(buf: PacketBuffer, actions: np.ndarray):

@@ -317,6 +317,11 @@ BOOK_STAT_NAMES = {
     ST_BOOK_CROSSED: "crossed",
 }
 
+#: rx row: words RX_TRACKER_BASE.. hold the receiver's tracker (feed_sim._wire_kernels.T_*),
+#: updated in place by the rx kernel (single writer), so they are live for any reader.
+RX_TRACKER_BASE = 4
+#: rx row: the UDP port it is bound to (words 4..23 are the tracker).
+ST_RX_PORT = 24
 #: Feed row (the synthetic/replay source pushing into the md ring).
 ST_FEED_SENT = 4  # messages pushed into the md ring
 ST_FEED_DROPPED = 5  # messages dropped because the md ring was full
