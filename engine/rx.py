@@ -66,6 +66,11 @@ def kernel_drops(port: int) -> int | None:
     return None
 
 
+def _drops_or_unknown(port: int) -> int:
+    d = kernel_drops(port)
+    return -1 if d is None else d
+
+
 def run(spec: RxSpec, stop) -> int:
     if spec.cores:
         pin(list(spec.cores))
@@ -80,7 +85,9 @@ def run(spec: RxSpec, stop) -> int:
     raw = np.zeros(2048 // 8, np.int64)
     view = memoryview(raw.view(np.uint8))
     WK.rx_packet(raw, 0, np.zeros(WK.NT, np.int64), miss, md.ctrl, md.records, 0)  # compile / load
-    row[schema.ST_RX_PORT] = sock.getsockname()[1]
+    port = sock.getsockname()[1]
+    row[schema.ST_RX_PORT] = port
+    row[schema.ST_RX_KERNEL_DROPS] = _drops_or_unknown(port)
     row[schema.ST_STATE] = STATE_RUNNING
     b = spec.backoff
     idle = 0
@@ -98,7 +105,10 @@ def run(spec: RxSpec, stop) -> int:
                     continue
                 if stop.is_set():
                     break
-                row[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()
+                hb = time.monotonic_ns()
+                if hb - row[schema.ST_HEARTBEAT_NS] > 200_000_000:  # /proc read at most 5x a second
+                    row[schema.ST_RX_KERNEL_DROPS] = _drops_or_unknown(port)
+                row[schema.ST_HEARTBEAT_NS] = hb
                 if spec.parent_pid and os.getppid() != spec.parent_pid:
                     break
                 if idle < b.spin_iters + b.yield_iters:
@@ -109,6 +119,7 @@ def run(spec: RxSpec, stop) -> int:
             idle = 0
             rx(raw, n, T, miss, ctrl, rec, now_ns())
     finally:
+        row[schema.ST_RX_KERNEL_DROPS] = _drops_or_unknown(port)
         sock.close()
         row[schema.ST_STATE] = STATE_STOPPED
     return 0

@@ -7,7 +7,8 @@ import time
 from ring import schema
 from ring.snapshot import SnapshotRegion
 from ring.spsc import Ring
-from ring.stats import ROW_BOOK, ROW_FEED, ROW_SUPERVISOR, StatsBlock
+from feed_sim import _wire_kernels as WK
+from ring.stats import ROW_BOOK, ROW_FEED, ROW_RX, ROW_SUPERVISOR, StatsBlock
 
 _STATE = {0: "unused", 1: "starting", 2: "running", 3: "stopped"}
 
@@ -33,6 +34,7 @@ class Status:
                                          if book[schema.ST_HEARTBEAT_NS] else None),
                      **{n: int(book[i]) for i, n in schema.BOOK_STAT_NAMES.items()}},
             "feed": {n: int(feed[i]) for i, n in schema.FEED_STAT_NAMES.items()},
+            "rx": self._rx(rows[ROW_RX]),
             "supervisor": {n: int(sup[i]) for i, n in schema.SUP_STAT_NAMES.items()},
             "rings": {"md": {"fill": len(self.md), "capacity": self.md.capacity},
                       "events": {"fill": len(self.events), "capacity": self.events.capacity}},
@@ -43,6 +45,15 @@ class Status:
             out["symbols"][name] = snapshot_dict(r)
         out["snapshot_read_retries"] = self.snaps.retries
         return out
+
+    @staticmethod
+    def _rx(row) -> dict:
+        T = row[schema.RX_TRACKER_BASE:schema.RX_TRACKER_BASE + WK.NT]
+        d = {"pid": int(row[schema.ST_PID]), "state": _STATE.get(int(row[schema.ST_STATE]), "?"),
+             "port": int(row[schema.ST_RX_PORT]), "kernel_drops": int(row[schema.ST_RX_KERNEL_DROPS]),
+             **{n: int(T[i]) for i, n in WK.TRACKER_NAMES.items()}}
+        d["malformed"] = d["malformed_length"] + d["malformed_magic"] + d["malformed_version"] + d["malformed_check"]
+        return d
 
     def close(self):
         for x in (self.stats, self.md, self.events, self.snaps):
@@ -80,7 +91,10 @@ def render(d: dict, levels: int = 3) -> str:
     lines = [
         f"instance {d['instance']}  book writer pid {b['pid']} ({b['state']}, heartbeat "
         f"{'-' if b['heartbeat_age_s'] is None else format(b['heartbeat_age_s'], '.1f') + 's ago'})",
-        f"  feed     sent {f['sent']:>14,}  dropped(ring full) {f['dropped_ring_full']:>10,}",
+        f"  feed     sent {f['sent']:>14,}  datagrams {f['datagrams']:>10,}",
+        f"  rx       pkts {d['rx']['packets']:>14,}  msgs {d['rx']['messages']:,}  gap_msgs {d['rx']['gap_messages']:,}  "
+        f"dups {d['rx']['duplicates']:,}  out_of_order {d['rx']['out_of_order']:,}  malformed {d['rx']['malformed']:,}  "
+        f"ring_drops {d['rx']['ring_drops']:,}  kernel_drops {d['rx']['kernel_drops']:,}",
         f"  book     msgs {b['msgs']:>14,}  batches {b['batches']:>10,}  bad {b['bad_msgs']:,}  "
         f"out_of_ladder {b['out_of_ladder']:,}  recentres {b['recentres']:,}  evicted {b['evicted_levels']:,}  "
         f"underflow {b['qty_underflow']:,}  crossed {b['crossed']:,}",

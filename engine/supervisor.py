@@ -23,20 +23,24 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from feed_sim.sender import UdpSender
 from feed_sim.synth import SynthParams, generate_into
+from feed_sim.wire import Faults
 from obpipe.config import Config
 from ring import schema
-from ring._kernels import ring_pop, ring_push
+from ring._kernels import ring_pop
 from ring._shm import clean_stale, list_segments
 from ring.snapshot import SnapshotRegion
 from ring.spsc import Backoff, Ring
-from ring.stats import ROW_BOOK, ROW_FEED, ROW_SUPERVISOR, StatsBlock
+from ring.stats import ROW_BOOK, ROW_FEED, ROW_RX, ROW_SUPERVISOR, StatsBlock
 
-from . import book_writer
+from . import book_writer, rx
 from ._placement import cores_for, pin
+from feed_sim import _wire_kernels as WK
+
 from .status import Status, render
 
-CHUNK = 1024  # messages generated and pushed per feed step
+CHUNK = 45 * 64  # messages generated and sent per feed step (64 full packets)
 
 
 @dataclass
@@ -47,6 +51,7 @@ class RunOptions:
     duration_s: float | None = None
     count: int | None = None  # stop after this many messages (None: no limit)
     seed: int | None = None
+    faults: Faults = Faults()  # sender-side fault injection
     as_json: bool = False
     quiet: bool = False
 
@@ -103,9 +108,11 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
 
     # placement is decided from the cores we may use *before* pinning ourselves
     book_cores = tuple(cores_for("book", cfg.pinning.book))
+    feed_cores = tuple(cores_for("feed", cfg.pinning.feed))
     pin(cores_for("supervisor", cfg.pinning.supervisor))
     segs = _Segments(cfg)
     writer = None
+    children = []
     status = None
     old_handlers = {}
     rc = 0
@@ -118,35 +125,53 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             depth_ticks=cfg.book.event_depth_ticks, max_batch=cfg.book.max_batch,
             backoff=Backoff(b.spin_iters, b.yield_iters, b.sleep_us), cores=book_cores, parent_pid=os.getpid())
         writer = ctx.Process(target=book_writer.main_entry, args=(spec, stop), name="obpipe-book")
+        rx_proc = ctx.Process(target=rx.main_entry, name="obpipe-rx", args=(
+            rx.RxSpec(inst, backoff=spec.backoff, cores=feed_cores, parent_pid=os.getpid()), stop))
+        children.extend([writer, rx_proc])
         interrupted = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             old_handlers[sig] = signal.signal(sig, lambda *_: interrupted.append(1))
-        writer.start()
+        for c in children:
+            c.start()
         _say(opts, f"obpipe: instance {inst}, book writer pid {writer.pid} on cores {list(spec.cores)}, "
-                   f"{len(cfg.book.symbols)} symbols; starting (first run compiles kernels)...")
-        book_row = segs.stats.row(ROW_BOOK)
+                   f"rx pid {rx_proc.pid} on cores {list(feed_cores)}, {len(cfg.book.symbols)} symbols; "
+                   f"starting (first run compiles kernels)...")
         t0 = time.monotonic()
-        while book_row[schema.ST_STATE] < book_writer.STATE_RUNNING:
-            if not writer.is_alive():
-                print(f"obpipe run: book writer exited with code {writer.exitcode} during start-up", file=sys.stderr)
-                return 1
-            if interrupted or time.monotonic() - t0 > 300:
-                return 1 if not interrupted else 0
-            time.sleep(0.05)
+        for c, row_i in ((writer, ROW_BOOK), (rx_proc, ROW_RX)):
+            row = segs.stats.row(row_i)
+            while row[schema.ST_STATE] < book_writer.STATE_RUNNING:
+                if not c.is_alive():
+                    print(f"obpipe run: {c.name} exited with code {c.exitcode} during start-up", file=sys.stderr)
+                    return 1
+                if interrupted or time.monotonic() - t0 > 300:
+                    return 1 if not interrupted else 0
+                time.sleep(0.05)
+        port = int(segs.stats.row(ROW_RX)[schema.ST_RX_PORT])
         status = Status(inst, list(cfg.book.symbols))
-        rc = _feed_loop(cfg, opts, segs, writer, status, interrupted, rate, duration, seed)
-        # orderly stop: the feed has stopped; let the writer drain the md ring
+        sender = UdpSender(("127.0.0.1", port), session=seed & 0xFFFFFFFF or 1, faults=opts.faults)
+        try:
+            rc = _feed_loop(cfg, opts, segs, children, status, interrupted, rate, duration, seed, sender)
+            sender.finish()  # the closing heartbeat: a lost last packet becomes a counted gap
+            segs.stats.row(ROW_FEED)[schema.ST_FEED_DATAGRAMS] = sender.datagrams_sent
+        finally:
+            sender.close()
+        # orderly stop: let rx take in every datagram sent, then the writer drain the md ring
+        rx_row = segs.stats.row(ROW_RX)
         t_drain = time.monotonic()
-        while len(segs.md) and writer.is_alive() and time.monotonic() - t_drain < 10:
+        while time.monotonic() - t_drain < 10 and all(c.is_alive() for c in children) and (
+                rx_row[schema.RX_TRACKER_BASE + WK.T_PACKETS] < sender.datagrams_sent or len(segs.md)):
             _drain_events(segs)
             time.sleep(0.01)
         stop.set()
-        writer.join(30)
+        for c in children:
+            c.join(30)
         _drain_events(segs)
-        if writer.exitcode not in (0, None) and rc == 0:
-            print(f"obpipe run: book writer exited with code {writer.exitcode}", file=sys.stderr)
-            rc = 1
+        for c in children:
+            if c.exitcode not in (0, None) and rc == 0:
+                print(f"obpipe run: {c.name} exited with code {c.exitcode}", file=sys.stderr)
+                rc = 1
         final = status.collect()
+        final.update(summary(final, sender.counters()))
         final["exit_code"] = rc
         if opts.as_json:
             sys.stdout.write(orjson.dumps(final, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -154,15 +179,17 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             print(render(final))
         return rc
     finally:
-        if writer is not None and writer.pid is not None:
+        for c in children:
+            if c.pid is None:
+                continue
             stop.set()
-            writer.join(10)
-            if writer.is_alive():
-                writer.terminate()
-                writer.join(5)
-            if writer.is_alive():
-                writer.kill()
-                writer.join(5)
+            c.join(10)
+            if c.is_alive():
+                c.terminate()
+                c.join(5)
+            if c.is_alive():
+                c.kill()
+                c.join(5)
         if status is not None:
             status.close()
         segs.close()
@@ -183,14 +210,22 @@ def _drain_events(segs: _Segments, buf=np.zeros((4096, schema.EVENT_DTYPE.itemsi
     return total
 
 
-def _feed_loop(cfg, opts, segs, writer, status, interrupted, rate, duration, seed) -> int:
+def summary(d: dict, sender: dict) -> dict:
+    """The scriptable top-level keys of a bounded run's JSON."""
+    r = d["rx"]
+    return {"packets": r["packets"], "messages": r["messages"], "gap_messages": r["gap_messages"],
+            "duplicates": r["duplicates"], "out_of_order": r["out_of_order"], "malformed": r["malformed"],
+            "ring_drops": r["ring_drops"], "applied": d["book"]["msgs"],
+            "kernel_drops": r["kernel_drops"] if r["kernel_drops"] >= 0 else None, "sent": sender}
+
+
+def _feed_loop(cfg, opts, segs, children, status, interrupted, rate, duration, seed, sender) -> int:
     params = SynthParams(n_symbols=len(cfg.book.symbols), seed=seed)
     buf = np.zeros(CHUNK, schema.MD_DTYPE)
-    words = buf.view(np.int64).reshape(CHUNK, -1)
     generate_into(buf[:1], params)  # compile (or load) the generator before the clock starts
     state = None
     feed = segs.stats.row(ROW_FEED)
-    sent = dropped = 0
+    sent = 0
     t_start = time.monotonic()
     next_report = t_start + cfg.run.stats_interval_s
     last_sent, last_t = 0, t_start
@@ -198,23 +233,23 @@ def _feed_loop(cfg, opts, segs, writer, status, interrupted, rate, duration, see
         now = time.monotonic()
         if duration and now - t_start >= duration:
             break
-        if opts.count is not None and sent + dropped >= opts.count:
+        if opts.count is not None and sent >= opts.count:
             break
-        if not writer.is_alive():
-            print(f"obpipe run: book writer died (exit code {writer.exitcode})", file=sys.stderr)
+        dead = [c for c in children if not c.is_alive()]
+        if dead:
+            print(f"obpipe run: {dead[0].name} died (exit code {dead[0].exitcode})", file=sys.stderr)
             return 1
         if rate:
             due = int((now - t_start) * rate)
-            if sent + dropped >= due:
+            if sent >= due:
                 time.sleep(min(CHUNK / rate, 0.005))
                 continue
-        n = CHUNK if opts.count is None else min(CHUNK, opts.count - sent - dropped)
+        n = CHUNK if opts.count is None else min(CHUNK, opts.count - sent)
         state = generate_into(buf[:n] if n < CHUNK else buf, params, state)
-        k = int(ring_push(segs.md.ctrl, segs.md.slots, words, 0, n))
-        sent += k
-        dropped += n - k
+        sender.send(buf[:n])
+        sent += n
         feed[schema.ST_FEED_SENT] = sent
-        feed[schema.ST_FEED_DROPPED] = dropped
+        feed[schema.ST_FEED_DATAGRAMS] = sender.datagrams_sent
         _drain_events(segs)
         if now >= next_report:
             d = status.collect()

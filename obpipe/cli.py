@@ -37,7 +37,19 @@ def cmd_run(a) -> int:
     if a.count is not None and a.count < 0:
         print("obpipe: bad option: --count must be >= 0", file=sys.stderr)
         return 2
-    return run(cfg, RunOptions(count=a.count, as_json=a.json, quiet=a.quiet))
+    from feed_sim.wire import Faults
+
+    try:
+        faults = Faults(drop_every=a.drop_every, drop_prob=a.drop_prob, duplicate_every=a.dup_every,
+                        reorder_every=a.reorder_every, truncate_every=a.truncate_every,
+                        corrupt_every=a.corrupt_every, seed=cfg.run.seed)
+        if min(a.drop_every, a.dup_every, a.reorder_every, a.truncate_every, a.corrupt_every) < 0 or not (
+                0 <= a.drop_prob < 1):
+            raise ValueError("fault intervals must be >= 0 and --drop-prob in [0, 1)")
+    except ValueError as e:
+        print(f"obpipe: bad option: {e}", file=sys.stderr)
+        return 2
+    return run(cfg, RunOptions(count=a.count, as_json=a.json, quiet=a.quiet, faults=faults))
 
 
 def cmd_stats(a) -> int:
@@ -102,7 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--instance", help="instance name (segments /obpipe.<name>.*)")
     r.add_argument("--rate", type=int, help="feed messages/s (0 = as fast as possible)")
     r.add_argument("--duration", type=float, help="seconds to run (0 = until Ctrl-C)")
-    r.add_argument("--count", type=int, help="stop after this many messages")
+    r.add_argument("--count", "--messages", dest="count", type=int, help="stop after this many messages")
+    f = r.add_argument_group("fault injection (sender side, exact and seeded)")
+    f.add_argument("--drop-every", type=int, default=0, metavar="K", help="drop every K-th packet")
+    f.add_argument("--drop-prob", type=float, default=0.0, metavar="P", help="drop each packet with probability P")
+    f.add_argument("--dup-every", type=int, default=0, metavar="K", help="send every K-th packet twice")
+    f.add_argument("--reorder-every", type=int, default=0, metavar="K", help="send every K-th packet after the next")
+    f.add_argument("--truncate-every", type=int, default=0, metavar="K", help="cut every K-th packet short")
+    f.add_argument("--corrupt-every", type=int, default=0, metavar="K", help="flip a byte in every K-th packet")
     r.add_argument("--seed", type=int, help="synthetic flow seed")
     r.add_argument("--json", action="store_true", help="final stats as JSON on stdout")
     r.add_argument("--quiet", action="store_true", help="no live status lines")

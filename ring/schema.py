@@ -322,12 +322,14 @@ BOOK_STAT_NAMES = {
 RX_TRACKER_BASE = 4
 #: rx row: the UDP port it is bound to (words 4..23 are the tracker).
 ST_RX_PORT = 24
+#: rx row: datagrams the kernel dropped for rx's socket (receive queue full), -1 unknown.
+ST_RX_KERNEL_DROPS = 25
 #: Feed row (the synthetic/replay source pushing into the md ring).
-ST_FEED_SENT = 4  # messages pushed into the md ring
-ST_FEED_DROPPED = 5  # messages dropped because the md ring was full
+ST_FEED_SENT = 4  # messages sent
+ST_FEED_DATAGRAMS = 5  # datagrams sent (faults included)
 #: Supervisor row.
 ST_SUP_EVENTS_READ = 4  # events drained from the events ring (stand-in consumer until analysis)
-FEED_STAT_NAMES = {ST_FEED_SENT: "sent", ST_FEED_DROPPED: "dropped_ring_full"}
+FEED_STAT_NAMES = {ST_FEED_SENT: "sent", ST_FEED_DATAGRAMS: "datagrams"}
 SUP_STAT_NAMES = {ST_SUP_EVENTS_READ: "events_read"}
 
 

@@ -49,8 +49,10 @@ def test_run_bounded_count_applies_every_message_and_cleans_up(tmp_path, instanc
     assert out.returncode == 0, out.stderr[-3000:]
     d = json.loads(out.stdout)
     assert d["exit_code"] == 0
-    assert d["feed"] == {"sent": 300_000, "dropped_ring_full": 0}
-    assert d["book"]["msgs"] == 300_000
+    assert d["feed"]["sent"] == 300_000 and d["kernel_drops"] == 0
+    assert d["messages"] == d["applied"] == d["book"]["msgs"] == 300_000
+    assert d["gap_messages"] == d["duplicates"] == d["malformed"] == d["ring_drops"] == 0
+    assert d["packets"] == d["feed"]["datagrams"]
     assert d["book"]["bad_msgs"] == 0 and d["book"]["qty_underflow"] == 0 and d["book"]["crossed"] == 0
     assert d["book"]["events"] == d["supervisor"]["events_read"] > 0
     assert d["book"]["state"] == "stopped"
@@ -62,14 +64,28 @@ def test_run_bounded_count_applies_every_message_and_cleans_up(tmp_path, instanc
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_a_full_md_ring_drops_and_counts_never_blocks(tmp_path, instance):
-    cfg = _config(tmp_path, instance, "[book]\nmax_batch = 64\n", md_capacity=64)
-    out = obpipe("run", "--config", cfg, "--count", "2000000", "--rate", "0", "--json", "--quiet")
+    cfg = _config(tmp_path, instance, "[book]\nmax_batch = 16\n", md_capacity=32)
+    out = obpipe("run", "--config", cfg, "--count", "1000000", "--rate", "0", "--json", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     d = json.loads(out.stdout)
-    assert d["feed"]["sent"] + d["feed"]["dropped_ring_full"] == 2_000_000
-    assert d["feed"]["dropped_ring_full"] > 0  # a 64-slot ring cannot keep up with an unpaced feed
-    assert d["book"]["msgs"] == d["feed"]["sent"]  # what was accepted was applied
+    assert d["ring_drops"] > 0  # 45-message packets into a 32-slot ring: never all fit
+    assert d["rx"]["delivered"] + d["ring_drops"] + d["rx"]["duplicate_messages"] == d["messages"]
+    assert d["applied"] == d["rx"]["delivered"]  # what the ring accepted was applied
     assert list_segments(instance) == []
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_bounded_run_with_injected_drops_counts_them_exactly(tmp_path, instance):
+    cfg = _config(tmp_path, instance, md_capacity=1 << 21)
+    out = obpipe("run", "--config", cfg, "--messages", "450000", "--rate", "1000000", "--drop-every", "1000",
+                 "--json", "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    d = json.loads(out.stdout)
+    assert d["kernel_drops"] == 0
+    assert d["sent"]["injected_drop"] == 10  # 10,000 packets of 45
+    assert d["gap_messages"] == 10 * 45 and d["applied"] == 450_000 - 450
+    assert d["duplicates"] == d["out_of_order"] == d["malformed"] == d["ring_drops"] == 0
 
 
 @pytest.mark.multiproc
@@ -88,6 +104,7 @@ def test_stats_reads_a_running_instance_and_ctrl_c_stops_it_cleanly(tmp_path, in
         assert p.returncode == 0, stderr[-3000:]
         final = json.loads(stdout)
         assert final["book"]["msgs"] == final["feed"]["sent"] >= d["book"]["msgs"]
+        assert final["gap_messages"] == 0 and final["packets"] == final["feed"]["datagrams"]
         assert list_segments(instance) == []
     finally:
         if p.poll() is None:
@@ -126,7 +143,7 @@ def test_a_dying_book_writer_gives_a_nonzero_exit(tmp_path, instance):
         os.kill(wait_running(cfg)["book"]["pid"], signal.SIGKILL)
         stdout, stderr = p.communicate(timeout=60)
         assert p.returncode == 1
-        assert "book writer died" in stderr and "-9" in stderr
+        assert "obpipe-book died" in stderr and "-9" in stderr
         assert list_segments(instance) == []
     finally:
         if p.poll() is None:
