@@ -47,6 +47,7 @@ from numba import njit
 
 from ring import schema
 from ring._atomics import f64_bits, monotonic_ns, store_relaxed
+from ring.latency import record_batch
 from ring._kernels import (
     payload_check,
     ring_available,
@@ -542,12 +543,13 @@ def publish_counters(C, row, lo, hi):
 
 @njit(nogil=True, cache=True)
 def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirty, snap_words,
-          snap_base0, slot_words, pay, lv_px, lv_qty, row, spin_iters, yield_iters):
+          snap_base0, slot_words, pay, lv_px, lv_qty, row, hist, hist_local, spin_iters, yield_iters):
     """The book writer's loop: apply batches from the md ring until ``budget`` messages
     are applied or the ring stays empty through the spin -> yield backoff.
 
-    Per batch: apply (events published), release the md slots, publish one snapshot
-    per touched symbol, copy counters and a heartbeat to the stats ``row``.  Returns
+    Per batch: apply (events published), add each message's receive -> apply latency to
+    the shared histogram ``hist``, release the md slots, publish one snapshot per
+    touched symbol, copy counters and a heartbeat to the stats ``row``.  Returns
     messages applied (0: idle; the caller sleeps briefly and checks its stop flag).
     """
     done = 0
@@ -561,6 +563,8 @@ def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirt
         n = min(n, max_batch)
         ts = monotonic_ns()
         apply_batch(md, tail, n, mask, lad, S, C, ev, ev_ctrl, dirty)
+        # the second stamp: receive -> apply latency of every message rx stamped
+        record_batch(md, tail, n, mask, monotonic_ns(), hist, hist_local)
         ring_release(md_ctrl, tail + n)
         publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_words, pay, lv_px, lv_qty, ts)
         publish_counters(C, row, schema.ST_BOOK_MSGS, schema.ST_BOOK_CROSSED + 1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+
+import numpy as np
 import signal
 import time
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from ring import schema
 from ring.snapshot import SnapshotRegion
 from ring.spsc import Backoff, Ring
-from ring.stats import ROW_BOOK, StatsBlock
+from ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_LATENCY, StatsBlock
 
 from . import _book_kernels as BK
 from ._placement import pin
@@ -53,8 +55,10 @@ def run(spec: BookWriterSpec, stop) -> int:
     book = Book(spec.widths, spec.n_levels, events=(ev.ctrl, ev.records), snapshots=snaps,
                 depth_ticks=spec.depth_ticks)
     b = spec.backoff
+    hist = stats.rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)
     args = (book.lad, book.S, book.C, book.ev, book.ev_ctrl, book.n_levels, book.dirty, snaps.words,
-            snaps.base(0), snaps.slot_words, book.pay, book._lv_px, book._lv_qty, row)
+            snaps.base(0), snaps.slot_words, book.pay, book._lv_px, book._lv_qty, row, hist,
+            np.zeros(len(hist), np.int64))
     # Compile (or load from cache) before announcing "running".
     BK.drain(md.ctrl, md.records, spec.max_batch, 0, *args, 0, 0)
     row[schema.ST_STATE] = STATE_RUNNING

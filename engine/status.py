@@ -8,7 +8,8 @@ from ring import schema
 from ring.snapshot import SnapshotRegion
 from ring.spsc import Ring
 from feed_sim import _wire_kernels as WK
-from ring.stats import ROW_BOOK, ROW_FEED, ROW_RX, ROW_SUPERVISOR, StatsBlock
+from ring.latency import percentiles
+from ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_FEED, ROW_LATENCY, ROW_RX, ROW_SUPERVISOR, StatsBlock
 
 _STATE = {0: "unused", 1: "starting", 2: "running", 3: "stopped"}
 
@@ -36,6 +37,7 @@ class Status:
             "feed": {n: int(feed[i]) for i, n in schema.FEED_STAT_NAMES.items()},
             "rx": self._rx(rows[ROW_RX]),
             "supervisor": {n: int(sup[i]) for i, n in schema.SUP_STAT_NAMES.items()},
+            "latency_ns": percentiles(rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)),
             "rings": {"md": {"fill": len(self.md), "capacity": self.md.capacity},
                       "events": {"fill": len(self.events), "capacity": self.events.capacity}},
             "symbols": {},
@@ -85,6 +87,10 @@ def snapshot_dict(r) -> dict:
     }
 
 
+def _us(ns) -> str:
+    return "-" if ns is None else f"{ns / 1000:.1f} us"
+
+
 def render(d: dict, levels: int = 3) -> str:
     """A human table of ``Status.collect()``."""
     b, f = d["book"], d["feed"]
@@ -100,6 +106,8 @@ def render(d: dict, levels: int = 3) -> str:
         f"underflow {b['qty_underflow']:,}  crossed {b['crossed']:,}",
         f"  events   sent {b['events']:>14,}  dropped(ring full) {b['events_dropped']:>10,}  "
         f"snapshots {b['snapshots']:,}  trades {b['trades']:,}",
+        f"  latency  receive->apply p50 {_us(d['latency_ns']['p50'])}  p99 {_us(d['latency_ns']['p99'])}  "
+        f"p999 {_us(d['latency_ns']['p999'])}  ({d['latency_ns']['count']:,} msgs)",
         f"  rings    md {d['rings']['md']['fill']}/{d['rings']['md']['capacity']}  "
         f"events {d['rings']['events']['fill']}/{d['rings']['events']['capacity']}",
         f"  {'symbol':<8}{'bid':>16}{'ask':>16}{'spread':>8}{'imb':>8}{'last trade':>18}{'msgs':>14}",

@@ -215,7 +215,7 @@ def summary(d: dict, sender: dict) -> dict:
     r = d["rx"]
     return {"packets": r["packets"], "messages": r["messages"], "gap_messages": r["gap_messages"],
             "duplicates": r["duplicates"], "out_of_order": r["out_of_order"], "malformed": r["malformed"],
-            "ring_drops": r["ring_drops"], "applied": d["book"]["msgs"],
+            "ring_drops": r["ring_drops"], "applied": d["book"]["msgs"], "latency_ns": d["latency_ns"],
             "kernel_drops": r["kernel_drops"] if r["kernel_drops"] >= 0 else None, "sent": sender}
 
 

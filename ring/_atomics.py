@@ -273,6 +273,21 @@ def seqlock_read_ok(words, idx, s0):
     return (s0 & 1) == 0 and s1 == s0
 
 
+@intrinsic
+def clz64(typingctx, x):
+    """Leading zero bits of an int64 (``llvm.ctlz``; 64 for 0)."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.int64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, ir.IntType(1)]),
+                                            "llvm.ctlz.i64")
+        return builder.call(fn, [v, ir.Constant(ir.IntType(1), 0)])
+
+    return types.int64(x), codegen
+
+
 # --- bit casts (for checksums over mixed int/float payloads) --------------------------
 
 

@@ -21,7 +21,11 @@ ROW_BOOK = 2
 ROW_ANALYSIS = 3
 ROW_PUBLISHER = 4
 ROW_FEED = 5
-N_ROWS = 8
+#: Rows 8..15: the receive->apply latency histogram (``ring.latency``), owned by the book
+#: writer: 256 log-linear buckets, one int64 count each.
+ROW_LATENCY = 8
+LATENCY_ROWS = 8
+N_ROWS = 16
 
 _ROW_DTYPE = np.dtype([("w", "<i8", (schema.STATS_WORDS,))])
 

@@ -53,6 +53,8 @@ def test_run_bounded_count_applies_every_message_and_cleans_up(tmp_path, instanc
     assert d["messages"] == d["applied"] == d["book"]["msgs"] == 300_000
     assert d["gap_messages"] == d["duplicates"] == d["malformed"] == d["ring_drops"] == 0
     assert d["packets"] == d["feed"]["datagrams"]
+    lat = d["latency_ns"]  # every message rx stamped got a receive -> apply latency
+    assert lat["count"] == 300_000 and 0 < lat["p50"] <= lat["p99"] <= lat["p999"] < 10**10
     assert d["book"]["bad_msgs"] == 0 and d["book"]["qty_underflow"] == 0 and d["book"]["crossed"] == 0
     assert d["book"]["events"] == d["supervisor"]["events_read"] > 0
     assert d["book"]["state"] == "stopped"

@@ -28,6 +28,7 @@ from ring.spsc import Ring
 inst = sys.argv[1]
 N = 1_000_000
 msgs = generate(N + 4096 + 1024, SynthParams(n_symbols=4, seed=3))
+msgs["ts_recv_ns"] = 1  # stamped, so the latency histogram is exercised too
 md = Ring.create(inst, "md", schema.MD_DTYPE, 1 << 21)
 ev = Ring.create(inst, "events", schema.EVENT_DTYPE, 1 << 12)
 snaps = SnapshotRegion.create(inst, "snap", 4, 10)
@@ -35,7 +36,8 @@ try:
     book = Book([4096] * 4, 10, events=(ev.ctrl, ev.records), snapshots=snaps)
     row = np.zeros(schema.STATS_WORDS, np.int64)
     args = (book.lad, book.S, book.C, book.ev, book.ev_ctrl, 10, book.dirty, snaps.words, snaps.base(0),
-            snaps.slot_words, book.pay, book._lv_px, book._lv_qty, row)
+            snaps.slot_words, book.pay, book._lv_px, book._lv_qty, row, np.zeros(256, np.int64),
+            np.zeros(256, np.int64))
     # warm-up: compile, touch every array once
     md.push(msgs[:4096])
     BK.drain(md.ctrl, md.records, 1024, 1 << 30, *args, 0, 0)
