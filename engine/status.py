@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 import time
 
+import psutil
+
 from ring import schema
 from ring.snapshot import SnapshotRegion
 from ring.spsc import Ring
@@ -24,6 +26,25 @@ class Status:
         self.events = Ring.attach(instance, "events", schema.EVENT_DTYPE)
         self.snaps = SnapshotRegion.attach(instance, "snap")
         self.symbols = symbols or [f"sym{i}" for i in range(self.snaps.n_slots)]
+        self._procs: dict[int, psutil.Process] = {}
+
+    def _proc(self, pid: int) -> dict | None:
+        """CPU% since the previous sample (first sample: since the call before) and the
+        core it last ran on; None if the process is gone."""
+        if pid <= 0:
+            return None
+        try:
+            p = self._procs.get(pid)
+            if p is None:
+                p = self._procs[pid] = psutil.Process(pid)
+                p.cpu_percent(None)
+                time.sleep(0.05)
+            with p.oneshot():
+                return {"pid": pid, "cpu_percent": round(p.cpu_percent(None), 1), "core": p.cpu_num(),
+                        "affinity": p.cpu_affinity()}
+        except (psutil.Error, AttributeError):
+            self._procs.pop(pid, None)
+            return None
 
     def collect(self) -> dict:
         rows = self.stats.snapshot()
@@ -37,6 +58,9 @@ class Status:
             "feed": {n: int(feed[i]) for i, n in schema.FEED_STAT_NAMES.items()},
             "rx": self._rx(rows[ROW_RX]),
             "supervisor": {n: int(sup[i]) for i, n in schema.SUP_STAT_NAMES.items()},
+            "processes": {"supervisor": self._proc(int(self.stats.seg.header[0]["owner_pid"])),
+                          "rx": self._proc(int(rows[ROW_RX][schema.ST_PID])),
+                          "book": self._proc(int(book[schema.ST_PID]))},
             "latency_ns": percentiles(rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)),
             "rings": {"md": {"fill": len(self.md), "capacity": self.md.capacity},
                       "events": {"fill": len(self.events), "capacity": self.events.capacity}},
@@ -106,6 +130,9 @@ def render(d: dict, levels: int = 3) -> str:
         f"underflow {b['qty_underflow']:,}  crossed {b['crossed']:,}",
         f"  events   sent {b['events']:>14,}  dropped(ring full) {b['events_dropped']:>10,}  "
         f"snapshots {b['snapshots']:,}  trades {b['trades']:,}",
+        "  procs    " + "  ".join(
+            f"{name} pid {p['pid']} cpu {p['cpu_percent']:.0f}% core {p['core']}"
+            for name, p in d["processes"].items() if p),
         f"  latency  receive->apply p50 {_us(d['latency_ns']['p50'])}  p99 {_us(d['latency_ns']['p99'])}  "
         f"p999 {_us(d['latency_ns']['p999'])}  ({d['latency_ns']['count']:,} msgs)",
         f"  rings    md {d['rings']['md']['fill']}/{d['rings']['md']['capacity']}  "
