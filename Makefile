@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test stats clean-shm bench bench-core lobster-check
+.PHONY: help install run test stats clean-shm bench bench-core bench-pipeline lobster-check
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,4 +41,7 @@ lobster-check: $(DEV) ## replay the AMZN LOBSTER sample and compare with its ord
 bench-core: $(BENCH) ## ring/book/snapshot benchmarks + peers -> bench/results/core.json
 	$(VPY) bench/core.py $(ARGS)
 
-bench: bench-core ## every benchmark
+bench-pipeline: $(DEV) ## ramp the UDP feed rate: max zero-loss rate, latency, CPU -> bench/results/pipeline.json
+	$(VPY) bench/pipeline.py $(ARGS)
+
+bench: bench-core bench-pipeline ## every benchmark

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
+import psutil
 
 from feed_sim.sender import UdpSender
 from feed_sim.synth import SynthParams, generate_into
@@ -149,8 +150,11 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         port = int(segs.stats.row(ROW_RX)[schema.ST_RX_PORT])
         status = Status(inst, list(cfg.book.symbols))
         sender = UdpSender(("127.0.0.1", port), session=seed & 0xFFFFFFFF or 1, faults=opts.faults)
+        cpu0, t_feed = _cpu_times(children), time.monotonic()
         try:
             rc = _feed_loop(cfg, opts, segs, children, status, interrupted, rate, duration, seed, sender)
+            feed_s = time.monotonic() - t_feed
+            cpu1 = _cpu_times(children)
             sender.finish()  # the closing heartbeat: a lost last packet becomes a counted gap
             segs.stats.row(ROW_FEED)[schema.ST_FEED_DATAGRAMS] = sender.datagrams_sent
         finally:
@@ -172,6 +176,10 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                 rc = 1
         final = status.collect()
         final.update(summary(final, sender.counters()))
+        final["feed_seconds"] = round(feed_s, 3)
+        final["feed_msgs_per_s"] = round(final["feed"]["sent"] / max(feed_s, 1e-9))
+        final["cpu_percent"] = {k: round(100 * (cpu1[k] - cpu0[k]) / max(feed_s, 1e-9), 1)
+                                for k in cpu1 if k in cpu0}
         final["exit_code"] = rc
         if opts.as_json:
             sys.stdout.write(orjson.dumps(final, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -208,6 +216,18 @@ def _drain_events(segs: _Segments, buf=np.zeros((4096, schema.EVENT_DTYPE.itemsi
     row = segs.stats.row(ROW_SUPERVISOR)
     row[schema.ST_SUP_EVENTS_READ] += total
     return total
+
+
+def _cpu_times(children) -> dict[str, float]:
+    """user + system CPU seconds of the supervisor and each live child, by role."""
+    out = {}
+    for name, pid in [("supervisor", os.getpid())] + [(c.name.removeprefix("obpipe-"), c.pid) for c in children]:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[name] = t.user + t.system
+        except (psutil.Error, TypeError):
+            pass
+    return out
 
 
 def summary(d: dict, sender: dict) -> dict:
