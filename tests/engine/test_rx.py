@@ -47,7 +47,7 @@ def test_udp_feed_with_exact_faults_is_counted_exactly(instance):
         md = generate(n_msgs, SynthParams(n_symbols=4, seed=21))
         faults = Faults(drop_every=1000, duplicate_every=777, reorder_every=501, corrupt_every=997,
                         truncate_every=1999, bad_magic_every=2503, bad_version_every=3001)
-        sender = UdpSender(("127.0.0.1", port), session=5, faults=faults, rate=2_000_000)
+        sender = UdpSender(("127.0.0.1", port), session=5, faults=faults, rate=1_000_000)
         sender.send(md)
         sender.finish()
         deadline = time.monotonic() + 60
