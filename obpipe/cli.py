@@ -42,8 +42,10 @@ def cmd_run(a) -> int:
     try:
         faults = Faults(drop_every=a.drop_every, drop_prob=a.drop_prob, duplicate_every=a.dup_every,
                         reorder_every=a.reorder_every, truncate_every=a.truncate_every,
-                        corrupt_every=a.corrupt_every, seed=cfg.run.seed)
-        if min(a.drop_every, a.dup_every, a.reorder_every, a.truncate_every, a.corrupt_every) < 0 or not (
+                        corrupt_every=a.corrupt_every, bad_magic_every=a.bad_magic_every,
+                        bad_version_every=a.bad_version_every, seed=cfg.run.seed)
+        if min(a.drop_every, a.dup_every, a.reorder_every, a.truncate_every, a.corrupt_every, a.bad_magic_every,
+               a.bad_version_every) < 0 or not (
                 0 <= a.drop_prob < 1):
             raise ValueError("fault intervals must be >= 0 and --drop-prob in [0, 1)")
     except ValueError as e:
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--reorder-every", type=int, default=0, metavar="K", help="send every K-th packet after the next")
     f.add_argument("--truncate-every", type=int, default=0, metavar="K", help="cut every K-th packet short")
     f.add_argument("--corrupt-every", type=int, default=0, metavar="K", help="flip a byte in every K-th packet")
+    f.add_argument("--bad-magic-every", type=int, default=0, metavar="K", help="wrong magic in every K-th packet")
+    f.add_argument("--bad-version-every", type=int, default=0, metavar="K", help="wrong version in every K-th packet")
     r.add_argument("--seed", type=int, help="synthetic flow seed")
     r.add_argument("--json", action="store_true", help="final stats as JSON on stdout")
     r.add_argument("--quiet", action="store_true", help="no live status lines")

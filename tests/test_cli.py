@@ -200,3 +200,23 @@ def test_final_books_equal_a_reference_built_offline_from_the_delivered_messages
         got = d["symbols"][name]
         assert [tuple(x) for x in got["bids"]] == ref.top(s, 0, 10), name
         assert [tuple(x) for x in got["asks"]] == ref.top(s, 1, 10), name
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_malformed_packets_from_the_command_line_are_counted_exactly_and_never_applied(tmp_path, instance):
+    cfg = _config(tmp_path, instance, md_capacity=1 << 20)
+    out = obpipe("run", "--config", cfg, "--messages", "225000", "--rate", "1000000", "--truncate-every", "97",
+                 "--corrupt-every", "101", "--bad-magic-every", "103", "--bad-version-every", "107", "--json",
+                 "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    d = json.loads(out.stdout)
+    injected = sum(d["sent"][f"injected_{k}"] for k in ("truncate", "corrupt", "bad_magic", "bad_version"))
+    assert injected > 150 and d["malformed"] == injected and d["kernel_drops"] == 0
+    r = d["rx"]
+    assert r["malformed_length"] == d["sent"]["injected_truncate"]
+    assert r["malformed_check"] == d["sent"]["injected_corrupt"]
+    assert r["malformed_magic"] == d["sent"]["injected_bad_magic"]
+    assert r["malformed_version"] == d["sent"]["injected_bad_version"]
+    assert d["gap_messages"] == 45 * injected and d["applied"] == 225_000 - 45 * injected
+    assert d["book"]["bad_msgs"] == 0  # nothing malformed reached the book
