@@ -149,16 +149,20 @@ def _loop_reads_k(words, base, dst, nw, n):
 
 def bench_writer_with_readers(repeats: int, interval_ns: int) -> dict:
     w, r = writer_and_reader_cores()
-    alone, with2 = [], []
-    for i in range(repeats):  # alternate, so drift in machine load hits both alike
+    alone, with2, control = [], [], []
+    for i in range(repeats):  # alternate, so drift in machine load hits all alike
         alone.append(run_writer_with_readers(f"{INSTANCE}w{i}", 0, 1.0, interval_ns, writer_cores=w,
                                              reader_cores=r)["msgs_per_s"])
         res = run_writer_with_readers(f"{INSTANCE}v{i}", 2, 1.0, interval_ns, writer_cores=w, reader_cores=r)
         assert all(x[2] == 0 for x in res["readers"])
         with2.append(res["msgs_per_s"])
-    a, b = med(alone), med(with2)
+        control.append(run_writer_with_readers(f"{INSTANCE}c{i}", 2, 1.0, interval_ns, writer_cores=w,
+                                               reader_cores=r, private=True)["msgs_per_s"])
+    a, b, c = med(alone), med(with2), med(control)
+    # control readers run the same code on a private copy: CPU load on the other core without sharing
     return {"writer_msgs_per_s_no_readers": a, "writer_msgs_per_s_2_readers": b,
-            "writer_rate_ratio_2_readers": b / a, "reader_sample_interval_ns": interval_ns}
+            "writer_msgs_per_s_2_control_readers": c, "writer_rate_ratio_2_readers": b / a,
+            "writer_rate_ratio_2_readers_vs_control": b / c, "reader_sample_interval_ns": interval_ns}
 
 
 def bench_peers(repeats: int, n_msgs: int) -> dict:

@@ -15,6 +15,8 @@ ROWS = [
     ("writer_msgs_per_s_no_readers", "book writer alone (apply + snapshots)", "msgs/s", ""),
     ("writer_msgs_per_s_2_readers", "  same, 2 reader processes sampling every 10 us", "msgs/s", ""),
     ("writer_rate_ratio_2_readers", "  ratio", "", ">= 0.90"),
+    ("writer_msgs_per_s_2_control_readers", "  same, 2 control readers (same load, private memory)", "msgs/s", ""),
+    ("writer_rate_ratio_2_readers_vs_control", "  ratio sharing / control readers", "", ">= 0.90"),
     ("book_apply_only_msgs_per_s_peer_stream", "obpipe apply kernel, 1M msgs, 1 symbol", "msgs/s", ""),
     ("book_msgs_per_s_peer_stream", "obpipe whole job (events + snapshots), same stream", "msgs/s", ""),
     ("peer_order_book_msgs_per_s", "order-book (C ext.), Python loop, same stream", "msgs/s", ""),

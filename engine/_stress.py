@@ -125,16 +125,20 @@ def writer_main(instance, n_symbols, n_levels, width, max_batch, n_msgs, duratio
     q.put(("writer", (int(n), time.perf_counter() - t)))
 
 
-def reader_main(instance, n_levels, duration_s, interval_ns, cores, q, go):
+def reader_main(instance, n_levels, duration_s, interval_ns, cores, q, go, private=False):
+    """A sampling reader; ``private`` makes it a control: the same code and schedule on
+    a private copy of the region, so it loads the CPU but shares no memory with the
+    writer."""
     from ring.snapshot import SnapshotRegion
 
     _pin(cores)
     snaps = SnapshotRegion.attach(instance, "snap", n_levels)
+    words = np.array(snaps.words) if private else snaps.words
     dst = np.zeros(snaps.payload_words, np.int64)
-    reader_load(snaps.words, snaps.base(0), snaps.slot_words, snaps.n_slots, n_levels, dst, 0, 1)
+    reader_load(words, snaps.base(0), snaps.slot_words, snaps.n_slots, n_levels, dst, 0, 1)
     q.put(("ready", "reader"))
     go.wait(60)
-    res = reader_load(snaps.words, snaps.base(0), snaps.slot_words, snaps.n_slots, n_levels, dst,
+    res = reader_load(words, snaps.base(0), snaps.slot_words, snaps.n_slots, n_levels, dst,
                       int(duration_s * 1e9), interval_ns)
     q.put(("reader", tuple(int(x) for x in res)))
 
@@ -142,8 +146,9 @@ def reader_main(instance, n_levels, duration_s, interval_ns, cores, q, go):
 def run_writer_with_readers(instance: str, n_readers: int, duration_s: float = 1.0, interval_ns: int = 10_000,
                             n_symbols: int = 4,
                             n_levels: int = 10, width: int = 4096, max_batch: int = 1024, n_msgs: int = 1_000_000,
-                            writer_cores=(), reader_cores=(), timeout_s: float = 180) -> dict:
-    """One run: {msgs_per_s, readers: [(copies, retries, bad, polls), ...]}."""
+                            writer_cores=(), reader_cores=(), timeout_s: float = 180, private: bool = False) -> dict:
+    """One run: {msgs_per_s, readers: [(copies, retries, bad, polls), ...]}.  With
+    ``private`` the readers are controls that read a private copy of the region."""
     import multiprocessing as mp
 
     from ring.snapshot import SnapshotRegion
@@ -153,7 +158,7 @@ def run_writer_with_readers(instance: str, n_readers: int, duration_s: float = 1
     q = ctx.Queue()
     go = ctx.Event()
     procs = [ctx.Process(target=reader_main, name=f"reader{i}",
-                         args=(instance, n_levels, duration_s, interval_ns, tuple(reader_cores), q, go))
+                         args=(instance, n_levels, duration_s, interval_ns, tuple(reader_cores), q, go, private))
              for i in range(n_readers)]
     procs.append(ctx.Process(target=writer_main, name="writer",
                              args=(instance, n_symbols, n_levels, width, max_batch, n_msgs, duration_s,
