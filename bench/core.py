@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from numba import njit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -116,7 +117,7 @@ def bench_snapshots(repeats: int) -> dict:
         for _ in range(repeats):
             t = time.perf_counter()
             for _ in range(n // 100_000):
-                _loop_reads(region.words, base, dst, region.payload_words, 100_000)
+                _loop_reads_k(region.words, base, dst, region.payload_words, 100_000)
             rates.append(n / (time.perf_counter() - t))
     finally:
         region.unlink()
@@ -130,13 +131,6 @@ def bench_snapshots(repeats: int) -> dict:
         "snapshot_writes_per_s_pattern_writer": med([c["writes_per_s"] for c in contended]),
         "snapshot_payload_bytes": region.payload_words * 8,
     }
-
-
-def _loop_reads(words, base, dst, nw, n):
-    return _loop_reads_k(words, base, dst, nw, n)
-
-
-from numba import njit  # noqa: E402
 
 
 @njit(nogil=True, cache=True)

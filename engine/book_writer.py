@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from ring import schema
+from ring.schema import STATE_RUNNING, STATE_STARTING, STATE_STOPPED
 from ring.snapshot import SnapshotRegion
 from ring.spsc import Backoff, Ring
 from ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_LATENCY, StatsBlock
@@ -23,7 +24,6 @@ from . import _book_kernels as BK
 from ._placement import pin
 from .book import Book
 
-STATE_STARTING, STATE_RUNNING, STATE_STOPPED = 1, 2, 3
 
 
 @dataclass(frozen=True)

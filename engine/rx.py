@@ -18,12 +18,12 @@ import numpy as np
 
 from feed_sim import _wire_kernels as WK
 from ring import schema
+from ring.schema import STATE_RUNNING, STATE_STARTING, STATE_STOPPED
 from ring.spsc import Backoff, Ring
 from ring.stats import ROW_RX, StatsBlock
 
 from ._placement import pin
 
-STATE_STARTING, STATE_RUNNING, STATE_STOPPED = 1, 2, 3
 RCVBUF_BYTES = 8 << 20
 
 

@@ -10,10 +10,11 @@ from ring import schema
 from ring.snapshot import SnapshotRegion
 from ring.spsc import Ring
 from feed_sim import _wire_kernels as WK
+from feed_sim.wire import tracker_counters
 from ring.latency import percentiles
 from ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_FEED, ROW_LATENCY, ROW_RX, ROW_SUPERVISOR, StatsBlock
 
-_STATE = {0: "unused", 1: "starting", 2: "running", 3: "stopped"}
+_STATE = schema.STATE_NAMES
 
 
 class Status:
@@ -74,12 +75,9 @@ class Status:
 
     @staticmethod
     def _rx(row) -> dict:
-        T = row[schema.RX_TRACKER_BASE:schema.RX_TRACKER_BASE + WK.NT]
-        d = {"pid": int(row[schema.ST_PID]), "state": _STATE.get(int(row[schema.ST_STATE]), "?"),
-             "port": int(row[schema.ST_RX_PORT]), "kernel_drops": int(row[schema.ST_RX_KERNEL_DROPS]),
-             **{n: int(T[i]) for i, n in WK.TRACKER_NAMES.items()}}
-        d["malformed"] = d["malformed_length"] + d["malformed_magic"] + d["malformed_version"] + d["malformed_check"]
-        return d
+        return {"pid": int(row[schema.ST_PID]), "state": _STATE.get(int(row[schema.ST_STATE]), "?"),
+                "port": int(row[schema.ST_RX_PORT]), "kernel_drops": int(row[schema.ST_RX_KERNEL_DROPS]),
+                **tracker_counters(row[schema.RX_TRACKER_BASE:schema.RX_TRACKER_BASE + WK.NT])}
 
     def close(self):
         for x in (self.stats, self.md, self.events, self.snaps):

@@ -69,6 +69,7 @@ class _Segments:
             self.events = self._add(Ring.create(inst, "events", schema.EVENT_DTYPE, cfg.rings.events_capacity))
             self.snaps = self._add(SnapshotRegion.create(inst, "snap", len(cfg.book.symbols),
                                                          cfg.book.snapshot_levels))
+            self.ev_buf = np.zeros((4096, schema.EVENT_DTYPE.itemsize // 8), np.int64)  # _drain_events
         except BaseException:
             self.close()
             raise
@@ -205,8 +206,9 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             signal.signal(sig, h)
 
 
-def _drain_events(segs: _Segments, buf=np.zeros((4096, schema.EVENT_DTYPE.itemsize // 8), np.int64)) -> int:
+def _drain_events(segs: _Segments) -> int:
     """Stand-in events consumer (until the analysis process exists): pop and count."""
+    buf = segs.ev_buf
     total = 0
     while True:
         n = int(ring_pop(segs.events.ctrl, segs.events.slots, buf, buf.shape[0]))

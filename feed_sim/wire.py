@@ -57,6 +57,14 @@ class PacketBuffer:
         return memoryview(self.bytes_[i, : self.nbytes[i]])
 
 
+def tracker_counters(T: np.ndarray) -> dict[str, int]:
+    """The receiver's tracker words ``T`` as named counters, plus their ``malformed`` total."""
+    d = {name: int(T[i]) for i, name in TRACKER_NAMES.items()}
+    d["malformed"] = sum(d[k] for k in ("malformed_length", "malformed_magic", "malformed_version",
+                                        "malformed_check"))
+    return d
+
+
 class Tracker:
     """The receiver's sequence tracker and counters (``T``) and missing ranges."""
 
@@ -65,10 +73,7 @@ class Tracker:
         self.miss = np.zeros((WK.MAX_MISSING, 2), np.int64)
 
     def counters(self) -> dict[str, int]:
-        d = {name: int(self.T[i]) for i, name in TRACKER_NAMES.items()}
-        d["malformed"] = sum(d[k] for k in ("malformed_length", "malformed_magic", "malformed_version",
-                                            "malformed_check"))
-        return d
+        return tracker_counters(self.T)
 
 
 # --- fault injection ----------------------------------------------------------------

@@ -283,7 +283,9 @@ STATS_DATA_OFFSET = 64
 #: Common words of every row.
 ST_PID = 0  # owner process id (0: row unused)
 ST_HEARTBEAT_NS = 1  # owner's CLOCK_MONOTONIC at its last loop turn
-ST_STATE = 2  # 0 unused, 1 starting, 2 running, 3 stopped
+ST_STATE = 2  # one of STATE_*
+STATE_UNUSED, STATE_STARTING, STATE_RUNNING, STATE_STOPPED = 0, 1, 2, 3
+STATE_NAMES = {STATE_UNUSED: "unused", STATE_STARTING: "starting", STATE_RUNNING: "running", STATE_STOPPED: "stopped"}
 
 #: Book-writer row.
 ST_BOOK_MSGS = 4  # messages applied

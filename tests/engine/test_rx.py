@@ -13,18 +13,14 @@ from engine import rx
 from feed_sim import _wire_kernels as WK
 from feed_sim.sender import UdpSender
 from feed_sim.synth import SynthParams, generate
-from feed_sim.wire import DUPLICATE, SEND, Faults
+from feed_sim.wire import DUPLICATE, SEND, Faults, tracker_counters
 from ring import schema as sc
 from ring.spsc import Backoff, Ring
 from ring.stats import ROW_RX, StatsBlock
 
 
 def _tracker(row):
-    T = row[sc.RX_TRACKER_BASE:sc.RX_TRACKER_BASE + WK.NT]
-    d = {name: int(T[i]) for i, name in WK.TRACKER_NAMES.items()}
-    d["malformed"] = sum(d[k] for k in ("malformed_length", "malformed_magic", "malformed_version",
-                                        "malformed_check"))
-    return d
+    return tracker_counters(row[sc.RX_TRACKER_BASE:sc.RX_TRACKER_BASE + WK.NT])
 
 
 @pytest.mark.multiproc
