@@ -28,6 +28,7 @@ class Status:
         self.snaps = SnapshotRegion.attach(instance, "snap")
         self.symbols = symbols or [f"sym{i}" for i in range(self.snaps.n_slots)]
         self._procs: dict[int, psutil.Process] = {}
+        self._prev: tuple[float, dict] | None = None  # (time, counters) of the previous sample
 
     def _proc(self, pid: int) -> dict | None:
         """CPU% since the previous sample (first sample: since the call before) and the
@@ -48,6 +49,9 @@ class Status:
             return None
 
     def collect(self) -> dict:
+        if self._prev is None:  # a baseline, so the first sample has rates too
+            self._prev = self._counts(self.stats.snapshot())
+            time.sleep(0.25)
         rows = self.stats.snapshot()
         book, feed, sup = rows[ROW_BOOK], rows[ROW_FEED], rows[ROW_SUPERVISOR]
         out = {
@@ -56,22 +60,55 @@ class Status:
                      "heartbeat_age_s": (round((time.monotonic_ns() - int(book[schema.ST_HEARTBEAT_NS])) / 1e9, 3)
                                          if book[schema.ST_HEARTBEAT_NS] else None),
                      **{n: int(book[i]) for i, n in schema.BOOK_STAT_NAMES.items()}},
-            "feed": {n: int(feed[i]) for i, n in schema.FEED_STAT_NAMES.items()},
+            "feed": self._feed(feed),
             "rx": self._rx(rows[ROW_RX]),
             "supervisor": {n: int(sup[i]) for i, n in schema.SUP_STAT_NAMES.items()},
             "processes": {"supervisor": self._proc(int(self.stats.seg.header[0]["owner_pid"])),
                           "rx": self._proc(int(rows[ROW_RX][schema.ST_PID])),
-                          "book": self._proc(int(book[schema.ST_PID]))},
+                          "book": self._proc(int(book[schema.ST_PID])),
+                          "feed": self._proc(int(feed[schema.ST_PID]))},
             "latency_ns": percentiles(rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)),
-            "rings": {"md": {"fill": len(self.md), "capacity": self.md.capacity},
-                      "events": {"fill": len(self.events), "capacity": self.events.capacity}},
+            "rings": {name: {"fill": len(r), "high_water": r.high_water, "capacity": r.capacity}
+                      for name, r in (("md", self.md), ("events", self.events))},
             "symbols": {},
         }
+        for role, r in (("rx", ROW_RX), ("book", ROW_BOOK), ("feed", ROW_FEED)):
+            p, hb = out["processes"][role], int(rows[r][schema.ST_HEARTBEAT_NS])
+            if p is not None:
+                p["heartbeat_age_s"] = round((time.monotonic_ns() - hb) / 1e9, 3) if hb else None
         for i, name in enumerate(self.symbols[: self.snaps.n_slots]):
             r = self.snaps.read(i, max_tries=100_000)
             out["symbols"][name] = snapshot_dict(r)
         out["snapshot_read_retries"] = self.snaps.retries
+        out["rates"] = self._rates(rows)
         return out
+
+    _RATE_KEYS = (("feed_msgs_per_s", ROW_FEED, schema.ST_FEED_SENT),
+                  ("rx_msgs_per_s", ROW_RX, schema.RX_TRACKER_BASE + WK.T_MESSAGES),
+                  ("rx_packets_per_s", ROW_RX, schema.RX_TRACKER_BASE + WK.T_PACKETS),
+                  ("applied_msgs_per_s", ROW_BOOK, schema.ST_BOOK_MSGS),
+                  ("events_per_s", ROW_BOOK, schema.ST_BOOK_EVENTS),
+                  ("gap_msgs_per_s", ROW_RX, schema.RX_TRACKER_BASE + WK.T_GAP_MSGS),
+                  ("ring_drops_per_s", ROW_RX, schema.RX_TRACKER_BASE + WK.T_RING_DROPS))
+
+    def _counts(self, rows) -> tuple[float, dict]:
+        return time.monotonic(), {k: int(rows[r, w]) for k, r, w in self._RATE_KEYS}
+
+    def _rates(self, rows) -> dict:
+        """Per-second rates since the previous sample (the first sample of a Status
+        measures over a 0.25 s baseline taken by ``collect``)."""
+        now, vals = self._counts(rows)
+        t0, prev = self._prev
+        self._prev = (now, vals)
+        return {k: round((vals[k] - prev[k]) / max(now - t0, 1e-9)) for k in vals}
+
+    @staticmethod
+    def _feed(row) -> dict:
+        d = {n: int(row[i]) for i, n in schema.FEED_STAT_NAMES.items()}
+        d["state"] = _STATE.get(int(row[schema.ST_STATE]), "?")
+        d["injected"] = {n: int(row[schema.ST_FEED_INJECTED + i]) for i, n in enumerate(schema.FEED_INJECTED_NAMES)}
+        d["expected"] = {n: int(row[schema.ST_FEED_EXPECTED + i]) for i, n in enumerate(schema.FEED_EXPECTED_NAMES)}
+        return d
 
     @staticmethod
     def _rx(row) -> dict:
@@ -119,7 +156,10 @@ def render(d: dict, levels: int = 3) -> str:
     lines = [
         f"instance {d['instance']}  book writer pid {b['pid']} ({b['state']}, heartbeat "
         f"{'-' if b['heartbeat_age_s'] is None else format(b['heartbeat_age_s'], '.1f') + 's ago'})",
-        f"  feed     sent {f['sent']:>14,}  datagrams {f['datagrams']:>10,}",
+        f"  feed     sent {f['sent']:>14,}  datagrams {f['datagrams']:>10,}  {f['state']}"
+        + (f"  {100 * f['sent'] / f['total']:.1f}% of {f['total']:,}" if f['total'] > 0 else ""),
+        "  rates    " + "  ".join(f"{k.removesuffix('_per_s').replace('_', ' ')} {v:,}/s"
+                                  for k, v in d.get("rates", {}).items()),
         f"  rx       pkts {d['rx']['packets']:>14,}  msgs {d['rx']['messages']:,}  gap_msgs {d['rx']['gap_messages']:,}  "
         f"dups {d['rx']['duplicates']:,}  out_of_order {d['rx']['out_of_order']:,}  malformed {d['rx']['malformed']:,}  "
         f"ring_drops {d['rx']['ring_drops']:,}  kernel_drops {d['rx']['kernel_drops']:,}",
@@ -130,11 +170,12 @@ def render(d: dict, levels: int = 3) -> str:
         f"snapshots {b['snapshots']:,}  trades {b['trades']:,}",
         "  procs    " + "  ".join(
             f"{name} pid {p['pid']} cpu {p['cpu_percent']:.0f}% core {p['core']}"
+            + (f" hb {p['heartbeat_age_s']:.2f}s" if p.get("heartbeat_age_s") is not None else "")
             for name, p in d["processes"].items() if p),
         f"  latency  receive->apply p50 {_us(d['latency_ns']['p50'])}  p99 {_us(d['latency_ns']['p99'])}  "
         f"p999 {_us(d['latency_ns']['p999'])}  ({d['latency_ns']['count']:,} msgs)",
-        f"  rings    md {d['rings']['md']['fill']}/{d['rings']['md']['capacity']}  "
-        f"events {d['rings']['events']['fill']}/{d['rings']['events']['capacity']}",
+        "  rings    " + "  ".join(f"{n} {r['fill']:,}/{r['capacity']:,} (high water {r['high_water']:,})"
+                                  for n, r in d["rings"].items()),
         f"  {'symbol':<8}{'bid':>16}{'ask':>16}{'spread':>8}{'imb':>8}{'last trade':>18}{'msgs':>14}",
     ]
     for name, s in d["symbols"].items():

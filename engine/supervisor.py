@@ -1,15 +1,20 @@
 """The supervisor: ``obpipe run``.
 
-Creates the instance's segments (stats, md ring, events ring, snapshots), starts the
-book writer as its own pinned process (spawn context), feeds it, shows live counters,
-and shuts everything down in order: stop the feed, let the book writer drain the md
-ring, stop it, print the final stats, unlink every segment.
+Creates the instance's segments (stats, md ring, events ring, snapshots), starts rx,
+the book writer and the feed as separate pinned processes (spawn context), watches
+them, shows live counters, and shuts everything down in order: stop the feed (it sends
+its closing heartbeat), let rx take in every datagram sent and the book writer drain
+the md ring, stop them, print the final stats, unlink every segment.
 
-Until the UDP receiver and the analysis process exist (later issues), the supervisor
-itself is the feed (the seeded synthetic flow of ``feed_sim.synth``, pushed into the md
-ring in batches at the configured rate; a full ring drops and counts) and the events
-ring's consumer (it drains and counts events so the book never sees a full ring in a
-normal run).
+Watching: every 50 ms it checks that each child is alive and that each running
+child's heartbeat is younger than ``[supervisor] heartbeat_timeout_s``; a hung child
+is killed (SIGKILL).  A dead child that ``[supervisor] restart`` names is started again
+(at most ``max_restarts`` times); any other death ends the run with exit status 1 and
+the child's exit code in the message.
+
+Until the analysis process exists (a later issue) the supervisor is the events ring's
+consumer: it drains and counts events so the book never sees a full ring in a normal
+run.
 """
 from __future__ import annotations
 
@@ -18,14 +23,14 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
 import psutil
 
-from feed_sim.sender import UdpSender
-from feed_sim.synth import SynthParams, generate_into
+from feed_sim import feed as feedmod
+from feed_sim import _wire_kernels as WK
 from feed_sim.wire import Faults
 from obpipe.config import Config
 from ring import schema
@@ -37,22 +42,25 @@ from ring.stats import ROW_BOOK, ROW_FEED, ROW_RX, ROW_SUPERVISOR, StatsBlock
 
 from . import book_writer, rx
 from ._placement import cores_for, pin
-from feed_sim import _wire_kernels as WK
-
 from .status import Status, render
 
-CHUNK = 45 * 64  # messages generated and sent per feed step (64 full packets)
+WATCH_S = 0.05  # supervisor loop period
 
 
 @dataclass
 class RunOptions:
-    """Command-line overrides of ``[run]``."""
+    """Command-line overrides of ``[run]`` and the feed."""
 
     rate: int | None = None
     duration_s: float | None = None
     count: int | None = None  # stop after this many messages (None: no limit)
     seed: int | None = None
-    faults: Faults = Faults()  # sender-side fault injection
+    faults: Faults = field(default_factory=Faults)  # sender-side fault injection
+    replay: str | None = None  # a capture or LOBSTER message file instead of the synthetic flow
+    speed: float | None = None  # replay at the recorded pace x speed
+    symbol: int = 0  # symbol index of a LOBSTER replay
+    capture: str | None = None  # record the feed's datagrams to this file
+    no_feed: bool = False  # no feed process: an external feed sends to rx's port
     as_json: bool = False
     quiet: bool = False
 
@@ -92,6 +100,21 @@ def _say(opts: RunOptions, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+class _Child:
+    """One supervised part: how to start it, its process, its stats row, its restarts."""
+
+    def __init__(self, name: str, row: int, target, args, restartable: bool):
+        self.name, self.row, self.target, self.args, self.restartable = name, row, target, args, restartable
+        self.proc = None
+        self.restarts = 0
+        self.started_ns = 0
+
+    def start(self, ctx) -> None:
+        self.proc = ctx.Process(target=self.target, args=self.args, name=f"obpipe-{self.name}")
+        self.proc.start()
+        self.started_ns = time.monotonic_ns()
+
+
 def run(cfg: Config, opts: RunOptions | None = None) -> int:
     """Run the pipeline; returns the process exit status (0 clean, 1 a child failed)."""
     opts = opts or RunOptions()
@@ -99,6 +122,10 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     rate = cfg.run.rate if opts.rate is None else opts.rate
     duration = cfg.run.duration_s if opts.duration_s is None else opts.duration_s
     seed = cfg.run.seed if opts.seed is None else opts.seed
+    if opts.replay is not None and opts.speed is None and opts.rate is None:
+        rate = 0  # a replay without --rate/--speed goes as fast as possible, not at the synthetic default
+    if opts.speed is not None:
+        rate = 0  # paced by the recording
 
     stale = clean_stale(inst)
     for name, why in stale:
@@ -110,77 +137,94 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
 
     # placement is decided from the cores we may use *before* pinning ourselves
     book_cores = tuple(cores_for("book", cfg.pinning.book))
+    rx_cores = tuple(cores_for("rx", cfg.pinning.rx))
     feed_cores = tuple(cores_for("feed", cfg.pinning.feed))
     pin(cores_for("supervisor", cfg.pinning.supervisor))
     segs = _Segments(cfg)
-    writer = None
-    children = []
+    children: list[_Child] = []
     status = None
     old_handlers = {}
-    rc = 0
+    ctx = mp.get_context("spawn")
+    stop, feed_stop = ctx.Event(), ctx.Event()
     try:
-        ctx = mp.get_context("spawn")
-        stop = ctx.Event()
         b = cfg.backoff
+        backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us)
         spec = book_writer.BookWriterSpec(
             instance=inst, widths=tuple(cfg.book.widths()), n_levels=cfg.book.snapshot_levels,
             depth_ticks=cfg.book.event_depth_ticks, max_batch=cfg.book.max_batch,
-            backoff=Backoff(b.spin_iters, b.yield_iters, b.sleep_us), cores=book_cores, parent_pid=os.getpid())
-        writer = ctx.Process(target=book_writer.main_entry, args=(spec, stop), name="obpipe-book")
-        rx_proc = ctx.Process(target=rx.main_entry, name="obpipe-rx", args=(
-            rx.RxSpec(inst, backoff=spec.backoff, cores=feed_cores, parent_pid=os.getpid()), stop))
-        children.extend([writer, rx_proc])
+            backoff=backoff, cores=book_cores, parent_pid=os.getpid())
+        restart = set(cfg.supervisor.restart)
+        writer = _Child("book", ROW_BOOK, book_writer.main_entry, (spec, stop), "book" in restart)
+        rxc = _Child("rx", ROW_RX, rx.main_entry,
+                     (rx.RxSpec(inst, backoff=backoff, cores=rx_cores, parent_pid=os.getpid()), stop), "rx" in restart)
+        children.extend([writer, rxc])
         interrupted = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             old_handlers[sig] = signal.signal(sig, lambda *_: interrupted.append(1))
         for c in children:
-            c.start()
-        _say(opts, f"obpipe: instance {inst}, book writer pid {writer.pid} on cores {list(spec.cores)}, "
-                   f"rx pid {rx_proc.pid} on cores {list(feed_cores)}, {len(cfg.book.symbols)} symbols; "
+            c.start(ctx)
+        _say(opts, f"obpipe: instance {inst}, book writer pid {writer.proc.pid} on cores {list(book_cores)}, "
+                   f"rx pid {rxc.proc.pid} on cores {list(rx_cores)}, {len(cfg.book.symbols)} symbols; "
                    f"starting (first run compiles kernels)...")
-        t0 = time.monotonic()
-        for c, row_i in ((writer, ROW_BOOK), (rx_proc, ROW_RX)):
-            row = segs.stats.row(row_i)
-            while row[schema.ST_STATE] < book_writer.STATE_RUNNING:
-                if not c.is_alive():
-                    print(f"obpipe run: {c.name} exited with code {c.exitcode} during start-up", file=sys.stderr)
-                    return 1
-                if interrupted or time.monotonic() - t0 > 300:
-                    return 1 if not interrupted else 0
-                time.sleep(0.05)
+        if not _wait_running(segs, children, interrupted):
+            return 0 if interrupted else 1
         port = int(segs.stats.row(ROW_RX)[schema.ST_RX_PORT])
+        # a restarted rx binds the same port, so the feed keeps reaching it
+        rxc.args = (rx.RxSpec(inst, port=port, backoff=backoff, cores=rx_cores, parent_pid=os.getpid()), stop)
         status = Status(inst, list(cfg.book.symbols))
-        sender = UdpSender(("127.0.0.1", port), session=seed & 0xFFFFFFFF or 1, faults=opts.faults)
-        cpu0, t_feed = _cpu_times(children), time.monotonic()
-        try:
-            rc = _feed_loop(cfg, opts, segs, children, status, interrupted, rate, duration, seed, sender)
-            feed_s = time.monotonic() - t_feed
-            cpu1 = _cpu_times(children)
-            sender.finish()  # the closing heartbeat: a lost last packet becomes a counted gap
-            segs.stats.row(ROW_FEED)[schema.ST_FEED_DATAGRAMS] = sender.datagrams_sent
-        finally:
-            sender.close()
-        # orderly stop: let rx take in every datagram sent, then the writer drain the md ring
-        rx_row = segs.stats.row(ROW_RX)
+        feed = None
+        if not opts.no_feed:
+            fspec = feedmod.FeedSpec(
+                port=port, replay=opts.replay, rate=rate, speed=opts.speed, count=opts.count,
+                duration_s=duration, seed=seed, n_symbols=len(cfg.book.symbols), symbol=opts.symbol,
+                faults=opts.faults, capture=opts.capture, instance=inst, cores=feed_cores, parent_pid=os.getpid())
+            feed = _Child("feed", ROW_FEED, feedmod.main_entry, (fspec, feed_stop), False)
+            feed.start(ctx)
+            children.append(feed)
+            _say(opts, f"obpipe: feed pid {feed.proc.pid} ({fspec.source_name()}"
+                       f"{f' at {rate:,} msgs/s' if rate and opts.speed is None else ''}"
+                       f"{f' at {opts.speed}x recorded pace' if opts.speed else ''}) -> 127.0.0.1:{port}")
+        else:
+            _say(opts, f"obpipe: no feed; send to 127.0.0.1:{port} (e.g. obpipe feed --instance {inst})")
+        meter = {"t0": time.monotonic(), "cpu0": _cpu_times(children), "feed_cpu0": 0}
+        rc = _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, meter)
+        feed_s = time.monotonic() - meter["t0"]
+        cpu1 = _cpu_times(children)
+        cpu0 = meter["cpu0"]
+        # orderly stop: the feed first (closing heartbeat), then rx takes in every datagram
+        # sent, then the writer drains the md ring
+        feed_stop.set()
+        if feed is not None:
+            feed.proc.join(30)
+            if feed.proc.exitcode not in (0, None) and rc == 0:
+                print(f"obpipe run: feed exited with code {feed.proc.exitcode}", file=sys.stderr)
+                rc = 1
+        rx_row, feed_row = segs.stats.row(ROW_RX), segs.stats.row(ROW_FEED)
         t_drain = time.monotonic()
-        while time.monotonic() - t_drain < 10 and all(c.is_alive() for c in children) and (
-                rx_row[schema.RX_TRACKER_BASE + WK.T_PACKETS] < sender.datagrams_sent or len(segs.md)):
+        while time.monotonic() - t_drain < 10 and all(c.proc.is_alive() for c in children if c is not feed) and (
+                rx_row[schema.RX_TRACKER_BASE + WK.T_PACKETS] < feed_row[schema.ST_FEED_DATAGRAMS] or len(segs.md)):
             _drain_events(segs)
             time.sleep(0.01)
         stop.set()
         for c in children:
-            c.join(30)
+            c.proc.join(30)
         _drain_events(segs)
         for c in children:
-            if c.exitcode not in (0, None) and rc == 0:
-                print(f"obpipe run: {c.name} exited with code {c.exitcode}", file=sys.stderr)
+            if c is not feed and c.proc.exitcode not in (0, None) and rc == 0:
+                print(f"obpipe run: {c.name} exited with code {c.proc.exitcode}", file=sys.stderr)
                 rc = 1
         final = status.collect()
-        final.update(summary(final, sender.counters()))
-        final["feed_seconds"] = round(feed_s, 3)
-        final["feed_msgs_per_s"] = round(final["feed"]["sent"] / max(feed_s, 1e-9))
-        final["cpu_percent"] = {k: round(100 * (cpu1[k] - cpu0[k]) / max(feed_s, 1e-9), 1)
-                                for k in cpu1 if k in cpu0}
+        final.update(summary(final))
+        f = final["feed"]
+        send_s = (f["t1_ns"] - f["t0_ns"]) / 1e9 if f["t0_ns"] and f["t1_ns"] > f["t0_ns"] else feed_s
+        final["feed_seconds"] = round(send_s, 3)  # the feed's own sending time
+        final["feed_msgs_per_s"] = round(f["sent"] / max(send_s, 1e-9))
+        # CPU over the supervisor's window: from the feed's start (kernels loaded) to its end
+        final["cpu_percent"] = {k: round(100 * (cpu1[k][1] - cpu0[k][1]) / max(feed_s, 1e-9), 1)
+                                for k in cpu1 if k in cpu0 and cpu0[k][0] == cpu1[k][0]}
+        if feed is not None and f["cpu_ns"]:
+            final["cpu_percent"]["feed"] = round(100 * (f["cpu_ns"] - meter["feed_cpu0"]) / 1e9 / max(feed_s, 1e-9), 1)
+        final["restarts"] = {c.name: c.restarts for c in children}
         final["exit_code"] = rc
         if opts.as_json:
             sys.stdout.write(orjson.dumps(final, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -188,22 +232,96 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             print(render(final))
         return rc
     finally:
+        stop.set()
+        feed_stop.set()
         for c in children:
-            if c.pid is None:
+            p = c.proc
+            if p is None or p.pid is None:
                 continue
-            stop.set()
-            c.join(10)
-            if c.is_alive():
-                c.terminate()
-                c.join(5)
-            if c.is_alive():
-                c.kill()
-                c.join(5)
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
         if status is not None:
             status.close()
         segs.close()
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
+
+
+def _wait_running(segs, children, interrupted, timeout_s: float = 300) -> bool:
+    """Wait until every child's stats row says running; False if one died or time ran out."""
+    t0 = time.monotonic()
+    for c in children:
+        row = segs.stats.row(c.row)
+        while not (row[schema.ST_STATE] == schema.STATE_RUNNING and row[schema.ST_PID] == c.proc.pid):
+            if not c.proc.is_alive():
+                print(f"obpipe run: {c.name} exited with code {c.proc.exitcode} during start-up", file=sys.stderr)
+                return False
+            if interrupted or time.monotonic() - t0 > timeout_s:
+                return False
+            time.sleep(0.02)
+    return True
+
+
+def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, meter) -> int:
+    """Supervise until the feed ends, the duration passes or Ctrl-C; 1 if a part failed.
+    ``meter`` gets the CPU baseline taken when the feed starts sending."""
+    sup = segs.stats.row(ROW_SUPERVISOR)
+    feed_row = segs.stats.row(ROW_FEED)
+    metered = feed is None
+    timeout_ns = int(cfg.supervisor.heartbeat_timeout_s * 1e9)
+    t_start = time.monotonic()
+    next_report = t_start + cfg.run.stats_interval_s
+    last = None
+    while not interrupted:
+        now = time.monotonic()
+        if duration and now - t_start >= duration + (1.0 if feed is not None else 0.0):
+            break
+        if not metered and feed_row[schema.ST_STATE] >= schema.STATE_RUNNING:
+            metered = True
+            meter.update(t0=time.monotonic(), cpu0=_cpu_times(children), feed_cpu0=int(feed_row[schema.ST_FEED_CPU_NS]))
+        if feed is not None and not feed.proc.is_alive():
+            break  # a bounded feed finished (its exit code is checked by the caller)
+        for c in children:
+            if c is feed:
+                continue
+            if not c.proc.is_alive():
+                if not c.restartable or c.restarts >= cfg.supervisor.max_restarts:
+                    why = "" if c.restartable else " (not restartable)"
+                    if c.restartable:
+                        why = f" (restarted {c.restarts} times already; max_restarts {cfg.supervisor.max_restarts})"
+                    print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}){why}", file=sys.stderr)
+                    return 1
+                c.restarts += 1
+                sup[schema.ST_SUP_RESTARTS] += 1
+                print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}); restarting "
+                      f"({c.restarts}/{cfg.supervisor.max_restarts})", file=sys.stderr, flush=True)
+                c.start(ctx)
+                if not _wait_running(segs, [c], interrupted, timeout_s=60):
+                    return 1
+                continue
+            row = segs.stats.row(c.row)
+            hb = int(row[schema.ST_HEARTBEAT_NS])
+            if (timeout_ns and row[schema.ST_STATE] == schema.STATE_RUNNING and row[schema.ST_PID] == c.proc.pid
+                    and time.monotonic_ns() - max(hb, c.started_ns) > timeout_ns):
+                age = (time.monotonic_ns() - max(hb, c.started_ns)) / 1e9
+                print(f"obpipe run: {c.name} (pid {c.proc.pid}) heartbeat stale for {age:.1f} s "
+                      f"(> {cfg.supervisor.heartbeat_timeout_s} s): killing it", file=sys.stderr, flush=True)
+                sup[schema.ST_SUP_STALE_KILLS] += 1
+                c.proc.kill()
+                c.proc.join(5)
+        _drain_events(segs)
+        if now >= next_report:
+            d = status.collect()
+            if not opts.quiet:
+                print(f"\n[{now - t_start:7.1f}s]\n{render(d)}", file=sys.stderr, flush=True)
+            next_report = now + cfg.run.stats_interval_s
+        time.sleep(WATCH_S)
+    return 0
 
 
 def _drain_events(segs: _Segments) -> int:
@@ -220,64 +338,22 @@ def _drain_events(segs: _Segments) -> int:
     return total
 
 
-def _cpu_times(children) -> dict[str, float]:
-    """user + system CPU seconds of the supervisor and each live child, by role."""
+def _cpu_times(children) -> dict[str, tuple[int, float]]:
+    """(pid, user + system CPU seconds) of the supervisor and each live child, by role."""
     out = {}
-    for name, pid in [("supervisor", os.getpid())] + [(c.name.removeprefix("obpipe-"), c.pid) for c in children]:
+    for name, pid in [("supervisor", os.getpid())] + [(c.name, c.proc.pid) for c in children]:
         try:
             t = psutil.Process(pid).cpu_times()
-            out[name] = t.user + t.system
-        except (psutil.Error, TypeError):
+            out[name] = (pid, t.user + t.system)
+        except (psutil.Error, TypeError, ValueError):
             pass
     return out
 
 
-def summary(d: dict, sender: dict) -> dict:
+def summary(d: dict) -> dict:
     """The scriptable top-level keys of a bounded run's JSON."""
     r = d["rx"]
     return {"packets": r["packets"], "messages": r["messages"], "gap_messages": r["gap_messages"],
             "duplicates": r["duplicates"], "out_of_order": r["out_of_order"], "malformed": r["malformed"],
             "ring_drops": r["ring_drops"], "applied": d["book"]["msgs"], "latency_ns": d["latency_ns"],
-            "kernel_drops": r["kernel_drops"] if r["kernel_drops"] >= 0 else None, "sent": sender}
-
-
-def _feed_loop(cfg, opts, segs, children, status, interrupted, rate, duration, seed, sender) -> int:
-    params = SynthParams(n_symbols=len(cfg.book.symbols), seed=seed)
-    buf = np.zeros(CHUNK, schema.MD_DTYPE)
-    generate_into(buf[:1], params)  # compile (or load) the generator before the clock starts
-    state = None
-    feed = segs.stats.row(ROW_FEED)
-    sent = 0
-    t_start = time.monotonic()
-    next_report = t_start + cfg.run.stats_interval_s
-    last_sent, last_t = 0, t_start
-    while not interrupted:
-        now = time.monotonic()
-        if duration and now - t_start >= duration:
-            break
-        if opts.count is not None and sent >= opts.count:
-            break
-        dead = [c for c in children if not c.is_alive()]
-        if dead:
-            print(f"obpipe run: {dead[0].name} died (exit code {dead[0].exitcode})", file=sys.stderr)
-            return 1
-        if rate:
-            due = int((now - t_start) * rate)
-            if sent >= due:
-                time.sleep(min(CHUNK / rate, 0.005))
-                continue
-        n = CHUNK if opts.count is None else min(CHUNK, opts.count - sent)
-        state = generate_into(buf[:n] if n < CHUNK else buf, params, state)
-        sender.send(buf[:n])
-        sent += n
-        feed[schema.ST_FEED_SENT] = sent
-        feed[schema.ST_FEED_DATAGRAMS] = sender.datagrams_sent
-        _drain_events(segs)
-        if now >= next_report:
-            d = status.collect()
-            r = (sent - last_sent) / max(now - last_t, 1e-9)
-            last_sent, last_t = sent, now
-            if not opts.quiet:
-                print(f"\n[{now - t_start:7.1f}s] feeding {r:,.0f} msgs/s\n{render(d)}", file=sys.stderr, flush=True)
-            next_report = now + cfg.run.stats_interval_s
-    return 0
+            "kernel_drops": r["kernel_drops"] if r["kernel_drops"] >= 0 else None}

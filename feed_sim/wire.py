@@ -14,6 +14,7 @@ import numpy as np
 
 from ring import schema
 
+from . import _send_kernels as SK
 from . import _wire_kernels as WK
 
 if sys.byteorder != "little":  # the kernels pack packets as little-endian int64 words
@@ -78,14 +79,10 @@ class Tracker:
 
 # --- fault injection ----------------------------------------------------------------
 
-SEND = 0
-DROP = 1
-DUPLICATE = 2  # sent twice
-REORDER = 3  # sent after the next packet
-TRUNCATE = 4  # last 7 bytes cut
-CORRUPT = 5  # one byte of a message flipped (caught by the check)
-BAD_MAGIC = 6
-BAD_VERSION = 7
+# Packet fault actions (applied by ``_send_kernels.plan_datagrams``).
+SEND, DROP, DUPLICATE, REORDER = SK.SEND, SK.DROP, SK.DUPLICATE, SK.REORDER  # dup: sent twice; reorder: after the next
+TRUNCATE, CORRUPT = SK.TRUNCATE, SK.CORRUPT  # last 7 bytes cut; a message byte flipped (caught by the check)
+BAD_MAGIC, BAD_VERSION = SK.BAD_MAGIC, SK.BAD_VERSION
 ACTION_NAMES = {DROP: "drop", DUPLICATE: "duplicate", REORDER: "reorder", TRUNCATE: "truncate",
                 CORRUPT: "corrupt", BAD_MAGIC: "bad_magic", BAD_VERSION: "bad_version"}
 
@@ -151,38 +148,13 @@ def _uniform(idx: np.ndarray, seed: int) -> np.ndarray:
 
 
 def datagrams(buf: PacketBuffer, actions: np.ndarray):
-    """Yield the datagrams to send, in order, after applying ``actions`` (a generator:
-    Python per packet, as the socket call needs anyway)."""
-    n = buf.n
-    i = 0
-    while i < n:
-        a = actions[i]
-        p = buf.packet(i)
-        if a == SEND:
-            yield p
-        elif a == DUPLICATE:
-            yield p
-            yield p
-        elif a == REORDER:
-            yield buf.packet(i + 1)
-            yield p
-            i += 1
-        elif a == TRUNCATE:
-            yield p[:-7]
-        elif a == CORRUPT:
-            b = bytearray(p)
-            b[schema.WIRE_HEADER_BYTES + 9] ^= 0x5A  # a byte of the first message's order id/price
-            yield bytes(b)
-        elif a == BAD_MAGIC:
-            b = bytearray(p)
-            b[0] ^= 0xFF
-            yield bytes(b)
-        elif a == BAD_VERSION:
-            b = bytearray(p)
-            b[2] = schema.WIRE_VERSION + 1
-            yield bytes(b)
-        # DROP: nothing
-        i += 1
+    """The datagrams to send, in order, after applying ``actions`` (byte faults are
+    applied to ``buf``'s packets in place), as memoryviews into ``buf``."""
+    off = np.zeros(2 * buf.n + 1, np.int64)
+    ln = np.zeros(2 * buf.n + 1, np.int64)
+    nd = SK.plan_datagrams(buf.words, buf.nbytes, actions, buf.n, off, ln)
+    flat = memoryview(buf.bytes_.reshape(-1))
+    return [flat[off[i]:off[i] + ln[i]] for i in range(nd)]
 
 
 def expected_counts(buf: PacketBuffer, actions: np.ndarray) -> dict[str, int]:

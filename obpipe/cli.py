@@ -30,28 +30,111 @@ def _with_overrides(cfg, a):
         raise SystemExit(2)
 
 
+def _faults(a, seed: int):
+    """The fault-injection flags as ``Faults``; SystemExit(2) with a message if bad."""
+    from feed_sim.wire import Faults
+
+    vals = [a.drop_every, a.dup_every, a.reorder_every, a.truncate_every, a.corrupt_every, a.bad_magic_every,
+            a.bad_version_every]
+    if min(vals) < 0 or not 0 <= a.drop_prob < 1:
+        print("obpipe: bad option: fault intervals must be >= 0 and --drop-prob in [0, 1)", file=sys.stderr)
+        raise SystemExit(2)
+    return Faults(drop_every=a.drop_every, drop_prob=a.drop_prob, duplicate_every=a.dup_every,
+                  reorder_every=a.reorder_every, truncate_every=a.truncate_every, corrupt_every=a.corrupt_every,
+                  bad_magic_every=a.bad_magic_every, bad_version_every=a.bad_version_every, seed=seed)
+
+
+def _check_feed_args(a, faults) -> None:
+    """Checks a feed's options before anything starts (SystemExit(2) with a message)."""
+    from feed_sim.capture import is_capture
+
+    def bad(msg):
+        print(f"obpipe: bad option: {msg}", file=sys.stderr)
+        raise SystemExit(2)
+
+    if getattr(a, "count", None) is not None and a.count < 0:
+        bad("--count must be >= 0")
+    if getattr(a, "speed", None) is not None and not a.speed > 0:
+        bad("--speed must be > 0")
+    if getattr(a, "speed", None) is not None and a.rate is not None:
+        bad("give --speed (recorded pace) or --rate (fixed), not both")
+    replay = getattr(a, "replay", None)
+    if replay is not None:
+        import os
+
+        if not os.path.isfile(replay):
+            bad(f"{replay}: no such file")
+        if is_capture(replay) and faults.any():
+            bad("fault injection applies to synthetic and LOBSTER feeds; a capture replays its datagrams exactly")
+    elif getattr(a, "speed", None) is not None:
+        bad("--speed needs a replay file")
+
+
 def cmd_run(a) -> int:
     from engine.supervisor import RunOptions, run
 
     cfg = _with_overrides(_load(a.config), a)
-    if a.count is not None and a.count < 0:
-        print("obpipe: bad option: --count must be >= 0", file=sys.stderr)
-        return 2
-    from feed_sim.wire import Faults
+    faults = _faults(a, cfg.run.seed)
+    _check_feed_args(a, faults)
+    return run(cfg, RunOptions(count=a.count, as_json=a.json, quiet=a.quiet, faults=faults, replay=a.replay,
+                               speed=a.speed, symbol=a.symbol, capture=a.capture, no_feed=a.no_feed,
+                               rate=a.rate))
 
+
+def _feed_port(a) -> int:
+    if a.port:
+        return a.port
+    from ring.errors import RingError
+    from ring.stats import ROW_RX, StatsBlock
+    from ring import schema
+
+    inst = a.instance or "main"
     try:
-        faults = Faults(drop_every=a.drop_every, drop_prob=a.drop_prob, duplicate_every=a.dup_every,
-                        reorder_every=a.reorder_every, truncate_every=a.truncate_every,
-                        corrupt_every=a.corrupt_every, bad_magic_every=a.bad_magic_every,
-                        bad_version_every=a.bad_version_every, seed=cfg.run.seed)
-        if min(a.drop_every, a.dup_every, a.reorder_every, a.truncate_every, a.corrupt_every, a.bad_magic_every,
-               a.bad_version_every) < 0 or not (
-                0 <= a.drop_prob < 1):
-            raise ValueError("fault intervals must be >= 0 and --drop-prob in [0, 1)")
-    except ValueError as e:
-        print(f"obpipe: bad option: {e}", file=sys.stderr)
+        st = StatsBlock.attach(inst)
+    except RingError as e:
+        print(f"obpipe: no --port, and no running instance {inst!r} to send to: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        port = int(st.row(ROW_RX)[schema.ST_RX_PORT])
+    finally:
+        st.close()
+    if port <= 0:
+        print(f"obpipe: instance {inst!r} has no rx port yet", file=sys.stderr)
+        raise SystemExit(2)
+    return port
+
+
+def cmd_feed(a) -> int:
+    """``obpipe feed`` (synthetic) and ``obpipe replay FILE``."""
+    import orjson
+
+    from feed_sim import feed as feedmod
+
+    faults = _faults(a, a.seed)
+    _check_feed_args(a, faults)
+    port = _feed_port(a)
+    rate = a.rate if a.rate is not None else (0 if a.replay else 200_000)
+    spec = feedmod.FeedSpec(host=a.host, port=port, replay=a.replay, rate=rate, speed=a.speed, count=a.count,
+                            duration_s=a.duration or 0.0, seed=a.seed, n_symbols=a.symbols, symbol=a.symbol,
+                            faults=faults, capture=a.capture,
+                            progress=(not a.no_progress and not a.json and sys.stderr.isatty()) or a.progress)
+    from ring._net import set_timer_slack
+
+    set_timer_slack()
+    try:
+        res = feedmod.run(spec)
+    except feedmod.FeedError as e:
+        print(f"obpipe: {e}", file=sys.stderr)
         return 2
-    return run(cfg, RunOptions(count=a.count, as_json=a.json, quiet=a.quiet, faults=faults))
+    if a.json:
+        print(orjson.dumps(res, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"sent {res['messages']:,} messages in {res['datagrams']:,} datagrams to {a.host}:{port} in "
+              f"{res['seconds']} s ({res['msgs_per_s']:,} msgs/s)"
+              + (f"; captured {res['captured']:,} datagrams to {res['capture_file']}" if res["capture_file"] else "")
+              + ("; faults injected: " + ", ".join(f"{k} {v}" for k, v in res["injected"].items() if v)
+                 if any(res["injected"].values()) else ""))
+    return 0
 
 
 def cmd_stats(a) -> int:
@@ -107,6 +190,33 @@ def cmd_lobster_check(a) -> int:
     return lobster.main(argv)
 
 
+def _add_feed_args(p, run: bool) -> None:
+    f = p.add_argument_group("fault injection (sender side, exact and seeded)")
+    f.add_argument("--drop-every", type=int, default=0, metavar="K", help="drop every K-th packet")
+    f.add_argument("--drop-prob", type=float, default=0.0, metavar="P", help="drop each packet with probability P")
+    f.add_argument("--dup-every", type=int, default=0, metavar="K", help="send every K-th packet twice")
+    f.add_argument("--reorder-every", type=int, default=0, metavar="K", help="send every K-th packet after the next")
+    f.add_argument("--truncate-every", type=int, default=0, metavar="K", help="cut every K-th packet short")
+    f.add_argument("--corrupt-every", type=int, default=0, metavar="K", help="flip a byte in every K-th packet")
+    f.add_argument("--bad-magic-every", type=int, default=0, metavar="K", help="wrong magic in every K-th packet")
+    f.add_argument("--bad-version-every", type=int, default=0, metavar="K", help="wrong version in every K-th packet")
+    p.add_argument("--capture", metavar="FILE", help="also record every datagram sent to FILE (.obcap)")
+    if run:
+        p.add_argument("--replay", metavar="FILE", help="feed a capture (.obcap) or LOBSTER message CSV instead")
+        p.add_argument("--speed", type=float, help="replay at the recorded pace x SPEED")
+        p.add_argument("--symbol", type=int, default=0, help="symbol index for a LOBSTER replay")
+    else:
+        p.add_argument("--json", action="store_true", help="final counters as JSON on stdout")
+        p.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_target_args(p) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="receiver address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="receiver UDP port")
+    p.add_argument("--instance", help="send to this running instance's rx port (default: main) when no --port")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="obpipe", description="market-data and order-book engine")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -117,19 +227,35 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rate", type=int, help="feed messages/s (0 = as fast as possible)")
     r.add_argument("--duration", type=float, help="seconds to run (0 = until Ctrl-C)")
     r.add_argument("--count", "--messages", dest="count", type=int, help="stop after this many messages")
-    f = r.add_argument_group("fault injection (sender side, exact and seeded)")
-    f.add_argument("--drop-every", type=int, default=0, metavar="K", help="drop every K-th packet")
-    f.add_argument("--drop-prob", type=float, default=0.0, metavar="P", help="drop each packet with probability P")
-    f.add_argument("--dup-every", type=int, default=0, metavar="K", help="send every K-th packet twice")
-    f.add_argument("--reorder-every", type=int, default=0, metavar="K", help="send every K-th packet after the next")
-    f.add_argument("--truncate-every", type=int, default=0, metavar="K", help="cut every K-th packet short")
-    f.add_argument("--corrupt-every", type=int, default=0, metavar="K", help="flip a byte in every K-th packet")
-    f.add_argument("--bad-magic-every", type=int, default=0, metavar="K", help="wrong magic in every K-th packet")
-    f.add_argument("--bad-version-every", type=int, default=0, metavar="K", help="wrong version in every K-th packet")
+    _add_feed_args(r, run=True)
     r.add_argument("--seed", type=int, help="synthetic flow seed")
     r.add_argument("--json", action="store_true", help="final stats as JSON on stdout")
     r.add_argument("--quiet", action="store_true", help="no live status lines")
+    r.add_argument("--no-feed", action="store_true", help="start no feed: an external one sends to rx's port")
     r.set_defaults(fn=cmd_run)
+
+    fd = sub.add_parser("feed", help="send the synthetic feed over UDP (to --port or a running --instance)")
+    _add_target_args(fd)
+    fd.add_argument("--rate", type=int, help="messages/s (default 200,000; 0 = as fast as possible)")
+    fd.add_argument("--duration", type=float, help="seconds to send")
+    fd.add_argument("--count", "--messages", dest="count", type=int, help="messages to send")
+    fd.add_argument("--seed", type=int, default=1)
+    fd.add_argument("--symbols", type=int, default=4, help="number of symbols")
+    _add_feed_args(fd, run=False)
+    fd.set_defaults(fn=cmd_feed, replay=None, speed=None, symbol=0)
+
+    rp = sub.add_parser("replay", help="replay a capture (.obcap) or a LOBSTER message CSV over UDP")
+    rp.add_argument("replay", metavar="FILE")
+    _add_target_args(rp)
+    pace = rp.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, help="recorded pace x SPEED (e.g. 1 = real time, 10 = ten times)")
+    pace.add_argument("--rate", type=int, help="fixed messages/s (0 = as fast as possible, the default)")
+    rp.add_argument("--duration", type=float, help="stop after this many seconds")
+    rp.add_argument("--count", "--messages", dest="count", type=int, help="stop after this many messages")
+    rp.add_argument("--symbol", type=int, default=0, help="symbol index for a LOBSTER file's messages")
+    rp.add_argument("--seed", type=int, default=1, help="session id and fault seed")
+    _add_feed_args(rp, run=False)
+    rp.set_defaults(fn=cmd_feed, symbols=1)
 
     s = sub.add_parser("stats", help="counters, rings and books of a running instance")
     s.add_argument("--config")

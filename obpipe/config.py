@@ -57,8 +57,22 @@ class PinningConfig:
     # role -> cores.  "auto": spread roles over the cores this process may use
     # (on 2 cores the book writer gets its own core, everything else shares the other).
     book: str | list[int] = "auto"
+    rx: str | list[int] = "auto"
     feed: str | list[int] = "auto"
     supervisor: str | list[int] = "auto"
+
+
+#: Parts a restart brings back to a correct state: rx keeps its tracker in shared memory.
+#: Not the book writer (its books live in its memory: a restarted writer would publish
+#: empty books as if true) nor the feed (it would start its sequence numbers again).
+RESTARTABLE = ("rx",)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    restart: tuple[str, ...] = ("rx",)  # parts restarted when they die or hang (restartable: rx)
+    max_restarts: int = 3  # restarts per part per run; one more failure fails the run
+    heartbeat_timeout_s: float = 5.0  # a running part whose heartbeat is older is killed (0: never)
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class Config:
     rings: RingsConfig = RingsConfig()
     backoff: BackoffConfig = BackoffConfig()
     pinning: PinningConfig = PinningConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
     run: RunConfig = RunConfig()
 
     def __post_init__(self):
@@ -131,6 +146,7 @@ def _pow2(v: int) -> bool:
 
 
 def _validate(c: Config) -> None:
+    import math
     import re
 
     def bad(key, why):
@@ -164,13 +180,21 @@ def _validate(c: Config) -> None:
     for k in ("spin_iters", "yield_iters", "sleep_us"):
         if getattr(c.backoff, k) < 0:
             bad(f"backoff.{k}", "must be >= 0")
-    for k in ("book", "feed", "supervisor"):
+    for part in c.supervisor.restart:
+        if part not in RESTARTABLE:
+            why = {"book": "its books live in the writer's memory; a restarted writer would publish empty books",
+                   "feed": "a restarted feed would start its sequence numbers again"}.get(part, "no such part")
+            bad("supervisor.restart", f"{part!r} is not restartable ({why}); restartable: {', '.join(RESTARTABLE)}")
+    if c.supervisor.max_restarts < 0:
+        bad("supervisor.max_restarts", "must be >= 0")
+    if not (math.isfinite(c.supervisor.heartbeat_timeout_s) and c.supervisor.heartbeat_timeout_s >= 0):
+        bad("supervisor.heartbeat_timeout_s", f"must be a number >= 0, got {c.supervisor.heartbeat_timeout_s}")
+    for k in ("book", "rx", "feed", "supervisor"):
         v = getattr(c.pinning, k)
         if isinstance(v, str) and v != "auto":
             bad(f"pinning.{k}", f"must be \"auto\" or a list of core numbers, got {v!r}")
         if isinstance(v, list) and (not v or any(x < 0 for x in v)):
             bad(f"pinning.{k}", f"core list must be non-empty and non-negative, got {v!r}")
-    import math
 
     for k in ("duration_s", "stats_interval_s"):
         if not math.isfinite(getattr(c.run, k)):

@@ -33,6 +33,7 @@ _HEAD = schema.RING_W_HEAD
 _TAIL = schema.RING_W_TAIL
 _TAIL_CACHE = schema.RING_W_TAIL_CACHE
 _HEAD_CACHE = schema.RING_W_HEAD_CACHE
+_HWM = schema.RING_W_HWM
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -67,6 +68,8 @@ def ring_available(ctrl, want):
     if head - tail < want:
         head = load_acquire(ctrl, _HEAD)
         ctrl[_HEAD_CACHE] = head
+        if head - tail > ctrl[_HWM]:
+            ctrl[_HWM] = head - tail
     return tail, head - tail
 
 
@@ -153,6 +156,7 @@ def ring_reset(ctrl):
     store_relaxed(ctrl, _TAIL, 0)
     ctrl[_TAIL_CACHE] = 0
     ctrl[_HEAD_CACHE] = 0
+    ctrl[_HWM] = 0
 
 
 # --- seqlock snapshot slots ------------------------------------------------------------

@@ -56,6 +56,9 @@ RING_W_TAIL_CACHE = RING_W_HEAD + 1
 RING_W_TAIL = 256 // 8
 #: Consumer's private cache of the producer head.  Writer and reader: consumer only.
 RING_W_HEAD_CACHE = RING_W_TAIL + 1
+#: Highest fill (head - tail) the consumer has seen, sampled each time it reloads the
+#: producer's head (so within one consumer batch of the true peak).  Writer: consumer.
+RING_W_HWM = RING_W_TAIL + 2
 #: Byte offset of slot 0.
 RING_DATA_OFFSET = 384
 
@@ -326,13 +329,28 @@ RX_TRACKER_BASE = 4
 ST_RX_PORT = 24
 #: rx row: datagrams the kernel dropped for rx's socket (receive queue full), -1 unknown.
 ST_RX_KERNEL_DROPS = 25
-#: Feed row (the synthetic/replay source pushing into the md ring).
+#: Feed row (the feed process: synthetic flow or a replay, sent over UDP).
 ST_FEED_SENT = 4  # messages sent
 ST_FEED_DATAGRAMS = 5  # datagrams sent (faults included)
+ST_FEED_PACKETS = 6  # packets encoded (before faults)
+ST_FEED_SEND_ERRORS = 7  # sendmmsg failures
+ST_FEED_TOTAL = 8  # messages this feed will send (-1: unbounded)
+ST_FEED_INJECTED = 9  # words 9..15: packets injected per fault, in wire ACTION order (drop .. bad_version)
+ST_FEED_EXPECTED = 16  # words 16..21: what an in-order receiver must count (FEED_EXPECTED_NAMES)
+ST_FEED_CAPTURED = 22  # datagrams written to the capture file
+ST_FEED_T0_NS = 23  # CLOCK_MONOTONIC when pacing started (after the kernels were loaded)
+ST_FEED_T1_NS = 24  # CLOCK_MONOTONIC after the last send so far
+ST_FEED_CPU_NS = 25  # the feed process's own CPU time (user + system) so far
+FEED_INJECTED_NAMES = ("drop", "duplicate", "reorder", "truncate", "corrupt", "bad_magic", "bad_version")
+FEED_EXPECTED_NAMES = ("gap_messages", "duplicates", "out_of_order", "malformed", "late_messages", "delivered")
 #: Supervisor row.
 ST_SUP_EVENTS_READ = 4  # events drained from the events ring (stand-in consumer until analysis)
-FEED_STAT_NAMES = {ST_FEED_SENT: "sent", ST_FEED_DATAGRAMS: "datagrams"}
-SUP_STAT_NAMES = {ST_SUP_EVENTS_READ: "events_read"}
+ST_SUP_RESTARTS = 5  # children restarted (restartable parts only)
+ST_SUP_STALE_KILLS = 6  # children killed because their heartbeat went stale
+FEED_STAT_NAMES = {ST_FEED_SENT: "sent", ST_FEED_DATAGRAMS: "datagrams", ST_FEED_PACKETS: "packets",
+                   ST_FEED_SEND_ERRORS: "send_errors", ST_FEED_TOTAL: "total", ST_FEED_CAPTURED: "captured",
+                   ST_FEED_T0_NS: "t0_ns", ST_FEED_T1_NS: "t1_ns", ST_FEED_CPU_NS: "cpu_ns"}
+SUP_STAT_NAMES = {ST_SUP_EVENTS_READ: "events_read", ST_SUP_RESTARTS: "restarts", ST_SUP_STALE_KILLS: "stale_kills"}
 
 
 def dtype_crc(dt: np.dtype) -> int:

@@ -123,6 +123,11 @@ class Ring:
         head, tail = K.ring_counters(self.ctrl)
         return int(head - tail)
 
+    @property
+    def high_water(self) -> int:
+        """Highest fill the consumer has seen (sampled at each reload of the head)."""
+        return int(self.ctrl[schema.RING_W_HWM])
+
     def close(self) -> None:
         self.ctrl = self.slots = self.records = None
         self.seg.close()

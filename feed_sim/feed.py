@@ -1,0 +1,331 @@
+"""The feed: the synthetic flow or a replay, sent over UDP in the wire format.
+
+One code path serves ``obpipe feed`` (synthetic), ``obpipe replay FILE`` and the feed
+process that ``obpipe run`` starts.  Sources:
+
+* **synthetic** - ``feed_sim.synth``, seeded; unbounded unless a count or duration.
+* **LOBSTER** - a LOBSTER message CSV (``engine.lobster.load_messages``).  When the
+  matching order-book file lies beside it (``..._message_N.csv`` ->
+  ``..._orderbook_N.csv``), the replay first sends row 1's levels as set-level
+  messages and then messages 2.. (LOBSTER's book before message 1 is unknown; row 1 is
+  the book after it), so the receiver's book is right from the start.
+* **capture** - an ``.obcap`` file (``feed_sim.capture``): its datagrams are resent
+  byte for byte (faults included), so a replayed capture reproduces the original run's
+  counters.  Fault injection on top of a capture is refused (it has no packets to
+  re-encode, only datagrams).
+
+Pacing: a fixed message rate, the recorded pace (``ts_exch_ns``, or a capture's send
+times) times ``speed``, or as fast as possible (rate 0, no speed).  Python runs per
+chunk (at most ~20 ms of feed), never per datagram.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ring import schema
+
+from . import capture as capmod
+from .sender import UdpSender
+from .synth import SynthParams, generate_into
+from .wire import ACTION_NAMES, Faults
+
+CHUNK_SECONDS = 0.02  # feed time per chunk at a fixed rate (stop checks, counters, progress)
+MAX_CHUNK = 45 * 256  # messages per chunk at full speed
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    host: str = "127.0.0.1"
+    port: int = 0
+    replay: str | None = None  # None: synthetic; else a capture (.obcap) or a LOBSTER message CSV
+    rate: float = 0.0  # messages/s; 0: as fast as possible (or the recorded pace when speed is set)
+    speed: float | None = None  # recorded pace x speed
+    count: int | None = None  # stop after this many messages
+    duration_s: float = 0.0  # stop after this many seconds (0: no limit)
+    seed: int = 1
+    n_symbols: int = 4
+    symbol: int = 0  # symbol index a LOBSTER file's messages carry
+    faults: Faults = field(default_factory=Faults)
+    capture: str | None = None  # also write every datagram sent to this file
+    session: int = 0  # 0: derived from the seed
+    instance: str | None = None  # publish live counters in this instance's feed stats row
+    cores: tuple[int, ...] = ()
+    parent_pid: int = 0
+    progress: bool = False  # a progress bar on stderr
+
+    def source_name(self) -> str:
+        return "synthetic" if self.replay is None else Path(self.replay).name
+
+
+class FeedError(ValueError):
+    """A feed that cannot start (bad file, bad option): the message says why."""
+
+
+def orderbook_beside(message_csv: str) -> Path | None:
+    p = Path(message_csv)
+    name = re.sub(r"_message_(\d+)\.csv$", r"_orderbook_\1.csv", p.name)
+    q = p.with_name(name)
+    return q if name != p.name and q.exists() else None
+
+
+def load_lobster(path: str, symbol: int = 0) -> np.ndarray:
+    """A LOBSTER message file as MD records, seeded with row 1 of the order-book file
+    beside it when there is one (see the module docstring)."""
+    from engine import lobster
+
+    try:
+        md, d = lobster.load_messages(path, symbol=symbol, return_tick=True)
+        ob_path = orderbook_beside(path)
+        if ob_path is None or len(md) == 0:
+            return md
+        ob = lobster.load_orderbook(ob_path, tick_divisor=d)
+    except ValueError as e:
+        raise FeedError(str(e)) from None
+    row = ob[0].reshape(-1, 4)  # per level: ask px, ask size, bid px, bid size
+    seeds = []
+    for px, q, side in [(r[0], r[1], schema.SIDE_ASK) for r in row] + [(r[2], r[3], schema.SIDE_BID) for r in row]:
+        if px != schema.NO_PX and q > 0:
+            seeds.append((schema.K_SET_LEVEL, side, px, q))
+    out = np.zeros(len(seeds) + len(md) - 1, schema.MD_DTYPE)
+    for i, (k, side, px, q) in enumerate(seeds):
+        out[i]["kind"], out[i]["side"], out[i]["symbol"] = k, side, symbol
+        out[i]["px_tick"], out[i]["qty"], out[i]["ts_exch_ns"] = px, q, md[0]["ts_exch_ns"]
+    out[len(seeds):] = md[1:]
+    out["seq"] = np.arange(1, len(out) + 1)
+    return out
+
+
+class Progress:
+    """A one-line progress bar on stderr (at most 5 redraws a second)."""
+
+    def __init__(self, label: str, total: int | None, enabled: bool, stream=None):
+        self.label, self.total, self.enabled = label, total, enabled
+        self.stream = stream or sys.stderr
+        self.t0 = time.monotonic()
+        self._next = 0.0
+
+    def update(self, done: int, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now < self._next and not force:
+            return
+        self._next = now + 0.2
+        rate = done / max(now - self.t0, 1e-9)
+        if self.total:
+            f = min(done / self.total, 1.0)
+            bar = "#" * int(f * 30)
+            eta = (self.total - done) / rate if rate > 0 else 0
+            line = (f"{self.label} [{bar:<30}] {100 * f:5.1f}%  {done:,}/{self.total:,} msgs  "
+                    f"{rate:,.0f} msgs/s  ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        else:
+            line = f"{self.label} {done:,} msgs  {rate:,.0f} msgs/s"
+        self.stream.write("\r" + line)
+        self.stream.flush()
+
+    def close(self, done: int) -> None:
+        if self.enabled:
+            self.update(done, force=True)
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class _Row:
+    """The feed's live counters in an instance's stats row (or nowhere)."""
+
+    def __init__(self, instance: str | None):
+        self.stats = self.row = None
+        if instance:
+            from ring.stats import ROW_FEED, StatsBlock
+
+            self.stats = StatsBlock.attach(instance)
+            self.row = self.stats.row(ROW_FEED)
+            self.row[:] = 0
+            self.row[schema.ST_PID] = os.getpid()
+            self.row[schema.ST_STATE] = schema.STATE_STARTING
+
+    def publish(self, s: UdpSender, total: int | None, state: int | None = None) -> None:
+        r = self.row
+        if r is None:
+            return
+        r[schema.ST_FEED_SENT] = s.msgs
+        r[schema.ST_FEED_DATAGRAMS] = s.datagrams_sent
+        r[schema.ST_FEED_PACKETS] = s.packets_made
+        r[schema.ST_FEED_SEND_ERRORS] = s.send_errors
+        r[schema.ST_FEED_TOTAL] = -1 if total is None else total
+        for i, name in enumerate(schema.FEED_INJECTED_NAMES):
+            r[schema.ST_FEED_INJECTED + i] = s.injected[name]
+        for i, name in enumerate(schema.FEED_EXPECTED_NAMES):
+            r[schema.ST_FEED_EXPECTED + i] = s.expected.get(name, 0)
+        r[schema.ST_FEED_CAPTURED] = s.capture.datagrams if s.capture is not None else 0
+        r[schema.ST_FEED_T0_NS] = s.t0_ns or 0
+        r[schema.ST_FEED_T1_NS] = time.monotonic_ns()
+        t = os.times()
+        r[schema.ST_FEED_CPU_NS] = int((t.user + t.system) * 1e9)
+        r[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()
+        if state is not None:
+            r[schema.ST_STATE] = state
+
+    def close(self):
+        if self.stats is not None:
+            self.stats.close()
+
+
+def run(spec: FeedSpec, stop=None) -> dict:
+    """Send the feed; returns its counters.  ``stop`` (an Event) ends it early, as does
+    KeyboardInterrupt; either way the closing heartbeat is sent and the capture closed."""
+    if spec.rate < 0 or (spec.speed is not None and not spec.speed > 0):
+        raise FeedError("rate must be >= 0 and speed > 0")
+    if spec.port <= 0 or spec.port > 65535:
+        raise FeedError(f"no receiver port (got {spec.port}); give --port or --instance")
+    kind, md, cap = "synthetic", None, None
+    if spec.replay is not None:
+        if capmod.is_capture(spec.replay):
+            kind = "capture"
+            try:
+                cap = capmod.read(spec.replay)
+            except capmod.CaptureError as e:
+                raise FeedError(str(e)) from None
+            if spec.faults.any():
+                raise FeedError("fault injection applies to synthetic and LOBSTER feeds; a capture replays its "
+                                "datagrams exactly as recorded")
+        elif not Path(spec.replay).is_file():
+            raise FeedError(f"{spec.replay}: no such file")
+        else:
+            kind = "lobster"
+            md = load_lobster(spec.replay, spec.symbol)
+    session = spec.session or (spec.seed & 0xFFFFFFFF) or 1
+    sender = UdpSender((spec.host, spec.port), session=session, faults=spec.faults, rate=spec.rate,
+                       speed=spec.speed, capture=spec.capture, max_batch=MAX_CHUNK)
+    row = _Row(spec.instance)
+    if kind == "capture":
+        total = int(cap.msgs.sum()) if spec.count is None else min(spec.count, int(cap.msgs.sum()))
+    elif kind == "lobster":
+        total = len(md) if spec.count is None else min(spec.count, len(md))
+    else:
+        total = spec.count
+    prog = Progress(f"{kind} {spec.source_name()}", total, spec.progress)
+    t_start = time.monotonic()
+    interrupted = False
+    try:
+        sender.warm()
+        if kind == "synthetic":
+            generate_into(np.zeros(1, schema.MD_DTYPE), SynthParams(n_symbols=spec.n_symbols, seed=spec.seed))
+        sender.start_clock()
+        row.publish(sender, total, schema.STATE_RUNNING)
+        if kind == "capture":
+            _send_capture(spec, sender, cap, total, stop, row, prog, t_start)
+        else:
+            _send_messages(spec, sender, md, total, stop, row, prog, t_start)
+            sender.finish()
+    except KeyboardInterrupt:
+        interrupted = True
+        if kind != "capture":
+            sender.finish()
+    finally:
+        seconds = time.monotonic() - t_start
+        sender.close()
+        row.publish(sender, total, schema.STATE_STOPPED)
+        row.close()
+        prog.close(sender.msgs)
+    return {"source": kind, "file": spec.replay, "messages": sender.msgs, "packets": sender.packets_made,
+            "datagrams": sender.datagrams_sent, "send_errors": sender.send_errors,
+            "injected": dict(sender.injected), "expected": dict(sender.expected),
+            "captured": sender.capture.datagrams if sender.capture is not None else 0,
+            "capture_file": spec.capture, "seconds": round(seconds, 3),
+            "msgs_per_s": round(sender.msgs / max(seconds, 1e-9)), "interrupted": interrupted,
+            "port": spec.port}
+
+
+def _chunk(rate: float) -> int:
+    """Messages per chunk: whole packets (so packet boundaries, and with them the fault
+    plan, do not depend on the rate)."""
+    per = schema.WIRE_MAX_MSGS
+    return MAX_CHUNK if rate <= 0 else int(min(MAX_CHUNK, max(per, rate * CHUNK_SECONDS // per * per)))
+
+
+def _should_stop(spec, stop, t_start) -> bool:
+    if stop is not None and stop.is_set():
+        return True
+    return bool(spec.duration_s) and time.monotonic() - t_start >= spec.duration_s
+
+
+def _send_messages(spec, sender, md, total, stop, row, prog, t_start) -> None:
+    chunk = _chunk(spec.rate)
+    if md is None:
+        params = SynthParams(n_symbols=spec.n_symbols, seed=spec.seed)
+        buf = np.zeros(chunk, schema.MD_DTYPE)
+        state = None
+    sent = 0
+    while total is None or sent < total:
+        if _should_stop(spec, stop, t_start):
+            break
+        n = chunk if total is None else min(chunk, total - sent)
+        if md is None:
+            part = buf[:n]
+            state = generate_into(part, params, state)
+        else:
+            part = md[sent:sent + n]
+        sender.send(part)
+        sent += n
+        row.publish(sender, total)
+        prog.update(sent)
+
+
+def _send_capture(spec, sender, cap, total, stop, row, prog, t_start) -> None:
+    n = len(cap)
+    if spec.count is not None:  # the datagrams whose messages make up the first `count`
+        cum = np.cumsum(cap.msgs)
+        n = int(np.searchsorted(cum, spec.count, side="left")) + 1 if len(cum) else 0
+        n = min(n, len(cap))
+    if spec.speed is not None:
+        due = ((cap.ts - (cap.ts[0] if n else 0)) / spec.speed).astype(np.int64)
+    elif spec.rate > 0:
+        before = np.concatenate(([0], np.cumsum(cap.msgs)[:-1]))
+        due = (before * (1e9 / spec.rate)).astype(np.int64)
+    else:
+        due = np.zeros(n, np.int64)
+    step = max(1, _chunk(spec.rate) // schema.WIRE_MAX_MSGS)
+    i = 0
+    while i < n:
+        if _should_stop(spec, stop, t_start):
+            break
+        j = min(n, i + step)
+        if spec.speed is not None:  # about CHUNK_SECONDS of recorded time per call
+            j = max(j, min(n, int(np.searchsorted(due, due[i] + CHUNK_SECONDS * 1e9))))
+        sender.send_datagrams(cap.raw, cap.off, cap.length, due, i, j)
+        sender.msgs += int(cap.msgs[i:j].sum())
+        i = j
+        row.publish(sender, total)
+        prog.update(sender.msgs)
+
+
+def main_entry(spec: FeedSpec, stop) -> None:
+    """Process target for the supervisor (spawn)."""
+    import signal
+
+    from engine.book_writer import die_with_parent
+    from engine._placement import pin
+    from ring._net import set_timer_slack
+
+    die_with_parent(spec.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.cores:
+        pin(list(spec.cores))
+    set_timer_slack()
+    try:
+        run(spec, stop)
+    except FeedError as e:
+        print(f"obpipe feed: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(0)
+
+
+__all__ = ["FeedSpec", "FeedError", "run", "ACTION_NAMES"]
