@@ -1,0 +1,169 @@
+"""Capture files and replays: byte-exact round trip, pacing, bad files, LOBSTER seeding."""
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from feed_sim import capture as capmod
+from feed_sim import feed as feedmod
+from feed_sim.sender import UdpSender
+from feed_sim.synth import SynthParams, generate
+from feed_sim.wire import Faults
+from ring import schema
+from tests.conftest import REPO
+
+LOBSTER_MSG = REPO.parent / "shared/data/lobster/AMZN_2012-06-21_34200000_57600000_message_1.csv"
+
+
+class Sink:
+    """A UDP socket on 127.0.0.1 that keeps every datagram it gets (read in a thread)."""
+
+    def __init__(self):
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.got: list[bytes] = []
+        self.times: list[float] = []
+        self._run = True
+        self.t = threading.Thread(target=self._loop, daemon=True)
+        self.t.start()
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def _loop(self):
+        while self._run:
+            try:
+                d = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.got.append(d)
+            self.times.append(time.monotonic())
+
+    def wait_for(self, n: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.got) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self):
+        self._run = False
+        self.t.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def sink():
+    s = Sink()
+    yield s
+    s.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_capture_holds_exactly_the_datagrams_sent_faults_included(tmp_path, sink):
+    md = generate(45 * 300, SynthParams(n_symbols=3, seed=2))
+    path = tmp_path / "f.obcap"
+    s = UdpSender(("127.0.0.1", sink.port), faults=Faults(drop_every=7, duplicate_every=11, reorder_every=13,
+                                                          corrupt_every=17, truncate_every=19), rate=2_000_000,
+                  capture=str(path))
+    s.send(md)
+    s.finish()
+    s.close()
+    sink.wait_for(s.datagrams_sent)
+    cap = capmod.read(path)
+    assert len(cap) == s.datagrams_sent == len(sink.got) and cap.truncated_bytes == 0
+    assert [cap.datagram(i) for i in range(len(cap))] == sink.got
+    assert (np.diff(cap.ts) >= 0).all()  # send times in order
+    # message counts come from the headers: every message once, plus the duplicated packets' again
+    assert cap.msgs.sum() == len(md) - 45 * s.injected["drop"] + 45 * s.injected["duplicate"]
+
+
+@pytest.mark.timeout(120)
+def test_replaying_a_capture_resends_it_byte_for_byte_and_paces_by_its_recording(tmp_path, sink):
+    path = tmp_path / "f.obcap"
+    # 0.4 s of feed at 50k msgs/s
+    res = feedmod.run(feedmod.FeedSpec(port=sink.port, rate=50_000, count=20_000, seed=5, capture=str(path)))
+    sink.wait_for(res["datagrams"])
+    original = list(sink.got)
+    assert res["captured"] == res["datagrams"] == len(original)
+    sink.got.clear()
+    t = time.monotonic()
+    again = feedmod.run(feedmod.FeedSpec(port=sink.port, replay=str(path), speed=0.5))
+    took = time.monotonic() - t
+    sink.wait_for(len(original))
+    assert sink.got == original
+    assert again["messages"] == 20_000 and again["source"] == "capture"
+    assert took >= 0.7  # 0.4 s recorded, at half speed: >= 0.8 s (a paced send is never early)
+    sink.got.clear()
+    t = time.monotonic()
+    feedmod.run(feedmod.FeedSpec(port=sink.port, replay=str(path), rate=0))  # as fast as possible
+    assert time.monotonic() - t < took
+    sink.wait_for(len(original))
+    assert sink.got == original
+
+
+@pytest.mark.timeout(120)
+def test_a_fixed_rate_is_kept_and_never_exceeded(sink):
+    t = time.monotonic()
+    res = feedmod.run(feedmod.FeedSpec(port=sink.port, rate=100_000, count=45 * 1000))
+    took = time.monotonic() - t
+    assert res["messages"] == 45_000 and took >= 0.44  # 45k at 100k/s: the last packet is due at 0.4496 s
+
+
+@pytest.mark.timeout(60)
+def test_bad_capture_files_get_clear_errors_and_a_cut_off_tail_is_ignored(tmp_path, sink):
+    p = tmp_path / "x.obcap"
+    p.write_bytes(b"not a capture at all, just some text here....")
+    with pytest.raises(capmod.CaptureError, match="not an obpipe capture"):
+        capmod.read(p)
+    good = tmp_path / "g.obcap"
+    feedmod.run(feedmod.FeedSpec(port=sink.port, count=45 * 10, capture=str(good)))
+    data = good.read_bytes()
+    n = len(capmod.read(good))
+    assert n == 11  # 10 packets + the closing heartbeat
+    cut = tmp_path / "cut.obcap"
+    cut.write_bytes(data[:-20])  # the writer was killed mid-record (the 40-byte heartbeat record)
+    c = capmod.read(cut)
+    assert len(c) == n - 1 and c.truncated_bytes == 20
+    bad = bytearray(data)
+    bad[32 + 4] = 1  # the first record's flags word: not 0
+    (tmp_path / "bad.obcap").write_bytes(bytes(bad))
+    with pytest.raises(capmod.CaptureError, match="corrupt capture record at byte 32"):
+        capmod.read(tmp_path / "bad.obcap")
+    with pytest.raises(feedmod.FeedError, match="exactly as recorded"):
+        feedmod.run(feedmod.FeedSpec(port=sink.port, replay=str(good), faults=Faults(drop_every=2)))
+    with pytest.raises(feedmod.FeedError, match="no such file"):
+        feedmod.run(feedmod.FeedSpec(port=sink.port, replay=str(tmp_path / "missing.csv")))
+
+
+@pytest.mark.timeout(120)
+def test_a_lobster_replay_starts_from_the_order_book_file_and_then_sends_every_message():
+    from engine import lobster
+
+    md, d = lobster.load_messages(LOBSTER_MSG, return_tick=True)
+    ob = lobster.load_orderbook(feedmod.orderbook_beside(str(LOBSTER_MSG)), tick_divisor=d)
+    out = feedmod.load_lobster(str(LOBSTER_MSG))
+    n_seed = len(out) - (len(md) - 1)
+    levels = ob[0].reshape(-1, 4)
+    assert n_seed == int((levels[:, 1] > 0).sum() + (levels[:, 3] > 0).sum()) > 0
+    seeds = out[:n_seed]
+    assert (seeds["kind"] == schema.K_SET_LEVEL).all()
+    assert sorted(seeds[seeds["side"] == schema.SIDE_ASK]["px_tick"].tolist()) == sorted(
+        levels[levels[:, 1] > 0, 0].tolist())
+    assert np.array_equal(out[n_seed:][["kind", "side", "px_tick", "qty", "ts_exch_ns"]],
+                          md[1:][["kind", "side", "px_tick", "qty", "ts_exch_ns"]])
+    # the book after the seeds is row 1's book, so applying message 2 gives row 2's top
+    from engine.book import Book
+
+    b = Book([8192], 10)
+    b.apply(out[:n_seed + 1])
+    r2 = ob[1].reshape(-1, 4)
+    assert b.top(0, 1, 1) == [(int(r2[0, 0]), int(r2[0, 1]))] and b.top(0, 0, 1) == [(int(r2[0, 2]), int(r2[0, 3]))]
