@@ -52,6 +52,7 @@ class Status:
         if self._prev is None:  # a baseline, so the first sample has rates too
             self._prev = self._counts(self.stats.snapshot())
             time.sleep(0.25)
+        t_rows = time.monotonic()  # rates use the time of *this* snapshot (the calls below take time)
         rows = self.stats.snapshot()
         book, feed, sup = rows[ROW_BOOK], rows[ROW_FEED], rows[ROW_SUPERVISOR]
         out = {
@@ -80,7 +81,7 @@ class Status:
             r = self.snaps.read(i, max_tries=100_000)
             out["symbols"][name] = snapshot_dict(r)
         out["snapshot_read_retries"] = self.snaps.retries
-        out["rates"] = self._rates(rows)
+        out["rates"] = self._rates(rows, t_rows)
         return out
 
     _RATE_KEYS = (("feed_msgs_per_s", ROW_FEED, schema.ST_FEED_SENT),
@@ -94,10 +95,10 @@ class Status:
     def _counts(self, rows) -> tuple[float, dict]:
         return time.monotonic(), {k: int(rows[r, w]) for k, r, w in self._RATE_KEYS}
 
-    def _rates(self, rows) -> dict:
+    def _rates(self, rows, now: float) -> dict:
         """Per-second rates since the previous sample (the first sample of a Status
         measures over a 0.25 s baseline taken by ``collect``)."""
-        now, vals = self._counts(rows)
+        _, vals = self._counts(rows)
         t0, prev = self._prev
         self._prev = (now, vals)
         return {k: round((vals[k] - prev[k]) / max(now - t0, 1e-9)) for k in vals}

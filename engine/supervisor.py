@@ -279,8 +279,8 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
     last = None
     while not interrupted:
         now = time.monotonic()
-        if duration and now - t_start >= duration + (1.0 if feed is not None else 0.0):
-            break
+        if duration and feed is None and now - t_start >= duration:
+            break  # (a feed ends itself after the duration, counted from its first send)
         if not metered and feed_row[schema.ST_STATE] >= schema.STATE_RUNNING:
             metered = True
             meter.update(t0=time.monotonic(), cpu0=_cpu_times(children), feed_cpu0=int(feed_row[schema.ST_FEED_CPU_NS]))
