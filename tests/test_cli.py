@@ -103,6 +103,7 @@ def test_stats_reads_a_running_instance_and_ctrl_c_stops_it_cleanly(tmp_path, in
         assert d["symbols"]["AAA"]["msgs_applied"] > 0
         human = obpipe("stats", "--config", cfg, timeout=60)
         assert "book writer pid" in human.stdout and "AAA" in human.stdout
+        assert "applied msgs" in human.stdout and "high water" in human.stdout and "feed pid" in human.stdout
         p.send_signal(signal.SIGINT)
         stdout, stderr = p.communicate(timeout=60)
         assert p.returncode == 0, stderr[-3000:]

@@ -167,3 +167,25 @@ def test_a_lobster_replay_starts_from_the_order_book_file_and_then_sends_every_m
     b.apply(out[:n_seed + 1])
     r2 = ob[1].reshape(-1, 4)
     assert b.top(0, 1, 1) == [(int(r2[0, 0]), int(r2[0, 1]))] and b.top(0, 0, 1) == [(int(r2[0, 2]), int(r2[0, 3]))]
+
+
+@pytest.mark.timeout(180)
+def test_obpipe_replay_command_sends_a_lobster_file_with_a_progress_bar(sink):
+    import json
+    import subprocess
+    import sys
+
+    from tests.test_cli import ENV
+
+    out = subprocess.run([sys.executable, "-m", "obpipe", "replay", str(LOBSTER_MSG), "--port", str(sink.port),
+                          "--count", "9000", "--rate", "300000", "--progress", "--json"],
+                         capture_output=True, text=True, cwd=REPO, env=ENV, timeout=150)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout)
+    assert res["source"] == "lobster" and res["messages"] == 9000 and res["datagrams"] == 201  # 200 packets + heartbeat
+    assert "100.0%  9,000/9,000 msgs" in out.stderr and "[######" in out.stderr
+    sink.wait_for(201)
+    assert len(sink.got) == 201
+    bad = subprocess.run([sys.executable, "-m", "obpipe", "replay", str(LOBSTER_MSG) + ".nope", "--port", "9"],
+                         capture_output=True, text=True, cwd=REPO, env=ENV, timeout=60)
+    assert bad.returncode == 2 and "no such file" in bad.stderr
