@@ -273,6 +273,11 @@ def _send_messages(spec, sender, md, total, stop, row, prog, t_start) -> None:
         if _should_stop(spec, stop, t_start):
             break
         n = chunk if total is None else min(chunk, total - sent)
+        if md is not None and spec.speed is not None:  # about CHUNK_SECONDS of paced time per chunk
+            ts = md["ts_exch_ns"]
+            span = int(np.searchsorted(ts, ts[sent] + CHUNK_SECONDS * spec.speed * 1e9, side="right")) - sent
+            per = schema.WIRE_MAX_MSGS
+            n = min(n, max(per, -(-span // per) * per))
         if md is None:
             part = buf[:n]
             state = generate_into(part, params, state)

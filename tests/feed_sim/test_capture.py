@@ -189,3 +189,16 @@ def test_obpipe_replay_command_sends_a_lobster_file_with_a_progress_bar(sink):
     bad = subprocess.run([sys.executable, "-m", "obpipe", "replay", str(LOBSTER_MSG) + ".nope", "--port", "9"],
                          capture_output=True, text=True, cwd=REPO, env=ENV, timeout=60)
     assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_recorded_pace_replay_stops_on_time_and_keeps_the_recorded_spacing(sink):
+    md = feedmod.load_lobster(str(LOBSTER_MSG))
+    t = time.monotonic()
+    res = feedmod.run(feedmod.FeedSpec(port=sink.port, replay=str(LOBSTER_MSG), speed=1000, duration_s=1.0))
+    took = time.monotonic() - t
+    assert took < 3.0 and 0 < res["messages"] < len(md)
+    # at 1000x the first second of sending covers about the first 1,000 s of the recorded day
+    ts = md["ts_exch_ns"]
+    sent_until = ts[min(res["messages"], len(md)) - 1] - ts[0]
+    assert 0.5e12 < sent_until < 1.2e12
