@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -18,13 +19,13 @@ import numpy as np
 
 from feed_sim import _wire_kernels as WK
 from ring import schema
-from ring.schema import STATE_RUNNING, STATE_STARTING, STATE_STOPPED
+from ring.schema import STATE_RUNNING, STATE_STOPPED
 from ring.spsc import Backoff, Ring
-from ring._net import VLEN, MsgVec, set_timer_slack
-from ring.stats import ROW_RX, StatsBlock
+from ring._net import VLEN, MsgVec
+from ring.stats import ROW_RX
 
 from . import _rx_kernels as RK
-from ._placement import pin
+from ._process import child_setup, claim_row
 
 RCVBUF_BYTES = 8 << 20
 BUDGET_NS = 20_000_000  # the compiled loop returns to Python this often
@@ -75,12 +76,7 @@ def _drops_or_unknown(port: int) -> int:
 
 
 def run(spec: RxSpec, stop) -> int:
-    if spec.cores:
-        pin(list(spec.cores))
-    stats = StatsBlock.attach(spec.instance)
-    row = stats.row(ROW_RX)
-    row[schema.ST_PID] = os.getpid()
-    row[schema.ST_STATE] = STATE_STARTING
+    stats, row = claim_row(spec.instance, ROW_RX)
     md = Ring.attach(spec.instance, "md", schema.MD_DTYPE)
     sock = open_socket(spec.host, spec.port)
     T = row[schema.RX_TRACKER_BASE:schema.RX_TRACKER_BASE + WK.NT]
@@ -91,7 +87,6 @@ def run(spec: RxSpec, stop) -> int:
     mv = MsgVec(VLEN)
     raw = np.zeros((VLEN, RK.RAW_STRIDE // 8), np.int64)
     mv.point_at(raw, RK.RAW_STRIDE)
-    set_timer_slack()
     b = spec.backoff
     fd = sock.fileno()
     loop_args = (fd, mv.mvec, raw, T, miss, md.ctrl, md.records)
@@ -120,11 +115,6 @@ def run(spec: RxSpec, stop) -> int:
 
 
 def main_entry(spec: RxSpec, stop) -> None:
-    import signal
-    import sys
-
-    from .book_writer import die_with_parent
-
-    die_with_parent(spec.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Process target (spawn): exit code is run()'s return value."""
+    child_setup(spec.parent_pid, spec.cores)
     sys.exit(run(spec, stop))

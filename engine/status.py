@@ -50,7 +50,7 @@ class Status:
 
     def collect(self) -> dict:
         if self._prev is None:  # a baseline, so the first sample has rates too
-            self._prev = self._counts(self.stats.snapshot())
+            self._prev = (time.monotonic(), self._counts(self.stats.snapshot()))
             time.sleep(0.25)
         t_rows = time.monotonic()  # rates use the time of *this* snapshot (the calls below take time)
         rows = self.stats.snapshot()
@@ -92,13 +92,13 @@ class Status:
                   ("gap_msgs_per_s", ROW_RX, schema.RX_TRACKER_BASE + WK.T_GAP_MSGS),
                   ("ring_drops_per_s", ROW_RX, schema.RX_TRACKER_BASE + WK.T_RING_DROPS))
 
-    def _counts(self, rows) -> tuple[float, dict]:
-        return time.monotonic(), {k: int(rows[r, w]) for k, r, w in self._RATE_KEYS}
+    def _counts(self, rows) -> dict:
+        return {k: int(rows[r, w]) for k, r, w in self._RATE_KEYS}
 
     def _rates(self, rows, now: float) -> dict:
         """Per-second rates since the previous sample (the first sample of a Status
         measures over a 0.25 s baseline taken by ``collect``)."""
-        _, vals = self._counts(rows)
+        vals = self._counts(rows)
         t0, prev = self._prev
         self._prev = (now, vals)
         return {k: round((vals[k] - prev[k]) / max(now - t0, 1e-9)) for k in vals}

@@ -276,7 +276,6 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
     timeout_ns = int(cfg.supervisor.heartbeat_timeout_s * 1e9)
     t_start = time.monotonic()
     next_report = t_start + cfg.run.stats_interval_s
-    last = None
     while not interrupted:
         now = time.monotonic()
         if duration and feed is None and now - t_start >= duration:

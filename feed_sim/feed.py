@@ -34,7 +34,7 @@ from ring import schema
 from . import capture as capmod
 from .sender import UdpSender
 from .synth import SynthParams, generate_into
-from .wire import ACTION_NAMES, Faults
+from .wire import Faults
 
 CHUNK_SECONDS = 0.02  # feed time per chunk at a fixed rate (stop checks, counters, progress)
 MAX_CHUNK = 45 * 256  # messages per chunk at full speed
@@ -144,13 +144,11 @@ class _Row:
         self.stats = self.row = None
         self._next_cpu = 0
         if instance:
-            from ring.stats import ROW_FEED, StatsBlock
+            from engine._process import claim_row
+            from ring.stats import ROW_FEED
 
-            self.stats = StatsBlock.attach(instance)
-            self.row = self.stats.row(ROW_FEED)
-            self.row[:] = 0
-            self.row[schema.ST_PID] = os.getpid()
-            self.row[schema.ST_STATE] = schema.STATE_STARTING
+            self.stats, self.row = claim_row(instance, ROW_FEED)
+            self.row[schema.ST_STATE + 1:] = 0
 
     def publish(self, s: UdpSender, total: int | None, state: int | None = None) -> None:
         r = self.row
@@ -319,17 +317,9 @@ def _send_capture(spec, sender, cap, total, stop, row, prog, t_start) -> None:
 
 def main_entry(spec: FeedSpec, stop) -> None:
     """Process target for the supervisor (spawn)."""
-    import signal
+    from engine._process import child_setup
 
-    from engine.book_writer import die_with_parent
-    from engine._placement import pin
-    from ring._net import set_timer_slack
-
-    die_with_parent(spec.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if spec.cores:
-        pin(list(spec.cores))
-    set_timer_slack()
+    child_setup(spec.parent_pid, spec.cores)
     try:
         run(spec, stop)
     except FeedError as e:
@@ -338,4 +328,4 @@ def main_entry(spec: FeedSpec, stop) -> None:
     sys.exit(0)
 
 
-__all__ = ["FeedSpec", "FeedError", "run", "ACTION_NAMES"]
+__all__ = ["FeedSpec", "FeedError", "run"]
