@@ -337,6 +337,7 @@ def _emit(ev, slot, kind, side, s, seq, ts_exch, lad, S, tpx, tqty):
     e.ask_qty = best_qty(lad, S, s, ASK)
     e.bid_depth_qty = band_depth(lad, S, s, BID)
     e.ask_depth_qty = band_depth(lad, S, s, ASK)
+    e.sym_msgs = S[s, B_MSGS]
 
 
 # --- snapshot payload ----------------------------------------------------------------

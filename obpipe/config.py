@@ -43,6 +43,7 @@ class BookConfig:
 class RingsConfig:
     md_capacity: int = 1 << 16  # rx -> book writer, MD records (power of two)
     events_capacity: int = 1 << 16  # book writer -> analysis, events (power of two)
+    signals_capacity: int = 1 << 14  # analysis -> publisher, signals and summaries (power of two)
 
 
 @dataclass(frozen=True)
@@ -59,20 +60,93 @@ class PinningConfig:
     book: str | list[int] = "auto"
     rx: str | list[int] = "auto"
     feed: str | list[int] = "auto"
+    analysis: str | list[int] = "auto"
+    publisher: str | list[int] = "auto"
     supervisor: str | list[int] = "auto"
 
 
 #: Parts a restart brings back to a correct state: rx keeps its tracker in shared memory.
 #: Not the book writer (its books live in its memory: a restarted writer would publish
 #: empty books as if true) nor the feed (it would start its sequence numbers again).
-RESTARTABLE = ("rx",)
+#: The analysis restarts with empty detector state and reads on from the events ring's
+#: tail; the publisher reads on from the signals ring's tail (what the dead one held in
+#: flight is counted as lost).
+RESTARTABLE = ("rx", "analysis", "publisher")
 
 
 @dataclass(frozen=True)
 class SupervisorConfig:
-    restart: tuple[str, ...] = ("rx",)  # parts restarted when they die or hang (restartable: rx)
+    restart: tuple[str, ...] = ("rx", "analysis", "publisher")  # parts restarted when they die or hang
     max_restarts: int = 3  # restarts per part per run; one more failure fails the run
     heartbeat_timeout_s: float = 5.0  # a running part whose heartbeat is older is killed (0: never)
+
+
+@dataclass(frozen=True)
+class SpreadDetector:
+    enabled: bool = True
+    ratio: float = 3.0  # fire when spread >= ratio x its baseline ...
+    min_ticks: int = 3  # ... and >= this many ticks
+    baseline_ms: float = 1000.0  # EWMA time constant of the baseline, feed time
+    warmup_events: int = 50  # valid spreads seen before it may fire
+    rearm_ratio: float = 1.5  # fires again only after the spread fell to rearm_ratio x baseline
+
+
+@dataclass(frozen=True)
+class ImbalanceDetector:
+    enabled: bool = True
+    tob_threshold: float = 0.8  # |(bid_qty - ask_qty) / (bid_qty + ask_qty)| at the best
+    depth_threshold: float = 0.7  # |imbalance| of the lots within event_depth_ticks of each best
+    min_depth_qty: int = 500  # both bands together hold at least this many lots
+    rearm_below: float = 0.3  # fires again after |depth imbalance| fell below this
+
+
+@dataclass(frozen=True)
+class MicropriceDetector:
+    enabled: bool = True
+    shift_ticks: float = 3.0  # microprice moved this many ticks ...
+    window_ms: float = 50.0  # ... from its low/high within this window (feed time)
+
+
+@dataclass(frozen=True)
+class SweepDetector:
+    enabled: bool = True
+    levels: int = 3  # a same-side burst that traded at this many successive prices ...
+    burst_qty: int = 0  # ... or this many lots (0: volume rule off)
+    window_ms: float = 5.0  # burst = same aggressor side within this time of its first trade
+
+
+@dataclass(frozen=True)
+class WithdrawalDetector:
+    enabled: bool = True
+    drop_fraction: float = 0.7  # band depth fell by this fraction (not counting traded lots) ...
+    window_ms: float = 50.0  # ... within this window (feed time) ...
+    min_depth_qty: int = 500  # ... from at least this many lots
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    enabled: bool = True  # false: no analysis process (the supervisor discards events)
+    summary_interval_ms: float = 100.0  # summaries per symbol every this much feed time
+    max_batch: int = 4096  # events per kernel call
+    tick_size: float = 0.01  # price of one tick, published with every message
+    spread: SpreadDetector = SpreadDetector()
+    imbalance: ImbalanceDetector = ImbalanceDetector()
+    microprice: MicropriceDetector = MicropriceDetector()
+    sweep: SweepDetector = SweepDetector()
+    withdrawal: WithdrawalDetector = WithdrawalDetector()
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    enabled: bool = True  # false: no publisher process (the supervisor discards signals)
+    bootstrap_servers: str = ""  # "host:port,...": a real cluster; "": obpipe run starts the embedded broker
+    topic_prefix: str = "obpipe"  # topics <prefix>.signals and <prefix>.summaries
+    client: dict[str, str | int | float | bool] = field(default_factory=dict)  # extra librdkafka settings (security)
+    pending_max: int = 10_000  # signals waiting for the producer; when full the oldest is dropped
+    producer_queue_max: int = 10_000  # messages inside the producer (queue.buffering.max.messages)
+    message_timeout_ms: int = 10_000  # a message not delivered by then fails (counted)
+    linger_ms: int = 5  # producer batching delay
+    flush_timeout_s: float = 5.0  # at the end of a run, wait this long for deliveries
 
 
 @dataclass(frozen=True)
@@ -91,6 +165,8 @@ class Config:
     backoff: BackoffConfig = BackoffConfig()
     pinning: PinningConfig = PinningConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
+    kafka: KafkaConfig = KafkaConfig()
     run: RunConfig = RunConfig()
 
     def __post_init__(self):
@@ -173,7 +249,7 @@ def _validate(c: Config) -> None:
         bad("book.event_depth_ticks", f"must be 1..16 ticks, got {b.event_depth_ticks}")
     if not 1 <= b.max_batch <= 1 << 20:
         bad("book.max_batch", f"must be 1..{1 << 20}, got {b.max_batch}")
-    for k in ("md_capacity", "events_capacity"):
+    for k in ("md_capacity", "events_capacity", "signals_capacity"):
         v = getattr(c.rings, k)
         if not _pow2(v) or v > 1 << 24:
             bad(f"rings.{k}", f"must be a power of two in 2..{1 << 24}, got {v}")
@@ -189,7 +265,9 @@ def _validate(c: Config) -> None:
         bad("supervisor.max_restarts", "must be >= 0")
     if not (math.isfinite(c.supervisor.heartbeat_timeout_s) and c.supervisor.heartbeat_timeout_s >= 0):
         bad("supervisor.heartbeat_timeout_s", f"must be a number >= 0, got {c.supervisor.heartbeat_timeout_s}")
-    for k in ("book", "rx", "feed", "supervisor"):
+    _validate_analysis(c.analysis, bad)
+    _validate_kafka(c.kafka, bad)
+    for k in ("book", "rx", "feed", "analysis", "publisher", "supervisor"):
         v = getattr(c.pinning, k)
         if isinstance(v, str) and v != "auto":
             bad(f"pinning.{k}", f"must be \"auto\" or a list of core numbers, got {v!r}")
@@ -205,6 +283,64 @@ def _validate(c: Config) -> None:
         bad("run.duration_s", "must be >= 0")
     if c.run.stats_interval_s <= 0:
         bad("run.stats_interval_s", "must be > 0")
+
+
+def _validate_analysis(a: AnalysisConfig, bad) -> None:
+    import math
+
+    def pos(key, v, zero_ok=False):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if zero_ok else v > 0)):
+            bad(f"analysis.{key}", f"must be a finite number {'>= 0' if zero_ok else '> 0'}, got {v!r}")
+
+    pos("summary_interval_ms", a.summary_interval_ms)
+    if a.summary_interval_ms * 1e6 < 1:
+        bad("analysis.summary_interval_ms", "must be at least 1 ns")
+    pos("tick_size", a.tick_size)
+    if not 1 <= a.max_batch <= 1 << 20:
+        bad("analysis.max_batch", f"must be 1..{1 << 20}, got {a.max_batch}")
+    pos("spread.ratio", a.spread.ratio)
+    pos("spread.min_ticks", a.spread.min_ticks, True)
+    pos("spread.baseline_ms", a.spread.baseline_ms)
+    pos("spread.warmup_events", a.spread.warmup_events, True)
+    pos("spread.rearm_ratio", a.spread.rearm_ratio)
+    if a.spread.rearm_ratio > a.spread.ratio:
+        bad("analysis.spread.rearm_ratio", f"must be <= ratio ({a.spread.ratio}), got {a.spread.rearm_ratio}")
+    for k in ("tob_threshold", "depth_threshold", "rearm_below"):
+        v = getattr(a.imbalance, k)
+        if not 0 <= v <= 1:
+            bad(f"analysis.imbalance.{k}", f"must be in 0..1, got {v}")
+    pos("imbalance.min_depth_qty", a.imbalance.min_depth_qty, True)
+    pos("microprice.shift_ticks", a.microprice.shift_ticks)
+    pos("microprice.window_ms", a.microprice.window_ms)
+    if a.sweep.levels < 2:
+        bad("analysis.sweep.levels", f"must be >= 2 (a sweep crosses levels), got {a.sweep.levels}")
+    pos("sweep.burst_qty", a.sweep.burst_qty, True)
+    pos("sweep.window_ms", a.sweep.window_ms)
+    if not 0 < a.withdrawal.drop_fraction <= 1:
+        bad("analysis.withdrawal.drop_fraction", f"must be in (0, 1], got {a.withdrawal.drop_fraction}")
+    pos("withdrawal.window_ms", a.withdrawal.window_ms)
+    pos("withdrawal.min_depth_qty", a.withdrawal.min_depth_qty)
+
+
+def _validate_kafka(k: KafkaConfig, bad) -> None:
+    import re
+
+    if k.bootstrap_servers and not all(re.fullmatch(r"[^\s:,]+:\d{1,5}", x.strip())
+                                       for x in k.bootstrap_servers.split(",")):
+        bad("kafka.bootstrap_servers", f"must be host:port[,host:port...], got {k.bootstrap_servers!r}")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", k.topic_prefix):
+        bad("kafka.topic_prefix", f"{k.topic_prefix!r}: letters, digits, '.', '_' or '-' only")
+    for key in ("bootstrap.servers", "on_delivery", "error_cb"):
+        if key in k.client:
+            bad(f"kafka.client.{key}", "set by obpipe; use kafka.bootstrap_servers" if key == "bootstrap.servers"
+                else "set by obpipe")
+    for key in ("pending_max", "producer_queue_max", "message_timeout_ms"):
+        if getattr(k, key) < 1:
+            bad(f"kafka.{key}", f"must be >= 1, got {getattr(k, key)}")
+    if k.linger_ms < 0:
+        bad("kafka.linger_ms", "must be >= 0")
+    if not k.flush_timeout_s >= 0:
+        bad("kafka.flush_timeout_s", "must be >= 0")
 
 
 def from_dict(table: dict) -> Config:
@@ -231,8 +367,7 @@ def load(path: str | Path | None = None) -> Config:
 def replace(cfg: Config, **sections) -> Config:
     """A copy of ``cfg`` with some fields of some sections replaced, type-checked and
     validated like a file's values: ``replace(cfg, run={"rate": 0})``."""
-    table = {k: {f.name: getattr(getattr(cfg, k), f.name) for f in dataclasses.fields(getattr(cfg, k))}
-             for k in (f.name for f in dataclasses.fields(cfg))}
+    table = dataclasses.asdict(cfg)
     for k, v in sections.items():
         if k not in table:
             raise ConfigError(f"{k}: unknown section")

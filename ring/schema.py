@@ -139,10 +139,51 @@ EVENT_DTYPE = np.dtype(
         ("ask_qty", "<i8"),
         ("bid_depth_qty", "<i8"),  # lots within [book] event_depth_ticks of the best bid
         ("ask_depth_qty", "<i8"),  # lots within [book] event_depth_ticks of the best ask
+        ("sym_msgs", "<i8"),  # messages the writer has applied for this symbol so far (message rate)
     ],
     align=True,
 )
-assert EVENT_DTYPE.itemsize == 80
+assert EVENT_DTYPE.itemsize == 88
+
+#: Record types of the "signals" ring (analysis -> publisher).
+OUT_SIGNAL = 1
+OUT_SUMMARY = 2
+
+#: Signal kinds (``SIGNAL_DTYPE.kind`` for OUT_SIGNAL; names as published, docs/SCHEMA.md).
+SIG_SPREAD = 1  # spread widening: spread vs its EWMA baseline
+SIG_IMBALANCE = 2  # top-of-book and depth imbalance beyond thresholds
+SIG_MICROPRICE = 3  # microprice moved N ticks within a window
+SIG_SWEEP = 4  # same-side aggressor burst through several levels or of large volume
+SIG_WITHDRAWAL = 5  # depth near the touch fell by a fraction within a window (trades excluded)
+SIGNAL_KIND_NAMES = {SIG_SPREAD: "spread_widening", SIG_IMBALANCE: "imbalance", SIG_MICROPRICE: "microprice_shift",
+                     SIG_SWEEP: "sweep", SIG_WITHDRAWAL: "liquidity_withdrawal"}
+N_SIGNAL_KINDS = 5
+#: ``SIGNAL_DTYPE.side``: no side (SIDE_BID = 0 and SIDE_ASK = 1 as on the wire).
+SIDE_NONE = 255
+
+#: One analysis output: a signal or a periodic summary.  160 bytes.  The meaning of
+#: ``iv``/``fv`` per record type and kind is fixed in analysis/_kernels.py (the V_*
+#: and SUM_* constants) and turned into named JSON fields by the publisher.
+SIGNAL_DTYPE = np.dtype(
+    [
+        ("rtype", "u1"),  # OUT_SIGNAL / OUT_SUMMARY
+        ("kind", "u1"),  # SIG_* (0 for a summary)
+        ("side", "u1"),  # SIDE_BID / SIDE_ASK / SIDE_NONE
+        ("_pad", "u1"),
+        ("symbol", "<u4"),  # symbol index
+        ("seq", "<i8"),  # feed sequence of the event that fired it (summary: last in the interval)
+        ("ts_exch_ns", "<i8"),  # its exchange time (summary: interval start, feed time)
+        ("ts_detect_ns", "<i8"),  # CLOCK_REALTIME when detected / emitted (wall clock)
+        ("bid_px_tick", "<i8"),  # top of book at that moment (NO_PX: side empty)
+        ("ask_px_tick", "<i8"),
+        ("bid_qty", "<i8"),
+        ("ask_qty", "<i8"),
+        ("iv", "<i8", (6,)),  # integer values
+        ("fv", "<f8", (6,)),  # real values (ratios, ticks with fractions)
+    ],
+    align=True,
+)
+assert SIGNAL_DTYPE.itemsize == 160
 
 #: Default number of levels per side in a snapshot.
 DEFAULT_SNAPSHOT_LEVELS = 10
@@ -343,8 +384,43 @@ ST_FEED_T1_NS = 24  # CLOCK_MONOTONIC after the last send so far
 ST_FEED_CPU_NS = 25  # the feed process's own CPU time (user + system) so far
 FEED_INJECTED_NAMES = ("drop", "duplicate", "reorder", "truncate", "corrupt", "bad_magic", "bad_version")
 FEED_EXPECTED_NAMES = ("gap_messages", "duplicates", "out_of_order", "malformed", "late_messages", "delivered")
+#: Analysis row (written by the analysis kernel in place).
+ST_AN_EVENTS = 4  # events consumed from the events ring
+ST_AN_SIGNALS = 5  # signals detected (all kinds)
+ST_AN_SUMMARIES = 6  # summaries emitted
+ST_AN_SIGNAL_DROPS = 7  # signals dropped: the signals ring was full
+ST_AN_SUMMARY_DROPS = 8  # summaries dropped: the signals ring was full
+ST_AN_BY_KIND = 9  # words 9..13: signals per kind, SIG_* - 1 order
+ST_AN_CPU_NS = 14  # the analysis process's CPU time (user + system) so far
+ST_AN_LAST_TS = 15  # exchange time of the last event consumed
+ANALYSIS_STAT_NAMES = {ST_AN_EVENTS: "events", ST_AN_SIGNALS: "signals", ST_AN_SUMMARIES: "summaries",
+                       ST_AN_SIGNAL_DROPS: "signal_drops", ST_AN_SUMMARY_DROPS: "summary_drops",
+                       ST_AN_CPU_NS: "cpu_ns"}
+#: Publisher row (Python; written by the publisher between polls).
+ST_PUB_SIGNALS_IN = 4  # signals taken from the signals ring
+ST_PUB_SUMMARIES_IN = 5  # summaries taken from the signals ring
+ST_PUB_SIGNALS_DROPPED = 6  # signals dropped oldest-first from the full pending queue
+ST_PUB_COALESCED = 7  # summaries replaced by a newer one for the same symbol while pending
+ST_PUB_PRODUCED = 8  # messages handed to the Kafka producer
+ST_PUB_DELIVERED = 9  # delivery reports: success
+ST_PUB_FAILED = 10  # delivery reports: failure (e.g. message timeout while Kafka is down)
+ST_PUB_KAFKA_ERRORS = 11  # client errors reported by librdkafka (broker down, transport, ...)
+ST_PUB_PENDING = 12  # messages waiting in the publisher's own queue now
+ST_PUB_IN_FLIGHT = 13  # messages inside the producer, not yet reported
+ST_PUB_BROKER_UP = 14  # 1 after a successful delivery, 0 after an all-brokers-down error
+ST_PUB_DELIVERED_SIGNALS = 15  # of ST_PUB_DELIVERED: signals
+ST_PUB_FAILED_SIGNALS = 16  # of ST_PUB_FAILED: signals
+ST_PUB_LOST = 17  # in flight when a previous publisher process died (never reported)
+ST_PUB_ENCODE_ERRORS = 18  # records that could not be encoded (bad symbol index / kind)
+PUBLISHER_STAT_NAMES = {ST_PUB_SIGNALS_IN: "signals_in", ST_PUB_SUMMARIES_IN: "summaries_in",
+                        ST_PUB_SIGNALS_DROPPED: "signals_dropped", ST_PUB_COALESCED: "coalesced",
+                        ST_PUB_PRODUCED: "produced", ST_PUB_DELIVERED: "delivered", ST_PUB_FAILED: "failed",
+                        ST_PUB_KAFKA_ERRORS: "kafka_errors", ST_PUB_PENDING: "pending",
+                        ST_PUB_IN_FLIGHT: "in_flight", ST_PUB_BROKER_UP: "broker_up",
+                        ST_PUB_DELIVERED_SIGNALS: "delivered_signals", ST_PUB_FAILED_SIGNALS: "failed_signals",
+                        ST_PUB_LOST: "lost", ST_PUB_ENCODE_ERRORS: "encode_errors"}
 #: Supervisor row.
-ST_SUP_EVENTS_READ = 4  # events drained from the events ring (stand-in consumer until analysis)
+ST_SUP_EVENTS_READ = 4  # events drained from the events ring while no analysis process runs
 ST_SUP_RESTARTS = 5  # children restarted (restartable parts only)
 ST_SUP_STALE_KILLS = 6  # children killed because their heartbeat went stale
 FEED_STAT_NAMES = {ST_FEED_SENT: "sent", ST_FEED_DATAGRAMS: "datagrams", ST_FEED_PACKETS: "packets",
