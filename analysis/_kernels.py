@@ -361,7 +361,6 @@ def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
     A[s, A_TS] = ts
     A[s, A_SM_EVENTS] += 1
     A[s, A_SM_MSGS] = np.int64(e.sym_msgs)
-    mask = out.shape[0] - 1
 
     # summary: time-weighted spread, min/max, volume
     t0 = A[s, A_SM_LAST_TS]

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine._process import child_setup, claim_row
+from engine._process import child_setup, claim_row, mark_running
 from ring import schema
-from ring.schema import STATE_RUNNING, STATE_STOPPED
+from ring.schema import STATE_STOPPED
 from ring.spsc import Backoff, Ring
 from ring.stats import ROW_ANALYSIS
 
@@ -115,7 +115,7 @@ def run(spec: AnalysisSpec, stop) -> int:
     b = spec.backoff
     an.step(0)  # compile (or load from cache) before announcing "running"
     an.flush()
-    row[schema.ST_STATE] = STATE_RUNNING
+    mark_running(row)
     next_cpu = 0.0
     while not stop.is_set():
         n = an.step(1 << 16, b.spin_iters, b.yield_iters)

@@ -43,3 +43,12 @@ def claim_row(instance: str, row_index: int) -> tuple[StatsBlock, "object"]:
     row[schema.ST_PID] = os.getpid()
     row[schema.ST_STATE] = schema.STATE_STARTING
     return stats, row
+
+
+def mark_running(row) -> None:
+    """Announce "running" with a fresh heartbeat first, so the supervisor's stale-heartbeat
+    check never sees a running part whose first loop turn has not finished yet."""
+    import time
+
+    row[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()
+    row[schema.ST_STATE] = schema.STATE_RUNNING

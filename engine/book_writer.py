@@ -14,13 +14,13 @@ import numpy as np
 from dataclasses import dataclass
 
 from ring import schema
-from ring.schema import STATE_RUNNING, STATE_STOPPED
+from ring.schema import STATE_STOPPED
 from ring.snapshot import SnapshotRegion
 from ring.spsc import Backoff, Ring
 from ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_LATENCY
 
 from . import _book_kernels as BK
-from ._process import child_setup, claim_row
+from ._process import child_setup, claim_row, mark_running
 from .book import Book
 
 
@@ -55,7 +55,7 @@ def run(spec: BookWriterSpec, stop) -> int:
             np.zeros(len(hist), np.int64))
     # Compile (or load from cache) before announcing "running".
     BK.drain(md.ctrl, md.records, spec.max_batch, 0, *args, 0, 0)
-    row[schema.ST_STATE] = STATE_RUNNING
+    mark_running(row)
     while not stop.is_set():
         n = BK.drain(md.ctrl, md.records, spec.max_batch, spec.budget, *args, b.spin_iters, b.yield_iters)
         row[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()  # busy or idle: the supervisor watches it

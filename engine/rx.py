@@ -19,13 +19,13 @@ import numpy as np
 
 from feed_sim import _wire_kernels as WK
 from ring import schema
-from ring.schema import STATE_RUNNING, STATE_STOPPED
+from ring.schema import STATE_STOPPED
 from ring.spsc import Backoff, Ring
 from ring._net import VLEN, MsgVec
 from ring.stats import ROW_RX
 
 from . import _rx_kernels as RK
-from ._process import child_setup, claim_row
+from ._process import child_setup, claim_row, mark_running
 
 RCVBUF_BYTES = 8 << 20
 BUDGET_NS = 20_000_000  # the compiled loop returns to Python this often
@@ -95,7 +95,7 @@ def run(spec: RxSpec, stop) -> int:
     row[schema.ST_RX_PORT] = port
     row[schema.ST_RX_KERNEL_DROPS] = _drops_or_unknown(port)
     row[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()
-    row[schema.ST_STATE] = STATE_RUNNING
+    mark_running(row)
     next_drops = 0
     try:
         while not stop.is_set():

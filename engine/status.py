@@ -12,7 +12,8 @@ from ring.spsc import Ring
 from feed_sim import _wire_kernels as WK
 from feed_sim.wire import tracker_counters
 from ring.latency import percentiles
-from ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_FEED, ROW_LATENCY, ROW_RX, ROW_SUPERVISOR, StatsBlock
+from ring.stats import (LATENCY_ROWS, ROW_ANALYSIS, ROW_BOOK, ROW_FEED, ROW_LATENCY, ROW_PUBLISHER, ROW_RX,
+                        ROW_SUPERVISOR, StatsBlock)
 
 _STATE = schema.STATE_NAMES
 
@@ -25,6 +26,7 @@ class Status:
         self.stats = StatsBlock.attach(instance)
         self.md = Ring.attach(instance, "md", schema.MD_DTYPE)
         self.events = Ring.attach(instance, "events", schema.EVENT_DTYPE)
+        self.signals = Ring.attach(instance, "signals", schema.SIGNAL_DTYPE)
         self.snaps = SnapshotRegion.attach(instance, "snap")
         self.symbols = symbols or [f"sym{i}" for i in range(self.snaps.n_slots)]
         self._procs: dict[int, psutil.Process] = {}
@@ -64,16 +66,21 @@ class Status:
             "feed": self._feed(feed),
             "rx": self._rx(rows[ROW_RX]),
             "supervisor": {n: int(sup[i]) for i, n in schema.SUP_STAT_NAMES.items()},
+            "analysis": self._analysis(rows[ROW_ANALYSIS]),
+            "publisher": self._publisher(rows[ROW_PUBLISHER]),
             "processes": {"supervisor": self._proc(int(self.stats.seg.header[0]["owner_pid"])),
                           "rx": self._proc(int(rows[ROW_RX][schema.ST_PID])),
                           "book": self._proc(int(book[schema.ST_PID])),
+                          "analysis": self._proc(int(rows[ROW_ANALYSIS][schema.ST_PID])),
+                          "publisher": self._proc(int(rows[ROW_PUBLISHER][schema.ST_PID])),
                           "feed": self._proc(int(feed[schema.ST_PID]))},
             "latency_ns": percentiles(rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)),
             "rings": {name: {"fill": len(r), "high_water": r.high_water, "capacity": r.capacity}
-                      for name, r in (("md", self.md), ("events", self.events))},
+                      for name, r in (("md", self.md), ("events", self.events), ("signals", self.signals))},
             "symbols": {},
         }
-        for role, r in (("rx", ROW_RX), ("book", ROW_BOOK), ("feed", ROW_FEED)):
+        for role, r in (("rx", ROW_RX), ("book", ROW_BOOK), ("analysis", ROW_ANALYSIS), ("publisher", ROW_PUBLISHER),
+                        ("feed", ROW_FEED)):
             p, hb = out["processes"][role], int(rows[r][schema.ST_HEARTBEAT_NS])
             if p is not None:
                 p["heartbeat_age_s"] = round((time.monotonic_ns() - hb) / 1e9, 3) if hb else None
@@ -89,6 +96,9 @@ class Status:
                   ("rx_packets_per_s", ROW_RX, schema.RX_TRACKER_BASE + WK.T_PACKETS),
                   ("applied_msgs_per_s", ROW_BOOK, schema.ST_BOOK_MSGS),
                   ("events_per_s", ROW_BOOK, schema.ST_BOOK_EVENTS),
+                  ("analysed_events_per_s", ROW_ANALYSIS, schema.ST_AN_EVENTS),
+                  ("signals_per_s", ROW_ANALYSIS, schema.ST_AN_SIGNALS),
+                  ("published_per_s", ROW_PUBLISHER, schema.ST_PUB_DELIVERED),
                   ("gap_msgs_per_s", ROW_RX, schema.RX_TRACKER_BASE + WK.T_GAP_MSGS),
                   ("ring_drops_per_s", ROW_RX, schema.RX_TRACKER_BASE + WK.T_RING_DROPS))
 
@@ -112,13 +122,26 @@ class Status:
         return d
 
     @staticmethod
+    def _analysis(row) -> dict:
+        d = {n: int(row[i]) for i, n in schema.ANALYSIS_STAT_NAMES.items()}
+        d["state"] = _STATE.get(int(row[schema.ST_STATE]), "?")
+        d["by_kind"] = {n: int(row[schema.ST_AN_BY_KIND + k - 1]) for k, n in schema.SIGNAL_KIND_NAMES.items()}
+        return d
+
+    @staticmethod
+    def _publisher(row) -> dict:
+        d = {n: int(row[i]) for i, n in schema.PUBLISHER_STAT_NAMES.items()}
+        d["state"] = _STATE.get(int(row[schema.ST_STATE]), "?")
+        return d
+
+    @staticmethod
     def _rx(row) -> dict:
         return {"pid": int(row[schema.ST_PID]), "state": _STATE.get(int(row[schema.ST_STATE]), "?"),
                 "port": int(row[schema.ST_RX_PORT]), "kernel_drops": int(row[schema.ST_RX_KERNEL_DROPS]),
                 **tracker_counters(row[schema.RX_TRACKER_BASE:schema.RX_TRACKER_BASE + WK.NT])}
 
     def close(self):
-        for x in (self.stats, self.md, self.events, self.snaps):
+        for x in (self.stats, self.md, self.events, self.signals, self.snaps):
             x.close()
 
 
@@ -147,6 +170,24 @@ def snapshot_dict(r) -> dict:
     }
 
 
+def _render_analysis(a: dict) -> str:
+    if a["state"] == "unused":
+        return "  analysis off"
+    kinds = "  ".join(f"{k} {v:,}" for k, v in a["by_kind"].items())
+    return (f"  analysis events {a['events']:>13,}  signals {a['signals']:,} ({kinds})  summaries {a['summaries']:,}  "
+            f"dropped(ring full) {a['signal_drops'] + a['summary_drops']:,}  {a['state']}")
+
+
+def _render_publisher(p: dict, sup: dict) -> str:
+    if p["state"] == "unused":
+        return f"  kafka    off (signals discarded {sup['signals_discarded']:,})"
+    up = {1: "up", 0: "DOWN"}.get(p["broker_up"], "?")
+    return (f"  kafka    delivered {p['delivered']:>11,}  failed {p['failed']:,}  errors {p['kafka_errors']:,}  "
+            f"broker {up}  pending {p['pending']:,}  in flight {p['in_flight']:,}  dropped "
+            f"{p['signals_dropped'] + p['summaries_dropped']:,}  coalesced {p['coalesced']:,}  lost {p['lost']:,}  "
+            f"{p['state']}" + (f"  (embedded broker 127.0.0.1:{sup['kafka_port']})" if sup["kafka_port"] else ""))
+
+
 def _us(ns) -> str:
     return "-" if ns is None else f"{ns / 1000:.1f} us"
 
@@ -169,6 +210,8 @@ def render(d: dict, levels: int = 3) -> str:
         f"underflow {b['qty_underflow']:,}  crossed {b['crossed']:,}",
         f"  events   sent {b['events']:>14,}  dropped(ring full) {b['events_dropped']:>10,}  "
         f"snapshots {b['snapshots']:,}  trades {b['trades']:,}",
+        _render_analysis(d["analysis"]),
+        _render_publisher(d["publisher"], d["supervisor"]),
         "  procs    " + "  ".join(
             f"{name} pid {p['pid']} cpu {p['cpu_percent']:.0f}% core {p['core']}"
             + (f" hb {p['heartbeat_age_s']:.2f}s" if p.get("heartbeat_age_s") is not None else "")

@@ -1,20 +1,26 @@
 """The supervisor: ``obpipe run``.
 
-Creates the instance's segments (stats, md ring, events ring, snapshots), starts rx,
-the book writer and the feed as separate pinned processes (spawn context), watches
-them, shows live counters, and shuts everything down in order: stop the feed (it sends
-its closing heartbeat), let rx take in every datagram sent and the book writer drain
-the md ring, stop them, print the final stats, unlink every segment.
+Creates the instance's segments (stats, md ring, events ring, signals ring,
+snapshots), starts the embedded Kafka broker when no broker is named, starts rx, the
+book writer, the analysis, the publisher and the feed as separate pinned processes
+(spawn context), watches them, shows live counters, and shuts everything down in
+order: stop the feed (it sends its closing heartbeat), let rx take in every datagram
+sent and the book writer drain the md ring, stop them; then the analysis drains the
+events ring and emits the open interval's summaries; then the publisher drains the
+signals ring and waits (``[kafka] flush_timeout_s``) for delivery reports; then the
+embedded broker stops.  Print the final stats, unlink every segment.
 
 Watching: every 50 ms it checks that each child is alive and that each running
 child's heartbeat is younger than ``[supervisor] heartbeat_timeout_s``; a hung child
 is killed (SIGKILL).  A dead child that ``[supervisor] restart`` names is started again
-(at most ``max_restarts`` times); any other death ends the run with exit status 1 and
-the child's exit code in the message.
+(at most ``max_restarts`` times).  Any other death of rx, the book writer or the feed
+ends the run with exit status 1 and the child's exit code in the message; the analysis
+and the publisher are not essential: their death is reported and the book carries on
+(the events ring then drops and counts).
 
-Until the analysis process exists (a later issue) the supervisor is the events ring's
-consumer: it drains and counts events so the book never sees a full ring in a normal
-run.
+With ``[analysis] enabled = false`` the supervisor drains and counts the events ring,
+and with ``[kafka] enabled = false`` the signals ring, so their producers see no
+full ring in a normal run.
 """
 from __future__ import annotations
 
@@ -40,6 +46,11 @@ from ring.snapshot import SnapshotRegion
 from ring.spsc import Backoff, Ring
 from ring.stats import ROW_BOOK, ROW_FEED, ROW_RX, ROW_SUPERVISOR, StatsBlock
 
+from analysis import process as analysis_proc
+from publisher import process as publisher_proc
+from publisher.broker import BrokerError, EmbeddedBroker, reachable
+from ring.stats import ROW_ANALYSIS, ROW_PUBLISHER
+
 from . import book_writer, rx
 from ._placement import cores_for, pin
 from .status import Status, render
@@ -61,6 +72,8 @@ class RunOptions:
     symbol: int = 0  # symbol index of a LOBSTER replay
     capture: str | None = None  # record the feed's datagrams to this file
     no_feed: bool = False  # no feed process: an external feed sends to rx's port
+    kafka: str | None = None  # bootstrap servers (overrides [kafka] bootstrap_servers)
+    no_kafka: bool = False  # no publisher and no broker ([kafka] enabled = false)
     as_json: bool = False
     quiet: bool = False
 
@@ -77,7 +90,9 @@ class _Segments:
             self.events = self._add(Ring.create(inst, "events", schema.EVENT_DTYPE, cfg.rings.events_capacity))
             self.snaps = self._add(SnapshotRegion.create(inst, "snap", len(cfg.book.symbols),
                                                          cfg.book.snapshot_levels))
-            self.ev_buf = np.zeros((4096, schema.EVENT_DTYPE.itemsize // 8), np.int64)  # _drain_events
+            self.signals = self._add(Ring.create(inst, "signals", schema.SIGNAL_DTYPE, cfg.rings.signals_capacity))
+            self.ev_buf = np.zeros((4096, schema.EVENT_DTYPE.itemsize // 8), np.int64)  # _stand_in
+            self.sig_buf = np.zeros((1024, schema.SIGNAL_DTYPE.itemsize // 8), np.int64)
         except BaseException:
             self.close()
             raise
@@ -103,8 +118,10 @@ def _say(opts: RunOptions, msg: str) -> None:
 class _Child:
     """One supervised part: how to start it, its process, its stats row, its restarts."""
 
-    def __init__(self, name: str, row: int, target, args, restartable: bool):
+    def __init__(self, name: str, row: int, target, args, restartable: bool, essential: bool = True):
         self.name, self.row, self.target, self.args, self.restartable = name, row, target, args, restartable
+        self.essential = essential  # its death (beyond restarts) ends the run
+        self.gone = False  # a non-essential part that died for good
         self.proc = None
         self.restarts = 0
         self.started_ns = 0
@@ -139,13 +156,16 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     book_cores = tuple(cores_for("book", cfg.pinning.book))
     rx_cores = tuple(cores_for("rx", cfg.pinning.rx))
     feed_cores = tuple(cores_for("feed", cfg.pinning.feed))
+    an_cores = tuple(cores_for("analysis", cfg.pinning.analysis))
+    pub_cores = tuple(cores_for("publisher", cfg.pinning.publisher))
     pin(cores_for("supervisor", cfg.pinning.supervisor))
     segs = _Segments(cfg)
     children: list[_Child] = []
     status = None
+    broker = None
     old_handlers = {}
     ctx = mp.get_context("spawn")
-    stop, feed_stop = ctx.Event(), ctx.Event()
+    stop, feed_stop, an_stop, pub_stop = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
     try:
         b = cfg.backoff
         backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us)
@@ -158,14 +178,44 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         rxc = _Child("rx", ROW_RX, rx.main_entry,
                      (rx.RxSpec(inst, backoff=backoff, cores=rx_cores, parent_pid=os.getpid()), stop), "rx" in restart)
         children.extend([writer, rxc])
+        analysis = publisher = None
+        if cfg.analysis.enabled:
+            aspec = analysis_proc.AnalysisSpec(
+                instance=inst, n_symbols=len(cfg.book.symbols), params=analysis_proc.params(cfg.analysis),
+                max_batch=cfg.analysis.max_batch, backoff=backoff, cores=an_cores, parent_pid=os.getpid())
+            analysis = _Child("analysis", ROW_ANALYSIS, analysis_proc.main_entry, (aspec, an_stop),
+                              "analysis" in restart, essential=False)
+            children.append(analysis)
+        if cfg.kafka.enabled and not opts.no_kafka:
+            bootstrap = opts.kafka or cfg.kafka.bootstrap_servers
+            if not bootstrap:
+                try:
+                    broker = EmbeddedBroker.start()
+                except BrokerError as e:
+                    print(f"obpipe run: cannot start the embedded Kafka broker: {e}", file=sys.stderr)
+                    return 1
+                bootstrap = broker.bootstrap
+                segs.stats.row(ROW_SUPERVISOR)[schema.ST_SUP_KAFKA_PORT] = broker.port
+                _say(opts, f"obpipe: embedded Kafka broker (tansu) pid {broker.pid} on {bootstrap}; "
+                           f"tail it with: obpipe tail --kafka {bootstrap}")
+            elif not reachable(bootstrap, 1.0):
+                _say(opts, f"obpipe: Kafka at {bootstrap} is not reachable now; the pipeline runs anyway and the "
+                           f"publisher counts errors until it is")
+            pspec = publisher_proc.PublisherSpec.from_config(cfg, bootstrap, cores=pub_cores,
+                                                            parent_pid=os.getpid(), quiet=opts.quiet)
+            publisher = _Child("publisher", ROW_PUBLISHER, publisher_proc.main_entry, (pspec, pub_stop),
+                               "publisher" in restart, essential=False)
+            children.append(publisher)
         interrupted = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             old_handlers[sig] = signal.signal(sig, lambda *_: interrupted.append(1))
         for c in children:
             c.start(ctx)
         _say(opts, f"obpipe: instance {inst}, book writer pid {writer.proc.pid} on cores {list(book_cores)}, "
-                   f"rx pid {rxc.proc.pid} on cores {list(rx_cores)}, {len(cfg.book.symbols)} symbols; "
-                   f"starting (first run compiles kernels)...")
+                   f"rx pid {rxc.proc.pid} on cores {list(rx_cores)}, "
+                   + (f"analysis pid {analysis.proc.pid} on cores {list(an_cores)}, " if analysis else "")
+                   + (f"publisher pid {publisher.proc.pid} on cores {list(pub_cores)}, " if publisher else "")
+                   + f"{len(cfg.book.symbols)} symbols; starting (first run compiles kernels)...")
         if not _wait_running(segs, children, interrupted):
             return 0 if interrupted else 1
         port = int(segs.stats.row(ROW_RX)[schema.ST_RX_PORT])
@@ -201,16 +251,21 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                 rc = 1
         rx_row, feed_row = segs.stats.row(ROW_RX), segs.stats.row(ROW_FEED)
         t_drain = time.monotonic()
-        while time.monotonic() - t_drain < 10 and all(c.proc.is_alive() for c in children if c is not feed) and (
+        while time.monotonic() - t_drain < 10 and writer.proc.is_alive() and rxc.proc.is_alive() and (
                 rx_row[schema.RX_TRACKER_BASE + WK.T_PACKETS] < feed_row[schema.ST_FEED_DATAGRAMS] or len(segs.md)):
-            _drain_events(segs)
+            _stand_in(segs, analysis, publisher)
             time.sleep(0.01)
         stop.set()
-        for c in children:
+        for c in (writer, rxc):
             c.proc.join(30)
-        _drain_events(segs)
+        # then the analysis drains the events and flushes its summaries, then the publisher
+        for c, ev_ in ((analysis, an_stop), (publisher, pub_stop)):
+            ev_.set()
+            if c is not None:
+                c.proc.join(30 + (cfg.kafka.flush_timeout_s if c is publisher else 0))
+            _stand_in(segs, analysis, publisher)
         for c in children:
-            if c is not feed and c.proc.exitcode not in (0, None) and rc == 0:
+            if c is not feed and not c.gone and c.proc.exitcode not in (0, None) and rc == 0:
                 print(f"obpipe run: {c.name} exited with code {c.proc.exitcode}", file=sys.stderr)
                 rc = 1
         final = status.collect()
@@ -225,6 +280,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         if feed is not None and f["cpu_ns"]:
             final["cpu_percent"]["feed"] = round(100 * (f["cpu_ns"] - meter["feed_cpu0"]) / 1e9 / max(feed_s, 1e-9), 1)
         final["restarts"] = {c.name: c.restarts for c in children}
+        final["kafka"] = {"bootstrap": publisher.args[0].bootstrap if publisher else None,
+                          "embedded": broker is not None}
         final["exit_code"] = rc
         if opts.as_json:
             sys.stdout.write(orjson.dumps(final, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -234,6 +291,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     finally:
         stop.set()
         feed_stop.set()
+        an_stop.set()
+        pub_stop.set()
         for c in children:
             p = c.proc
             if p is None or p.pid is None:
@@ -247,6 +306,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                 p.join(5)
         if status is not None:
             status.close()
+        if broker is not None:
+            broker.stop()
         segs.close()
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
@@ -286,13 +347,18 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
         if feed is not None and not feed.proc.is_alive():
             break  # a bounded feed finished (its exit code is checked by the caller)
         for c in children:
-            if c is feed:
+            if c is feed or c.gone:
                 continue
             if not c.proc.is_alive():
                 if not c.restartable or c.restarts >= cfg.supervisor.max_restarts:
-                    why = "" if c.restartable else " (not restartable)"
+                    why = "" if c.restartable else " (not restarted: [supervisor] restart does not name it)"
                     if c.restartable:
                         why = f" (restarted {c.restarts} times already; max_restarts {cfg.supervisor.max_restarts})"
+                    if not c.essential:
+                        print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}){why}; the book carries on "
+                              f"without it", file=sys.stderr, flush=True)
+                        c.gone = True
+                        continue
                     print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}){why}", file=sys.stderr)
                     return 1
                 c.restarts += 1
@@ -313,7 +379,7 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
                 sup[schema.ST_SUP_STALE_KILLS] += 1
                 c.proc.kill()
                 c.proc.join(5)
-        _drain_events(segs)
+        _stand_in(segs, *[next((c for c in children if c.name == n), None) for n in ("analysis", "publisher")])
         if now >= next_report:
             d = status.collect()
             if not opts.quiet:
@@ -323,18 +389,24 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
     return 0
 
 
-def _drain_events(segs: _Segments) -> int:
-    """Stand-in events consumer (until the analysis process exists): pop and count."""
-    buf = segs.ev_buf
+def _drain(ring, buf) -> int:
+    """Pop and discard everything in ``ring``; returns how many records."""
     total = 0
     while True:
-        n = int(ring_pop(segs.events.ctrl, segs.events.slots, buf, buf.shape[0]))
+        n = int(ring_pop(ring.ctrl, ring.slots, buf, buf.shape[0]))
         total += n
         if n < buf.shape[0]:
-            break
+            return total
+
+
+def _stand_in(segs: _Segments, analysis, publisher) -> None:
+    """Consume the events ring when no analysis is configured and the signals ring when
+    no publisher is (counted in the supervisor row), so their producers never fill up."""
     row = segs.stats.row(ROW_SUPERVISOR)
-    row[schema.ST_SUP_EVENTS_READ] += total
-    return total
+    if analysis is None:
+        row[schema.ST_SUP_EVENTS_READ] += _drain(segs.events, segs.ev_buf)
+    if publisher is None:
+        row[schema.ST_SUP_OUT_DISCARDED] += _drain(segs.signals, segs.sig_buf)
 
 
 def _cpu_times(children) -> dict[str, tuple[int, float]]:
@@ -352,7 +424,12 @@ def _cpu_times(children) -> dict[str, tuple[int, float]]:
 def summary(d: dict) -> dict:
     """The scriptable top-level keys of a bounded run's JSON."""
     r = d["rx"]
+    a, p = d["analysis"], d["publisher"]
     return {"packets": r["packets"], "messages": r["messages"], "gap_messages": r["gap_messages"],
             "duplicates": r["duplicates"], "out_of_order": r["out_of_order"], "malformed": r["malformed"],
             "ring_drops": r["ring_drops"], "applied": d["book"]["msgs"], "latency_ns": d["latency_ns"],
-            "kernel_drops": r["kernel_drops"] if r["kernel_drops"] >= 0 else None}
+            "kernel_drops": r["kernel_drops"] if r["kernel_drops"] >= 0 else None,
+            "signals": a["signals"], "summaries": a["summaries"], "published": p["delivered"],
+            "publish_dropped": (a["signal_drops"] + a["summary_drops"] + p["signals_dropped"]
+                                + p["summaries_dropped"] + p["failed"] + p["lost"] + p["encode_errors"]),
+            "publish_coalesced": p["coalesced"], "kafka_errors": p["kafka_errors"]}

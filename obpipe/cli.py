@@ -23,6 +23,8 @@ def _with_overrides(cfg, a):
     sections = {"run": run} if run else {}
     if getattr(a, "instance", None):
         sections["instance"] = {"name": a.instance}
+    if getattr(a, "kafka", None):
+        sections["kafka"] = {"bootstrap_servers": a.kafka}
     try:
         return cfgmod.replace(cfg, **sections) if sections else cfg
     except cfgmod.ConfigError as e:
@@ -78,7 +80,51 @@ def cmd_run(a) -> int:
     _check_feed_args(a, faults)
     return run(cfg, RunOptions(count=a.count, as_json=a.json, quiet=a.quiet, faults=faults, replay=a.replay,
                                speed=a.speed, symbol=a.symbol, capture=a.capture, no_feed=a.no_feed,
-                               rate=a.rate))
+                               rate=a.rate, no_kafka=a.no_kafka))
+
+
+def _instance_bootstrap(inst: str) -> str | None:
+    """The embedded broker of running instance ``inst`` as host:port, if it started one."""
+    from ring import schema
+    from ring.errors import RingError
+    from ring.stats import ROW_SUPERVISOR, StatsBlock
+
+    try:
+        st = StatsBlock.attach(inst)
+    except RingError:
+        return None
+    try:
+        port = int(st.row(ROW_SUPERVISOR)[schema.ST_SUP_KAFKA_PORT])
+    finally:
+        st.close()
+    return f"127.0.0.1:{port}" if port > 0 else None
+
+
+def cmd_tail(argv: list[str]) -> int:
+    """``obpipe tail``: publisher.tail with the broker found from --kafka, the running
+    instance's embedded broker, the config's bootstrap_servers, or $OBPIPE_KAFKA."""
+    import os
+
+    from publisher import tail
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--instance")
+    known, rest = pre.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        return tail.main(rest)
+    cfg = _load(known.config)
+    inst = known.instance or cfg.instance.name
+    if not any(x == "--kafka" or x.startswith("--kafka=") for x in rest):
+        bs = _instance_bootstrap(inst) or cfg.kafka.bootstrap_servers or os.environ.get("OBPIPE_KAFKA")
+        if not bs:
+            print(f"obpipe tail: no broker: instance {inst!r} is not running with an embedded broker, the config "
+                  f"names none and $OBPIPE_KAFKA is unset; give --kafka HOST:PORT", file=sys.stderr)
+            return 2
+        rest = rest + ["--kafka", bs]
+    if not any(x == "--prefix" or x.startswith("--prefix=") for x in rest):
+        rest = rest + ["--prefix", cfg.kafka.topic_prefix]
+    return tail.main(rest)
 
 
 def _feed_port(a) -> int:
@@ -232,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="final stats as JSON on stdout")
     r.add_argument("--quiet", action="store_true", help="no live status lines")
     r.add_argument("--no-feed", action="store_true", help="start no feed: an external one sends to rx's port")
+    r.add_argument("--kafka", metavar="HOST:PORT", help="publish to this Kafka (default: [kafka] bootstrap_servers; "
+                                                       "none named: start the embedded broker)")
+    r.add_argument("--no-kafka", action="store_true", help="no publisher and no broker (signals are counted only)")
     r.set_defaults(fn=cmd_run)
 
     fd = sub.add_parser("feed", help="send the synthetic feed over UDP (to --port or a running --instance)")
@@ -276,10 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--json", action="store_true")
     lc.add_argument("--width", type=int)
     lc.set_defaults(fn=cmd_lobster_check)
+
+    # these two hand their arguments on (see publisher.tail / publisher.broker for options)
+    sub.add_parser("tail", help="follow the signal/summary topics live (--json, --from-beginning, --kind; "
+                                "obpipe tail -h)", add_help=False)
+    sub.add_parser("kafka", help="run the embedded Kafka-compatible broker (tansu) on 127.0.0.1 until Ctrl-C",
+                   add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "tail":
+        return cmd_tail(argv[1:])
+    if argv and argv[0] == "kafka":
+        from publisher import broker
+
+        return broker.main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.fn(args) or 0)
 

@@ -122,7 +122,7 @@ assert MD_DTYPE.itemsize == 40 and MD_DTYPE.fields["px_tick"][1] == 8
 EV_BBO = 1  # top of book changed (price or size on either side)
 EV_TRADE = 2  # a trade (visible execution or hidden trade)
 
-#: One book event.  80 bytes.  Carries the book state the analysis needs so it never
+#: One book event.  88 bytes.  Carries the book state the analysis needs so it never
 #: reads the book's memory.
 EVENT_DTYPE = np.dtype(
     [
@@ -412,21 +412,26 @@ ST_PUB_DELIVERED_SIGNALS = 15  # of ST_PUB_DELIVERED: signals
 ST_PUB_FAILED_SIGNALS = 16  # of ST_PUB_FAILED: signals
 ST_PUB_LOST = 17  # in flight when a previous publisher process died (never reported)
 ST_PUB_ENCODE_ERRORS = 18  # records that could not be encoded (bad symbol index / kind)
+ST_PUB_SUMMARIES_DROPPED = 19  # summaries still pending when the publisher stopped
 PUBLISHER_STAT_NAMES = {ST_PUB_SIGNALS_IN: "signals_in", ST_PUB_SUMMARIES_IN: "summaries_in",
                         ST_PUB_SIGNALS_DROPPED: "signals_dropped", ST_PUB_COALESCED: "coalesced",
                         ST_PUB_PRODUCED: "produced", ST_PUB_DELIVERED: "delivered", ST_PUB_FAILED: "failed",
                         ST_PUB_KAFKA_ERRORS: "kafka_errors", ST_PUB_PENDING: "pending",
                         ST_PUB_IN_FLIGHT: "in_flight", ST_PUB_BROKER_UP: "broker_up",
                         ST_PUB_DELIVERED_SIGNALS: "delivered_signals", ST_PUB_FAILED_SIGNALS: "failed_signals",
-                        ST_PUB_LOST: "lost", ST_PUB_ENCODE_ERRORS: "encode_errors"}
+                        ST_PUB_LOST: "lost", ST_PUB_ENCODE_ERRORS: "encode_errors",
+                        ST_PUB_SUMMARIES_DROPPED: "summaries_dropped"}
 #: Supervisor row.
 ST_SUP_EVENTS_READ = 4  # events drained from the events ring while no analysis process runs
+ST_SUP_OUT_DISCARDED = 7  # signals-ring records drained while no publisher runs ([kafka] enabled = false)
+ST_SUP_KAFKA_PORT = 8  # port of the embedded broker on 127.0.0.1 (0: none started)
 ST_SUP_RESTARTS = 5  # children restarted (restartable parts only)
 ST_SUP_STALE_KILLS = 6  # children killed because their heartbeat went stale
 FEED_STAT_NAMES = {ST_FEED_SENT: "sent", ST_FEED_DATAGRAMS: "datagrams", ST_FEED_PACKETS: "packets",
                    ST_FEED_SEND_ERRORS: "send_errors", ST_FEED_TOTAL: "total", ST_FEED_CAPTURED: "captured",
                    ST_FEED_T0_NS: "t0_ns", ST_FEED_T1_NS: "t1_ns", ST_FEED_CPU_NS: "cpu_ns"}
-SUP_STAT_NAMES = {ST_SUP_EVENTS_READ: "events_read", ST_SUP_RESTARTS: "restarts", ST_SUP_STALE_KILLS: "stale_kills"}
+SUP_STAT_NAMES = {ST_SUP_EVENTS_READ: "events_read", ST_SUP_RESTARTS: "restarts", ST_SUP_STALE_KILLS: "stale_kills",
+                  ST_SUP_OUT_DISCARDED: "signals_discarded", ST_SUP_KAFKA_PORT: "kafka_port"}
 
 
 def dtype_crc(dt: np.dtype) -> int:

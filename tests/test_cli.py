@@ -21,10 +21,15 @@ def obpipe(*args, timeout=240, **kw):
                           env=ENV, timeout=timeout, **kw)
 
 
-def _config(tmp_path, instance, extra="", md_capacity=4096):
+def _config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, events_capacity=4096):
+    """A config file for one test run.  ``kafka``: bootstrap servers to publish to; None:
+    no publisher (tests that are not about Kafka do not start a broker)."""
     p = tmp_path / "c.toml"
+    k = f'[kafka]\nbootstrap_servers = "{kafka}"\n' if kafka else "[kafka]\nenabled = false\n"
+    if "[kafka]" in extra:
+        k = ""
     p.write_text(f'[instance]\nname = "{instance}"\n[rings]\nmd_capacity = {md_capacity}\n'
-                 f'events_capacity = 4096\n{extra}')
+                 f'events_capacity = {events_capacity}\n{k}{extra}')
     return str(p)
 
 
