@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test stats clean-shm bench bench-core bench-pipeline lobster-check
+.PHONY: help install run test stats clean-shm bench bench-core bench-pipeline bench-kafka lobster-check kafka tail
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,6 +29,12 @@ run: $(DEV)      ## run the pipeline on embedded defaults (Ctrl-C stops; ARGS="-
 test: $(DEV)     ## run the test suite
 	$(VPY) -m pytest $(ARGS)
 
+tail: $(DEV)     ## follow the signals on Kafka live (the running instance's broker; ARGS="--json --kind sweep")
+	$(VENV)/bin/obpipe tail $(ARGS)
+
+kafka: $(DEV)    ## run the embedded Kafka-compatible broker (tansu) on 127.0.0.1:9092 until Ctrl-C
+	$(VENV)/bin/obpipe kafka $(ARGS)
+
 stats: $(DEV)    ## live counters and books of a running instance
 	$(VENV)/bin/obpipe stats $(ARGS)
 
@@ -44,4 +50,7 @@ bench-core: $(BENCH) ## ring/book/snapshot benchmarks + peers -> bench/results/c
 bench-pipeline: $(DEV) ## ramp the UDP feed rate: max zero-loss rate, latency, CPU -> bench/results/pipeline.json
 	$(VPY) bench/pipeline.py $(ARGS)
 
-bench: bench-core bench-pipeline ## every benchmark
+bench-kafka: $(DEV) ## analysis ns/event, publisher msgs/s, book rate with/without publishing -> bench/results/kafka.json
+	$(VPY) bench/kafka.py $(ARGS)
+
+bench: bench-core bench-pipeline bench-kafka ## every benchmark

@@ -201,8 +201,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             elif not reachable(bootstrap, 1.0):
                 _say(opts, f"obpipe: Kafka at {bootstrap} is not reachable now; the pipeline runs anyway and the "
                            f"publisher counts errors until it is")
-            pspec = publisher_proc.PublisherSpec.from_config(cfg, bootstrap, cores=pub_cores,
-                                                            parent_pid=os.getpid(), quiet=opts.quiet)
+            # (warnings such as "Kafka unreachable" print even with --quiet, like part deaths)
+            pspec = publisher_proc.PublisherSpec.from_config(cfg, bootstrap, cores=pub_cores, parent_pid=os.getpid())
             publisher = _Child("publisher", ROW_PUBLISHER, publisher_proc.main_entry, (pspec, pub_stop),
                                "publisher" in restart, essential=False)
             children.append(publisher)

@@ -148,14 +148,19 @@ class Publisher:
                 row[sc.ST_PUB_ENCODE_ERRORS] += 1
                 continue
             data = dumps(msg)
+            # drop or coalesce only under backpressure: first try to hand pending ones over
             if is_sig:
                 row[sc.ST_PUB_SIGNALS_IN] += 1
+                if len(self.sig_q) >= spec.pending_max:
+                    self.pump()
                 if len(self.sig_q) >= spec.pending_max:
                     self.sig_q.popleft()
                     row[sc.ST_PUB_SIGNALS_DROPPED] += 1
                 self.sig_q.append((symbol, data))
             else:
                 row[sc.ST_PUB_SUMMARIES_IN] += 1
+                if symbol in self.sum_q:
+                    self.pump()
                 if symbol in self.sum_q:
                     row[sc.ST_PUB_COALESCED] += 1
                     del self.sum_q[symbol]  # re-inserted last: oldest-pending symbol goes first

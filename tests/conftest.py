@@ -45,3 +45,53 @@ def instance():
         except posix_ipc.ExistentialError:
             pass
 
+
+
+@pytest.fixture
+def kafka_broker():
+    """An in-memory Tansu broker on a free 127.0.0.1 port; stopped (by pid) after the test."""
+    from publisher.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop(timeout_s=2)
+        assert not broker.alive()
+        with pytest.raises(ProcessLookupError):
+            os.kill(broker.pid, 0)
+
+
+def consume_all(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0, idle_s: float = 2.0) -> list[dict]:
+    """Every message of ``topic`` (all partitions, from the beginning) as dicts: reads
+    until ``expect`` arrived and then ``idle_s`` passed without more (to see extras),
+    or ``timeout_s``."""
+    import time
+
+    import orjson
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "obpipe-tests", "enable.auto.commit": False,
+                  "log_level": 0, "fetch.wait.max.ms": 100})
+    out = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        parts = []
+        while not parts and time.monotonic() < deadline:
+            md = c.list_topics(topic, timeout=5).topics.get(topic)
+            parts = sorted(md.partitions) if md is not None and not md.error else []
+            if not parts:
+                time.sleep(0.2)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            msgs = c.consume(1000, 0.2)
+            got = [m for m in msgs if m.error() is None]
+            out.extend(orjson.loads(m.value()) for m in got)
+            if got:
+                last = time.monotonic()
+            elif len(out) >= expect and time.monotonic() - last >= idle_s:
+                break
+    finally:
+        c.close()
+    return out

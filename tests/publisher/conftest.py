@@ -1,13 +1,10 @@
-"""Fixtures for the publisher tests: an embedded Kafka broker per test, example
-messages of every kind, and small produce/consume helpers (all on 127.0.0.1)."""
+"""Helpers for the publisher tests: example messages of every kind and a produce helper
+(the ``kafka_broker`` fixture lives in tests/conftest.py)."""
 from __future__ import annotations
-
-import os
 
 import orjson
 import pytest
 
-from publisher.broker import EmbeddedBroker
 from publisher.schema import signal_id
 
 #: Example ``values`` per signal kind (valid under schema v1).
@@ -53,16 +50,3 @@ def produce(bootstrap: str, topic: str, records) -> None:
     for key, value in records:
         p.produce(topic, key=key.encode(), value=value if isinstance(value, bytes) else orjson.dumps(value))
     assert p.flush(10) == 0, "messages not delivered within 10 s"
-
-
-@pytest.fixture
-def kafka_broker():
-    """An in-memory Tansu broker on a free 127.0.0.1 port; stopped (by pid) after the test."""
-    broker = EmbeddedBroker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop(timeout_s=2)
-        assert not broker.alive()
-        with pytest.raises(ProcessLookupError):
-            os.kill(broker.pid, 0)
