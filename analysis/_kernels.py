@@ -150,7 +150,8 @@ NF = 2
 
 #: Global state G (int64).
 G_IV = 0  # open interval index (ts // interval_ns), -1 before the first event
-NG = 1
+G_NEXT = 1  # start of the next interval, ns
+NG = 2
 
 #: Deques: 0 microprice min (stores -mp), 1 microprice max, 2 bid withdrawal, 3 ask withdrawal.
 QCAP = 256
@@ -324,22 +325,20 @@ def _signal(out, o_head, o_free, n_out, kind, side, s, A, C):
     return -1, n_out
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
     """Apply one event to symbol state, run the detectors, maybe close an interval."""
     s = np.int64(e.symbol)
     if s >= A.shape[0]:
         return n_out  # the writer never sends one; defensive
     ts = np.int64(e.ts_exch_ns)
-    iv_ns = np.int64(P[P_INTERVAL_NS])
-    iv = ts // iv_ns
-    if G[G_IV] < 0:
+    if ts >= G[G_NEXT] or G[G_IV] < 0:  # (one compare per event; the division only here)
+        iv_ns = np.int64(P[P_INTERVAL_NS])
+        iv = ts // iv_ns
+        if G[G_IV] >= 0:
+            n_out = _close_interval(A, F, G, P, out, o_head, o_free, n_out, C)
         G[G_IV] = iv
-        for k in range(A.shape[0]):
-            A[k, A_SM_LAST_TS] = iv * iv_ns
-    elif iv > G[G_IV]:
-        n_out = _close_interval(A, F, G, P, out, o_head, o_free, n_out, C)
-        G[G_IV] = iv
+        G[G_NEXT] = (iv + 1) * iv_ns
         for k in range(A.shape[0]):
             A[k, A_SM_LAST_TS] = iv * iv_ns
     # (an event older than the open interval counts in the open interval)
@@ -399,7 +398,9 @@ def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
         else:
             dt = ts - A[s, A_SP_TS]
             if dt > 0:
-                alpha = 1.0 - np.exp(-dt / P[P_SPREAD_TAU_NS])
+                # irregular-interval EWMA weight; dt / (tau + dt) ~ 1 - exp(-dt / tau) for
+                # dt << tau and stays in (0, 1): no exp() per event
+                alpha = dt / (P[P_SPREAD_TAU_NS] + dt)
                 F[s, F_SP_BASE] += alpha * (prev - F[s, F_SP_BASE])
         base = F[s, F_SP_BASE]
         A[s, A_SP_N] += 1

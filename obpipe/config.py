@@ -103,14 +103,14 @@ class ImbalanceDetector:
 @dataclass(frozen=True)
 class MicropriceDetector:
     enabled: bool = True
-    shift_ticks: float = 3.0  # microprice moved this many ticks ...
+    shift_ticks: float = 4.0  # microprice moved this many ticks ...
     window_ms: float = 50.0  # ... from its low/high within this window (feed time)
 
 
 @dataclass(frozen=True)
 class SweepDetector:
     enabled: bool = True
-    levels: int = 3  # a same-side burst that traded at this many successive prices ...
+    levels: int = 4  # a same-side burst that traded at this many successive prices ...
     burst_qty: int = 0  # ... or this many lots (0: volume rule off)
     window_ms: float = 5.0  # burst = same aggressor side within this time of its first trade
 

@@ -154,7 +154,7 @@ def test_imbalance_silent_when_sides_disagree_or_book_thin():
 
 
 def test_microprice_shift_fires_up_within_window():
-    an, s = _analyzer(), Stream()
+    an, s = _analyzer(microprice={"shift_ticks": 3.0}), Stream()
     t = _quiet(s)
     for k in range(1, 5):  # the book moves up 4 ticks in 4 ms
         s.bbo((t + k) * MS, bid_px_tick=10_000 + k, ask_px_tick=10_001 + k, bid_qty=100, ask_qty=100)
@@ -166,7 +166,7 @@ def test_microprice_shift_fires_up_within_window():
 
 
 def test_microprice_drift_slower_than_window_is_silent():
-    an, s = _analyzer(), Stream()
+    an, s = _analyzer(microprice={"shift_ticks": 3.0}), Stream()
     t = _quiet(s)
     for k in range(1, 8):  # one tick every 30 ms: never 3 ticks within 50 ms
         s.bbo(t * MS + k * 30 * MS, bid_px_tick=10_000 + k, ask_px_tick=10_001 + k, bid_qty=100, ask_qty=100)
@@ -177,7 +177,7 @@ def test_microprice_drift_slower_than_window_is_silent():
 
 
 def test_sweep_through_three_levels():
-    an, s = _analyzer(), Stream()
+    an, s = _analyzer(sweep={"levels": 3}), Stream()
     t = _quiet(s)
     for k, px in enumerate((10_001, 10_002, 10_003, 10_004)):  # a buyer lifts 4 levels in 0.3 ms
         s.trade((t + 1) * MS + k * 100_000, sc.SIDE_BID, px, 50)
@@ -189,7 +189,7 @@ def test_sweep_through_three_levels():
 
 
 def test_sweep_silent_when_slow_or_sides_alternate():
-    an, s = _analyzer(), Stream()
+    an, s = _analyzer(sweep={"levels": 3}), Stream()
     t = _quiet(s)
     for k, px in enumerate((10_001, 10_002, 10_003)):  # 10 ms apart: outside the 5 ms window
         s.trade((t + 1 + 10 * k) * MS, sc.SIDE_BID, px, 50)
@@ -236,7 +236,7 @@ def test_withdrawal_silent_when_trades_take_the_depth_or_slowly():
 
 
 def test_disabled_detector_never_fires():
-    an, s = _analyzer(sweep={"enabled": False}), Stream()
+    an, s = _analyzer(sweep={"enabled": False, "levels": 3}), Stream()
     t = _quiet(s)
     for k, px in enumerate((10_001, 10_002, 10_003, 10_004)):
         s.trade((t + 1) * MS + k * 1000, sc.SIDE_BID, px, 50)
@@ -314,3 +314,18 @@ def test_same_events_same_outputs():
     a, b = outputs(), outputs()
     assert len(signals(a)) > 10 and set(signals(a)["kind"]) == {1, 2, 3, 4, 5}
     assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("table, msg", [
+    ({"analysis": {"sweep": {"levelz": 3}}}, "analysis.sweep.levelz: unknown key"),
+    ({"analysis": {"sweep": {"levels": 1}}}, "analysis.sweep.levels: must be >= 2"),
+    ({"analysis": {"withdrawal": {"drop_fraction": 1.5}}}, "analysis.withdrawal.drop_fraction: must be in (0, 1]"),
+    ({"analysis": {"spread": {"ratio": 2.0, "rearm_ratio": 3.0}}}, "analysis.spread.rearm_ratio: must be <= ratio"),
+    ({"analysis": {"summary_interval_ms": 0}}, "analysis.summary_interval_ms: must be a finite number > 0"),
+    ({"kafka": {"bootstrap_servers": "localhost"}}, "kafka.bootstrap_servers: must be host:port"),
+    ({"kafka": {"client": {"bootstrap.servers": "x:1"}}}, "kafka.client.bootstrap.servers: set by obpipe"),
+    ({"kafka": {"topic_prefix": "a b"}}, "kafka.topic_prefix"),
+])
+def test_bad_analysis_and_kafka_settings_name_the_key(table, msg):
+    with pytest.raises(config.ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        config.from_dict(table)
