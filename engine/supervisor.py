@@ -182,7 +182,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         if cfg.analysis.enabled:
             aspec = analysis_proc.AnalysisSpec(
                 instance=inst, n_symbols=len(cfg.book.symbols), params=analysis_proc.params(cfg.analysis),
-                max_batch=cfg.analysis.max_batch, backoff=backoff, cores=an_cores, parent_pid=os.getpid())
+                max_batch=cfg.analysis.max_batch, backoff=Backoff(0, 0, cfg.analysis.idle_sleep_us),
+                cores=an_cores, parent_pid=os.getpid())
             analysis = _Child("analysis", ROW_ANALYSIS, analysis_proc.main_entry, (aspec, an_stop),
                               "analysis" in restart, essential=False)
             children.append(analysis)

@@ -128,6 +128,7 @@ class AnalysisConfig:
     enabled: bool = True  # false: no analysis process (the supervisor discards events)
     summary_interval_ms: float = 100.0  # summaries per symbol every this much feed time
     max_batch: int = 4096  # events per kernel call
+    idle_sleep_us: int = 500  # idle: sleep this long between polls (no spinning: it shares rx's core)
     tick_size: float = 0.01  # price of one tick, published with every message
     spread: SpreadDetector = SpreadDetector()
     imbalance: ImbalanceDetector = ImbalanceDetector()
@@ -298,6 +299,8 @@ def _validate_analysis(a: AnalysisConfig, bad) -> None:
     pos("tick_size", a.tick_size)
     if not 1 <= a.max_batch <= 1 << 20:
         bad("analysis.max_batch", f"must be 1..{1 << 20}, got {a.max_batch}")
+    if not 0 <= a.idle_sleep_us <= 1_000_000:
+        bad("analysis.idle_sleep_us", f"must be 0..1000000, got {a.idle_sleep_us}")
     pos("spread.ratio", a.spread.ratio)
     pos("spread.min_ticks", a.spread.min_ticks, True)
     pos("spread.baseline_ms", a.spread.baseline_ms)
