@@ -16,15 +16,23 @@ def usable_cores() -> list[int]:
 def cores_for(role: str, setting, cores: list[int] | None = None) -> list[int]:
     """Cores for ``role`` ("book", "feed", "supervisor") given the config value.
 
-    ``"auto"``: with 2+ cores the book writer gets the last core to itself and every
-    other role shares the rest; with 1 core everyone shares it.  An explicit list is
-    intersected with the usable cores (an empty intersection is an error naming it).
+    ``"auto"``: with 2+ cores the book writer gets the last core to itself.  The
+    analysis and the publisher get the core before it when there are 3+ cores, and on 2
+    cores they share the book writer's core (they sleep when idle; measured: with them
+    on rx's core the synthetic feed, which shares that core, lost 38% of its rate, see
+    docs/DECISIONS.md).  rx, the feed and the supervisor share the remaining cores; with
+    1 core everyone shares it.  An explicit list is intersected with the usable cores
+    (an empty intersection is an error naming it).
     """
     cores = usable_cores() if cores is None else cores
     if setting == "auto":
         if len(cores) < 2:
             return list(cores)
-        return [cores[-1]] if role == "book" else cores[:-1]
+        if role == "book":
+            return [cores[-1]]
+        if role in ("analysis", "publisher"):
+            return [cores[-2]] if len(cores) >= 3 else [cores[-1]]
+        return cores[:-2] if len(cores) >= 3 else cores[:-1]
     picked = [c for c in setting if c in cores]
     if not picked:
         raise ValueError(f"pinning.{role} = {setting}: none of these cores is usable (usable: {cores})")
