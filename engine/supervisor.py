@@ -38,7 +38,7 @@ import psutil
 from feed_sim import feed as feedmod
 from feed_sim import _wire_kernels as WK
 from feed_sim.wire import Faults
-from obpipe.config import Config
+from obpipe.config import RESTARTABLE, Config
 from ring import schema
 from ring._kernels import ring_pop
 from ring._shm import clean_stale, list_segments
@@ -352,7 +352,9 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
                 continue
             if not c.proc.is_alive():
                 if not c.restartable or c.restarts >= cfg.supervisor.max_restarts:
-                    why = "" if c.restartable else " (not restarted: [supervisor] restart does not name it)"
+                    why = "" if c.restartable else (
+                        " (not restarted: [supervisor] restart does not name it)" if c.name in RESTARTABLE
+                        else " (not restartable)")
                     if c.restartable:
                         why = f" (restarted {c.restarts} times already; max_restarts {cfg.supervisor.max_restarts})"
                     if not c.essential:

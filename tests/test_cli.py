@@ -21,7 +21,7 @@ def obpipe(*args, timeout=240, **kw):
                           env=ENV, timeout=timeout, **kw)
 
 
-def _config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, events_capacity=4096):
+def _config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, events_capacity=1 << 16):
     """A config file for one test run.  ``kafka``: bootstrap servers to publish to; None:
     no publisher (tests that are not about Kafka do not start a broker)."""
     p = tmp_path / "c.toml"
@@ -63,7 +63,9 @@ def test_run_bounded_count_applies_every_message_and_cleans_up(tmp_path, instanc
     lat = d["latency_ns"]  # every message rx stamped got a receive -> apply latency
     assert lat["count"] == 300_000 and 0 < lat["p50"] <= lat["p99"] <= lat["p999"] < 10**10
     assert d["book"]["bad_msgs"] == 0 and d["book"]["qty_underflow"] == 0 and d["book"]["crossed"] == 0
-    assert d["book"]["events"] == d["supervisor"]["events_read"] > 0
+    # the analysis consumed every event the book writer emitted (no stand-in drain)
+    assert d["book"]["events"] == d["analysis"]["events"] > 0 and d["supervisor"]["events_read"] == 0
+    assert d["analysis"]["summaries"] > 0 and d["book"]["events_dropped"] == 0
     assert d["book"]["state"] == "stopped"
     sym = d["symbols"]["AAA"]
     assert sym["bid_px_tick"] < sym["ask_px_tick"] and len(sym["bids"]) == 10

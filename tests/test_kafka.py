@@ -202,7 +202,8 @@ def test_obpipe_tail_follows_the_embedded_broker_of_a_running_instance(tmp_path,
         t = obpipe("tail", "--config", cfg, "--from-beginning", "--count", "3", "--timeout", "60", timeout=90)
         assert t.returncode == 0, t.stderr[-2000:]
         lines = t.stdout.strip().splitlines()
-        assert len(lines) == 3 and all(any(k in ln for k in ("spread_widening", "imbalance", "microprice_shift",
+        assert len(lines) == 3, t.stderr[-2000:]
+        assert all(any(k in ln for k in ("spread_widening", "imbalance", "microprice_shift",
                                                               "sweep", "liquidity_withdrawal")) for ln in lines)
         j = obpipe("tail", "--config", cfg, "--from-beginning", "--count", "2", "--json", "--what", "summaries",
                    "--timeout", "60", timeout=90)

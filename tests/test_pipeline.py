@@ -126,7 +126,7 @@ def test_a_paused_book_writer_fills_the_md_ring_rx_drops_and_counts_and_all_resu
     assert final["messages"] == final["feed"]["sent"]
     assert final["applied"] == final["rx"]["delivered"] == final["messages"] - final["ring_drops"]
     assert final["rings"]["md"]["high_water"] == 4096
-    assert final["restarts"] == {"book": 0, "rx": 0, "feed": 0} and list_segments(instance) == []
+    assert final["restarts"] == {"book": 0, "rx": 0, "analysis": 0, "feed": 0} and list_segments(instance) == []
 
 
 @pytest.mark.multiproc

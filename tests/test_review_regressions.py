@@ -148,7 +148,7 @@ def test_book_writer_exits_when_its_supervisor_is_killed(tmp_path, instance):
             time.sleep(0.1)
         assert not psutil.pid_exists(writer) or psutil.Process(writer).status() == psutil.STATUS_ZOMBIE
         out = obpipe("clean", "--instance", instance, timeout=60)  # the killed supervisor's segments
-        assert out.returncode == 0 and out.stdout.count("removed") == 4  # stats, md, events, snap
+        assert out.returncode == 0 and out.stdout.count("removed") == 5  # stats, md, events, signals, snap
         assert list_segments(instance) == []
     finally:
         if p.poll() is None:

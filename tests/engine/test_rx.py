@@ -36,7 +36,7 @@ def test_udp_feed_with_exact_faults_is_counted_exactly(instance):
         p.start()
         row = stats.row(ROW_RX)
         deadline = time.monotonic() + 120
-        while row[sc.ST_STATE] != rx.STATE_RUNNING:
+        while row[sc.ST_STATE] != sc.STATE_RUNNING:
             assert p.is_alive() and time.monotonic() < deadline, "rx never started"
             time.sleep(0.05)
         port = int(row[sc.ST_RX_PORT])

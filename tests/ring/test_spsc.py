@@ -63,7 +63,7 @@ def test_capacity_must_be_a_power_of_two(instance):
 def test_wrong_record_size_layout_or_capacity_is_refused_with_a_clear_error(instance):
     ring = Ring.create(instance, "md", sc.MD_DTYPE, 16)
     try:
-        with pytest.raises(HeaderMismatch, match="record size is 40, expected 80"):
+        with pytest.raises(HeaderMismatch, match="record size is 40, expected 88"):
             Ring.attach(instance, "md", sc.EVENT_DTYPE)
         same_size = np.dtype([("a", "<i8"), ("b", "<i8"), ("c", "<i8"), ("d", "<i8"), ("e", "<i8")])
         with pytest.raises(HeaderMismatch, match="record layout"):
