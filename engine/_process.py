@@ -35,6 +35,16 @@ def child_setup(parent_pid: int, cores) -> None:
     set_timer_slack()
 
 
+def background_priority() -> None:
+    """Run as SCHED_IDLE (Linux): the analysis and the publisher then take only CPU that
+    the busy-polling book writer and rx leave, so sharing a core with them does not
+    delay them.  A no-op where unsupported."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
+
+
 def claim_row(instance: str, row_index: int) -> tuple[StatsBlock, "object"]:
     """Attach the instance's stats block and mark ``row_index`` as this process's,
     starting; returns (block, row)."""

@@ -183,7 +183,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             aspec = analysis_proc.AnalysisSpec(
                 instance=inst, n_symbols=len(cfg.book.symbols), params=analysis_proc.params(cfg.analysis),
                 max_batch=cfg.analysis.max_batch, backoff=Backoff(0, 0, cfg.analysis.idle_sleep_us),
-                cores=an_cores, parent_pid=os.getpid())
+                cores=an_cores, background=cfg.pinning.background_idle, parent_pid=os.getpid())
             analysis = _Child("analysis", ROW_ANALYSIS, analysis_proc.main_entry, (aspec, an_stop),
                               "analysis" in restart, essential=False)
             children.append(analysis)
@@ -203,7 +203,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                 _say(opts, f"obpipe: Kafka at {bootstrap} is not reachable now; the pipeline runs anyway and the "
                            f"publisher counts errors until it is")
             # (warnings such as "Kafka unreachable" print even with --quiet, like part deaths)
-            pspec = publisher_proc.PublisherSpec.from_config(cfg, bootstrap, cores=pub_cores, parent_pid=os.getpid())
+            pspec = publisher_proc.PublisherSpec.from_config(cfg, bootstrap, cores=pub_cores, parent_pid=os.getpid(),
+                                                            background=cfg.pinning.background_idle)
             publisher = _Child("publisher", ROW_PUBLISHER, publisher_proc.main_entry, (pspec, pub_stop),
                                "publisher" in restart, essential=False)
             children.append(publisher)

@@ -63,6 +63,9 @@ class PinningConfig:
     analysis: str | list[int] = "auto"
     publisher: str | list[int] = "auto"
     supervisor: str | list[int] = "auto"
+    # analysis and publisher as SCHED_IDLE: they use only CPU the book writer and rx
+    # leave, so sharing a core never delays those (a starved analysis drops and counts)
+    background_idle: bool = True
 
 
 #: Parts a restart brings back to a correct state: rx keeps its tracker in shared memory.
