@@ -267,9 +267,10 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                 c.proc.join(30 + (cfg.kafka.flush_timeout_s if c is publisher else 0))
             _stand_in(segs, analysis, publisher)
         for c in children:
-            if c is not feed and not c.gone and c.proc.exitcode not in (0, None) and rc == 0:
+            if c is not feed and not c.gone and c.proc.exitcode not in (0, None):
                 print(f"obpipe run: {c.name} exited with code {c.proc.exitcode}", file=sys.stderr)
-                rc = 1
+                if c.essential:  # (the analysis and the publisher never fail a run)
+                    rc = rc or 1
         final = status.collect()
         final.update(summary(final))
         f = final["feed"]
@@ -376,7 +377,9 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
             row = segs.stats.row(c.row)
             hb = int(row[schema.ST_HEARTBEAT_NS])
             if (timeout_ns and row[schema.ST_STATE] == schema.STATE_RUNNING and row[schema.ST_PID] == c.proc.pid
-                    and time.monotonic_ns() - max(hb, c.started_ns) > timeout_ns):
+                    and time.monotonic_ns() - max(hb, c.started_ns) > timeout_ns
+                    and not (not c.essential and cfg.pinning.background_idle and _runnable(c.proc.pid))):
+                # (a SCHED_IDLE part that is runnable is starved by the book writer and rx, not hung)
                 age = (time.monotonic_ns() - max(hb, c.started_ns)) / 1e9
                 print(f"obpipe run: {c.name} (pid {c.proc.pid}) heartbeat stale for {age:.1f} s "
                       f"(> {cfg.supervisor.heartbeat_timeout_s} s): killing it", file=sys.stderr, flush=True)
@@ -411,6 +414,14 @@ def _stand_in(segs: _Segments, analysis, publisher) -> None:
         row[schema.ST_SUP_EVENTS_READ] += _drain(segs.events, segs.ev_buf)
     if publisher is None:
         row[schema.ST_SUP_OUT_DISCARDED] += _drain(segs.signals, segs.sig_buf)
+
+
+def _runnable(pid: int) -> bool:
+    """True if ``pid`` is running or waiting for a CPU (not sleeping or stopped)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_RUNNING
+    except psutil.Error:
+        return False
 
 
 def _cpu_times(children) -> dict[str, tuple[int, float]]:

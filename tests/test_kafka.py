@@ -150,6 +150,10 @@ def test_killed_analysis_and_publisher_are_restarted_while_the_book_goes_on(tmp_
         st = Status(instance)
         try:
             d = _poll(st.collect, lambda d: d["publisher"]["delivered"] > 20 and d["analysis"]["events"] > 0)
+            # both run as SCHED_IDLE ([pinning] background_idle): they never delay the book writer or rx
+            for part in ("analysis", "publisher"):
+                assert os.sched_getscheduler(d["processes"][part]["pid"]) == os.SCHED_IDLE
+            assert os.sched_getscheduler(d["processes"]["book"]["pid"]) == os.SCHED_OTHER
             for part in ("analysis", "publisher"):
                 old = d["processes"][part]["pid"]
                 applied = d["book"]["msgs"]
