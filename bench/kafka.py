@@ -128,7 +128,7 @@ def _pipeline(on: bool, rate: int, count: int, tag: str, extra: str = "") -> dic
             "cpu_percent": j["cpu_percent"], "latency_ns": j["latency_ns"]}
 
 
-RX_CORE = "[pinning]\nanalysis = [0]\npublisher = [0]\n"  # the 2-core alternative: with rx and the feed
+RX_CORE = "[pinning]\nanalysis = [0]\npublisher = [0]\nbackground_idle = false\n"  # the 2-core alternative: with rx and the feed, normal priority (as SCHED_IDLE there they starve: rx busy-polls)
 
 
 def bench_ratio(count: int, repeats: int) -> dict:

@@ -14,13 +14,13 @@ def usable_cores() -> list[int]:
 
 
 def cores_for(role: str, setting, cores: list[int] | None = None) -> list[int]:
-    """Cores for ``role`` ("book", "feed", "supervisor") given the config value.
+    """Cores for ``role`` ("book", "rx", "feed", "analysis", "publisher", "supervisor")
+    given the config value.
 
     ``"auto"``: with 2+ cores the book writer gets the last core to itself.  The
     analysis and the publisher get the core before it when there are 3+ cores, and on 2
-    cores they share the book writer's core (they sleep when idle; measured: with them
-    on rx's core the synthetic feed, which shares that core, lost 38% of its rate, see
-    docs/DECISIONS.md).  rx, the feed and the supervisor share the remaining cores; with
+    cores they share the book writer's core, as SCHED_IDLE processes by default
+    (measured against rx's core in docs/DECISIONS.md).  rx, the feed and the supervisor share the remaining cores; with
     1 core everyone shares it.  An explicit list is intersected with the usable cores
     (an empty intersection is an error naming it).
     """
