@@ -35,7 +35,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -318,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not 0 < a.port < 65536:
         p.error("--port must be in 1..65535")
-    stop = threading.Event()
-    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a plain list, not threading.Event: Event.set() in a signal handler can deadlock on
+    # the lock that the interrupted Event.wait() holds (seen with two signals in a row)
+    stop: list[int] = []
+    old = {s: signal.signal(s, lambda *_: stop.append(1)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
             broker = EmbeddedBroker.start(a.port)
@@ -329,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"kafka broker (tansu) pid {broker.pid} on 127.0.0.1:{broker.port}; "
                   f"bootstrap.servers={broker.bootstrap}; Ctrl-C stops it", flush=True)
-            while not stop.wait(0.5):
-                if not broker.alive():
+            while not stop:
+                time.sleep(0.2)
+                if not stop and not broker.alive():
                     print(f"obpipe kafka: the broker exited unexpectedly; its log ends: {broker.log_tail()}",
                           file=sys.stderr)
                     return 1
