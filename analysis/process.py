@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine._process import background_priority, child_setup, claim_row, mark_running
+from engine._process import child_setup, claim_row, mark_running
 from ring import schema
 from ring.schema import STATE_STOPPED
 from ring.spsc import Backoff, Ring
@@ -141,7 +141,5 @@ def run(spec: AnalysisSpec, stop) -> int:
 
 def main_entry(spec: AnalysisSpec, stop) -> None:
     """Process target (spawn): exit code is run()'s return value."""
-    child_setup(spec.parent_pid, spec.cores)
-    if spec.background:
-        background_priority()
+    child_setup(spec.parent_pid, spec.cores, spec.background)
     sys.exit(run(spec, stop))

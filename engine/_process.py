@@ -25,14 +25,17 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
-def child_setup(parent_pid: int, cores) -> None:
+def child_setup(parent_pid: int, cores, background: bool = False) -> None:
     """Die with the supervisor, leave Ctrl-C to it, pin to ``cores``, and sleep with a
-    1 us timer slack (idle sleeps of ~50 us wake on time, not 50 us late)."""
+    1 us timer slack (idle sleeps of ~50 us wake on time, not 50 us late); with
+    ``background``, run as SCHED_IDLE (``background_priority``)."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     if cores:
         pin(list(cores))
     set_timer_slack()
+    if background:
+        background_priority()
 
 
 def background_priority() -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine._process import background_priority, child_setup, claim_row, mark_running
+from engine._process import child_setup, claim_row, mark_running
 from ring import schema as sc
 from ring._kernels import ring_pop
 from ring.schema import STATE_STOPPED
@@ -256,7 +256,5 @@ def run(spec: PublisherSpec, stop) -> int:
 
 def main_entry(spec: PublisherSpec, stop) -> None:
     """Process target (spawn): exit code is run()'s return value."""
-    child_setup(spec.parent_pid, spec.cores)
-    if spec.background:
-        background_priority()
+    child_setup(spec.parent_pid, spec.cores, spec.background)
     sys.exit(run(spec, stop))
