@@ -83,20 +83,27 @@ def cmd_run(a) -> int:
                                rate=a.rate, no_kafka=a.no_kafka))
 
 
+def _instance_word(inst: str, row: int, word: int) -> int:
+    """One stats word of running instance ``inst`` (RingError if it is not running)."""
+    from ring.stats import StatsBlock
+
+    st = StatsBlock.attach(inst)
+    try:
+        return int(st.row(row)[word])
+    finally:
+        st.close()
+
+
 def _instance_bootstrap(inst: str) -> str | None:
     """The embedded broker of running instance ``inst`` as host:port, if it started one."""
     from ring import schema
     from ring.errors import RingError
-    from ring.stats import ROW_SUPERVISOR, StatsBlock
+    from ring.stats import ROW_SUPERVISOR
 
     try:
-        st = StatsBlock.attach(inst)
+        port = _instance_word(inst, ROW_SUPERVISOR, schema.ST_SUP_KAFKA_PORT)
     except RingError:
         return None
-    try:
-        port = int(st.row(ROW_SUPERVISOR)[schema.ST_SUP_KAFKA_PORT])
-    finally:
-        st.close()
     return f"127.0.0.1:{port}" if port > 0 else None
 
 
@@ -131,19 +138,15 @@ def _feed_port(a) -> int:
     if a.port:
         return a.port
     from ring.errors import RingError
-    from ring.stats import ROW_RX, StatsBlock
+    from ring.stats import ROW_RX
     from ring import schema
 
     inst = a.instance or "main"
     try:
-        st = StatsBlock.attach(inst)
+        port = _instance_word(inst, ROW_RX, schema.ST_RX_PORT)
     except RingError as e:
         print(f"obpipe: no --port, and no running instance {inst!r} to send to: {e}", file=sys.stderr)
         raise SystemExit(2)
-    try:
-        port = int(st.row(ROW_RX)[schema.ST_RX_PORT])
-    finally:
-        st.close()
     if port <= 0:
         print(f"obpipe: instance {inst!r} has no rx port yet", file=sys.stderr)
         raise SystemExit(2)
