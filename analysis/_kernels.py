@@ -315,12 +315,15 @@ def _close_interval(A, F, G, P, out, o_head, o_free, n_out, C):
 
 @njit(nogil=True, cache=True, inline="always")
 def _signal(out, o_head, o_free, n_out, kind, side, s, A, C):
-    """(slot, new n_out) for a new signal; slot -1 when the signals ring is full (a
-    counted drop).  Counts the signal either way: detection does not depend on room."""
+    """(slot, new n_out) for a new signal, its common fields filled in; slot -1 when the
+    signals ring is full (a counted drop).  Counts the signal either way: detection does
+    not depend on room."""
     C[schema.ST_AN_SIGNALS] += 1
     C[schema.ST_AN_BY_KIND + kind - 1] += 1
     if n_out < o_free:
-        return (o_head + n_out) & (out.shape[0] - 1), n_out + 1
+        slot = (o_head + n_out) & (out.shape[0] - 1)
+        _out(out, slot, schema.OUT_SIGNAL, kind, side, s, A)
+        return slot, n_out + 1
     C[schema.ST_AN_SIGNAL_DROPS] += 1
     return -1, n_out
 
@@ -412,7 +415,7 @@ def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
                 A[s, A_SP_ARMED] = 0
                 slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_SPREAD, SIDE_NONE, s, A, C)
                 if slot >= 0:
-                    o = _out(out, slot, schema.OUT_SIGNAL, schema.SIG_SPREAD, SIDE_NONE, s, A)
+                    o = out[slot]
                     o.iv[0] = spread
                     o.fv[0] = base
                     o.fv[1] = spread / base if base > 0 else np.inf
@@ -430,7 +433,7 @@ def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
                 side = BID if di > 0 else ASK
                 slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_IMBALANCE, side, s, A, C)
                 if slot >= 0:
-                    o = _out(out, slot, schema.OUT_SIGNAL, schema.SIG_IMBALANCE, side, s, A)
+                    o = out[slot]
                     o.iv[0] = bd
                     o.iv[1] = ad
                     o.fv[0] = ti
@@ -462,7 +465,7 @@ def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
                 side = BID if fire == 1 else ASK
                 slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_MICROPRICE, side, s, A, C)
                 if slot >= 0:
-                    o = _out(out, slot, schema.OUT_SIGNAL, schema.SIG_MICROPRICE, side, s, A)
+                    o = out[slot]
                     o.iv[0] = ts - t_frm
                     o.fv[0] = mp - frm
                     o.fv[1] = frm
@@ -499,7 +502,7 @@ def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
             A[s, A_SW_FIRED] = 1
             slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_SWEEP, agg, s, A, C)
             if slot >= 0:
-                o = _out(out, slot, schema.OUT_SIGNAL, schema.SIG_SWEEP, agg, s, A)
+                o = out[slot]
                 o.iv[0] = A[s, A_SW_LEVELS]
                 o.iv[1] = A[s, A_SW_VOL]
                 o.iv[2] = A[s, A_SW_TRADES]
@@ -526,7 +529,7 @@ def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
             if before >= P[P_WD_MIN_DEPTH] and before > 0 and drop >= P[P_WD_FRACTION] * before:
                 slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_WITHDRAWAL, side, s, A, C)
                 if slot >= 0:
-                    o = _out(out, slot, schema.OUT_SIGNAL, schema.SIG_WITHDRAWAL, side, s, A)
+                    o = out[slot]
                     o.iv[0] = before
                     o.iv[1] = depth
                     o.iv[2] = ts - QT[s, d, j]
@@ -551,7 +554,6 @@ def process(ev_ctrl, ev, out_ctrl, out, A, F, G, P, QT, QV, QX, C, max_n):
     emask = ev.shape[0] - 1
     for i in range(n):
         n_out = _on_event(ev[(tail + i) & emask], A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C)
-    C[schema.ST_AN_LAST_TS] = A[np.int64(ev[(tail + n - 1) & emask].symbol) % A.shape[0], A_TS]
     ring_release(ev_ctrl, tail + n)
     if n_out > 0:
         ring_publish(out_ctrl, o_head + n_out)

@@ -68,7 +68,7 @@ def bench_analysis(n_msgs: int, repeats: int) -> dict:
 
 
 def bench_publisher(n: int, repeats: int) -> dict:
-    from publisher.broker import EmbeddedBroker
+    from publisher.broker import EmbeddedBroker, ensure_topics
     from publisher.process import Publisher, PublisherSpec
     from ring.spsc import Ring
 
@@ -94,7 +94,6 @@ def bench_publisher(n: int, repeats: int) -> dict:
                 spec = PublisherSpec(instance=inst, symbols=("AAA", "BBB", "CCC", "DDD"), bootstrap=broker.bootstrap,
                                      prefix=f"bench{r}", pending_max=n, producer_queue_max=100_000)
                 pub = Publisher(spec, ring, row)
-                from publisher.broker import ensure_topics
                 ensure_topics(broker.bootstrap, [pub.sig_topic, pub.sum_topic])
                 assert ring.push(recs) == n
                 t = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 
 from ring import schema
 from ring._net import set_timer_slack
@@ -61,7 +62,5 @@ def claim_row(instance: str, row_index: int) -> tuple[StatsBlock, "object"]:
 def mark_running(row) -> None:
     """Announce "running" with a fresh heartbeat first, so the supervisor's stale-heartbeat
     check never sees a running part whose first loop turn has not finished yet."""
-    import time
-
     row[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()
     row[schema.ST_STATE] = schema.STATE_RUNNING

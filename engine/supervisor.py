@@ -72,7 +72,6 @@ class RunOptions:
     symbol: int = 0  # symbol index of a LOBSTER replay
     capture: str | None = None  # record the feed's datagrams to this file
     no_feed: bool = False  # no feed process: an external feed sends to rx's port
-    kafka: str | None = None  # bootstrap servers (overrides [kafka] bootstrap_servers)
     no_kafka: bool = False  # no publisher and no broker ([kafka] enabled = false)
     as_json: bool = False
     quiet: bool = False
@@ -178,7 +177,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         rxc = _Child("rx", ROW_RX, rx.main_entry,
                      (rx.RxSpec(inst, backoff=backoff, cores=rx_cores, parent_pid=os.getpid()), stop), "rx" in restart)
         children.extend([writer, rxc])
-        analysis = publisher = None
+        analysis = publisher = bootstrap = None
         if cfg.analysis.enabled:
             aspec = analysis_proc.AnalysisSpec(
                 instance=inst, n_symbols=len(cfg.book.symbols), params=analysis_proc.params(cfg.analysis),
@@ -188,7 +187,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                               "analysis" in restart, essential=False)
             children.append(analysis)
         if cfg.kafka.enabled and not opts.no_kafka:
-            bootstrap = opts.kafka or cfg.kafka.bootstrap_servers
+            bootstrap = cfg.kafka.bootstrap_servers  # (obpipe run --kafka overrides it in the config)
             if not bootstrap:
                 try:
                     broker = EmbeddedBroker.start()
@@ -283,8 +282,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         if feed is not None and f["cpu_ns"]:
             final["cpu_percent"]["feed"] = round(100 * (f["cpu_ns"] - meter["feed_cpu0"]) / 1e9 / max(feed_s, 1e-9), 1)
         final["restarts"] = {c.name: c.restarts for c in children}
-        final["kafka"] = {"bootstrap": publisher.args[0].bootstrap if publisher else None,
-                          "embedded": broker is not None}
+        final["kafka"] = {"bootstrap": bootstrap, "embedded": broker is not None}
         final["exit_code"] = rc
         if opts.as_json:
             sys.stdout.write(orjson.dumps(final, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -338,6 +336,7 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
     feed_row = segs.stats.row(ROW_FEED)
     metered = feed is None
     timeout_ns = int(cfg.supervisor.heartbeat_timeout_s * 1e9)
+    consumers = [next((c for c in children if c.name == n), None) for n in ("analysis", "publisher")]
     t_start = time.monotonic()
     next_report = t_start + cfg.run.stats_interval_s
     while not interrupted:
@@ -386,7 +385,7 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
                 sup[schema.ST_SUP_STALE_KILLS] += 1
                 c.proc.kill()
                 c.proc.join(5)
-        _stand_in(segs, *[next((c for c in children if c.name == n), None) for n in ("analysis", "publisher")])
+        _stand_in(segs, *consumers)
         if now >= next_report:
             d = status.collect()
             if not opts.quiet:

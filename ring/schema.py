@@ -392,7 +392,6 @@ ST_AN_SIGNAL_DROPS = 7  # signals dropped: the signals ring was full
 ST_AN_SUMMARY_DROPS = 8  # summaries dropped: the signals ring was full
 ST_AN_BY_KIND = 9  # words 9..13: signals per kind, SIG_* - 1 order
 ST_AN_CPU_NS = 14  # the analysis process's CPU time (user + system) so far
-ST_AN_LAST_TS = 15  # exchange time of the last event consumed
 ANALYSIS_STAT_NAMES = {ST_AN_EVENTS: "events", ST_AN_SIGNALS: "signals", ST_AN_SUMMARIES: "summaries",
                        ST_AN_SIGNAL_DROPS: "signal_drops", ST_AN_SUMMARY_DROPS: "summary_drops",
                        ST_AN_CPU_NS: "cpu_ns"}
