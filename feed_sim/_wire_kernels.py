@@ -77,28 +77,53 @@ def _fold(x):
     return ((x >> 32) ^ x) & _M32
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _put_msg(pk, p, j, m, oid):
+    """Message ``j`` of packet ``p`` from record ``m``; returns its check contribution."""
+    o = 3 + 4 * j
+    w0 = (np.int64(m.kind) | (np.int64(m.side) << 8) | (np.int64(m.symbol) << 16) | (np.int64(m.qty) << 32))
+    pk[p, o] = w0
+    pk[p, o + 1] = oid
+    pk[p, o + 2] = m.px_tick
+    pk[p, o + 3] = m.ts_exch_ns
+    return w0 ^ oid ^ m.px_tick ^ m.ts_exch_ns
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _put_header(pk, p, session, seq, c, chk):
+    pk[p, 0] = _MAGIC | (_VERSION << 16) | (np.int64(session) << 32)
+    pk[p, 1] = seq
+    pk[p, 2] = c | (_MSZ << 16) | (_fold(chk) << 32)
+
+
 @njit(nogil=True, cache=True)
 def encode_packets(md, start, n, session, seq0, per_packet, pk):
-    """Encode messages ``md[start:start+n]`` (MD_DTYPE) into packets of up to
-    ``per_packet`` messages, rows of ``pk`` (int64, WIRE_PACKET_WORDS wide), sequence
-    numbers from ``seq0``.  Returns the number of packets (``pk`` must have room)."""
+    """Encode messages ``md[start:start+n]`` (MD_DTYPE: no order id, sent as 0) into
+    packets of up to ``per_packet`` messages, rows of ``pk`` (int64, WIRE_PACKET_WORDS
+    wide), sequence numbers from ``seq0``.  Returns the number of packets (``pk`` must
+    have room)."""
     n_pk = (n + per_packet - 1) // per_packet
     for p in range(n_pk):
         c = min(per_packet, n - p * per_packet)
         chk = 0
         for j in range(c):
-            m = md[start + p * per_packet + j]
-            o = 3 + 4 * j
-            w0 = (np.int64(m.kind) | (np.int64(m.side) << 8) | (np.int64(m.symbol) << 16)
-                  | (np.int64(m.qty) << 32))
-            pk[p, o] = w0
-            pk[p, o + 1] = 0
-            pk[p, o + 2] = m.px_tick
-            pk[p, o + 3] = m.ts_exch_ns
-            chk ^= w0 ^ m.px_tick ^ m.ts_exch_ns
-        pk[p, 0] = _MAGIC | (_VERSION << 16) | (np.int64(session) << 32)
-        pk[p, 1] = seq0 + p * per_packet
-        pk[p, 2] = c | (_MSZ << 16) | (_fold(chk) << 32)
+            chk ^= _put_msg(pk, p, j, md[start + p * per_packet + j], np.int64(0))
+        _put_header(pk, p, session, seq0 + p * per_packet, c, chk)
+    return n_pk
+
+
+@njit(nogil=True, cache=True)
+def encode_wire(msgs, start, n, session, seq0, per_packet, pk):
+    """``encode_packets`` for ``WIRE_MSG_DTYPE`` records (the exchange's market data),
+    which carry their order ids onto the wire."""
+    n_pk = (n + per_packet - 1) // per_packet
+    for p in range(n_pk):
+        c = min(per_packet, n - p * per_packet)
+        chk = 0
+        for j in range(c):
+            m = msgs[start + p * per_packet + j]
+            chk ^= _put_msg(pk, p, j, m, np.int64(m.order_id))
+        _put_header(pk, p, session, seq0 + p * per_packet, c, chk)
     return n_pk
 
 

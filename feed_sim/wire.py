@@ -34,13 +34,15 @@ class PacketBuffer:
         self.n = 0
 
     def encode(self, md: np.ndarray, session: int, seq0: int, per_packet: int = schema.WIRE_MAX_MSGS) -> int:
-        """Encode all of ``md`` (MD_DTYPE) from sequence ``seq0``; returns packets made."""
+        """Encode all of ``md`` (MD_DTYPE, or WIRE_MSG_DTYPE with order ids) from
+        sequence ``seq0``; returns packets made."""
         if not 1 <= per_packet <= schema.WIRE_MAX_MSGS:
             raise ValueError(f"per_packet must be 1..{schema.WIRE_MAX_MSGS}, got {per_packet}")
         need = -(-len(md) // per_packet)
         if need > len(self.words):
             raise ValueError(f"{len(md)} messages need {need} packets, buffer holds {len(self.words)}")
-        n = int(WK.encode_packets(md, 0, len(md), session, seq0, per_packet, self.words))
+        enc = WK.encode_wire if md.dtype == schema.WIRE_MSG_DTYPE else WK.encode_packets
+        n = int(enc(md, 0, len(md), session, seq0, per_packet, self.words))
         counts = np.full(n, per_packet, np.int64)
         if n:
             counts[-1] = len(md) - per_packet * (n - 1)

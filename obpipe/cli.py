@@ -334,7 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 "obpipe tail -h)", add_help=False)
     sub.add_parser("kafka", help="run the embedded Kafka-compatible broker (tansu) on 127.0.0.1 until Ctrl-C",
                    add_help=False)
+    sub.add_parser("book", help="matching engine on CSV commands from stdin or a file (obpipe book -h)",
+                   add_help=False)
+    sub.add_parser("exchange", help="the order-entry exchange: TCP in, UDP market data out, journal "
+                                    "(obpipe exchange -h)", add_help=False)
+    sub.add_parser("exchange-client", help="simulated traders over TCP: round-trip latency "
+                                           "(obpipe exchange-client -h)", add_help=False)
     return p
+
+
+_PASS_THROUGH = {"book": "engine.book_cli", "exchange": "engine.exchange", "exchange-client": "engine.exchange_client"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         from publisher import broker
 
         return broker.main(argv[1:])
+    if argv and argv[0] in _PASS_THROUGH:
+        import importlib
+
+        return importlib.import_module(_PASS_THROUGH[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.fn(args) or 0)
 

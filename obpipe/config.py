@@ -154,6 +154,31 @@ class KafkaConfig:
 
 
 @dataclass(frozen=True)
+class ExchangeConfig:
+    host: str = "127.0.0.1"  # order-entry TCP address; 127.0.0.1 = this machine only
+    port: int = 9000  # 0: any free port (printed at start)
+    band_ticks: int = 1 << 16  # price band per symbol (ticks), centred on its first limit price
+    capacity: int = 1 << 20  # resting orders, all symbols; past it an order's rest is cancelled (book full)
+    max_batch: int = 4096  # requests matched per kernel call; one journal write per batch
+    read_max: int = 32 * 1024  # bytes read from one client per loop turn (fairness)
+    out_buffer_max: int = 4 << 20  # bytes queued for one client; past it the client is disconnected
+    max_clients: int = 1024  # further connections are refused
+    md_host: str = "127.0.0.1"  # market data (UDP, the pipeline's wire format) goes to md_host:md_port
+    md_port: int = 0  # 0: no market data (obpipe run points it at its receiver)
+    journal: str = ""  # journal file; "" = none (a restart starts empty)
+    fsync: str = "batch"  # "batch": fsync each batch before acknowledging it; "interval"; "none" (page cache only)
+    fsync_interval_ms: float = 10.0  # with fsync = "interval"
+
+
+@dataclass(frozen=True)
+class TradersConfig:
+    clients: int = 8  # simulated traders (TCP connections) when obpipe run uses the exchange as its feed
+    rate: int = 20_000  # orders/s, all traders together (0: as fast as the exchange answers)
+    window: int = 16  # requests in flight per trader
+    seed: int = 1
+
+
+@dataclass(frozen=True)
 class RunConfig:
     rate: int = 200_000  # synthetic feed messages/s (0: as fast as possible)
     duration_s: float = 0.0  # 0: until Ctrl-C
@@ -171,6 +196,8 @@ class Config:
     supervisor: SupervisorConfig = SupervisorConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     kafka: KafkaConfig = KafkaConfig()
+    exchange: ExchangeConfig = ExchangeConfig()
+    traders: TradersConfig = TradersConfig()
     run: RunConfig = RunConfig()
 
     def __post_init__(self):
@@ -271,6 +298,7 @@ def _validate(c: Config) -> None:
         bad("supervisor.heartbeat_timeout_s", f"must be a number >= 0, got {c.supervisor.heartbeat_timeout_s}")
     _validate_analysis(c.analysis, bad)
     _validate_kafka(c.kafka, bad)
+    _validate_exchange(c.exchange, c.traders, bad)
     for k in ("book", "rx", "feed", "analysis", "publisher", "supervisor"):
         v = getattr(c.pinning, k)
         if isinstance(v, str) and v != "auto":
@@ -347,6 +375,32 @@ def _validate_kafka(k: KafkaConfig, bad) -> None:
         bad("kafka.linger_ms", "must be >= 0")
     if not k.flush_timeout_s >= 0:
         bad("kafka.flush_timeout_s", "must be >= 0")
+
+
+def _validate_exchange(x: ExchangeConfig, t: TradersConfig, bad) -> None:
+    import math
+
+    for key in ("port", "md_port"):
+        if not 0 <= getattr(x, key) <= 65535:
+            bad(f"exchange.{key}", f"must be 0..65535, got {getattr(x, key)}")
+    if not 2 <= x.band_ticks <= 1 << 24:
+        bad("exchange.band_ticks", f"must be 2..{1 << 24}, got {x.band_ticks}")
+    if not 1 <= x.capacity <= 1 << 26:
+        bad("exchange.capacity", f"must be 1..{1 << 26}, got {x.capacity}")
+    if not 1 <= x.max_batch <= 1 << 16:
+        bad("exchange.max_batch", f"must be 1..{1 << 16}, got {x.max_batch}")
+    if x.read_max < 32:
+        bad("exchange.read_max", "must be >= 32 bytes (one message)")
+    if x.out_buffer_max < 4096:
+        bad("exchange.out_buffer_max", "must be >= 4096 bytes")
+    if x.max_clients < 1:
+        bad("exchange.max_clients", "must be >= 1")
+    if x.fsync not in ("batch", "interval", "none"):
+        bad("exchange.fsync", f"must be \"batch\", \"interval\" or \"none\", got {x.fsync!r}")
+    if not (math.isfinite(x.fsync_interval_ms) and x.fsync_interval_ms > 0):
+        bad("exchange.fsync_interval_ms", f"must be > 0, got {x.fsync_interval_ms}")
+    if t.clients < 1 or t.window < 1 or t.rate < 0:
+        bad("traders", f"clients and window must be >= 1 and rate >= 0, got {t}")
 
 
 def from_dict(table: dict) -> Config:

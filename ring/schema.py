@@ -318,6 +318,101 @@ WIRE_MSG_DTYPE = np.dtype(
 assert WIRE_HEADER_DTYPE.itemsize == WIRE_HEADER_BYTES and WIRE_MSG_DTYPE.itemsize == WIRE_MSG_BYTES
 assert WIRE_MAX_MSGS == 45 and WIRE_PACKET_WORDS == 183
 
+# --- order entry (TCP, docs/PROTOCOL.md "Order entry") ------------------------------------
+
+#: Inbound message types (client -> exchange).
+OE_NEW = 1  # new order
+OE_CANCEL = 2  # cancel order ``order_id``
+OE_MODIFY = 3  # modify order ``order_id``: new price (``px_tick`` <= 0 keeps it) and new open quantity
+OE_LOGIN = 4  # first message of a connection only: act for ``account`` (1..2^31-1) instead of a fresh one
+#: Order-entry protocol version (sent in R_HELLO).
+OE_VERSION = 1
+#: Accounts the exchange gives connections that do not log in start here.
+OE_AUTO_ACCOUNT = 1 << 31
+#: Order types.
+OT_LIMIT = 0
+OT_MARKET = 1
+#: Time in force.  A market order never rests, whatever its TIF (GTC counts as IOC).
+TIF_GTC = 0
+TIF_IOC = 1
+TIF_FOK = 2
+#: Order sides (an order's side is the book side it rests on).
+BUY = 0
+SELL = 1
+
+#: One order-entry request.  32 bytes, little-endian.
+ORDER_IN_DTYPE = np.dtype(
+    [
+        ("type", "u1"),  # OE_*
+        ("side", "u1"),  # BUY / SELL (new orders)
+        ("ord_type", "u1"),  # OT_* (new orders)
+        ("tif", "u1"),  # TIF_* (new orders)
+        ("symbol", "<u2"),  # symbol index
+        ("_reserved", "<u2"),  # 0
+        ("qty", "<u4"),  # lots: new order quantity / modify: new open quantity
+        ("account", "<u4"),  # set by the exchange from the connection (a client's value is ignored); 0: no STP
+        ("px_tick", "<i8"),  # limit price (new, modify); ignored for market orders
+        ("order_id", "<u8"),  # target of cancel / modify; 0 for new orders
+    ],
+    align=True,
+)
+assert ORDER_IN_DTYPE.itemsize == 32
+
+#: Outbound report types (exchange -> client).
+R_ACK = 1  # new order accepted: order_id assigned, qty, px
+R_FILL = 2  # one execution of one of the client's orders (flags & RF_DONE: nothing left open)
+R_CANCELLED = 3  # order left the book or its rest was cancelled (reason RS_USER, RS_UNFILLED, RS_SELF_TRADE, RS_BOOK_FULL)
+R_REJECT = 4  # request refused (reason RS_*); order_id: the assigned id (new) or the target (cancel/modify)
+R_MODIFIED = 5  # modify accepted: qty = new open quantity, px = its price
+R_HELLO = 6  # on connect and after a login: order_id = next order id, px_tick = next market-data sequence,
+#             qty = protocol version, leaves = the connection's account
+REPORT_NAMES = {R_ACK: "ack", R_FILL: "fill", R_CANCELLED: "cancelled", R_REJECT: "reject", R_MODIFIED: "modified",
+                R_HELLO: "hello"}
+#: ``ORDER_OUT_DTYPE.flags``.
+RF_DONE = 1  # fill: the order has no open quantity left
+RF_AGGRESSOR = 2  # fill: this order was the incoming (taking) side
+#: Reasons (reject and cancel).
+RS_NONE = 0
+RS_BAD_PRICE = 1  # limit price <= 0 or outside the symbol's price band
+RS_BAD_QTY = 2  # quantity 0 (or over the maximum)
+RS_UNKNOWN_ORDER = 3  # cancel/modify of an order that is not resting (never existed, filled or cancelled)
+RS_FOK_UNFILLABLE = 4  # fill-or-kill that cannot fill completely now
+RS_SELF_TRADE = 5  # resting order cancelled because an order of the same account would have traded with it
+RS_BAD_SIDE = 6
+RS_BAD_TYPE = 7  # unknown message type, order type or time in force
+RS_BAD_SYMBOL = 8
+RS_BOOK_FULL = 9  # the order pool is full: the rest of the order could not rest (cancelled)
+RS_USER = 10  # cancelled by its owner
+RS_UNFILLED = 11  # unfilled rest of a market or IOC order, cancelled
+RS_MALFORMED = 12  # the exchange could not read the message (reserved bytes set)
+RS_NOT_OWNER = 13  # cancel/modify of another account's order
+REASON_NAMES = {RS_NONE: "none", RS_BAD_PRICE: "bad price", RS_BAD_QTY: "bad quantity",
+                RS_UNKNOWN_ORDER: "unknown order", RS_FOK_UNFILLABLE: "FOK unfillable", RS_SELF_TRADE: "self-trade",
+                RS_BAD_SIDE: "bad side", RS_BAD_TYPE: "bad type", RS_BAD_SYMBOL: "bad symbol",
+                RS_BOOK_FULL: "book full", RS_USER: "user", RS_UNFILLED: "unfilled", RS_MALFORMED: "malformed",
+                RS_NOT_OWNER: "not owner"}
+
+#: One order-entry report.  32 bytes, little-endian.
+ORDER_OUT_DTYPE = np.dtype(
+    [
+        ("type", "u1"),  # R_*
+        ("side", "u1"),  # the order's side
+        ("reason", "u1"),  # RS_* (reject, cancelled)
+        ("flags", "u1"),  # RF_* (fill)
+        ("symbol", "<u2"),
+        ("_reserved", "<u2"),
+        ("qty", "<u4"),  # ack: order qty; fill: lots executed; cancelled: lots cancelled; modified: new open qty
+        ("leaves", "<u4"),  # lots still open after this report
+        ("px_tick", "<i8"),  # ack/modified: limit price (market: 0); fill: execution price; cancelled: the order's price
+        ("order_id", "<u8"),
+    ],
+    align=True,
+)
+assert ORDER_OUT_DTYPE.itemsize == 32
+#: Largest order quantity (the wire's u32).
+MAX_ORDER_QTY = (1 << 32) - 1
+
+
 # --- stats block ---------------------------------------------------------------------
 
 #: Counters per stats row: 32 int64 = 4 cache lines, written only by the row's owner.

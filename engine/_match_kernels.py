@@ -1,0 +1,632 @@
+"""Compiled price-time-priority matching engine (the exchange's hot path).
+
+Design
+------
+All state is preallocated numpy arrays owned by one process; nothing is allocated per
+order and no Python runs per order.
+
+* ``O`` - the order pool, int64 ``(capacity, 8)``: one 64-byte row (one cache line) per
+  resting order: id, price, open quantity, prev/next slot in its level's FIFO, account,
+  side, symbol.  Free rows are chained through ``O_NEXT`` from ``E[E_FREE]``; a free
+  row has id 0.  Allocation and release are O(1) pops/pushes.
+* ``L`` - price levels, int64 ``(n_symbols * 2 * W, 4)``: head slot, tail slot, total
+  open quantity and order count.  Symbol ``s`` side ``d`` price ``px`` is row
+  ``(2 s + d) W + (px - base_s)``: a price ladder over the symbol's price band
+  ``[base, base + W)``.  Orders of a level form a doubly linked FIFO through the pool
+  rows, so a cancel anywhere in a level is O(1) (the C++ original scanned a deque).
+  Price -> level is one subtraction (no tree: the original's ``std::map`` cost
+  O(log n) per new level).  The best level per side is kept incrementally; emptying it
+  scans away from the touch to the next non-empty level, O(gap in ticks).
+* ``H`` - order id -> pool slot, an open-addressing table (linear probing, backward
+  shift deletion, 2-4x the pool so probes stay short).  Ids are sequential, so the
+  home bucket ``id & mask`` spreads them perfectly; a probe compares ``O[slot, O_ID]``.
+* ``S`` - per-symbol scalars (band base, best level per side, level/order/quantity
+  counts); ``E`` - engine scalars (next order id, free list, market-data messages
+  emitted, counters); ``N`` - fill counts of the three output buffers.
+
+Outputs go into caller-owned buffers, appended at ``N[...]``: reports
+(``schema.ORDER_OUT_DTYPE``, plus the receiving account in ``racct``), trades
+(int64 rows: buy id, sell id, price, quantity, aggressor side) and market data
+(``schema.WIRE_MSG_DTYPE``: add, partial cancel, delete, execute, exactly the feed the
+pipeline's book consumes).  Before each request ``process`` checks that the buffers have
+room for the worst case of that request (every order on the other side filled); if
+not it stops and returns how many requests it took, and the caller drains and calls
+again.  So a request is never split.
+
+Rules (docs/DECISIONS.md "Matching"):
+* price-time priority; trades at the resting order's price;
+* a market order, and the rest of an IOC order, never rests: its rest is cancelled
+  (``RS_UNFILLED``); FOK is checked before anything happens and rejected whole;
+* every new order gets an id (1, 2, 3, ... in arrival order), accepted or not, and
+  exactly one ACK or REJECT first;
+* modify: a lower quantity at the same price keeps priority (a partial cancel on the
+  feed); a price change or a higher quantity loses it (delete + a new add, same id;
+  the order may trade at its new price);
+* self-trade prevention (account != 0): when an incoming order meets a resting order
+  of its own account, the resting order is cancelled (``RS_SELF_TRADE``) and matching
+  goes on; the FOK check does not count such orders.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ring import schema
+from ring._atomics import monotonic_ns, rdtsc
+
+NO_PX = schema.NO_PX
+BUY = schema.BUY
+SELL = schema.SELL
+
+# Pool columns.
+O_ID = 0
+O_PX = 1
+O_QTY = 2  # open quantity
+O_PREV = 3
+O_NEXT = 4
+O_ACCT = 5
+O_SIDE = 6
+O_SYM = 7
+NO_COLS = 8
+
+# Level columns.
+L_HEAD = 0
+L_TAIL = 1
+L_QTY = 2
+L_CNT = 3
+
+# Per-symbol columns (side-indexed ones: column + side).
+S_BASE = 0  # price of ladder index 0; NO_PX until the band is set (first limit price)
+S_BEST = 1  # 1, 2: index of the best level per side, -1 when empty
+S_NLEV = 3  # 3, 4: non-empty levels
+S_NORD = 5  # 5, 6: resting orders
+S_QTY = 7  # 7, 8: resting quantity
+NS = 9
+
+# Engine scalars.
+E_NEXT_ID = 0
+E_FREE = 1  # head of the free slot list (-1: pool full)
+E_LIVE = 2  # resting orders
+E_W = 3  # ladder width (ticks per symbol side)
+E_MD = 4  # market-data messages emitted, ever (the next feed sequence is E_MD + 1)
+E_REQS = 5  # requests processed
+E_ACCEPTED = 6
+E_REJECTED = 7
+E_TRADES = 8
+E_TRADED_QTY = 9
+E_CANCELS = 10  # orders cancelled (user, unfilled rest, self-trade, book full)
+E_MODIFIES = 11
+E_STP = 12  # resting orders cancelled by self-trade prevention
+NE = 16
+E_NAMES = {E_REQS: "requests", E_ACCEPTED: "accepted", E_REJECTED: "rejected", E_TRADES: "trades",
+           E_TRADED_QTY: "traded_qty", E_CANCELS: "cancelled", E_MODIFIES: "modified", E_STP: "self_trade_cancels",
+           E_LIVE: "resting", E_MD: "md_messages"}
+
+# Output fill counts.
+N_REP = 0
+N_TRD = 1
+N_MD = 2
+
+_H_EMPTY = -1
+TRADE_COLS = 5  # buy id, sell id, px, qty, aggressor side
+
+
+def new_state(n_symbols: int, width: int, capacity: int, bases=None):
+    """(E, S, L, O, H) for ``n_symbols`` symbols with ``width``-tick bands and room
+    for ``capacity`` resting orders.  ``bases``: each band's lowest price (ticks), or
+    None/NO_PX to centre the band on the symbol's first limit price."""
+    E = np.zeros(NE, np.int64)
+    E[E_NEXT_ID] = 1
+    E[E_W] = width
+    S = np.zeros((n_symbols, NS), np.int64)
+    S[:, S_BASE] = NO_PX
+    if bases is not None:
+        S[:, S_BASE] = np.asarray(bases, np.int64)
+    S[:, S_BEST] = -1
+    S[:, S_BEST + 1] = -1
+    L = np.zeros((n_symbols * 2 * width, 4), np.int64)
+    L[:, L_HEAD] = -1
+    L[:, L_TAIL] = -1
+    O = np.zeros((capacity, NO_COLS), np.int64)
+    O[:, O_NEXT] = np.arange(1, capacity + 1)
+    O[-1, O_NEXT] = -1
+    E[E_FREE] = 0
+    hsize = 1 << max(4, int(2 * capacity - 1).bit_length())
+    H = np.full(hsize, _H_EMPTY, np.int64)
+    return E, S, L, O, H
+
+
+# --- id -> slot table ---------------------------------------------------------------
+
+@njit(nogil=True, cache=True, inline="always")
+def _h_find(H, O, oid):
+    mask = len(H) - 1
+    i = oid & mask
+    while True:
+        s = H[i]
+        if s == _H_EMPTY:
+            return -1
+        if O[s, O_ID] == oid:
+            return s
+        i = (i + 1) & mask
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _h_insert(H, O, oid, slot):
+    mask = len(H) - 1
+    i = oid & mask
+    while H[i] != _H_EMPTY:
+        i = (i + 1) & mask
+    H[i] = slot
+
+
+@njit(nogil=True, cache=True)
+def _h_delete(H, O, oid):
+    """Remove ``oid`` (present) by backward-shift deletion: no tombstones."""
+    mask = len(H) - 1
+    i = oid & mask
+    while O[H[i], O_ID] != oid:
+        i = (i + 1) & mask
+    j = i
+    while True:
+        j = (j + 1) & mask
+        s = H[j]
+        if s == _H_EMPTY:
+            break
+        k = O[s, O_ID] & mask  # home of the entry at j
+        # move it back to i unless its home lies cyclically in (i, j]
+        if (j > i and (k <= i or k > j)) or (j < i and (k <= i and k > j)):
+            H[i] = s
+            i = j
+    H[i] = _H_EMPTY
+
+
+# --- outputs -------------------------------------------------------------------------
+
+@njit(nogil=True, cache=True, inline="always")
+def _report(rep, racct, N, typ, side, reason, flags, sym, qty, leaves, px, oid, acct):
+    k = N[N_REP]
+    r = rep[k]
+    r.type = typ
+    r.side = side
+    r.reason = reason
+    r.flags = flags
+    r.symbol = sym
+    r.qty = qty
+    r.leaves = leaves
+    r.px_tick = px
+    r.order_id = oid
+    racct[k] = acct
+    N[N_REP] = k + 1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _md(md, N, E, kind, side, sym, qty, oid, px, ts):
+    k = N[N_MD]
+    m = md[k]
+    m.kind = kind
+    m.side = side
+    m.symbol = sym
+    m.qty = qty
+    m.order_id = oid
+    m.px_tick = px
+    m.ts_exch_ns = ts
+    N[N_MD] = k + 1
+    E[E_MD] += 1
+
+
+# --- levels --------------------------------------------------------------------------
+
+@njit(nogil=True, cache=True, inline="always")
+def _row(E, sym, side, i):
+    return (2 * sym + side) * E[E_W] + i
+
+
+@njit(nogil=True, cache=True)
+def _rescan(E, S, L, sym, side, i):
+    """The level at index ``i`` just emptied and was the best: find the next best."""
+    if S[sym, S_NLEV + side] == 0:
+        S[sym, S_BEST + side] = -1
+        return
+    r0 = _row(E, sym, side, 0)
+    if side == BUY:
+        k = i - 1
+        while L[r0 + k, L_CNT] == 0:
+            k -= 1
+    else:
+        k = i + 1
+        while L[r0 + k, L_CNT] == 0:
+            k += 1
+    S[sym, S_BEST + side] = k
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _append(E, S, L, O, slot):
+    """Link pool row ``slot`` (id, px, qty, side, sym, acct set) at the back of its level."""
+    sym = O[slot, O_SYM]
+    side = O[slot, O_SIDE]
+    i = O[slot, O_PX] - S[sym, S_BASE]
+    r = _row(E, sym, side, i)
+    q = O[slot, O_QTY]
+    O[slot, O_NEXT] = -1
+    if L[r, L_CNT] == 0:
+        L[r, L_HEAD] = slot
+        O[slot, O_PREV] = -1
+        S[sym, S_NLEV + side] += 1
+        b = S[sym, S_BEST + side]
+        if b < 0 or (side == BUY and i > b) or (side == SELL and i < b):
+            S[sym, S_BEST + side] = i
+    else:
+        t = L[r, L_TAIL]
+        O[t, O_NEXT] = slot
+        O[slot, O_PREV] = t
+    L[r, L_TAIL] = slot
+    L[r, L_QTY] += q
+    L[r, L_CNT] += 1
+    S[sym, S_NORD + side] += 1
+    S[sym, S_QTY + side] += q
+    E[E_LIVE] += 1
+
+
+@njit(nogil=True, cache=True)
+def _unlink(E, S, L, O, H, slot, release):
+    """Take pool row ``slot`` out of its level (its open quantity leaves the level);
+    with ``release`` also drop its id and return the row to the free list."""
+    sym = O[slot, O_SYM]
+    side = O[slot, O_SIDE]
+    i = O[slot, O_PX] - S[sym, S_BASE]
+    r = _row(E, sym, side, i)
+    p = O[slot, O_PREV]
+    n = O[slot, O_NEXT]
+    if p >= 0:
+        O[p, O_NEXT] = n
+    else:
+        L[r, L_HEAD] = n
+    if n >= 0:
+        O[n, O_PREV] = p
+    else:
+        L[r, L_TAIL] = p
+    q = O[slot, O_QTY]
+    L[r, L_QTY] -= q
+    L[r, L_CNT] -= 1
+    S[sym, S_NORD + side] -= 1
+    S[sym, S_QTY + side] -= q
+    E[E_LIVE] -= 1
+    if L[r, L_CNT] == 0:
+        S[sym, S_NLEV + side] -= 1
+        if S[sym, S_BEST + side] == i:
+            _rescan(E, S, L, sym, side, i)
+    if release:
+        _h_delete(H, O, O[slot, O_ID])
+        O[slot, O_ID] = 0
+        O[slot, O_NEXT] = E[E_FREE]
+        E[E_FREE] = slot
+
+
+# --- matching ------------------------------------------------------------------------
+
+@njit(nogil=True, cache=True)
+def _fillable(E, S, L, O, sym, side, limit, px, acct, want):
+    """Quantity an order could take right now, up to ``want`` (own-account orders,
+    which self-trade prevention would cancel, do not count)."""
+    opp = 1 - side
+    b = S[sym, S_BEST + opp]
+    if b < 0:
+        return 0
+    base = S[sym, S_BASE]
+    r0 = _row(E, sym, opp, 0)
+    got = 0
+    W = E[E_W]
+    k = b
+    while 0 <= k < W and got < want:
+        lp = base + k
+        if limit and ((side == BUY and lp > px) or (side == SELL and lp < px)):
+            break
+        r = r0 + k
+        if L[r, L_CNT] > 0:
+            if acct == 0:
+                got += L[r, L_QTY]
+            else:
+                o = L[r, L_HEAD]
+                while o >= 0 and got < want:
+                    if O[o, O_ACCT] != acct:
+                        got += O[o, O_QTY]
+                    o = O[o, O_NEXT]
+        k += 1 if side == BUY else -1
+    return got
+
+
+@njit(nogil=True, cache=True)
+def _aggress(E, S, L, O, H, rep, racct, trd, md, N, ts, oid, acct, side, sym, limit, px, qty, rest):
+    """Match ``qty`` of order ``oid`` against the other side; rest the remainder
+    (``rest``) or cancel it.  The ACK/MODIFIED report is already out."""
+    opp = 1 - side
+    base = S[sym, S_BASE]
+    r0 = _row(E, sym, opp, 0)
+    left = qty
+    while left > 0:
+        b = S[sym, S_BEST + opp]
+        if b < 0:
+            break
+        lp = base + b
+        if limit and ((side == BUY and lp > px) or (side == SELL and lp < px)):
+            break
+        r = r0 + b
+        o = L[r, L_HEAD]
+        while left > 0 and o >= 0:
+            nxt = O[o, O_NEXT]
+            if acct != 0 and O[o, O_ACCT] == acct:
+                q = O[o, O_QTY]
+                _report(rep, racct, N, schema.R_CANCELLED, opp, schema.RS_SELF_TRADE, 0, sym, q, 0, lp,
+                        O[o, O_ID], acct)
+                _md(md, N, E, schema.K_DELETE, opp, sym, q, O[o, O_ID], lp, ts)
+                _unlink(E, S, L, O, H, o, True)
+                E[E_STP] += 1
+                E[E_CANCELS] += 1
+            else:
+                rq = O[o, O_QTY]
+                f = left if left < rq else rq
+                left -= f
+                rid = O[o, O_ID]
+                k = N[N_TRD]
+                if side == BUY:
+                    trd[k, 0] = oid
+                    trd[k, 1] = rid
+                else:
+                    trd[k, 0] = rid
+                    trd[k, 1] = oid
+                trd[k, 2] = lp
+                trd[k, 3] = f
+                trd[k, 4] = side
+                N[N_TRD] = k + 1
+                E[E_TRADES] += 1
+                E[E_TRADED_QTY] += f
+                _report(rep, racct, N, schema.R_FILL, side, 0,
+                        schema.RF_AGGRESSOR | (schema.RF_DONE if left == 0 else 0), sym, f, left, lp, oid, acct)
+                _report(rep, racct, N, schema.R_FILL, opp, 0, schema.RF_DONE if f == rq else 0, sym, f, rq - f,
+                        lp, rid, O[o, O_ACCT])
+                _md(md, N, E, schema.K_EXECUTE, opp, sym, f, rid, lp, ts)
+                if f == rq:
+                    _unlink(E, S, L, O, H, o, True)
+                else:
+                    O[o, O_QTY] = rq - f
+                    L[r, L_QTY] -= f
+                    S[sym, S_QTY + opp] -= f
+            o = nxt
+    if left == 0:
+        return
+    if rest:
+        slot = E[E_FREE]
+        if slot >= 0:
+            E[E_FREE] = O[slot, O_NEXT]
+            O[slot, O_ID] = oid
+            O[slot, O_PX] = px
+            O[slot, O_QTY] = left
+            O[slot, O_ACCT] = acct
+            O[slot, O_SIDE] = side
+            O[slot, O_SYM] = sym
+            _h_insert(H, O, oid, slot)
+            _append(E, S, L, O, slot)
+            _md(md, N, E, schema.K_ADD, side, sym, left, oid, px, ts)
+            return
+        reason = schema.RS_BOOK_FULL
+    else:
+        reason = schema.RS_UNFILLED
+    _report(rep, racct, N, schema.R_CANCELLED, side, reason, 0, sym, left, 0, px if limit else 0, oid, acct)
+    E[E_CANCELS] += 1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _in_band(E, S, sym, px):
+    base = S[sym, S_BASE]
+    if base == NO_PX:  # first limit price of the symbol: centre the band on it
+        base = px - E[E_W] // 2
+        if base < 1:
+            base = 1
+        S[sym, S_BASE] = base
+    return base <= px < base + E[E_W]
+
+
+@njit(nogil=True, cache=True)
+def _reject(E, rep, racct, N, side, reason, sym, oid, acct):
+    _report(rep, racct, N, schema.R_REJECT, side, reason, 0, sym, 0, 0, 0, oid, acct)
+    E[E_REJECTED] += 1
+
+
+@njit(nogil=True, cache=True)
+def _new_order(E, S, L, O, H, rep, racct, trd, md, N, ts, c):
+    oid = E[E_NEXT_ID]
+    E[E_NEXT_ID] = oid + 1
+    side = np.int64(c.side)
+    sym = np.int64(c.symbol)
+    acct = np.int64(c.account)
+    qty = np.int64(c.qty)
+    ot = np.int64(c.ord_type)
+    tif = np.int64(c.tif)
+    px = np.int64(c.px_tick)
+    if side > 1:
+        _reject(E, rep, racct, N, side, schema.RS_BAD_SIDE, sym, oid, acct)
+        return
+    if ot > schema.OT_MARKET or tif > schema.TIF_FOK:
+        _reject(E, rep, racct, N, side, schema.RS_BAD_TYPE, sym, oid, acct)
+        return
+    if sym >= S.shape[0]:
+        _reject(E, rep, racct, N, side, schema.RS_BAD_SYMBOL, sym, oid, acct)
+        return
+    if qty <= 0:
+        _reject(E, rep, racct, N, side, schema.RS_BAD_QTY, sym, oid, acct)
+        return
+    limit = ot == schema.OT_LIMIT
+    if limit:
+        if px <= 0 or not _in_band(E, S, sym, px):
+            _reject(E, rep, racct, N, side, schema.RS_BAD_PRICE, sym, oid, acct)
+            return
+    else:
+        px = 0
+    if tif == schema.TIF_FOK and _fillable(E, S, L, O, sym, side, limit, px, acct, qty) < qty:
+        _reject(E, rep, racct, N, side, schema.RS_FOK_UNFILLABLE, sym, oid, acct)
+        return
+    E[E_ACCEPTED] += 1
+    _report(rep, racct, N, schema.R_ACK, side, 0, 0, sym, qty, qty, px, oid, acct)
+    _aggress(E, S, L, O, H, rep, racct, trd, md, N, ts, oid, acct, side, sym, limit, px, qty,
+             limit and tif == schema.TIF_GTC)
+
+
+@njit(nogil=True, cache=True)
+def _cancel(E, S, L, O, H, rep, racct, md, N, ts, c):
+    oid = np.int64(c.order_id)
+    acct = np.int64(c.account)
+    slot = _h_find(H, O, oid) if oid > 0 else -1
+    if slot < 0:
+        _reject(E, rep, racct, N, np.int64(c.side), schema.RS_UNKNOWN_ORDER, np.int64(c.symbol), oid, acct)
+        return
+    if O[slot, O_ACCT] != acct:
+        _reject(E, rep, racct, N, O[slot, O_SIDE], schema.RS_NOT_OWNER, O[slot, O_SYM], oid, acct)
+        return
+    side = O[slot, O_SIDE]
+    sym = O[slot, O_SYM]
+    q = O[slot, O_QTY]
+    px = O[slot, O_PX]
+    _report(rep, racct, N, schema.R_CANCELLED, side, schema.RS_USER, 0, sym, q, 0, px, oid, acct)
+    _md(md, N, E, schema.K_DELETE, side, sym, q, oid, px, ts)
+    _unlink(E, S, L, O, H, slot, True)
+    E[E_CANCELS] += 1
+
+
+@njit(nogil=True, cache=True)
+def _modify(E, S, L, O, H, rep, racct, trd, md, N, ts, c):
+    oid = np.int64(c.order_id)
+    acct = np.int64(c.account)
+    slot = _h_find(H, O, oid) if oid > 0 else -1
+    if slot < 0:
+        _reject(E, rep, racct, N, np.int64(c.side), schema.RS_UNKNOWN_ORDER, np.int64(c.symbol), oid, acct)
+        return
+    side = O[slot, O_SIDE]
+    sym = O[slot, O_SYM]
+    if O[slot, O_ACCT] != acct:
+        _reject(E, rep, racct, N, side, schema.RS_NOT_OWNER, sym, oid, acct)
+        return
+    qty = np.int64(c.qty)
+    if qty <= 0:
+        _reject(E, rep, racct, N, side, schema.RS_BAD_QTY, sym, oid, acct)
+        return
+    old_px = O[slot, O_PX]
+    old_q = O[slot, O_QTY]
+    px = np.int64(c.px_tick)
+    if px <= 0:
+        px = old_px
+    elif not _in_band(E, S, sym, px):
+        _reject(E, rep, racct, N, side, schema.RS_BAD_PRICE, sym, oid, acct)
+        return
+    E[E_MODIFIES] += 1
+    _report(rep, racct, N, schema.R_MODIFIED, side, 0, 0, sym, qty, qty, px, oid, acct)
+    if px == old_px and qty <= old_q:  # keeps its place
+        d = old_q - qty
+        if d > 0:
+            O[slot, O_QTY] = qty
+            r = _row(E, sym, side, px - S[sym, S_BASE])
+            L[r, L_QTY] -= d
+            S[sym, S_QTY + side] -= d
+            _md(md, N, E, schema.K_CANCEL, side, sym, d, oid, px, ts)
+        return
+    # loses its place: out of the book, then in again as a new arrival (it may trade)
+    _md(md, N, E, schema.K_DELETE, side, sym, old_q, oid, old_px, ts)
+    _unlink(E, S, L, O, H, slot, True)
+    _aggress(E, S, L, O, H, rep, racct, trd, md, N, ts, oid, acct, side, sym, True, px, qty, True)
+
+
+@njit(nogil=True, cache=True)
+def process(cmds, start, n, ts, E, S, L, O, H, rep, racct, trd, md, N, lat):
+    """Process requests ``cmds[start:start+n]`` (``ORDER_IN_DTYPE``) stamped ``ts``
+    (ns, the market data's ``ts_exch_ns``).  Reports, trades and market data are
+    appended to ``rep``/``racct``, ``trd``, ``md`` at ``N``.  If ``len(lat) > 0``,
+    ``lat[start + j]`` gets request j's cost in CPU cycles.  Returns how many requests
+    were processed: fewer than ``n`` when an output buffer could not hold the worst
+    case of the next one (drain and call again)."""
+    timed = len(lat) > 0
+    for j in range(n):
+        c = cmds[start + j]
+        t0 = rdtsc() if timed else 0
+        # room for the worst case: every order on the book's other side filled (or
+        # self-trade cancelled) = 2 reports + 1 trade + 1 md each, plus a few more
+        sym = np.int64(c.symbol)
+        opp_orders = S[sym, S_NORD] + S[sym, S_NORD + 1] if sym < S.shape[0] else 0
+        if (N[N_REP] + 2 * opp_orders + 4 > len(rep) or N[N_TRD] + opp_orders > len(trd)
+                or N[N_MD] + opp_orders + 3 > len(md)):
+            return j
+        t = c.type
+        if c._reserved != 0:
+            _reject(E, rep, racct, N, np.int64(c.side), schema.RS_MALFORMED, sym, np.int64(c.order_id),
+                    np.int64(c.account))
+        elif t == schema.OE_NEW:
+            _new_order(E, S, L, O, H, rep, racct, trd, md, N, ts, c)
+        elif t == schema.OE_CANCEL:
+            _cancel(E, S, L, O, H, rep, racct, md, N, ts, c)
+        elif t == schema.OE_MODIFY:
+            _modify(E, S, L, O, H, rep, racct, trd, md, N, ts, c)
+        else:
+            _reject(E, rep, racct, N, np.int64(c.side), schema.RS_BAD_TYPE, sym, np.int64(c.order_id),
+                    np.int64(c.account))
+        E[E_REQS] += 1
+        if timed:
+            lat[start + j] = rdtsc() - t0
+    return n
+
+
+# --- read-outs (PRINT, tests, recovery checks) -----------------------------------------
+
+@njit(nogil=True, cache=True)
+def levels(E, S, L, sym, side, px, qty, cnt):
+    """Non-empty levels of one side, best first, into px/qty/cnt; returns how many
+    (at most ``len(px)``)."""
+    b = S[sym, S_BEST + side]
+    if b < 0:
+        return 0
+    r0 = _row(E, sym, side, 0)
+    base = S[sym, S_BASE]
+    k = b
+    m = 0
+    W = E[E_W]
+    while 0 <= k < W and m < len(px):
+        r = r0 + k
+        if L[r, L_CNT] > 0:
+            px[m] = base + k
+            qty[m] = L[r, L_QTY]
+            cnt[m] = L[r, L_CNT]
+            m += 1
+        k += -1 if side == BUY else 1
+    return m
+
+
+@njit(nogil=True, cache=True)
+def orders(E, S, L, O, sym, side, out):
+    """Every resting order of one side in priority order (best price first, then
+    time): rows of (id, px, open qty, account) into ``out``; returns how many."""
+    b = S[sym, S_BEST + side]
+    if b < 0:
+        return 0
+    r0 = _row(E, sym, side, 0)
+    k = b
+    m = 0
+    W = E[E_W]
+    while 0 <= k < W and m < len(out):
+        o = L[r0 + k, L_HEAD]
+        while o >= 0 and m < len(out):
+            out[m, 0] = O[o, O_ID]
+            out[m, 1] = O[o, O_PX]
+            out[m, 2] = O[o, O_QTY]
+            out[m, 3] = O[o, O_ACCT]
+            m += 1
+            o = O[o, O_NEXT]
+        k += -1 if side == BUY else 1
+    return m
+
+
+@njit(nogil=True, cache=True)
+def cycles_per_ns(spin_ns):
+    """Calibrate the cycle counter against CLOCK_MONOTONIC over ``spin_ns``."""
+    t0 = monotonic_ns()
+    c0 = rdtsc()
+    while monotonic_ns() - t0 < spin_ns:
+        pass
+    return (rdtsc() - c0) / (monotonic_ns() - t0)

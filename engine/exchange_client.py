@@ -1,0 +1,292 @@
+"""``obpipe exchange-client``: simulated traders over the order-entry protocol.
+
+``Traders`` opens N TCP connections to an exchange and drives them from one event
+loop: each trader sends random orders (limit GTC around a drifting mid, some IOC,
+market and FOK orders, cancels and modifies of its own resting orders), keeps at most
+``window`` requests in flight, optionally paced to a total ``rate``, and measures each
+request's round trip: from just before its bytes are sent to when its response (ACK,
+REJECT, MODIFIED, or CANCELLED by the user) is read.  Every request gets exactly one
+response and they come back in order, so the i-th response answers the i-th request.
+
+It checks what it can see: one response per request, fills per order never above the
+order's quantity.  ``run()`` returns per-trader results for tests; ``main`` prints
+RTT percentiles (us) and throughput, as JSON with ``--json``.
+
+This is a load generator in Python: its own per-message work is in every RTT it
+reports (the exchange's share is measured by ``bench/matching.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import selectors
+import socket
+import sys
+import time
+from collections import deque
+
+import numpy as np
+
+from ring import schema
+
+OUT = schema.ORDER_OUT_DTYPE
+REQ = schema.ORDER_IN_DTYPE.itemsize
+
+
+class Trader:
+    __slots__ = ("i", "sock", "rng", "inbuf", "sent_t", "rtt", "sent", "responses", "acks", "rejects", "fills",
+                 "fill_qty", "filled", "ordered", "live", "account", "hello", "next_due", "done", "pending",
+                 "cancelled", "reads", "mid", "closed", "k", "u", "sym", "drift", "pick", "qty", "side", "off")
+
+    def __init__(self, i: int, sock, seed: int, mid: int):
+        self.i = i
+        self.sock = sock
+        self.rng = np.random.default_rng(seed)
+        self.inbuf = bytearray()
+        self.sent_t = deque()  # send time of each request without a response yet
+        self.pending = deque()  # (kind, order qty) of each request without a response yet
+        self.rtt: list[int] = []
+        self.sent = self.responses = self.acks = self.rejects = self.fills = self.fill_qty = 0
+        self.cancelled = 0
+        self.filled: dict[int, int] = {}  # order id -> lots filled
+        self.ordered: dict[int, int] = {}  # order id -> lots ordered (acked)
+        self.live: list[int] = []  # ids believed resting
+        self.account = 0
+        self.hello = None
+        self.next_due = 0
+        self.done = False
+        self.reads = True
+        self.mid = mid
+        self.closed = False
+        self.u = []
+        self.k = 0
+
+    def refill(self, n: int = 4096) -> None:
+        """The next ``n`` requests' random draws, as Python lists (cheap to index)."""
+        r = self.rng
+        self.u = r.random(n).tolist()
+        self.sym, self.pick = r.integers(0, 1 << 30, n).tolist(), r.integers(0, 1 << 30, n).tolist()
+        self.drift, self.side = r.integers(-1, 2, n).tolist(), r.integers(0, 2, n).tolist()
+        self.qty, self.off = r.integers(1, 100, n).tolist(), r.integers(0, 20, n).tolist()
+        self.k = 0
+
+
+class Traders:
+    """``clients`` traders against ``host:port``; each sends ``orders`` requests (0:
+    until ``duration_s``).  ``rate``: total requests/s (0: as fast as the window
+    allows).  ``silent``: how many extra connections send orders but never read (they
+    must not slow the others)."""
+
+    def __init__(self, host: str, port: int, clients: int = 1, orders: int = 1000, window: int = 1,
+                 rate: float = 0.0, seed: int = 1, symbols: int = 1, duration_s: float = 0.0, mid: int = 10_000,
+                 silent: int = 0, mix: str = "mixed", timeout_s: float = 120.0):
+        self.host, self.port = host, port
+        self.clients, self.orders, self.window = clients, orders, window
+        self.rate, self.seed, self.symbols = rate, seed, symbols
+        self.duration_s, self.mid, self.silent, self.mix = duration_s, mid, silent, mix
+        self.timeout_s = timeout_s
+        self.traders: list[Trader] = []
+        self.quiet: list[socket.socket] = []
+        self.elapsed_s = 0.0
+
+    # --- order generation -------------------------------------------------------------
+    def _request(self, t: Trader, buf: np.ndarray) -> tuple[int, int]:
+        """Fill ``buf`` with the trader's next request; returns (kind, order qty)."""
+        if t.k == len(t.u):
+            t.refill()
+        k = t.k
+        t.k += 1
+        u = t.u[k]
+        buf[0] = 0
+        buf["symbol"] = t.sym[k] % self.symbols
+        t.mid += t.drift[k] if u < 0.05 else 0
+        if self.mix == "mixed" and t.live and u < 0.10:
+            oid = t.live.pop(t.pick[k] % len(t.live))
+            if u < 0.06:
+                buf["type"], buf["order_id"] = schema.OE_CANCEL, oid
+                return 2, 0
+            buf["type"], buf["order_id"], buf["qty"] = schema.OE_MODIFY, oid, t.qty[k]
+            buf["px_tick"] = t.mid + t.off[k] - 10
+            t.live.append(oid)
+            return 3, 0
+        side = t.side[k]
+        q = t.qty[k]
+        buf["type"], buf["side"], buf["qty"] = schema.OE_NEW, side, q
+        if self.mix == "mixed" and u > 0.90:
+            buf["ord_type"] = schema.OT_MARKET
+        else:
+            off = t.off[k]
+            buf["px_tick"] = t.mid - off if side == schema.BUY else t.mid + off
+            if self.mix == "mixed" and u > 0.85:
+                buf["px_tick"] = t.mid + (5 if side == schema.BUY else -5)
+                buf["tif"] = schema.TIF_IOC if u < 0.88 else schema.TIF_FOK
+        return 1, q
+
+    # --- loop ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        sel = selectors.DefaultSelector()
+        for i in range(self.clients):
+            s = socket.create_connection((self.host, self.port), timeout=10)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+            t = Trader(i, s, self.seed * 1_000_003 + i, self.mid)
+            self.traders.append(t)
+            sel.register(s, selectors.EVENT_READ, t)
+        for i in range(self.silent):  # connections that flood and never read
+            s = socket.create_connection((self.host, self.port), timeout=10)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setblocking(False)
+            self.quiet.append(s)
+        buf = np.zeros(1, schema.ORDER_IN_DTYPE)
+        flood = np.zeros(256, schema.ORDER_IN_DTYPE)
+        flood["type"], flood["qty"], flood["px_tick"] = schema.OE_NEW, 1, self.mid - 500
+        flood_bytes = flood.tobytes()
+        per_trader_gap = (self.clients / self.rate * 1e9) if self.rate > 0 else 0
+        t0 = time.monotonic_ns()
+        for k, t in enumerate(self.traders):
+            t.next_due = t0 + int(per_trader_gap * k / max(1, self.clients))
+        end = t0 + int(self.duration_s * 1e9) if self.duration_s > 0 else 0
+        deadline = t0 + int(self.timeout_s * 1e9)
+        active = len(self.traders)
+        while active:
+            now = time.monotonic_ns()
+            if now > deadline:
+                raise TimeoutError(f"traders not done after {self.timeout_s} s: "
+                                   f"{[(t.i, t.sent, t.responses) for t in self.traders if not t.done][:5]}")
+            for t in self.traders:
+                if t.done or t.closed:
+                    continue
+                while (len(t.sent_t) < self.window and (self.orders == 0 or t.sent < self.orders)
+                       and (end == 0 or now < end) and (per_trader_gap == 0 or now >= t.next_due)):
+                    kind, q = self._request(t, buf)
+                    t.pending.append((kind, q))
+                    t.sent_t.append(time.perf_counter_ns())
+                    try:
+                        t.sock.sendall(buf.tobytes())
+                    except BlockingIOError:
+                        t.sock.setblocking(True)
+                        t.sock.sendall(buf.tobytes())
+                        t.sock.setblocking(False)
+                    t.sent += 1
+                    if per_trader_gap:
+                        t.next_due += int(per_trader_gap)
+                    now = time.monotonic_ns()
+                finished = (self.orders and t.sent >= self.orders) or (end and now >= end)
+                if finished and not t.sent_t and t.hello is not None:
+                    t.done = True
+                    active -= 1
+            for s in self.quiet:
+                try:
+                    s.send(flood_bytes)
+                except (BlockingIOError, OSError):
+                    pass
+            wait = 0.0005 if per_trader_gap else 0.05
+            for key, _ in sel.select(timeout=wait):
+                self._on_read(key.data)
+        self.elapsed_s = (time.monotonic_ns() - t0) / 1e9
+        for t in self.traders:
+            t.sock.close()
+        for s in self.quiet:
+            s.close()
+        sel.close()
+        return self.result()
+
+    def _on_read(self, t: Trader) -> None:
+        try:
+            data = t.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        now = time.perf_counter_ns()
+        if not data:
+            raise ConnectionError(f"trader {t.i}: the exchange closed the connection")
+        t.inbuf += data
+        n = len(t.inbuf) // 32
+        if not n:
+            return
+        reps = np.frombuffer(bytes(t.inbuf[:n * 32]), OUT)
+        del t.inbuf[:n * 32]
+        for r in reps.tolist():
+            typ, side, reason, flags, sym, _, qty, leaves, px, oid = r
+            if typ == schema.R_HELLO:
+                t.hello = {"next_order_id": oid, "next_md_seq": px, "account": leaves, "version": qty}
+                t.account = leaves
+                continue
+            if typ == schema.R_FILL:
+                t.fills += 1
+                t.fill_qty += qty
+                t.filled[oid] = t.filled.get(oid, 0) + qty
+                if flags & schema.RF_DONE and oid in t.live:
+                    t.live.remove(oid)
+                continue
+            response = typ in (schema.R_ACK, schema.R_REJECT, schema.R_MODIFIED) or (
+                typ == schema.R_CANCELLED and reason == schema.RS_USER)
+            if typ == schema.R_CANCELLED:
+                t.cancelled += 1
+                if oid in t.live:
+                    t.live.remove(oid)
+            if not response:
+                continue
+            if not t.sent_t:
+                raise AssertionError(f"trader {t.i}: a response with no request outstanding: {r}")
+            t.rtt.append(now - t.sent_t.popleft())
+            kind, q = t.pending.popleft()
+            t.responses += 1
+            if typ == schema.R_ACK:
+                t.acks += 1
+                t.ordered[oid] = q
+                if leaves and px:  # a limit order that may rest
+                    t.live.append(oid)
+                    if len(t.live) > 200:
+                        t.live.pop(0)
+            elif typ == schema.R_REJECT:
+                t.rejects += 1
+
+    def result(self) -> dict:
+        rtt = np.array([x for t in self.traders for x in t.rtt], np.int64)
+        pct = {}
+        if len(rtt):
+            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("p99_9", 99.9)):
+                pct[name] = round(float(np.percentile(rtt, q)) / 1e3, 2)
+            pct["mean"] = round(float(rtt.mean()) / 1e3, 2)
+        sent = sum(t.sent for t in self.traders)
+        return {"clients": self.clients, "requests": sent, "responses": sum(t.responses for t in self.traders),
+                "acks": sum(t.acks for t in self.traders), "rejects": sum(t.rejects for t in self.traders),
+                "fills": sum(t.fills for t in self.traders), "elapsed_s": round(self.elapsed_s, 3),
+                "requests_per_s": round(sent / self.elapsed_s) if self.elapsed_s else 0, "rtt_us": pct}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="obpipe exchange-client", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--clients", type=int, default=1)
+    p.add_argument("--orders", type=int, default=10_000, help="requests per client (0: until --duration)")
+    p.add_argument("--window", type=int, default=1, help="requests in flight per client (1: pure round trips)")
+    p.add_argument("--rate", type=float, default=0.0, help="total requests/s (0: as fast as the window allows)")
+    p.add_argument("--duration", type=float, default=0.0, help="seconds (with --orders 0)")
+    p.add_argument("--symbols", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--mix", choices=("mixed", "limit"), default="mixed")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    if a.clients < 1 or a.window < 1 or a.orders < 0 or (a.orders == 0 and a.duration <= 0):
+        p.error("--clients and --window must be >= 1; --orders 0 needs --duration")
+    tr = Traders(a.host, a.port, a.clients, a.orders, a.window, a.rate, a.seed, a.symbols, a.duration, mix=a.mix,
+                 timeout_s=max(120.0, a.duration * 2 + 30))
+    try:
+        res = tr.run()
+    except (OSError, ConnectionError, TimeoutError) as e:
+        print(f"obpipe exchange-client: {e}", file=sys.stderr)
+        return 1
+    if a.json:
+        print(json.dumps(res))
+    else:
+        r = res["rtt_us"]
+        print(f"{res['clients']} clients, {res['requests']} requests in {res['elapsed_s']} s "
+              f"({res['requests_per_s']}/s), {res['acks']} acks, {res['rejects']} rejects, {res['fills']} fills")
+        print("round trip (us): " + "  ".join(f"{k} {v}" for k, v in r.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
