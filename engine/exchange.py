@@ -213,12 +213,13 @@ class Exchange:
             r = np.zeros(1, schema.ORDER_OUT_DTYPE)
             r["type"], r["reason"] = schema.R_REJECT, schema.RS_NOT_OWNER if other is not None else schema.RS_BAD_TYPE
             conn.out += r.tobytes()
-            return
-        self.c["logins"] += 1
-        del self.by_account[conn.account]
-        conn.account = account
-        self.by_account[account] = conn
-        conn.out += self._hello(account)
+        else:
+            self.c["logins"] += 1
+            del self.by_account[conn.account]
+            conn.account = account
+            self.by_account[account] = conn
+            conn.out += self._hello(account)
+        self._flush(conn)
 
     def _batch(self, reqs: np.ndarray) -> None:
         mb = self.x.max_batch
@@ -334,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symbols", type=int, help="number of symbols (default: [book] symbols)")
     p.add_argument("--cores", help="pin to these cores, e.g. 1 or 0,1")
     p.add_argument("--json", action="store_true", help="final counters as JSON on stdout")
+    p.add_argument("--dump-book", metavar="FILE", help="at exit, write every symbol's resting orders in priority "
+                   "order as JSON (bids/asks rows: id, px_tick, open qty, account)")
     a = p.parse_args(argv)
     try:
         cfg = cfgmod.load(a.config)
@@ -378,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ex.close()
     s = ex.summary()
+    if a.dump_book:
+        with open(a.dump_book, "w") as f:
+            json.dump({"next_order_id": ex.eng.next_order_id, "md_messages": ex.eng.md_messages,
+                       "books": [ex.eng.book(i) for i in range(ex.n_symbols)]}, f)
     if a.json:
         print(json.dumps(s), flush=True)
     else:

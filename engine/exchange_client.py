@@ -36,7 +36,7 @@ REQ = schema.ORDER_IN_DTYPE.itemsize
 class Trader:
     __slots__ = ("i", "sock", "rng", "inbuf", "sent_t", "rtt", "sent", "responses", "acks", "rejects", "fills",
                  "fill_qty", "filled", "ordered", "live", "account", "hello", "next_due", "done", "pending",
-                 "cancelled", "reads", "mid", "closed", "k", "u", "sym", "drift", "pick", "qty", "side", "off")
+                 "cancelled", "taken", "reads", "mid", "closed", "k", "u", "sym", "drift", "pick", "qty", "side", "off")
 
     def __init__(self, i: int, sock, seed: int, mid: int):
         self.i = i
@@ -48,6 +48,7 @@ class Trader:
         self.rtt: list[int] = []
         self.sent = self.responses = self.acks = self.rejects = self.fills = self.fill_qty = 0
         self.cancelled = 0
+        self.taken = 0  # lots filled as the aggressor (fill_qty - taken: as the resting side)
         self.filled: dict[int, int] = {}  # order id -> lots filled
         self.ordered: dict[int, int] = {}  # order id -> lots ordered (acked)
         self.live: list[int] = []  # ids believed resting
@@ -183,6 +184,13 @@ class Traders:
             wait = 0.0005 if per_trader_gap else 0.05
             for key, _ in sel.select(timeout=wait):
                 self._on_read(key.data)
+        # every request is answered; fills for resting orders may still be on their way
+        # to other traders: read until the exchange has been quiet for a moment
+        quiet_until = time.monotonic() + 0.2
+        while time.monotonic() < quiet_until:
+            for key, _ in sel.select(timeout=0.05):
+                self._on_read(key.data)
+                quiet_until = time.monotonic() + 0.2
         self.elapsed_s = (time.monotonic_ns() - t0) / 1e9
         for t in self.traders:
             t.sock.close()
@@ -214,6 +222,8 @@ class Traders:
             if typ == schema.R_FILL:
                 t.fills += 1
                 t.fill_qty += qty
+                if flags & schema.RF_AGGRESSOR:
+                    t.taken += qty
                 t.filled[oid] = t.filled.get(oid, 0) + qty
                 if flags & schema.RF_DONE and oid in t.live:
                     t.live.remove(oid)
@@ -251,7 +261,9 @@ class Traders:
         sent = sum(t.sent for t in self.traders)
         return {"clients": self.clients, "requests": sent, "responses": sum(t.responses for t in self.traders),
                 "acks": sum(t.acks for t in self.traders), "rejects": sum(t.rejects for t in self.traders),
-                "fills": sum(t.fills for t in self.traders), "elapsed_s": round(self.elapsed_s, 3),
+                "fills": sum(t.fills for t in self.traders),
+                "filled_aggressor_qty": sum(t.taken for t in self.traders),
+                "filled_resting_qty": sum(t.fill_qty - t.taken for t in self.traders), "elapsed_s": round(self.elapsed_s, 3),
                 "requests_per_s": round(sent / self.elapsed_s) if self.elapsed_s else 0, "rtt_us": pct}
 
 

@@ -1,0 +1,240 @@
+"""The order-entry exchange, really started: TCP clients on 127.0.0.1, the journal, kill -9."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.exchange_client import Traders
+from engine.journal import Journal, JournalError
+from engine.matching import MatchingEngine
+from ring import schema
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = schema.ORDER_OUT_DTYPE
+
+
+class ExchangeProc:
+    """``obpipe exchange`` as a child process on a free port."""
+
+    def __init__(self, tmp_path: Path, extra: str = "", journal: Path | None = None, tag: str = "x"):
+        self.cfg = tmp_path / f"{tag}.toml"
+        j = f'journal = "{journal}"\n' if journal else ""
+        self.cfg.write_text(f'[book]\nsymbols = ["A", "B"]\n[exchange]\nport = 0\n{j}{extra}')
+        self.dump = tmp_path / f"{tag}.book.json"
+        self.err = open(tmp_path / f"{tag}.err", "w+")
+        self.p = subprocess.Popen([sys.executable, "-m", "obpipe", "exchange", "--config", str(self.cfg), "--json",
+                                   "--dump-book", str(self.dump)], cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=self.err, text=True)
+        self.port = self._wait_port()
+
+    def _wait_port(self, timeout_s: float = 180) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.err.seek(0)
+            for line in self.err.read().splitlines():
+                if "listening on" in line:
+                    return int(line.split("listening on ")[1].split(";")[0].rsplit(":", 1)[1])
+            if self.p.poll() is not None:
+                self.err.seek(0)
+                raise AssertionError(f"exchange exited {self.p.returncode}: {self.err.read()}")
+            time.sleep(0.1)
+        raise AssertionError("exchange never listened")
+
+    def stop(self) -> dict:
+        self.p.send_signal(signal.SIGINT)
+        out, _ = self.p.communicate(timeout=60)
+        assert self.p.returncode == 0, self.stderr()
+        return json.loads(out.strip().splitlines()[-1])
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(timeout=30)
+
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read()
+
+    def book(self) -> dict:
+        return json.loads(self.dump.read_text())
+
+
+@pytest.fixture
+def exchanges():
+    started: list[ExchangeProc] = []
+    yield started
+    for x in started:
+        if x.p.poll() is None:
+            x.p.kill()
+            x.p.wait(timeout=30)
+        x.err.close()
+
+
+def _start(exchanges, tmp_path, **kw) -> ExchangeProc:
+    x = ExchangeProc(tmp_path, **kw)
+    exchanges.append(x)
+    return x
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_fifty_clients_each_request_answered_once_and_fills_balance(exchanges, tmp_path):
+    x = _start(exchanges, tmp_path, extra='fsync = "none"\n', journal=tmp_path / "j")
+    tr = Traders("127.0.0.1", x.port, clients=50, orders=1000, window=4, seed=3, symbols=2, timeout_s=240)
+    res = tr.run()
+    summary = x.stop()
+
+    for t in tr.traders:  # the client raises on a response nobody asked for; none may be missing
+        assert (t.sent, t.responses) == (1000, 1000), (t.i, t.sent, t.responses)
+    assert res["requests"] == res["responses"] == 50_000 == summary["engine_requests"]
+    # every lot taken by an aggressor was given by a resting order, and the exchange agrees
+    assert res["filled_aggressor_qty"] == res["filled_resting_qty"] == summary["engine_traded_qty"] > 0
+    assert summary["reports_undeliverable"] == 0
+    # no trader starved: the slowest trader's mean round trip is within 5x the median trader's
+    means = sorted(np.mean(t.rtt) for t in tr.traders)
+    assert means[-1] < 5 * means[len(means) // 2], (means[0], means[len(means) // 2], means[-1])
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_a_client_that_never_reads_is_disconnected_and_does_not_slow_the_rest(exchanges, tmp_path):
+    x = _start(exchanges, tmp_path, extra='fsync = "none"\nout_buffer_max = 65536\n')
+    base = Traders("127.0.0.1", x.port, clients=4, orders=1500, window=2, seed=5).run()
+    with_silent = Traders("127.0.0.1", x.port, clients=4, orders=1500, window=2, seed=6, silent=1).run()
+    summary = x.stop()
+
+    assert with_silent["responses"] == with_silent["requests"] == 6000
+    assert summary["slow_disconnects"] == 1
+    assert "bytes unread" in x.stderr()
+    assert with_silent["elapsed_s"] < 4 * base["elapsed_s"] + 2.0, (base["elapsed_s"], with_silent["elapsed_s"])
+
+
+def _requests(n: int, seed: int, account: int) -> np.ndarray:
+    """New orders only (each takes an id): limit GTC around 10,000, some IOC and market."""
+    r = np.random.default_rng(seed)
+    c = np.zeros(n, schema.ORDER_IN_DTYPE)
+    c["type"] = schema.OE_NEW
+    c["side"] = r.integers(0, 2, n)
+    c["symbol"] = r.integers(0, 2, n)
+    c["qty"] = r.integers(1, 50, n)
+    c["account"] = account
+    off = r.integers(-4, 20, n)
+    c["px_tick"] = np.where(c["side"] == schema.BUY, 10_000 - off, 10_000 + off)
+    u = r.random(n)
+    c["ord_type"][u < 0.08] = schema.OT_MARKET
+    c["px_tick"][u < 0.08] = 0
+    c["tif"][(u >= 0.08) & (u < 0.15)] = schema.TIF_IOC
+    return c
+
+
+class _Session:
+    """One raw order-entry connection logged in as ``account``."""
+
+    def __init__(self, port: int, account: int):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        login = np.zeros(1, schema.ORDER_IN_DTYPE)
+        login["type"], login["account"] = schema.OE_LOGIN, account
+        self.s.sendall(login.tobytes())
+        first, self.hello = self.read(1)[0], self.read(1)[0]  # hello on connect, hello after login
+        assert first["type"] == self.hello["type"] == schema.R_HELLO and int(self.hello["leaves"]) == account
+
+    def read(self, n: int) -> np.ndarray:
+        while len(self.buf) < 32 * n:
+            data = self.s.recv(1 << 16)
+            if not data:
+                raise ConnectionError("closed")
+            self.buf += data
+        out = np.frombuffer(self.buf[:32 * n], OUT).copy()
+        self.buf = self.buf[32 * n:]
+        return out
+
+    def responses(self, want: int) -> int:
+        """Read reports until ``want`` ACK/REJECT responses arrived."""
+        got = 0
+        while got < want:
+            r = self.read(1)[0]
+            got += int(r["type"] in (schema.R_ACK, schema.R_REJECT))
+        return got
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_kill_9_loses_no_acknowledged_order_and_restart_rebuilds_the_same_book(exchanges, tmp_path):
+    reqs = _requests(3000, seed=11, account=7)
+    reqs["account"][1::2] = 8  # two traders, strictly alternating: the order of arrival is known
+    journal = tmp_path / "ex.journal"
+    x1 = _start(exchanges, tmp_path, journal=journal, tag="first")
+    sess = {7: _Session(x1.port, 7), 8: _Session(x1.port, 8)}
+    for i in range(1200):  # each request acknowledged before the next is sent
+        sess[int(reqs[i]["account"])].s.sendall(reqs[i:i + 1].tobytes())
+        sess[int(reqs[i]["account"])].responses(1)
+    sess[int(reqs[1200]["account"])].s.sendall(reqs[1200:1201].tobytes())  # in flight when the kill comes
+    x1.kill()  # SIGKILL
+    for t in sess.values():
+        t.s.close()
+
+    x2 = _start(exchanges, tmp_path, journal=journal, tag="second")
+    sess = {7: _Session(x2.port, 7), 8: _Session(x2.port, 8)}
+    journaled = int(sess[7].hello["order_id"]) - 1  # every request is a new order: ids 1..journaled are in
+    assert journaled in (1200, 1201)  # all 1,200 acknowledged ones survived; the 1,201st may have
+    ref = MatchingEngine(2, capacity=1 << 20)
+    ref.process(reqs[:journaled])
+    assert int(sess[7].hello["px_tick"]) == ref.md_messages + 1  # the market-data sequence continues
+    for i in range(journaled, len(reqs)):
+        sess[int(reqs[i]["account"])].s.sendall(reqs[i:i + 1].tobytes())
+        sess[int(reqs[i]["account"])].responses(1)
+    for t in sess.values():
+        t.s.close()
+    summary = x2.stop()
+
+    ref.process(reqs[journaled:])
+    dump = x2.book()
+    assert dump["next_order_id"] == ref.next_order_id == len(reqs) + 1
+    for sym in (0, 1):
+        assert dump["books"][sym] == ref.book(sym), f"symbol {sym} differs from the uninterrupted run"
+    assert sum(len(b["bids"]) + len(b["asks"]) for b in dump["books"]) > 200
+    assert summary["engine_trades"] > 100
+    assert "recovered 1" in x2.stderr()
+
+
+@pytest.mark.timeout(60)
+def test_journal_drops_a_cut_last_batch_and_refuses_corruption_and_other_settings(tmp_path):
+    p = str(tmp_path / "j")
+    j, reqs, rec = Journal.open(p, 2, 1000, 64)
+    assert rec["created"] and len(reqs) == 0
+    a = _requests(10, 1, 3)
+    j.append(a[:6], 111)
+    j.append(a[6:], 222)
+    j.close()
+    size = os.path.getsize(p)
+    with open(p, "ab") as f:  # a third batch cut short by a crash
+        f.write(struct.pack("<IIqI12x", 0x48435442, 5, 333, 0) + a[:2].tobytes())
+
+    j, reqs, rec = Journal.open(p, 2, 1000, 64)
+    j.close()
+    assert rec["batches"] == 2 and rec["truncated_bytes"] == 32 + 64
+    assert reqs.tobytes() == a.tobytes()
+    assert os.path.getsize(p) == size  # truncated back to the last whole batch
+
+    with pytest.raises(JournalError, match="band_ticks = 1000"):
+        Journal.open(p, 2, 2000, 64)
+    data = bytearray(open(p, "rb").read())
+    data[64 + 32 + 5] ^= 0xFF  # corrupt the first batch; the second follows it
+    open(p, "wb").write(bytes(data))
+    with pytest.raises(JournalError, match="corrupt"):
+        Journal.open(p, 2, 1000, 64)
+    open(p, "wb").write(b"not a journal at all, no" * 4)
+    with pytest.raises(JournalError, match="not an obpipe journal"):
+        Journal.open(p, 2, 1000, 64)
