@@ -17,9 +17,13 @@ order and no Python runs per order.
   Price -> level is one subtraction (no tree: the original's ``std::map`` cost
   O(log n) per new level).  The best level per side is kept incrementally; emptying it
   scans away from the touch to the next non-empty level, O(gap in ticks).
-* ``H`` - order id -> pool slot, an open-addressing table (linear probing, backward
-  shift deletion, 2-4x the pool so probes stay short).  Ids are sequential, so the
-  home bucket ``id & mask`` spreads them perfectly; a probe compares ``O[slot, O_ID]``.
+* ``H`` - order id -> pool slot: a table of 2-4x the pool's size; id ``i`` lives in
+  bucket ``i & mask`` or, when an order ``M`` ids older still rests there, in one of
+  the next ``E[E_HPROBE]`` buckets (the largest displacement ever needed; 0 unless
+  orders rest for more than ``M`` ids).  Ids are sequential, so lookup, insert and
+  delete touch one bucket: no probing chains, no tombstones (an earlier version with
+  linear probing and backward-shift deletion scanned the whole run of consecutive live
+  ids on every delete and halved throughput).
 * ``S`` - per-symbol scalars (band base, best level per side, level/order/quantity
   counts); ``E`` - engine scalars (next order id, free list, market-data messages
   emitted, counters); ``N`` - fill counts of the three output buffers.
@@ -97,6 +101,7 @@ E_TRADED_QTY = 9
 E_CANCELS = 10  # orders cancelled (user, unfilled rest, self-trade, book full)
 E_MODIFIES = 11
 E_STP = 12  # resting orders cancelled by self-trade prevention
+E_HPROBE = 13  # largest displacement of an id from its home bucket in H
 NE = 16
 E_NAMES = {E_REQS: "requests", E_ACCEPTED: "accepted", E_REJECTED: "rejected", E_TRADES: "trades",
            E_TRADED_QTY: "traded_qty", E_CANCELS: "cancelled", E_MODIFIES: "modified", E_STP: "self_trade_cancels",
@@ -139,46 +144,35 @@ def new_state(n_symbols: int, width: int, capacity: int, bases=None):
 # --- id -> slot table ---------------------------------------------------------------
 
 @njit(nogil=True, cache=True, inline="always")
-def _h_find(H, O, oid):
+def _h_find(E, H, O, oid):
+    """Slot of resting order ``oid`` or -1: its home bucket, then at most E_HPROBE more."""
     mask = len(H) - 1
-    i = oid & mask
-    while True:
-        s = H[i]
-        if s == _H_EMPTY:
-            return -1
-        if O[s, O_ID] == oid:
+    for k in range(E[E_HPROBE] + 1):
+        s = H[(oid + k) & mask]
+        if s >= 0 and O[s, O_ID] == oid:
             return s
-        i = (i + 1) & mask
+    return -1
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _h_insert(H, O, oid, slot):
+def _h_insert(E, H, oid, slot):
     mask = len(H) - 1
-    i = oid & mask
-    while H[i] != _H_EMPTY:
-        i = (i + 1) & mask
-    H[i] = slot
+    k = 0
+    while H[(oid + k) & mask] != _H_EMPTY:  # only when an order M ids older still rests here
+        k += 1
+    H[(oid + k) & mask] = slot
+    if k > E[E_HPROBE]:
+        E[E_HPROBE] = k
 
 
-@njit(nogil=True, cache=True)
-def _h_delete(H, O, oid):
-    """Remove ``oid`` (present) by backward-shift deletion: no tombstones."""
+@njit(nogil=True, cache=True, inline="always")
+def _h_delete(E, H, O, oid):
     mask = len(H) - 1
-    i = oid & mask
-    while O[H[i], O_ID] != oid:
-        i = (i + 1) & mask
-    j = i
-    while True:
-        j = (j + 1) & mask
-        s = H[j]
-        if s == _H_EMPTY:
-            break
-        k = O[s, O_ID] & mask  # home of the entry at j
-        # move it back to i unless its home lies cyclically in (i, j]
-        if (j > i and (k <= i or k > j)) or (j < i and (k <= i and k > j)):
-            H[i] = s
-            i = j
-    H[i] = _H_EMPTY
+    for k in range(E[E_HPROBE] + 1):
+        s = H[(oid + k) & mask]
+        if s >= 0 and O[s, O_ID] == oid:
+            H[(oid + k) & mask] = _H_EMPTY
+            return
 
 
 # --- outputs -------------------------------------------------------------------------
@@ -212,7 +206,6 @@ def _md(md, N, E, kind, side, sym, qty, oid, px, ts):
     m.px_tick = px
     m.ts_exch_ns = ts
     N[N_MD] = k + 1
-    E[E_MD] += 1
 
 
 # --- levels --------------------------------------------------------------------------
@@ -222,7 +215,7 @@ def _row(E, sym, side, i):
     return (2 * sym + side) * E[E_W] + i
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _rescan(E, S, L, sym, side, i):
     """The level at index ``i`` just emptied and was the best: find the next best."""
     if S[sym, S_NLEV + side] == 0:
@@ -268,7 +261,7 @@ def _append(E, S, L, O, slot):
     E[E_LIVE] += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _unlink(E, S, L, O, H, slot, release):
     """Take pool row ``slot`` out of its level (its open quantity leaves the level);
     with ``release`` also drop its id and return the row to the free list."""
@@ -297,7 +290,7 @@ def _unlink(E, S, L, O, H, slot, release):
         if S[sym, S_BEST + side] == i:
             _rescan(E, S, L, sym, side, i)
     if release:
-        _h_delete(H, O, O[slot, O_ID])
+        _h_delete(E, H, O, O[slot, O_ID])
         O[slot, O_ID] = 0
         O[slot, O_NEXT] = E[E_FREE]
         E[E_FREE] = slot
@@ -305,7 +298,7 @@ def _unlink(E, S, L, O, H, slot, release):
 
 # --- matching ------------------------------------------------------------------------
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _fillable(E, S, L, O, sym, side, limit, px, acct, want):
     """Quantity an order could take right now, up to ``want`` (own-account orders,
     which self-trade prevention would cancel, do not count)."""
@@ -336,7 +329,7 @@ def _fillable(E, S, L, O, sym, side, limit, px, acct, want):
     return got
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _aggress(E, S, L, O, H, rep, racct, trd, md, N, ts, oid, acct, side, sym, limit, px, qty, rest):
     """Match ``qty`` of order ``oid`` against the other side; rest the remainder
     (``rest``) or cancel it.  The ACK/MODIFIED report is already out."""
@@ -379,7 +372,6 @@ def _aggress(E, S, L, O, H, rep, racct, trd, md, N, ts, oid, acct, side, sym, li
                 trd[k, 3] = f
                 trd[k, 4] = side
                 N[N_TRD] = k + 1
-                E[E_TRADES] += 1
                 E[E_TRADED_QTY] += f
                 _report(rep, racct, N, schema.R_FILL, side, 0,
                         schema.RF_AGGRESSOR | (schema.RF_DONE if left == 0 else 0), sym, f, left, lp, oid, acct)
@@ -405,7 +397,7 @@ def _aggress(E, S, L, O, H, rep, racct, trd, md, N, ts, oid, acct, side, sym, li
             O[slot, O_ACCT] = acct
             O[slot, O_SIDE] = side
             O[slot, O_SYM] = sym
-            _h_insert(H, O, oid, slot)
+            _h_insert(E, H, oid, slot)
             _append(E, S, L, O, slot)
             _md(md, N, E, schema.K_ADD, side, sym, left, oid, px, ts)
             return
@@ -427,13 +419,13 @@ def _in_band(E, S, sym, px):
     return base <= px < base + E[E_W]
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _reject(E, rep, racct, N, side, reason, sym, oid, acct):
     _report(rep, racct, N, schema.R_REJECT, side, reason, 0, sym, 0, 0, 0, oid, acct)
     E[E_REJECTED] += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _new_order(E, S, L, O, H, rep, racct, trd, md, N, ts, c):
     oid = E[E_NEXT_ID]
     E[E_NEXT_ID] = oid + 1
@@ -472,11 +464,11 @@ def _new_order(E, S, L, O, H, rep, racct, trd, md, N, ts, c):
              limit and tif == schema.TIF_GTC)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _cancel(E, S, L, O, H, rep, racct, md, N, ts, c):
     oid = np.int64(c.order_id)
     acct = np.int64(c.account)
-    slot = _h_find(H, O, oid) if oid > 0 else -1
+    slot = _h_find(E, H, O, oid) if oid > 0 else -1
     if slot < 0:
         _reject(E, rep, racct, N, np.int64(c.side), schema.RS_UNKNOWN_ORDER, np.int64(c.symbol), oid, acct)
         return
@@ -493,11 +485,11 @@ def _cancel(E, S, L, O, H, rep, racct, md, N, ts, c):
     E[E_CANCELS] += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _modify(E, S, L, O, H, rep, racct, trd, md, N, ts, c):
     oid = np.int64(c.order_id)
     acct = np.int64(c.account)
-    slot = _h_find(H, O, oid) if oid > 0 else -1
+    slot = _h_find(E, H, O, oid) if oid > 0 else -1
     if slot < 0:
         _reject(E, rep, racct, N, np.int64(c.side), schema.RS_UNKNOWN_ORDER, np.int64(c.symbol), oid, acct)
         return
@@ -544,15 +536,25 @@ def process(cmds, start, n, ts, E, S, L, O, H, rep, racct, trd, md, N, lat):
     were processed: fewer than ``n`` when an output buffer could not hold the worst
     case of the next one (drain and call again)."""
     timed = len(lat) > 0
+    md0 = N[N_MD]
+    trd0 = N[N_TRD]
+    done = _process(cmds, start, n, ts, E, S, L, O, H, rep, racct, trd, md, N, lat, timed)
+    E[E_MD] += N[N_MD] - md0  # counted here, not per message
+    E[E_TRADES] += N[N_TRD] - trd0
+    return done
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _process(cmds, start, n, ts, E, S, L, O, H, rep, racct, trd, md, N, lat, timed):
     for j in range(n):
         c = cmds[start + j]
         t0 = rdtsc() if timed else 0
         # room for the worst case: every order on the book's other side filled (or
         # self-trade cancelled) = 2 reports + 1 trade + 1 md each, plus a few more
+        # (every resting order: a modify's symbol is its order's, not the request's field)
         sym = np.int64(c.symbol)
-        opp_orders = S[sym, S_NORD] + S[sym, S_NORD + 1] if sym < S.shape[0] else 0
-        if (N[N_REP] + 2 * opp_orders + 4 > len(rep) or N[N_TRD] + opp_orders > len(trd)
-                or N[N_MD] + opp_orders + 3 > len(md)):
+        live = E[E_LIVE]
+        if N[N_REP] + 2 * live + 4 > len(rep) or N[N_TRD] + live > len(trd) or N[N_MD] + live + 3 > len(md):
             return j
         t = c.type
         if c._reserved != 0:

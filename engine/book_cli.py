@@ -118,6 +118,8 @@ def parse_line(line: str, decimals: int, out) -> bool:
             raise LineError("MODIFY needs the new quantity (MODIFY,,[PRICE],QTY,ID)")
         out["qty"] = _int_field(f[3], "quantity", 0, schema.MAX_ORDER_QTY)
         out["px_tick"] = parse_price(f[2], decimals) if f[2] else 0
+        if f[2] and out["px_tick"] <= 0:
+            raise LineError("MODIFY price must be > 0 (leave it empty to keep the order's price)")
     return True
 
 

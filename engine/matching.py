@@ -59,6 +59,8 @@ class MatchingEngine:
             raise ValueError(f"band_ticks must be >= 2, got {band_ticks}")
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if bases is not None and len(bases) != n_symbols:
             raise ValueError(f"bases has {len(bases)} entries for {n_symbols} symbols")
         self.n_symbols = n_symbols

@@ -6,6 +6,8 @@ oldest); the best price is ``max``/``min`` of the keys and an emptied level is d
 Nothing is incremental or clever, so the rules below can be read straight off the code.
 The rules are the ones ``engine/_match_kernels.py`` documents:
 
+* a request whose reserved field is not 0 is rejected ``RS_MALFORMED``, whatever it is;
+  an unknown request type ``RS_BAD_TYPE``;
 * new order: ids 1, 2, 3, ... for every new order, accepted or not; checks in the order
   side, type/TIF, symbol, quantity, price (limit only: > 0 and inside the band, which is
   centred on the symbol's first checked limit price unless ``bases`` fixes it); a FOK
@@ -107,7 +109,10 @@ class RefMatcher:
         self._rep, self._trd, self._md, self._ts = [], [], [], ts_ns
         for c in cmds:
             t = int(c["type"])
-            if t == sc.OE_NEW:
+            if int(c["_reserved"]) != 0:  # checked before anything else: no id is taken
+                self._report(sc.R_REJECT, int(c["side"]), sc.RS_MALFORMED, 0, int(c["symbol"]), 0, 0, 0,
+                             int(c["order_id"]), int(c["account"]))
+            elif t == sc.OE_NEW:
                 self._new(c)
             elif t == sc.OE_CANCEL:
                 self._cancel(c)
