@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test stats clean-shm bench bench-core bench-pipeline bench-kafka lobster-check kafka tail
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching lobster-check kafka tail exchange book
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,6 +25,15 @@ install: $(DEV)  ## create .venv and install obpipe (editable) with test tools
 
 run: $(DEV)      ## run the pipeline on embedded defaults (Ctrl-C stops; ARGS="--duration 10")
 	$(VENV)/bin/obpipe run $(ARGS)
+
+run-exchange: $(DEV) ## the pipeline fed by the exchange and simulated traders (ARGS="--duration 10 --rate 5000")
+	$(VENV)/bin/obpipe run --source exchange $(ARGS)
+
+exchange: $(DEV) ## the order-entry exchange on 127.0.0.1:9000 until Ctrl-C (ARGS="--journal ex.journal --md 127.0.0.1:PORT")
+	$(VENV)/bin/obpipe exchange $(ARGS)
+
+book: $(DEV)     ## the matching engine on CSV commands from stdin (ARGS=FILE to read a file)
+	$(VENV)/bin/obpipe book $(ARGS)
 
 test: $(DEV)     ## run the test suite
 	$(VPY) -m pytest $(ARGS)
@@ -53,4 +62,7 @@ bench-pipeline: $(DEV) ## ramp the UDP feed rate: max zero-loss rate, latency, C
 bench-kafka: $(DEV) ## analysis ns/event, publisher msgs/s, book rate with/without publishing -> bench/results/kafka.json
 	$(VPY) bench/kafka.py $(ARGS)
 
-bench: bench-core bench-pipeline bench-kafka ## every benchmark
+bench-matching: $(DEV) ## matching kernel orders/s and per-order latency (3 workloads x 1M), TCP round trips -> bench/results/matching.json
+	$(VPY) bench/matching.py $(ARGS)
+
+bench: bench-core bench-pipeline bench-kafka bench-matching ## every benchmark

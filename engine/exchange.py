@@ -24,6 +24,7 @@ One process, one event loop (``selectors``: epoll on Linux), many clients:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import selectors
@@ -128,8 +129,10 @@ class Exchange:
                 f"{self.eng.next_order_id}; {self.eng.resting} resting; {j}; {md}")
 
     # --- loop ------------------------------------------------------------------------
-    def serve(self, stop: list) -> None:
+    def serve(self, stop: list, tick=None, tick_s: float = 0.1) -> None:
+        """Serve until ``stop[0]`` is true; ``tick()`` is called about every ``tick_s``."""
         sel = self.sel
+        next_tick = time.monotonic() + tick_s
         raw = bytearray()  # this turn's whole messages, every client's, in arrival order
         runs: list[tuple[int, int]] = []  # (messages, account) per client read this turn
         while not stop[0]:
@@ -149,6 +152,9 @@ class Exchange:
                 raw.clear()
                 runs.clear()
                 self._batch(reqs)
+            if tick is not None and time.monotonic() >= next_tick:
+                tick()
+                next_tick = time.monotonic() + tick_s
 
     def _accept(self) -> None:
         while True:
@@ -321,6 +327,56 @@ class Exchange:
     def summary(self) -> dict:
         return {**self.c, **{f"engine_{k}": v for k, v in self.eng.counters().items()},
                 "next_order_id": self.eng.next_order_id, "port": self.port, "session": self.session}
+
+
+def feed_main(spec, stop_event) -> None:
+    """``obpipe run --source exchange``: the pipeline's feed process.  Runs the exchange
+    (market data to the pipeline's receiver, counters in the feed's stats row) and the
+    simulated traders (``obpipe exchange-client``) as its own child, until the
+    supervisor's ``stop_event``, the duration or ``count`` market-data messages."""
+    import subprocess
+
+    from feed_sim.feed import _Row
+
+    x = dataclasses.replace(spec.exchange, md_host=spec.host, md_port=spec.port)
+    n_sym = max(1, spec.n_symbols)
+    cfg = cfgmod.replace(cfgmod.Config(), exchange=dataclasses.asdict(x),
+                         book={"symbols": [f"S{i}" for i in range(n_sym)]})
+    ex = Exchange(cfg)
+    ex.start()
+    print(ex.banner(), file=sys.stderr, flush=True)
+    t = spec.traders
+    rate = spec.rate if spec.rate else t.rate
+    traders = subprocess.Popen(
+        [sys.executable, "-m", "obpipe", "exchange-client", "--port", str(ex.port), "--clients", str(t.clients),
+         "--window", str(t.window), "--rate", str(rate), "--orders", "0", "--seed", str(t.seed),
+         "--symbols", str(n_sym), "--duration", str(spec.duration_s if spec.duration_s > 0 else 1e9)],
+        stdout=subprocess.DEVNULL)
+    row = _Row(spec.instance)
+    stop = [False]
+
+    def tick():
+        row.publish(ex.sender, None, schema.STATE_RUNNING)
+        if (stop_event.is_set() or traders.poll() is not None
+                or (spec.count and ex.sender.msgs >= spec.count)):
+            stop[0] = True
+
+    try:
+        ex.serve(stop, tick)
+    finally:
+        if traders.poll() is None:
+            traders.send_signal(signal.SIGTERM)
+            try:
+                traders.wait(10)
+            except subprocess.TimeoutExpired:
+                traders.kill()
+                traders.wait(10)
+        sender = ex.sender
+        ex.close()
+        row.publish(sender, sender.msgs, schema.STATE_STOPPED)
+        row.close()
+        print("exchange feed stopped: " + ", ".join(f"{k} {v}" for k, v in ex.summary().items()),
+              file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,7 @@ class RunOptions:
     capture: str | None = None  # record the feed's datagrams to this file
     no_feed: bool = False  # no feed process: an external feed sends to rx's port
     no_kafka: bool = False  # no publisher and no broker ([kafka] enabled = false)
+    source: str = "synthetic"  # "exchange": the exchange + simulated traders are the feed ([exchange], [traders])
     as_json: bool = False
     quiet: bool = False
 
@@ -225,15 +226,22 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         status = Status(inst, list(cfg.book.symbols))
         feed = None
         if not opts.no_feed:
-            fspec = feedmod.FeedSpec(
-                port=port, replay=opts.replay, rate=rate, speed=opts.speed, count=opts.count,
-                duration_s=duration, seed=seed, n_symbols=len(cfg.book.symbols), symbol=opts.symbol,
-                faults=opts.faults, capture=opts.capture, instance=inst, cores=feed_cores, parent_pid=os.getpid())
+            if opts.source == "exchange":  # the traders' rate: --rate, else [traders] rate
+                fspec = feedmod.FeedSpec(
+                    port=port, rate=opts.rate or 0, count=opts.count, duration_s=duration,
+                    n_symbols=len(cfg.book.symbols), instance=inst, cores=feed_cores, parent_pid=os.getpid(),
+                    exchange=cfg.exchange, traders=cfg.traders)
+            else:
+                fspec = feedmod.FeedSpec(
+                    port=port, replay=opts.replay, rate=rate, speed=opts.speed, count=opts.count,
+                    duration_s=duration, seed=seed, n_symbols=len(cfg.book.symbols), symbol=opts.symbol,
+                    faults=opts.faults, capture=opts.capture, instance=inst, cores=feed_cores,
+                    parent_pid=os.getpid())
             feed = _Child("feed", ROW_FEED, feedmod.main_entry, (fspec, feed_stop), False)
             feed.start(ctx)
             children.append(feed)
             _say(opts, f"obpipe: feed pid {feed.proc.pid} ({fspec.source_name()}"
-                       f"{f' at {rate:,} msgs/s' if rate and opts.speed is None else ''}"
+                       f"{f' at {rate:,} msgs/s' if rate and opts.speed is None and fspec.exchange is None else ''}"
                        f"{f' at {opts.speed}x recorded pace' if opts.speed else ''}) -> 127.0.0.1:{port}")
         else:
             _say(opts, f"obpipe: no feed; send to 127.0.0.1:{port} (e.g. obpipe feed --instance {inst})")

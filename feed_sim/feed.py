@@ -59,8 +59,12 @@ class FeedSpec:
     cores: tuple[int, ...] = ()
     parent_pid: int = 0
     progress: bool = False  # a progress bar on stderr
+    exchange: object = None  # an ExchangeConfig: the exchange + simulated traders are the source (engine.exchange)
+    traders: object = None  # their TradersConfig
 
     def source_name(self) -> str:
+        if self.exchange is not None:
+            return "exchange + simulated traders"
         return "synthetic" if self.replay is None else Path(self.replay).name
 
 
@@ -320,6 +324,11 @@ def main_entry(spec: FeedSpec, stop) -> None:
     from engine._process import child_setup
 
     child_setup(spec.parent_pid, spec.cores)
+    if spec.exchange is not None:
+        from engine.exchange import feed_main
+
+        feed_main(spec, stop)
+        sys.exit(0)
     try:
         run(spec, stop)
     except FeedError as e:

@@ -70,6 +70,9 @@ def _check_feed_args(a, faults) -> None:
             bad("fault injection applies to synthetic and LOBSTER feeds; a capture replays its datagrams exactly")
     elif getattr(a, "speed", None) is not None:
         bad("--speed needs a replay file")
+    if getattr(a, "source", "synthetic") == "exchange" and (replay is not None or faults.any()
+                                                            or getattr(a, "capture", None)):
+        bad("--source exchange takes no replay file, fault injection or capture (the exchange is the source)")
 
 
 def cmd_run(a) -> int:
@@ -80,7 +83,7 @@ def cmd_run(a) -> int:
     _check_feed_args(a, faults)
     return run(cfg, RunOptions(count=a.count, as_json=a.json, quiet=a.quiet, faults=faults, replay=a.replay,
                                speed=a.speed, symbol=a.symbol, capture=a.capture, no_feed=a.no_feed,
-                               rate=a.rate, no_kafka=a.no_kafka))
+                               rate=a.rate, no_kafka=a.no_kafka, source=a.source))
 
 
 def _instance_word(inst: str, row: int, word: int) -> int:
@@ -284,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kafka", metavar="HOST:PORT", help="publish to this Kafka (default: [kafka] bootstrap_servers; "
                                                        "none named: start the embedded broker)")
     r.add_argument("--no-kafka", action="store_true", help="no publisher and no broker (signals are counted only)")
+    r.add_argument("--source", choices=("synthetic", "exchange"), default="synthetic",
+                   help="exchange: the matching engine's market data, driven by simulated traders over TCP "
+                        "([exchange], [traders]; --rate = their orders/s)")
     r.set_defaults(fn=cmd_run)
 
     fd = sub.add_parser("feed", help="send the synthetic feed over UDP (to --port or a running --instance)")

@@ -238,3 +238,26 @@ def test_journal_drops_a_cut_last_batch_and_refuses_corruption_and_other_setting
     open(p, "wb").write(b"not a journal at all, no" * 4)
     with pytest.raises(JournalError, match="not an obpipe journal"):
         Journal.open(p, 2, 1000, 64)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_run_with_the_exchange_as_feed_source_delivers_its_market_data_to_the_book(tmp_path, instance):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'[instance]\nname = "{instance}"\n[book]\nsymbols = ["A", "B"]\n[exchange]\nport = 0\n'
+                   f'[traders]\nclients = 4\nrate = 5000\n[kafka]\nenabled = false\n')
+    p = subprocess.run([sys.executable, "-m", "obpipe", "run", "--config", str(cfg), "--source", "exchange",
+                        "--duration", "5", "--json", "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=240)
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert "exchange listening on" in p.stderr and "exchange feed stopped" in p.stderr
+    assert d["feed"]["sent"] > 5000
+    assert d["rx"]["delivered"] == d["book"]["msgs"] == d["feed"]["sent"]  # every message, none lost
+    assert d["gap_messages"] == d["malformed"] == d["book"]["bad_msgs"] == 0
+    # the exchange's book is never crossed, so the book built from its market data is not either
+    assert d["book"]["crossed"] == 0 and d["book"]["qty_underflow"] == 0
+    assert d["book"]["trades"] > 100
+    engine = dict(kv.rsplit(" ", 1) for kv in p.stderr.split("exchange feed stopped: ")[1].splitlines()[0].split(", "))
+    assert int(engine["engine_trades"]) == d["book"]["trades"]
+    assert int(engine["engine_md_messages"]) == d["feed"]["sent"]
