@@ -79,7 +79,7 @@ def run_once(cmds: np.ndarray, lat: np.ndarray) -> tuple[float, MatchingEngine]:
     i = 0
     while i < n:
         e.N[:] = 0
-        i += MK.process(cmds, i, min(CHUNK, n - i), 0, e.E, e.S, e.L, e.O, e.H, e.rep, e.racct, e.trd, e.md, e.N,
+        i += MK.process(cmds, i, min(CHUNK, n - i), 0, e.E, e.S, e.L, e.O, e.H, e.repw, e.racct, e.mdw, e.N,
                         lat)
     return time.perf_counter() - t, e
 

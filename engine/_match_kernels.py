@@ -29,8 +29,8 @@ order and no Python runs per order.
   emitted, counters); ``N`` - fill counts of the three output buffers.
 
 Outputs go into caller-owned buffers, appended at ``N[...]``: reports
-(``schema.ORDER_OUT_DTYPE``, plus the receiving account in ``racct``), trades
-(int64 rows: buy id, sell id, price, quantity, aggressor side) and market data
+(``schema.ORDER_OUT_DTYPE``, plus the receiving account in ``racct``; a trade is the
+pair of fill reports it produces, the aggressor's first) and market data
 (``schema.WIRE_MSG_DTYPE``: add, partial cancel, delete, execute, exactly the feed the
 pipeline's book consumes).  Before each request ``process`` checks that the buffers have
 room for the worst case of that request (every order on the other side filled); if
@@ -109,11 +109,9 @@ E_NAMES = {E_REQS: "requests", E_ACCEPTED: "accepted", E_REJECTED: "rejected", E
 
 # Output fill counts.
 N_REP = 0
-N_TRD = 1
 N_MD = 2
 
 _H_EMPTY = -1
-TRADE_COLS = 5  # buy id, sell id, px, qty, aggressor side
 
 
 def new_state(n_symbols: int, width: int, capacity: int, bases=None):
@@ -179,32 +177,26 @@ def _h_delete(E, H, O, oid):
 
 @njit(nogil=True, cache=True, inline="always")
 def _report(rep, racct, N, typ, side, reason, flags, sym, qty, leaves, px, oid, acct):
+    """Append one ORDER_OUT_DTYPE record, written as its four little-endian words
+    (``rep`` is the report buffer viewed as int64 (n, 4): 4 stores, not 10)."""
     k = N[N_REP]
-    r = rep[k]
-    r.type = typ
-    r.side = side
-    r.reason = reason
-    r.flags = flags
-    r.symbol = sym
-    r.qty = qty
-    r.leaves = leaves
-    r.px_tick = px
-    r.order_id = oid
+    rep[k, 0] = ((typ & 0xFF) | ((side & 0xFF) << 8) | ((reason & 0xFF) << 16) | ((flags & 0xFF) << 24)
+                 | ((sym & 0xFFFF) << 32))
+    rep[k, 1] = (qty & 0xFFFFFFFF) | ((leaves & 0xFFFFFFFF) << 32)
+    rep[k, 2] = px
+    rep[k, 3] = oid
     racct[k] = acct
     N[N_REP] = k + 1
 
 
 @njit(nogil=True, cache=True, inline="always")
 def _md(md, N, E, kind, side, sym, qty, oid, px, ts):
+    """Append one WIRE_MSG_DTYPE message as its four words (``md`` viewed as int64 (n, 4))."""
     k = N[N_MD]
-    m = md[k]
-    m.kind = kind
-    m.side = side
-    m.symbol = sym
-    m.qty = qty
-    m.order_id = oid
-    m.px_tick = px
-    m.ts_exch_ns = ts
+    md[k, 0] = kind | (side << 8) | ((sym & 0xFFFF) << 16) | ((qty & 0xFFFFFFFF) << 32)
+    md[k, 1] = oid
+    md[k, 2] = px
+    md[k, 3] = ts
     N[N_MD] = k + 1
 
 
@@ -330,7 +322,7 @@ def _fillable(E, S, L, O, sym, side, limit, px, acct, want):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _aggress(E, S, L, O, H, rep, racct, trd, md, N, ts, oid, acct, side, sym, limit, px, qty, rest):
+def _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, px, qty, rest):
     """Match ``qty`` of order ``oid`` against the other side; rest the remainder
     (``rest``) or cancel it.  The ACK/MODIFIED report is already out."""
     opp = 1 - side
@@ -361,17 +353,7 @@ def _aggress(E, S, L, O, H, rep, racct, trd, md, N, ts, oid, acct, side, sym, li
                 f = left if left < rq else rq
                 left -= f
                 rid = O[o, O_ID]
-                k = N[N_TRD]
-                if side == BUY:
-                    trd[k, 0] = oid
-                    trd[k, 1] = rid
-                else:
-                    trd[k, 0] = rid
-                    trd[k, 1] = oid
-                trd[k, 2] = lp
-                trd[k, 3] = f
-                trd[k, 4] = side
-                N[N_TRD] = k + 1
+                E[E_TRADES] += 1  # (the trade itself is the pair of fill reports below)
                 E[E_TRADED_QTY] += f
                 _report(rep, racct, N, schema.R_FILL, side, 0,
                         schema.RF_AGGRESSOR | (schema.RF_DONE if left == 0 else 0), sym, f, left, lp, oid, acct)
@@ -426,7 +408,7 @@ def _reject(E, rep, racct, N, side, reason, sym, oid, acct):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _new_order(E, S, L, O, H, rep, racct, trd, md, N, ts, c):
+def _new_order(E, S, L, O, H, rep, racct, md, N, ts, c):
     oid = E[E_NEXT_ID]
     E[E_NEXT_ID] = oid + 1
     side = np.int64(c.side)
@@ -460,7 +442,7 @@ def _new_order(E, S, L, O, H, rep, racct, trd, md, N, ts, c):
         return
     E[E_ACCEPTED] += 1
     _report(rep, racct, N, schema.R_ACK, side, 0, 0, sym, qty, qty, px, oid, acct)
-    _aggress(E, S, L, O, H, rep, racct, trd, md, N, ts, oid, acct, side, sym, limit, px, qty,
+    _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, px, qty,
              limit and tif == schema.TIF_GTC)
 
 
@@ -486,7 +468,7 @@ def _cancel(E, S, L, O, H, rep, racct, md, N, ts, c):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _modify(E, S, L, O, H, rep, racct, trd, md, N, ts, c):
+def _modify(E, S, L, O, H, rep, racct, md, N, ts, c):
     oid = np.int64(c.order_id)
     acct = np.int64(c.account)
     slot = _h_find(E, H, O, oid) if oid > 0 else -1
@@ -524,28 +506,27 @@ def _modify(E, S, L, O, H, rep, racct, trd, md, N, ts, c):
     # loses its place: out of the book, then in again as a new arrival (it may trade)
     _md(md, N, E, schema.K_DELETE, side, sym, old_q, oid, old_px, ts)
     _unlink(E, S, L, O, H, slot, True)
-    _aggress(E, S, L, O, H, rep, racct, trd, md, N, ts, oid, acct, side, sym, True, px, qty, True)
+    _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, True, px, qty, True)
 
 
 @njit(nogil=True, cache=True)
-def process(cmds, start, n, ts, E, S, L, O, H, rep, racct, trd, md, N, lat):
+def process(cmds, start, n, ts, E, S, L, O, H, rep, racct, md, N, lat):
     """Process requests ``cmds[start:start+n]`` (``ORDER_IN_DTYPE``) stamped ``ts``
     (ns, the market data's ``ts_exch_ns``).  Reports, trades and market data are
-    appended to ``rep``/``racct``, ``trd``, ``md`` at ``N``.  If ``len(lat) > 0``,
+    appended to ``rep``/``racct`` and ``md`` at ``N`` (``rep`` and ``md``: the
+    ORDER_OUT_DTYPE / WIRE_MSG_DTYPE buffers viewed as int64 (n, 4) words).  If ``len(lat) > 0``,
     ``lat[start + j]`` gets request j's cost in CPU cycles.  Returns how many requests
     were processed: fewer than ``n`` when an output buffer could not hold the worst
     case of the next one (drain and call again)."""
     timed = len(lat) > 0
     md0 = N[N_MD]
-    trd0 = N[N_TRD]
-    done = _process(cmds, start, n, ts, E, S, L, O, H, rep, racct, trd, md, N, lat, timed)
+    done = _process(cmds, start, n, ts, E, S, L, O, H, rep, racct, md, N, lat, timed)
     E[E_MD] += N[N_MD] - md0  # counted here, not per message
-    E[E_TRADES] += N[N_TRD] - trd0
     return done
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _process(cmds, start, n, ts, E, S, L, O, H, rep, racct, trd, md, N, lat, timed):
+def _process(cmds, start, n, ts, E, S, L, O, H, rep, racct, md, N, lat, timed):
     for j in range(n):
         c = cmds[start + j]
         t0 = rdtsc() if timed else 0
@@ -554,18 +535,18 @@ def _process(cmds, start, n, ts, E, S, L, O, H, rep, racct, trd, md, N, lat, tim
         # (every resting order: a modify's symbol is its order's, not the request's field)
         sym = np.int64(c.symbol)
         live = E[E_LIVE]
-        if N[N_REP] + 2 * live + 4 > len(rep) or N[N_TRD] + live > len(trd) or N[N_MD] + live + 3 > len(md):
+        if N[N_REP] + 2 * live + 4 > len(rep) or N[N_MD] + live + 3 > len(md):
             return j
         t = c.type
         if c._reserved != 0:
             _reject(E, rep, racct, N, np.int64(c.side), schema.RS_MALFORMED, sym, np.int64(c.order_id),
                     np.int64(c.account))
         elif t == schema.OE_NEW:
-            _new_order(E, S, L, O, H, rep, racct, trd, md, N, ts, c)
+            _new_order(E, S, L, O, H, rep, racct, md, N, ts, c)
         elif t == schema.OE_CANCEL:
             _cancel(E, S, L, O, H, rep, racct, md, N, ts, c)
         elif t == schema.OE_MODIFY:
-            _modify(E, S, L, O, H, rep, racct, trd, md, N, ts, c)
+            _modify(E, S, L, O, H, rep, racct, md, N, ts, c)
         else:
             _reject(E, rep, racct, N, np.int64(c.side), schema.RS_BAD_TYPE, sym, np.int64(c.order_id),
                     np.int64(c.account))

@@ -140,12 +140,13 @@ def format_output(out, decimals: int) -> list[str]:
     TRADE line (printed at the aggressor's fill report, which comes first)."""
     lines = []
     t = 0
+    trades = out.trades
     fp = format_price
     for r in out.reports:
         typ = int(r["type"])
         if typ == schema.R_FILL:
             if int(r["flags"]) & schema.RF_AGGRESSOR:
-                b, s, px, q = (int(x) for x in out.trades[t, :4])
+                b, s, px, q = (int(x) for x in trades[t, :4])
                 lines.append(f"TRADE {b} {s} {fp(px, decimals)} {q}")
                 t += 1
         elif typ == schema.R_CANCELLED:

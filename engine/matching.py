@@ -27,8 +27,26 @@ class Output:
 
     reports: np.ndarray  # ORDER_OUT_DTYPE
     accounts: np.ndarray  # int64: the account each report goes to
-    trades: np.ndarray  # int64 (n, 5): buy id, sell id, px_tick, qty, aggressor side
     md: np.ndarray  # WIRE_MSG_DTYPE: the market data (add, cancel, delete, execute)
+
+    @property
+    def trades(self) -> np.ndarray:
+        """int64 (n, 5): buy id, sell id, px_tick, qty, aggressor side; one row per
+        trade, in order (from the fill-report pairs: aggressor's, then the resting order's)."""
+        return trades_of(self.reports)
+
+
+def trades_of(reports: np.ndarray) -> np.ndarray:
+    agg = np.flatnonzero((reports["type"] == schema.R_FILL) & ((reports["flags"] & schema.RF_AGGRESSOR) != 0))
+    a, r = reports[agg], reports[agg + 1]
+    a_buys = a["side"] == schema.BUY
+    out = np.empty((len(agg), 5), np.int64)
+    out[:, 0] = np.where(a_buys, a["order_id"], r["order_id"])
+    out[:, 1] = np.where(a_buys, r["order_id"], a["order_id"])
+    out[:, 2] = a["px_tick"]
+    out[:, 3] = a["qty"]
+    out[:, 4] = a["side"]
+    return out
 
 
 def requests(n: int) -> np.ndarray:
@@ -67,13 +85,14 @@ class MatchingEngine:
         self.band_ticks = band_ticks
         self.capacity = capacity
         self.E, self.S, self.L, self.O, self.H = MK.new_state(n_symbols, band_ticks, capacity, bases)
-        # Worst case of one request: every resting order filled (2 reports, 1 trade,
-        # 1 md each).  np.zeros is lazily committed, so the bound costs address space only.
+        # Worst case of one request: every resting order filled (2 reports and 1 md
+        # each).  np.zeros is lazily committed, so the bound costs address space only.
         per = 6 * max_batch
         self.rep = np.zeros(2 * capacity + per, schema.ORDER_OUT_DTYPE)
         self.racct = np.zeros(len(self.rep), np.int64)
-        self.trd = np.zeros((capacity + per, MK.TRADE_COLS), np.int64)
         self.md = np.zeros(capacity + per, schema.WIRE_MSG_DTYPE)
+        self.repw = self.rep.view(np.int64).reshape(-1, 4)  # the kernel writes whole words
+        self.mdw = self.md.view(np.int64).reshape(-1, 4)
         self.N = np.zeros(3, np.int64)
         self._no_lat = np.zeros(0, np.int64)
 
@@ -128,8 +147,8 @@ class MatchingEngine:
         cmds = np.ascontiguousarray(cmds)
         n = len(cmds)
         self.N[:] = 0
-        done = MK.process(cmds, 0, n, ts_ns, self.E, self.S, self.L, self.O, self.H, self.rep, self.racct,
-                          self.trd, self.md, self.N, self._no_lat)
+        done = MK.process(cmds, 0, n, ts_ns, self.E, self.S, self.L, self.O, self.H, self.repw, self.racct,
+                          self.mdw, self.N, self._no_lat)
         if done == n:
             return self._views()
         parts = []
@@ -138,20 +157,20 @@ class MatchingEngine:
             if done == n:
                 break
             self.N[:] = 0
-            k = MK.process(cmds, done, n - done, ts_ns, self.E, self.S, self.L, self.O, self.H, self.rep,
-                           self.racct, self.trd, self.md, self.N, self._no_lat)
+            k = MK.process(cmds, done, n - done, ts_ns, self.E, self.S, self.L, self.O, self.H, self.repw,
+                           self.racct, self.mdw, self.N, self._no_lat)
             if k == 0:  # cannot happen: the buffers hold the worst case of any request
                 raise RuntimeError("matching engine output buffers too small for one request")
             done += k
-        return Output(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
+        return Output(*(np.concatenate([p[i] for p in parts]) for i in range(3)))
 
     def _views(self) -> Output:
-        r, t, m = (int(x) for x in self.N)
-        return Output(self.rep[:r], self.racct[:r], self.trd[:t], self.md[:m])
+        r, m = int(self.N[MK.N_REP]), int(self.N[MK.N_MD])
+        return Output(self.rep[:r], self.racct[:r], self.md[:m])
 
     def _copies(self):
         v = self._views()
-        return v.reports.copy(), v.accounts.copy(), v.trades.copy(), v.md.copy()
+        return v.reports.copy(), v.accounts.copy(), v.md.copy()
 
 
 def new_order(side: int, qty: int, px_tick: int = 0, ord_type: int = schema.OT_LIMIT, tif: int = schema.TIF_GTC,
