@@ -447,16 +447,28 @@ def _new_order(E, S, L, O, H, rep, racct, md, N, ts, c):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _cancel(E, S, L, O, H, rep, racct, md, N, ts, c):
+def _owned(E, O, H, rep, racct, N, c):
+    """The slot of the resting order a cancel/modify targets, or -1 after rejecting it
+    (unknown order, or another account's)."""
     oid = np.int64(c.order_id)
     acct = np.int64(c.account)
     slot = _h_find(E, H, O, oid) if oid > 0 else -1
     if slot < 0:
         _reject(E, rep, racct, N, np.int64(c.side), schema.RS_UNKNOWN_ORDER, np.int64(c.symbol), oid, acct)
-        return
+        return -1
     if O[slot, O_ACCT] != acct:
         _reject(E, rep, racct, N, O[slot, O_SIDE], schema.RS_NOT_OWNER, O[slot, O_SYM], oid, acct)
+        return -1
+    return slot
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _cancel(E, S, L, O, H, rep, racct, md, N, ts, c):
+    slot = _owned(E, O, H, rep, racct, N, c)
+    if slot < 0:
         return
+    oid = O[slot, O_ID]
+    acct = O[slot, O_ACCT]
     side = O[slot, O_SIDE]
     sym = O[slot, O_SYM]
     q = O[slot, O_QTY]
@@ -469,17 +481,13 @@ def _cancel(E, S, L, O, H, rep, racct, md, N, ts, c):
 
 @njit(nogil=True, cache=True, inline="always")
 def _modify(E, S, L, O, H, rep, racct, md, N, ts, c):
-    oid = np.int64(c.order_id)
-    acct = np.int64(c.account)
-    slot = _h_find(E, H, O, oid) if oid > 0 else -1
+    slot = _owned(E, O, H, rep, racct, N, c)
     if slot < 0:
-        _reject(E, rep, racct, N, np.int64(c.side), schema.RS_UNKNOWN_ORDER, np.int64(c.symbol), oid, acct)
         return
+    oid = O[slot, O_ID]
+    acct = O[slot, O_ACCT]
     side = O[slot, O_SIDE]
     sym = O[slot, O_SYM]
-    if O[slot, O_ACCT] != acct:
-        _reject(E, rep, racct, N, side, schema.RS_NOT_OWNER, sym, oid, acct)
-        return
     qty = np.int64(c.qty)
     if qty <= 0:
         _reject(E, rep, racct, N, side, schema.RS_BAD_QTY, sym, oid, acct)
