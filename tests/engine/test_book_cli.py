@@ -1,7 +1,9 @@
 """`obpipe book` as a user runs it: CSV commands in, trades and books out, through the
-real command line in a child process."""
+command line's ``main`` (in this process, with stdin/stdout/stderr swapped; one test
+runs the real `python -m obpipe book` child process)."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -13,11 +15,22 @@ from tests.conftest import REPO
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
 
-def book(*args: str, stdin: str = "", timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run ``obpipe book ARGS`` with ``stdin``.  The generous timeout covers a first
-    run that has to compile the kernels."""
-    return subprocess.run([sys.executable, "-m", "obpipe", "book", *args], input=stdin, capture_output=True,
-                          text=True, cwd=REPO, env=ENV, timeout=timeout)
+def book(*args: str, stdin: str = "", child: bool = False, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``obpipe book ARGS`` with ``stdin``: through ``obpipe.cli.main`` here, or
+    (``child``) as a child process (the generous timeout covers a first compile)."""
+    if child:
+        return subprocess.run([sys.executable, "-m", "obpipe", "book", *args], input=stdin, capture_output=True,
+                              text=True, cwd=REPO, env=ENV, timeout=timeout)
+    from obpipe.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdin, sys.stdout, sys.stderr
+    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin), out, err
+    try:
+        rc = main(["book", *args])
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved
+    return subprocess.CompletedProcess(["obpipe", "book", *args], rc, out.getvalue(), err.getvalue())
 
 
 def lines(*rows: str) -> str:
@@ -168,7 +181,7 @@ def test_good_input_exits_zero_and_a_bad_one_exits_one():
 def test_reads_commands_from_a_file_argument(tmp_path):
     f = tmp_path / "orders.csv"
     f.write_text(lines("LIMIT,BUY,99.00,50", "LIMIT,BUY,100.00,50", "MARKET,SELL,,80", "PRINT"))
-    r = book(str(f), stdin="LIMIT,SELL,1.00,1000\n")  # stdin is not read
+    r = book(str(f), stdin="LIMIT,SELL,1.00,1000\n", child=True)  # the real command; stdin is not read
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["TRADE 2 3 100.00 50", "TRADE 1 3 99.00 30",
                                      *printed(bids=[("99.00", 20, 1)])]

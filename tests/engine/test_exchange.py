@@ -247,12 +247,12 @@ def test_run_with_the_exchange_as_feed_source_delivers_its_market_data_to_the_bo
     cfg.write_text(f'[instance]\nname = "{instance}"\n[book]\nsymbols = ["A", "B"]\n[exchange]\nport = 0\n'
                    f'[traders]\nclients = 4\nrate = 5000\n[kafka]\nenabled = false\n')
     p = subprocess.run([sys.executable, "-m", "obpipe", "run", "--config", str(cfg), "--source", "exchange",
-                        "--duration", "5", "--json", "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                        "--duration", "3", "--json", "--quiet"], cwd=ROOT, capture_output=True, text=True,
                        timeout=240)
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
     assert "exchange listening on" in p.stderr and "exchange feed stopped" in p.stderr
-    assert d["feed"]["sent"] > 5000
+    assert d["feed"]["sent"] > 3000
     assert d["rx"]["delivered"] == d["book"]["msgs"] == d["feed"]["sent"]  # every message, none lost
     assert d["gap_messages"] == d["malformed"] == d["book"]["bad_msgs"] == 0
     # the exchange's book is never crossed, so the book built from its market data is not either
@@ -261,3 +261,28 @@ def test_run_with_the_exchange_as_feed_source_delivers_its_market_data_to_the_bo
     engine = dict(kv.rsplit(" ", 1) for kv in p.stderr.split("exchange feed stopped: ")[1].splitlines()[0].split(", "))
     assert int(engine["engine_trades"]) == d["book"]["trades"]
     assert int(engine["engine_md_messages"]) == d["feed"]["sent"]
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_malformed_requests_get_a_reject_and_the_connection_goes_on(exchanges, tmp_path):
+    x = _start(exchanges, tmp_path, extra='fsync = "none"\n')
+    s = _Session(x.port, 5)
+    bad = np.zeros(3, schema.ORDER_IN_DTYPE)
+    bad[0]["type"] = 99  # no such request
+    bad[1]["type"], bad[1]["side"], bad[1]["qty"], bad[1]["px_tick"] = schema.OE_NEW, 0, 5, 100
+    bad[1]["_reserved"] = 7  # reserved bytes set
+    bad[2]["type"], bad[2]["side"], bad[2]["qty"], bad[2]["px_tick"] = schema.OE_NEW, 9, 5, 100  # no such side
+    s.s.sendall(bad.tobytes())
+    r = s.read(3)
+    assert r["type"].tolist() == [schema.R_REJECT] * 3
+    assert r["reason"].tolist() == [schema.RS_BAD_TYPE, schema.RS_MALFORMED, schema.RS_BAD_SIDE]
+    good = np.zeros(1, schema.ORDER_IN_DTYPE)
+    good["type"], good["side"], good["qty"], good["px_tick"] = schema.OE_NEW, schema.BUY, 5, 100
+    s.s.sendall(good.tobytes() + b"\x01\x02\x03")  # and half a message left at close
+    ack = s.read(1)[0]
+    assert ack["type"] == schema.R_ACK and ack["qty"] == 5
+    s.s.close()
+    time.sleep(0.3)
+    summary = x.stop()
+    assert summary["partial_at_close"] == 1 and summary["engine_rejected"] == 3
