@@ -248,6 +248,11 @@ def _build(cls, table: dict, where: str):
     return cls(**kwargs)
 
 
+#: The loader, for other components' configs (the story service): a dataclass from a
+#: TOML table, unknown keys and wrong types raising ``ConfigError`` naming the key.
+build_section = _build
+
+
 def _pow2(v: int) -> bool:
     return v >= 2 and v & (v - 1) == 0
 

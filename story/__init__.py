@@ -1,0 +1,1 @@
+"""obpipe-story: the story service (see story/cli.py)."""

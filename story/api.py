@@ -1,0 +1,135 @@
+"""Queries over the store, shared by ``obpipe-story query`` and the HTTP API.
+
+Parameters are checked here (``BadQuery`` names the bad one) and bound by the
+database driver.  Time windows are feed time: ``since`` is a duration back from the
+newest stored time (``10m``, ``90s``, ``2h``, ``1d``) or an absolute feed time in
+integer ns; ``until`` likewise (default: no upper bound).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from publisher.schema import SIGNAL_KINDS
+
+from .store import Store
+
+MAX_LIMIT = 5000
+_DUR = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_NS = {"ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9, "d": 86400e9}
+_SYMBOL = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class BadQuery(ValueError):
+    """A query parameter that is not acceptable; raised by the ``*_query`` functions."""
+
+
+def _duration_ns(text: str) -> int | None:
+    m = _DUR.match(text.strip())
+    return int(float(m.group(1)) * _UNIT_NS[m.group(2)]) if m else None
+
+
+def newest_ns(store: Store, symbol: str | None) -> int | None:
+    """The newest feed time stored (for ``symbol``, or any)."""
+    where, p = ("WHERE symbol = ?", (symbol,)) if symbol else ("", ())
+    a = store.query(f"SELECT MAX(ts_exch_ns) FROM signals {where}", p)[0][0]
+    b = store.query(f"SELECT MAX(end_ns) FROM summaries {where}", p)[0][0]
+    vals = [x for x in (a, b) if x is not None]
+    return max(vals) if vals else None
+
+
+def window(store: Store, symbol: str | None, since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    """(lo, hi) feed-time bounds in ns (None: open)."""
+    out = []
+    for name, text in (("since", since), ("until", until)):
+        if text in (None, ""):
+            out.append(None)
+            continue
+        text = str(text)
+        if re.fullmatch(r"-?\d{1,19}", text):
+            out.append(int(text))
+            continue
+        d = _duration_ns(text)
+        if d is None:
+            raise BadQuery(f"{name}={text!r}: a duration like 10m, 90s, 2h, 1d, or feed time in ns")
+        ref = newest_ns(store, symbol)
+        out.append(None if ref is None else ref - d)
+    return out[0], out[1]
+
+
+def _check(symbol, kinds, limit, offset):
+    if symbol is not None and not _SYMBOL.match(symbol):
+        raise BadQuery(f"symbol={symbol!r}: 1-64 letters, digits, '.', '_', ':' or '-'")
+    for k in kinds or ():
+        if k not in SIGNAL_KINDS:
+            raise BadQuery(f"kind={k!r}: one of {', '.join(SIGNAL_KINDS)}")
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise BadQuery(f"limit={limit!r}: 1..{MAX_LIMIT}")
+    if not isinstance(offset, int) or offset < 0:
+        raise BadQuery(f"offset={offset!r}: >= 0")
+
+
+def _where(symbol, kinds, col, lo, hi):
+    conds, params = [], []
+    if symbol:
+        conds.append("symbol = ?")
+        params.append(symbol)
+    if kinds:
+        conds.append(f"kind IN ({', '.join('?' * len(kinds))})")
+        params += list(kinds)
+    if lo is not None:
+        conds.append(f"{col} >= ?")
+        params.append(lo)
+    if hi is not None:
+        conds.append(f"{col} <= ?")
+        params.append(hi)
+    return ("WHERE " + " AND ".join(conds)) if conds else "", params
+
+
+def stories_query(store: Store, symbol=None, kinds=None, since=None, until=None, limit=100, offset=0,
+                  newest_first=False) -> list[dict]:
+    """Stories overlapping the window, oldest first (or newest first)."""
+    _check(symbol, kinds, limit, offset)
+    lo, hi = window(store, symbol, since, until)
+    where, p = _where(symbol, kinds, "end_ns", lo, None)
+    if hi is not None:
+        where += (" AND " if where else "WHERE ") + "start_ns <= ?"
+        p.append(hi)
+    order = "DESC" if newest_first else "ASC"
+    rows = store.query(f"SELECT id, symbol, kind, side, start_ns, end_ns, severity, text, signal_ids FROM stories "
+                       f"{where} ORDER BY start_ns {order}, id {order} LIMIT ? OFFSET ?", (*p, limit, offset))
+    return [{"id": r[0], "symbol": r[1], "kind": r[2], "side": r[3], "start_ns": r[4], "end_ns": r[5],
+             "severity": r[6], "text": r[7], "signal_ids": json.loads(r[8])} for r in rows]
+
+
+def signals_query(store: Store, symbol=None, kinds=None, since=None, until=None, limit=100, offset=0) -> list[dict]:
+    _check(symbol, kinds, limit, offset)
+    lo, hi = window(store, symbol, since, until)
+    where, p = _where(symbol, kinds, "ts_exch_ns", lo, hi)
+    rows = store.query(f"SELECT id, symbol, kind, side, seq, ts_exch_ns, tick_size, bid_tick, ask_tick, bid_qty, "
+                       f"ask_qty, vals FROM signals {where} ORDER BY ts_exch_ns, id LIMIT ? OFFSET ?",
+                       (*p, limit, offset))
+    return [{"id": r[0], "symbol": r[1], "kind": r[2], "side": r[3], "seq": r[4], "ts_exch_ns": r[5],
+             "tick_size": r[6], "bbo": {"bid_tick": r[7], "ask_tick": r[8], "bid_qty": r[9], "ask_qty": r[10]},
+             "values": json.loads(r[11])} for r in rows]
+
+
+def summaries_query(store: Store, symbol=None, since=None, until=None, limit=1000, offset=0) -> list[dict]:
+    _check(symbol, None, limit, offset)
+    lo, hi = window(store, symbol, since, until)
+    where, p = _where(symbol, None, "start_ns", lo, hi)
+    rows = store.query(f"SELECT symbol, start_ns, end_ns, tick_size, bid_tick, ask_tick, mid_tick, spread_min, "
+                       f"spread_mean, spread_max, volume_buy, volume_sell, trades, messages FROM summaries {where} "
+                       f"ORDER BY start_ns, symbol LIMIT ? OFFSET ?", (*p, limit, offset))
+    keys = ("symbol", "start_ns", "end_ns", "tick_size", "bid_tick", "ask_tick", "mid_tick", "spread_min",
+            "spread_mean", "spread_max", "volume_buy", "volume_sell", "trades", "messages")
+    return [dict(zip(keys, r)) for r in rows]
+
+
+def symbols(store: Store) -> list[dict]:
+    rows = store.query("SELECT symbol, COUNT(*), MAX(end_ns) FROM summaries GROUP BY symbol ORDER BY symbol")
+    st = dict(store.query("SELECT symbol, COUNT(*) FROM stories GROUP BY symbol"))
+    names = {r[0] for r in rows} | set(st)
+    by = {r[0]: r for r in rows}
+    return [{"symbol": s, "summaries": by[s][1] if s in by else 0, "stories": st.get(s, 0),
+             "newest_ns": by[s][2] if s in by else None} for s in sorted(names)]
