@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching lobster-check kafka tail exchange book
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching lobster-check kafka tail exchange book story
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,9 @@ exchange: $(DEV) ## the order-entry exchange on 127.0.0.1:9000 until Ctrl-C (ARG
 
 book: $(DEV)     ## the matching engine on CSV commands from stdin (ARGS=FILE to read a file)
 	$(VENV)/bin/obpipe book $(ARGS)
+
+story: $(DEV)    ## the story service against the local broker (the running instance's), SQLite story.db, page on http://127.0.0.1:8080/
+	$(VENV)/bin/obpipe-story run $(ARGS)
 
 test: $(DEV)     ## run the test suite
 	$(VPY) -m pytest $(ARGS)

@@ -1,0 +1,95 @@
+"""The PostgreSQL path: the same store, service and queries against a real server.
+
+The fixture starts its own server (Debian's postgresql, as the ``postgres`` user, on a
+free 127.0.0.1 port, in a temporary directory) and stops it by pid; without the
+server binary, that user or psycopg the tests skip and say why.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from publisher.broker import free_port
+from story import api
+from story.config import StoryConfig
+from story.service import StoryService
+from story.store import Store
+from tests.publisher.conftest import make_signal, make_summary
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture
+def pg_url(tmp_path):
+    psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed")
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL server binaries in {PG_BIN} (Debian package postgresql-15)")
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no 'postgres' user to run the server as (the server refuses root)")
+    d = Path(tempfile.mkdtemp(prefix="obpipe-pg-"))  # (pytest's tmp_path is root-only)
+    os.chmod(d, 0o755)
+    shutil.chown(d, pw.pw_uid, pw.pw_gid)
+    kw = dict(user=pw.pw_uid, group=pw.pw_gid, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=d)
+    r = subprocess.run([str(PG_BIN / "initdb"), "-D", str(d / "data"), "-A", "trust", "-U", "postgres"],
+                       timeout=120, **kw)
+    if r.returncode != 0:
+        shutil.rmtree(d, ignore_errors=True)
+        raise AssertionError(r.stderr.decode())
+    port = free_port()
+    p = subprocess.Popen([str(PG_BIN / "postgres"), "-D", str(d / "data"), "-p", str(port), "-k", str(d),
+                          "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"], **kw)
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg.connect(url, connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                assert p.poll() is None, p.stderr.read().decode()
+                assert time.monotonic() < deadline, "postgres did not accept connections"
+                time.sleep(0.2)
+        yield url
+    finally:
+        p.send_signal(signal.SIGINT)  # fast shutdown
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+        assert p.poll() is not None
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(180)
+def test_postgres_store_is_idempotent_narrates_and_answers_like_sqlite(pg_url, tmp_path):
+    recs = [("obpipe.signals", json.dumps(make_signal("sweep", seq=i, ts_exch_ns=34_200_000_000_000 + i * 10 ** 8))
+             .encode()) for i in range(1, 6)]
+    recs.append(("obpipe.summaries", json.dumps(make_summary()).encode()))
+    results = []
+    for url in (pg_url, str(tmp_path / "s.db")):
+        st = Store.open(url)
+        Store.open(url).close()  # a second open migrates nothing and fails on nothing
+        svc = StoryService(StoryConfig(), st, "unused:1", log=lambda m: None)
+        svc.handle(recs)
+        svc.handle(recs)  # delivered twice
+        assert svc.counters["signals_new"] == 5 and svc.counters["signals_seen_before"] == 5
+        assert st.query("SELECT COUNT(*) FROM signals")[0][0] == 5
+        results.append((api.stories_query(st, "AMZN", since="1h"), api.summaries_query(st, "AMZN"),
+                        api.signals_query(st, kinds=["sweep"], limit=3, offset=1)))
+        assert st.delete_older("signals", "ts_exch_ns", 34_200_000_000_000 + 3 * 10 ** 8, batch=1) == 2
+        st.close()
+    assert st.kind == "sqlite" and results[0] == results[1]  # same answers from both databases
+    assert len(results[0][0]) == 1 and len(results[0][0][0]["signal_ids"]) == 5
