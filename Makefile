@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching lobster-check kafka tail exchange book story
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story lobster-check kafka tail exchange book story
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -68,4 +68,7 @@ bench-kafka: $(DEV) ## analysis ns/event, publisher msgs/s, book rate with/witho
 bench-matching: $(DEV) ## matching kernel orders/s and per-order latency (3 workloads x 1M), TCP round trips -> bench/results/matching.json
 	$(VPY) bench/matching.py $(ARGS)
 
-bench: bench-core bench-pipeline bench-kafka bench-matching ## every benchmark
+bench-story: $(DEV) ## story service: ingest signals/s from the broker into SQLite, 10-minute query p99 over 1M signals -> bench/results/story.json
+	$(VPY) bench/story.py $(ARGS)
+
+bench: bench-core bench-pipeline bench-kafka bench-matching bench-story ## every benchmark

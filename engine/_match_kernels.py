@@ -17,13 +17,14 @@ order and no Python runs per order.
   Price -> level is one subtraction (no tree: the original's ``std::map`` cost
   O(log n) per new level).  The best level per side is kept incrementally; emptying it
   scans away from the touch to the next non-empty level, O(gap in ticks).
-* ``H`` - order id -> pool slot: a table of 2-4x the pool's size; id ``i`` lives in
-  bucket ``i & mask`` or, when an order ``M`` ids older still rests there, in one of
-  the next ``E[E_HPROBE]`` buckets (the largest displacement ever needed; 0 unless
-  orders rest for more than ``M`` ids).  Ids are sequential, so lookup, insert and
-  delete touch one bucket: no probing chains, no tombstones (an earlier version with
-  linear probing and backward-shift deletion scanned the whole run of consecutive live
-  ids on every delete and halved throughput).
+* ``H`` - order id -> pool slot, two parts.  The direct part (``M`` = 2-4x the pool)
+  holds id ``i`` in bucket ``i & (M-1)``: ids are sequential, so lookup, insert and
+  delete touch one bucket.  An order still resting when an id ``M`` later needs its
+  bucket moves to the overflow part, an open-addressing table (Fibonacci hash, linear
+  probing, backward-shift deletion) that is probed only while it holds anything
+  (``E[E_XN]``).  (Rejected: linear probing over the direct part; sequential ids form
+  long runs, and a delete, or any lookup once one run had been displaced, walked them:
+  1,700x slower per request after 262k long-resting orders.)
 * ``S`` - per-symbol scalars (band base, best level per side, level/order/quantity
   counts); ``E`` - engine scalars (next order id, free list, market-data messages
   emitted, counters); ``N`` - fill counts of the three output buffers.
@@ -59,6 +60,7 @@ from ring import schema
 from ring._atomics import monotonic_ns, rdtsc
 
 NO_PX = schema.NO_PX
+MAX_PX_TICK = 1 << 62  # prices above are rejected (bad price): band arithmetic never overflows
 BUY = schema.BUY
 SELL = schema.SELL
 
@@ -101,7 +103,9 @@ E_TRADED_QTY = 9
 E_CANCELS = 10  # orders cancelled (user, unfilled rest, self-trade, book full)
 E_MODIFIES = 11
 E_STP = 12  # resting orders cancelled by self-trade prevention
-E_HPROBE = 13  # largest displacement of an id from its home bucket in H
+E_XN = 13  # ids in the overflow part of H
+E_HM = 14  # size of H's direct part (a power of two); the overflow part follows it
+E_XM = 15  # size of H's overflow part (a power of two)
 NE = 16
 E_NAMES = {E_REQS: "requests", E_ACCEPTED: "accepted", E_REJECTED: "rejected", E_TRADES: "trades",
            E_TRADED_QTY: "traded_qty", E_CANCELS: "cancelled", E_MODIFIES: "modified", E_STP: "self_trade_cancels",
@@ -135,42 +139,92 @@ def new_state(n_symbols: int, width: int, capacity: int, bases=None):
     O[-1, O_NEXT] = -1
     E[E_FREE] = 0
     hsize = 1 << max(4, int(2 * capacity - 1).bit_length())
-    H = np.full(hsize, _H_EMPTY, np.int64)
+    E[E_HM] = hsize
+    E[E_XM] = hsize
+    H = np.full(2 * hsize, _H_EMPTY, np.int64)
     return E, S, L, O, H
 
 
 # --- id -> slot table ---------------------------------------------------------------
 
 @njit(nogil=True, cache=True, inline="always")
+def _x_home(E, oid):
+    """Overflow bucket of ``oid``: a multiplicative (Fibonacci) hash, so old ids that
+    collided in the direct part do not cluster."""
+    h = (np.uint64(oid) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+    return E[E_HM] + np.int64(h & np.uint64(E[E_XM] - 1))
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _h_find(E, H, O, oid):
-    """Slot of resting order ``oid`` or -1: its home bucket, then at most E_HPROBE more."""
-    mask = len(H) - 1
-    for k in range(E[E_HPROBE] + 1):
-        s = H[(oid + k) & mask]
-        if s >= 0 and O[s, O_ID] == oid:
-            return s
+    """Slot of resting order ``oid`` or -1: its direct bucket, else (only while some
+    old order sits in the overflow part) the overflow probe."""
+    s = H[oid & (E[E_HM] - 1)]
+    if s >= 0 and O[s, O_ID] == oid:
+        return s
+    if E[E_XN] == 0:
+        return -1
+    base = E[E_HM]
+    mx = E[E_XM] - 1
+    i = _x_home(E, oid)
+    while H[i] != _H_EMPTY:
+        if O[H[i], O_ID] == oid:
+            return H[i]
+        i = base + ((i - base + 1) & mx)
     return -1
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _h_insert(E, H, oid, slot):
-    mask = len(H) - 1
-    k = 0
-    while H[(oid + k) & mask] != _H_EMPTY:  # only when an order M ids older still rests here
-        k += 1
-    H[(oid + k) & mask] = slot
-    if k > E[E_HPROBE]:
-        E[E_HPROBE] = k
+def _x_insert(E, H, oid, slot):
+    base = E[E_HM]
+    mx = E[E_XM] - 1
+    i = _x_home(E, oid)
+    while H[i] != _H_EMPTY:
+        i = base + ((i - base + 1) & mx)
+    H[i] = slot
+    E[E_XN] += 1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _h_insert(E, H, O, oid, slot):
+    b = oid & (E[E_HM] - 1)
+    old = H[b]
+    if old >= 0:  # an order M ids older still rests: it moves to the overflow part
+        _x_insert(E, H, O[old, O_ID], old)
+    H[b] = slot
+
+
+@njit(nogil=True, cache=True)
+def _x_delete(E, H, O, oid):
+    """Remove ``oid`` from the overflow part: linear probing with backward-shift
+    deletion (no tombstones), homes by ``_x_home``."""
+    base = E[E_HM]
+    mx = E[E_XM] - 1
+    i = _x_home(E, oid) - base
+    while O[H[base + i], O_ID] != oid:
+        i = (i + 1) & mx
+    j = i
+    while True:
+        j = (j + 1) & mx
+        s = H[base + j]
+        if s == _H_EMPTY:
+            break
+        k = _x_home(E, O[s, O_ID]) - base
+        if (j > i and (k <= i or k > j)) or (j < i and (k <= i and k > j)):
+            H[base + i] = s
+            i = j
+    H[base + i] = _H_EMPTY
+    E[E_XN] -= 1
 
 
 @njit(nogil=True, cache=True, inline="always")
 def _h_delete(E, H, O, oid):
-    mask = len(H) - 1
-    for k in range(E[E_HPROBE] + 1):
-        s = H[(oid + k) & mask]
-        if s >= 0 and O[s, O_ID] == oid:
-            H[(oid + k) & mask] = _H_EMPTY
-            return
+    b = oid & (E[E_HM] - 1)
+    s = H[b]
+    if s >= 0 and O[s, O_ID] == oid:
+        H[b] = _H_EMPTY
+    else:
+        _x_delete(E, H, O, oid)
 
 
 # --- outputs -------------------------------------------------------------------------
@@ -379,7 +433,7 @@ def _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, 
             O[slot, O_ACCT] = acct
             O[slot, O_SIDE] = side
             O[slot, O_SYM] = sym
-            _h_insert(E, H, oid, slot)
+            _h_insert(E, H, O, oid, slot)
             _append(E, S, L, O, slot)
             _md(md, N, E, schema.K_ADD, side, sym, left, oid, px, ts)
             return
@@ -392,13 +446,12 @@ def _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, 
 
 @njit(nogil=True, cache=True, inline="always")
 def _in_band(E, S, sym, px):
+    """Is ``px`` a price of the symbol's band?  A symbol without a band yet accepts any
+    sane price; ``_new_order`` centres the band on it once the order is accepted."""
+    if px <= 0 or px > MAX_PX_TICK:
+        return False
     base = S[sym, S_BASE]
-    if base == NO_PX:  # first limit price of the symbol: centre the band on it
-        base = px - E[E_W] // 2
-        if base < 1:
-            base = 1
-        S[sym, S_BASE] = base
-    return base <= px < base + E[E_W]
+    return base == NO_PX or base <= px < base + E[E_W]
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -432,7 +485,7 @@ def _new_order(E, S, L, O, H, rep, racct, md, N, ts, c):
         return
     limit = ot == schema.OT_LIMIT
     if limit:
-        if px <= 0 or not _in_band(E, S, sym, px):
+        if not _in_band(E, S, sym, px):
             _reject(E, rep, racct, N, side, schema.RS_BAD_PRICE, sym, oid, acct)
             return
     else:
@@ -440,6 +493,8 @@ def _new_order(E, S, L, O, H, rep, racct, md, N, ts, c):
     if tif == schema.TIF_FOK and _fillable(E, S, L, O, sym, side, limit, px, acct, qty) < qty:
         _reject(E, rep, racct, N, side, schema.RS_FOK_UNFILLABLE, sym, oid, acct)
         return
+    if limit and S[sym, S_BASE] == NO_PX:  # the first accepted limit price centres the band
+        S[sym, S_BASE] = max(1, px - E[E_W] // 2)
     E[E_ACCEPTED] += 1
     _report(rep, racct, N, schema.R_ACK, side, 0, 0, sym, qty, qty, px, oid, acct)
     _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, px, qty,

@@ -29,6 +29,7 @@ import numpy as np
 
 from ring import schema
 
+from ._match_kernels import MAX_PX_TICK
 from .matching import DEFAULT_BAND_TICKS, MatchingEngine, requests
 
 BATCH = 4096
@@ -49,11 +50,19 @@ def parse_price(text: str, decimals: int) -> int:
     """'100.05' -> 10005 ticks at 2 decimals (exact: no float)."""
     t = text.strip()
     whole, dot, frac = t.partition(".")
-    if not whole.isdigit() or (dot and not frac.isdigit()) or (not dot and not whole):
+    if not (_digits(whole) and (not dot or _digits(frac))):
         raise LineError(f"price {text!r} is not a number like 100.25")
     if len(frac) > decimals:
         raise LineError(f"price {text!r} has more than {decimals} decimals")
-    return int(whole) * 10 ** decimals + int((frac or "0").ljust(decimals, "0") or "0")
+    px = int(whole) * 10 ** decimals + int((frac or "0").ljust(decimals, "0") or "0")
+    if px > MAX_PX_TICK:
+        raise LineError(f"price {text!r} is too large")
+    return px
+
+
+def _digits(t: str) -> bool:
+    """ASCII digits only (str.isdigit also accepts '²' and other digits int() refuses)."""
+    return t.isascii() and t.isdigit()
 
 
 def format_price(px_tick: int, decimals: int) -> str:
@@ -66,7 +75,7 @@ def format_price(px_tick: int, decimals: int) -> str:
 
 def _int_field(text: str, what: str, lo: int, hi: int) -> int:
     t = text.strip()
-    if not t.isdigit():
+    if not _digits(t):
         raise LineError(f"{what} {text!r} is not a whole number")
     v = int(t)
     if not lo <= v <= hi:

@@ -14,8 +14,9 @@ One process, one event loop (``selectors``: epoll on Linux), many clients:
   before it is journaled.  No Python runs per message: reports are routed to their
   accounts with a stable argsort, one byte slice per client per turn.
 * Writes are non-blocking with a per-client output buffer; a client whose buffer passes
-  ``out_buffer_max`` (it stopped reading) is disconnected and counted; the others never
-  wait for it.  Its resting orders stay in the book.
+  ``out_buffer_max`` and that has taken nothing for ``SLOW_GRACE_S`` (or whose buffer
+  passes 16x the bound) has stopped reading: it is disconnected and counted; the others
+  never wait for it.  Its resting orders stay in the book.
 * Malformed requests (reserved bytes set, unknown type, bad fields) get an R_REJECT
   from the kernel.  A trailing partial message at disconnect is counted.
 * SIGINT/SIGTERM: stop reading, flush what can be flushed, end the feed with a
@@ -43,10 +44,16 @@ from .matching import MatchingEngine
 
 REQ = schema.ORDER_IN_DTYPE.itemsize
 _RECOVER_CHUNK = 1 << 16
+ACCEPT_PAUSE_S = 0.1
+#: A client whose queued reports exceed ``out_buffer_max`` is disconnected once it has
+#: taken nothing for this long (a burst bigger than the bound is fine while it reads),
+#: and at once past HARD_FACTOR x ``out_buffer_max``.
+SLOW_GRACE_S = 1.0
+HARD_FACTOR = 16
 
 
 class _Conn:
-    __slots__ = ("sock", "account", "inbuf", "out", "writing", "first", "peer")
+    __slots__ = ("sock", "account", "inbuf", "out", "writing", "first", "peer", "progress")
 
     def __init__(self, sock, account, peer):
         self.sock = sock
@@ -56,6 +63,7 @@ class _Conn:
         self.writing = False
         self.first = True
         self.peer = peer
+        self.progress = time.monotonic()  # when it last took bytes
 
 
 class Exchange:
@@ -80,7 +88,10 @@ class Exchange:
         self.conns: dict[int, _Conn] = {}  # fd -> connection
         self.by_account: dict[int, _Conn] = {}
         self.next_account = schema.OE_AUTO_ACCOUNT
-        self.c = dict(connections=0, disconnects=0, slow_disconnects=0, refused=0, logins=0, bad_logins=0,
+        self._accept_paused_until = 0.0
+        self._accept_logged = 0.0
+        self.c = dict(connections=0, disconnects=0, slow_disconnects=0, refused=0, accept_errors=0, logins=0,
+                      bad_logins=0,
                       requests=0, batches=0, reports_sent=0, reports_undeliverable=0, partial_at_close=0,
                       md_messages=0, md_datagrams=0)
 
@@ -132,7 +143,7 @@ class Exchange:
     def serve(self, stop: list, tick=None, tick_s: float = 0.1) -> None:
         """Serve until ``stop[0]`` is true; ``tick()`` is called about every ``tick_s``."""
         sel = self.sel
-        next_tick = time.monotonic() + tick_s
+        next_tick = time.monotonic() + tick_s  # (also paces the slow-client sweep)
         raw = bytearray()  # this turn's whole messages, every client's, in arrival order
         runs: list[tuple[int, int]] = []  # (messages, account) per client read this turn
         while not stop[0]:
@@ -152,9 +163,18 @@ class Exchange:
                 raw.clear()
                 runs.clear()
                 self._batch(reqs)
-            if tick is not None and time.monotonic() >= next_tick:
-                tick()
-                next_tick = time.monotonic() + tick_s
+            now = time.monotonic()
+            if self._accept_paused_until and now >= self._accept_paused_until:
+                self._accept_paused_until = 0.0
+                self.sel.register(self.lsock, selectors.EVENT_READ, None)
+            if self.journal is not None:
+                self.journal.tick()  # fsync = "interval": sync what waits, even when no new batch comes
+            if now >= next_tick:
+                for conn in [c for c in self.conns.values() if c.out]:
+                    self._check_slow(conn)
+                if tick is not None:
+                    tick()
+                next_tick = now + tick_s
 
     def _accept(self) -> None:
         while True:
@@ -162,8 +182,14 @@ class Exchange:
                 s, peer = self.lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # e.g. EMFILE: leave it for the next turn
-                self.log(f"exchange: accept failed: {e}")
+            except OSError as e:  # e.g. EMFILE: stop listening for a moment (no busy loop, no log flood)
+                self.c["accept_errors"] += 1
+                if self.c["accept_errors"] == 1 or time.monotonic() - self._accept_logged > 5:
+                    self.log(f"exchange: accept failed: {e} (pausing new connections for "
+                             f"{ACCEPT_PAUSE_S} s; {self.c['accept_errors']} so far)")
+                    self._accept_logged = time.monotonic()
+                self.sel.unregister(self.lsock)
+                self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
                 return
             if len(self.conns) >= self.x.max_clients:
                 self.c["refused"] += 1
@@ -260,6 +286,8 @@ class Exchange:
             if conn is None:
                 self.c["reports_undeliverable"] += len(blob) // 32
                 continue
+            if not conn.out:
+                conn.progress = time.monotonic()  # the grace runs from when it has something to take
             conn.out += blob
             self.c["reports_sent"] += len(blob) // 32
             self._flush(conn)
@@ -271,22 +299,32 @@ class Exchange:
             while conn.out:
                 n = conn.sock.send(conn.out)
                 del conn.out[:n]
+                conn.progress = time.monotonic()
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
             self._close(conn)
             return
-        if len(conn.out) > self.x.out_buffer_max:
-            self.c["slow_disconnects"] += 1
-            self.log(f"exchange: account {conn.account} ({conn.peer[0]}:{conn.peer[1]}) disconnected: "
-                     f"{len(conn.out)} bytes unread (out_buffer_max {self.x.out_buffer_max})")
-            self._close(conn)
+        if self._check_slow(conn):
             return
         want = bool(conn.out)
         if want != conn.writing:
             conn.writing = want
             ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
             self.sel.modify(conn.sock, ev, conn)
+
+    def _check_slow(self, conn: _Conn) -> bool:
+        """Disconnect ``conn`` if it stopped reading; True if it was."""
+        n = len(conn.out)
+        limit = self.x.out_buffer_max
+        if n <= limit or (n <= HARD_FACTOR * limit and time.monotonic() - conn.progress < SLOW_GRACE_S):
+            return False
+        self.c["slow_disconnects"] += 1
+        self.log(f"exchange: account {conn.account} ({conn.peer[0]}:{conn.peer[1]}) disconnected: "
+                 f"{n} bytes unread (out_buffer_max {limit}, nothing taken for "
+                 f"{time.monotonic() - conn.progress:.1f} s)")
+        self._close(conn)
+        return True
 
     def _close(self, conn: _Conn) -> None:
         fd = conn.sock.fileno()
@@ -311,7 +349,8 @@ class Exchange:
         for c in list(self.conns.values()):
             self._close(c)
         if self.lsock is not None:
-            self.sel.unregister(self.lsock)
+            if not self._accept_paused_until:
+                self.sel.unregister(self.lsock)
             self.lsock.close()
             self.lsock = None
         if self.sender is not None:

@@ -129,7 +129,7 @@ class Traders:
         for i in range(self.clients):
             s = socket.create_connection((self.host, self.port), timeout=10)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            s.setblocking(False)
+            s.settimeout(30)  # recv runs only when select says readable; sendall may wait for room
             t = Trader(i, s, self.seed * 1_000_003 + i, self.mid)
             self.traders.append(t)
             sel.register(s, selectors.EVENT_READ, t)
@@ -162,12 +162,7 @@ class Traders:
                     kind, q = self._request(t, buf)
                     t.pending.append((kind, q))
                     t.sent_t.append(time.perf_counter_ns())
-                    try:
-                        t.sock.sendall(buf.tobytes())
-                    except BlockingIOError:
-                        t.sock.setblocking(True)
-                        t.sock.sendall(buf.tobytes())
-                        t.sock.setblocking(False)
+                    t.sock.sendall(buf.tobytes())  # (a socket with a timeout: sendall sends it all)
                     t.sent += 1
                     if per_trader_gap:
                         t.next_due += int(per_trader_gap)
@@ -202,7 +197,7 @@ class Traders:
     def _on_read(self, t: Trader) -> None:
         try:
             data = t.sock.recv(1 << 16)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, socket.timeout):
             return
         now = time.perf_counter_ns()
         if not data:
@@ -250,8 +245,18 @@ class Traders:
                         t.live.pop(0)
             elif typ == schema.R_REJECT:
                 t.rejects += 1
+            elif typ == schema.R_MODIFIED:  # the order may now fill up to what it had filled + qty
+                t.ordered[oid] = t.filled.get(oid, 0) + qty
+
+    def check_fills(self) -> None:
+        """No order filled beyond what it was given (AssertionError naming it)."""
+        for t in self.traders:
+            for oid, f in t.filled.items():
+                if f > t.ordered.get(oid, f):
+                    raise AssertionError(f"trader {t.i}: order {oid} filled {f} > ordered {t.ordered[oid]}")
 
     def result(self) -> dict:
+        self.check_fills()
         rtt = np.array([x for t in self.traders for x in t.rtt], np.int64)
         pct = {}
         if len(rtt):

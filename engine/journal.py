@@ -12,12 +12,14 @@ File layout (little-endian; docs/PROTOCOL.md "Journal"):
 
 The matching kernel is deterministic, so replaying the requests rebuilds exactly the same
 books (same orders, same priorities), the same next order id and the same market-data
-sequence.  A batch cut short by a crash (short, or its crc wrong at the very end of the
-file) was never acknowledged: recovery drops it and truncates the file there.  A bad
-batch followed by more data is corruption, and recovery refuses to start.
+sequence.  A batch cut short by a crash (short, or its crc wrong, with no intact batch
+after it) was never acknowledged: recovery drops it and truncates the file there.  A
+bad batch followed by an intact one is corruption, and recovery refuses to start.
+Recovery reads through an mmap (journals over 2 GiB; one copy of the requests).
 
-One ``os.write`` per batch (``O_APPEND``): a process killed after the write returned
-has its batch in the page cache, which survives the process.  ``fsync`` decides what
+One ``os.write`` per batch (``O_APPEND``; a short write is continued): a process
+killed after the write returned has its batch in the page cache, which survives the
+process.  ``fsync`` decides what
 survives a power loss: ``batch`` (fsync every batch before its acknowledgements go
 out: group commit), ``interval`` (at most every ``interval_ms``), ``none``.
 """
@@ -38,6 +40,7 @@ HEADER = struct.Struct("<8sIIIIqqq16x")
 BATCH = struct.Struct("<IIqI12x")
 BATCH_MAGIC = 0x48435442
 REQ = schema.ORDER_IN_DTYPE.itemsize
+MAX_BATCH = 1 << 16  # requests per batch ([exchange] max_batch is at most this)
 FSYNC_POLICIES = ("batch", "interval", "none")
 assert HEADER.size == 64 and BATCH.size == 32 and REQ == 32
 
@@ -60,6 +63,7 @@ class Journal:
         self.batches = 0
         self.requests = 0
         self.syncs = 0
+        self._dirty = False
 
     @classmethod
     def open(cls, path: str, n_symbols: int, band_ticks: int, capacity: int, fsync: str = "batch",
@@ -80,8 +84,7 @@ class Journal:
                 j = cls(path, fd, sess, fsync, interval_ms)
                 return j, np.zeros(0, schema.ORDER_IN_DTYPE), {"batches": 0, "requests": 0, "truncated_bytes": 0,
                                                                "created": True}
-            data = os.pread(fd, size, 0)
-            sess, reqs, batches, good = _read(path, data, n_symbols, band_ticks, capacity)
+            sess, reqs, batches, good = _read(path, fd, size, n_symbols, band_ticks, capacity)
             if good < size:
                 os.ftruncate(fd, good)
                 os.fsync(fd)
@@ -95,19 +98,32 @@ class Journal:
 
     def append(self, reqs: np.ndarray, ts_ns: int) -> None:
         """Write one batch (and fsync it, per the policy) before it is acknowledged."""
+        if len(reqs) > MAX_BATCH:
+            raise ValueError(f"a journal batch holds at most {MAX_BATCH} requests, got {len(reqs)}")
         body = reqs.tobytes()
-        os.write(self.fd, BATCH.pack(BATCH_MAGIC, len(reqs), ts_ns, zlib.crc32(body)) + body)
+        view = memoryview(BATCH.pack(BATCH_MAGIC, len(reqs), ts_ns, zlib.crc32(body)) + body)
+        while view:  # a short write (disk nearly full) is retried; an error raises: nothing is acknowledged
+            n = os.write(self.fd, view)
+            view = view[n:]
         self.batches += 1
         self.requests += len(reqs)
+        self._dirty = True
         if self.fsync == "batch":
-            os.fsync(self.fd)
-            self.syncs += 1
+            self.sync()
         elif self.fsync == "interval":
-            now = time.monotonic_ns()
-            if now - self._last_sync >= self.interval_ns:
-                os.fsync(self.fd)
-                self.syncs += 1
-                self._last_sync = now
+            self.tick()
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+        self.syncs += 1
+        self._dirty = False
+        self._last_sync = time.monotonic_ns()
+
+    def tick(self) -> None:
+        """``interval`` policy: fsync written batches once the interval has passed (the
+        exchange calls this every loop turn, so a quiet spell does not leave them unsynced)."""
+        if self._dirty and self.fsync == "interval" and time.monotonic_ns() - self._last_sync >= self.interval_ns:
+            self.sync()
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -117,47 +133,76 @@ class Journal:
             self.fd = -1
 
 
-def _read(path, data: bytes, n_symbols: int, band_ticks: int, capacity: int):
-    if len(data) < HEADER.size:
-        raise JournalError(f"{path}: {len(data)} bytes, shorter than a journal header (not a journal?)")
-    magic, version, hsize, sess, nsym, band, cap, _created = HEADER.unpack_from(data, 0)
-    if magic != MAGIC:
-        raise JournalError(f"{path}: not an obpipe journal (magic {magic!r})")
-    if version != VERSION or hsize != HEADER.size:
-        raise JournalError(f"{path}: journal version {version}, this exchange reads version {VERSION}")
-    for name, have, want in (("symbols", nsym, n_symbols), ("band_ticks", band, band_ticks),
-                             ("capacity", cap, capacity)):
-        if have != want:
-            raise JournalError(f"{path}: journal was written with {name} = {have}, the exchange has {want}; "
-                               f"replaying it with other settings would build another book")
-    pos = HEADER.size
-    spans = []
-    batches = 0
-    while pos < len(data):
-        bad = None
-        if pos + BATCH.size > len(data):
-            bad = "short batch header"
-        else:
-            magic, count, _ts, crc = BATCH.unpack_from(data, pos)
-            end = pos + BATCH.size + count * REQ
-            if magic != BATCH_MAGIC:
-                bad = "bad batch magic"
-            elif end > len(data):
-                bad = "short batch"
-            elif zlib.crc32(data[pos + BATCH.size:end]) != crc:
-                bad = "batch checksum mismatch"
-        if bad is not None:
-            if bad in ("short batch header", "short batch") or _tail_only(data, pos):
+def _read(path, fd: int, size: int, n_symbols: int, band_ticks: int, capacity: int):
+    """Parse the journal through an mmap (no 2 GiB read limit, no whole-file copy):
+    (session, requests, batches, bytes that are whole batches)."""
+    import mmap
+
+    if size < HEADER.size:
+        raise JournalError(f"{path}: {size} bytes, shorter than a journal header (not a journal?)")
+    data = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    try:
+        magic, version, hsize, sess, nsym, band, cap, _created = HEADER.unpack_from(data, 0)
+        if magic != MAGIC:
+            raise JournalError(f"{path}: not an obpipe journal (magic {magic!r})")
+        if version != VERSION or hsize != HEADER.size:
+            raise JournalError(f"{path}: journal version {version}, this exchange reads version {VERSION}")
+        for name, have, want in (("symbols", nsym, n_symbols), ("band_ticks", band, band_ticks),
+                                 ("capacity", cap, capacity)):
+            if have != want:
+                raise JournalError(f"{path}: journal was written with {name} = {have}, the exchange has {want}; "
+                                   f"replaying it with other settings would build another book")
+        pos = HEADER.size
+        spans = []
+        total = 0
+        while pos < size:
+            bad = _bad_batch(data, pos, size)
+            if bad is not None:
+                if _valid_batch_after(data, pos, size):
+                    raise JournalError(f"{path}: {bad} at byte {pos} with whole batches after it: the journal is "
+                                       f"corrupt")
                 break  # the last write, cut short by a crash: never acknowledged
-            raise JournalError(f"{path}: {bad} at byte {pos} with more data after it: the journal is corrupt")
-        spans.append((pos + BATCH.size, end))
-        batches += 1
-        pos = end
-    buf = b"".join(data[a:b] for a, b in spans)
-    reqs = np.frombuffer(buf, schema.ORDER_IN_DTYPE).copy() if buf else np.zeros(0, schema.ORDER_IN_DTYPE)
-    return sess, reqs, batches, pos
+            count = BATCH.unpack_from(data, pos)[1]
+            spans.append((pos + BATCH.size, count))
+            total += count
+            pos += BATCH.size + count * REQ
+        reqs = np.empty(total, schema.ORDER_IN_DTYPE)
+        flat = reqs.view(np.uint8)
+        src = np.frombuffer(data, np.uint8)
+        k = 0
+        for start, count in spans:
+            flat[k:k + count * REQ] = src[start:start + count * REQ]
+            k += count * REQ
+        del src
+        return sess, reqs, len(spans), pos
+    finally:
+        data.close()
 
 
-def _tail_only(data: bytes, pos: int) -> bool:
-    """A bad batch at ``pos`` is the crash-cut tail if no later batch header follows it."""
-    return data.find(struct.pack("<I", BATCH_MAGIC), pos + 4) < 0
+def _bad_batch(data, pos: int, size: int) -> str | None:
+    """Why the batch at ``pos`` is not a whole, intact batch (None: it is)."""
+    if pos + BATCH.size > size:
+        return "short batch header"
+    magic, count, _ts, crc = BATCH.unpack_from(data, pos)
+    if magic != BATCH_MAGIC:
+        return "bad batch magic"
+    if count > MAX_BATCH:
+        return f"batch count {count} over {MAX_BATCH}"
+    end = pos + BATCH.size + count * REQ
+    if end > size:
+        return "short batch"
+    if zlib.crc32(data[pos + BATCH.size:end]) != crc:
+        return "batch checksum mismatch"
+    return None
+
+
+def _valid_batch_after(data, pos: int, size: int) -> bool:
+    """Is there a whole, intact batch anywhere after ``pos`` (at a 32-byte boundary)?
+    Then a bad batch at ``pos`` is corruption, not a crash-cut tail."""
+    needle = struct.pack("<I", BATCH_MAGIC)
+    q = data.find(needle, pos + 1)
+    while q >= 0:
+        if (q - HEADER.size) % REQ == 0 and _bad_batch(data, q, size) is None:
+            return True
+        q = data.find(needle, q + 1)
+    return False

@@ -134,9 +134,11 @@ class RefMatcher:
         self.md_messages += 1
 
     def _in_band(self, sym, px):
-        if self.base[sym] is None:
-            self.base[sym] = max(1, px - self.w // 2)
-        return self.base[sym] <= px < self.base[sym] + self.w
+        """A sane price in the band; a symbol without one yet takes any sane price (the
+        band is centred on the first *accepted* limit price, in ``_new``)."""
+        if px <= 0 or px > 1 << 62:
+            return False
+        return self.base[sym] is None or self.base[sym] <= px < self.base[sym] + self.w
 
     @staticmethod
     def _crosses(side, limit, px, resting_px):
@@ -185,6 +187,8 @@ class RefMatcher:
                             if self._crosses(side, limit, px, o.px) and (acct == 0 or o.acct != acct))
             if available < qty:
                 return self._reject(side, sc.RS_FOK_UNFILLABLE, sym, oid, acct)
+        if limit and self.base[sym] is None:
+            self.base[sym] = max(1, px - self.w // 2)
         self._report(sc.R_ACK, side, 0, 0, sym, qty, qty, px, oid, acct)
         self._match(oid, acct, side, sym, limit, px, qty, rest=limit and tif == sc.TIF_GTC)
 

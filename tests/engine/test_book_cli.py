@@ -199,3 +199,13 @@ def test_decimals_and_band_options():
     assert r.stdout.splitlines() == ["REJECTED 2 bad price", "REJECTED 3 bad price", "TRADE 1 4 100 1",
                                      *printed(asks=[("100", 2, 1)])]
     assert r.stderr.startswith("line 4: price '100.5' has more than 0 decimals")
+
+
+@pytest.mark.timeout(300)
+def test_odd_numbers_are_bad_lines_not_crashes_and_earlier_output_survives():
+    r = book(stdin=lines("LIMIT,BUY,100.00,10", "LIMIT,SELL,100.00,4", "LIMIT,BUY,99999999999999999999,1",
+                         "LIMIT,BUY,1²,1", "LIMIT,BUY,10,1²", "CANCEL,,,,٣", "PRINT"))
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[0] == "TRADE 1 2 100.00 4"
+    assert [x.split(":")[0] for x in r.stderr.splitlines()[:4]] == ["line 3", "line 4", "line 5", "line 6"]
+    assert "too large" in r.stderr and "    100.00  |         6  (1 orders)" in r.stdout

@@ -286,3 +286,53 @@ def test_malformed_requests_get_a_reject_and_the_connection_goes_on(exchanges, t
     time.sleep(0.3)
     summary = x.stop()
     assert summary["partial_at_close"] == 1 and summary["engine_rejected"] == 3
+
+
+@pytest.mark.timeout(60)
+def test_journal_corrupt_count_mid_file_is_refused_and_a_cut_tail_with_batch_bytes_inside_is_dropped(tmp_path):
+    p = str(tmp_path / "j")
+    j, _, _ = Journal.open(p, 2, 1000, 64)
+    a = _requests(9, 2, 3)
+    a["px_tick"] = 0x48435442  # the batch magic's bytes inside the requests
+    for k in range(3):
+        j.append(a[3 * k:3 * k + 3], k)
+    j.close()
+    good = bytearray(open(p, "rb").read())
+
+    bad = bytearray(good)
+    bad[64 + 4:64 + 8] = struct.pack("<I", 0xFFFFFFFF)  # first batch's count
+    open(p, "wb").write(bytes(bad))
+    with pytest.raises(JournalError, match="corrupt"):
+        Journal.open(p, 2, 1000, 64)
+
+    cut = bytearray(good)
+    cut[-1] ^= 0xFF  # the last batch damaged by a crash mid-write: its requests hold "BTCH"
+    open(p, "wb").write(bytes(cut))
+    j, reqs, rec = Journal.open(p, 2, 1000, 64)
+    j.close()
+    assert rec["batches"] == 2 and len(reqs) == 6 and rec["truncated_bytes"] == 32 + 3 * 32
+
+
+@pytest.mark.timeout(60)
+def test_journal_completes_a_short_write_and_interval_fsync_catches_up_when_idle(tmp_path, monkeypatch):
+    p = str(tmp_path / "j")
+    j, _, _ = Journal.open(p, 2, 1000, 64, fsync="interval", interval_ms=20)
+    real_write = os.write
+    calls = []
+
+    def short_write(fd, data):  # the kernel may write less than asked (disk nearly full)
+        calls.append(len(data))
+        return real_write(fd, bytes(data[:max(1, len(data) // 3)]))
+
+    monkeypatch.setattr(os, "write", short_write)
+    j.append(_requests(5, 3, 1), 7)
+    monkeypatch.setattr(os, "write", real_write)
+    assert len(calls) > 1 and os.path.getsize(p) == 64 + 32 + 5 * 32
+    syncs = j.syncs
+    time.sleep(0.05)
+    j.tick()  # no new batch: the loop's tick still syncs what was written
+    assert j.syncs == syncs + 1
+    j.close()
+    j, reqs, rec = Journal.open(p, 2, 1000, 64)
+    j.close()
+    assert rec["batches"] == 1 and len(reqs) == 5

@@ -719,3 +719,42 @@ def test_random_requests_match_the_reference_request_by_request():
     assert eng.next_order_id == ref.next_order_id and eng.md_messages == ref.md_messages
     # the stream exercised what it is meant to
     assert seen["trades"] > 20_000 and min(seen.values()) > 100, seen
+
+
+def _out(eng, *reqs):
+    return eng.process(np.concatenate(reqs))
+
+
+@pytest.mark.timeout(120)
+def test_a_rejected_first_order_does_not_fix_the_price_band():
+    eng = engine(band_ticks=100)
+    absurd = _out(eng, new_order(BUY, 1, (1 << 63) - 10))  # rejected: not a sane price
+    assert [int(r["reason"]) for r in absurd.reports] == [sc.RS_BAD_PRICE]
+    fok = _out(eng, new_order(BUY, 5, 10 ** 12, tif=FOK))  # rejected: nothing to fill it
+    assert [int(r["reason"]) for r in fok.reports] == [sc.RS_FOK_UNFILLABLE]
+    ok = _out(eng, new_order(BUY, 5, 10_000))  # the first accepted one centres the band
+    assert int(ok.reports[0]["type"]) == sc.R_ACK
+    assert int(_out(eng, new_order(SELL, 5, 10_049)).reports[0]["type"]) == sc.R_ACK
+    assert int(_out(eng, new_order(SELL, 5, 10_050)).reports[0]["reason"]) == sc.RS_BAD_PRICE
+
+
+@pytest.mark.timeout(120)
+def test_orders_resting_longer_than_the_id_table_keep_lookups_one_bucket():
+    from engine import _match_kernels as MK
+
+    eng = engine(capacity=64)  # direct part of the id table: 128 buckets
+    E = eng.E
+    _out(eng, *[new_order(BUY, 1, 9_000 + i) for i in range(60)])  # ids 1..60 rest
+    nxt = 61
+    for _ in range(20):  # 2,000 more orders rest for a moment each (placed, then cancelled)
+        reqs = []
+        for k in range(100):
+            reqs += [new_order(BUY, 1, 9_100), cancel(nxt + k)]
+        _out(eng, *reqs)
+        nxt += 100
+    assert int(E[MK.E_TRADES]) == 0 and eng.resting == 60
+    assert int(E[MK.E_XN]) == 60  # moved to the overflow part, where lookups still find them
+    out = _out(eng, cancel(30), cancel(1), cancel(60), cancel(99_999))
+    assert [int(r["type"]) for r in out.reports] == [sc.R_CANCELLED] * 3 + [sc.R_REJECT]
+    assert int(E[MK.E_XN]) == 57 and eng.resting == 57
+    assert [int(o[0]) for o in eng.orders(0, BUY)][:3] == [59, 58, 57]
