@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from engine import _match_kernels as MK  # noqa: E402
+from engine.exchange import banner_port  # noqa: E402
 from engine.exchange_client import Traders  # noqa: E402
 from engine.matching import MatchingEngine  # noqa: E402
 from ring import schema as sc  # noqa: E402
@@ -122,8 +123,9 @@ def _exchange(tmp: str, fsync: str):
     while time.monotonic() < deadline:
         err.seek(0)
         text = err.read()
-        if "listening on" in text:
-            return p, int(text.split("listening on ")[1].split(";")[0].rsplit(":", 1)[1])
+        port = banner_port(text)
+        if port is not None:
+            return p, port
         if p.poll() is not None:
             raise RuntimeError(f"exchange exited: {text}")
         time.sleep(0.1)

@@ -368,6 +368,14 @@ class Exchange:
                 "next_order_id": self.eng.next_order_id, "port": self.port, "session": self.session}
 
 
+def banner_port(text: str) -> int | None:
+    """The TCP port in an exchange's start-up line (``banner``), or None if not there
+    yet: how a parent that started ``obpipe exchange --port 0`` learns its port."""
+    if "listening on " not in text:
+        return None
+    return int(text.split("listening on ", 1)[1].split(";", 1)[0].rsplit(":", 1)[1])
+
+
 def feed_main(spec, stop_event) -> None:
     """``obpipe run --source exchange``: the pipeline's feed process.  Runs the exchange
     (market data to the pipeline's receiver, counters in the feed's stats row) and the

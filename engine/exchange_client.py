@@ -36,7 +36,7 @@ REQ = schema.ORDER_IN_DTYPE.itemsize
 class Trader:
     __slots__ = ("i", "sock", "rng", "inbuf", "sent_t", "rtt", "sent", "responses", "acks", "rejects", "fills",
                  "fill_qty", "filled", "ordered", "live", "account", "hello", "next_due", "done", "pending",
-                 "cancelled", "taken", "reads", "mid", "closed", "k", "u", "sym", "drift", "pick", "qty", "side", "off")
+                 "taken", "mid", "k", "u", "sym", "drift", "pick", "qty", "side", "off")
 
     def __init__(self, i: int, sock, seed: int, mid: int):
         self.i = i
@@ -47,7 +47,6 @@ class Trader:
         self.pending = deque()  # (kind, order qty) of each request without a response yet
         self.rtt: list[int] = []
         self.sent = self.responses = self.acks = self.rejects = self.fills = self.fill_qty = 0
-        self.cancelled = 0
         self.taken = 0  # lots filled as the aggressor (fill_qty - taken: as the resting side)
         self.filled: dict[int, int] = {}  # order id -> lots filled
         self.ordered: dict[int, int] = {}  # order id -> lots ordered (acked)
@@ -56,9 +55,7 @@ class Trader:
         self.hello = None
         self.next_due = 0
         self.done = False
-        self.reads = True
         self.mid = mid
-        self.closed = False
         self.u = []
         self.k = 0
 
@@ -155,7 +152,7 @@ class Traders:
                 raise TimeoutError(f"traders not done after {self.timeout_s} s: "
                                    f"{[(t.i, t.sent, t.responses) for t in self.traders if not t.done][:5]}")
             for t in self.traders:
-                if t.done or t.closed:
+                if t.done:
                     continue
                 while (len(t.sent_t) < self.window and (self.orders == 0 or t.sent < self.orders)
                        and (end == 0 or now < end) and (per_trader_gap == 0 or now >= t.next_due)):
@@ -226,7 +223,6 @@ class Traders:
             response = typ in (schema.R_ACK, schema.R_REJECT, schema.R_MODIFIED) or (
                 typ == schema.R_CANCELLED and reason == schema.RS_USER)
             if typ == schema.R_CANCELLED:
-                t.cancelled += 1
                 if oid in t.live:
                     t.live.remove(oid)
             if not response:

@@ -133,14 +133,8 @@ class StoryService:
             sp = () if side is None else (side,)
             row = self.store.query(f"SELECT MIN(start_ns) FROM stories WHERE symbol = ? AND kind = ? AND {side_q} "
                                    "AND end_ns >= ? AND start_ns <= ?", (sym, kind, *sp, t0 - gap, t0))
+            # every stored signal is in a story, so a signal within the gap before t0 is in one of these
             from_ns = min(t0, row[0][0]) if row and row[0][0] is not None else t0
-            # a signal just before from_ns, within the gap, belongs to this burst too
-            prev = self.store.query(f"SELECT MAX(ts_exch_ns) FROM signals WHERE symbol = ? AND kind = ? AND {side_q} "
-                                    "AND ts_exch_ns < ? AND ts_exch_ns >= ?", (sym, kind, *sp, from_ns, from_ns - gap))
-            if prev and prev[0][0] is not None:
-                start = self.store.query(f"SELECT MIN(start_ns) FROM stories WHERE symbol = ? AND kind = ? AND "
-                                         f"{side_q} AND end_ns >= ?", (sym, kind, *sp, prev[0][0]))
-                from_ns = start[0][0] if start and start[0][0] is not None else prev[0][0]
             rows = self.store.query(f"SELECT id, ts_exch_ns, tick_size, vals FROM signals WHERE symbol = ? AND "
                                     f"kind = ? AND {side_q} AND ts_exch_ns >= ? ORDER BY ts_exch_ns, id",
                                     (sym, kind, *sp, from_ns))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.exchange import banner_port
 from engine.exchange_client import Traders
 from engine.journal import Journal, JournalError
 from engine.matching import MatchingEngine
@@ -41,9 +42,9 @@ class ExchangeProc:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.err.seek(0)
-            for line in self.err.read().splitlines():
-                if "listening on" in line:
-                    return int(line.split("listening on ")[1].split(";")[0].rsplit(":", 1)[1])
+            port = banner_port(self.err.read())
+            if port is not None:
+                return port
             if self.p.poll() is not None:
                 self.err.seek(0)
                 raise AssertionError(f"exchange exited {self.p.returncode}: {self.err.read()}")
