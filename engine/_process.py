@@ -15,6 +15,22 @@ from ._placement import pin
 _PR_SET_PDEATHSIG = 1
 
 
+class StopFlag:
+    """A stop flag shared with spawned children: one byte of shared memory, no lock.
+    (A ``multiprocessing.Event`` takes a lock in ``is_set()``; a child SIGKILLed while
+    holding it leaves that lock taken for good, and the supervisor's ``set()`` at shutdown
+    then waits forever.)"""
+
+    def __init__(self, ctx):
+        self._v = ctx.RawValue(ctypes.c_int8, 0)
+
+    def set(self) -> None:
+        self._v.value = 1
+
+    def is_set(self) -> bool:
+        return self._v.value != 0
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Ask Linux to SIGTERM this process when its parent dies (a SIGKILLed supervisor
     must not leave a child spinning on a core); exit now if it already has."""

@@ -53,6 +53,7 @@ from ring.stats import ROW_ANALYSIS, ROW_PUBLISHER
 
 from . import book_writer, rx
 from ._placement import cores_for, pin
+from ._process import StopFlag
 from .status import Status, render
 
 WATCH_S = 0.05  # supervisor loop period
@@ -165,7 +166,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     broker = None
     old_handlers = {}
     ctx = mp.get_context("spawn")
-    stop, feed_stop, an_stop, pub_stop = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
+    stop, feed_stop, an_stop, pub_stop = (StopFlag(ctx) for _ in range(4))  # (lock-free: children get SIGKILLed)
     try:
         b = cfg.backoff
         backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us)
