@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story lobster-check kafka tail exchange book story
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story lobster-check kafka tail exchange book story browser
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,8 +38,16 @@ book: $(DEV)     ## the matching engine on CSV commands from stdin (ARGS=FILE to
 story: $(DEV)    ## the story service against the local broker (the running instance's), SQLite story.db, page on http://127.0.0.1:8080/
 	$(VENV)/bin/obpipe-story run $(ARGS)
 
-test: $(DEV)     ## run the test suite
+test: $(DEV) browser ## run the test suite
 	$(VPY) -m pytest $(ARGS)
+
+browser:         ## Debian's chromium for the web page test (apt-get when missing and root; else that test skips)
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium (the story page test renders the page in it)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+	      || echo "could not install chromium: the page test will skip"; \
+	  else echo "no chromium and not root: the page test will skip"; fi; }
 
 tail: $(DEV)     ## follow the signals on Kafka live (the running instance's broker; ARGS="--json --kind sweep")
 	$(VENV)/bin/obpipe tail $(ARGS)

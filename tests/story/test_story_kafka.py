@@ -4,23 +4,34 @@ engine does not notice, and a broker outage leaves the queries answering."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import types
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
+import posix_ipc
 import pytest
+from PIL import Image
 
 from publisher.broker import EmbeddedBroker
 from story.store import Store
-from tests.conftest import REPO, consume_all
+from ring._shm import list_segments
+from tests.conftest import PREFIX, REPO, _counter, consume_all
 from tests.publisher.conftest import make_signal, make_summary, produce
 from tests.test_cli import _config
 from tests.test_pipeline import LOBSTER_MSG
 
 pytestmark = [pytest.mark.multiproc]
+
+#: Kept after the run (git-ignored): the page as headless Chromium rendered it.
+ARTIFACTS = REPO / "tests" / "artifacts"
 
 
 class StoryProc:
@@ -50,7 +61,12 @@ class StoryProc:
     def stop(self) -> str:
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGINT)
-            self.p.wait(timeout=30)
+            try:
+                self.p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(timeout=30)
+                raise
         self.err.close()
         return self.err_path.read_text()
 
@@ -78,47 +94,118 @@ def _wait(fn, cond, timeout_s=90.0):
         time.sleep(0.2)
 
 
-@pytest.mark.timeout(400)
-def test_kill_9_mid_replay_then_restart_stores_exactly_the_published_signals(tmp_path, instance, kafka_broker):
-    bs = kafka_broker.bootstrap
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory):
+    """A seeded replay (the AMZN LOBSTER day) through the engine into a real broker while
+    the story service consumes it; the service is SIGKILLed mid-stream and restarted (with
+    its page) and has caught up when this yields."""
+    tmp_path = tmp_path_factory.mktemp("story-replay")
+    instance = f"{PREFIX}{next(_counter)}"
+    broker = EmbeddedBroker.start()
+    bs = broker.bootstrap
     db = tmp_path / "story.db"
-    story = StoryProc(tmp_path, bs, db, "first", batch_max=5)
-    cfg = _config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
-                  extra=f'[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n[kafka]\nbootstrap_servers = "{bs}"\n')
-    engine = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--replay", str(LOBSTER_MSG),
-                               "--rate", "12000", "--json", "--quiet"], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    story = engine = None
     try:
+        story = StoryProc(tmp_path, bs, db, "first", batch_max=5)
+        cfg = _config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
+                      extra=f'[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n[kafka]\nbootstrap_servers = "{bs}"\n')
+        engine = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--replay",
+                                   str(LOBSTER_MSG), "--rate", "12000", "--json", "--quiet"], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait(lambda: _count(db, "signals"), lambda n: n > 0, timeout_s=180)  # it is consuming
         assert engine.poll() is None, "the replay ended before the kill"
         story.kill()  # SIGKILL, mid-stream
+        story = None
         out, err = engine.communicate(timeout=300)
+        assert engine.returncode == 0, err[-3000:]
+        d = json.loads(out)
+        published = consume_all(bs, "obpipe.signals", d["signals"])
+        published_sums = consume_all(bs, "obpipe.summaries", d["summaries"])
+        stored_before = _count(db, "signals")  # what the killed service had written
+        story = StoryProc(tmp_path, bs, db, "second", batch_max=5, http=True)
+        _wait(lambda: (_count(db, "signals"), _count(db, "summaries")),
+              lambda c: c == (len(published), len(published_sums)), timeout_s=120)
+        time.sleep(1.0)  # (time for a duplicate to show up, were there one)
+        yield types.SimpleNamespace(db=db, engine=d, signals=published, summaries=published_sums, story=story,
+                                    stored_before=stored_before)
     finally:
-        if engine.poll() is None:
+        if engine is not None and engine.poll() is None:
             engine.kill()
             engine.wait(30)
-    assert engine.returncode == 0, err[-3000:]
-    d = json.loads(out)
+        if story is not None:
+            story.stop()
+        broker.stop(timeout_s=2)
+        for seg in list_segments(instance):
+            posix_ipc.unlink_shared_memory(seg)
+
+
+@pytest.mark.timeout(600)
+def test_kill_9_mid_replay_then_restart_stores_exactly_the_published_signals(replay):
+    d = replay.engine
     # the engine never noticed: everything it detected was published, nothing dropped or failed
     assert d["kafka_errors"] == 0 and d["publish_dropped"] == 0 and d["publisher"]["failed"] == 0
     assert d["published"] == d["signals"] + d["summaries"] > 100
-    published = consume_all(bs, "obpipe.signals", d["signals"])
-    published_sums = consume_all(bs, "obpipe.summaries", d["summaries"])
+    s = Store.open(str(replay.db))
+    try:
+        stored = {r[0] for r in s.query("SELECT id FROM signals")}
+        assert stored == {m["id"] for m in replay.signals} and len(stored) == len(replay.signals) == d["signals"]
+        assert {tuple(r) for r in s.query("SELECT symbol, start_ns FROM summaries")} == {
+            (m["symbol"], m["start_ns"]) for m in replay.summaries}
+        in_stories = [i for (ids,) in s.query("SELECT signal_ids FROM stories") for i in json.loads(ids)]
+        assert sorted(in_stories) == sorted(stored)  # every signal in exactly one story
+    finally:
+        s.close()
+    st = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{replay.story.port}/api/stats", timeout=10).read())
+    # the restarted service wrote exactly what the killed one had not (a re-read is counted, not stored)
+    assert st["signals_new"] == len(stored) - replay.stored_before
 
-    story = StoryProc(tmp_path, bs, db, "second", batch_max=5)
-    _wait(lambda: (_count(db, "signals"), _count(db, "summaries")),
-          lambda c: c == (len(published), len(published_sums)), timeout_s=120)
-    time.sleep(1.0)
-    log = story.stop()
-    s = Store.open(str(db))
-    stored = {r[0] for r in s.query("SELECT id FROM signals")}
-    assert stored == {m["id"] for m in published} and len(stored) == len(published) == d["signals"]
-    assert {tuple(r) for r in s.query("SELECT symbol, start_ns FROM summaries")} == {
-        (m["symbol"], m["start_ns"]) for m in published_sums}
-    in_stories = [i for (ids,) in s.query("SELECT signal_ids FROM stories") for i in json.loads(ids)]
-    assert sorted(in_stories) == sorted(stored)  # every signal in exactly one story
-    s.close()
-    assert "signals_seen_before" in log
+
+def _chromium(*args: str, timeout_s: float = 90) -> subprocess.CompletedProcess:
+    """Debian's headless Chromium with a fresh profile and no background networking."""
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("no chromium on PATH (make test installs Debian's chromium package when run as root)")
+    profile = tempfile.mkdtemp(prefix="obpipe-chromium-")
+    try:
+        return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                               "--hide-scrollbars", f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=timeout_s)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.timeout(600)
+def test_the_page_shows_the_chart_and_the_stories_in_headless_chromium(replay):
+    url = f"http://127.0.0.1:{replay.story.port}/"
+    budget = "--virtual-time-budget=8000"  # (page scripts and fetches run to this much virtual time)
+    dom = _chromium(budget, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    body = re.search(r"<body([^>]*)>", html).group(1)
+    attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', body))
+    assert attrs.get("loaded") == "1", (attrs, html[-1500:])
+    assert int(attrs["points"]) > 10 and int(attrs["stories"]) >= 1
+    assert int(attrs["plotted"]) > 10 and int(attrs["marked"]) >= 1  # the chart drew them
+    stories = re.findall(r'<div class="story sev-\w+" data-id="\d+"><div>([^<]+)</div>', html)
+    assert len(stories) == int(attrs["stories"])
+    openings = ("Liquidity vanished", "Aggressive ", "Spread instability", "Book leaning", "Microprice moved")
+    assert all(t.startswith(openings) for t in stories), stories[:5]
+    assert '<option selected="">AMZN</option>' in html or "<option>AMZN</option>" in html
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    png = ARTIFACTS / "story_page.png"
+    png.unlink(missing_ok=True)
+    shot = _chromium(budget, "--window-size=1400,900", f"--screenshot={png}", url)
+    assert shot.returncode == 0 and png.exists(), shot.stderr[-2000:]
+    img = Image.open(png).convert("RGB")
+    assert img.size == (1400, 900)
+    colours = Counter(img.getdata())
+
+    def pixels_near(rgb, tol=30):
+        return sum(n for p, n in colours.items() if all(abs(a - b) <= tol for a, b in zip(p, rgb)))
+    assert pixels_near((0x1F, 0x77, 0xB4)) > 200  # the mid-price line (blue) is drawn
+    assert pixels_near((0x2C, 0xA0, 0x2C)) > 200  # the spread line (green)
 
 
 @pytest.mark.timeout(300)
