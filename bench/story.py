@@ -44,7 +44,7 @@ def _signal(i: int) -> dict:
     kind = SIGNAL_KINDS[(i // len(SYMBOLS)) % len(SIGNAL_KINDS)]
     k = i // 40  # the k-th signal of its (symbol, kind): bursts of 3, 200 ms apart, every 2.4 s
     ts = T0 + (k // 3) * 2_400_000_000 + (k % 3) * 200_000_000 + i % 40
-    return {"type": "signal", "v": 1, "id": signal_id(sym, i, kind), "symbol": sym, "kind": kind,
+    return {"type": "signal", "v": 1, "id": signal_id(sym, i, kind, SIDES[kind]), "symbol": sym, "kind": kind,
             "side": SIDES[kind], "seq": i, "ts_exch_ns": ts, "ts_detect_ns": 1_767_000_000_000_000_000 + i,
             "tick_size": 0.01, "bbo": {"bid_tick": 22381, "ask_tick": 22387, "bid_qty": 300, "ask_qty": 100},
             "values": dict(VALUES[kind])}

@@ -79,16 +79,19 @@ B_VERSION = 15  # snapshots published
 B_PREV = 16  # B_PREV + 0..3: bid px, bid qty, ask px, ask qty as last emitted (EV_BBO)
 B_TS_APPLY = 20  # apply stamp of the last batch that touched the symbol
 B_DT = 21  # the depth band of events, ticks ([book] event_depth_ticks), 1..PAD
-NS = 22
+B_UNCROSS = 22  # 1: an add that crosses the other side removes the levels it crosses ([book] uncross)
+NS = 23
 #: Always-zero words around each side's ladder; also the widest events depth band.
 PAD = 16
 
 _PX_LIMIT = 1 << 60  # |px_tick| beyond this is malformed (keeps index math exact)
 
 
-def new_state(widths, n_levels, depth_ticks=10):
+def new_state(widths, n_levels, depth_ticks=10, uncross=False):
     """Allocate ``lad``, ``S`` and ``C`` for symbols with ladder ``widths`` (ticks);
-    events will carry the lots within ``depth_ticks`` of each best."""
+    events will carry the lots within ``depth_ticks`` of each best; with ``uncross``,
+    an add or level set that crosses the other side's best removes the other side's
+    levels it crosses, as stale (counted)."""
     widths = np.asarray(widths, dtype=np.int64)
     if widths.ndim != 1 or len(widths) == 0 or (widths < 2 * n_levels).any():
         raise ValueError(f"ladder widths must be >= 2 * snapshot levels ({2 * n_levels}), got {widths}")
@@ -101,6 +104,7 @@ def new_state(widths, n_levels, depth_ticks=10):
     S[:, B_OFF + 1] = start + 2 * PAD + widths
     S[:, B_WIDTH] = widths
     S[:, B_DT] = depth_ticks
+    S[:, B_UNCROSS] = 1 if uncross else 0
     reset_state(S)
     lad = np.zeros(int(block.sum()), np.int64)
     C = np.zeros(schema.STATS_WORDS, np.int64)
@@ -200,6 +204,31 @@ def _level_shrink_to(lad, S, s, side, i, new):
                 S[s, B_BEST + side] = -1
             else:
                 S[s, B_BEST + side] = _scan_from(lad, o, w, side, i - 1 if side == BID else i + 1)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _uncross(lad, S, C, s, side, i):
+    """After level (side, i) grew: if it crosses the other side's best, empty the other
+    side's levels from its best through index i (stale: a market would have matched
+    them; a level-1 LOBSTER file, say, never reports cancels away from the touch).
+    Returns True if it removed any."""
+    o = 1 - side
+    b = S[s, B_BEST + o]
+    if b < 0 or (side == BID and i < b) or (side == ASK and i > b):
+        return False
+    off = S[s, B_OFF + o]
+    step = 1 if side == BID else -1  # asks from their best up to i; bids down to i
+    k = b
+    n = 0
+    while True:
+        if lad[off + k] > 0:
+            _level_shrink_to(lad, S, s, o, k, 0)
+            n += 1
+        if k == i:
+            break
+        k += step
+    C[schema.ST_BOOK_UNCROSSED] += n
+    return n > 0
 
 
 @njit(nogil=True, cache=True)
@@ -434,6 +463,7 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
                 C[schema.ST_BOOK_BAD_MSG] += 1
                 continue
         trade = False
+        uncrossed = False
         base0 = S[s, B_BASE]
         if kind == schema.K_ADD:
             i = _locate(lad, S, C, s, px, True)
@@ -441,6 +471,8 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
                 C[schema.ST_BOOK_OUT_OF_LADDER] += 1
             else:
                 _level_grow(lad, S, s, side, i, q)
+                if S[s, B_UNCROSS]:
+                    uncrossed = _uncross(lad, S, C, s, side, i)
         elif kind <= schema.K_EXECUTE:  # cancel, delete, execute
             i = _locate(lad, S, C, s, px, False)
             if i < 0:
@@ -464,6 +496,8 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
                 old = lad[S[s, B_OFF + side] + i]
                 if q > old:
                     _level_grow(lad, S, s, side, i, q - old)
+                    if S[s, B_UNCROSS]:
+                        uncrossed = _uncross(lad, S, C, s, side, i)
                 elif q < old:
                     _level_shrink_to(lad, S, s, side, i, q)
         elif kind == schema.K_CLEAR:
@@ -495,7 +529,7 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
         # re-centre (the window moved: evictions may touch both sides).
         if kind == schema.K_TRADE or kind == schema.K_HEARTBEAT:
             changed = False
-        elif kind == schema.K_CLEAR or S[s, B_BASE] != base0:
+        elif kind == schema.K_CLEAR or S[s, B_BASE] != base0 or uncrossed:
             changed = _tob_changed(lad, S, s, 0) | _tob_changed(lad, S, s, 1)
         else:
             changed = _tob_changed(lad, S, s, side)
@@ -568,7 +602,7 @@ def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirt
         record_batch(md, tail, n, mask, monotonic_ns(), hist, hist_local)
         ring_release(md_ctrl, tail + n)
         publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_words, pay, lv_px, lv_qty, ts)
-        publish_counters(C, row, schema.ST_BOOK_MSGS, schema.ST_BOOK_CROSSED + 1)
+        publish_counters(C, row, schema.ST_BOOK_MSGS, schema.ST_BOOK_UNCROSSED + 1)
         store_relaxed(row, schema.ST_HEARTBEAT_NS, ts)
         done += n
     return done

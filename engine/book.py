@@ -36,19 +36,22 @@ class Book:
             per-symbol overrides).
         n_levels: levels per side in snapshots (default 10).
         depth_ticks: events carry the quantity within this many ticks of each best.
+        uncross: an add that crosses the other side removes the levels it crosses, as
+            stale (``[book] uncross``; on for LOBSTER replays).
         events: ``(ctrl, records)`` of the events ring (``Ring.ctrl``, ``Ring.records``);
             ``None`` gives a private 2-slot ring nobody drains: events are counted as dropped.
         snapshots: the ``SnapshotRegion`` to publish into (``None``: no publishing).
     """
 
     def __init__(self, widths: Sequence[int], n_levels: int = schema.DEFAULT_SNAPSHOT_LEVELS,
-                 events=None, snapshots: SnapshotRegion | None = None, depth_ticks: int = DEFAULT_DEPTH_TICKS):
+                 events=None, snapshots: SnapshotRegion | None = None, depth_ticks: int = DEFAULT_DEPTH_TICKS,
+                 uncross: bool = False):
         if depth_ticks < 1:
             raise ValueError(f"depth_ticks must be >= 1, got {depth_ticks}")
         self.n_symbols = len(widths)
         self.n_levels = n_levels
         self.depth_ticks = depth_ticks
-        self.lad, self.S, self.C = BK.new_state(widths, n_levels, depth_ticks)
+        self.lad, self.S, self.C = BK.new_state(widths, n_levels, depth_ticks, uncross)
         self.ev_ctrl, self.ev = events if events is not None else _local_ring(schema.EVENT_DTYPE, 2)
         self.snapshots = snapshots
         if snapshots is not None:

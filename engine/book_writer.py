@@ -35,6 +35,7 @@ class BookWriterSpec:
     depth_ticks: int
     max_batch: int
     backoff: Backoff
+    uncross: bool = False  # [book] uncross, or a LOBSTER replay
     cores: tuple[int, ...] = ()
     budget: int = 1 << 16  # messages per kernel call before Python checks the stop flag
     parent_pid: int = 0  # the supervisor; the writer exits if it disappears
@@ -47,7 +48,7 @@ def run(spec: BookWriterSpec, stop) -> int:
     ev = Ring.attach(spec.instance, "events", schema.EVENT_DTYPE)
     snaps = SnapshotRegion.attach(spec.instance, "snap", spec.n_levels)
     book = Book(spec.widths, spec.n_levels, events=(ev.ctrl, ev.records), snapshots=snaps,
-                depth_ticks=spec.depth_ticks)
+                depth_ticks=spec.depth_ticks, uncross=spec.uncross)
     b = spec.backoff
     hist = stats.rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)
     args = (book.lad, book.S, book.C, book.ev, book.ev_ctrl, book.n_levels, book.dirty, snaps.words,

@@ -98,7 +98,7 @@ from ring import schema
 
 from . import _book_kernels as BK
 
-__all__ = ["load_messages", "load_orderbook", "detect_tick_divisor", "auto_width", "check", "check_kernel", "main",
+__all__ = ["load_messages", "load_orderbook", "detect_tick_divisor", "tick_size_of", "auto_width", "check", "check_kernel", "main",
            "DUMMY_ASK_PX", "DUMMY_BID_PX", "ST_PREDICTABLE", "ST_MATCHED", "ST_RESYNCED"]
 
 NO_PX = schema.NO_PX
@@ -322,6 +322,13 @@ def load_messages(path, symbol: int = 0, tick_divisor: int | None = None, return
     d = _check_divisor(path, tick_divisor, _prices_of_messages(typ, px))
     md = _messages_to_md(ts, typ, size, px, direction, symbol, d)
     return (md, d) if return_tick else md
+
+
+def tick_size_of(path) -> float:
+    """The price of one tick of ``load_messages(path)`` in USD (LOBSTER prices are
+    USD x 10,000): 0.01 for cent ticks, 0.005 for the AMZN sample's half-cent ticks."""
+    _, typ, _, px, _ = _parse_messages(path)
+    return detect_tick_divisor(_prices_of_messages(typ, px)) / 10_000
 
 
 def load_orderbook(path, tick_divisor: int | None = None, return_tick: bool = False):

@@ -207,7 +207,7 @@ def render(d: dict, levels: int = 3) -> str:
         f"ring_drops {d['rx']['ring_drops']:,}  kernel_drops {d['rx']['kernel_drops']:,}",
         f"  book     msgs {b['msgs']:>14,}  batches {b['batches']:>10,}  bad {b['bad_msgs']:,}  "
         f"out_of_ladder {b['out_of_ladder']:,}  recentres {b['recentres']:,}  evicted {b['evicted_levels']:,}  "
-        f"underflow {b['qty_underflow']:,}  crossed {b['crossed']:,}",
+        f"underflow {b['qty_underflow']:,}  crossed {b['crossed']:,}  uncrossed {b['uncrossed_levels']:,}",
         f"  events   sent {b['events']:>14,}  dropped(ring full) {b['events_dropped']:>10,}  "
         f"snapshots {b['snapshots']:,}  trades {b['trades']:,}",
         _render_analysis(d["analysis"]),

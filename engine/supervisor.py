@@ -24,6 +24,7 @@ full ring in a normal run.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import signal
@@ -35,6 +36,7 @@ import numpy as np
 import orjson
 import psutil
 
+from feed_sim import capture as capmod
 from feed_sim import feed as feedmod
 from feed_sim import _wire_kernels as WK
 from feed_sim.wire import Faults
@@ -51,7 +53,7 @@ from publisher import process as publisher_proc
 from publisher.broker import BrokerError, EmbeddedBroker, reachable
 from ring.stats import ROW_ANALYSIS, ROW_PUBLISHER
 
-from . import book_writer, rx
+from . import book_writer, lobster, rx
 from ._placement import cores_for, pin
 from ._process import StopFlag
 from .status import Status, render
@@ -168,11 +170,12 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     ctx = mp.get_context("spawn")
     stop, feed_stop, an_stop, pub_stop = (StopFlag(ctx) for _ in range(4))  # (lock-free: children get SIGKILLed)
     try:
+        cfg = _replay_settings(cfg, opts)
         b = cfg.backoff
         backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us)
         spec = book_writer.BookWriterSpec(
             instance=inst, widths=tuple(cfg.book.widths()), n_levels=cfg.book.snapshot_levels,
-            depth_ticks=cfg.book.event_depth_ticks, max_batch=cfg.book.max_batch,
+            depth_ticks=cfg.book.event_depth_ticks, max_batch=cfg.book.max_batch, uncross=cfg.book.uncross,
             backoff=backoff, cores=book_cores, parent_pid=os.getpid())
         restart = set(cfg.supervisor.restart)
         writer = _Child("book", ROW_BOOK, book_writer.main_entry, (spec, stop), "book" in restart)
@@ -321,6 +324,29 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         segs.close()
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
+
+
+def _replay_settings(cfg: Config, opts: RunOptions) -> Config:
+    """A LOBSTER replay's ticks are the file's (cents, or half cents for the AMZN sample),
+    so the tick size published with every message is the file's, not ``[analysis]
+    tick_size`` (which describes the synthetic feed and the exchange).  And its book
+    uncrosses: a level-N file has no message for an order cancelled away from the top N
+    levels, so such a level stays in the book and, once the market moves through it,
+    crosses it (the AMZN level-1 sample: crossed 12 s into the day, for the rest of it)."""
+    if opts.replay is None or opts.no_feed or opts.source == "exchange" or capmod.is_capture(opts.replay) \
+            or not os.path.isfile(opts.replay):
+        return cfg
+    try:
+        size = lobster.tick_size_of(opts.replay)
+    except (ValueError, OSError):
+        return cfg  # (the feed reports what is wrong with the file)
+    cfg = dataclasses.replace(cfg, book=dataclasses.replace(cfg.book, uncross=True))  # (partial depth: see there)
+    if size != cfg.analysis.tick_size:
+        _say(opts, f"obpipe: {os.path.basename(opts.replay)} is priced in ticks of {size:g} (LOBSTER prices / "
+                   f"{round(size * 10_000)}); publishing tick_size {size:g}, not [analysis] tick_size "
+                   f"{cfg.analysis.tick_size:g}")
+        cfg = dataclasses.replace(cfg, analysis=dataclasses.replace(cfg.analysis, tick_size=size))
+    return cfg
 
 
 def _wait_running(segs, children, interrupted, timeout_s: float = 300) -> bool:

@@ -34,6 +34,7 @@ class BookConfig:
     snapshot_levels: int = 10  # levels per side in snapshots
     event_depth_ticks: int = 10  # events carry the lots within this many ticks of each best (1..16)
     max_batch: int = 1024  # messages applied per batch (one snapshot per symbol per batch)
+    uncross: bool = False  # an add crossing the other side removes the stale levels it crosses (on for LOBSTER replays)
 
     def widths(self) -> list[int]:
         return [self.ladder_width_by_symbol.get(s, self.ladder_width) for s in self.symbols]

@@ -58,9 +58,10 @@ def encode(rec, symbols: tuple[str, ...], tick_size: float) -> tuple[bool, str, 
         kind = sc.SIGNAL_KIND_NAMES.get(kind_i)
         if kind is None:
             raise EncodeError(f"unknown signal kind {kind_i}")
+        side = _SIDE.get(side_i)
         return True, symbol, {
-            "type": "signal", "v": SCHEMA_VERSION, "id": signal_id(symbol, seq, kind), "symbol": symbol,
-            "kind": kind, "side": _SIDE.get(side_i), "seq": seq, "ts_exch_ns": ts_exch, "ts_detect_ns": ts_det,
+            "type": "signal", "v": SCHEMA_VERSION, "id": signal_id(symbol, seq, kind, side), "symbol": symbol,
+            "kind": kind, "side": side, "seq": seq, "ts_exch_ns": ts_exch, "ts_detect_ns": ts_det,
             "tick_size": tick_size, "bbo": bbo, "values": _values(kind, iv, fv)}
     if rtype == sc.OUT_SUMMARY:
         end = iv[0]

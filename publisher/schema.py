@@ -57,11 +57,17 @@ def topic_names(prefix: str = "obpipe") -> tuple[str, str]:
     return f"{prefix}.signals", f"{prefix}.summaries"
 
 
-def signal_id(symbol: str, seq: int, kind: str) -> str:
+#: Kinds measured on each side independently: one message can fire both sides (an
+#: uncrossing add empties the other side too), so their ids carry the side.
+PER_SIDE_KINDS = frozenset({"liquidity_withdrawal"})
+
+
+def signal_id(symbol: str, seq: int, kind: str, side: str | None = None) -> str:
     """A signal's id: ``f"{symbol}-{seq}-{kind}"``, where ``seq`` is the feed sequence
-    number of the message that completed the condition. Deterministic, so re-deliveries
-    and replays of the same input carry the same id (consumers de-duplicate on it)."""
-    return f"{symbol}-{seq}-{kind}"
+    number of the message that completed the condition, and ``-{side}`` after it for
+    the per-side kinds (``liquidity_withdrawal``).  Deterministic, so re-deliveries and
+    replays of the same input carry the same id (consumers de-duplicate on it)."""
+    return f"{symbol}-{seq}-{kind}-{side}" if kind in PER_SIDE_KINDS else f"{symbol}-{seq}-{kind}"
 
 
 def load_json_schema() -> dict[str, Any]:
@@ -106,6 +112,7 @@ def validate(msg: Any) -> None:
         where = "/".join(str(p) for p in err.absolute_path) or "top level"
         raise MessageInvalid(f"{msg_type} message invalid at {where}: {err.message}")
     if msg_type == "signal":
-        want = signal_id(msg["symbol"], msg["seq"], msg["kind"])
+        want = signal_id(msg["symbol"], msg["seq"], msg["kind"], msg["side"])
         if msg["id"] != want:
-            raise MessageInvalid(f"signal message invalid at id: {msg['id']!r} is not {want!r} (symbol-seq-kind)")
+            raise MessageInvalid(f"signal message invalid at id: {msg['id']!r} is not {want!r} "
+                                 f"(symbol-seq-kind, and -side for {', '.join(sorted(PER_SIDE_KINDS))})")

@@ -441,6 +441,7 @@ ST_BOOK_TRADES = 14  # executions + hidden trades
 ST_BOOK_CLEARS = 15  # clear/reset messages
 ST_BOOK_HEARTBEATS = 16
 ST_BOOK_CROSSED = 17  # top-of-book changes that left the book crossed (bid >= ask)
+ST_BOOK_UNCROSSED = 18  # stale levels removed because a newer order crossed them ([book] uncross)
 BOOK_STAT_NAMES = {
     ST_BOOK_MSGS: "msgs",
     ST_BOOK_BATCHES: "batches",
@@ -456,6 +457,7 @@ BOOK_STAT_NAMES = {
     ST_BOOK_CLEARS: "clears",
     ST_BOOK_HEARTBEATS: "heartbeats",
     ST_BOOK_CROSSED: "crossed",
+    ST_BOOK_UNCROSSED: "uncrossed_levels",
 }
 
 #: rx row: words RX_TRACKER_BASE.. hold the receiver's tracker (feed_sim._wire_kernels.T_*),

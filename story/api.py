@@ -114,16 +114,43 @@ def signals_query(store: Store, symbol=None, kinds=None, since=None, until=None,
              "values": json.loads(r[11])} for r in rows]
 
 
-def summaries_query(store: Store, symbol=None, since=None, until=None, limit=1000, offset=0) -> list[dict]:
+_SUMMARY_KEYS = ("symbol", "start_ns", "end_ns", "tick_size", "bid_tick", "ask_tick", "mid_tick", "spread_min",
+                 "spread_mean", "spread_max", "volume_buy", "volume_sell", "trades", "messages")
+
+
+def summaries_query(store: Store, symbol=None, since=None, until=None, limit=1000, offset=0,
+                    points=None) -> list[dict]:
+    """Summaries starting in the window, oldest first.  With ``points`` (1..5000), the
+    window is cut into that many equal buckets and each bucket with data is one row:
+    mean mid and mean spread, min/max spread, summed volume, trades and messages, ``n``
+    summaries, and ``bid_tick``/``ask_tick`` null - a chart of any window at any length
+    in one request, instead of its first ``limit`` summaries."""
     _check(symbol, None, limit, offset)
     lo, hi = window(store, symbol, since, until)
+    if points is None:
+        where, p = _where(symbol, None, "start_ns", lo, hi)
+        rows = store.query(f"SELECT {', '.join(_SUMMARY_KEYS)} FROM summaries {where} "
+                           f"ORDER BY start_ns, symbol LIMIT ? OFFSET ?", (*p, limit, offset))
+        return [dict(zip(_SUMMARY_KEYS, r)) for r in rows]
+    if not isinstance(points, int) or not 1 <= points <= MAX_LIMIT:
+        raise BadQuery(f"points={points!r}: 1..{MAX_LIMIT}")
+    if lo is None or hi is None:
+        w_, p_ = _where(symbol, None, "start_ns", lo, hi)
+        a, b = store.query(f"SELECT MIN(start_ns), MAX(start_ns) FROM summaries {w_}", p_)[0]
+        if a is None:
+            return []
+        lo, hi = (a if lo is None else lo), (b if hi is None else hi)
+    width = max(1, -(-(hi - lo + 1) // points))  # ceil: at most ``points`` buckets
     where, p = _where(symbol, None, "start_ns", lo, hi)
-    rows = store.query(f"SELECT symbol, start_ns, end_ns, tick_size, bid_tick, ask_tick, mid_tick, spread_min, "
-                       f"spread_mean, spread_max, volume_buy, volume_sell, trades, messages FROM summaries {where} "
-                       f"ORDER BY start_ns, symbol LIMIT ? OFFSET ?", (*p, limit, offset))
-    keys = ("symbol", "start_ns", "end_ns", "tick_size", "bid_tick", "ask_tick", "mid_tick", "spread_min",
-            "spread_mean", "spread_max", "volume_buy", "volume_sell", "trades", "messages")
-    return [dict(zip(keys, r)) for r in rows]
+    rows = store.query(
+        "SELECT symbol, MIN(start_ns), MAX(end_ns), MAX(tick_size), AVG(mid_tick), MIN(spread_min), "
+        "AVG(spread_mean), MAX(spread_max), CAST(SUM(volume_buy) AS BIGINT), CAST(SUM(volume_sell) AS BIGINT), "
+        "CAST(SUM(trades) AS BIGINT), CAST(SUM(messages) AS BIGINT), COUNT(*) "
+        f"FROM summaries {where} GROUP BY symbol, (start_ns - CAST(? AS BIGINT)) / CAST(? AS BIGINT) "
+        "ORDER BY 2, 1 LIMIT ? OFFSET ?", (*p, lo, width, limit, offset))
+    return [{"symbol": r[0], "start_ns": r[1], "end_ns": r[2], "tick_size": r[3], "bid_tick": None,
+             "ask_tick": None, "mid_tick": r[4], "spread_min": r[5], "spread_mean": r[6], "spread_max": r[7],
+             "volume_buy": r[8], "volume_sell": r[9], "trades": r[10], "messages": r[11], "n": r[12]} for r in rows]
 
 
 def symbols(store: Store) -> list[dict]:

@@ -6,7 +6,7 @@
     GET /api/symbols
     GET /api/stories?symbol=&kind=&since=&until=&limit=&offset=&order=asc|desc
     GET /api/signals?symbol=&kind=&since=&until=&limit=&offset=
-    GET /api/summaries?symbol=&since=&until=&limit=&offset=
+    GET /api/summaries?symbol=&since=&until=&limit=&offset=[&points=N]  (N: buckets, for charts)
     GET /api/stats             the consumer's counters (when it runs in this process)
 
 Unknown or bad parameters get 400 with ``{"error": ...}``; SQL is parameterized
@@ -26,7 +26,7 @@ from .store import Store
 PAGE = Path(__file__).with_name("page.html")
 _PARAMS = {"/api/stories": {"symbol", "kind", "since", "until", "limit", "offset", "order"},
            "/api/signals": {"symbol", "kind", "since", "until", "limit", "offset"},
-           "/api/summaries": {"symbol", "since", "until", "limit", "offset"},
+           "/api/summaries": {"symbol", "since", "until", "limit", "offset", "points"},
            "/api/symbols": set(), "/api/stats": set()}
 
 
@@ -91,7 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
                                         _int(q, "limit", 100), _int(q, "offset", 0))
             else:
                 out = api.summaries_query(st, one.get("symbol"), one.get("since"), one.get("until"),
-                                          _int(q, "limit", 1000), _int(q, "offset", 0))
+                                          _int(q, "limit", 1000), _int(q, "offset", 0),
+                                          _int(q, "points", 0) if "points" in q else None)
             self._json(200, out)
         except api.BadQuery as e:
             self._json(400, {"error": str(e)})

@@ -69,6 +69,13 @@ def test_replayed_signals_reach_kafka_valid_counted_and_identical_twice(tmp_path
             validate(m)
         assert len({m["id"] for m in sigs}) == len(sigs)  # ids are unique
         assert {m["symbol"] for m in sigs + summs} == {"AMZN"}
+        # the AMZN sample is in half-cent ticks: prices come out in dollars (223.81, not 447.62)
+        assert {m["tick_size"] for m in sigs + summs} == {0.005}
+        mids = [m["mid_tick"] * m["tick_size"] for m in summs if m["mid_tick"] is not None]
+        assert mids and 215 < min(mids) <= max(mids) < 230, (min(mids), max(mids))
+        # stale levels of the level-1 file are uncrossed: the book has a spread almost all day
+        assert d["book"]["uncrossed_levels"] > 1000 and d["book"]["crossed"] == 0
+        assert sum(m["spread_ticks"]["mean"] is not None for m in summs) > 0.9 * len(summs)
         assert sum(a["by_kind"].values()) == d["signals"]
         runs.append((_strip(sigs), _strip(summs), a["by_kind"]))
     # the same file gives the same signals and summaries, apart from wall-clock fields

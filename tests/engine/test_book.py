@@ -165,6 +165,34 @@ def test_out_of_ladder_policy_by_hand():
     assert book2.counters()["recentres"] == 1 and book2.counters()["evicted_levels"] == 0
 
 
+def _msgs(seq):
+    msgs = np.zeros(len(seq), sc.MD_DTYPE)
+    for j, (k, side, px, q) in enumerate(seq):
+        msgs[j] = (k, side, 0, q, px, j + 1, 0, 0)
+    return msgs
+
+
+def test_uncross_removes_the_stale_levels_an_add_crosses_and_counts_them():
+    # bids 100/99/97, asks 103/105; then a stale-bid story: asks arrive at 99 and at 96
+    seq = [(sc.K_ADD, 0, 100, 5), (sc.K_ADD, 0, 99, 4), (sc.K_ADD, 0, 97, 2), (sc.K_ADD, 1, 103, 7),
+           (sc.K_ADD, 1, 105, 1), (sc.K_ADD, 1, 99, 3)]
+    plain, unx = Book([64], n_levels=4), Book([64], n_levels=4, uncross=True)
+    for b in (plain, unx):
+        b.apply(_msgs(seq))
+    assert plain.bbo(0) == (100, 5, 99, 3) and plain.counters()["crossed"] == 1  # crossed, and it stays
+    assert plain.counters()["uncrossed_levels"] == 0
+    # bids at 100 and 99 (the equal price too) were crossed: gone; 97 stays; the new ask is the best
+    assert unx.bbo(0) == (97, 2, 99, 3) and unx.top(0, 0, 4) == [(97, 2)]
+    assert unx.counters()["uncrossed_levels"] == 2 and unx.counters()["crossed"] == 0
+    # a set-level on the bid through every ask: all three asks go, from the best outwards
+    unx.apply(_msgs([(sc.K_SET_LEVEL, 0, 106, 8)]))
+    assert unx.bbo(0) == (106, 8, NO_PX, 0) and unx.counters()["uncrossed_levels"] == 5
+    assert unx.top(0, 1, 4) == [] and unx.top(0, 0, 4) == [(106, 8), (97, 2)]
+    # adds that do not cross, and decrements, never remove anything
+    unx.apply(_msgs([(sc.K_ADD, 1, 107, 1), (sc.K_ADD, 0, 105, 1), (sc.K_CANCEL, 1, 107, 1)]))
+    assert unx.counters()["uncrossed_levels"] == 5 and unx.top(0, 0, 4) == [(106, 8), (105, 1), (97, 2)]
+
+
 def test_recentre_evicts_far_levels_and_counts_them():
     book = Book([20], n_levels=3)
     seq = [(sc.K_ADD, 0, 100, 5), (sc.K_ADD, 1, 101, 5), (sc.K_ADD, 0, 91, 2), (sc.K_ADD, 1, 109, 2),

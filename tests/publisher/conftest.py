@@ -23,7 +23,7 @@ SIDES = {"spread_widening": None, "imbalance": "bid", "microprice_shift": "ask",
 
 def make_signal(kind: str = "sweep", symbol: str = "AMZN", seq: int = 1187342, **over) -> dict:
     """A valid v1 signal of ``kind`` (09:30:01.234 feed time); ``over`` replaces fields."""
-    msg = {"type": "signal", "v": 1, "id": signal_id(symbol, seq, kind), "symbol": symbol, "kind": kind,
+    msg = {"type": "signal", "v": 1, "id": signal_id(symbol, seq, kind, SIDES[kind]), "symbol": symbol, "kind": kind,
            "side": SIDES[kind], "seq": seq, "ts_exch_ns": 34_201_234_000_000, "ts_detect_ns": 1_767_000_601_234_567_890,
            "tick_size": 0.01, "bbo": {"bid_tick": 22381, "ask_tick": 22387, "bid_qty": 300, "ask_qty": 100},
            "values": dict(VALUES[kind])}

@@ -22,6 +22,9 @@ def test_constants():
     assert topic_names() == ("obpipe.signals", "obpipe.summaries")
     assert topic_names("x") == ("x.signals", "x.summaries")
     assert signal_id("AMZN", 17, "sweep") == "AMZN-17-sweep"
+    # one message can empty depth on both sides: each side is its own detection
+    assert signal_id("AMZN", 17, "liquidity_withdrawal", "bid") == "AMZN-17-liquidity_withdrawal-bid"
+    assert signal_id("AMZN", 17, "liquidity_withdrawal", "ask") != signal_id("AMZN", 17, "liquidity_withdrawal", "bid")
 
 
 def test_schema_file_is_a_valid_2020_12_schema_matching_the_constants():
@@ -56,7 +59,7 @@ def test_every_object_is_closed():
 @pytest.mark.parametrize("kind", SIGNAL_KINDS)
 def test_signal_of_each_kind_validates(kind):
     validate(make_signal(kind))
-    validate(make_signal(kind, side=None))
+    validate(make_signal(kind, side=None, id=signal_id("AMZN", 1187342, kind, None)))
 
 
 def test_summary_validates_also_with_nulls():

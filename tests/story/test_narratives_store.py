@@ -144,12 +144,14 @@ def test_http_api_answers_validates_and_serves_the_page(store):
         get = lambda path: json.loads(urllib.request.urlopen(base + path, timeout=10).read())  # noqa: E731
         assert [s["id"] for s in get("/api/stories?symbol=AMZN&since=10m")] == ["AMZN-1-sweep"]
         assert get("/api/summaries?symbol=AMZN")[0]["mid_tick"] == 22382.0
+        assert [b["n"] for b in get("/api/summaries?symbol=AMZN&points=900")] == [1]
         assert get("/api/signals?kind=sweep&limit=1")[0]["values"]["levels"] == 4
         assert get("/api/symbols") == [{"symbol": "AMZN", "summaries": 1, "stories": 1,
                                         "newest_ns": T0 + 100_000_000}]
         assert get("/api/stats")["signals_new"] == 1
         for bad in ("/api/stories?kind=nope", "/api/stories?limit=x", "/api/stories?colour=red",
-                    "/api/signals?symbol=a%27%3B--"):
+                    "/api/signals?symbol=a%27%3B--",
+                    "/api/summaries?points=0", "/api/summaries?points=2.5"):
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(base + bad, timeout=10)
             assert e.value.code == 400 and "error" in json.loads(e.value.read())

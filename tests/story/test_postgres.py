@@ -77,7 +77,11 @@ def pg_url(tmp_path):
 def test_postgres_store_is_idempotent_narrates_and_answers_like_sqlite(pg_url, tmp_path):
     recs = [("obpipe.signals", json.dumps(make_signal("sweep", seq=i, ts_exch_ns=34_200_000_000_000 + i * 10 ** 8))
              .encode()) for i in range(1, 6)]
-    recs.append(("obpipe.summaries", json.dumps(make_summary()).encode()))
+    t0 = 34_200_300_000_000  # ten 100 ms summaries; the 4th has a crossed book (null spread)
+    recs += [("obpipe.summaries", json.dumps(make_summary(
+        start_ns=t0 + k * 10 ** 8, end_ns=t0 + (k + 1) * 10 ** 8, mid_tick=22382.0 + k, trades=k,
+        spread_ticks={"min": None, "mean": None, "max": None} if k == 3 else {"min": 1.0, "mean": 1.0 + k, "max": 9.0},
+        volume={"buy": 10 * k, "sell": 1})).encode()) for k in range(10)]
     results = []
     for url in (pg_url, str(tmp_path / "s.db")):
         st = Store.open(url)
@@ -87,7 +91,13 @@ def test_postgres_store_is_idempotent_narrates_and_answers_like_sqlite(pg_url, t
         svc.handle(recs)  # delivered twice
         assert svc.counters["signals_new"] == 5 and svc.counters["signals_seen_before"] == 5
         assert st.query("SELECT COUNT(*) FROM signals")[0][0] == 5
-        results.append((api.stories_query(st, "AMZN", since="1h"), api.summaries_query(st, "AMZN"),
+        # 4 buckets over the 900 ms from the first start to the last, 225 ms each: 3, 2, 2, 3 summaries
+        chart = api.summaries_query(st, "AMZN", points=4)
+        assert [b["n"] for b in chart] == [3, 2, 2, 3] and [b["trades"] for b in chart] == [3, 7, 11, 24]
+        assert [b["mid_tick"] for b in chart] == [22383.0, 22385.5, 22387.5, 22390.0]
+        assert chart[1]["spread_mean"] == 5.0 and chart[1]["spread_min"] == 1.0  # (the null is left out)
+        assert [b["volume_buy"] for b in chart] == [30, 70, 110, 240] and json.dumps(chart)
+        results.append((api.stories_query(st, "AMZN", since="1h"), api.summaries_query(st, "AMZN"), chart,
                         api.signals_query(st, kinds=["sweep"], limit=3, offset=1)))
         assert st.delete_older("signals", "ts_exch_ns", 34_200_000_000_000 + 3 * 10 ** 8, batch=1) == 2
         st.close()
