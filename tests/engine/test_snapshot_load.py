@@ -29,7 +29,7 @@ def test_writer_rate_with_two_sampling_readers_within_10_percent(instance):
     attempts = []
     for attempt in range(5):  # timing on a shared 2-core VM is noisy: a ratio must hold in one attempt
         control, shared = [], []
-        for i in range(3):  # alternate, so drift in machine load hits both alike
+        for i in range(2):  # alternate, so drift in machine load hits both alike
             control.append(run_writer_with_readers(f"{instance}a{attempt}{i}", 2, 0.7, 10_000, writer_cores=wc,
                                                    reader_cores=rc, private=True)["msgs_per_s"])
             res = run_writer_with_readers(f"{instance}b{attempt}{i}", 2, 0.7, 10_000, writer_cores=wc,

@@ -122,7 +122,7 @@ def replay(tmp_path_factory):
         published = consume_all(bs, "obpipe.signals", d["signals"])
         published_sums = consume_all(bs, "obpipe.summaries", d["summaries"])
         stored_before = _count(db, "signals")  # what the killed service had written
-        story = StoryProc(tmp_path, bs, db, "second", batch_max=5, http=True)
+        story = StoryProc(tmp_path, bs, db, "second", batch_max=200, http=True)
         _wait(lambda: (_count(db, "signals"), _count(db, "summaries")),
               lambda c: c == (len(published), len(published_sums)), timeout_s=120)
         time.sleep(1.0)  # (time for a duplicate to show up, were there one)
