@@ -223,25 +223,30 @@ class RefMatcher:
         reason = sc.RS_BOOK_FULL if rest else sc.RS_UNFILLED
         self._report(sc.R_CANCELLED, side, reason, 0, sym, left, 0, px, oid, acct)
 
-    def _find(self, c):
-        return self.by_id.get(int(c["order_id"]))
+    def _owned(self, c):
+        """The order a cancel/modify names, or None after rejecting it (unknown order,
+        or another account's)."""
+        o, acct = self.by_id.get(int(c["order_id"])), int(c["account"])
+        if o is None:
+            self._reject(int(c["side"]), sc.RS_UNKNOWN_ORDER, int(c["symbol"]), int(c["order_id"]), acct)
+        elif o.acct != acct:
+            self._reject(o.side, sc.RS_NOT_OWNER, o.sym, o.id, acct)
+        else:
+            return o
+        return None
 
     def _cancel(self, c):
-        o, acct = self._find(c), int(c["account"])
+        o, acct = self._owned(c), int(c["account"])
         if o is None:
-            return self._reject(int(c["side"]), sc.RS_UNKNOWN_ORDER, int(c["symbol"]), int(c["order_id"]), acct)
-        if o.acct != acct:
-            return self._reject(o.side, sc.RS_NOT_OWNER, o.sym, o.id, acct)
+            return
         self._report(sc.R_CANCELLED, o.side, sc.RS_USER, 0, o.sym, o.qty, 0, o.px, o.id, acct)
         self._emit(sc.K_DELETE, o.side, o.sym, o.qty, o.id, o.px)
         self._remove(o)
 
     def _modify(self, c):
-        o, acct = self._find(c), int(c["account"])
+        o, acct = self._owned(c), int(c["account"])
         if o is None:
-            return self._reject(int(c["side"]), sc.RS_UNKNOWN_ORDER, int(c["symbol"]), int(c["order_id"]), acct)
-        if o.acct != acct:
-            return self._reject(o.side, sc.RS_NOT_OWNER, o.sym, o.id, acct)
+            return
         qty, px = int(c["qty"]), int(c["px_tick"])
         if qty <= 0:
             return self._reject(o.side, sc.RS_BAD_QTY, o.sym, o.id, acct)
