@@ -50,6 +50,11 @@ spread, imbalances at the close, traded volume by aggressor side, trades, messag
 applied, events).  Intervals in which no event arrived at all produce no summaries.
 ``flush_summaries`` closes the open interval at the end of a stream.
 
+Build: ``ring._jit.HOT`` (no NRT reference counting; the kernels allocate nothing).
+With the NRT on, the event loop paid atomic incref/decref pairs for the arrays handed
+to its inlined detectors: 108.8 ns/event then, 65.1 without (same session, medians
+of 5, same counters).
+
 Alternatives rejected: reading snapshots (a polling reader sees some states twice and
 misses others, so the output would depend on timing); per-event Python (caps near
 1M events/s).
@@ -60,6 +65,7 @@ import numpy as np
 from numba import njit
 
 from ring import schema
+from ring._jit import HOT
 from ring._atomics import cpu_relax, realtime_ns, sched_yield
 from ring._kernels import ring_available, ring_claim, ring_publish, ring_release
 
@@ -189,12 +195,12 @@ def reset_state(A, F, G):
 # --- deques ------------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _q_clear(A, s, d):
     A[s, A_QH + d] = A[s, A_QT + d]
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _q_expire(A, QT, s, d, t_min):
     h = A[s, A_QH + d]
     t = A[s, A_QT + d]
@@ -203,7 +209,7 @@ def _q_expire(A, QT, s, d, t_min):
     A[s, A_QH + d] = h
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _q_push_max(A, QT, QV, QX, s, d, ts, v, x):
     """Monotonic max-deque push: drop entries from the back whose key <= v."""
     h = A[s, A_QH + d]
@@ -223,7 +229,7 @@ def _q_push_max(A, QT, QV, QX, s, d, ts, v, x):
 # --- output ------------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _out(out, slot, rtype, kind, side, s, A):
     """Fill the common fields of output record ``slot`` from symbol ``s``'s state."""
     o = out[slot]
@@ -247,14 +253,14 @@ def _out(out, slot, rtype, kind, side, s, A):
 # --- summaries ---------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _imbalance(a, b):
     if a + b <= 0:
         return np.nan
     return (a - b) / (a + b)
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def _close_interval(A, F, G, P, out, o_head, o_free, n_out, C):
     """Emit one summary per seen symbol for the open interval; reset the accumulators.
     Returns the new n_out."""
@@ -313,7 +319,7 @@ def _close_interval(A, F, G, P, out, o_head, o_free, n_out, C):
 # --- detectors ---------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _signal(out, o_head, o_free, n_out, kind, side, s, A, C):
     """(slot, new n_out) for a new signal, its common fields filled in; slot -1 when the
     signals ring is full (a counted drop).  Counts the signal either way: detection does
@@ -328,7 +334,7 @@ def _signal(out, o_head, o_free, n_out, kind, side, s, A, C):
     return -1, n_out
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
     """Apply one event to symbol state, run the detectors, maybe close an interval."""
     s = np.int64(e.symbol)
@@ -540,7 +546,7 @@ def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
     return n_out
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def process(ev_ctrl, ev, out_ctrl, out, A, F, G, P, QT, QV, QX, C, max_n):
     """Consume up to ``max_n`` events from the events ring, write signals and summaries
     into the signals ring (drop and count when full).  Returns events consumed."""
@@ -561,7 +567,7 @@ def process(ev_ctrl, ev, out_ctrl, out, A, F, G, P, QT, QV, QX, C, max_n):
     return n
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def flush_summaries(out_ctrl, out, A, F, G, P, C):
     """Close the open interval (end of stream): one summary per seen symbol."""
     if G[G_IV] < 0:
@@ -575,7 +581,7 @@ def flush_summaries(out_ctrl, out, A, F, G, P, C):
     return n_out
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def run_loop(ev_ctrl, ev, out_ctrl, out, A, F, G, P, QT, QV, QX, C, max_n, budget, spin_iters, yield_iters):
     """Process events until ``budget`` are done or the ring stays empty through the
     spin and yield phases; returns events processed (0: idle, the caller sleeps)."""

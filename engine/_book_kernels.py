@@ -57,6 +57,7 @@ from ring._kernels import (
     ring_wait,
     snap_write,
 )
+from ring._jit import HOT
 
 NO_PX = schema.NO_PX
 BID = schema.SIDE_BID
@@ -132,7 +133,7 @@ def reset_state(S):
 # --- level primitives ----------------------------------------------------------------
 # Each keeps the level count and the best index of its side up to date.
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def band_depth(lad, S, s, side):
     """Lots resting within ``S[s, B_DT]`` ticks of a side's best, best included (0 if
     the side is empty).  A fixed ``PAD``-word window, masked to the band and fully
@@ -154,7 +155,7 @@ def band_depth(lad, S, s, side):
     return tot
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _scan_from(lad, o, w, side, i):
     """First non-empty level at or beyond index ``i`` away from the touch, or -1."""
     if side == BID:
@@ -170,7 +171,7 @@ def _scan_from(lad, o, w, side, i):
     return -1
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _better(side, i, b):
     """True when index ``i`` is better than the best index ``b`` (or the side is empty)."""
     if b < 0:
@@ -178,7 +179,7 @@ def _better(side, i, b):
     return i > b if side == BID else i < b
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _level_grow(lad, S, s, side, i, q):
     """Level (side, i) += q, q > 0."""
     w = S[s, B_WIDTH]
@@ -191,7 +192,7 @@ def _level_grow(lad, S, s, side, i, q):
             S[s, B_BEST + side] = i
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _level_shrink_to(lad, S, s, side, i, new):
     """Level (side, i) := new where new < current (new >= 0)."""
     w = S[s, B_WIDTH]
@@ -206,7 +207,7 @@ def _level_shrink_to(lad, S, s, side, i, new):
                 S[s, B_BEST + side] = _scan_from(lad, o, w, side, i - 1 if side == BID else i + 1)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _uncross(lad, S, C, s, side, i):
     """After level (side, i) grew: if it crosses the other side's best, empty the other
     side's levels from its best through index i (stale: a market would have matched
@@ -231,7 +232,7 @@ def _uncross(lad, S, C, s, side, i):
     return n > 0
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def _recentre(lad, S, C, s, nb):
     """Move symbol s's window to base ``nb``; evict levels that fall outside (counted)."""
     w = S[s, B_WIDTH]
@@ -265,7 +266,7 @@ def _recentre(lad, S, C, s, nb):
     S[s, B_BASE] = nb
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _locate(lad, S, C, s, px, grow):
     """Ladder index of ``px`` for symbol s, re-centring per the policy when ``grow``;
     -1 when the price is outside the ladder (the caller counts it)."""
@@ -298,19 +299,19 @@ def _locate(lad, S, C, s, px, grow):
     return px - nb
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def best_px(S, s, side):
     b = S[s, B_BEST + side]
     return NO_PX if b < 0 else S[s, B_BASE] + b
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def best_qty(lad, S, s, side):
     b = S[s, B_BEST + side]
     return 0 if b < 0 else lad[S[s, B_OFF + side] + b]
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def top_levels(lad, S, s, side, n, px_out, qty_out):
     """Fill the top ``n`` levels of a side (best first); returns how many exist.
     Unused entries get NO_PX / 0."""
@@ -333,7 +334,7 @@ def top_levels(lad, S, s, side, n, px_out, qty_out):
     return k
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def clear_symbol(lad, S, s):
     """Clear/reset: both sides of symbol s emptied (the window stays where it is)."""
     for side in range(2):
@@ -349,7 +350,7 @@ def clear_symbol(lad, S, s):
 # --- events -------------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _emit(ev, slot, kind, side, s, seq, ts_exch, lad, S, tpx, tqty):
     """Write one event into events-ring record ``slot`` (the caller checked for room)."""
     e = ev[slot]
@@ -372,7 +373,7 @@ def _emit(ev, slot, kind, side, s, seq, ts_exch, lad, S, tpx, tqty):
 # --- snapshot payload ----------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def build_payload(lad, S, s, n_levels, pay, lv_px, lv_qty):
     """Fill snapshot payload words ``pay`` for symbol s (check word included)."""
     bpx = best_px(S, s, BID)
@@ -423,7 +424,7 @@ def build_payload(lad, S, s, n_levels, pay, lv_px, lv_qty):
 # --- the batch ------------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _tob_changed(lad, S, s, sd):
     """Did side sd's best (price, qty) change since last recorded?  Records it.  Branch
     free: an empty side has best -1, and lad[off - 1] is an always-zero pad word."""
@@ -436,7 +437,7 @@ def _tob_changed(lad, S, s, sd):
     return ch
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
     """Apply messages ``md[(start + j) & mask]`` for j in 0..n-1 (``mask = -1`` for a
     plain array).  Emits events into the events ring (``ev`` = its records view,
@@ -552,7 +553,7 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
     return n
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_words, pay, lv_px, lv_qty,
                       ts_apply):
     """One snapshot per symbol touched since the last call; clears the dirty list."""
@@ -569,14 +570,14 @@ def publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_w
     return nd
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def publish_counters(C, row, lo, hi):
     """Copy counters lo..hi-1 to the shared stats row (owner: the book writer)."""
     for k in range(lo, hi):
         store_relaxed(row, k, C[k])
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirty, snap_words,
           snap_base0, slot_words, pay, lv_px, lv_qty, row, hist, hist_local, spin_iters, yield_iters):
     """The book writer's loop: apply batches from the md ring until ``budget`` messages

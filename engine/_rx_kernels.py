@@ -9,11 +9,12 @@ from numba import njit
 from feed_sim._wire_kernels import rx_packet
 from ring._atomics import cpu_relax, monotonic_ns, sched_yield, sleep_ns
 from ring._net import recv_batch
+from ring._jit import HOT
 
 RAW_STRIDE = 2048  # bytes per receive buffer: more than any valid datagram (1,464)
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def rx_loop(fd, mvec, raw, T, miss, ctrl, rec, spin_iters, yield_iters, idle_sleep_ns, budget_ns):
     """Receive and handle datagrams for about ``budget_ns``; when none is waiting, spin
     (``pause``) ``spin_iters`` polls, then ``sched_yield`` ``yield_iters`` polls, then

@@ -95,6 +95,7 @@ import numpy as np
 from numba import njit
 
 from ring import schema
+from ring._jit import HOT
 
 from . import _book_kernels as BK
 
@@ -348,7 +349,7 @@ def load_orderbook(path, tick_divisor: int | None = None, return_tick: bool = Fa
 # --- the checker kernel -------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _apply_one(lad, S, C, s, kind, side, px, q):
     """One message's effect on the ladder, through the book's level primitives (the
     same per-kind rules as ``apply_batch``: out-of-ladder and underflow counted)."""
@@ -392,7 +393,7 @@ def _apply_one(lad, S, C, s, kind, side, px, q):
     C[schema.ST_BOOK_MSGS] += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def _resync_side(lad, S, C, s, side, px, q):
     """Make (px, q) the best level of ``side``: levels better than px are removed, the
     level at px is set to q (px == NO_PX empties the side).  Returns False if px does
@@ -419,7 +420,7 @@ def _resync_side(lad, S, C, s, side, px, q):
     return True
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def check_kernel(md, top, s, lad, S, C, via_batch, ev, ev_ctrl, dirty, status):
     """Replay ``md`` against order-book rows ``top`` (int64 ``(n, >= 4)``, ticks: ask px,
     ask qty, bid px, bid qty of the best level; ``NO_PX``/0 when empty) on symbol ``s``

@@ -18,6 +18,7 @@ from numba import njit
 from ring import schema
 from ring._atomics import cpu_relax, monotonic_ns, sleep_ns
 from ring._net import send_batch
+from ring._jit import HOT
 
 PACKET_BYTES = schema.WIRE_PACKET_WORDS * 8
 REC_HDR = 16  # capture record header bytes
@@ -28,7 +29,7 @@ TRUNCATE_BYTES = 7
 CORRUPT_BYTE = schema.WIRE_HEADER_BYTES + 9  # a byte of the first message (caught by the check)
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def plan_datagrams(words, nbytes, actions, n, dg_off, dg_len):
     """The datagrams that ``n`` encoded packets (rows of ``words``) become under
     ``actions``, in sending order; byte faults are applied to the packets in place.
@@ -69,7 +70,7 @@ def plan_datagrams(words, nbytes, actions, n, dg_off, dg_len):
     return k
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def send_paced(fd, mvec, iov, base_ptr, dg_off, dg_len, dg_due, start, nd, t0, sent_ts, out):
     """Send datagrams ``start .. nd-1`` of a list over ``base_ptr`` through ``fd``:
     datagram i not before ``t0 + dg_due[i]`` (CLOCK_MONOTONIC ns); all that are due go
@@ -105,7 +106,7 @@ def send_paced(fd, mvec, iov, base_ptr, dg_off, dg_len, dg_due, start, nd, t0, s
     return i
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def capture_pack(base, dg_off, dg_len, sent_ts, nd, out):
     """Capture records of datagrams ``0 .. nd-1`` (bytes in ``base``, uint8) into
     ``out`` (uint8, 8-aligned); returns the bytes written."""
@@ -125,7 +126,7 @@ def capture_pack(base, dg_off, dg_len, sent_ts, nd, out):
     return o
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def capture_index(w, start_byte, end_byte, dg_off, dg_len, dg_ts, dg_msgs):
     """Index the capture records in bytes [start_byte, end_byte) of a file viewed as
     int64 words ``w``: payload offset, length, send time and message count (0 for a

@@ -45,7 +45,7 @@ stops exactly after ``n`` messages, so chunked generation equals one-shot genera
 No I/O, no allocation in the kernels.
 
 Build: the kernels never allocate, so they are compiled without numba's reference
-counting (``_NO_NRT``): with it, every array handed to an inlined helper gets
+counting (``ring._jit.HOT``): with it, every array handed to an inlined helper gets
 incref/decref calls in the hot loop, which cost about a third of the generation time.
 The small helpers that take arrays are inlined at numba IR level (``inline="always"``;
 LLVM does not inline them across numba's call boundary); the RNG helpers are left to
@@ -56,13 +56,10 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from numba.core.options import TargetOptions
 
 from ring import schema
+from ring._jit import HOT
 
-#: Compile without NRT (numba's private ``_nrt`` option) where this numba has it; the
-#: kernels allocate nothing, so they behave the same either way, only slower with NRT.
-_NO_NRT = {"_nrt": False} if hasattr(TargetOptions, "_nrt") else {}
 
 NO_PX = schema.NO_PX
 BID = schema.SIDE_BID
@@ -159,7 +156,7 @@ _INV_2_53 = 1.0 / 9007199254740992.0
 _BIG = np.int64(1) << 62
 
 
-@njit(nogil=True, cache=True, **_NO_NRT)
+@njit(**HOT)
 def _next_u64(rng):
     """Next 64 random bits (splitmix64; state ``rng[0]`` is a counter)."""
     z = rng[0] + _GOLDEN
@@ -169,26 +166,26 @@ def _next_u64(rng):
     return z ^ (z >> _SH31)
 
 
-@njit(nogil=True, cache=True, **_NO_NRT)
+@njit(**HOT)
 def _unif(rng):
     """Uniform float64 in [0, 1)."""
     return np.float64(_next_u64(rng) >> _SH11) * _INV_2_53
 
 
-@njit(nogil=True, cache=True, **_NO_NRT)
+@njit(**HOT)
 def _randint(rng, n):
     """Uniform int64 in [0, n), n >= 1."""
     k = np.int64(_unif(rng) * n)
     return k if k < n else n - 1
 
 
-@njit(nogil=True, cache=True, **_NO_NRT)
+@njit(**HOT)
 def _geom(rng, inv_log):
     """Geometric on 0, 1, 2, ... with ``inv_log = 1 / log(1 - p)`` (0: always 0)."""
     return np.int64(np.log(1.0 - _unif(rng)) * inv_log)
 
 
-@njit(nogil=True, cache=True, **_NO_NRT)
+@njit(**HOT)
 def _exp_ns(rng, mean_ns):
     """Exponential with mean ``mean_ns``, truncated to integer ns."""
     return np.int64(-np.log(1.0 - _unif(rng)) * mean_ns)
@@ -197,7 +194,7 @@ def _exp_ns(rng, mean_ns):
 # --- output ---------------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, inline="always", **_NO_NRT)
+@njit(**HOT, inline="always")
 def _emit(pend, G, kind, side, s, q, px):
     """Append one message stamped with the current clock and the next seq."""
     i = G[G_PEND_N]
@@ -213,7 +210,7 @@ def _emit(pend, G, kind, side, s, q, px):
 # --- orders and levels ----------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, inline="always", **_NO_NRT)
+@njit(**HOT, inline="always")
 def _alloc(ss, perm, od, s, m):
     """A free order id of symbol ``s`` (caller checked live < m)."""
     j = ss[s, S_LIVE]
@@ -223,7 +220,7 @@ def _alloc(ss, perm, od, s, m):
     return oid
 
 
-@njit(nogil=True, cache=True, inline="always", **_NO_NRT)
+@njit(**HOT, inline="always")
 def _free(ss, perm, od, s, m, oid):
     """Return order ``oid`` of symbol ``s`` to the free part of ``perm``."""
     j = od[oid, O_POS]
@@ -236,7 +233,7 @@ def _free(ss, perm, od, s, m, oid):
     ss[s, S_LIVE] = last
 
 
-@njit(nogil=True, cache=True, inline="always", **_NO_NRT)
+@njit(**HOT, inline="always")
 def _rest(ss, lv, od, s, k, px, oid, q, mask):
     """Order ``oid`` rests ``q`` lots at (k, px), at the back of the level's queue."""
     slot = px & mask
@@ -259,7 +256,7 @@ def _rest(ss, lv, od, s, k, px, oid, q, mask):
     lv[s, k, slot, LV_QTY] += q
 
 
-@njit(nogil=True, cache=True, **_NO_NRT)
+@njit(**HOT)
 def _rescan_best(ss, lv, s, k, px, mask, w):
     """Best of side ``k`` after level ``px`` (the best) emptied: the next non-empty level
     away from the touch.  Every live price is within the fv band, so the scan never
@@ -277,7 +274,7 @@ def _rescan_best(ss, lv, s, k, px, mask, w):
     ss[s, S_BEST + k] = NO_PX  # unreachable while the invariants hold
 
 
-@njit(nogil=True, cache=True, inline="always", **_NO_NRT)
+@njit(**HOT, inline="always")
 def _remove(ss, lv, od, perm, s, oid, mask, w, m, keep_best):
     """Order ``oid`` leaves the book with all its remaining qty; its id is freed.
     ``keep_best=False`` skips best maintenance (the caller rescans afterwards)."""
@@ -304,14 +301,14 @@ def _remove(ss, lv, od, perm, s, oid, mask, w, m, keep_best):
             _rescan_best(ss, lv, s, k, px, mask, w)
 
 
-@njit(nogil=True, cache=True, inline="always", **_NO_NRT)
+@njit(**HOT, inline="always")
 def _reduce(lv, od, s, oid, q, mask):
     """Order ``oid`` loses ``q`` lots, q < its remaining qty (the level stays non-empty)."""
     od[oid, O_QTY] -= q
     lv[s, od[oid, O_SIDE], od[oid, O_PX] & mask, LV_QTY] -= q
 
 
-@njit(nogil=True, cache=True, **_NO_NRT)
+@njit(**HOT)
 def _consume(pend, G, ss, lv, od, perm, s, r, q, limited, px_limit, max_levels, mask, w, m):
     """Execute up to ``q`` lots against resting side ``r`` from its best level outward:
     one K_EXECUTE per resting order touched, oldest first.  Stops when ``q`` is filled,
@@ -341,7 +338,7 @@ def _consume(pend, G, ss, lv, od, perm, s, r, q, limited, px_limit, max_levels, 
     return q
 
 
-@njit(nogil=True, cache=True, **_NO_NRT)
+@njit(**HOT)
 def _move_fv(pend, G, ss, lv, od, perm, s, new_fv, h, mask, w, m):
     """Set symbol ``s``'s fair value; orders that leave the band ``|px - fv| <= h`` are
     deleted (emitted as K_DELETE, lowest price first) and the bests fixed up."""
@@ -376,7 +373,7 @@ def _move_fv(pend, G, ss, lv, od, perm, s, new_fv, h, mask, w, m):
                     p += step
 
 
-@njit(nogil=True, cache=True, **_NO_NRT)
+@njit(**HOT)
 def _draw_qty(rng, qty_tab, shift):
     """Order size in lots from the inverse-CDF table."""
     return qty_tab[np.int64(_next_u64(rng) >> np.uint64(shift))]
@@ -385,7 +382,7 @@ def _draw_qty(rng, qty_tab, shift):
 # --- one event ------------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, inline="always", **_NO_NRT)
+@njit(**HOT, inline="always")
 def _event(pi, pf, qty_tab, sym_cum, G, rng, ss, lv, od, perm, pend):
     """Generate one event (one or more messages) into ``pend``, updating the book."""
     w = pi[PI_W]
@@ -547,7 +544,7 @@ def _event(pi, pf, qty_tab, sym_cum, G, rng, ss, lv, od, perm, pend):
 # --- driver ---------------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, **_NO_NRT)
+@njit(**HOT)
 def generate_words(out, n, pi, pf, qty_tab, sym_cum, G, rng, ss, lv, od, perm, pend):
     """Write the next ``n`` messages of the stream into ``out[:n]`` (int64 ``(>=n, 5)``,
     MD_DTYPE records as words).  Continues from, and advances, the state arrays.

@@ -31,6 +31,7 @@ from numba import njit
 
 from ring import schema
 from ring._kernels import ring_claim, ring_publish
+from ring._jit import HOT
 
 _MAGIC = schema.WIRE_MAGIC
 _VERSION = schema.WIRE_VERSION
@@ -72,12 +73,12 @@ TRACKER_NAMES = {
 MAX_MISSING = 256  # remembered missing ranges [lo, hi)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _fold(x):
     return ((x >> 32) ^ x) & _M32
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _put_msg(pk, p, j, m, oid):
     """Message ``j`` of packet ``p`` from record ``m``; returns its check contribution."""
     o = 3 + 4 * j
@@ -89,14 +90,14 @@ def _put_msg(pk, p, j, m, oid):
     return w0 ^ oid ^ m.px_tick ^ m.ts_exch_ns
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _put_header(pk, p, session, seq, c, chk):
     pk[p, 0] = _MAGIC | (_VERSION << 16) | (np.int64(session) << 32)
     pk[p, 1] = seq
     pk[p, 2] = c | (_MSZ << 16) | (_fold(chk) << 32)
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def encode_packets(md, start, n, session, seq0, per_packet, pk):
     """Encode messages ``md[start:start+n]`` (MD_DTYPE: no order id, sent as 0) into
     packets of up to ``per_packet`` messages, rows of ``pk`` (int64, WIRE_PACKET_WORDS
@@ -112,7 +113,7 @@ def encode_packets(md, start, n, session, seq0, per_packet, pk):
     return n_pk
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def encode_wire(msgs, start, n, session, seq0, per_packet, pk):
     """``encode_packets`` for ``WIRE_MSG_DTYPE`` records (the exchange's market data),
     which carry their order ids onto the wire."""
@@ -127,7 +128,7 @@ def encode_wire(msgs, start, n, session, seq0, per_packet, pk):
     return n_pk
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def encode_heartbeat(session, seq, pk):
     """A count-0 packet announcing ``seq`` as the next sequence number (row 0 of pk)."""
     pk[0, 0] = _MAGIC | (_VERSION << 16) | (np.int64(session) << 32)
@@ -136,7 +137,7 @@ def encode_heartbeat(session, seq, pk):
     return _HDR
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _remember_gap(T, miss, lo, hi):
     k = T[T_NMISS]
     if k == miss.shape[0]:  # forget the oldest range
@@ -150,7 +151,7 @@ def _remember_gap(T, miss, lo, hi):
     T[T_NMISS] = k + 1
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def _fill_gap(T, miss, a, b):
     """If [a, b) lies inside a remembered missing range, carve it out; True if so."""
     k = T[T_NMISS]
@@ -173,7 +174,7 @@ def _fill_gap(T, miss, a, b):
     return False
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def rx_packet(w, nbytes, T, miss, md_ctrl, md_rec, ts_recv):
     """Check and track one datagram (``w``: its bytes as int64 words, ``nbytes`` long)
     and push its new messages into the md ring.  Returns messages delivered."""

@@ -28,6 +28,7 @@ from ._atomics import (
     store_relaxed,
     store_release,
 )
+from ._jit import HOT
 
 _HEAD = schema.RING_W_HEAD
 _TAIL = schema.RING_W_TAIL
@@ -36,7 +37,7 @@ _HEAD_CACHE = schema.RING_W_HEAD_CACHE
 _HWM = schema.RING_W_HWM
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def ring_claim(ctrl, capacity, want):
     """Producer: (head, n) where n <= want slots are free from counter ``head`` on.
 
@@ -51,13 +52,13 @@ def ring_claim(ctrl, capacity, want):
     return head, min(want, free)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def ring_publish(ctrl, new_head):
     """Producer: make every slot below ``new_head`` visible to the consumer."""
     store_release(ctrl, _HEAD, new_head)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def ring_available(ctrl, want):
     """Consumer: (tail, n) with n records readable from counter ``tail`` on.
 
@@ -73,13 +74,13 @@ def ring_available(ctrl, want):
     return tail, head - tail
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def ring_release(ctrl, new_tail):
     """Consumer: hand every slot below ``new_tail`` back to the producer."""
     store_release(ctrl, _TAIL, new_tail)
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def ring_push(ctrl, slots, src, start, n):
     """Copy up to ``n`` records ``src[start:start+n]`` into the ring.  Never blocks.
 
@@ -100,7 +101,7 @@ def ring_push(ctrl, slots, src, start, n):
     return k
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def ring_pop(ctrl, slots, dst, max_n):
     """Copy up to ``max_n`` records out of the ring into ``dst[0:]``; returns how many."""
     cap = slots.shape[0]
@@ -120,7 +121,7 @@ def ring_pop(ctrl, slots, dst, max_n):
     return k
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def ring_wait(ctrl, spin_iters, yield_iters):
     """Consumer backoff: spin (``pause``) then ``sched_yield`` until data arrives.
 
@@ -141,7 +142,7 @@ def ring_wait(ctrl, spin_iters, yield_iters):
     return n
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def ring_counters(ctrl):
     """(head, tail) as seen now, for monitoring (tail read first, so head >= tail)."""
     tail = load_acquire(ctrl, _TAIL)
@@ -149,7 +150,7 @@ def ring_counters(ctrl):
     return head, tail
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def ring_reset(ctrl):
     """Zero the counters (creator only, before any other process attaches)."""
     store_relaxed(ctrl, _HEAD, 0)
@@ -164,7 +165,7 @@ def ring_reset(ctrl):
 # line), the payload starts at ``base + 8``.  Writer: the snapshot's single writer.
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def payload_check(p, n_words):
     """XOR of payload words 0..n_words-2 (the last word holds it)."""
     x = 0
@@ -173,7 +174,7 @@ def payload_check(p, n_words):
     return x
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def snap_write(words, base, payload, n_words):
     """Publish ``payload[0:n_words]`` (check word already set) into the slot at ``base``."""
     s = seqlock_write_begin(words, base)
@@ -182,7 +183,7 @@ def snap_write(words, base, payload, n_words):
     seqlock_write_end(words, base, s)
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def snap_read_changed(words, base, dst, n_words, last_seq, max_tries):
     """Like ``snap_read``, but copies only if the slot changed since the reader's copy
     at sequence ``last_seq``: a poll of an unchanged slot touches one cache line.
@@ -206,7 +207,7 @@ def snap_read_changed(words, base, dst, n_words, last_seq, max_tries):
     return -1, tries
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def snap_read(words, base, dst, n_words, max_tries):
     """Copy a consistent payload into ``dst``; returns the retries it took, -1 if it
     gave up after ``max_tries`` attempts (writer stuck mid-write, e.g. killed)."""

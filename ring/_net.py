@@ -28,6 +28,8 @@ import sys
 import numpy as np
 from numba import njit, types
 
+from ._jit import HOT
+
 if sys.byteorder != "little" or struct.calcsize("P") != 8:
     raise ImportError("ring._net needs a little-endian 64-bit machine")
 
@@ -70,7 +72,7 @@ class MsgVec:
             self.iov[i, 1] = stride
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def recv_batch(fd, mvec, n):
     """Non-blocking ``recvmmsg`` of up to ``n`` datagrams; returns how many (0 when none
     is waiting or on error).  Datagram i's length is ``mvec[i, 7] & 0xFFFFFFFF``."""
@@ -78,7 +80,7 @@ def recv_batch(fd, mvec, n):
     return got if got > 0 else 0
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def send_batch(fd, mvec, first, n):
     """Blocking ``sendmmsg`` of entries ``first .. first+n-1``; returns how many were
     sent (the kernel may send fewer) or -1 on error."""

@@ -12,12 +12,13 @@ import numpy as np
 from numba import njit
 
 from ._atomics import clz64, store_relaxed
+from ._jit import HOT
 
 SUB_BITS = 2
 N_BUCKETS = 256
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def bucket(v):
     """Histogram bucket of ``v`` ns (v < 0 counts as 0)."""
     if v < 4:
@@ -35,7 +36,7 @@ def bucket_upper(b: int) -> int:
     return ((4 + sub + 1) << (e - SUB_BITS)) - 1
 
 
-@njit(nogil=True, cache=True)
+@njit(**HOT)
 def record_batch(md, start, n, mask, ts_apply, hist, local):
     """Add ``ts_apply - ts_recv_ns`` of each stamped message of the batch to ``local``
     (the writer's private counts) and publish the touched buckets to ``hist``."""
