@@ -21,7 +21,9 @@ all requests of the median run.
 
 ``tcp_rtt_us``: ``obpipe exchange`` (journal on, fsync ``batch`` and ``none``) and
 ``obpipe exchange-client`` with 1 and 50 clients, one request in flight per client: the
-time from a request's send to its response's read, both ends in Python.
+time from a request's send to its response's read, both ends in Python; and
+``1_compiled_client``: the same from the compiled client loop
+(``exchange-client --compiled``, new orders only), which leaves out the client's Python.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from engine import _match_kernels as MK  # noqa: E402
 from engine.exchange import banner_port  # noqa: E402
-from engine.exchange_client import Traders  # noqa: E402
+from engine.exchange_client import Traders, probe  # noqa: E402
 from engine.matching import MatchingEngine  # noqa: E402
 from ring import schema as sc  # noqa: E402
 
@@ -139,13 +141,16 @@ def bench_tcp(orders_1: int, orders_50: int) -> dict:
         for fsync in ("batch", "none"):
             p, port = _exchange(tmp, fsync)
             try:
+                compiled = probe("127.0.0.1", port, orders=orders_1, seed=3)
                 one = Traders("127.0.0.1", port, clients=1, orders=orders_1, window=1, seed=1, mix="mixed").run()
                 fifty = Traders("127.0.0.1", port, clients=50, orders=orders_50, window=1, seed=2,
                                 mix="mixed").run()
             finally:
                 p.send_signal(2)
                 p.wait(timeout=60)
-            out[f"fsync_{fsync}"] = {"1_client": {**one["rtt_us"], "requests_per_s": one["requests_per_s"]},
+            out[f"fsync_{fsync}"] = {"1_compiled_client": {**compiled["rtt_us"],
+                                                           "requests_per_s": compiled["requests_per_s"]},
+                                     "1_client": {**one["rtt_us"], "requests_per_s": one["requests_per_s"]},
                                      "50_clients": {**fifty["rtt_us"], "requests_per_s": fifty["requests_per_s"]}}
     return out
 

@@ -158,8 +158,11 @@ class Exchange:
                     self._read(conn, raw, runs)
             if runs:
                 reqs = np.frombuffer(bytes(raw), schema.ORDER_IN_DTYPE).copy()
-                counts, accounts = zip(*runs)
-                reqs["account"] = np.repeat(np.array(accounts, np.int64), counts)
+                if len(runs) == 1:  # (one client this turn: no per-message account array)
+                    reqs["account"] = runs[0][1]
+                else:
+                    counts, accounts = zip(*runs)
+                    reqs["account"] = np.repeat(np.array(accounts, np.int64), counts)
                 raw.clear()
                 runs.clear()
                 self._batch(reqs)
@@ -271,7 +274,9 @@ class Exchange:
     def _route(self, reports: np.ndarray, accounts: np.ndarray) -> None:
         if len(reports) == 0:
             return
-        if accounts[0] == accounts[-1] and (accounts == accounts[0]).all():
+        acc_list = accounts.tolist() if len(accounts) <= 64 else None  # (a list beats numpy on a few reports)
+        if acc_list is not None and acc_list.count(acc_list[0]) == len(acc_list) or \
+                acc_list is None and (accounts == accounts[0]).all():
             groups = [(int(accounts[0]), reports.tobytes())]
         else:
             order = np.argsort(accounts, kind="stable")

@@ -21,6 +21,7 @@ import argparse
 import json
 import selectors
 import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -254,11 +255,7 @@ class Traders:
     def result(self) -> dict:
         self.check_fills()
         rtt = np.array([x for t in self.traders for x in t.rtt], np.int64)
-        pct = {}
-        if len(rtt):
-            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("p99_9", 99.9)):
-                pct[name] = round(float(np.percentile(rtt, q)) / 1e3, 2)
-            pct["mean"] = round(float(rtt.mean()) / 1e3, 2)
+        pct = rtt_percentiles_us(rtt)
         sent = sum(t.sent for t in self.traders)
         return {"clients": self.clients, "requests": sent, "responses": sum(t.responses for t in self.traders),
                 "acks": sum(t.acks for t in self.traders), "rejects": sum(t.rejects for t in self.traders),
@@ -266,6 +263,70 @@ class Traders:
                 "filled_aggressor_qty": sum(t.taken for t in self.traders),
                 "filled_resting_qty": sum(t.fill_qty - t.taken for t in self.traders), "elapsed_s": round(self.elapsed_s, 3),
                 "requests_per_s": round(sent / self.elapsed_s) if self.elapsed_s else 0, "rtt_us": pct}
+
+
+def rtt_percentiles_us(rtt_ns: np.ndarray) -> dict:
+    pct = {}
+    if len(rtt_ns):
+        for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("p99_9", 99.9)):
+            pct[name] = round(float(np.percentile(rtt_ns, q)) / 1e3, 2)
+        pct["mean"] = round(float(rtt_ns.mean()) / 1e3, 2)
+    return pct
+
+
+def probe_requests(n: int, seed: int = 1, mid: int = 10_000) -> np.ndarray:
+    """``n`` new orders for ``probe``: limit orders around ``mid`` (sd 4 ticks, so about
+    half cross; one account, so a crossing order meets self-trade prevention), one in
+    ten IOC, quantities 1-100."""
+    r = np.random.default_rng(seed)
+    q = np.zeros(n, schema.ORDER_IN_DTYPE)
+    q["type"], q["ord_type"] = schema.OE_NEW, schema.OT_LIMIT
+    q["side"] = r.integers(0, 2, n)
+    q["tif"] = np.where(r.random(n) < 0.1, schema.TIF_IOC, schema.TIF_GTC)
+    q["qty"] = r.integers(1, 101, n)
+    q["px_tick"] = mid + np.rint(r.normal(0, 4, n)).astype(np.int64)
+    return q
+
+
+def probe(host: str, port: int, orders: int = 10_000, seed: int = 1, timeout_s: float = 10.0) -> dict:
+    """Round trips measured by a compiled client (``_probe_kernels.rtt_probe``): one
+    connection, one request in flight, no Python per request.  Raises ``OSError`` when
+    the exchange closes, fails or stays silent for ``timeout_s``."""
+    from . import _probe_kernels as PK
+
+    s = socket.create_connection((host, port), timeout=timeout_s)
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(None)  # a blocking fd for the kernel; SO_RCVTIMEO/SO_SNDTIMEO bound each call
+        tv = struct.pack("ll", int(timeout_s), int((timeout_s % 1) * 1e6))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        hello = b""
+        while len(hello) < REQ:
+            part = s.recv(REQ - len(hello))
+            if not part:
+                raise ConnectionError("exchange closed the connection before its hello")
+            hello += part
+        h = np.frombuffer(hello, OUT)[0]
+        if h["type"] != schema.R_HELLO:
+            raise ConnectionError(f"expected a hello, got report type {int(h['type'])}")
+        reqs = probe_requests(orders, seed).view(np.uint8).reshape(orders, REQ)
+        inbuf = np.zeros(1 << 16, np.uint8)
+        rtt = np.zeros(orders, np.int64)
+        counts = np.zeros(4, np.int64)
+        PK.rtt_probe(s.fileno(), reqs[:0], inbuf, rtt[:0], counts)  # load (or compile) the kernel first
+        t = time.perf_counter()
+        done = PK.rtt_probe(s.fileno(), reqs, inbuf, rtt, counts)
+        elapsed = time.perf_counter() - t
+    finally:
+        s.close()
+    if done < 0:
+        raise ConnectionError(f"request {-done} of {orders} got no answer (exchange closed, failed or silent "
+                              f"for {timeout_s} s)")
+    return {"clients": 1, "requests": orders, "responses": int(counts[0] + counts[1]), "acks": int(counts[0]),
+            "rejects": int(counts[1]), "other_reports": int(counts[2]), "elapsed_s": round(elapsed, 3),
+            "requests_per_s": round(orders / elapsed) if elapsed else 0, "rtt_us": rtt_percentiles_us(rtt),
+            "client": "compiled"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,14 +341,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symbols", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--mix", choices=("mixed", "limit"), default="mixed")
+    p.add_argument("--compiled", action="store_true",
+                   help="round trips from a compiled client loop (1 client, window 1, new orders only): "
+                        "the exchange's round trip without Python on the client side")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     if a.clients < 1 or a.window < 1 or a.orders < 0 or (a.orders == 0 and a.duration <= 0):
         p.error("--clients and --window must be >= 1; --orders 0 needs --duration")
-    tr = Traders(a.host, a.port, a.clients, a.orders, a.window, a.rate, a.seed, a.symbols, a.duration, mix=a.mix,
-                 timeout_s=max(120.0, a.duration * 2 + 30))
+    if a.compiled and (a.clients != 1 or a.window != 1 or a.rate or a.orders == 0):
+        p.error("--compiled measures 1 client, window 1, unpaced, --orders N")
     try:
-        res = tr.run()
+        if a.compiled:
+            res = probe(a.host, a.port, a.orders, a.seed)
+        else:
+            res = Traders(a.host, a.port, a.clients, a.orders, a.window, a.rate, a.seed, a.symbols, a.duration,
+                          mix=a.mix, timeout_s=max(120.0, a.duration * 2 + 30)).run()
     except (OSError, ConnectionError, TimeoutError) as e:
         print(f"obpipe exchange-client: {e}", file=sys.stderr)
         return 1
@@ -296,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         r = res["rtt_us"]
         print(f"{res['clients']} clients, {res['requests']} requests in {res['elapsed_s']} s "
-              f"({res['requests_per_s']}/s), {res['acks']} acks, {res['rejects']} rejects, {res['fills']} fills")
+              f"({res['requests_per_s']}/s), {res['acks']} acks, {res['rejects']} rejects"
+              + (f", {res['fills']} fills" if "fills" in res else " (compiled client)"))
         print("round trip (us): " + "  ".join(f"{k} {v}" for k, v in r.items()))
     return 0
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from engine.exchange import banner_port
-from engine.exchange_client import Traders
+from engine.exchange_client import Traders, probe, probe_requests
 from engine.journal import Journal, JournalError
 from engine.matching import MatchingEngine
 from ring import schema
@@ -337,3 +337,41 @@ def test_journal_completes_a_short_write_and_interval_fsync_catches_up_when_idle
     j, reqs, rec = Journal.open(p, 2, 1000, 64)
     j.close()
     assert rec["batches"] == 1 and len(reqs) == 5
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_the_compiled_client_gets_one_answer_per_request_and_the_book_is_exactly_its_orders(exchanges, tmp_path):
+    x = _start(exchanges, tmp_path)
+    n = 3000
+    res = probe("127.0.0.1", x.port, orders=n, seed=5)
+    assert res["responses"] == res["acks"] == n and res["rejects"] == 0
+    assert 0 < res["rtt_us"]["p50"] <= res["rtt_us"]["p99"] <= res["rtt_us"]["p99_9"]
+    assert res["other_reports"] > 100  # crossing orders met the client's own (self-trade prevention)
+    x.stop()
+    ref = MatchingEngine(2, capacity=1 << 20)  # the same requests, once each, in order, from its account
+    reqs = probe_requests(n, seed=5)
+    reqs["account"] = schema.OE_AUTO_ACCOUNT
+    ref.process(reqs)
+    dump = x.book()
+    assert dump["next_order_id"] == n + 1
+    # (one account: a crossing order cancels the resting ones it meets, so few orders rest)
+    assert dump["books"][0] == ref.book(0) and sum(len(v) for v in ref.book(0).values()) > 5
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_the_compiled_client_reports_a_silent_or_vanished_exchange_instead_of_hanging(exchanges, tmp_path):
+    x = _start(exchanges, tmp_path)
+    probe("127.0.0.1", x.port, orders=10)  # loads the kernel
+    os.kill(x.p.pid, signal.SIGSTOP)  # accepts (the kernel completes the handshake) but never answers
+    try:
+        t = time.monotonic()
+        with pytest.raises((ConnectionError, OSError)):
+            probe("127.0.0.1", x.port, orders=100, timeout_s=1.0)
+        assert time.monotonic() - t < 10
+    finally:
+        os.kill(x.p.pid, signal.SIGCONT)
+    x.kill()
+    with pytest.raises(OSError):  # nobody listens any more
+        probe("127.0.0.1", x.port, orders=100, timeout_s=1.0)
