@@ -299,9 +299,9 @@ def _close_interval(A, F, G, P, out, o_head, o_free, n_out, C):
             o.fv[4] = _imbalance(A[s, A_BD], A[s, A_AD]) if both else np.nan
             o.fv[5] = 0.5 * (A[s, A_BID] + A[s, A_ASK]) if both else np.nan
             n_out += 1
-            C[schema.ST_AN_SUMMARIES] += 1
         else:
             C[schema.ST_AN_SUMMARY_DROPS] += 1
+        C[schema.ST_AN_SUMMARIES] += 1  # (dropped ones too, as signals are counted)
         # next interval starts with the current spread as its min and max
         A[s, A_SM_MIN] = sp
         A[s, A_SM_MAX] = sp

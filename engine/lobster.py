@@ -587,6 +587,117 @@ def check(message_csv, orderbook_csv, width: int | None = None, symbol: int = 0,
     }
 
 
+# --- the replay stream ----------------------------------------------------------------------
+
+
+@njit(**HOT, inline="always")
+def _put(out, j, kind, side, s, px, q, ts):
+    out[j].kind = kind
+    out[j].side = side
+    out[j].symbol = s
+    out[j].qty = q
+    out[j].px_tick = px
+    out[j].ts_exch_ns = ts
+    return j + 1
+
+
+@njit(**HOT)
+def replay_kernel(md, ob, s, lad, S, C, out, ends):
+    """The replay stream of messages ``md`` (rows 1..n) and their order-book rows ``ob``
+    (int64 ``(n, 4 L)``, ticks) into ``out``: row 1's levels as set-level seeds, then
+    each message k >= 2 followed by the set-level corrections that make the best bid and
+    ask equal row k: a zero-quantity set-level for each level better than the row's best
+    (removed), then the row's best level at the row's size.  ``lad``/``S``/``C`` is a
+    fresh model book on symbol ``s`` (levels only: no uncrossing, a ladder that never
+    re-centres); it applies the stream as it writes it.  ``ends[k - 2]`` = records
+    written through message k's corrections.  Returns the records written, or -1 when
+    ``out`` is too small (a caller doubles it and calls again)."""
+    n = md.shape[0]
+    cap = out.shape[0]
+    j = 0
+    if n == 0:
+        return 0
+    ts0 = np.int64(md[0].ts_exch_ns)
+    for c in range(0, ob.shape[1], 4):  # seeds: every level of row 1, asks first
+        for side, pc in ((ASK, c), (BID, c + 2)):
+            px = ob[0, pc]
+            q = ob[0, pc + 1]
+            if px != NO_PX and q > 0:
+                if j >= cap:
+                    return -1
+                j = _put(out, j, schema.K_SET_LEVEL, side, s, px, q, ts0)
+                _apply_one(lad, S, C, s, schema.K_SET_LEVEL, side, px, q)
+    for k in range(1, n):
+        if j + 1 > cap:
+            return -1
+        out[j] = md[k]
+        j += 1
+        m = md[k]
+        ts = np.int64(m.ts_exch_ns)
+        _apply_one(lad, S, C, s, np.int64(m.kind), np.int64(m.side), np.int64(m.px_tick), np.int64(m.qty))
+        for side, pc in ((BID, 2), (ASK, 0)):
+            fpx = ob[k, pc]
+            fq = ob[k, pc + 1] if fpx != NO_PX else 0
+            if BK.best_px(S, s, side) == fpx and BK.best_qty(lad, S, s, side) == fq:
+                continue
+            while True:  # levels better than the row's best are stale: removed
+                b = S[s, BK.B_BEST + side]
+                if b < 0:
+                    break
+                bpx = S[s, BK.B_BASE] + b
+                if fpx != NO_PX and (bpx <= fpx if side == BID else bpx >= fpx):
+                    break
+                if j >= cap:
+                    return -1
+                j = _put(out, j, schema.K_SET_LEVEL, side, s, bpx, 0, ts)
+                BK._level_shrink_to(lad, S, s, side, b, 0)
+            if fpx != NO_PX and (BK.best_px(S, s, side) != fpx or BK.best_qty(lad, S, s, side) != fq):
+                if j >= cap:
+                    return -1
+                j = _put(out, j, schema.K_SET_LEVEL, side, s, fpx, fq, ts)
+                _apply_one(lad, S, C, s, schema.K_SET_LEVEL, side, fpx, fq)
+        ends[k - 1] = j
+    return j
+
+
+def replay_stream(md: np.ndarray, ob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What a replay sends for a message file ``md`` (``load_messages``) and its
+    order-book rows ``ob`` (``load_orderbook``, the same ticks): row 1's levels as
+    set-level messages (LOBSTER's book before message 1 is unknown; row 1 is the book
+    after it), then messages 2.., each followed by the set-level corrections that make
+    a receiving book's best bid and ask equal its order-book row (``replay_kernel``).
+    A level-N file says nothing of an order cancelled while it was outside the top N
+    levels, so a book built from the messages alone keeps such levels; once the market
+    moves through them its top is wrong (crossed, or stale sizes) until the file
+    speaks of that price again.  The corrections are the check's resynchronisations
+    (module docstring), sent as messages, so every receiver's top follows the file.
+    Returns (stream, ends): ``seq`` 1..; ``ends[k]`` = records through message k + 2
+    and its corrections, so ``stream[ends[k] - 1]`` ends the part that row k + 2
+    describes.  A book applying the stream reproduces each row's best levels whether it
+    uncrosses or not."""
+    if md.dtype != schema.MD_DTYPE:
+        raise TypeError(f"messages must be MD_DTYPE records, got {md.dtype}")
+    if len(md) != len(ob):
+        raise ValueError(f"{len(md)} messages but {len(ob)} order-book rows")
+    ob = np.ascontiguousarray(ob, dtype=np.int64)
+    s = int(md["symbol"][0]) if len(md) else 0
+    if len(md) and (md["symbol"] != s).any():
+        raise ValueError("messages of more than one symbol")
+    width = auto_width(md["px_tick"][md["kind"] != schema.K_HEARTBEAT], ob[:, 0::2])
+    cap = 2 * len(md) + ob.shape[1] + 64
+    while True:
+        lad, S, C = BK.new_state([width] * (s + 1), 1)
+        out = np.zeros(cap, schema.MD_DTYPE)
+        ends = np.zeros(max(len(md) - 1, 0), np.int64)
+        j = replay_kernel(md, ob, s, lad, S, C, out, ends)
+        if j >= 0:
+            break
+        cap *= 2
+    out = out[:j]
+    out["seq"] = np.arange(1, j + 1)
+    return out, ends
+
+
 # --- CLI ----------------------------------------------------------------------------------
 
 

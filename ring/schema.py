@@ -484,7 +484,7 @@ FEED_EXPECTED_NAMES = ("gap_messages", "duplicates", "out_of_order", "malformed"
 #: Analysis row (written by the analysis kernel in place).
 ST_AN_EVENTS = 4  # events consumed from the events ring
 ST_AN_SIGNALS = 5  # signals detected (all kinds)
-ST_AN_SUMMARIES = 6  # summaries emitted
+ST_AN_SUMMARIES = 6  # summaries made, those dropped for room included (as signals are counted)
 ST_AN_SIGNAL_DROPS = 7  # signals dropped: the signals ring was full
 ST_AN_SUMMARY_DROPS = 8  # summaries dropped: the signals ring was full
 ST_AN_BY_KIND = 9  # words 9..13: signals per kind, SIG_* - 1 order

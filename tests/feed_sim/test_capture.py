@@ -144,29 +144,50 @@ def test_bad_capture_files_get_clear_errors_and_a_cut_off_tail_is_ignored(tmp_pa
         feedmod.run(feedmod.FeedSpec(port=sink.port, replay=str(tmp_path / "missing.csv")))
 
 
-@pytest.mark.timeout(120)
-def test_a_lobster_replay_starts_from_the_order_book_file_and_then_sends_every_message():
+@pytest.mark.timeout(180)
+def test_a_lobster_replay_starts_from_the_order_book_file_sends_every_message_and_keeps_its_top():
     from engine import lobster
+    from engine.book import Book
 
     md, d = lobster.load_messages(LOBSTER_MSG, return_tick=True)
     ob = lobster.load_orderbook(feedmod.orderbook_beside(str(LOBSTER_MSG)), tick_divisor=d)
     out = feedmod.load_lobster(str(LOBSTER_MSG))
-    n_seed = len(out) - (len(md) - 1)
+    _, ends = lobster.replay_stream(md, ob)
+    assert len(ends) == len(md) - 1 and ends[-1] == len(out)
+    assert out["seq"].tolist() == list(range(1, len(out) + 1))
     levels = ob[0].reshape(-1, 4)
-    assert n_seed == int((levels[:, 1] > 0).sum() + (levels[:, 3] > 0).sum()) > 0
+    n_seed = int((levels[:, 1] > 0).sum() + (levels[:, 3] > 0).sum())
+    assert n_seed > 0
+    # message k+2 opens the part that ends at ends[k]: right after the seeds, then after each part
+    starts = np.concatenate(([n_seed], ends[:-1]))
     seeds = out[:n_seed]
     assert (seeds["kind"] == schema.K_SET_LEVEL).all()
     assert sorted(seeds[seeds["side"] == schema.SIDE_ASK]["px_tick"].tolist()) == sorted(
         levels[levels[:, 1] > 0, 0].tolist())
-    assert np.array_equal(out[n_seed:][["kind", "side", "px_tick", "qty", "ts_exch_ns"]],
-                          md[1:][["kind", "side", "px_tick", "qty", "ts_exch_ns"]])
-    # the book after the seeds is row 1's book, so applying message 2 gives row 2's top
-    from engine.book import Book
-
-    b = Book([8192], 10)
-    b.apply(out[:n_seed + 1])
-    r2 = ob[1].reshape(-1, 4)
-    assert b.top(0, 1, 1) == [(int(r2[0, 0]), int(r2[0, 1]))] and b.top(0, 0, 1) == [(int(r2[0, 2]), int(r2[0, 3]))]
+    fields = ["kind", "side", "px_tick", "qty", "ts_exch_ns"]
+    assert np.array_equal(out[starts][fields], md[1:][fields])  # every message, in order, unchanged
+    extra = np.ones(len(out), bool)
+    extra[:n_seed] = False
+    extra[starts] = False
+    corr = out[extra]
+    assert (corr["kind"] == schema.K_SET_LEVEL).all() and 5_000 < len(corr) < 20_000
+    assert (corr["ts_exch_ns"] == np.repeat(md[1:]["ts_exch_ns"], np.diff(np.concatenate((starts, [len(out)]))) - 1)).all()
+    # a book applying the stream shows every row's best bid and ask (with or without uncrossing),
+    # and is never crossed; without the corrections, rows disagree from early in the day on
+    fixed = {True: 0, False: 0}
+    for uncross in (True, False):
+        b, bare = Book([8192], 1, uncross=uncross), Book([8192], 1, uncross=uncross)
+        b.apply(out[:n_seed])
+        bare.apply(out[:n_seed])
+        for k in range(len(ends)):
+            b.apply(out, int(starts[k]), int(ends[k] - starts[k]))
+            bare.apply(out, int(starts[k]), 1)
+            row = ob[k + 1]
+            want = (int(row[2]), int(row[3]), int(row[0]), int(row[1]))
+            assert b.bbo(0) == want, (uncross, k + 2, b.bbo(0), want)
+            fixed[uncross] += bare.bbo(0) != want
+        assert b.counters()["crossed"] == 0
+    assert fixed[True] > 1000 and fixed[False] > 1000, fixed
 
 
 @pytest.mark.timeout(180)
