@@ -393,17 +393,27 @@ def _apply_one(lad, S, C, s, kind, side, px, q):
     C[schema.ST_BOOK_MSGS] += 1
 
 
+@njit(**HOT, inline="always")
+def _better_best(S, s, side, px):
+    """Ladder index of ``side``'s best level when it is better than ``px`` (every level
+    is, when px is NO_PX), else -1."""
+    b = S[s, BK.B_BEST + side]
+    if b < 0:
+        return -1
+    bpx = S[s, BK.B_BASE] + b
+    if px != NO_PX and (bpx <= px if side == BID else bpx >= px):
+        return -1
+    return b
+
+
 @njit(**HOT)
 def _resync_side(lad, S, C, s, side, px, q):
     """Make (px, q) the best level of ``side``: levels better than px are removed, the
     level at px is set to q (px == NO_PX empties the side).  Returns False if px does
     not fit the ladder even after a re-centre."""
     while True:
-        b = S[s, BK.B_BEST + side]
+        b = _better_best(S, s, side, px)
         if b < 0:
-            break
-        bpx = S[s, BK.B_BASE] + b
-        if px != NO_PX and (bpx <= px if side == BID else bpx >= px):
             break
         BK._level_shrink_to(lad, S, s, side, b, 0)
     if px == NO_PX:
@@ -641,15 +651,12 @@ def replay_kernel(md, ob, s, lad, S, C, out, ends):
             if BK.best_px(S, s, side) == fpx and BK.best_qty(lad, S, s, side) == fq:
                 continue
             while True:  # levels better than the row's best are stale: removed
-                b = S[s, BK.B_BEST + side]
+                b = _better_best(S, s, side, fpx)
                 if b < 0:
-                    break
-                bpx = S[s, BK.B_BASE] + b
-                if fpx != NO_PX and (bpx <= fpx if side == BID else bpx >= fpx):
                     break
                 if j >= cap:
                     return -1
-                j = _put(out, j, schema.K_SET_LEVEL, side, s, bpx, 0, ts)
+                j = _put(out, j, schema.K_SET_LEVEL, side, s, S[s, BK.B_BASE] + b, 0, ts)
                 BK._level_shrink_to(lad, S, s, side, b, 0)
             if fpx != NO_PX and (BK.best_px(S, s, side) != fpx or BK.best_qty(lad, S, s, side) != fq):
                 if j >= cap:
