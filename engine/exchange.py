@@ -274,9 +274,7 @@ class Exchange:
     def _route(self, reports: np.ndarray, accounts: np.ndarray) -> None:
         if len(reports) == 0:
             return
-        acc_list = accounts.tolist() if len(accounts) <= 64 else None  # (a list beats numpy on a few reports)
-        if acc_list is not None and acc_list.count(acc_list[0]) == len(acc_list) or \
-                acc_list is None and (accounts == accounts[0]).all():
+        if _one_account(accounts):
             groups = [(int(accounts[0]), reports.tobytes())]
         else:
             order = np.argsort(accounts, kind="stable")
@@ -371,6 +369,14 @@ class Exchange:
     def summary(self) -> dict:
         return {**self.c, **{f"engine_{k}": v for k, v in self.eng.counters().items()},
                 "next_order_id": self.eng.next_order_id, "port": self.port, "session": self.session}
+
+
+def _one_account(accounts: np.ndarray) -> bool:
+    """Do all of a turn's reports go to one account?  (A list beats numpy on a few.)"""
+    if len(accounts) <= 64:
+        a = accounts.tolist()
+        return a.count(a[0]) == len(a)
+    return bool((accounts == accounts[0]).all())
 
 
 def banner_port(text: str) -> int | None:

@@ -99,7 +99,7 @@ from ring._jit import HOT
 
 from . import _book_kernels as BK
 
-__all__ = ["load_messages", "load_orderbook", "detect_tick_divisor", "tick_size_of", "auto_width", "check", "check_kernel", "main",
+__all__ = ["load_messages", "load_orderbook", "detect_tick_divisor", "auto_width", "check", "check_kernel", "main",
            "DUMMY_ASK_PX", "DUMMY_BID_PX", "ST_PREDICTABLE", "ST_MATCHED", "ST_RESYNCED"]
 
 NO_PX = schema.NO_PX
@@ -323,13 +323,6 @@ def load_messages(path, symbol: int = 0, tick_divisor: int | None = None, return
     d = _check_divisor(path, tick_divisor, _prices_of_messages(typ, px))
     md = _messages_to_md(ts, typ, size, px, direction, symbol, d)
     return (md, d) if return_tick else md
-
-
-def tick_size_of(path) -> float:
-    """The price of one tick of ``load_messages(path)`` in USD (LOBSTER prices are
-    USD x 10,000): 0.01 for cent ticks, 0.005 for the AMZN sample's half-cent ticks."""
-    _, typ, _, px, _ = _parse_messages(path)
-    return detect_tick_divisor(_prices_of_messages(typ, px)) / 10_000
 
 
 def load_orderbook(path, tick_divisor: int | None = None, return_tick: bool = False):
@@ -638,7 +631,7 @@ def replay_kernel(md, ob, s, lad, S, C, out, ends):
                 j = _put(out, j, schema.K_SET_LEVEL, side, s, px, q, ts0)
                 _apply_one(lad, S, C, s, schema.K_SET_LEVEL, side, px, q)
     for k in range(1, n):
-        if j + 1 > cap:
+        if j >= cap:
             return -1
         out[j] = md[k]
         j += 1
@@ -647,9 +640,7 @@ def replay_kernel(md, ob, s, lad, S, C, out, ends):
         _apply_one(lad, S, C, s, np.int64(m.kind), np.int64(m.side), np.int64(m.px_tick), np.int64(m.qty))
         for side, pc in ((BID, 2), (ASK, 0)):
             fpx = ob[k, pc]
-            fq = ob[k, pc + 1] if fpx != NO_PX else 0
-            if BK.best_px(S, s, side) == fpx and BK.best_qty(lad, S, s, side) == fq:
-                continue
+            fq = ob[k, pc + 1]
             while True:  # levels better than the row's best are stale: removed
                 b = _better_best(S, s, side, fpx)
                 if b < 0:

@@ -53,7 +53,7 @@ from publisher import process as publisher_proc
 from publisher.broker import BrokerError, EmbeddedBroker, reachable
 from ring.stats import ROW_ANALYSIS, ROW_PUBLISHER
 
-from . import book_writer, lobster, rx
+from . import book_writer, rx
 from ._placement import cores_for, pin
 from ._process import StopFlag
 from .status import Status, render
@@ -170,7 +170,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     ctx = mp.get_context("spawn")
     stop, feed_stop, an_stop, pub_stop = (StopFlag(ctx) for _ in range(4))  # (lock-free: children get SIGKILLed)
     try:
-        cfg = _replay_settings(cfg, opts)
+        cfg, lobster_md = _replay_settings(cfg, opts)
         b = cfg.backoff
         backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us)
         spec = book_writer.BookWriterSpec(
@@ -240,7 +240,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                     port=port, replay=opts.replay, rate=rate, speed=opts.speed, count=opts.count,
                     duration_s=duration, seed=seed, n_symbols=len(cfg.book.symbols), symbol=opts.symbol,
                     faults=opts.faults, capture=opts.capture, instance=inst, cores=feed_cores,
-                    parent_pid=os.getpid())
+                    parent_pid=os.getpid(), lobster_md=lobster_md)
             feed = _Child("feed", ROW_FEED, feedmod.main_entry, (fspec, feed_stop), False)
             feed.start(ctx)
             children.append(feed)
@@ -326,27 +326,30 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             signal.signal(sig, h)
 
 
-def _replay_settings(cfg: Config, opts: RunOptions) -> Config:
-    """A LOBSTER replay's ticks are the file's (cents, or half cents for the AMZN sample),
-    so the tick size published with every message is the file's, not ``[analysis]
-    tick_size`` (which describes the synthetic feed and the exchange).  And its book
-    uncrosses: a level-N file has no message for an order cancelled away from the top N
-    levels, so such a level stays in the book and, once the market moves through it,
-    crosses it (the AMZN level-1 sample: crossed 12 s into the day, for the rest of it)."""
+def _replay_settings(cfg: Config, opts: RunOptions) -> tuple[Config, np.ndarray | None]:
+    """For a LOBSTER replay: the config it runs with, and the file loaded once (the feed
+    sends it as loaded; ``None``: not a LOBSTER replay, or a file the feed will report).
+    Its ticks are the file's (cents, or half cents for the AMZN sample), so the tick size
+    published with every message is the file's, not ``[analysis] tick_size`` (which
+    describes the synthetic feed and the exchange).  And its book uncrosses: a level-N
+    file has no message for an order cancelled away from the top N levels, so such a
+    level stays in the book and, once the market moves through it, crosses it (without
+    the order-book file beside it to correct the top; ``feed.load_lobster``)."""
     if opts.replay is None or opts.no_feed or opts.source == "exchange" or capmod.is_capture(opts.replay) \
             or not os.path.isfile(opts.replay):
-        return cfg
+        return cfg, None
     try:
-        size = lobster.tick_size_of(opts.replay)
-    except (ValueError, OSError):
-        return cfg  # (the feed reports what is wrong with the file)
+        md, divisor = feedmod.load_lobster(opts.replay, opts.symbol, return_tick=True)
+    except feedmod.FeedError:
+        return cfg, None  # (the feed reports what is wrong with the file)
+    size = divisor / 10_000
     cfg = dataclasses.replace(cfg, book=dataclasses.replace(cfg.book, uncross=True))  # (partial depth: see there)
     if size != cfg.analysis.tick_size:
         _say(opts, f"obpipe: {os.path.basename(opts.replay)} is priced in ticks of {size:g} (LOBSTER prices / "
-                   f"{round(size * 10_000)}); publishing tick_size {size:g}, not [analysis] tick_size "
+                   f"{divisor}); publishing tick_size {size:g}, not [analysis] tick_size "
                    f"{cfg.analysis.tick_size:g}")
         cfg = dataclasses.replace(cfg, analysis=dataclasses.replace(cfg.analysis, tick_size=size))
-    return cfg
+    return cfg, md
 
 
 def _wait_running(segs, children, interrupted, timeout_s: float = 300) -> bool:

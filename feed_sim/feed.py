@@ -65,6 +65,7 @@ class FeedSpec:
     progress: bool = False  # a progress bar on stderr
     exchange: object = None  # an ExchangeConfig: the exchange + simulated traders are the source (engine.exchange)
     traders: object = None  # their TradersConfig
+    lobster_md: object = None  # the LOBSTER ``replay`` already loaded (``load_lobster``): not parsed again
 
     def source_name(self) -> str:
         if self.exchange is not None:
@@ -83,22 +84,22 @@ def orderbook_beside(message_csv: str) -> Path | None:
     return q if name != p.name and q.exists() else None
 
 
-def load_lobster(path: str, symbol: int = 0) -> np.ndarray:
+def load_lobster(path: str, symbol: int = 0, return_tick: bool = False):
     """A LOBSTER message file as MD records; with the order-book file beside it, the
     replay stream of ``engine.lobster.replay_stream`` (row 1's levels as seeds, then
     each message with the set-level corrections that keep the receiver's best levels
-    equal to its order-book row; see the module docstring)."""
+    equal to its order-book row; see the module docstring).  ``return_tick``: also the
+    tick divisor (LOBSTER price units per tick)."""
     from engine import lobster
 
     try:
         md, d = lobster.load_messages(path, symbol=symbol, return_tick=True)
         ob_path = orderbook_beside(path)
-        if ob_path is None or len(md) == 0:
-            return md
-        ob = lobster.load_orderbook(ob_path, tick_divisor=d)
-        return lobster.replay_stream(md, ob)[0]
+        if ob_path is not None and len(md):
+            md = lobster.replay_stream(md, lobster.load_orderbook(ob_path, tick_divisor=d))[0]
     except ValueError as e:
         raise FeedError(str(e)) from None
+    return (md, d) if return_tick else md
 
 
 class Progress:
@@ -201,7 +202,7 @@ def run(spec: FeedSpec, stop=None) -> dict:
             raise FeedError(f"{spec.replay}: no such file")
         else:
             kind = "lobster"
-            md = load_lobster(spec.replay, spec.symbol)
+            md = spec.lobster_md if spec.lobster_md is not None else load_lobster(spec.replay, spec.symbol)
     session = spec.session or (spec.seed & 0xFFFFFFFF) or 1
     sender = UdpSender((spec.host, spec.port), session=session, faults=spec.faults, rate=spec.rate,
                        speed=spec.speed, capture=spec.capture, max_batch=MAX_CHUNK)

@@ -414,16 +414,21 @@ def from_dict(table: dict) -> Config:
     return _build(Config, table, "")
 
 
-def load(path: str | Path | None = None) -> Config:
-    """Load a TOML config file (default: ``configs/default.toml``)."""
-    p = Path(path) if path is not None else DEFAULT_PATH
+def read_toml(p: Path) -> dict:
+    """A TOML file as a table; ``ConfigError`` when it is missing or not TOML."""
     try:
         with open(p, "rb") as f:
-            table = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError as e:
         raise ConfigError(f"config file {p} not found") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from e
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Load a TOML config file (default: ``configs/default.toml``)."""
+    p = Path(path) if path is not None else DEFAULT_PATH
+    table = read_toml(p)
     try:
         return from_dict(table)
     except ConfigError as e:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obpipe.config import ConfigError, build_section
+from obpipe.config import ConfigError, build_section, read_toml
 
 from .narratives import DEFAULT_TEMPLATES, NarrativeConfig
 
@@ -108,12 +107,7 @@ class _Probe(dict):
 def load(path: str | Path | None = None, **overrides) -> StoryConfig:
     """Load the story config (``overrides``: {section: {key: value}}, checked likewise)."""
     p = Path(path) if path is not None else DEFAULT_PATH
-    try:
-        table = tomllib.loads(p.read_text()) if p.exists() or path is not None else {}
-    except FileNotFoundError as e:
-        raise ConfigError(f"config file {p} not found") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from e
+    table = read_toml(p) if p.exists() or path is not None else {}
     for sec, vals in overrides.items():
         table.setdefault(sec, {}).update(vals)
     try:
