@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story lobster-check kafka tail exchange book story browser
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story fuzz lobster-check kafka tail exchange book story browser
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,6 +40,9 @@ story: $(DEV)    ## the story service against the local broker (the running inst
 
 test: $(DEV) browser ## run the test suite
 	$(VPY) -m pytest $(ARGS)
+
+fuzz: $(DEV) browser ## the fuzz and abuse campaigns of the suite, ten times longer (OBPIPE_FUZZ_SCALE=10)
+	OBPIPE_FUZZ_SCALE=10 $(VPY) -m pytest -m fuzz -p no:cacheprovider -o timeout=1800 $(ARGS)
 
 browser:         ## Debian's chromium for the web page test (apt-get when missing and root; else that test skips)
 	@command -v chromium >/dev/null || { \

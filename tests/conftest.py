@@ -34,6 +34,17 @@ def no_segment_left_behind():
     assert not left, f"tests left shared memory segments behind: {left}"
 
 
+#: `make fuzz` runs the fuzz and abuse campaigns (marker ``fuzz``) this many times
+#: longer than the suite does (OBPIPE_FUZZ_SCALE=10); the suite runs them at 1.
+FUZZ_SCALE = max(1, int(os.environ.get("OBPIPE_FUZZ_SCALE", "1") or 1))
+
+
+@pytest.fixture
+def fuzz_scale() -> int:
+    """How many times its base campaign a fuzz test runs: 1 in the suite, 10 under `make fuzz`."""
+    return FUZZ_SCALE
+
+
 @pytest.fixture
 def instance():
     """A unique instance name; every segment of it is unlinked after the test."""
