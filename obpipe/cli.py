@@ -115,6 +115,9 @@ def cmd_tail(argv: list[str]) -> int:
     instance's embedded broker, the config's bootstrap_servers, or $OBPIPE_KAFKA."""
     import os
 
+    from obpipe.interrupt import Interrupt
+
+    stop = Interrupt()  # first: Ctrl-C while tail is still importing ends it cleanly too
     from publisher import tail
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -122,7 +125,7 @@ def cmd_tail(argv: list[str]) -> int:
     pre.add_argument("--instance")
     known, rest = pre.parse_known_args(argv)
     if "-h" in rest or "--help" in rest:
-        return tail.main(rest)
+        return tail.main(rest, stop)
     cfg = _load(known.config)
     inst = known.instance or cfg.instance.name
     if not any(x == "--kafka" or x.startswith("--kafka=") for x in rest):
@@ -134,7 +137,7 @@ def cmd_tail(argv: list[str]) -> int:
         rest = rest + ["--kafka", bs]
     if not any(x == "--prefix" or x.startswith("--prefix=") for x in rest):
         rest = rest + ["--prefix", cfg.kafka.topic_prefix]
-    return tail.main(rest)
+    return tail.main(rest, stop)
 
 
 def _feed_port(a) -> int:
@@ -202,8 +205,11 @@ def cmd_stats(a) -> int:
     except RingError as e:
         print(f"obpipe stats: no running instance {inst!r}: {e}", file=sys.stderr)
         return 1
+    from obpipe.interrupt import Interrupt
+
+    stop = Interrupt()
     try:
-        while True:
+        while not stop:
             try:
                 d = st.collect()
             except TimeoutError as e:
@@ -215,12 +221,14 @@ def cmd_stats(a) -> int:
                 print(render(d), flush=True)
             if not a.watch:
                 return 0
-            time.sleep(a.interval)
+            t_next = time.monotonic() + a.interval
+            while not stop and time.monotonic() < t_next:
+                time.sleep(min(0.1, a.interval))
             print()
-    except KeyboardInterrupt:
         return 0
     finally:
         st.close()
+        stop.restore()
 
 
 def cmd_clean(a) -> int:

@@ -17,6 +17,7 @@ import sys
 import time
 
 from publisher.schema import SCHEMA_VERSION, SIGNAL_KINDS, topic_names
+from obpipe.interrupt import Interrupt
 
 #: Bootstrap used when neither --kafka nor $OBPIPE_KAFKA is given.
 DEFAULT_KAFKA = "127.0.0.1:9092"
@@ -188,9 +189,20 @@ def _transport_error():
     return KafkaError(KafkaError._TRANSPORT)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stop: Interrupt | None = None) -> int:
     """``obpipe tail``; returns 0 (Ctrl-C, --count reached, --timeout elapsed). Usage
-    errors exit 2 (SystemExit from argparse)."""
+    errors exit 2 (SystemExit from argparse). Ctrl-C ends it within 2 s wherever it is
+    (``obpipe.interrupt``; ``stop``: one the caller installed earlier)."""
+    own = stop is None
+    stop = Interrupt() if own else stop
+    try:
+        return _main(argv, stop)
+    finally:
+        if own:
+            stop.restore()
+
+
+def _main(argv: list[str] | None, stop: Interrupt) -> int:
     p = _parser()
     a = p.parse_args(argv)
     bad = sorted(set(a.kind or ()) - set(SIGNAL_KINDS))
@@ -211,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                          "fetch.wait.max.ms": 100, "log_level": 0, "error_cb": t.on_error})
     try:
         next_lookup = 0.0
-        while not t.done(deadline):
+        while not stop and not t.done(deadline):
             if t.pending and time.monotonic() >= next_lookup:
                 t.assign_new(consumer)
                 next_lookup = time.monotonic() + 1.0
@@ -222,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
                 t.on_error(m.error())
                 continue
             t.handle(m.value())
-    except KeyboardInterrupt:
-        pass
     except BrokenPipeError:  # `obpipe tail | head`: stop quietly, and keep Python's exit flush quiet too
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
