@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine._process import child_setup, claim_row, mark_running
+from engine._process import background_priority, child_setup, claim_row, mark_running
 from ring import schema
 from ring.schema import STATE_STOPPED
 from ring.spsc import Backoff, Ring
@@ -117,6 +117,8 @@ def run(spec: AnalysisSpec, stop) -> int:
     an.step(0)  # compile (or load from cache) before announcing "running"
     an.flush()
     mark_running(row)
+    if spec.background:
+        background_priority()
     next_cpu = 0.0
     while not stop.is_set():
         n = an.step(1 << 16, b.spin_iters, b.yield_iters)
@@ -131,6 +133,8 @@ def run(spec: AnalysisSpec, stop) -> int:
                 row[schema.ST_STATE] = STATE_STOPPED
                 return 3  # orphaned
             time.sleep(b.sleep_us * 1e-6)
+    if spec.background:
+        background_priority(False)  # the book writer is done: drain at normal priority
     an.drain()
     an.flush()
     t = os.times()
@@ -141,5 +145,5 @@ def run(spec: AnalysisSpec, stop) -> int:
 
 def main_entry(spec: AnalysisSpec, stop) -> None:
     """Process target (spawn): exit code is run()'s return value."""
-    child_setup(spec.parent_pid, spec.cores, spec.background)
+    child_setup(spec.parent_pid, spec.cores)
     sys.exit(run(spec, stop))

@@ -42,25 +42,28 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
-def child_setup(parent_pid: int, cores, background: bool = False) -> None:
+def child_setup(parent_pid: int, cores) -> None:
     """Die with the supervisor, leave Ctrl-C to it, pin to ``cores``, and sleep with a
-    1 us timer slack (idle sleeps of ~50 us wake on time, not 50 us late); with
-    ``background``, run as SCHED_IDLE (``background_priority``)."""
+    1 us timer slack (idle sleeps of ~50 us wake on time, not 50 us late)."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     if cores:
         pin(list(cores))
     set_timer_slack()
-    if background:
-        background_priority()
 
 
-def background_priority() -> None:
-    """Run as SCHED_IDLE (Linux): the analysis and the publisher then take only CPU that
-    the busy-polling book writer and rx leave, so sharing a core with them does not
-    delay them.  A no-op where unsupported."""
+def background_priority(on: bool = True) -> None:
+    """Run as SCHED_IDLE (Linux; ``on``) or back as a normal process (``on=False``).
+
+    The analysis and the publisher go SCHED_IDLE only once they are ready (kernels
+    compiled or loaded, broker reached), and return to normal when told to stop: while
+    the book writer runs they take only the CPU it and rx leave, so sharing a core with
+    them does not delay them; but compiling at start-up and draining at shutdown must
+    not wait for an idle CPU, which a busy machine may never have (a SCHED_IDLE process
+    gets ~0.3% of a core beside one normal busy process). A no-op where unsupported."""
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        policy = os.SCHED_IDLE if on else os.SCHED_OTHER
+        os.sched_setscheduler(0, policy, os.sched_param(0))
     except (AttributeError, OSError):
         pass
 

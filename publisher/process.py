@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine._process import child_setup, claim_row, mark_running
+from engine._process import background_priority, child_setup, claim_row, mark_running
 from ring import schema as sc
 from ring._kernels import ring_pop
 from ring.schema import STATE_STOPPED
@@ -242,9 +242,15 @@ def run(spec: PublisherSpec, stop) -> int:
     if reachable(spec.bootstrap, 1.0):  # best effort: brokers that auto-create topics do not need it
         ensure_topics(spec.bootstrap, list(topic_names(spec.prefix)), timeout_s=3.0, extra_conf=dict(spec.client))
     mark_running(row)
+    if spec.background:
+        background_priority()
+    idle = spec.background
     while True:
         n = pub.step()
         row[sc.ST_HEARTBEAT_NS] = time.monotonic_ns()
+        if idle and stop.is_set():
+            background_priority(False)  # the book writer is done: drain at normal priority
+            idle = False
         if n == 0 and stop.is_set() and len(ring) == 0:
             break
         if n == 0 and spec.parent_pid and os.getppid() != spec.parent_pid:
@@ -256,5 +262,5 @@ def run(spec: PublisherSpec, stop) -> int:
 
 def main_entry(spec: PublisherSpec, stop) -> None:
     """Process target (spawn): exit code is run()'s return value."""
-    child_setup(spec.parent_pid, spec.cores, spec.background)
+    child_setup(spec.parent_pid, spec.cores)
     sys.exit(run(spec, stop))

@@ -21,7 +21,8 @@ def obpipe(*args, timeout=240, **kw):
                           env=ENV, timeout=timeout, **kw)
 
 
-def _config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, events_capacity=1 << 16):
+def _config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, events_capacity=1 << 16,
+            signals_capacity=1 << 14):
     """A config file for one test run.  ``kafka``: bootstrap servers to publish to; None:
     no publisher (tests that are not about Kafka do not start a broker)."""
     p = tmp_path / "c.toml"
@@ -29,7 +30,7 @@ def _config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, events_c
     if "[kafka]" in extra:
         k = ""
     p.write_text(f'[instance]\nname = "{instance}"\n[rings]\nmd_capacity = {md_capacity}\n'
-                 f'events_capacity = {events_capacity}\n{k}{extra}')
+                 f'events_capacity = {events_capacity}\nsignals_capacity = {signals_capacity}\n{k}{extra}')
     return str(p)
 
 

@@ -29,8 +29,12 @@ def _kafka(bs: str, prefix: str = "obpipe", **more) -> str:
     return "[kafka]\n" + "\n".join(lines) + "\n"
 
 
-def _strip(msgs):
-    return sorted((json.dumps({k: v for k, v in m.items() if k not in WALL}, sort_keys=True) for m in msgs))
+def _by_key(msgs, *key):
+    """Messages by their key fields, each without its wall-clock fields (unique keys asserted)."""
+    out = {tuple(m[k] for k in key): json.dumps({k: v for k, v in m.items() if k not in WALL}, sort_keys=True)
+           for m in msgs}
+    assert len(out) == len(msgs)
+    return out
 
 
 def _poll(fn, cond, timeout_s=60.0, every=0.2):
@@ -50,25 +54,27 @@ def test_replayed_signals_reach_kafka_valid_counted_and_identical_twice(tmp_path
     bs = kafka_broker.bootstrap
     runs = []
     for i in range(2):
+        # run 1's signals ring holds 64: it drops, so the accounting under drops is always checked
         cfg = _config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
+                      signals_capacity=(1 << 14, 64)[i],
                       extra='[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n' + _kafka(bs, f"run{i}"))
         out = obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--rate", "60000", "--json", "--quiet")
         assert out.returncode == 0, out.stderr[-3000:]
         d = json.loads(out.stdout)
         a, p = d["analysis"], d["publisher"]
-        # (60k msgs/s: the day's ~19k summaries must fit the signals ring while the publisher drains it;
-        # a drop would make the two runs differ)
+        # Detection is exact; delivery is best effort: the signals ring never blocks the analysis, so a
+        # publisher starved of CPU (SCHED_IDLE on the book writer's core, on a busy machine) costs
+        # counted drops (docs/DECISIONS.md "Signals ring overflow"). What must hold is the accounting.
         assert d["applied"] == d["messages"] and d["book"]["events_dropped"] == 0
-        assert a["signal_drops"] == a["summary_drops"] == 0
         assert d["signals"] > 20 and d["summaries"] > 100 and d["kafka_errors"] == 0
         lost_signals = a["signal_drops"] + p["signals_dropped"] + p["failed_signals"] + p["lost"]
+        lost_summaries = a["summary_drops"] + p["coalesced"] + p["summaries_dropped"]
         # (the counts are known, so 1 s without more is enough to see extras)
         sigs = consume_all(bs, f"run{i}.signals", d["signals"] - lost_signals, idle_s=1.0)
-        summs = consume_all(bs, f"run{i}.summaries",
-                            d["summaries"] - a["summary_drops"] - p["coalesced"] - p["summaries_dropped"], idle_s=1.0)
-        # every signal the analysis counted is on Kafka, except the counted drops
+        summs = consume_all(bs, f"run{i}.summaries", d["summaries"] - lost_summaries, idle_s=1.0)
+        # every signal and summary the analysis counted is on Kafka, except the counted drops
         assert len(sigs) == d["signals"] - lost_signals == p["delivered_signals"]
-        assert len(summs) == d["summaries"] - a["summary_drops"] - p["coalesced"] - p["summaries_dropped"]
+        assert len(summs) == d["summaries"] - lost_summaries
         assert d["published"] == len(sigs) + len(summs)
         if i == 0:  # (run 1 must equal run 0; jsonschema takes ~0.5 ms a message: ~24k signals, a sample)
             for m in sigs[::5] + summs[::25]:
@@ -86,9 +92,18 @@ def test_replayed_signals_reach_kafka_valid_counted_and_identical_twice(tmp_path
         with_spread = sum(m["spread_ticks"]["mean"] is not None for m in summs)
         assert with_spread > 0.98 * len(summs), (with_spread, len(summs))
         assert sum(a["by_kind"].values()) == d["signals"]
-        runs.append((_strip(sigs), _strip(summs), a["by_kind"]))
-    # the same file gives the same signals and summaries, apart from wall-clock fields
-    assert runs[0] == runs[1]
+        runs.append(((_by_key(sigs, "id"), _by_key(summs, "symbol", "end_ns")),
+                     (d["signals"], d["summaries"], a["by_kind"]), lost_signals + lost_summaries))
+    # the same file gives the same detections, and every message both runs delivered is the same
+    # message apart from wall-clock fields; with nothing dropped, the same messages
+    (got0, counts0, lost0), (got1, counts1, lost1) = runs
+    assert counts0 == counts1 and lost1 > 0
+    for mine, other in zip(got0, got1):
+        both = mine.keys() & other.keys()
+        assert len(both) >= len(mine) - lost0 - lost1
+        assert all(mine[k] == other[k] for k in both)
+        if lost0 == lost1 == 0:
+            assert mine == other
     assert list_segments(instance) == []
 
 
