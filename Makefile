@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story fuzz lobster-check kafka tail exchange book story browser
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story fuzz flaky-check lobster-check kafka tail exchange book story browser
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -43,6 +43,9 @@ test: $(DEV) browser ## run the test suite
 
 fuzz: $(DEV) browser ## the fuzz and abuse campaigns of the suite, ten times longer (OBPIPE_FUZZ_SCALE=10)
 	OBPIPE_FUZZ_SCALE=10 $(VPY) -m pytest -m fuzz -p no:cacheprovider -o timeout=1800 $(ARGS)
+
+flaky-check: $(DEV) ## run TESTS="node ids" N times in a row (N=20) while every core is kept busy
+	$(VPY) -m tests.under_load -n $(or $(N),20) $(TESTS)
 
 browser:         ## Debian's chromium for the web page test (apt-get when missing and root; else that test skips)
 	@command -v chromium >/dev/null || { \
