@@ -117,7 +117,9 @@ def cmd_tail(argv: list[str]) -> int:
 
     from obpipe.interrupt import Interrupt
 
-    stop = Interrupt()  # first: Ctrl-C while tail is still importing ends it cleanly too
+    # first, so Ctrl-C while tail is still importing ends it cleanly too; tail holds nothing
+    # to finish (no commits, line-flushed output): the first signal exits at once
+    stop = Interrupt(grace_s=0)
     from publisher import tail
 
     pre = argparse.ArgumentParser(add_help=False)

@@ -12,6 +12,10 @@ next turn and cleans up normally. Two guarantees on top:
   output and exits with ``code`` at once;
 * a second signal exits at once, the way a user's second Ctrl-C is meant.
 
+A signal that arrives while the interpreter is still starting, before the command
+made its ``Interrupt``, is Python's: ``KeyboardInterrupt`` there, or death by SIGINT
+before Python installed its own handler. Nothing has been opened yet by then.
+
 Pipeline children do not use this: they ignore SIGINT and stop on the supervisor's
 shared stop flag (``engine/_process.py``).
 """
@@ -32,7 +36,8 @@ class Interrupt:
 
     Args:
         grace_s: seconds between the first signal and a forced exit, if the command has
-            not ended by itself by then.
+            not ended by itself by then; 0: exit at the first signal (a command with
+            nothing to finish, such as ``obpipe tail``, whose output is line-flushed).
         code: the exit status of a forced exit (and what the command should return
             when it stops on the flag: Ctrl-C is a normal way to end these commands).
     """
@@ -49,7 +54,7 @@ class Interrupt:
         return self.signum != 0
 
     def _on_signal(self, signum, frame) -> None:
-        if self.signum:
+        if self.signum or self.grace_s <= 0:
             _exit_now(self.code)
         self.signum = signum
         t = threading.Timer(self.grace_s, _exit_now, (self.code,))

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None, stop: Interrupt | None = None) -> int:
     errors exit 2 (SystemExit from argparse). Ctrl-C ends it within 2 s wherever it is
     (``obpipe.interrupt``; ``stop``: one the caller installed earlier)."""
     own = stop is None
-    stop = Interrupt() if own else stop
+    stop = Interrupt(grace_s=0) if own else stop
     try:
         return _main(argv, stop)
     finally:
