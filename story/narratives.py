@@ -57,9 +57,21 @@ def _fmt_num(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 10 or float(x).is_integer() else f"{x:.1f}"
 
 
-def describe(kind: str, side, sigs: list[dict], cfg: NarrativeConfig, median_spread=None) -> str:
-    """The text of one burst ``sigs`` (dicts with ``values``, ``ts_exch_ns``,
-    ``tick_size``, ``bbo``), strongest signal's numbers first."""
+#: One signal's ``values`` per kind: what ``template_error`` fills the templates with.
+SAMPLE_VALUES = {
+    "spread_widening": {"spread_ticks": 6, "baseline_ticks": 2.1, "ratio": 2.857},
+    "imbalance": {"tob_imbalance": 0.62, "depth_imbalance": 0.4, "bid_depth": 1200, "ask_depth": 514},
+    "microprice_shift": {"shift_ticks": -3.5, "from_tick": 22384.5, "to_tick": 22381.0, "elapsed_ns": 12_000_000},
+    "sweep": {"levels": 4, "volume": 1200, "trades": 5, "first_tick": 22383, "last_tick": 22386,
+              "elapsed_ns": 2_100_000},
+    "liquidity_withdrawal": {"depth_before": 3000, "depth_after": 900, "drop_fraction": 0.7,
+                             "elapsed_ns": 50_000_000, "touch_tick": 22381},
+}
+
+
+def template_fields(kind: str, side, sigs: list[dict], cfg: NarrativeConfig, median_spread=None) -> dict:
+    """The fields a template of ``kind`` is filled with for the burst ``sigs``: the
+    same names and types for every burst of a kind."""
     strongest = max(sigs, key=lambda s: _score(kind, s["values"]))
     v = strongest["values"]
     n = len(sigs)
@@ -88,6 +100,28 @@ def describe(kind: str, side, sigs: list[dict], cfg: NarrativeConfig, median_spr
         fields.update(direction="up" if float(v["shift_ticks"]) > 0 else "down",
                       ticks=_fmt_num(abs(float(v["shift_ticks"]))), ms=_fmt_num(v["elapsed_ns"] / 1e6),
                       price=_price(round(float(v["to_tick"])), ts))
+    return fields
+
+
+def template_error(kind: str, template: str) -> str | None:
+    """Why ``template`` cannot describe a ``kind`` burst (a field it does not have, a
+    bad format spec), or None: the template filled with a sample burst's fields."""
+    sig = {"values": dict(SAMPLE_VALUES[kind]), "ts_exch_ns": 0, "tick_size": 0.01}
+    fields = template_fields(kind, "bid", [sig], NarrativeConfig())
+    try:
+        template.format(**fields)
+    except KeyError as e:
+        return f"names the field {e.args[0]!r}, which {kind} stories do not have (they have {', '.join(sorted(fields))})"
+    except (ValueError, IndexError, AttributeError, TypeError) as e:
+        return f"not a valid template: {e}"
+    return None
+
+
+def describe(kind: str, side, sigs: list[dict], cfg: NarrativeConfig, median_spread=None) -> str:
+    """The text of one burst ``sigs`` (dicts with ``values``, ``ts_exch_ns``,
+    ``tick_size``), strongest signal's numbers first."""
+    fields = template_fields(kind, side, sigs, cfg, median_spread)
+    n = len(sigs)
     text = cfg.templates.get(kind, "{n} " + kind + " signals").format(**fields)
     if n > 1 and kind != "sweep":
         text += REPEAT_SUFFIX.format(**fields)
