@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.multiproc]
 
 #: Kept after the run (git-ignored): the page as headless Chromium rendered it.
 ARTIFACTS = REPO / "tests" / "artifacts"
+#: 2012-06-21 09:30 UTC in epoch ns: feed time of the hand-made messages (a plausible time).
+DAY = 1_340_271_000 * 10**9
 
 
 class StoryProc:
@@ -220,8 +222,8 @@ def test_broker_down_queries_still_answer_and_it_reconnects_by_itself(tmp_path):
     b2 = None
     story = None
     try:
-        produce(b1.bootstrap, "obpipe.signals", [("AMZN", make_signal("sweep", seq=i)) for i in range(1, 6)])
-        produce(b1.bootstrap, "obpipe.summaries", [("AMZN", make_summary())])
+        produce(b1.bootstrap, "obpipe.signals", [("AMZN", make_signal("sweep", seq=i, ts_exch_ns=DAY + i)) for i in range(1, 6)])
+        produce(b1.bootstrap, "obpipe.summaries", [("AMZN", make_summary(start_ns=DAY, end_ns=DAY + 10**8))])
         story = StoryProc(tmp_path, b1.bootstrap, db, "one", http=True)
         _wait(lambda: _count(db, "signals"), lambda n: n == 5)
         b1.stop(timeout_s=2)
@@ -233,7 +235,8 @@ def test_broker_down_queries_still_answer_and_it_reconnects_by_itself(tmp_path):
         assert len(stories) == 1 and len(stories[0]["signal_ids"]) == 5  # answered from the database
         assert story.p.poll() is None
         b2 = EmbeddedBroker.start(port=port)  # back, on the same port (empty: in-memory)
-        produce(b2.bootstrap, "obpipe.signals", [("AMZN", make_signal("sweep", seq=i)) for i in range(100, 103)])
+        produce(b2.bootstrap, "obpipe.signals", [("AMZN", make_signal("sweep", seq=i, ts_exch_ns=DAY + i))
+                                                 for i in range(100, 103)])
         _wait(lambda: _count(db, "signals"), lambda n: n == 8, timeout_s=120)
         assert "reachable again" in story.stop()
         story = None
@@ -243,3 +246,59 @@ def test_broker_down_queries_still_answer_and_it_reconnects_by_itself(tmp_path):
         for b in (b1, b2):
             if b is not None:
                 b.stop(timeout_s=2)
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    """The committed offsets of ``group`` summed over ``topic``'s partitions (= records
+    consumed and committed past, offsets starting at 0)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "log_level": 0})
+    try:
+        parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
+        return sum(max(tp.offset, 0) for tp in c.committed(parts, timeout=10))
+    finally:
+        c.close()
+
+
+def _final_counters(err_text: str) -> dict[str, int]:
+    """The counters of the service's last line ("obpipe-story stopped: records N, ...")."""
+    line = err_text.rsplit("obpipe-story stopped: ", 1)[1].splitlines()[0]
+    return {k: int(v) for k, v in (kv.rsplit(" ", 1) for kv in line.split(", "))}
+
+
+@pytest.mark.timeout(300)
+def test_poison_records_over_the_broker_are_rejected_kept_and_committed_past(tmp_path, kafka_broker):
+    from tests.story.test_narratives_store import POISON_KINDS, _poison
+
+    bs = kafka_broker.bootstrap
+    poison = [_poison(k) for k in POISON_KINDS] + [b"\xff\xfe not UTF-8", b"", b"[" * 5000 + b"]" * 5000,
+                                                   json.dumps(make_signal("sweep", seq=3)).encode()]  # 1970 ts
+    valid = [make_signal("sweep", seq=1000 + i, ts_exch_ns=DAY + i * 10**9) for i in range(len(poison) + 1)]
+    records = [("AMZN", valid[0])] + [r for i, p in enumerate(poison) for r in (("AMZN", p), ("AMZN", valid[i + 1]))]
+    produce(bs, "obpipe.signals", records)
+    db = tmp_path / "story.db"
+    story = StoryProc(tmp_path, bs, db, "poison", batch_max=7)  # poison spread over several batches
+    try:
+        _wait(lambda: _count(db, "rejects") + _count(db, "signals"), lambda n: n == len(records), timeout_s=120)
+        group = f"g-{tmp_path.name}"
+        _wait(lambda: _committed(bs, group, "obpipe.signals"), lambda n: n == len(records), timeout_s=30)
+        assert story.p.poll() is None  # still running: no crash loop
+        s = Store.open(str(db))
+        try:
+            assert {r[0] for r in s.query("SELECT id FROM signals")} == {m["id"] for m in valid}
+            kept = s.query("SELECT reason, raw FROM rejects")
+            assert sorted(bytes(r[1]) for r in kept) == sorted(poison)
+            reasons = Counter(r[0] for r in kept)
+            assert reasons == {"schema": 8, "not JSON": 2 + 3, "bad id": 1, "implausible time": 1}, reasons  # (NaN, Infinity)
+            in_stories = [i for (ids,) in s.query("SELECT signal_ids FROM stories") for i in json.loads(ids)]
+            assert sorted(in_stories) == sorted(m["id"] for m in valid)
+        finally:
+            s.close()
+        c = _final_counters(story.stop())
+        story = None
+        assert c["records"] == len(records) and c["rejected"] == len(poison) and c["signals_new"] == len(valid)
+        assert c["implausible_time"] == 1 and c["malformed"] == len(poison) - 1
+    finally:
+        if story is not None:
+            story.kill()
