@@ -196,42 +196,65 @@ class StoryService:
             if kind == "signal":
                 msgs.append(m)
         self.counters["records"] += len(records)
-        new_sig, new_sum = self.store.insert(sigs, sums, rejects)
+        is_new: list[bool] = []
+        # one transaction: the rows, the rejects and the stories of the new signals (so a
+        # signal stored is a signal narrated, and a re-delivered one needs nothing)
+        new_sig, new_sum = self.store.insert(sigs, sums, rejects, commit=False, signal_is_new=is_new)
         self.counters["signals_new"] += new_sig
         self.counters["signals_seen_before"] += len(sigs) - new_sig
         self.counters["summaries_new"] += new_sum
         self.counters["summaries_seen_before"] += len(sums) - new_sum
         self.counters["batches"] += 1
-        if msgs:
-            self.narrate(msgs)
+        self.narrate([m for m, new in zip(msgs, is_new) if new], commit=False)
+        self.store.conn().commit()
 
-    def narrate(self, msgs: list[dict]) -> None:
-        """Recompute the stories of every (symbol, kind, side) these signals belong to,
-        from the burst the earliest of them falls in."""
-        first: dict[tuple, int] = {}
+    def narrate(self, msgs: list[dict], commit: bool = True) -> None:
+        """Recompute the stories these newly stored signals touch.  Per (symbol, kind,
+        side): from the start of the burst the earliest new signal falls in, read
+        forward to the first burst boundary past which no new signal is near, replace
+        the stories starting in that range; repeat for new signals further on.  So a
+        late or re-sent old signal costs its burst, not every signal after it."""
+        groups: dict[tuple, list[int]] = {}
         for m in msgs:
-            k = (m["symbol"], m["kind"], m["side"])
-            first[k] = min(first.get(k, m["ts_exch_ns"]), m["ts_exch_ns"])
+            groups.setdefault((m["symbol"], m["kind"], m["side"]), []).append(m["ts_exch_ns"])
         gap = int(self.rules.merge_gap_ms * 1e6)
-        for (sym, kind, side), t0 in sorted(first.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")):
+        ex = self.store.execute
+        for (sym, kind, side), new_ts in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")):
             side_q = "side IS NULL" if side is None else "side = ?"
             sp = () if side is None else (side,)
-            row = self.store.query(f"SELECT MIN(start_ns) FROM stories WHERE symbol = ? AND kind = ? AND {side_q} "
-                                   "AND end_ns >= ? AND start_ns <= ?", (sym, kind, *sp, t0 - gap, t0))
-            # every stored signal is in a story, so a signal within the gap before t0 is in one of these
-            from_ns = min(t0, row[0][0]) if row and row[0][0] is not None else t0
-            rows = self.store.query(f"SELECT id, ts_exch_ns, tick_size, vals FROM signals WHERE symbol = ? AND "
-                                    f"kind = ? AND {side_q} AND ts_exch_ns >= ? ORDER BY ts_exch_ns, id",
-                                    (sym, kind, *sp, from_ns))
-            burst = [{"id": r[0], "ts_exch_ns": r[1], "tick_size": r[2], "values": json.loads(r[3])} for r in rows]
-            new = stories(sym, kind, side, burst, self.rules, self.median_spread)
-            self.store.replace_stories(sym, kind, side, from_ns, new)
-            self.counters["stories_written"] += len(new)
+            pending, i = sorted(new_ts), 0
+            while i < len(pending):
+                t0 = pending[i]
+                row = ex(f"SELECT MIN(start_ns) FROM stories WHERE symbol = ? AND kind = ? AND {side_q} "
+                         "AND end_ns >= ? AND start_ns <= ?", (sym, kind, *sp, t0 - gap, t0)).fetchall()
+                # every stored signal is in a story, so a signal within the gap before t0 is in one of these
+                from_ns = min(t0, row[0][0]) if row and row[0][0] is not None else t0
+                cur = ex(f"SELECT id, ts_exch_ns, tick_size, vals FROM signals WHERE symbol = ? AND "
+                         f"kind = ? AND {side_q} AND ts_exch_ns >= ? ORDER BY ts_exch_ns, id", (sym, kind, *sp, from_ns))
+                sigs: list[dict] = []
+                for r in cur:
+                    if sigs and r[1] - sigs[-1]["ts_exch_ns"] > gap and sigs[-1]["ts_exch_ns"] >= t0:  # a boundary
+                        while i < len(pending) and pending[i] <= sigs[-1]["ts_exch_ns"]:
+                            i += 1
+                        if i == len(pending) or pending[i] > r[1]:  # no new signal in the next burst's start
+                            break
+                    sigs.append({"id": r[0], "ts_exch_ns": r[1], "tick_size": r[2], "values": json.loads(r[3])})
+                else:
+                    i = len(pending)
+                cur.close()
+                if not sigs:  # (cannot happen: t0's signal is stored in this transaction)
+                    i += 1
+                    continue
+                new = stories(sym, kind, side, sigs, self.rules, self.median_spread)
+                self.store.replace_stories(sym, kind, side, from_ns, sigs[-1]["ts_exch_ns"], new, commit=False)
+                self.counters["stories_written"] += len(new)
+        if commit:
+            self.store.conn().commit()
 
     def median_spread(self, symbol: str, ts_ns: int) -> float | None:
         w = int(self.rules.spread_median_window_s * 1e9)
-        rows = self.store.query("SELECT spread_mean FROM summaries WHERE symbol = ? AND start_ns >= ? AND "
-                                "start_ns < ? AND spread_mean IS NOT NULL", (symbol, ts_ns - w, ts_ns))
+        rows = self.store.execute("SELECT spread_mean FROM summaries WHERE symbol = ? AND start_ns >= ? AND "
+                                  "start_ns < ? AND spread_mean IS NOT NULL", (symbol, ts_ns - w, ts_ns)).fetchall()
         vals = [r[0] for r in rows]
         return statistics.median(vals) if vals else None
 

@@ -182,10 +182,12 @@ class Store:
         return self.sql(f"INSERT INTO {table} ({', '.join(cols)}, stored_ns) VALUES "
                         f"({', '.join('?' * (len(cols) + 1))}) ON CONFLICT DO NOTHING")
 
-    def insert(self, signals: list[tuple], summaries: list[tuple], rejects: list[tuple] = ()) -> tuple[int, int]:
+    def insert(self, signals: list[tuple], summaries: list[tuple], rejects: list[tuple] = (), commit: bool = True,
+               signal_is_new: list | None = None) -> tuple[int, int]:
         """Insert rows (signals, summaries, and ``REJECT_COLS`` rows of rejected records),
-        ignoring ones already stored, stamped with the wall clock; commit (one
-        transaction).  Returns (new signals, new summaries)."""
+        ignoring ones already stored, stamped with the wall clock; commit unless told not
+        to (one transaction).  Returns (new signals, new summaries); appends one bool per
+        signal (stored now, not before) to ``signal_is_new`` if given."""
         c = self.conn()
         cur = c.cursor()
         now = time.time_ns()
@@ -197,17 +199,23 @@ class Store:
                 cur.execute(q, (*r, now))
                 if i < 2:
                     new[i] += max(cur.rowcount, 0)
-        c.commit()
+                if i == 0 and signal_is_new is not None:
+                    signal_is_new.append(cur.rowcount > 0)
+        if commit:
+            c.commit()
         return new[0], new[1]
 
-    def replace_stories(self, symbol: str, kind: str, side, from_ns: int, stories: list[tuple]) -> None:
-        """Stories of (symbol, kind, side) starting at ``from_ns`` or later are replaced by
-        ``stories`` (recomputed from the signals), in one transaction."""
+    def replace_stories(self, symbol: str, kind: str, side, from_ns: int, to_ns: int | None, stories: list[tuple],
+                        commit: bool = True) -> None:
+        """Stories of (symbol, kind, side) starting in [``from_ns``, ``to_ns``] (None: no
+        end) are replaced by ``stories`` (recomputed from the signals); commit unless
+        told not to."""
         c = self.conn()
         cur = c.cursor()
         side_q = "side IS NULL" if side is None else "side = ?"
-        cur.execute(self.sql(f"DELETE FROM stories WHERE symbol = ? AND kind = ? AND {side_q} AND start_ns >= ?"),
-                    (symbol, kind, *(() if side is None else (side,)), from_ns))
+        end_q, end_p = ("", ()) if to_ns is None else (" AND start_ns <= ?", (to_ns,))
+        cur.execute(self.sql(f"DELETE FROM stories WHERE symbol = ? AND kind = ? AND {side_q} AND start_ns >= ?{end_q}"),
+                    (symbol, kind, *(() if side is None else (side,)), from_ns, *end_p))
         q = self.sql(f"INSERT INTO stories ({', '.join(STORY_COLS)}, stored_ns) VALUES "
                      f"({', '.join('?' * (len(STORY_COLS) + 1))}) "
                      "ON CONFLICT (id) DO UPDATE SET end_ns = excluded.end_ns, severity = excluded.severity, "
@@ -216,7 +224,8 @@ class Store:
         now = time.time_ns()
         for s in stories:
             cur.execute(q, (*s, now))
-        c.commit()
+        if commit:
+            c.commit()
 
     def delete_older(self, table: str, before_ns: int, batch: int = 5000) -> int:
         """Retention: delete rows stored (``stored_ns``, wall clock) before ``before_ns``

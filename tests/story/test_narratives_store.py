@@ -274,3 +274,20 @@ def test_a_template_naming_a_missing_field_is_refused_at_load_naming_template_an
         load(p)
     p.write_text('[narratives.templates]\nsweep = "{n} sweeps, {volume} lots, {side}"\n')
     assert load(p).narratives.templates["sweep"].startswith("{n}")
+
+
+def test_a_late_or_resent_old_signal_recomputes_its_burst_not_every_later_one(store):
+    svc = StoryService(StoryConfig(), store, "unused:1", log=lambda m: None)
+    svc.handle([_rec(_sig("sweep", i, i * 5000)) for i in range(1, 201)])  # 200 bursts of one, 5 s apart
+    before = svc.counters["stories_written"]
+    svc.handle([_rec(_sig("sweep", 1000, 5000 + 300))])  # late: joins the first burst
+    svc.handle([_rec(_sig("sweep", 1, 5000))])  # re-sent (already stored): nothing to recompute
+    assert svc.counters["stories_written"] - before == 1
+    got = api.stories_query(store, "AMZN", limit=1000)
+    assert len(got) == 200 and got[0]["signal_ids"] == ["AMZN-1-sweep", "AMZN-1000-sweep"]
+    # the same stories as a computation from scratch
+    rows = store.query("SELECT id, ts_exch_ns, tick_size, vals FROM signals ORDER BY ts_exch_ns, id")
+    ref = stories("AMZN", "sweep", "bid", [{"id": r[0], "ts_exch_ns": r[1], "tick_size": r[2],
+                                            "values": json.loads(r[3])} for r in rows], svc.rules)
+    assert sorted(store.query("SELECT id, symbol, kind, side, start_ns, end_ns, severity, text, signal_ids "
+                              "FROM stories")) == sorted(ref)

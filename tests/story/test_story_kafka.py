@@ -302,3 +302,151 @@ def test_poison_records_over_the_broker_are_rejected_kept_and_committed_past(tmp
     finally:
         if story is not None:
             story.kill()
+
+
+def _fuzz_messages(rng, n: int) -> list[tuple[str, bytes, str]]:
+    """``n`` seeded (topic, value, expected) records: ``expected`` is "stored" (valid),
+    "rejected" (made invalid on purpose) or "either" (random bytes flipped in a valid one)."""
+    import random
+
+    from publisher.schema import SIGNAL_KINDS, signal_id
+    from tests.publisher.conftest import SIDES
+
+    syms = ("AMZN", "AAPL", "MSFT", "BRK.B")
+    sig_t, sum_t = "obpipe.signals", "obpipe.summaries"
+    valid: list[tuple[str, bytes]] = []
+
+    def signal(i):
+        kind = SIGNAL_KINDS[i % 5]
+        sym = syms[i // 5 % 4]
+        # blocks of 100 records 5 s apart: bursts of a few signals per (symbol, kind)
+        return make_signal(kind, sym, seq=i, id=signal_id(sym, i, kind, SIDES[kind]),
+                           ts_exch_ns=DAY + i // 100 * 5 * 10**9 + i % 100 * 10**7 + rng.randrange(10**6))
+
+    def summary(i):
+        return make_summary(syms[i % 4], seq=i, start_ns=DAY + i * 10**8, end_ns=DAY + (i + 1) * 10**8)
+
+    bad_values = [float("nan"), float("inf"), -float("inf"), 2**64 + 1, -(2**64) - 1, [], {"x": [1]}, 10**30]
+    out = []
+    for i in range(n):
+        r = rng.random()
+        if r < 0.30 or not valid:
+            m = signal(i) if rng.random() < 0.8 else summary(i)
+            raw = json.dumps(m).encode()
+            topic = sig_t if m["type"] == "signal" else sum_t
+            valid.append((topic, raw))
+            out.append((topic, raw, "stored"))
+        elif r < 0.35:  # a re-delivery of an earlier valid one (counted as seen before)
+            topic, raw = rng.choice(valid)
+            out.append((topic, raw, "stored"))
+        elif r < 0.75:  # a field of a valid message made bad on purpose
+            m = signal(i) if rng.random() < 0.7 else summary(i)
+            topic = sig_t if m["type"] == "signal" else sum_t
+            how = rng.randrange(9)
+            if how == 0:  # a value no field takes, in a field or a nested one
+                obj = m[rng.choice(("bbo", "values"))] if (m["type"] == "signal" and rng.random() < 0.6) else m
+                key = rng.choice([k for k in obj if k not in ("v", "type")])
+                if key == "symbol":
+                    obj[key] = rng.choice(("", "A" * 17, "AM ZN", "AMZN\n", "é", "<b>", 5))
+                else:
+                    obj[key] = rng.choice(bad_values + ([] if isinstance(obj[key], str) else ["12"]))
+            elif how == 1:
+                del m[rng.choice([k for k in m if k != "type"])]
+            elif how == 2:
+                m[rng.choice(("extra", "ts", "Symbol"))] = 1
+            elif how == 3:
+                m[rng.choice(("ts_exch_ns", "start_ns") if m["type"] == "signal" else ("start_ns", "ts_emit_ns"))
+                  if m["type"] == "summary" else "ts_exch_ns"] = rng.choice((34_201_234_000_000, 2**62, 1))
+            elif how == 4:
+                topic = sum_t if topic == sig_t else sig_t  # the wrong topic
+            elif how == 5:
+                m["v"] = rng.choice((2, 0, "1", 1.0, True, None))
+            elif how == 6:
+                m["bbo"] = rng.choice(([1, 2, 3, 4], None, {"bid_tick": 1}, "bbo", {**m["bbo"], "x": 0}))
+            if how <= 6:
+                raw = json.dumps(m).encode()
+            elif how == 7:
+                raw = json.dumps(m).encode()[: rng.randrange(1, 60)]  # truncated
+            else:
+                raw = rng.choice((rng.randbytes(rng.randrange(0, 300)), b"[" * 3000, b"null", b"1", b'"s"', b"{}"))
+            out.append((topic, raw, "rejected"))
+        else:  # 1-3 random bytes of a valid one changed: either outcome, but counted
+            topic, raw = rng.choice(valid)
+            b = bytearray(raw)
+            for _ in range(rng.randrange(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            out.append((topic, bytes(b), "either"))
+    return out
+
+
+@pytest.mark.fuzz
+@pytest.mark.timeout(600)
+def test_fuzzed_story_topics_never_stop_the_service_and_every_record_is_stored_or_rejected(tmp_path, kafka_broker,
+                                                                                          fuzz_scale):
+    import random
+
+    from confluent_kafka import Producer
+
+    from story import api
+
+    n = 100_000 * fuzz_scale
+    rng = random.Random(20261202)
+    msgs = _fuzz_messages(rng, n)
+    bs = kafka_broker.bootstrap
+    where: dict[tuple[str, int, int], str] = {}
+
+    def delivered(err, msg):
+        assert err is None, err
+        where[(msg.topic(), msg.partition(), msg.offset())] = expect.pop((msg.topic(), msg.key()))
+
+    expect: dict[tuple[str, bytes], str] = {}
+    p = Producer({"bootstrap.servers": bs, "linger.ms": 20, "log_level": 0, "queue.buffering.max.messages": 200_000,
+                  "message.max.bytes": 2_000_000})
+    for i, (topic, raw, exp) in enumerate(msgs):
+        key = str(i).encode()
+        expect[(topic, key)] = exp
+        p.produce(topic, key=key, value=raw, on_delivery=delivered)
+        if i % 5000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0 and len(where) == n
+    db = tmp_path / "story.db"
+    story = StoryProc(tmp_path, bs, db, "fuzz")
+    try:
+        group = f"g-{tmp_path.name}"
+        _wait(lambda: _committed(bs, group, "obpipe.signals") + _committed(bs, group, "obpipe.summaries"),
+              lambda k: k == n, timeout_s=120 * fuzz_scale)
+        assert story.p.poll() is None  # it never exited
+        s = Store.open(str(db))
+        try:
+            # queries still answer, and every stored signal is in exactly one story
+            assert api.stories_query(s, "AMZN", since="1d") and api.signals_query(s, "BRK.B", since="1d")
+            in_stories = sorted(i for (ids,) in s.query("SELECT signal_ids FROM stories") for i in json.loads(ids))
+            assert in_stories == sorted(r[0] for r in s.query("SELECT id FROM signals"))
+            rejected_at = {(t, p_, o) for t, p_, o in s.query("SELECT topic, kafka_partition, kafka_offset FROM rejects")}
+            n_sig, n_sum = _count(db, "signals"), _count(db, "summaries")
+            # stored signals follow the schema by the reference validator (python jsonschema,
+            # ~0.5 ms a message: every 25th)
+            from publisher.schema import signal_id, validate
+            for (vals, sym, kind, side, seq, ts, det, tsz, bt, at, bq, aq) in s.query(
+                    "SELECT vals, symbol, kind, side, seq, ts_exch_ns, ts_detect_ns, tick_size, bid_tick, ask_tick, "
+                    "bid_qty, ask_qty FROM signals ORDER BY id")[::25]:
+                validate({"type": "signal", "v": 1, "id": signal_id(sym, seq, kind, side), "symbol": sym, "kind": kind,
+                          "side": side, "seq": seq, "ts_exch_ns": ts, "ts_detect_ns": det, "tick_size": tsz,
+                          "bbo": {"bid_tick": bt, "ask_tick": at, "bid_qty": bq, "ask_qty": aq},
+                          "values": json.loads(vals)})
+        finally:
+            s.close()
+        c = _final_counters(story.stop())
+        story = None
+    finally:
+        if story is not None:
+            story.kill()
+    kinds = Counter(where.values())
+    assert kinds["stored"] > n // 4 and kinds["rejected"] > n // 3 and kinds["either"] > n // 10  # (the mix)
+    assert {k for k, e in where.items() if e == "rejected"} <= rejected_at  # each bad one kept...
+    assert not {k for k, e in where.items() if e == "stored"} & rejected_at  # ...and no good one
+    # exact accounting: every record once, stored (new or seen before) or rejected; counters = tables
+    assert c["records"] == n == (c["signals_new"] + c["signals_seen_before"] + c["summaries_new"]
+                                 + c["summaries_seen_before"] + c["rejected"])
+    assert c["rejected"] == len(rejected_at) == c["malformed"] + c["unknown_version"] + c["implausible_time"]
+    assert (c["signals_new"], c["summaries_new"]) == (n_sig, n_sum)
