@@ -41,6 +41,10 @@ SIGNAL_VALUE_FIELDS: dict[str, tuple[str, ...]] = {
     "liquidity_withdrawal": ("depth_before", "depth_after", "drop_fraction", "elapsed_ns", "touch_tick"),
 }
 
+#: A symbol (ticker): what the schema's ``$defs/symbol`` pattern allows, and what the
+#: engine's ``book.symbols`` may name (no markup, quotes or spaces reach a consumer).
+SYMBOL_RE = r"[A-Za-z0-9._-]{1,16}"
+
 #: The JSON Schema file describing version ``SCHEMA_VERSION``.
 SCHEMA_PATH = Path(__file__).with_name(f"obpipe.v{SCHEMA_VERSION}.schema.json")
 
