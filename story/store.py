@@ -227,6 +227,15 @@ class Store:
         if commit:
             c.commit()
 
+    def rejects(self, limit: int = 20) -> tuple[int, list[dict]]:
+        """(how many rejects are kept, the newest ``limit`` of them as dicts with the raw
+        bytes)."""
+        n = self.query("SELECT COUNT(*) FROM rejects")[0][0]
+        rows = self.query("SELECT topic, kafka_partition, kafka_offset, reason, detail, raw, stored_ns FROM rejects "
+                          "ORDER BY stored_ns DESC, topic, kafka_partition, kafka_offset DESC LIMIT ?", (limit,))
+        keys = ("topic", "partition", "offset", "reason", "detail", "raw", "stored_ns")
+        return n, [dict(zip(keys, (*r[:5], bytes(r[5]), r[6]))) for r in rows]
+
     def delete_older(self, table: str, before_ns: int, batch: int = 5000) -> int:
         """Retention: delete rows stored (``stored_ns``, wall clock) before ``before_ns``
         in batches of ``batch`` (short transactions: readers and the consumer are never

@@ -242,16 +242,32 @@ POISON_KINDS = ("non-numeric value", "NaN", "Infinity", "integer >= 2^63", "bbo 
                 "id not by the rule")
 
 
+def test_rejects_are_listed_by_the_cli_with_reason_and_raw_bytes(tmp_path, capsys):
+    from story.cli import main
+
+    s = Store.open(str(tmp_path / "r.db"))
+    svc = StoryService(StoryConfig(), s, "unused:1", log=lambda m: None)
+    svc.handle([("obpipe.signals", 0, 5, _poison("integer >= 2^63")), ("obpipe.signals", 0, 6, b"\xff<b>")])
+    s.close()
+    assert main(["rejects", "--db", str(tmp_path / "r.db"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rejects"] == 2 and [(r["offset"], r["reason"]) for r in out["newest"]] == [(6, "not JSON"),
+                                                                                          (5, "schema")]
+    assert out["newest"][0]["raw"] == "\\xff<b>" and "seq" in out["newest"][1]["detail"]
+    assert main(["rejects", "--db", str(tmp_path / "r.db")]) == 0
+    assert capsys.readouterr().out.startswith("2 rejected records kept; the newest 2:")
+
+
 @pytest.mark.parametrize("kind", POISON_KINDS)
 def test_a_poison_record_is_rejected_kept_and_counted_and_the_next_burst_still_narrates(store, kind):
     svc = StoryService(StoryConfig(), store, "unused:1", log=lambda s: None)
     raw = _poison(kind)
-    svc.handle([("obpipe.signals", 3, 17, raw), _rec(_sig("sweep", 6, -100))])  # never raises
+    svc.handle([("obpipe.signals", raw), _rec(_sig("sweep", 6, -100))])  # never raises
     svc.handle([_rec(_sig("sweep", 8, 100))])  # a later signal whose burst reaches the poison's time
     assert svc.counters["rejected"] == svc.counters["malformed"] == 1
     assert svc.counters["signals_new"] == 2
     rows = store.query("SELECT topic, kafka_partition, kafka_offset, raw FROM rejects")
-    assert rows == [("obpipe.signals", 3, 17, raw)]
+    assert rows == [("obpipe.signals", -1, -1, raw)]  # (not from Kafka: partition -1, offsets from -1 down)
     assert [s["signal_ids"] for s in api.stories_query(store, "AMZN")] == [["AMZN-6-sweep", "AMZN-8-sweep"]]
 
 
