@@ -225,10 +225,11 @@ class StoryService:
             pending, i = sorted(new_ts), 0
             while i < len(pending):
                 t0 = pending[i]
-                row = ex(f"SELECT MIN(start_ns) FROM stories WHERE symbol = ? AND kind = ? AND {side_q} "
-                         "AND end_ns >= ? AND start_ns <= ?", (sym, kind, *sp, t0 - gap, t0)).fetchall()
-                # every stored signal is in a story, so a signal within the gap before t0 is in one of these
-                from_ns = min(t0, row[0][0]) if row and row[0][0] is not None else t0
+                # every stored signal is in a story, so a signal within the gap before t0 is in the
+                # story starting last at or before t0 (bursts are disjoint: at most one is that near)
+                row = ex(f"SELECT start_ns, end_ns FROM stories WHERE symbol = ? AND kind = ? AND {side_q} "
+                         "AND start_ns <= ? ORDER BY start_ns DESC LIMIT 1", (sym, kind, *sp, t0)).fetchall()
+                from_ns = min(t0, row[0][0]) if row and row[0][1] >= t0 - gap else t0
                 cur = ex(f"SELECT id, ts_exch_ns, tick_size, vals FROM signals WHERE symbol = ? AND "
                          f"kind = ? AND {side_q} AND ts_exch_ns >= ? ORDER BY ts_exch_ns, id", (sym, kind, *sp, from_ns))
                 sigs: list[dict] = []

@@ -307,3 +307,26 @@ def test_a_late_or_resent_old_signal_recomputes_its_burst_not_every_later_one(st
                                             "values": json.loads(r[3])} for r in rows], svc.rules)
     assert sorted(store.query("SELECT id, symbol, kind, side, start_ns, end_ns, severity, text, signal_ids "
                               "FROM stories")) == sorted(ref)
+
+
+def test_stories_built_batch_by_batch_in_any_order_equal_stories_built_from_scratch(store):
+    import random
+
+    rng = random.Random(13)
+    kinds = ("sweep", "imbalance", "liquidity_withdrawal", "microprice_shift")  # (spread texts read summaries)
+    sigs = [_sig(kinds[i % 4], i, rng.randrange(0, 60_000), symbol=("AMZN", "BRK.B")[i % 2]) for i in range(1, 601)]
+    recs = [_rec(m) for m in sigs] + [_rec(m) for m in rng.sample(sigs, 100)]  # with re-deliveries
+    rng.shuffle(recs)
+    svc = StoryService(StoryConfig(), store, "unused:1", log=lambda m: None)
+    while recs:
+        k = rng.randrange(1, 60)
+        svc.handle(recs[:k])
+        recs = recs[k:]
+    ref = []
+    for sym, kind, side in store.query("SELECT DISTINCT symbol, kind, side FROM signals"):
+        rows = store.query("SELECT id, ts_exch_ns, tick_size, vals FROM signals WHERE symbol = ? AND kind = ? "
+                           "AND side IS ? ORDER BY ts_exch_ns, id", (sym, kind, side))
+        ref += stories(sym, kind, side, [{"id": r[0], "ts_exch_ns": r[1], "tick_size": r[2],
+                                          "values": json.loads(r[3])} for r in rows], svc.rules)
+    got = store.query("SELECT id, symbol, kind, side, start_ns, end_ns, severity, text, signal_ids FROM stories")
+    assert sorted(got) == sorted(ref) and len(ref) > 40

@@ -114,7 +114,11 @@ def replay(tmp_path_factory):
         engine = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--replay",
                                    str(LOBSTER_MSG), "--rate", "12000", "--json", "--quiet"], cwd=REPO,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait(lambda: _count(db, "signals"), lambda n: n > 0, timeout_s=180)  # it is consuming
+        def consuming():
+            kept = Store.open(str(db)).rejects(1)  # the engine's times must be UTC epoch ns (issue 13, item 2)
+            assert not kept[1] or kept[1][0]["reason"] != "implausible time", kept
+            return _count(db, "signals")
+        _wait(consuming, lambda n: n > 0, timeout_s=180)  # it is consuming
         assert engine.poll() is None, "the replay ended before the kill"
         story.kill()  # SIGKILL, mid-stream
         story = None
@@ -410,7 +414,7 @@ def test_fuzzed_story_topics_never_stop_the_service_and_every_record_is_stored_o
             p.poll(0)
     assert p.flush(60) == 0 and len(where) == n
     db = tmp_path / "story.db"
-    story = StoryProc(tmp_path, bs, db, "fuzz")
+    story = StoryProc(tmp_path, bs, db, "fuzz", batch_max=5000)  # (fewer fsyncs: commits are synchronous=FULL)
     try:
         group = f"g-{tmp_path.name}"
         _wait(lambda: _committed(bs, group, "obpipe.signals") + _committed(bs, group, "obpipe.summaries"),
