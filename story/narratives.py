@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from publisher.schema import EXAMPLE_VALUES
+
 DEFAULT_TEMPLATES = {
     "liquidity_withdrawal": "Liquidity vanished on the {side}: depth near the touch fell {pct}% in {ms} ms at {touch}",
     "sweep": "Aggressive {action}: {n} {sweeps} through up to {levels} levels, {volume} lots in {span_ms} ms",
@@ -57,18 +59,6 @@ def _fmt_num(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 10 or float(x).is_integer() else f"{x:.1f}"
 
 
-#: One signal's ``values`` per kind: what ``template_error`` fills the templates with.
-SAMPLE_VALUES = {
-    "spread_widening": {"spread_ticks": 6, "baseline_ticks": 2.1, "ratio": 2.857},
-    "imbalance": {"tob_imbalance": 0.62, "depth_imbalance": 0.4, "bid_depth": 1200, "ask_depth": 514},
-    "microprice_shift": {"shift_ticks": -3.5, "from_tick": 22384.5, "to_tick": 22381.0, "elapsed_ns": 12_000_000},
-    "sweep": {"levels": 4, "volume": 1200, "trades": 5, "first_tick": 22383, "last_tick": 22386,
-              "elapsed_ns": 2_100_000},
-    "liquidity_withdrawal": {"depth_before": 3000, "depth_after": 900, "drop_fraction": 0.7,
-                             "elapsed_ns": 50_000_000, "touch_tick": 22381},
-}
-
-
 def template_fields(kind: str, side, sigs: list[dict], cfg: NarrativeConfig, median_spread=None) -> dict:
     """The fields a template of ``kind`` is filled with for the burst ``sigs``: the
     same names and types for every burst of a kind."""
@@ -106,7 +96,7 @@ def template_fields(kind: str, side, sigs: list[dict], cfg: NarrativeConfig, med
 def template_error(kind: str, template: str) -> str | None:
     """Why ``template`` cannot describe a ``kind`` burst (a field it does not have, a
     bad format spec), or None: the template filled with a sample burst's fields."""
-    sig = {"values": dict(SAMPLE_VALUES[kind]), "ts_exch_ns": 0, "tick_size": 0.01}
+    sig = {"values": dict(EXAMPLE_VALUES[kind]), "ts_exch_ns": 0, "tick_size": 0.01}
     fields = template_fields(kind, "bid", [sig], NarrativeConfig())
     try:
         template.format(**fields)

@@ -290,6 +290,8 @@ def test_a_template_naming_a_missing_field_is_refused_at_load_naming_template_an
         load(p)
     p.write_text('[narratives.templates]\nsweep = "{n} sweeps, {volume} lots, {side}"\n')
     assert load(p).narratives.templates["sweep"].startswith("{n}")
+    from story.narratives import DEFAULT_TEMPLATES, template_error
+    assert all(template_error(k, t) is None for k, t in DEFAULT_TEMPLATES.items())  # the built-in ones pass
 
 
 def test_a_late_or_resent_old_signal_recomputes_its_burst_not_every_later_one(store):
