@@ -332,3 +332,32 @@ def test_stories_built_batch_by_batch_in_any_order_equal_stories_built_from_scra
                                           "values": json.loads(r[3])} for r in rows], svc.rules)
     got = store.query("SELECT id, symbol, kind, side, start_ns, end_ns, severity, text, signal_ids FROM stories")
     assert sorted(got) == sorted(ref) and len(ref) > 40
+
+
+def test_a_version_1_database_is_migrated_and_its_rows_count_as_stored_at_the_migration(tmp_path):
+    import re
+    import sqlite3
+
+    from story import store as store_mod
+
+    path = tmp_path / "v1.db"
+    c = sqlite3.connect(path)  # the version-1 schema: no stored_ns, no rejects
+    for ddl in store_mod._DDL:
+        if "rejects" not in ddl and "_stored" not in ddl:
+            c.execute(re.sub(r",\s*stored_ns BIGINT NOT NULL", "", ddl))
+    c.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    c.execute(f"INSERT INTO signals ({', '.join(store_mod.SIGNAL_COLS)}) VALUES ({', '.join('?' * 13)})",
+              signal_row(_sig("sweep", 1, 0)))
+    c.commit()
+    c.close()
+    t0 = time.time_ns()
+    s = Store.open(str(path))
+    try:
+        assert s.query("SELECT value FROM meta") == [("2",)]
+        (stored,), = s.query("SELECT stored_ns FROM signals")
+        assert t0 <= stored <= time.time_ns()
+        svc = StoryService(load(None, retention={"keep_hours": 1.0}), s, "unused:1", log=lambda m: None)
+        svc.handle([("obpipe.signals", b"nope")])
+        assert svc.retention() == 0 and s.query("SELECT COUNT(*) FROM rejects")[0][0] == 1
+    finally:
+        s.close()
