@@ -116,7 +116,8 @@ def replay(tmp_path_factory):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         def consuming():
             kept = Store.open(str(db)).rejects(1)  # the engine's times must be UTC epoch ns (issue 13, item 2)
-            assert not kept[1] or kept[1][0]["reason"] != "implausible time", kept
+            assert not kept[1] or kept[1][0]["reason"] != "implausible time", (
+                f"the engine published feed times that are not UTC epoch ns: {kept[1][0]['detail']}")
             return _count(db, "signals")
         _wait(consuming, lambda n: n > 0, timeout_s=180)  # it is consuming
         assert engine.poll() is None, "the replay ended before the kill"
