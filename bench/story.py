@@ -4,7 +4,9 @@
   consumed by the story service's own loop (``StoryService.run``: consume, check,
   insert, narrate, commit offsets) into a fresh SQLite file; from the service's start
   to the last signal stored (the consumer-group join, ~3 s, is reported separately and
-  not counted).  Median of ``--repeats``.
+  not counted).  Median of ``--repeats``.  SQLite's ``synchronous=FULL`` (the service's
+  setting) and ``NORMAL`` alternate in each repeat (same run, same machine):
+  ``ingest_normal_signals_per_s`` is what FULL costs.
 - ``query_p99_ms``: one million signals (8 symbols x 5 kinds; each (symbol, kind) in
   bursts of 3 signals 200 ms apart every 2.4 s of feed time: ~5.6 hours, ~333k
   stories) stored and narrated in SQLite; then a stories query and a signals query for
@@ -35,7 +37,7 @@ from story.service import StoryService  # noqa: E402
 from story.store import Store, signal_row  # noqa: E402
 from tests.publisher.conftest import SIDES, VALUES, produce  # noqa: E402
 
-T0 = 34_200_000_000_000
+T0 = 1_340_271_000 * 10**9  # 2012-06-21 09:30 UTC, epoch ns (a plausible feed time)
 SYMBOLS = [f"S{i}" for i in range(8)]
 
 
@@ -50,36 +52,48 @@ def _signal(i: int) -> dict:
             "values": dict(VALUES[kind])}
 
 
+def _ingest_once(n: int, tag: str, sync: str) -> tuple[float, float]:
+    """(signals/s, consumer join s) of one run of the service's loop over ``n`` signals."""
+    b = EmbeddedBroker.start()
+    try:
+        prefix = f"bench{tag}"
+        produce(b.bootstrap, f"{prefix}.signals", [(m["symbol"], m) for m in map(_signal, range(n))])
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load(None, kafka={"topic_prefix": prefix, "group_id": f"bench-{tag}", "batch_max": 1000},
+                       retention={"keep_hours": 0.0})
+            store = Store.open(f"{tmp}/s.db")
+            store.sqlite_synchronous = sync  # (read when the consumer thread opens its connection)
+            svc = StoryService(cfg, store, b.bootstrap, log=lambda m: None)
+            stop = [False]
+            th = threading.Thread(target=svc.run, args=(stop,))
+            t0 = time.perf_counter()
+            th.start()
+            while svc.counters["records"] == 0:
+                time.sleep(0.01)
+            t_first = time.perf_counter()
+            while svc.counters["signals_new"] < n:
+                time.sleep(0.01)
+            t1 = time.perf_counter()
+            stop[0] = True
+            th.join(30)
+            store.close()
+        return n / (t1 - t_first), t_first - t0
+    finally:
+        b.stop(timeout_s=2)
+
+
 def bench_ingest(n: int, repeats: int) -> dict:
-    rates, joins = [], []
+    rates: dict[str, list[float]] = {"FULL": [], "NORMAL": []}
+    joins = []
     for r in range(repeats):
-        b = EmbeddedBroker.start()
-        try:
-            prefix = f"bench{r}"
-            produce(b.bootstrap, f"{prefix}.signals", [(m["symbol"], m) for m in map(_signal, range(n))])
-            with tempfile.TemporaryDirectory() as tmp:
-                cfg = load(None, kafka={"topic_prefix": prefix, "group_id": f"bench-{r}", "batch_max": 1000},
-                           retention={"keep_hours": 0.0})
-                store = Store.open(f"{tmp}/s.db")
-                svc = StoryService(cfg, store, b.bootstrap, log=lambda m: None)
-                stop = [False]
-                th = threading.Thread(target=svc.run, args=(stop,))
-                t0 = time.perf_counter()
-                th.start()
-                while svc.counters["records"] == 0:
-                    time.sleep(0.01)
-                t_first = time.perf_counter()
-                while svc.counters["signals_new"] < n:
-                    time.sleep(0.01)
-                t1 = time.perf_counter()
-                stop[0] = True
-                th.join(30)
-                store.close()
-            rates.append(n / (t1 - t_first))
-            joins.append(t_first - t0)
-        finally:
-            b.stop(timeout_s=2)
-    return {"ingest_signals_per_s": round(statistics.median(rates)), "ingest_runs_signals_per_s": [round(x) for x in rates],
+        for sync in (("FULL", "NORMAL") if r % 2 == 0 else ("NORMAL", "FULL")):  # alternate the order
+            rate, join = _ingest_once(n, f"{r}{sync}", sync)
+            rates[sync].append(rate)
+            joins.append(join)
+    return {"ingest_signals_per_s": round(statistics.median(rates["FULL"])),
+            "ingest_runs_signals_per_s": [round(x) for x in rates["FULL"]],
+            "ingest_normal_signals_per_s": round(statistics.median(rates["NORMAL"])),
+            "ingest_normal_runs_signals_per_s": [round(x) for x in rates["NORMAL"]],
             "ingest_signals": n, "consumer_join_s": round(statistics.median(joins), 2)}
 
 
@@ -123,7 +137,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "story.json"))
     a = ap.parse_args()
-    res = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "database": "sqlite (WAL)"}
+    res = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "database": "sqlite (WAL, synchronous=FULL)",
+           "machine": "shared (other jobs running): compare figures of one run only"}
     res.update(bench_ingest(a.ingest, a.repeats))
     print(json.dumps(res), flush=True)
     res.update(bench_query(a.rows, a.queries))

@@ -274,6 +274,11 @@ def _validate(c: Config) -> None:
         bad("book.symbols", "symbols must be unique")
     if len(b.symbols) > 65535:
         bad("book.symbols", "at most 65535 symbols (u16 symbol index)")
+    from publisher.schema import SYMBOL_RE
+
+    for sym in b.symbols:
+        if not (isinstance(sym, str) and re.fullmatch(SYMBOL_RE, sym)):
+            bad("book.symbols", f"{sym!r}: a symbol is 1-16 letters, digits, '.', '_' or '-'")
     if not 1 <= b.snapshot_levels <= 1024:
         bad("book.snapshot_levels", f"must be 1..1024, got {b.snapshot_levels}")
     for sym, w in [("", b.ladder_width)] + list(b.ladder_width_by_symbol.items()):

@@ -41,6 +41,22 @@ SIGNAL_VALUE_FIELDS: dict[str, tuple[str, ...]] = {
     "liquidity_withdrawal": ("depth_before", "depth_after", "drop_fraction", "elapsed_ns", "touch_tick"),
 }
 
+#: A symbol (ticker): what the schema's ``$defs/symbol`` pattern allows, and what the
+#: engine's ``book.symbols`` may name (no markup, quotes or spaces reach a consumer).
+SYMBOL_RE = r"[A-Za-z0-9._-]{1,16}"
+
+#: One example ``values`` object per kind (valid under the schema): for tests, docs and
+#: for checking story templates against a kind's fields.
+EXAMPLE_VALUES: dict[str, dict[str, int | float]] = {
+    "spread_widening": {"spread_ticks": 6, "baseline_ticks": 2.1, "ratio": 2.857},
+    "imbalance": {"tob_imbalance": 0.62, "depth_imbalance": 0.4, "bid_depth": 1200, "ask_depth": 514},
+    "microprice_shift": {"shift_ticks": -3.5, "from_tick": 22384.5, "to_tick": 22381.0, "elapsed_ns": 12_000_000},
+    "sweep": {"levels": 4, "volume": 1200, "trades": 5, "first_tick": 22383, "last_tick": 22386,
+              "elapsed_ns": 2_100_000},
+    "liquidity_withdrawal": {"depth_before": 3000, "depth_after": 900, "drop_fraction": 0.7,
+                             "elapsed_ns": 50_000_000, "touch_tick": 22381},
+}
+
 #: The JSON Schema file describing version ``SCHEMA_VERSION``.
 SCHEMA_PATH = Path(__file__).with_name(f"obpipe.v{SCHEMA_VERSION}.schema.json")
 

@@ -5,6 +5,7 @@
     obpipe-story query    stories as a table (or --json) from the database
     obpipe-story tail     follow new stories as they are written
     obpipe-story serve    the HTTP API and page only (no consumer)
+    obpipe-story rejects  the records the service rejected (reason, offset, raw bytes)
 """
 from __future__ import annotations
 
@@ -133,6 +134,22 @@ def cmd_tail(a) -> int:
     return 0
 
 
+def cmd_rejects(a) -> int:
+    cfg = _cfg(a)
+    store = Store.open(cfg.db.url)
+    n, rows = store.rejects(a.limit)
+    if a.json:
+        print(json.dumps({"rejects": n, "newest": [{**r, "raw": r["raw"].decode("utf-8", "backslashreplace")}
+                                                   for r in rows]}))
+        return 0
+    print(f"{n} rejected records kept" + (f"; the newest {len(rows)}:" if rows else ""))
+    for r in rows:
+        raw = r["raw"][:80].decode("utf-8", "backslashreplace")
+        print(f"{r['topic']}[{r['partition']}]@{r['offset']}  {r['reason']}: {r['detail'][:120]!r}  raw {raw!r}"
+              f"{' ...' if len(r['raw']) > 80 else ''}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="obpipe-story", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -156,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.add_argument("--port", type=int)
     s.set_defaults(fn=cmd_serve)
+
+    rj = sub.add_parser("rejects", help="the records the service rejected, newest first")
+    common(rj)
+    rj.add_argument("--limit", type=int, default=20)
+    rj.add_argument("--json", action="store_true")
+    rj.set_defaults(fn=cmd_rejects)
 
     for name, fn in (("query", cmd_query), ("tail", cmd_tail)):
         q = sub.add_parser(name, help="stories as a table / follow new stories")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from obpipe.config import ConfigError, build_section, read_toml
 
-from .narratives import DEFAULT_TEMPLATES, NarrativeConfig
+from .narratives import DEFAULT_TEMPLATES, NarrativeConfig, template_error
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "configs" / "story.toml"
 
@@ -34,7 +34,7 @@ class DbSection:
 
 @dataclass(frozen=True)
 class RetentionSection:
-    keep_hours: float = 168.0  # rows older than this (feed time, behind the newest) are deleted; 0 = keep all
+    keep_hours: float = 168.0  # rows stored more than this long ago (wall clock of ingestion) are deleted; 0 = keep all
     interval_s: float = 60.0  # how often retention runs
     batch: int = 5000  # rows per delete transaction
 
@@ -93,15 +93,9 @@ def _validate(c: StoryConfig) -> None:
     for kind, t in c.narratives.templates.items():
         if kind not in DEFAULT_TEMPLATES:
             bad(f"narratives.templates.{kind}", f"no such signal kind ({', '.join(DEFAULT_TEMPLATES)})")
-        try:
-            t.format_map(_Probe())
-        except (ValueError, IndexError) as e:
-            bad(f"narratives.templates.{kind}", f"not a valid template: {e}")
-
-
-class _Probe(dict):
-    def __missing__(self, key):
-        return ""
+        why = template_error(kind, t)
+        if why:
+            bad(f"narratives.templates.{kind}", f"{t!r}: {why}")
 
 
 def load(path: str | Path | None = None, **overrides) -> StoryConfig:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from publisher.schema import EXAMPLE_VALUES
+
 DEFAULT_TEMPLATES = {
     "liquidity_withdrawal": "Liquidity vanished on the {side}: depth near the touch fell {pct}% in {ms} ms at {touch}",
     "sweep": "Aggressive {action}: {n} {sweeps} through up to {levels} levels, {volume} lots in {span_ms} ms",
@@ -57,9 +59,9 @@ def _fmt_num(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 10 or float(x).is_integer() else f"{x:.1f}"
 
 
-def describe(kind: str, side, sigs: list[dict], cfg: NarrativeConfig, median_spread=None) -> str:
-    """The text of one burst ``sigs`` (dicts with ``values``, ``ts_exch_ns``,
-    ``tick_size``, ``bbo``), strongest signal's numbers first."""
+def template_fields(kind: str, side, sigs: list[dict], cfg: NarrativeConfig, median_spread=None) -> dict:
+    """The fields a template of ``kind`` is filled with for the burst ``sigs``: the
+    same names and types for every burst of a kind."""
     strongest = max(sigs, key=lambda s: _score(kind, s["values"]))
     v = strongest["values"]
     n = len(sigs)
@@ -88,6 +90,28 @@ def describe(kind: str, side, sigs: list[dict], cfg: NarrativeConfig, median_spr
         fields.update(direction="up" if float(v["shift_ticks"]) > 0 else "down",
                       ticks=_fmt_num(abs(float(v["shift_ticks"]))), ms=_fmt_num(v["elapsed_ns"] / 1e6),
                       price=_price(round(float(v["to_tick"])), ts))
+    return fields
+
+
+def template_error(kind: str, template: str) -> str | None:
+    """Why ``template`` cannot describe a ``kind`` burst (a field it does not have, a
+    bad format spec), or None: the template filled with a sample burst's fields."""
+    sig = {"values": dict(EXAMPLE_VALUES[kind]), "ts_exch_ns": 0, "tick_size": 0.01}
+    fields = template_fields(kind, "bid", [sig], NarrativeConfig())
+    try:
+        template.format(**fields)
+    except KeyError as e:
+        return f"names the field {e.args[0]!r}, which {kind} stories do not have (they have {', '.join(sorted(fields))})"
+    except (ValueError, IndexError, AttributeError, TypeError) as e:
+        return f"not a valid template: {e}"
+    return None
+
+
+def describe(kind: str, side, sigs: list[dict], cfg: NarrativeConfig, median_spread=None) -> str:
+    """The text of one burst ``sigs`` (dicts with ``values``, ``ts_exch_ns``,
+    ``tick_size``), strongest signal's numbers first."""
+    fields = template_fields(kind, side, sigs, cfg, median_spread)
+    n = len(sigs)
     text = cfg.templates.get(kind, "{n} " + kind + " signals").format(**fields)
     if n > 1 and kind != "sweep":
         text += REPEAT_SUFFIX.format(**fields)

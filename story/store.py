@@ -7,16 +7,25 @@ its burst goes on).  ``Store.open(url)`` takes a file path / ``sqlite:///path`` 
 queries with parameters bound by the driver (never formatted into SQL).
 
 Times are feed time (the signals' ``ts_exch_ns``, the summaries' ``start_ns``),
-integer nanoseconds.
+integer UTC epoch nanoseconds; ``stored_ns`` on every table is the wall clock
+(``time.time_ns()``) of the transaction that wrote the row: retention deletes by it, so
+no message can move the clock that decides what is deleted.
+
+Records the service cannot use are kept in ``rejects`` (raw bytes, reason, Kafka topic,
+partition and offset; idempotent on those three).
 """
 from __future__ import annotations
 
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: stored_ns on every table (retention by ingestion time), the rejects table
+
+#: Raw bytes of a rejected record: BLOB in SQLite, BYTEA in PostgreSQL.
+_BYTES = {"sqlite": "BLOB", "postgresql": "BYTEA"}
 
 _DDL = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -24,7 +33,7 @@ _DDL = [
         id TEXT PRIMARY KEY, symbol TEXT NOT NULL, kind TEXT NOT NULL, side TEXT,
         seq BIGINT NOT NULL, ts_exch_ns BIGINT NOT NULL, ts_detect_ns BIGINT NOT NULL,
         tick_size DOUBLE PRECISION NOT NULL, bid_tick BIGINT, ask_tick BIGINT,
-        bid_qty BIGINT NOT NULL, ask_qty BIGINT NOT NULL, vals TEXT NOT NULL)""",
+        bid_qty BIGINT NOT NULL, ask_qty BIGINT NOT NULL, vals TEXT NOT NULL, stored_ns BIGINT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS signals_symbol_ts ON signals (symbol, ts_exch_ns)",
     "CREATE INDEX IF NOT EXISTS signals_kind_ts ON signals (kind, ts_exch_ns)",
     "CREATE INDEX IF NOT EXISTS signals_ts ON signals (ts_exch_ns)",
@@ -34,16 +43,24 @@ _DDL = [
         spread_min DOUBLE PRECISION, spread_mean DOUBLE PRECISION, spread_max DOUBLE PRECISION,
         imb_tob DOUBLE PRECISION, imb_depth DOUBLE PRECISION, volume_buy BIGINT NOT NULL,
         volume_sell BIGINT NOT NULL, trades BIGINT NOT NULL, messages BIGINT NOT NULL,
-        PRIMARY KEY (symbol, start_ns))""",
+        stored_ns BIGINT NOT NULL, PRIMARY KEY (symbol, start_ns))""",
     "CREATE INDEX IF NOT EXISTS summaries_ts ON summaries (start_ns)",
     """CREATE TABLE IF NOT EXISTS stories (
         id TEXT PRIMARY KEY, symbol TEXT NOT NULL, kind TEXT NOT NULL, side TEXT,
         start_ns BIGINT NOT NULL, end_ns BIGINT NOT NULL, severity DOUBLE PRECISION NOT NULL,
-        text TEXT NOT NULL, signal_ids TEXT NOT NULL)""",
+        text TEXT NOT NULL, signal_ids TEXT NOT NULL, stored_ns BIGINT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS stories_symbol_ts ON stories (symbol, start_ns)",
     "CREATE INDEX IF NOT EXISTS stories_kind_ts ON stories (kind, start_ns)",
     "CREATE INDEX IF NOT EXISTS stories_ts ON stories (start_ns)",
-]
+    """CREATE TABLE IF NOT EXISTS rejects (
+        topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, kafka_offset BIGINT NOT NULL,
+        reason TEXT NOT NULL, detail TEXT NOT NULL, raw {BYTES} NOT NULL, stored_ns BIGINT NOT NULL,
+        PRIMARY KEY (topic, kafka_partition, kafka_offset))""",
+    "CREATE INDEX IF NOT EXISTS rejects_reason ON rejects (reason)",
+] + [f"CREATE INDEX IF NOT EXISTS {t}_stored ON {t} (stored_ns)" for t in ("signals", "summaries", "stories", "rejects")]
+
+#: Tables retention deletes from (by ``stored_ns``).
+RETAINED = ("signals", "summaries", "stories", "rejects")
 
 SIGNAL_COLS = ("id", "symbol", "kind", "side", "seq", "ts_exch_ns", "ts_detect_ns", "tick_size", "bid_tick",
                "ask_tick", "bid_qty", "ask_qty", "vals")
@@ -51,6 +68,7 @@ SUMMARY_COLS = ("symbol", "start_ns", "end_ns", "seq", "tick_size", "bid_tick", 
                 "spread_min", "spread_mean", "spread_max", "imb_tob", "imb_depth", "volume_buy", "volume_sell",
                 "trades", "messages")
 STORY_COLS = ("id", "symbol", "kind", "side", "start_ns", "end_ns", "severity", "text", "signal_ids")
+REJECT_COLS = ("topic", "kafka_partition", "kafka_offset", "reason", "detail", "raw")
 
 
 class StoreError(RuntimeError):
@@ -74,6 +92,12 @@ def summary_row(m: dict) -> tuple:
 
 class Store:
     """A connection per thread to one database (``sqlite`` or ``postgresql``)."""
+
+    #: SQLite's synchronous mode. FULL: a transaction is durable when its commit returns, so
+    #: a power loss cannot roll back rows whose Kafka offsets were committed after it (WAL
+    #: with NORMAL could: a permanent gap).  Cost measured in docs/STORY.md.  A class
+    #: attribute so that bench/story.py can compare NORMAL in the same run.
+    sqlite_synchronous = "FULL"
 
     def __init__(self, url: str):
         self.url = url
@@ -106,7 +130,7 @@ class Store:
             else:
                 c = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
                 c.execute("PRAGMA journal_mode=WAL")
-                c.execute("PRAGMA synchronous=NORMAL")
+                c.execute(f"PRAGMA synchronous={self.sqlite_synchronous}")
             self._local.c = c
         return c
 
@@ -135,58 +159,91 @@ class Store:
     def migrate(self) -> None:
         c = self.conn()
         cur = c.cursor()
-        for ddl in _DDL:
-            cur.execute(ddl)
+        cur.execute(_DDL[0])
         cur.execute(self.sql("SELECT value FROM meta WHERE key = ?"), ("schema_version",))
         row = cur.fetchone()
-        if row is None:
-            cur.execute(self.sql("INSERT INTO meta (key, value) VALUES (?, ?)"), ("schema_version", str(SCHEMA_VERSION)))
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             c.rollback()
             raise StoreError(f"{self.url}: schema version {row[0]} is newer than this service's {SCHEMA_VERSION}")
+        if row is not None and int(row[0]) == 1:
+            # version 1 -> 2: rows already there count as stored now (retention keeps them keep_hours more)
+            for table in ("signals", "summaries", "stories"):
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN stored_ns BIGINT NOT NULL DEFAULT {time.time_ns()}")
+        for ddl in _DDL[1:]:
+            cur.execute(ddl.replace("{BYTES}", _BYTES[self.kind]))
+        if row is None:
+            cur.execute(self.sql("INSERT INTO meta (key, value) VALUES (?, ?)"), ("schema_version", str(SCHEMA_VERSION)))
+        else:
+            cur.execute(self.sql("UPDATE meta SET value = ? WHERE key = ?"), (str(SCHEMA_VERSION), "schema_version"))
         c.commit()
 
     # --- writes (one transaction per call) ---------------------------------------------
-    def insert(self, signals: list[tuple], summaries: list[tuple]) -> tuple[int, int]:
-        """Insert rows, ignoring ones already stored; commit.  Returns (new signals,
-        new summaries)."""
+    def _insert_q(self, table: str, cols: tuple) -> str:
+        return self.sql(f"INSERT INTO {table} ({', '.join(cols)}, stored_ns) VALUES "
+                        f"({', '.join('?' * (len(cols) + 1))}) ON CONFLICT DO NOTHING")
+
+    def insert(self, signals: list[tuple], summaries: list[tuple], rejects: list[tuple] = (), commit: bool = True,
+               signal_is_new: list | None = None) -> tuple[int, int]:
+        """Insert rows (signals, summaries, and ``REJECT_COLS`` rows of rejected records),
+        ignoring ones already stored, stamped with the wall clock; commit unless told not
+        to (one transaction).  Returns (new signals, new summaries); appends one bool per
+        signal (stored now, not before) to ``signal_is_new`` if given."""
         c = self.conn()
         cur = c.cursor()
-        new_sig = new_sum = 0
-        q_sig = self.sql(f"INSERT INTO signals ({', '.join(SIGNAL_COLS)}) VALUES "
-                         f"({', '.join('?' * len(SIGNAL_COLS))}) ON CONFLICT DO NOTHING")
-        q_sum = self.sql(f"INSERT INTO summaries ({', '.join(SUMMARY_COLS)}) VALUES "
-                         f"({', '.join('?' * len(SUMMARY_COLS))}) ON CONFLICT DO NOTHING")
-        for r in signals:
-            cur.execute(q_sig, r)
-            new_sig += max(cur.rowcount, 0)
-        for r in summaries:
-            cur.execute(q_sum, r)
-            new_sum += max(cur.rowcount, 0)
-        c.commit()
-        return new_sig, new_sum
+        now = time.time_ns()
+        new = [0, 0]
+        for i, (table, cols, rows) in enumerate((("signals", SIGNAL_COLS, signals), ("summaries", SUMMARY_COLS, summaries),
+                                                 ("rejects", REJECT_COLS, rejects))):
+            q = self._insert_q(table, cols)
+            for r in rows:
+                cur.execute(q, (*r, now))
+                if i < 2:
+                    new[i] += max(cur.rowcount, 0)
+                if i == 0 and signal_is_new is not None:
+                    signal_is_new.append(cur.rowcount > 0)
+        if commit:
+            c.commit()
+        return new[0], new[1]
 
-    def replace_stories(self, symbol: str, kind: str, side, from_ns: int, stories: list[tuple]) -> None:
-        """Stories of (symbol, kind, side) starting at ``from_ns`` or later are replaced by
-        ``stories`` (recomputed from the signals), in one transaction."""
+    def replace_stories(self, symbol: str, kind: str, side, from_ns: int, to_ns: int | None, stories: list[tuple],
+                        commit: bool = True) -> None:
+        """Stories of (symbol, kind, side) starting in [``from_ns``, ``to_ns``] (None: no
+        end) are replaced by ``stories`` (recomputed from the signals); commit unless
+        told not to."""
         c = self.conn()
         cur = c.cursor()
         side_q = "side IS NULL" if side is None else "side = ?"
-        cur.execute(self.sql(f"DELETE FROM stories WHERE symbol = ? AND kind = ? AND {side_q} AND start_ns >= ?"),
-                    (symbol, kind, *(() if side is None else (side,)), from_ns))
-        q = self.sql(f"INSERT INTO stories ({', '.join(STORY_COLS)}) VALUES ({', '.join('?' * len(STORY_COLS))}) "
+        end_q, end_p = ("", ()) if to_ns is None else (" AND start_ns <= ?", (to_ns,))
+        cur.execute(self.sql(f"DELETE FROM stories WHERE symbol = ? AND kind = ? AND {side_q} AND start_ns >= ?{end_q}"),
+                    (symbol, kind, *(() if side is None else (side,)), from_ns, *end_p))
+        q = self.sql(f"INSERT INTO stories ({', '.join(STORY_COLS)}, stored_ns) VALUES "
+                     f"({', '.join('?' * (len(STORY_COLS) + 1))}) "
                      "ON CONFLICT (id) DO UPDATE SET end_ns = excluded.end_ns, severity = excluded.severity, "
-                     "text = excluded.text, signal_ids = excluded.signal_ids, start_ns = excluded.start_ns")
+                     "text = excluded.text, signal_ids = excluded.signal_ids, start_ns = excluded.start_ns, "
+                     "stored_ns = excluded.stored_ns")
+        now = time.time_ns()
         for s in stories:
-            cur.execute(q, s)
-        c.commit()
+            cur.execute(q, (*s, now))
+        if commit:
+            c.commit()
 
-    def delete_older(self, table: str, column: str, before_ns: int, batch: int = 5000) -> int:
-        """Retention: delete rows with ``column`` < ``before_ns`` in batches of ``batch``
-        (short transactions: readers and the consumer are never blocked for long)."""
-        if (table, column) not in (("signals", "ts_exch_ns"), ("summaries", "start_ns"), ("stories", "end_ns")):
-            raise ValueError(f"no retention for {table}.{column}")
-        key = "id" if table != "summaries" else "symbol, start_ns"
+    def rejects(self, limit: int = 20) -> tuple[int, list[dict]]:
+        """(how many rejects are kept, the newest ``limit`` of them as dicts with the raw
+        bytes)."""
+        n = self.query("SELECT COUNT(*) FROM rejects")[0][0]
+        rows = self.query("SELECT topic, kafka_partition, kafka_offset, reason, detail, raw, stored_ns FROM rejects "
+                          "ORDER BY stored_ns DESC, topic, kafka_partition, kafka_offset DESC LIMIT ?", (limit,))
+        keys = ("topic", "partition", "offset", "reason", "detail", "raw", "stored_ns")
+        return n, [dict(zip(keys, (*r[:5], bytes(r[5]), r[6]))) for r in rows]
+
+    def delete_older(self, table: str, before_ns: int, batch: int = 5000) -> int:
+        """Retention: delete rows stored (``stored_ns``, wall clock) before ``before_ns``
+        in batches of ``batch`` (short transactions: readers and the consumer are never
+        blocked for long)."""
+        if table not in RETAINED:
+            raise ValueError(f"no retention for {table}")
+        column = "stored_ns"
+        key = {"summaries": "symbol, start_ns", "rejects": "topic, kafka_partition, kafka_offset"}.get(table, "id")
         total = 0
         while True:
             if self.kind == "postgresql":

@@ -5,18 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from publisher.schema import signal_id
+from publisher.schema import EXAMPLE_VALUES, signal_id
 
 #: Example ``values`` per signal kind (valid under schema v1).
-VALUES = {
-    "spread_widening": {"spread_ticks": 6, "baseline_ticks": 2.1, "ratio": 2.857},
-    "imbalance": {"tob_imbalance": 0.62, "depth_imbalance": 0.4, "bid_depth": 1200, "ask_depth": 514},
-    "microprice_shift": {"shift_ticks": -3.5, "from_tick": 22384.5, "to_tick": 22381.0, "elapsed_ns": 12_000_000},
-    "sweep": {"levels": 4, "volume": 1200, "trades": 5, "first_tick": 22383, "last_tick": 22386,
-              "elapsed_ns": 2_100_000},
-    "liquidity_withdrawal": {"depth_before": 3000, "depth_after": 900, "drop_fraction": 0.7,
-                             "elapsed_ns": 50_000_000, "touch_tick": 22381},
-}
+VALUES = EXAMPLE_VALUES
 SIDES = {"spread_widening": None, "imbalance": "bid", "microprice_shift": "ask", "sweep": "bid",
          "liquidity_withdrawal": "ask"}
 

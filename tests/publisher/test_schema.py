@@ -156,3 +156,16 @@ def test_not_an_object_fails():
     for bad in ([], "x", None, {"type": "signal"}):
         with pytest.raises(MessageInvalid):
             validate(bad)
+
+
+@pytest.mark.parametrize("symbol", ["<img src=x onerror=alert(1)>", '"><script>', "AMZN ", "AMZN\n", "", "A" * 17, "é"])
+def test_a_symbol_outside_the_charset_fails_the_schema_and_the_engine_config(symbol):
+    from obpipe.config import ConfigError, from_dict
+    from publisher.schema import SYMBOL_RE
+
+    assert load_json_schema()["$defs"]["symbol"]["pattern"] == f"^{SYMBOL_RE}$"  # one rule
+    with pytest.raises(MessageInvalid, match="symbol"):
+        validate(make_summary(symbol))
+    with pytest.raises(ConfigError, match="book.symbols"):
+        from_dict({"book": {"symbols": ["AMZN", symbol]}})
+    assert from_dict({"book": {"symbols": ["AMZN", "BRK.B", "X_1-2"]}}).book.symbols == ("AMZN", "BRK.B", "X_1-2")

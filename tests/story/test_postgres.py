@@ -75,9 +75,13 @@ def pg_url(tmp_path):
 @pytest.mark.multiproc
 @pytest.mark.timeout(180)
 def test_postgres_store_is_idempotent_narrates_and_answers_like_sqlite(pg_url, tmp_path):
-    recs = [("obpipe.signals", json.dumps(make_signal("sweep", seq=i, ts_exch_ns=34_200_000_000_000 + i * 10 ** 8))
+    day = 1_340_236_800 * 10**9  # 2012-06-21 00:00 UTC, epoch ns
+    recs = [("obpipe.signals", json.dumps(make_signal("sweep", seq=i, ts_exch_ns=day + 34_200_000_000_000 + i * 10 ** 8))
              .encode()) for i in range(1, 6)]
-    t0 = 34_200_300_000_000  # ten 100 ms summaries; the 4th has a crossed book (null spread)
+    poison = json.dumps(make_signal("sweep", seq=9, ts_exch_ns=day + 34_200_000_000_000,
+                                    bbo={"bid_tick": 2**63, "ask_tick": 1, "bid_qty": 1, "ask_qty": 1})).encode()
+    recs.append(("obpipe.signals", 0, 41, poison))  # kept in rejects (BYTEA in PostgreSQL), not stored
+    t0 = day + 34_200_300_000_000  # ten 100 ms summaries; the 4th has a crossed book (null spread)
     recs += [("obpipe.summaries", json.dumps(make_summary(
         start_ns=t0 + k * 10 ** 8, end_ns=t0 + (k + 1) * 10 ** 8, mid_tick=22382.0 + k, trades=k,
         spread_ticks={"min": None, "mean": None, "max": None} if k == 3 else {"min": 1.0, "mean": 1.0 + k, "max": 9.0},
@@ -99,7 +103,12 @@ def test_postgres_store_is_idempotent_narrates_and_answers_like_sqlite(pg_url, t
         assert [b["volume_buy"] for b in chart] == [30, 70, 110, 240] and json.dumps(chart)
         results.append((api.stories_query(st, "AMZN", since="1h"), api.summaries_query(st, "AMZN"), chart,
                         api.signals_query(st, kinds=["sweep"], limit=3, offset=1)))
-        assert st.delete_older("signals", "ts_exch_ns", 34_200_000_000_000 + 3 * 10 ** 8, batch=1) == 2
+        rejects = st.query("SELECT topic, kafka_partition, kafka_offset, reason, raw FROM rejects")
+        assert [(*r[:4], bytes(r[4])) for r in rejects] == [("obpipe.signals", 0, 41, "schema", poison)]
+        assert svc.counters["rejected"] == 2  # (delivered twice, kept once)
+        st.execute("UPDATE signals SET stored_ns = stored_ns - 7200000000000 WHERE seq <= 2")
+        st.conn().commit()
+        assert st.delete_older("signals", time.time_ns() - 3600 * 10**9, batch=1) == 2  # stored 2 h ago, kept 1 h
         st.close()
     assert st.kind == "sqlite" and results[0] == results[1]  # same answers from both databases
     assert len(results[0][0]) == 1 and len(results[0][0][0]["signal_ids"]) == 5

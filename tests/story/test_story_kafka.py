@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.multiproc]
 
 #: Kept after the run (git-ignored): the page as headless Chromium rendered it.
 ARTIFACTS = REPO / "tests" / "artifacts"
+#: 2012-06-21 09:30 UTC in epoch ns: feed time of the hand-made messages (a plausible time).
+DAY = 1_340_271_000 * 10**9
 
 
 class StoryProc:
@@ -112,7 +114,12 @@ def replay(tmp_path_factory):
         engine = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--replay",
                                    str(LOBSTER_MSG), "--rate", "12000", "--json", "--quiet"], cwd=REPO,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait(lambda: _count(db, "signals"), lambda n: n > 0, timeout_s=180)  # it is consuming
+        def consuming():
+            kept = Store.open(str(db)).rejects(1)  # the engine's times must be UTC epoch ns (issue 13, item 2)
+            assert not kept[1] or kept[1][0]["reason"] != "implausible time", (
+                f"the engine published feed times that are not UTC epoch ns: {kept[1][0]['detail']}")
+            return _count(db, "signals")
+        _wait(consuming, lambda n: n > 0, timeout_s=180)  # it is consuming
         assert engine.poll() is None, "the replay ended before the kill"
         story.kill()  # SIGKILL, mid-stream
         story = None
@@ -220,8 +227,8 @@ def test_broker_down_queries_still_answer_and_it_reconnects_by_itself(tmp_path):
     b2 = None
     story = None
     try:
-        produce(b1.bootstrap, "obpipe.signals", [("AMZN", make_signal("sweep", seq=i)) for i in range(1, 6)])
-        produce(b1.bootstrap, "obpipe.summaries", [("AMZN", make_summary())])
+        produce(b1.bootstrap, "obpipe.signals", [("AMZN", make_signal("sweep", seq=i, ts_exch_ns=DAY + i)) for i in range(1, 6)])
+        produce(b1.bootstrap, "obpipe.summaries", [("AMZN", make_summary(start_ns=DAY, end_ns=DAY + 10**8))])
         story = StoryProc(tmp_path, b1.bootstrap, db, "one", http=True)
         _wait(lambda: _count(db, "signals"), lambda n: n == 5)
         b1.stop(timeout_s=2)
@@ -233,7 +240,8 @@ def test_broker_down_queries_still_answer_and_it_reconnects_by_itself(tmp_path):
         assert len(stories) == 1 and len(stories[0]["signal_ids"]) == 5  # answered from the database
         assert story.p.poll() is None
         b2 = EmbeddedBroker.start(port=port)  # back, on the same port (empty: in-memory)
-        produce(b2.bootstrap, "obpipe.signals", [("AMZN", make_signal("sweep", seq=i)) for i in range(100, 103)])
+        produce(b2.bootstrap, "obpipe.signals", [("AMZN", make_signal("sweep", seq=i, ts_exch_ns=DAY + i))
+                                                 for i in range(100, 103)])
         _wait(lambda: _count(db, "signals"), lambda n: n == 8, timeout_s=120)
         assert "reachable again" in story.stop()
         story = None
@@ -243,3 +251,207 @@ def test_broker_down_queries_still_answer_and_it_reconnects_by_itself(tmp_path):
         for b in (b1, b2):
             if b is not None:
                 b.stop(timeout_s=2)
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    """The committed offsets of ``group`` summed over ``topic``'s partitions (= records
+    consumed and committed past, offsets starting at 0)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "log_level": 0})
+    try:
+        parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
+        return sum(max(tp.offset, 0) for tp in c.committed(parts, timeout=10))
+    finally:
+        c.close()
+
+
+def _final_counters(err_text: str) -> dict[str, int]:
+    """The counters of the service's last line ("obpipe-story stopped: records N, ...")."""
+    line = err_text.rsplit("obpipe-story stopped: ", 1)[1].splitlines()[0]
+    return {k: int(v) for k, v in (kv.rsplit(" ", 1) for kv in line.split(", "))}
+
+
+@pytest.mark.timeout(300)
+def test_poison_records_over_the_broker_are_rejected_kept_and_committed_past(tmp_path, kafka_broker):
+    from tests.story.test_narratives_store import POISON_KINDS, _poison
+
+    bs = kafka_broker.bootstrap
+    poison = [_poison(k) for k in POISON_KINDS] + [b"\xff\xfe not UTF-8", b"", b"[" * 5000 + b"]" * 5000,
+                                                   json.dumps(make_signal("sweep", seq=3)).encode()]  # 1970 ts
+    valid = [make_signal("sweep", seq=1000 + i, ts_exch_ns=DAY + i * 10**9) for i in range(len(poison) + 1)]
+    records = [("AMZN", valid[0])] + [r for i, p in enumerate(poison) for r in (("AMZN", p), ("AMZN", valid[i + 1]))]
+    produce(bs, "obpipe.signals", records)
+    db = tmp_path / "story.db"
+    story = StoryProc(tmp_path, bs, db, "poison", batch_max=7)  # poison spread over several batches
+    try:
+        _wait(lambda: _count(db, "rejects") + _count(db, "signals"), lambda n: n == len(records), timeout_s=120)
+        group = f"g-{tmp_path.name}"
+        _wait(lambda: _committed(bs, group, "obpipe.signals"), lambda n: n == len(records), timeout_s=30)
+        assert story.p.poll() is None  # still running: no crash loop
+        s = Store.open(str(db))
+        try:
+            assert {r[0] for r in s.query("SELECT id FROM signals")} == {m["id"] for m in valid}
+            kept = s.query("SELECT reason, raw FROM rejects")
+            assert sorted(bytes(r[1]) for r in kept) == sorted(poison)
+            reasons = Counter(r[0] for r in kept)
+            assert reasons == {"schema": 8, "not JSON": 2 + 3, "bad id": 1, "implausible time": 1}, reasons  # (NaN, Infinity)
+            in_stories = [i for (ids,) in s.query("SELECT signal_ids FROM stories") for i in json.loads(ids)]
+            assert sorted(in_stories) == sorted(m["id"] for m in valid)
+        finally:
+            s.close()
+        c = _final_counters(story.stop())
+        story = None
+        assert c["records"] == len(records) and c["rejected"] == len(poison) and c["signals_new"] == len(valid)
+        assert c["implausible_time"] == 1 and c["malformed"] == len(poison) - 1
+    finally:
+        if story is not None:
+            story.kill()
+
+
+def _fuzz_messages(rng, n: int) -> list[tuple[str, bytes, str]]:
+    """``n`` seeded (topic, value, expected) records: ``expected`` is "stored" (valid),
+    "rejected" (made invalid on purpose) or "either" (random bytes flipped in a valid one)."""
+    import random
+
+    from publisher.schema import SIGNAL_KINDS, signal_id
+    from tests.publisher.conftest import SIDES
+
+    syms = ("AMZN", "AAPL", "MSFT", "BRK.B")
+    sig_t, sum_t = "obpipe.signals", "obpipe.summaries"
+    valid: list[tuple[str, bytes]] = []
+
+    def signal(i):
+        kind = SIGNAL_KINDS[i % 5]
+        sym = syms[i // 5 % 4]
+        # blocks of 100 records 5 s apart: bursts of a few signals per (symbol, kind)
+        return make_signal(kind, sym, seq=i, id=signal_id(sym, i, kind, SIDES[kind]),
+                           ts_exch_ns=DAY + i // 100 * 5 * 10**9 + i % 100 * 10**7 + rng.randrange(10**6))
+
+    def summary(i):
+        return make_summary(syms[i % 4], seq=i, start_ns=DAY + i * 10**8, end_ns=DAY + (i + 1) * 10**8)
+
+    bad_values = [float("nan"), float("inf"), -float("inf"), 2**64 + 1, -(2**64) - 1, [], {"x": [1]}, 10**30]
+    out = []
+    for i in range(n):
+        r = rng.random()
+        if r < 0.30 or not valid:
+            m = signal(i) if rng.random() < 0.8 else summary(i)
+            raw = json.dumps(m).encode()
+            topic = sig_t if m["type"] == "signal" else sum_t
+            valid.append((topic, raw))
+            out.append((topic, raw, "stored"))
+        elif r < 0.35:  # a re-delivery of an earlier valid one (counted as seen before)
+            topic, raw = rng.choice(valid)
+            out.append((topic, raw, "stored"))
+        elif r < 0.75:  # a field of a valid message made bad on purpose
+            m = signal(i) if rng.random() < 0.7 else summary(i)
+            topic = sig_t if m["type"] == "signal" else sum_t
+            how = rng.randrange(9)
+            if how == 0:  # a value no field takes, in a field or a nested one
+                obj = m[rng.choice(("bbo", "values"))] if (m["type"] == "signal" and rng.random() < 0.6) else m
+                key = rng.choice([k for k in obj if k not in ("v", "type")])
+                if key == "symbol":
+                    obj[key] = rng.choice(("", "A" * 17, "AM ZN", "AMZN\n", "é", "<b>", 5))
+                else:
+                    obj[key] = rng.choice(bad_values + ([] if isinstance(obj[key], str) else ["12"]))
+            elif how == 1:
+                del m[rng.choice([k for k in m if k != "type"])]
+            elif how == 2:
+                m[rng.choice(("extra", "ts", "Symbol"))] = 1
+            elif how == 3:
+                m[rng.choice(("ts_exch_ns", "start_ns") if m["type"] == "signal" else ("start_ns", "ts_emit_ns"))
+                  if m["type"] == "summary" else "ts_exch_ns"] = rng.choice((34_201_234_000_000, 2**62, 1))
+            elif how == 4:
+                topic = sum_t if topic == sig_t else sig_t  # the wrong topic
+            elif how == 5:
+                m["v"] = rng.choice((2, 0, "1", 1.0, True, None))
+            elif how == 6:
+                m["bbo"] = rng.choice(([1, 2, 3, 4], None, {"bid_tick": 1}, "bbo", {**m["bbo"], "x": 0}))
+            if how <= 6:
+                raw = json.dumps(m).encode()
+            elif how == 7:
+                raw = json.dumps(m).encode()[: rng.randrange(1, 60)]  # truncated
+            else:
+                raw = rng.choice((rng.randbytes(rng.randrange(0, 300)), b"[" * 3000, b"null", b"1", b'"s"', b"{}"))
+            out.append((topic, raw, "rejected"))
+        else:  # 1-3 random bytes of a valid one changed: either outcome, but counted
+            topic, raw = rng.choice(valid)
+            b = bytearray(raw)
+            for _ in range(rng.randrange(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            out.append((topic, bytes(b), "either"))
+    return out
+
+
+@pytest.mark.fuzz
+@pytest.mark.timeout(1800)  # (scale 1: 14-40 s on the shared VM; `make fuzz` sends 1M records)
+def test_fuzzed_story_topics_never_stop_the_service_and_every_record_is_stored_or_rejected(tmp_path, kafka_broker,
+                                                                                          fuzz_scale):
+    import random
+
+    from confluent_kafka import Producer
+
+    from story import api
+
+    n = 100_000 * fuzz_scale
+    rng = random.Random(20261202)
+    msgs = _fuzz_messages(rng, n)
+    bs = kafka_broker.bootstrap
+    where: dict[tuple[str, int, int], str] = {}
+
+    def delivered(err, msg):
+        assert err is None, err
+        where[(msg.topic(), msg.partition(), msg.offset())] = expect.pop((msg.topic(), msg.key()))
+
+    expect: dict[tuple[str, bytes], str] = {}
+    p = Producer({"bootstrap.servers": bs, "linger.ms": 20, "log_level": 0, "queue.buffering.max.messages": 200_000,
+                  "message.max.bytes": 2_000_000})
+    for i, (topic, raw, exp) in enumerate(msgs):
+        key = str(i).encode()
+        expect[(topic, key)] = exp
+        p.produce(topic, key=key, value=raw, on_delivery=delivered)
+        if i % 5000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0 and len(where) == n
+    db = tmp_path / "story.db"
+    story = StoryProc(tmp_path, bs, db, "fuzz", batch_max=5000)  # (fewer fsyncs: commits are synchronous=FULL)
+    try:
+        group = f"g-{tmp_path.name}"
+        _wait(lambda: _committed(bs, group, "obpipe.signals") + _committed(bs, group, "obpipe.summaries"),
+              lambda k: k == n, timeout_s=120 * fuzz_scale)
+        assert story.p.poll() is None  # it never exited
+        s = Store.open(str(db))
+        try:
+            # queries still answer, and every stored signal is in exactly one story
+            assert api.stories_query(s, "AMZN", since="1d") and api.signals_query(s, "BRK.B", since="1d")
+            in_stories = sorted(i for (ids,) in s.query("SELECT signal_ids FROM stories") for i in json.loads(ids))
+            assert in_stories == sorted(r[0] for r in s.query("SELECT id FROM signals"))
+            rejected_at = {(t, p_, o) for t, p_, o in s.query("SELECT topic, kafka_partition, kafka_offset FROM rejects")}
+            n_sig, n_sum = _count(db, "signals"), _count(db, "summaries")
+            # stored signals follow the schema by the reference validator (python jsonschema,
+            # ~0.5 ms a message: every 25th)
+            from publisher.schema import signal_id, validate
+            for (vals, sym, kind, side, seq, ts, det, tsz, bt, at, bq, aq) in s.query(
+                    "SELECT vals, symbol, kind, side, seq, ts_exch_ns, ts_detect_ns, tick_size, bid_tick, ask_tick, "
+                    "bid_qty, ask_qty FROM signals ORDER BY id")[::25]:
+                validate({"type": "signal", "v": 1, "id": signal_id(sym, seq, kind, side), "symbol": sym, "kind": kind,
+                          "side": side, "seq": seq, "ts_exch_ns": ts, "ts_detect_ns": det, "tick_size": tsz,
+                          "bbo": {"bid_tick": bt, "ask_tick": at, "bid_qty": bq, "ask_qty": aq},
+                          "values": json.loads(vals)})
+        finally:
+            s.close()
+        c = _final_counters(story.stop())
+        story = None
+    finally:
+        if story is not None:
+            story.kill()
+    kinds = Counter(where.values())
+    assert kinds["stored"] > n // 4 and kinds["rejected"] > n // 3 and kinds["either"] > n // 10  # (the mix)
+    assert {k for k, e in where.items() if e == "rejected"} <= rejected_at  # each bad one kept...
+    assert not {k for k, e in where.items() if e == "stored"} & rejected_at  # ...and no good one
+    # exact accounting: every record once, stored (new or seen before) or rejected; counters = tables
+    assert c["records"] == n == (c["signals_new"] + c["signals_seen_before"] + c["summaries_new"]
+                                 + c["summaries_seen_before"] + c["rejected"])
+    assert c["rejected"] == len(rejected_at) == c["malformed"] + c["unknown_version"] + c["implausible_time"]
+    assert (c["signals_new"], c["summaries_new"]) == (n_sig, n_sum)
