@@ -17,7 +17,7 @@ from .store import Store
 MAX_LIMIT = 5000
 MAX_OFFSET = 10**12  # rows to skip: far beyond any table, far below SQL's 64-bit limit
 I64_MAX = 2**63 - 1  # SQL BIGINT: a bound outside it is a 400, not the driver's OverflowError
-_DUR = re.compile(r"^([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h|d)$")  # at most 10^12 units: never overflows
+_DUR = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h|d)")  # at most 10^12 units: never overflows
 _UNIT_NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 #: A symbol a query may name: a short, plain charset (it reaches SQL as a bound parameter
 #: and the page as text, but anything else is a typo or an attack, answered 400).
@@ -30,7 +30,7 @@ class BadQuery(ValueError):
 
 
 def _duration_ns(text: str) -> int | None:
-    m = _DUR.match(text)
+    m = _DUR.fullmatch(text)
     if not m:
         return None
     whole, _, frac = m.group(1).partition(".")
@@ -69,7 +69,7 @@ def window(store: Store, symbol: str | None, since: str | None, until: str | Non
         if d is None:
             raise BadQuery(f"{name}={text[:40]!r}: a duration like 10m, 90s, 2h, 1d, or feed time in ns 0..{I64_MAX}")
         ref = newest_ns(store, symbol)
-        out.append(None if ref is None else max(ref - d, -I64_MAX))
+        out.append(None if ref is None else max(ref - d, 0))  # (feed time is >= 0)
     return out[0], out[1]
 
 
@@ -157,7 +157,7 @@ def summaries_query(store: Store, symbol=None, since=None, until=None, limit=100
         if a is None:
             return []
         lo, hi = (a if lo is None else lo), (b if hi is None else hi)
-    width = max(1, -(-(hi - lo + 1) // points))  # ceil: at most ``points`` buckets
+    width = min(max(1, -(-(hi - lo + 1) // points)), I64_MAX)  # ceil: at most ``points`` buckets
     where, p = _where(symbol, None, "start_ns", lo, hi)
     rows = store.query(
         "SELECT symbol, MIN(start_ns), MAX(end_ns), MAX(tick_size), AVG(mid_tick), MIN(spread_min), "

@@ -1,6 +1,6 @@
 // The story page's script (served as a file: the CSP forbids inline script).
 // Everything the API returns is data: it reaches the DOM only through textContent,
-// Option(text) and dataset, never innerHTML (issue 13, item 5: stored XSS).
+// Option(text) and dataset, never parsed as HTML (issue 13, item 5: stored XSS).
 "use strict";
 const $ = (id) => document.getElementById(id);
 const sevClass = (s) => s >= 0.7 ? "sev-high" : s >= 0.4 ? "sev-mid" : "sev-low";
