@@ -82,6 +82,30 @@ def test_allowed_hosts_is_configurable(store):
         srv.shutdown()
 
 
+def test_http_config_errors_name_the_key(tmp_path):
+    from obpipe.config import ConfigError
+    from story.config import load
+
+    for table, key in (("allowed_hosts = ['evil example']", "http.allowed_hosts"), ("allowed_hosts = []", "http.allowed_hosts"),
+                       ("header_timeout_s = 0.0", "http.header_timeout_s"), ("idle_timeout_s = 1e9", "http.idle_timeout_s"),
+                       ("max_connections = 0", "http.max_connections")):
+        p = tmp_path / "s.toml"
+        p.write_text(f"[http]\n{table}\n")
+        with pytest.raises(ConfigError, match=key):
+            load(p)
+    assert load(None).http.allowed_hosts == ("127.0.0.1", "localhost", "::1")  # configs/story.toml: loopback
+
+
+def test_the_page_files_are_package_data():
+    import tomllib
+
+    from tests.conftest import REPO
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["story"]
+    import fnmatch
+    for name in ("page.html", "page.js", "page.css"):
+        assert any(fnmatch.fnmatch(name, pat) for pat in data), (name, data)
+
+
 @pytest.mark.timeout(60)
 def test_a_19_digit_since_and_other_out_of_range_numbers_get_400_with_a_reason(server):
     for target, name in (("/api/stories?since=9999999999999999999", "since"),
@@ -351,7 +375,7 @@ def test_fuzzed_query_strings_get_200_json_or_400_naming_the_bad_parameter_never
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     seen = {200: 0, 400: 0}
 
-    @settings(max_examples=300 * fuzz_scale, derandomize=True, deadline=None, database=None,
+    @settings(max_examples=800 * fuzz_scale, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(q=query())
     def one(q):
