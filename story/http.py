@@ -172,7 +172,9 @@ def app(store: Store, cfg: HttpSection = HttpSection(), stats=None) -> _AllowedH
 class _Protocol(H11Protocol):
     """uvicorn's h11 protocol with a request-head deadline: a connection that has not
     sent a whole request head ``header_timeout_s`` after opening (or after its last
-    response) is closed, whether it is silent or trickles bytes (slowloris)."""
+    response) is closed, whether it is silent or trickles bytes (slowloris); one that
+    has not read its answers by then (bytes still buffered for it) is aborted.  A
+    request whose query is still running is looked at again one deadline later."""
 
     header_timeout_s = 10.0  # (set per server by a subclass)
 
@@ -197,13 +199,19 @@ class _Protocol(H11Protocol):
 
     def _head_too_slow(self) -> None:
         self._head_deadline = None
-        in_flight = self.cycle is not None and not self.cycle.response_complete
-        if not in_flight and not self.transport.is_closing():  # (in flight: re-armed when it completes)
-            try:
-                self.conn.send(h11.ConnectionClosed())
-            except h11.LocalProtocolError:  # (mid-request head: nothing to tell h11)
-                pass
-            self.transport.close()
+        if self.transport.get_write_buffer_size():  # answers unread a whole deadline after the last one
+            self.transport.abort()  # (close() would wait for the buffer to drain: forever)
+            return
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:  # a query still running
+            self._arm_head_deadline()
+            return
+        try:
+            self.conn.send(h11.ConnectionClosed())
+        except h11.LocalProtocolError:  # (mid-request head: nothing to tell h11)
+            pass
+        self.transport.close()
 
 
 class StoryHttp:
@@ -213,6 +221,10 @@ class StoryHttp:
         self._server, self._sock, self.thread = server, sock, thread
         self.server_address = sock.getsockname()[:2]
         self.port = self.server_address[1]
+
+    def open_connections(self) -> int:
+        """Connections the server holds now (for tests and diagnostics)."""
+        return len(self._server.server_state.connections)
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         self._server.should_exit = True

@@ -190,10 +190,36 @@ def test_idle_and_slow_connections_are_closed_and_500_idle_ones_do_not_delay_a_q
         assert closed(kept, by), "a kept-alive idle connection was not closed"
         still_open = sum(not closed(s, by) for s in idle)
         assert still_open == 0, f"{still_open} of 500 silent connections still open"
+        assert srv.open_connections() == 0
         assert _get(srv.port, "/api/symbols")[0] == 200  # and it still serves
     finally:
         for s in idle:
             s.close()
+        srv.shutdown()
+
+
+@pytest.mark.timeout(120)
+def test_a_client_that_never_reads_its_answers_is_dropped(store):
+    text = "x" * 1000
+    store.replace_stories("AMZN", "imbalance", "buy", 0, [(f"AMZN-{i}-imbalance", "AMZN", "imbalance", "buy", T0 + i,
+                                                          T0 + i, 0.5, text, "[]") for i in range(5000)])
+    srv, _ = serve(store, "127.0.0.1", 0, cfg=HttpSection(header_timeout_s=1.0, idle_timeout_s=1.0))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", srv.port))
+        sock.sendall(b"GET /api/stories?kind=imbalance&limit=5000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 4)
+        deadline = time.monotonic() + 2
+        while srv.open_connections() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.open_connections() == 1  # (~5 MB per answer, a 4 KiB receive buffer, nothing read)
+        deadline = time.monotonic() + 15
+        while srv.open_connections() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert srv.open_connections() == 0, "a client reading nothing still holds its connection"
+        assert _get(srv.port, "/api/symbols")[0] == 200
+    finally:
+        sock.close()
         srv.shutdown()
 
 
