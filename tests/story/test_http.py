@@ -224,6 +224,34 @@ def test_a_client_that_never_reads_its_answers_is_dropped(store):
 
 
 @pytest.mark.timeout(60)
+def test_obpipe_story_serve_answers_and_ctrl_c_ends_it_within_2_s_even_with_connections_open(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    p = subprocess.Popen([sys.executable, "-m", "story", "serve", "--db", str(tmp_path / "s.db"), "--port", "0"],
+                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    idle = []
+    try:
+        line = p.stderr.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", line).group(1))
+        assert _get(port, "/api/symbols")[:1] == (200,)
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+        idle[0].sendall(b"GET /api/symbols HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # half a head
+        t = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(10) == 0 and time.monotonic() - t < 2.0, p.stderr.read()
+    finally:
+        for s in idle:
+            s.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        p.stderr.close()
+
+
+@pytest.mark.timeout(60)
 def test_a_kept_alive_connection_answers_without_a_nagle_stall(server):
     c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     took = []
