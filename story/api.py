@@ -15,9 +15,14 @@ from publisher.schema import SIGNAL_KINDS
 from .store import Store
 
 MAX_LIMIT = 5000
-_DUR = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
-_UNIT_NS = {"ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9, "d": 86400e9}
-_SYMBOL = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+MAX_OFFSET = 10**12  # rows to skip: far beyond any table, far below SQL's 64-bit limit
+I64_MAX = 2**63 - 1  # SQL BIGINT: a bound outside it is a 400, not the driver's OverflowError
+_DUR = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h|d)")  # at most 10^12 units: never overflows
+_UNIT_NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
+#: A symbol a query may name: a short, plain charset (it reaches SQL as a bound parameter
+#: and the page as text, but anything else is a typo or an attack, answered 400).
+SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]{1,16}")
+_INT = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only (int() also takes '1_000', ' 7', Arabic digits)
 
 
 class BadQuery(ValueError):
@@ -25,8 +30,19 @@ class BadQuery(ValueError):
 
 
 def _duration_ns(text: str) -> int | None:
-    m = _DUR.match(text.strip())
-    return int(float(m.group(1)) * _UNIT_NS[m.group(2)]) if m else None
+    m = _DUR.fullmatch(text)
+    if not m:
+        return None
+    whole, _, frac = m.group(1).partition(".")
+    unit = _UNIT_NS[m.group(2)]
+    return int(whole) * unit + int(frac or "0") * unit // 10 ** len(frac or "0")  # exact, no float
+
+
+def parse_int(name: str, text: str, lo: int, hi: int) -> int:
+    """``text`` as a whole number in ``lo..hi``, or ``BadQuery`` naming ``name``."""
+    if not _INT.fullmatch(text) or not lo <= int(text) <= hi:
+        raise BadQuery(f"{name}={text[:40]!r}: a whole number {lo}..{hi}")
+    return int(text)
 
 
 def newest_ns(store: Store, symbol: str | None) -> int | None:
@@ -46,27 +62,27 @@ def window(store: Store, symbol: str | None, since: str | None, until: str | Non
             out.append(None)
             continue
         text = str(text)
-        if re.fullmatch(r"-?\d{1,19}", text):
-            out.append(int(text))
+        if _INT.fullmatch(text):
+            out.append(parse_int(name, text, 0, I64_MAX))
             continue
         d = _duration_ns(text)
         if d is None:
-            raise BadQuery(f"{name}={text!r}: a duration like 10m, 90s, 2h, 1d, or feed time in ns")
+            raise BadQuery(f"{name}={text[:40]!r}: a duration like 10m, 90s, 2h, 1d, or feed time in ns 0..{I64_MAX}")
         ref = newest_ns(store, symbol)
-        out.append(None if ref is None else ref - d)
+        out.append(None if ref is None else max(ref - d, 0))  # (feed time is >= 0)
     return out[0], out[1]
 
 
 def _check(symbol, kinds, limit, offset):
-    if symbol is not None and not _SYMBOL.match(symbol):
-        raise BadQuery(f"symbol={symbol!r}: 1-64 letters, digits, '.', '_', ':' or '-'")
+    if symbol is not None and not SYMBOL_RE.fullmatch(symbol):
+        raise BadQuery(f"symbol={symbol[:40]!r}: 1-16 letters, digits, '.', '_' or '-'")
     for k in kinds or ():
         if k not in SIGNAL_KINDS:
-            raise BadQuery(f"kind={k!r}: one of {', '.join(SIGNAL_KINDS)}")
+            raise BadQuery(f"kind={k[:40]!r}: one of {', '.join(SIGNAL_KINDS)}")
     if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise BadQuery(f"limit={limit!r}: 1..{MAX_LIMIT}")
-    if not isinstance(offset, int) or offset < 0:
-        raise BadQuery(f"offset={offset!r}: >= 0")
+    if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise BadQuery(f"offset={offset!r}: 0..{MAX_OFFSET}")
 
 
 def _where(symbol, kinds, col, lo, hi):
@@ -75,8 +91,9 @@ def _where(symbol, kinds, col, lo, hi):
         conds.append("symbol = ?")
         params.append(symbol)
     if kinds:
+        kinds = sorted(set(kinds))  # (a kind named 10,000 times is one placeholder, not 10,000)
         conds.append(f"kind IN ({', '.join('?' * len(kinds))})")
-        params += list(kinds)
+        params += kinds
     if lo is not None:
         conds.append(f"{col} >= ?")
         params.append(lo)
@@ -140,7 +157,7 @@ def summaries_query(store: Store, symbol=None, since=None, until=None, limit=100
         if a is None:
             return []
         lo, hi = (a if lo is None else lo), (b if hi is None else hi)
-    width = max(1, -(-(hi - lo + 1) // points))  # ceil: at most ``points`` buckets
+    width = min(max(1, -(-(hi - lo + 1) // points)), I64_MAX)  # ceil: at most ``points`` buckets
     where, p = _where(symbol, None, "start_ns", lo, hi)
     rows = store.query(
         "SELECT symbol, MIN(start_ns), MAX(end_ns), MAX(tick_size), AVG(mid_tick), MIN(spread_min), "

@@ -54,18 +54,21 @@ def cmd_run(a) -> int:
     boot = resolve_bootstrap(cfg, a.kafka)
     svc = StoryService(cfg, store, boot)
     stop = _stop_flag()
+    srv = None
     if cfg.http.enabled:
         from .http import serve
 
         srv, _ = serve(store, cfg.http.host, cfg.http.port,
                        stats=lambda: {**svc.counters, "skipped": svc.skipped, "broker_up": svc.broker_up,
-                                      "bootstrap": boot})
+                                      "bootstrap": boot}, cfg=cfg.http)
         print(f"obpipe-story: http://{cfg.http.host}:{srv.server_address[1]}/", file=sys.stderr, flush=True)
     print(f"obpipe-story: consuming {', '.join(svc.topics)} from {boot} (group {cfg.kafka.group_id}) into "
           f"{store.kind} {store.path or store.url}", file=sys.stderr, flush=True)
     try:
         svc.run(stop)
     finally:
+        if srv is not None:
+            srv.shutdown(timeout_s=2)
         print("obpipe-story stopped: " + ", ".join(f"{k} {v}" for k, v in svc.counters.items()),
               file=sys.stderr, flush=True)
     return 0
@@ -76,7 +79,7 @@ def cmd_serve(a) -> int:
 
     cfg = _cfg(a)
     store = Store.open(cfg.db.url)
-    srv, _ = serve(store, cfg.http.host, cfg.http.port)
+    srv, _ = serve(store, cfg.http.host, cfg.http.port, cfg=cfg.http)
     print(f"obpipe-story: http://{cfg.http.host}:{srv.server_address[1]}/", file=sys.stderr, flush=True)
     stop = _stop_flag()
     while not stop[0]:

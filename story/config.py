@@ -44,6 +44,25 @@ class HttpSection:
     enabled: bool = True
     host: str = "127.0.0.1"  # this machine only unless changed
     port: int = 8080  # 0: any free port (printed)
+    # Host headers answered (port ignored); others get 400, so a DNS-rebound name cannot
+    # read the API. Add the machine's name here when `host` is opened up; "*" allows any.
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    idle_timeout_s: float = 5.0  # a kept-alive connection idle this long after a response is closed
+    header_timeout_s: float = 10.0  # a connection must send a whole request head within this (slow clients)
+    max_connections: int = 1000  # past this many open connections, requests get 503 (each is one fd)
+
+    def __post_init__(self):  # (validated here, beside the keys: errors name them)
+        for h in self.allowed_hosts:
+            if h != "*" and not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", h):
+                raise ConfigError(f"http.allowed_hosts: {h!r} is not a host name or address (or \"*\")")
+        if not self.allowed_hosts:
+            raise ConfigError("http.allowed_hosts: empty (nothing could be answered); the default is loopback")
+        for k in ("idle_timeout_s", "header_timeout_s"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and 0 < v <= 3600):
+                raise ConfigError(f"http.{k}: must be > 0 and <= 3600 s, got {v}")
+        if not 1 <= self.max_connections <= 100_000:
+            raise ConfigError(f"http.max_connections: must be 1..100000, got {self.max_connections}")
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,8 @@ def test_http_api_answers_validates_and_serves_the_page(store):
                 urllib.request.urlopen(base + bad, timeout=10)
             assert e.value.code == 400 and "error" in json.loads(e.value.read())
         page = urllib.request.urlopen(base + "/", timeout=10).read().decode()
-        assert "<canvas" in page and "/api/stories" in page
+        assert "<canvas" in page and '<script src="/page.js"' in page
+        assert "/api/stories" in urllib.request.urlopen(base + "/page.js", timeout=10).read().decode()
     finally:
         srv.shutdown()
 
