@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-from publisher.schema import SIGNAL_KINDS
+from publisher.schema import SIGNAL_KINDS, SYMBOL_RE as _SYMBOL_PATTERN
 
 from .store import Store
 
@@ -19,9 +19,10 @@ MAX_OFFSET = 10**12  # rows to skip: far beyond any table, far below SQL's 64-bi
 I64_MAX = 2**63 - 1  # SQL BIGINT: a bound outside it is a 400, not the driver's OverflowError
 _DUR = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h|d)")  # at most 10^12 units: never overflows
 _UNIT_NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
-#: A symbol a query may name: a short, plain charset (it reaches SQL as a bound parameter
-#: and the page as text, but anything else is a typo or an attack, answered 400).
-SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]{1,16}")
+#: A symbol a query may name: the schema's charset (publisher.schema.SYMBOL_RE; it reaches
+#: SQL as a bound parameter and the page as text, but anything else is a typo or an attack,
+#: answered 400).
+SYMBOL_RE = re.compile(_SYMBOL_PATTERN)
 _INT = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only (int() also takes '1_000', ' 7', Arabic digits)
 
 

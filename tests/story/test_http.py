@@ -33,7 +33,7 @@ def store(tmp_path):
     s.insert([signal_row(make_signal(k, "AMZN", seq=i, ts_exch_ns=T0 + i * 10**8))
               for i, k in enumerate(SIGNAL_KINDS, 1)],
              [summary_row(make_summary(start_ns=T0, end_ns=T0 + 10**8))])
-    s.replace_stories("AMZN", "sweep", "buy", 0, [("AMZN-1-sweep", "AMZN", "sweep", "buy", T0, T0 + 10**8, 0.5,
+    s.replace_stories("AMZN", "sweep", "buy", 0, None, [("AMZN-1-sweep", "AMZN", "sweep", "buy", T0, T0 + 10**8, 0.5,
                                                    "Aggressive buying", json.dumps(["AMZN-1-sweep"]))])
     yield s
     s.close()
@@ -201,7 +201,7 @@ def test_idle_and_slow_connections_are_closed_and_500_idle_ones_do_not_delay_a_q
 @pytest.mark.timeout(120)
 def test_a_client_that_never_reads_its_answers_is_dropped(store):
     text = "x" * 1000
-    store.replace_stories("AMZN", "imbalance", "buy", 0, [(f"AMZN-{i}-imbalance", "AMZN", "imbalance", "buy", T0 + i,
+    store.replace_stories("AMZN", "imbalance", "buy", 0, None, [(f"AMZN-{i}-imbalance", "AMZN", "imbalance", "buy", T0 + i,
                                                           T0 + i, 0.5, text, "[]") for i in range(5000)])
     srv, _ = serve(store, "127.0.0.1", 0, cfg=HttpSection(header_timeout_s=1.0, idle_timeout_s=1.0))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -302,9 +302,9 @@ def _xss_store(tmp_path) -> tuple[Store, list[tuple]]:
             (P_ATTR, "AMZN", "sweep", "buy", T0 + 10**9, T0 + 2 * 10**9, 0.5, P_SCRIPT, json.dumps(["b", "c"])),
             (f"AMZN-3-{P_IMG}", "AMZN", P_IMG, "buy", T0 + 3 * 10**9, T0 + 4 * 10**9, 0.1, P_ATTR, json.dumps([]))]
     for r in rows:
-        s.replace_stories(r[1], r[2], r[3], r[4], [r])
+        s.replace_stories(r[1], r[2], r[3], r[4], None, [r])
     bad_sym = (f"X-1-{P_IMG}", P_IMG + P_SCRIPT, "sweep", "buy", T0, T0 + 1, 0.5, P_IMG, json.dumps(["d"]))
-    s.replace_stories(bad_sym[1], "sweep", "buy", T0, [bad_sym])
+    s.replace_stories(bad_sym[1], "sweep", "buy", T0, None, [bad_sym])
     return s, rows
 
 
