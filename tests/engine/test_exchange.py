@@ -375,3 +375,35 @@ def test_the_compiled_client_reports_a_silent_or_vanished_exchange_instead_of_ha
     x.kill()
     with pytest.raises(OSError):  # nobody listens any more
         probe("127.0.0.1", x.port, orders=100, timeout_s=1.0)
+
+
+@pytest.mark.timeout(60)
+def test_a_second_writer_on_a_journal_is_refused_and_a_new_journal_is_private(tmp_path):
+    p = str(tmp_path / "j")
+    old = os.umask(0o022)
+    try:
+        j, _, rec = Journal.open(p, 2, 1000, 64)
+    finally:
+        os.umask(old)
+    assert rec["created"] and os.stat(p).st_mode & 0o777 == 0o600
+    j.append(_requests(3, 1, 3), 1)
+    with pytest.raises(JournalError, match="locked by another writer"):
+        Journal.open(p, 2, 1000, 64)  # (flock locks are per open file: same process, same refusal)
+    assert os.path.getsize(p) == 64 + 32 + 3 * 32  # the refused open wrote nothing
+    j.close()
+    j, reqs, rec = Journal.open(p, 2, 1000, 64)  # the lock goes with the writer
+    j.close()
+    assert len(reqs) == 3 and not rec["created"]
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_a_second_exchange_on_a_running_exchanges_journal_exits_with_a_clear_error(exchanges, tmp_path):
+    journal = tmp_path / "ex.journal"
+    _start(exchanges, tmp_path, journal=journal, tag="first", extra="allow_anonymous = true\n")
+    cfg = tmp_path / "second.toml"
+    cfg.write_text(f'[book]\nsymbols = ["A", "B"]\n[exchange]\nport = 0\njournal = "{journal}"\n'
+                   f'allow_anonymous = true\n')
+    p = subprocess.run([sys.executable, "-m", "obpipe", "exchange", "--config", str(cfg)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "locked by another writer" in p.stderr, p.stderr
