@@ -41,7 +41,7 @@ REQ = schema.ORDER_IN_DTYPE.itemsize
 class Trader:
     __slots__ = ("i", "sock", "rng", "inbuf", "sent_t", "rtt", "sent", "responses", "acks", "rejects", "fills",
                  "fill_qty", "filled", "ordered", "live", "account", "hello", "next_due", "done", "pending",
-                 "taken", "mid", "k", "u", "sym", "drift", "pick", "qty", "side", "off")
+                 "taken", "mid", "k", "u", "sym", "drift", "pick", "qty", "side", "off", "last_reject")
 
     def __init__(self, i: int, sock, seed: int, mid: int):
         self.i = i
@@ -57,6 +57,7 @@ class Trader:
         self.ordered: dict[int, int] = {}  # order id -> lots ordered (acked)
         self.live: list[int] = []  # ids believed resting
         self.account = 0
+        self.last_reject = -1
         self.hello = None
         self.next_due = 0
         self.done = False
@@ -209,7 +210,8 @@ class Traders:
             return
         now = time.perf_counter_ns()
         if not data:
-            raise ConnectionError(f"trader {t.i}: the exchange closed the connection")
+            why = f" after a reject: {schema.REASON_NAMES.get(t.last_reject)}" if t.last_reject >= 0 else ""
+            raise ConnectionError(f"trader {t.i}: the exchange closed the connection{why}")
         t.inbuf += data
         n = len(t.inbuf) // 32
         if not n:
@@ -252,6 +254,7 @@ class Traders:
                         t.live.pop(0)
             elif typ == schema.R_REJECT:
                 t.rejects += 1
+                t.last_reject = reason
             elif typ == schema.R_MODIFIED:  # the order may now fill up to what it had filled + qty
                 t.ordered[oid] = t.filled.get(oid, 0) + qty
 
