@@ -79,6 +79,7 @@ _GATE_REASON = np.zeros(256, np.uint8)
 _GATE_REASON[schema.RS_RATE_LIMIT] = schema.RS_RATE_LIMIT
 _GATE_REASON[schema.RS_OPEN_LIMIT] = schema.RS_OPEN_LIMIT
 _KNOWN = bytes([schema.OE_NEW, schema.OE_CANCEL, schema.OE_MODIFY])
+NO_LIMIT = float(1 << 62)
 
 
 class _Conn:
@@ -96,16 +97,16 @@ class _Conn:
         self.progress = self.last_rx = self.t_tok = time.monotonic()  # when it last took / sent bytes
         self.nonce = os.urandom(accmod.NONCE_BYTES)
         self.rate = x.max_msgs_per_s
-        self.tokens = float(self.rate)  # a full second's burst
-        self.max_open = x.max_open_orders
+        self.tokens = float(self.rate) if self.rate else NO_LIMIT  # a full second's burst
+        self.max_open = x.max_open_orders or NO_LIMIT
         self.cod = True  # anonymous: always; a login sets its account's choice
         self.closing = ""  # why it is closed once this turn's answers are out
 
     def limits(self, x, acc) -> None:
         """A logged-in account's limits: its entry's, else the exchange's."""
         self.rate = x.max_msgs_per_s if acc.max_msgs_per_s is None else acc.max_msgs_per_s
-        self.tokens = float(self.rate)
-        self.max_open = x.max_open_orders if acc.max_open_orders is None else acc.max_open_orders
+        self.tokens = float(self.rate) if self.rate else NO_LIMIT
+        self.max_open = (x.max_open_orders if acc.max_open_orders is None else acc.max_open_orders) or NO_LIMIT
         self.cod = x.cancel_on_disconnect if acc.cancel_on_disconnect is None else acc.cancel_on_disconnect
 
 
@@ -126,6 +127,7 @@ class Exchange:
         self.sender = None
         self.session = 0
         self.sel = selectors.DefaultSelector()
+        self.now = time.monotonic()
         self.lsock: socket.socket | None = None
         self.port = 0
         self.conns: dict[int, _Conn] = {}  # fd -> connection
@@ -217,7 +219,9 @@ class Exchange:
         raw = bytearray()  # this turn's whole messages, every client's, in arrival order
         runs: list[tuple[int, int]] = []  # (messages, account) per client read this turn
         while not stop[0]:
-            for key, mask in sel.select(timeout=0.05):
+            events = sel.select(timeout=0.05)
+            self.now = time.monotonic()  # (one clock read per turn: the reads' idle and rate clock)
+            for key, mask in events:
                 conn = key.data
                 if conn is None:
                     self._accept()
@@ -332,7 +336,7 @@ class Exchange:
         if not data:
             self._close(conn)
             return
-        now = conn.last_rx = time.monotonic()
+        conn.last_rx = self.now
         buf = conn.inbuf
         buf += data
         n = len(buf) // REQ
@@ -353,21 +357,16 @@ class Exchange:
             chunk = buf[skip * REQ:n * REQ]
             codes = None
             # anything but new/cancel/modify with zero reserved bytes: heartbeats, malformed
-            if chunk[0::REQ].translate(None, _KNOWN) or chunk[6::REQ].count(0) != m or chunk[7::REQ].count(0) != m:
+            if (chunk[0] not in _KNOWN or chunk[6] or chunk[7] if m == 1 else
+                    chunk[0::REQ].translate(None, _KNOWN) or chunk[6::REQ].count(0) != m
+                    or chunk[7::REQ].count(0) != m):
                 codes, m = self._special(conn, chunk, m)
                 del chunk[m * REQ:]
-            if conn.rate:  # token bucket: rate per second, a second's burst
-                conn.tokens = min(float(conn.rate), conn.tokens + (now - conn.t_tok) * conn.rate)
-                conn.t_tok = now
-                ok = max(0, int(conn.tokens))
-                if ok < m:
-                    codes = np.zeros(m, np.uint8) if codes is None else codes
-                    tail = codes[ok:]
-                    free = tail == 0
-                    tail[free] = schema.RS_RATE_LIMIT
-                    self.c["rate_limited"] += int(free.sum())
-                conn.tokens -= min(ok, m)
-            if conn.max_open and self.open.get(conn.account, 0) + m > conn.max_open:
+            if conn.tokens >= m:
+                conn.tokens -= m
+            else:
+                codes = self._rate_limit(conn, m, codes)
+            if self.open.get(conn.account, 0) + m > conn.max_open:
                 codes = self._open_limit(conn, chunk, m, codes)
             if codes is not None:
                 self._gates.append((len(raw) // REQ, codes))
@@ -398,6 +397,23 @@ class Exchange:
                          f"unreadable message (type {int(t[k])}, reserved {int(res[k])})")
         self.c["heartbeats"] += int(hb[:m].sum())
         return codes, m
+
+    def _rate_limit(self, conn: _Conn, m: int, codes):
+        """Token bucket (rate per second, a second's burst), refilled when a read needs
+        more than it holds (lazily: the same bound, burst + rate x any interval): the
+        part of the read past it is refused."""
+        now = self.now
+        conn.tokens = min(float(conn.rate), conn.tokens + (now - conn.t_tok) * conn.rate)
+        conn.t_tok = now
+        ok = max(0, int(conn.tokens))
+        if ok < m:
+            codes = np.zeros(m, np.uint8) if codes is None else codes
+            tail = codes[ok:]
+            free = tail == 0
+            tail[free] = schema.RS_RATE_LIMIT
+            self.c["rate_limited"] += int(free.sum())
+        conn.tokens -= min(ok, m)
+        return codes
 
     def _open_limit(self, conn: _Conn, chunk: bytearray, m: int, codes):
         """Reject the GTC limit orders of a read that could take the account past its
