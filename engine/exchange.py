@@ -80,6 +80,7 @@ _GATE_REASON[schema.RS_RATE_LIMIT] = schema.RS_RATE_LIMIT
 _GATE_REASON[schema.RS_OPEN_LIMIT] = schema.RS_OPEN_LIMIT
 _KNOWN = bytes([schema.OE_NEW, schema.OE_CANCEL, schema.OE_MODIFY])
 NO_LIMIT = float(1 << 62)
+E_LIVE = MK.E_LIVE
 
 
 class _Conn:
@@ -471,17 +472,19 @@ class Exchange:
         answers itself (left out of the journal); ``reason``: set on every cancel
         report (cancel-on-disconnect)."""
         mb = self.x.max_batch
+        E = self.eng.E
         for i in range(0, len(reqs), mb):
             chunk = reqs[i:i + mb]
             ts = time.time_ns()
+            live = E[E_LIVE]
             out = self.eng.process(chunk, ts)
+            live = int(E[E_LIVE] - live)  # resting orders added (all one account's if one gets every report)
             g = None if gated is None else gated[i:i + mb]
             if self.journal is not None:  # before any acknowledgement leaves
-                if g is not None and g.any():
-                    if not g.all():
-                        self.journal.append(chunk[~g], ts)  # (a gated request changes nothing: replay agrees)
-                else:
+                if g is None:
                     self.journal.append(chunk, ts)
+                elif not g.all():  # (a gated request changes nothing: replay agrees without it)
+                    self.journal.append(chunk[~g] if g.any() else chunk, ts)
             self.c["requests"] += len(chunk)
             self.c["batches"] += 1
             if self.sender is not None and len(out.md):
@@ -491,13 +494,23 @@ class Exchange:
                 _answer_gated(out.reports)
             if reason:
                 out.reports["reason"][out.reports["type"] == schema.R_CANCELLED] = reason
-            self._route(out.reports, out.accounts, not reason)
+            self._route(out.reports, out.accounts, live, not reason)
 
-    def _route(self, reports: np.ndarray, accounts: np.ndarray, count_lost: bool = True) -> None:
+    def _route(self, reports: np.ndarray, accounts: np.ndarray, live: int, count_lost: bool = True) -> None:
+        """Queue each account's reports (in order) and track its resting orders:
+        ``live`` is how many the batch added in all."""
         if len(reports) == 0:
             return
-        if _one_account(accounts):
+        op = self.open
+        if _one_account(accounts):  # every order that came or went is this account's (each gets a report)
             groups = [(int(accounts[0]), reports.tobytes())]
+            if live:
+                a = groups[0][0]
+                k = op.get(a, 0) + live
+                if k > 0:
+                    op[a] = k
+                else:
+                    op.pop(a, None)
         else:
             order = np.argsort(accounts, kind="stable")
             acc = accounts[order]
@@ -506,17 +519,17 @@ class Exchange:
             starts = np.concatenate(([0], cut))
             ends = np.concatenate((cut, [len(acc)]))
             groups = [(int(acc[a]), raw[a * 32:b * 32]) for a, b in zip(starts.tolist(), ends.tolist())]
-        op = self.open
+            for account, blob in groups:
+                t = blob[0::32]
+                f = blob[3::32]  # (only fills set flags; RF_DONE: the order left the book)
+                d = t.count(schema.R_ACK) - t.count(schema.R_CANCELLED) - f.count(1) - f.count(3)
+                if d:
+                    k = op.get(account, 0) + d
+                    if k > 0:
+                        op[account] = k
+                    else:
+                        op.pop(account, None)
         for account, blob in groups:
-            t = blob[0::32]
-            f = blob[3::32]  # (only fills set flags; RF_DONE: the order left the book)
-            d = t.count(schema.R_ACK) - t.count(schema.R_CANCELLED) - f.count(1) - f.count(3)
-            if d:
-                k = op.get(account, 0) + d
-                if k > 0:
-                    op[account] = k
-                else:
-                    op.pop(account, None)
             conn = self.by_account.get(account)
             if conn is None:
                 if count_lost:
