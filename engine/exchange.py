@@ -129,6 +129,7 @@ class Exchange:
         self.session = 0
         self.sel = selectors.DefaultSelector()
         self.now = time.monotonic()
+        self._live = 0  # the engine's resting orders after the last batch
         self.lsock: socket.socket | None = None
         self.port = 0
         self.conns: dict[int, _Conn] = {}  # fd -> connection
@@ -173,6 +174,7 @@ class Exchange:
             self.sender.first_seq = self.sender.next_seq = self.eng.md_messages + 1
             self.sender.warm()
         self.eng.process(np.zeros(0, schema.ORDER_IN_DTYPE))  # compile / load the kernel before clients come
+        self._live = self.eng.resting
         live = self.eng.O[:, MK.O_ID] > 0
         acct, n = np.unique(self.eng.O[live, MK.O_ACCT], return_counts=True)
         self.open = dict(zip(acct.tolist(), n.tolist()))
@@ -220,9 +222,7 @@ class Exchange:
         raw = bytearray()  # this turn's whole messages, every client's, in arrival order
         runs: list[tuple[int, int]] = []  # (messages, account) per client read this turn
         while not stop[0]:
-            events = sel.select(timeout=0.05)
-            self.now = time.monotonic()  # (one clock read per turn: the reads' idle and rate clock)
-            for key, mask in events:
+            for key, mask in sel.select(timeout=0.05):
                 conn = key.data
                 if conn is None:
                     self._accept()
@@ -251,7 +251,7 @@ class Exchange:
                     self._flush(conn)
                     self._close(conn, conn.closing)
                 self._closing.clear()
-            now = time.monotonic()
+            now = self.now = time.monotonic()  # (also the next turn's reads' clock: idle, rate; <= 50 ms old)
             if self._accept_paused_until and now >= self._accept_paused_until:
                 self._accept_paused_until = 0.0
                 self.sel.register(self.lsock, selectors.EVENT_READ, None)
@@ -476,9 +476,9 @@ class Exchange:
         for i in range(0, len(reqs), mb):
             chunk = reqs[i:i + mb]
             ts = time.time_ns()
-            live = E[E_LIVE]
             out = self.eng.process(chunk, ts)
-            live = int(E[E_LIVE] - live)  # resting orders added (all one account's if one gets every report)
+            live = int(E[E_LIVE])
+            live, self._live = live - self._live, live  # resting orders added (one account's if it gets every report)
             g = None if gated is None else gated[i:i + mb]
             if self.journal is not None:  # before any acknowledgement leaves
                 if g is None:
