@@ -29,8 +29,8 @@ run: $(DEV)      ## run the pipeline on embedded defaults (Ctrl-C stops; ARGS="-
 run-exchange: $(DEV) ## the pipeline fed by the exchange and simulated traders (ARGS="--duration 10 --rate 5000")
 	$(VENV)/bin/obpipe run --source exchange $(ARGS)
 
-exchange: $(DEV) ## the order-entry exchange on 127.0.0.1:9000 until Ctrl-C (ARGS="--journal ex.journal --md 127.0.0.1:PORT")
-	$(VENV)/bin/obpipe exchange $(ARGS)
+exchange: $(DEV) ## the order-entry exchange on 127.0.0.1:9000 until Ctrl-C, anonymous trading on (ARGS="--journal ex.journal --md 127.0.0.1:PORT")
+	$(VENV)/bin/obpipe exchange --anonymous $(ARGS)
 
 book: $(DEV)     ## the matching engine on CSV commands from stdin (ARGS=FILE to read a file)
 	$(VENV)/bin/obpipe book $(ARGS)

@@ -117,7 +117,8 @@ def bench_workload(name: str, n: int, repeats: int, cpn: float) -> dict:
 
 def _exchange(tmp: str, fsync: str):
     cfg = Path(tmp) / f"x-{fsync}.toml"
-    cfg.write_text(f'[book]\nsymbols = ["A"]\n[exchange]\nport = 0\njournal = "{tmp}/j-{fsync}"\nfsync = "{fsync}"\n')
+    cfg.write_text(f'[book]\nsymbols = ["A"]\n[exchange]\nport = 0\njournal = "{tmp}/j-{fsync}"\nfsync = "{fsync}"\n'
+                   'allow_anonymous = true\n')
     err = open(Path(tmp) / f"x-{fsync}.err", "w+")
     p = subprocess.Popen([sys.executable, "-m", "obpipe", "exchange", "--config", str(cfg)], cwd=REPO,
                          stdout=subprocess.DEVNULL, stderr=err, text=True)

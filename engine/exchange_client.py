@@ -12,6 +12,10 @@ It checks what it can see: one response per request, fills per order never above
 order's quantity.  ``run()`` returns per-trader results for tests; ``main`` prints
 RTT percentiles (us) and throughput, as JSON with ``--json``.
 
+Each connection reads the exchange's hello and login challenge first
+(``handshake``) and, given a credential (``obpipe exchange-account add``), logs in
+with a proof of its key; without one it trades anonymously (the exchange must allow it).
+
 This is a load generator in Python: its own per-message work is in every RTT it
 reports (the exchange's share is measured by ``bench/matching.py``).
 """
@@ -37,7 +41,7 @@ REQ = schema.ORDER_IN_DTYPE.itemsize
 class Trader:
     __slots__ = ("i", "sock", "rng", "inbuf", "sent_t", "rtt", "sent", "responses", "acks", "rejects", "fills",
                  "fill_qty", "filled", "ordered", "live", "account", "hello", "next_due", "done", "pending",
-                 "taken", "mid", "k", "u", "sym", "drift", "pick", "qty", "side", "off")
+                 "taken", "mid", "k", "u", "sym", "drift", "pick", "qty", "side", "off", "last_reject")
 
     def __init__(self, i: int, sock, seed: int, mid: int):
         self.i = i
@@ -53,6 +57,7 @@ class Trader:
         self.ordered: dict[int, int] = {}  # order id -> lots ordered (acked)
         self.live: list[int] = []  # ids believed resting
         self.account = 0
+        self.last_reject = -1
         self.hello = None
         self.next_due = 0
         self.done = False
@@ -78,12 +83,16 @@ class Traders:
 
     def __init__(self, host: str, port: int, clients: int = 1, orders: int = 1000, window: int = 1,
                  rate: float = 0.0, seed: int = 1, symbols: int = 1, duration_s: float = 0.0, mid: int = 10_000,
-                 silent: int = 0, mix: str = "mixed", timeout_s: float = 120.0):
+                 silent: int = 0, mix: str = "mixed", timeout_s: float = 120.0,
+                 credentials: list[tuple[int, bytes]] | None = None):
         self.host, self.port = host, port
         self.clients, self.orders, self.window = clients, orders, window
         self.rate, self.seed, self.symbols = rate, seed, symbols
         self.duration_s, self.mid, self.silent, self.mix = duration_s, mid, silent, mix
         self.timeout_s = timeout_s
+        if credentials is not None and len(credentials) != clients:
+            raise ValueError(f"{len(credentials)} credentials for {clients} clients")
+        self.credentials = credentials
         self.traders: list[Trader] = []
         self.quiet: list[socket.socket] = []
         self.elapsed_s = 0.0
@@ -129,6 +138,8 @@ class Traders:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.settimeout(30)  # recv runs only when select says readable; sendall may wait for room
             t = Trader(i, s, self.seed * 1_000_003 + i, self.mid)
+            t.hello = handshake(s, self.credentials[i] if self.credentials else None)
+            t.account = t.hello["account"]
             self.traders.append(t)
             sel.register(s, selectors.EVENT_READ, t)
         for i in range(self.silent):  # connections that flood and never read
@@ -199,7 +210,8 @@ class Traders:
             return
         now = time.perf_counter_ns()
         if not data:
-            raise ConnectionError(f"trader {t.i}: the exchange closed the connection")
+            why = f" after a reject: {schema.REASON_NAMES.get(t.last_reject)}" if t.last_reject >= 0 else ""
+            raise ConnectionError(f"trader {t.i}: the exchange closed the connection{why}")
         t.inbuf += data
         n = len(t.inbuf) // 32
         if not n:
@@ -242,6 +254,7 @@ class Traders:
                         t.live.pop(0)
             elif typ == schema.R_REJECT:
                 t.rejects += 1
+                t.last_reject = reason
             elif typ == schema.R_MODIFIED:  # the order may now fill up to what it had filled + qty
                 t.ordered[oid] = t.filled.get(oid, 0) + qty
 
@@ -288,7 +301,39 @@ def probe_requests(n: int, seed: int = 1, mid: int = 10_000) -> np.ndarray:
     return q
 
 
-def probe(host: str, port: int, orders: int = 10_000, seed: int = 1, timeout_s: float = 10.0) -> dict:
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        part = s.recv(n - len(data))
+        if not part:
+            raise ConnectionError("the exchange closed the connection during the handshake")
+        data += part
+    return data
+
+
+def handshake(s: socket.socket, credential: tuple[int, bytes] | None = None) -> dict:
+    """Read the exchange's hello and challenge on a new connection (blocking socket)
+    and, with ``credential`` = (account, key), log in.  Returns the hello that holds
+    (next_order_id, next_md_seq, account, version); raises ConnectionError on a refusal."""
+    from .accounts import login_message
+
+    first = np.frombuffer(_recv_exact(s, 2 * REQ), OUT)
+    if first[0]["type"] != schema.R_HELLO or first[1]["type"] != schema.R_CHALLENGE:
+        raise ConnectionError(f"expected a hello and a challenge, got report types {first['type'].tolist()}")
+    h = first[0]
+    if credential is not None:
+        account, key = credential
+        s.sendall(login_message(account, key, first[1].tobytes()[8:32]))
+        h = np.frombuffer(_recv_exact(s, REQ), OUT)[0]
+        if h["type"] != schema.R_HELLO:
+            raise ConnectionError(f"login as account {account} refused: "
+                                  f"{schema.REASON_NAMES.get(int(h['reason']), int(h['reason']))}")
+    return {"next_order_id": int(h["order_id"]), "next_md_seq": int(h["px_tick"]), "account": int(h["leaves"]),
+            "version": int(h["qty"])}
+
+
+def probe(host: str, port: int, orders: int = 10_000, seed: int = 1, timeout_s: float = 10.0,
+          credential: tuple[int, bytes] | None = None) -> dict:
     """Round trips measured by a compiled client (``_probe_kernels.rtt_probe``): one
     connection, one request in flight, no Python per request.  Raises ``OSError`` when
     the exchange closes, fails or stays silent for ``timeout_s``."""
@@ -301,15 +346,7 @@ def probe(host: str, port: int, orders: int = 10_000, seed: int = 1, timeout_s: 
         tv = struct.pack("ll", int(timeout_s), int((timeout_s % 1) * 1e6))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-        hello = b""
-        while len(hello) < REQ:
-            part = s.recv(REQ - len(hello))
-            if not part:
-                raise ConnectionError("exchange closed the connection before its hello")
-            hello += part
-        h = np.frombuffer(hello, OUT)[0]
-        if h["type"] != schema.R_HELLO:
-            raise ConnectionError(f"expected a hello, got report type {int(h['type'])}")
+        handshake(s, credential)
         reqs = probe_requests(orders, seed).view(np.uint8).reshape(orders, REQ)
         inbuf = np.zeros(1 << 16, np.uint8)
         rtt = np.zeros(orders, np.int64)
@@ -344,18 +381,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compiled", action="store_true",
                    help="round trips from a compiled client loop (1 client, window 1, new orders only): "
                         "the exchange's round trip without Python on the client side")
+    p.add_argument("--credential", action="append", metavar="FILE",
+                   help="log in with this credential (obpipe exchange-account add's output); once per client. "
+                        "Without: anonymous (the exchange must allow it)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     if a.clients < 1 or a.window < 1 or a.orders < 0 or (a.orders == 0 and a.duration <= 0):
         p.error("--clients and --window must be >= 1; --orders 0 needs --duration")
     if a.compiled and (a.clients != 1 or a.window != 1 or a.rate or a.orders == 0):
         p.error("--compiled measures 1 client, window 1, unpaced, --orders N")
+    from .accounts import AccountsError, read_credential
+
+    try:
+        creds = [read_credential(f) for f in a.credential] if a.credential else None
+    except AccountsError as e:
+        p.error(str(e))
+    if creds is not None and len(creds) != a.clients:
+        p.error(f"{len(creds)} --credential for {a.clients} clients: give one per client")
     try:
         if a.compiled:
-            res = probe(a.host, a.port, a.orders, a.seed)
+            res = probe(a.host, a.port, a.orders, a.seed, credential=creds[0] if creds else None)
         else:
             res = Traders(a.host, a.port, a.clients, a.orders, a.window, a.rate, a.seed, a.symbols, a.duration,
-                          mix=a.mix, timeout_s=max(120.0, a.duration * 2 + 30)).run()
+                          mix=a.mix, timeout_s=max(120.0, a.duration * 2 + 30), credentials=creds).run()
     except (OSError, ConnectionError, TimeoutError) as e:
         print(f"obpipe exchange-client: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,12 @@ after it) was never acknowledged: recovery drops it and truncates the file there
 bad batch followed by an intact one is corruption, and recovery refuses to start.
 Recovery reads through an mmap (journals over 2 GiB; one copy of the requests).
 
+One writer: ``open`` takes an exclusive, non-blocking ``flock`` on the file and keeps it
+until ``close`` (a second exchange on the same journal gets a ``JournalError`` naming the
+file instead of interleaving its batches: two writers would replay into another book).
+A new journal is created 0600 (it holds every account's orders) and its directory is
+fsynced, so the file itself survives a power loss, not only its contents.
+
 One ``os.write`` per batch (``O_APPEND``; a short write is continued): a process
 killed after the write returned has its batch in the page cache, which survives the
 process.  ``fsync`` decides what
@@ -25,6 +31,8 @@ out: group commit), ``interval`` (at most every ``interval_ms``), ``none``.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import struct
 import time
@@ -73,8 +81,23 @@ class Journal:
         dict (batches, requests, truncated_bytes, created)."""
         if fsync not in FSYNC_POLICIES:
             raise JournalError(f"fsync policy {fsync!r}: one of {', '.join(FSYNC_POLICIES)}")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+            created = False
+        except FileNotFoundError:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            created = True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise JournalError(f"{path}: journal is locked by another writer (another exchange runs on "
+                                       f"it); one journal, one exchange") from None
+                raise
+            if created:
+                os.fchmod(fd, 0o600)  # whatever the umask
+                _fsync_dir(path)
             size = os.fstat(fd).st_size
             if size == 0:
                 sess = session if session else int.from_bytes(os.urandom(4), "little") or 1
@@ -131,6 +154,15 @@ class Journal:
                 os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a new file's directory entry durable (fsync the directory)."""
+    d = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(d)
+    finally:
+        os.close(d)
 
 
 def _read(path, fd: int, size: int, n_symbols: int, band_ticks: int, capacity: int):

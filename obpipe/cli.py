@@ -354,12 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("exchange", help="the order-entry exchange: TCP in, UDP market data out, journal "
                                     "(obpipe exchange -h)", add_help=False)
+    sub.add_parser("exchange-account", help="add or list the exchange's accounts (obpipe exchange-account -h)",
+                   add_help=False)
     sub.add_parser("exchange-client", help="simulated traders over TCP: round-trip latency "
                                            "(obpipe exchange-client -h)", add_help=False)
     return p
 
 
-_PASS_THROUGH = {"book": "engine.book_cli", "exchange": "engine.exchange", "exchange-client": "engine.exchange_client"}
+_PASS_THROUGH = {"book": "engine.book_cli", "exchange": "engine.exchange", "exchange-client": "engine.exchange_client",
+                 "exchange-account": "engine.accounts"}
 
 
 def main(argv: list[str] | None = None) -> int:

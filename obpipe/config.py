@@ -169,6 +169,15 @@ class ExchangeConfig:
     journal: str = ""  # journal file; "" = none (a restart starts empty)
     fsync: str = "batch"  # "batch": fsync each batch before acknowledging it; "interval"; "none" (page cache only)
     fsync_interval_ms: float = 10.0  # with fsync = "interval"
+    # Who may trade (docs/PROTOCOL.md "Order entry", "Accounts"):
+    accounts_file: str = ""  # accounts and their scrypt-hashed secrets (obpipe exchange-account add); "" = none
+    allow_anonymous: bool = False  # connections that do not log in trade as fresh accounts; off: login required
+    # Per-account limits (an accounts-file entry may override them):
+    max_open_orders: int = 10_000  # resting orders per account (capacity is 2^20: no one client fills it); 0 = none
+    max_msgs_per_s: int = 100_000  # requests per second per connection (1 s burst); 0 = none
+    cancel_on_disconnect: bool = False  # logged-in accounts: cancel resting orders on disconnect (always on anonymous)
+    idle_timeout_s: float = 30.0  # nothing received for this long (send heartbeats): disconnected; 0 = never
+    max_clients_per_address: int = 64  # connections from one IP address at a time
 
 
 @dataclass(frozen=True)
@@ -410,6 +419,13 @@ def _validate_exchange(x: ExchangeConfig, t: TradersConfig, bad) -> None:
         bad("exchange.fsync", f"must be \"batch\", \"interval\" or \"none\", got {x.fsync!r}")
     if not (math.isfinite(x.fsync_interval_ms) and x.fsync_interval_ms > 0):
         bad("exchange.fsync_interval_ms", f"must be > 0, got {x.fsync_interval_ms}")
+    for key in ("max_open_orders", "max_msgs_per_s"):
+        if not 0 <= getattr(x, key) <= 1 << 31:
+            bad(f"exchange.{key}", f"must be 0 (no limit) .. 2^31, got {getattr(x, key)}")
+    if not (math.isfinite(x.idle_timeout_s) and x.idle_timeout_s >= 0):
+        bad("exchange.idle_timeout_s", f"must be >= 0 (0: never), got {x.idle_timeout_s}")
+    if x.max_clients_per_address < 1:
+        bad("exchange.max_clients_per_address", f"must be >= 1, got {x.max_clients_per_address}")
     if t.clients < 1 or t.window < 1 or t.rate < 0:
         bad("traders", f"clients and window must be >= 1 and rate >= 0, got {t}")
 

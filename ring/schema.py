@@ -324,9 +324,10 @@ assert WIRE_MAX_MSGS == 45 and WIRE_PACKET_WORDS == 183
 OE_NEW = 1  # new order
 OE_CANCEL = 2  # cancel order ``order_id``
 OE_MODIFY = 3  # modify order ``order_id``: new price (``px_tick`` <= 0 keeps it) and new open quantity
-OE_LOGIN = 4  # first message of a connection only: act for ``account`` (1..2^31-1) instead of a fresh one
-#: Order-entry protocol version (sent in R_HELLO).
-OE_VERSION = 1
+OE_LOGIN = 4  # first message of a connection only: act for ``account`` (1..2^31-1), proving its key (bytes 16..32)
+OE_HEARTBEAT = 5  # keeps an idle connection open; answered by R_HEARTBEAT
+#: Order-entry protocol version (sent in R_HELLO).  2: challenge-response login, heartbeats.
+OE_VERSION = 2
 #: Accounts the exchange gives connections that do not log in start here.
 OE_AUTO_ACCOUNT = 1 << 31
 #: Order types.
@@ -366,8 +367,10 @@ R_REJECT = 4  # request refused (reason RS_*); order_id: the assigned id (new) o
 R_MODIFIED = 5  # modify accepted: qty = new open quantity, px = its price
 R_HELLO = 6  # on connect and after a login: order_id = next order id, px_tick = next market-data sequence,
 #             qty = protocol version, leaves = the connection's account
+R_CHALLENGE = 7  # right after the connect hello: bytes 8..32 are the login nonce (24 random bytes)
+R_HEARTBEAT = 8  # the response to OE_HEARTBEAT
 REPORT_NAMES = {R_ACK: "ack", R_FILL: "fill", R_CANCELLED: "cancelled", R_REJECT: "reject", R_MODIFIED: "modified",
-                R_HELLO: "hello"}
+                R_HELLO: "hello", R_CHALLENGE: "challenge", R_HEARTBEAT: "heartbeat"}
 #: ``ORDER_OUT_DTYPE.flags``.
 RF_DONE = 1  # fill: the order has no open quantity left
 RF_AGGRESSOR = 2  # fill: this order was the incoming (taking) side
@@ -385,12 +388,18 @@ RS_BOOK_FULL = 9  # the order pool is full: the rest of the order could not rest
 RS_USER = 10  # cancelled by its owner
 RS_UNFILLED = 11  # unfilled rest of a market or IOC order, cancelled
 RS_MALFORMED = 12  # the exchange could not read the message (reserved bytes set)
-RS_NOT_OWNER = 13  # cancel/modify of another account's order
+RS_NOT_OWNER = 13  # cancel/modify of another account's order; a login to an account connected elsewhere
+RS_AUTH = 14  # login refused: unknown account or wrong proof (the connection is closed)
+RS_LOGIN_REQUIRED = 15  # anonymous trading is off and the first message was not a login (connection closed)
+RS_RATE_LIMIT = 16  # over the account's requests per second (max_msgs_per_s); nothing done
+RS_OPEN_LIMIT = 17  # a GTC limit order that could take the account past max_open_orders resting; nothing done
+RS_DISCONNECT = 18  # cancelled: its account disconnected with cancel-on-disconnect (or the exchange stopped)
 REASON_NAMES = {RS_NONE: "none", RS_BAD_PRICE: "bad price", RS_BAD_QTY: "bad quantity",
                 RS_UNKNOWN_ORDER: "unknown order", RS_FOK_UNFILLABLE: "FOK unfillable", RS_SELF_TRADE: "self-trade",
                 RS_BAD_SIDE: "bad side", RS_BAD_TYPE: "bad type", RS_BAD_SYMBOL: "bad symbol",
                 RS_BOOK_FULL: "book full", RS_USER: "user", RS_UNFILLED: "unfilled", RS_MALFORMED: "malformed",
-                RS_NOT_OWNER: "not owner"}
+                RS_NOT_OWNER: "not owner", RS_AUTH: "authentication failed", RS_LOGIN_REQUIRED: "login required",
+                RS_RATE_LIMIT: "rate limit", RS_OPEN_LIMIT: "open order limit", RS_DISCONNECT: "disconnect"}
 
 #: One order-entry report.  32 bytes, little-endian.
 ORDER_OUT_DTYPE = np.dtype(

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine import accounts as accmod
 from engine.exchange import banner_port
-from engine.exchange_client import Traders, probe, probe_requests
+from engine.exchange_client import Traders, handshake, probe, probe_requests
 from engine.journal import Journal, JournalError
 from engine.matching import MatchingEngine
 from ring import schema
@@ -27,9 +28,13 @@ OUT = schema.ORDER_OUT_DTYPE
 class ExchangeProc:
     """``obpipe exchange`` as a child process on a free port."""
 
-    def __init__(self, tmp_path: Path, extra: str = "", journal: Path | None = None, tag: str = "x"):
+    def __init__(self, tmp_path: Path, extra: str = "", journal: Path | None = None, tag: str = "x",
+                 anonymous: bool = True, accounts: dict | None = None):
+        """``accounts``: account number -> its limits (dict) in the accounts file."""
         self.cfg = tmp_path / f"{tag}.toml"
         j = f'journal = "{journal}"\n' if journal else ""
+        self.keys = _accounts(tmp_path, accounts or {})
+        extra += f'accounts_file = "{tmp_path / "accounts.json"}"\n' + ("allow_anonymous = true\n" if anonymous else "")
         self.cfg.write_text(f'[book]\nsymbols = ["A", "B"]\n[exchange]\nport = 0\n{j}{extra}')
         self.dump = tmp_path / f"{tag}.book.json"
         self.err = open(tmp_path / f"{tag}.err", "w+")
@@ -70,6 +75,18 @@ class ExchangeProc:
         return json.loads(self.dump.read_text())
 
 
+def _accounts(tmp_path: Path, accounts: dict) -> dict[int, bytes]:
+    """The accounts file of ``tmp_path`` holds ``accounts`` (account -> limits); their keys."""
+    path = str(tmp_path / "accounts.json")
+    have = accmod.load(path) if os.path.exists(path) else {}
+    for a, limits in accounts.items():
+        if a not in have:
+            have[a] = accmod.add(path, f"acct{a}", f"secret-{a}".encode(), a, **limits)
+    if not os.path.exists(path):
+        accmod.add(path, "nobody", b"never-used-secret", 999)
+    return {a: acc.key for a, acc in have.items()}
+
+
 @pytest.fixture
 def exchanges():
     started: list[ExchangeProc] = []
@@ -97,7 +114,8 @@ def test_fifty_clients_each_request_answered_once_and_fills_balance(exchanges, t
 
     for t in tr.traders:  # the client raises on a response nobody asked for; none may be missing
         assert (t.sent, t.responses) == (1000, 1000), (t.i, t.sent, t.responses)
-    assert res["requests"] == res["responses"] == 50_000 == summary["engine_requests"]
+    # (the engine also counts the cancels of their resting orders when they disconnected: anonymous accounts)
+    assert res["requests"] == res["responses"] == 50_000 == summary["engine_requests"] - summary["disconnect_cancels"]
     # every lot taken by an aggressor was given by a resting order, and the exchange agrees
     assert res["filled_aggressor_qty"] == res["filled_resting_qty"] == summary["engine_traded_qty"] > 0
     assert summary["reports_undeliverable"] == 0
@@ -139,17 +157,14 @@ def _requests(n: int, seed: int, account: int) -> np.ndarray:
 
 
 class _Session:
-    """One raw order-entry connection logged in as ``account``."""
+    """One raw order-entry connection logged in as ``account`` (with its key)."""
 
-    def __init__(self, port: int, account: int):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    def __init__(self, x: ExchangeProc, account: int):
+        self.s = socket.create_connection(("127.0.0.1", x.port), timeout=30)
         self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
-        login = np.zeros(1, schema.ORDER_IN_DTYPE)
-        login["type"], login["account"] = schema.OE_LOGIN, account
-        self.s.sendall(login.tobytes())
-        first, self.hello = self.read(1)[0], self.read(1)[0]  # hello on connect, hello after login
-        assert first["type"] == self.hello["type"] == schema.R_HELLO and int(self.hello["leaves"]) == account
+        self.hello = handshake(self.s, (account, x.keys[account]))
+        assert self.hello["account"] == account
 
     def read(self, n: int) -> np.ndarray:
         while len(self.buf) < 32 * n:
@@ -176,8 +191,8 @@ def test_kill_9_loses_no_acknowledged_order_and_restart_rebuilds_the_same_book(e
     reqs = _requests(3000, seed=11, account=7)
     reqs["account"][1::2] = 8  # two traders, strictly alternating: the order of arrival is known
     journal = tmp_path / "ex.journal"
-    x1 = _start(exchanges, tmp_path, journal=journal, tag="first")
-    sess = {7: _Session(x1.port, 7), 8: _Session(x1.port, 8)}
+    x1 = _start(exchanges, tmp_path, journal=journal, tag="first", accounts={7: {}, 8: {}})
+    sess = {7: _Session(x1, 7), 8: _Session(x1, 8)}
     for i in range(1200):  # each request acknowledged before the next is sent
         sess[int(reqs[i]["account"])].s.sendall(reqs[i:i + 1].tobytes())
         sess[int(reqs[i]["account"])].responses(1)
@@ -186,13 +201,13 @@ def test_kill_9_loses_no_acknowledged_order_and_restart_rebuilds_the_same_book(e
     for t in sess.values():
         t.s.close()
 
-    x2 = _start(exchanges, tmp_path, journal=journal, tag="second")
-    sess = {7: _Session(x2.port, 7), 8: _Session(x2.port, 8)}
-    journaled = int(sess[7].hello["order_id"]) - 1  # every request is a new order: ids 1..journaled are in
+    x2 = _start(exchanges, tmp_path, journal=journal, tag="second", accounts={7: {}, 8: {}})
+    sess = {7: _Session(x2, 7), 8: _Session(x2, 8)}
+    journaled = sess[7].hello["next_order_id"] - 1  # every request is a new order: ids 1..journaled are in
     assert journaled in (1200, 1201)  # all 1,200 acknowledged ones survived; the 1,201st may have
     ref = MatchingEngine(2, capacity=1 << 20)
     ref.process(reqs[:journaled])
-    assert int(sess[7].hello["px_tick"]) == ref.md_messages + 1  # the market-data sequence continues
+    assert sess[7].hello["next_md_seq"] == ref.md_messages + 1  # the market-data sequence continues
     for i in range(journaled, len(reqs)):
         sess[int(reqs[i]["account"])].s.sendall(reqs[i:i + 1].tobytes())
         sess[int(reqs[i]["account"])].responses(1)
@@ -266,27 +281,41 @@ def test_run_with_the_exchange_as_feed_source_delivers_its_market_data_to_the_bo
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
-def test_malformed_requests_get_a_reject_and_the_connection_goes_on(exchanges, tmp_path):
-    x = _start(exchanges, tmp_path, extra='fsync = "none"\n')
-    s = _Session(x.port, 5)
-    bad = np.zeros(3, schema.ORDER_IN_DTYPE)
-    bad[0]["type"] = 99  # no such request
+def test_bad_fields_get_a_reject_and_an_unreadable_message_is_answered_then_closes_the_connection(exchanges, tmp_path):
+    x = _start(exchanges, tmp_path, extra='fsync = "none"\n', accounts={5: {}})
+    s = _Session(x, 5)
+    bad = np.zeros(2, schema.ORDER_IN_DTYPE)
+    bad[0]["type"], bad[0]["side"], bad[0]["qty"], bad[0]["px_tick"] = schema.OE_NEW, 9, 5, 100  # no such side
     bad[1]["type"], bad[1]["side"], bad[1]["qty"], bad[1]["px_tick"] = schema.OE_NEW, 0, 5, 100
-    bad[1]["_reserved"] = 7  # reserved bytes set
-    bad[2]["type"], bad[2]["side"], bad[2]["qty"], bad[2]["px_tick"] = schema.OE_NEW, 9, 5, 100  # no such side
-    s.s.sendall(bad.tobytes())
-    r = s.read(3)
-    assert r["type"].tolist() == [schema.R_REJECT] * 3
-    assert r["reason"].tolist() == [schema.RS_BAD_TYPE, schema.RS_MALFORMED, schema.RS_BAD_SIDE]
+    bad[1]["tif"] = 7  # no such time in force
     good = np.zeros(1, schema.ORDER_IN_DTYPE)
     good["type"], good["side"], good["qty"], good["px_tick"] = schema.OE_NEW, schema.BUY, 5, 100
-    s.s.sendall(good.tobytes() + b"\x01\x02\x03")  # and half a message left at close
-    ack = s.read(1)[0]
-    assert ack["type"] == schema.R_ACK and ack["qty"] == 5
-    s.s.close()
-    time.sleep(0.3)
+    s.s.sendall(bad.tobytes() + good.tobytes())
+    r = s.read(3)
+    assert r["type"].tolist() == [schema.R_REJECT, schema.R_REJECT, schema.R_ACK]  # well-formed: it goes on
+    assert r["reason"].tolist()[:2] == [schema.RS_BAD_SIDE, schema.RS_BAD_TYPE]
+
+    unreadable = np.zeros(3, schema.ORDER_IN_DTYPE)
+    unreadable[0] = good[0]
+    unreadable[1]["type"] = 99  # no such request: the stream is misaligned or garbage
+    unreadable[2] = good[0]  # (after it: not read)
+    s.s.sendall(unreadable.tobytes())
+    r = s.read(2)
+    assert r["type"].tolist() == [schema.R_ACK, schema.R_REJECT] and r["reason"][1] == schema.RS_BAD_TYPE
+    s.s.settimeout(10)
+    assert s.s.recv(100) == b""  # then closed
+
+    t = _Session(x, 5)  # the account is free again; reserved bytes set close a connection too
+    msg = good.copy()
+    msg["_reserved"] = 7
+    t.s.sendall(msg.tobytes() + b"\x01\x02\x03")
+    r = t.read(1)[0]
+    assert r["type"] == schema.R_REJECT and r["reason"] == schema.RS_MALFORMED
+    t.s.settimeout(10)
+    assert t.s.recv(100) == b""
     summary = x.stop()
-    assert summary["partial_at_close"] == 1 and summary["engine_rejected"] == 3
+    assert summary["closed_malformed"] == 2 and summary["engine_rejected"] == 4
+    assert "unreadable message (type 99" in x.stderr()
 
 
 @pytest.mark.timeout(60)
@@ -342,16 +371,16 @@ def test_journal_completes_a_short_write_and_interval_fsync_catches_up_when_idle
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_the_compiled_client_gets_one_answer_per_request_and_the_book_is_exactly_its_orders(exchanges, tmp_path):
-    x = _start(exchanges, tmp_path)
+    x = _start(exchanges, tmp_path, accounts={3: {}})  # (logged in: its orders outlive the connection)
     n = 3000
-    res = probe("127.0.0.1", x.port, orders=n, seed=5)
+    res = probe("127.0.0.1", x.port, orders=n, seed=5, credential=(3, x.keys[3]))
     assert res["responses"] == res["acks"] == n and res["rejects"] == 0
     assert 0 < res["rtt_us"]["p50"] <= res["rtt_us"]["p99"] <= res["rtt_us"]["p99_9"]
     assert res["other_reports"] > 100  # crossing orders met the client's own (self-trade prevention)
     x.stop()
     ref = MatchingEngine(2, capacity=1 << 20)  # the same requests, once each, in order, from its account
     reqs = probe_requests(n, seed=5)
-    reqs["account"] = schema.OE_AUTO_ACCOUNT
+    reqs["account"] = 3
     ref.process(reqs)
     dump = x.book()
     assert dump["next_order_id"] == n + 1
@@ -375,3 +404,35 @@ def test_the_compiled_client_reports_a_silent_or_vanished_exchange_instead_of_ha
     x.kill()
     with pytest.raises(OSError):  # nobody listens any more
         probe("127.0.0.1", x.port, orders=100, timeout_s=1.0)
+
+
+@pytest.mark.timeout(60)
+def test_a_second_writer_on_a_journal_is_refused_and_a_new_journal_is_private(tmp_path):
+    p = str(tmp_path / "j")
+    old = os.umask(0o022)
+    try:
+        j, _, rec = Journal.open(p, 2, 1000, 64)
+    finally:
+        os.umask(old)
+    assert rec["created"] and os.stat(p).st_mode & 0o777 == 0o600
+    j.append(_requests(3, 1, 3), 1)
+    with pytest.raises(JournalError, match="locked by another writer"):
+        Journal.open(p, 2, 1000, 64)  # (flock locks are per open file: same process, same refusal)
+    assert os.path.getsize(p) == 64 + 32 + 3 * 32  # the refused open wrote nothing
+    j.close()
+    j, reqs, rec = Journal.open(p, 2, 1000, 64)  # the lock goes with the writer
+    j.close()
+    assert len(reqs) == 3 and not rec["created"]
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_a_second_exchange_on_a_running_exchanges_journal_exits_with_a_clear_error(exchanges, tmp_path):
+    journal = tmp_path / "ex.journal"
+    _start(exchanges, tmp_path, journal=journal, tag="first")
+    cfg = tmp_path / "second.toml"
+    cfg.write_text(f'[book]\nsymbols = ["A", "B"]\n[exchange]\nport = 0\njournal = "{journal}"\n'
+                   f'allow_anonymous = true\n')
+    p = subprocess.run([sys.executable, "-m", "obpipe", "exchange", "--config", str(cfg)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "locked by another writer" in p.stderr, p.stderr
