@@ -133,8 +133,6 @@ def run(spec: AnalysisSpec, stop) -> int:
                 row[schema.ST_STATE] = STATE_STOPPED
                 return 3  # orphaned
             time.sleep(b.sleep_us * 1e-6)
-    if spec.background:
-        background_priority(False)  # the book writer is done: drain at normal priority
     an.drain()
     an.flush()
     t = os.times()

@@ -52,19 +52,20 @@ def child_setup(parent_pid: int, cores) -> None:
     set_timer_slack()
 
 
-def background_priority(on: bool = True) -> None:
+def background_priority(on: bool = True, pid: int = 0) -> None:
     """Run as SCHED_IDLE (Linux; ``on``) or back as a normal process (``on=False``).
 
     The analysis and the publisher go SCHED_IDLE only once they are ready (kernels
-    compiled or loaded, broker reached), and return to normal when told to stop: while
+    compiled or loaded, broker reached), and the supervisor returns them to normal
+    (``pid``: another process) before it tells them to stop: while
     the book writer runs they take only the CPU it and rx leave, so sharing a core with
     them does not delay them; but compiling at start-up and draining at shutdown must
     not wait for an idle CPU, which a busy machine may never have (a SCHED_IDLE process
     gets ~0.3% of a core beside one normal busy process). A no-op where unsupported."""
     try:
         policy = os.SCHED_IDLE if on else os.SCHED_OTHER
-        os.sched_setscheduler(0, policy, os.sched_param(0))
-    except (AttributeError, OSError):
+        os.sched_setscheduler(pid, policy, os.sched_param(0))
+    except (AttributeError, OSError):  # (ProcessLookupError: it is gone)
         pass
 
 

@@ -55,7 +55,7 @@ from ring.stats import ROW_ANALYSIS, ROW_PUBLISHER
 
 from . import book_writer, rx
 from ._placement import cores_for, pin
-from ._process import StopFlag
+from ._process import StopFlag, background_priority
 from .status import Status, render
 
 WATCH_S = 0.05  # supervisor loop period
@@ -273,6 +273,10 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             c.proc.join(30)
         # then the analysis drains the events and flushes its summaries, then the publisher
         for c, ev_ in ((analysis, an_stop), (publisher, pub_stop)):
+            if c is not None and c.proc.pid:
+                # a SCHED_IDLE part drains at normal priority: the book writer is done, and a busy
+                # machine would leave it ~0.3% of a core (set from here: it may not run to do it)
+                background_priority(False, c.proc.pid)
             ev_.set()
             if c is not None:
                 c.proc.join(30 + (cfg.kafka.flush_timeout_s if c is publisher else 0))

@@ -244,13 +244,9 @@ def run(spec: PublisherSpec, stop) -> int:
     mark_running(row)
     if spec.background:
         background_priority()
-    idle = spec.background
     while True:
         n = pub.step()
         row[sc.ST_HEARTBEAT_NS] = time.monotonic_ns()
-        if idle and stop.is_set():
-            background_priority(False)  # the book writer is done: drain at normal priority
-            idle = False
         if n == 0 and stop.is_set() and len(ring) == 0:
             break
         if n == 0 and spec.parent_pid and os.getppid() != spec.parent_pid:
