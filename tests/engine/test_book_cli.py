@@ -209,3 +209,25 @@ def test_odd_numbers_are_bad_lines_not_crashes_and_earlier_output_survives():
     assert r.stdout.splitlines()[0] == "TRADE 1 2 100.00 4"
     assert [x.split(":")[0] for x in r.stderr.splitlines()[:4]] == ["line 3", "line 4", "line 5", "line 6"]
     assert "too large" in r.stderr and "    100.00  |         6  (1 orders)" in r.stdout
+
+
+@pytest.mark.timeout(300)
+def test_thousands_of_digits_are_bad_lines_not_an_int_limit_traceback():
+    big = "9" * 5000
+    r = book(stdin=lines("LIMIT,BUY,100.00,10", f"LIMIT,SELL,{big}.00,1", f"LIMIT,SELL,100.00,{big}",
+                         f"CANCEL,,,,{big}", f"MODIFY,,{big},5,1", f"LIMIT,SELL,100.00,1,,{big}",
+                         f"LIMIT,SELL,{'0' * 5000}100.00,{'0' * 5000}4", "PRINT"))
+    assert "Traceback" not in r.stderr and r.returncode == 1
+    assert [x.split(":")[0] for x in r.stderr.splitlines()[:5]] == ["line 2", "line 3", "line 4", "line 5", "line 6"]
+    assert all(len(x) < 400 for x in r.stderr.splitlines())  # a huge field is not echoed whole
+    assert r.stdout.splitlines() == ["TRADE 1 2 100.00 4", *printed(bids=[("100.00", 6, 1)])]
+
+
+@pytest.mark.timeout(300)
+def test_bytes_that_are_not_utf8_are_a_bad_line_of_a_file(tmp_path):
+    p = tmp_path / "cmds.csv"
+    p.write_bytes(b"LIMIT,BUY,100.00,10\nLIMIT,SELL,1\xff0.00,1\n\xfe\xfe\nLIMIT,SELL,100.00,4\n")
+    r = book(str(p), child=True)
+    assert "Traceback" not in r.stderr and r.returncode == 1
+    assert [x.split(":")[0] for x in r.stderr.splitlines()[:2]] == ["line 2", "line 3"]
+    assert r.stdout.splitlines() == ["TRADE 1 2 100.00 4"]
