@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file", nargs="?", help="command file (default: stdin)")
     p.add_argument("--decimals", type=int, default=2, help="price decimals: 1 tick = 10^-decimals (default 2)")
     p.add_argument("--band-ticks", type=int, default=DEFAULT_BAND_TICKS,
-                   help="price band width in ticks, centred on the first limit price (default %(default)s)")
+                   help="price ladder (window) width in ticks; prices outside it are accepted too (default %(default)s)")
     p.add_argument("--capacity", type=int, default=1 << 20, help="resting orders the book holds")
     a = p.parse_args(argv)
     if not 0 <= a.decimals <= 9:

@@ -192,13 +192,21 @@ def test_reads_commands_from_a_file_argument(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_decimals_and_band_options():
-    # whole-number prices; a 10-tick band centred on the first price: [95, 105)
+    # whole-number prices; a 10-tick ladder: prices outside it are accepted all the same
     r = book("--decimals", "0", "--band-ticks", "10", stdin=lines(
         "LIMIT,BUY,100,1", "LIMIT,SELL,105,1", "LIMIT,SELL,94,1", "LIMIT,SELL,100.5,1", "LIMIT,SELL,100,3", "PRINT"))
     assert r.returncode == 1  # 100.5 has a decimal
-    assert r.stdout.splitlines() == ["REJECTED 2 bad price", "REJECTED 3 bad price", "TRADE 1 4 100 1",
-                                     *printed(asks=[("100", 2, 1)])]
+    assert r.stdout.splitlines() == ["TRADE 1 3 100 1", *printed(asks=[("100", 3, 1), ("105", 1, 1)])]
     assert r.stderr.startswith("line 4: price '100.5' has more than 0 decimals")
+
+
+@pytest.mark.timeout(300)
+def test_a_buy_above_a_far_resting_sell_trades_not_bad_price():
+    """issue 13, item 10: this pair gave `REJECTED 2 bad price` (a fixed 65,536-tick
+    band centred on the first price; 10500.00 is 50,000 ticks above it)."""
+    r = book(stdin=lines("LIMIT,SELL,10000.00,50", "LIMIT,BUY,10500.00,50", "PRINT"))
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.splitlines() == ["TRADE 2 1 10000.00 50", *printed()]
 
 
 @pytest.mark.timeout(300)
