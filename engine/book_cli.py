@@ -72,6 +72,13 @@ def _short(text: str) -> str:
     return repr(t) if len(t) <= 40 else f"{t[:20]!r}... ({len(t):,} characters)"
 
 
+def _shown(line: str) -> str:
+    """A bad line as echoed on stderr: one line of printable text (control characters,
+    line separators such as U+2028 and undecodable bytes escaped), at most ~200 characters."""
+    t = line if len(line) <= 200 else line[:200] + "..."
+    return t if t.isprintable() else repr(t)[1:-1]
+
+
 def _digits(t: str) -> bool:
     """ASCII digits only (str.isdigit also accepts '²' and other digits int() refuses)."""
     return t.isascii() and t.isdigit()
@@ -108,7 +115,7 @@ def parse_line(line: str, decimals: int, out) -> bool:
             raise LineError("PRINT takes no fields")
         return False
     if kind not in _TYPES:
-        raise LineError(f"unknown command {f[0]!r} (LIMIT, MARKET, IOC, FOK, CANCEL, MODIFY, PRINT)")
+        raise LineError(f"unknown command {_short(f[0])} (LIMIT, MARKET, IOC, FOK, CANCEL, MODIFY, PRINT)")
     if len(f) > 6:
         raise LineError(f"{len(f)} fields, at most 6 (TYPE,SIDE,PRICE,QTY,ID,ACCOUNT)")
     f += [""] * (6 - len(f))
@@ -119,7 +126,7 @@ def parse_line(line: str, decimals: int, out) -> bool:
     if typ == schema.OE_NEW:
         side = _SIDES.get(f[1].upper())
         if side is None:
-            raise LineError(f"side {f[1]!r} is not BUY or SELL")
+            raise LineError(f"side {_short(f[1])} is not BUY or SELL")
         out["side"] = side
         if ot == schema.OT_MARKET:
             if f[2]:
@@ -210,7 +217,7 @@ def run(stream, out, err, decimals: int = 2, band_ticks: int = DEFAULT_BAND_TICK
         try:
             is_req = parse_line(s, decimals, buf[n])
         except LineError as e:
-            err.write(f"line {lineno}: {e}: {s if len(s) <= 200 else s[:200] + '...'}\n")
+            err.write(f"line {lineno}: {e}: {_shown(s)}\n")
             bad += 1
             continue
         if is_req:
