@@ -138,7 +138,9 @@ E_HM = 14  # size of H's direct part (a power of two); the overflow part follows
 E_XM = 15  # size of H's overflow part (a power of two)
 E_RECENTRES = 16  # ladder windows moved (``_recentre``)
 E_PARKED = 17  # orders parked (a price outside its side's window), ever
-NE = 18
+E_AOFF = 18  # offset in H of the own-quantity table (4 words an entry)
+E_AM = 19  # its entries (a power of two)
+NE = 20
 E_NAMES = {E_REQS: "requests", E_ACCEPTED: "accepted", E_REJECTED: "rejected", E_TRADES: "trades",
            E_TRADED_QTY: "traded_qty", E_CANCELS: "cancelled", E_MODIFIES: "modified", E_STP: "self_trade_cancels",
            E_LIVE: "resting", E_MD: "md_messages", E_RECENTRES: "recentres", E_PARKED: "parked"}
@@ -175,7 +177,10 @@ def new_state(n_symbols: int, width: int, capacity: int, bases=None):
     hsize = 1 << max(4, int(2 * capacity - 1).bit_length())
     E[E_HM] = hsize
     E[E_XM] = hsize
-    H = np.full(2 * hsize, _H_EMPTY, np.int64)
+    E[E_AOFF] = 2 * hsize
+    E[E_AM] = hsize  # >= 2x the orders that can rest: load <= 1/2
+    H = np.zeros(2 * hsize + 4 * hsize, np.int64)  # (the own table's zeros are committed as used)
+    H[:2 * hsize] = _H_EMPTY
     return E, S, L, O, H
 
 
@@ -259,6 +264,71 @@ def _h_delete(E, H, O, oid):
         H[b] = _H_EMPTY
     else:
         _x_delete(E, H, O, oid)
+
+
+# --- own quantity per (account, symbol, side, price): the FOK check's ---------------------
+# An open-addressing table in H after the id table: entries (account, 2 sym + side, px,
+# open quantity) of the orders of accounts != 0, resting (ladder or parked); account 0
+# marks an empty entry.  Kept by ``_own_add`` on every change of such an order's open
+# quantity, so ``_fillable`` takes a level's quantity less the account's own in O(1),
+# instead of walking the level's orders (issue 13: an account with many resting orders
+# made every FOK check walk them all).
+
+@njit(**HOT, inline="always")
+def _a_home(E, acct, ss, px):
+    h = (np.uint64(acct) * np.uint64(0x9E3779B97F4A7C15)) ^ (np.uint64(px) * np.uint64(0xC2B2AE3D27D4EB4F)) \
+        ^ np.uint64(ss)
+    h ^= h >> np.uint64(31)
+    return np.int64(h & np.uint64(E[E_AM] - 1))
+
+
+@njit(**HOT)
+def _own(E, H, acct, ss, px):
+    """Open quantity of ``acct``'s orders at ``px`` on symbol-side ``ss``."""
+    a = E[E_AOFF]
+    m = E[E_AM] - 1
+    i = _a_home(E, acct, ss, px)
+    while H[a + 4 * i] != 0:
+        e = a + 4 * i
+        if H[e] == acct and H[e + 1] == ss and H[e + 2] == px:
+            return H[e + 3]
+        i = (i + 1) & m
+    return 0
+
+
+@njit(**HOT)
+def _own_add(E, H, acct, ss, px, dq):
+    """Add ``dq`` to ``acct``'s open quantity at ``px`` (an entry that reaches 0 is
+    removed: linear probing with backward-shift deletion, no tombstones)."""
+    a = E[E_AOFF]
+    m = E[E_AM] - 1
+    i = _a_home(E, acct, ss, px)
+    while H[a + 4 * i] != 0:
+        e = a + 4 * i
+        if H[e] == acct and H[e + 1] == ss and H[e + 2] == px:
+            H[e + 3] += dq
+            if H[e + 3] != 0:
+                return
+            j = i
+            while True:
+                j = (j + 1) & m
+                f = a + 4 * j
+                if H[f] == 0:
+                    break
+                k = _a_home(E, H[f], H[f + 1], H[f + 2])
+                if (j > i and (k <= i or k > j)) or (j < i and (k <= i and k > j)):
+                    for c in range(4):
+                        H[a + 4 * i + c] = H[f + c]
+                    i = j
+            for c in range(4):
+                H[a + 4 * i + c] = 0
+            return
+        i = (i + 1) & m
+    e = a + 4 * i
+    H[e] = acct
+    H[e + 1] = ss
+    H[e + 2] = px
+    H[e + 3] = dq
 
 
 # --- outputs -------------------------------------------------------------------------
@@ -345,7 +415,7 @@ def _link(S, L, O, slot, sym, side, r, i):
 
 
 @njit(**HOT, inline="always")
-def _append(E, S, L, O, slot):
+def _append(E, S, L, O, H, slot):
     """Link pool row ``slot`` (id, px, qty, side, sym, acct set) at the back of its level."""
     sym = O[slot, O_SYM]
     side = O[slot, O_SIDE]
@@ -358,6 +428,8 @@ def _append(E, S, L, O, slot):
     S[sym, S_NORD + side] += 1
     S[sym, S_QTY + side] += q
     E[E_LIVE] += 1
+    if O[slot, O_ACCT] != 0:
+        _own_add(E, H, O[slot, O_ACCT], 2 * sym + side, O[slot, O_PX], q)
 
 
 @njit(**HOT, inline="always")
@@ -371,6 +443,8 @@ def _unlink(E, S, L, O, H, slot, release):
     S[sym, S_NORD + side] -= 1
     S[sym, S_QTY + side] -= q
     E[E_LIVE] -= 1
+    if O[slot, O_ACCT] != 0:
+        _own_add(E, H, O[slot, O_ACCT], 2 * sym + side, O[slot, O_PX], -q)
     if 0 <= i < E[E_W]:
         r = _row(E, sym, side, i)
         p = O[slot, O_PREV]
@@ -544,9 +618,10 @@ def _append_far(E, S, L, O, slot):
 # --- matching ------------------------------------------------------------------------
 
 @njit(**HOT)
-def _fillable(E, S, L, O, sym, side, limit, px, acct, want):
+def _fillable(E, S, L, O, H, sym, side, limit, px, acct, want):
     """Quantity an order could take right now, up to ``want`` (own-account orders,
-    which self-trade prevention would cancel, do not count)."""
+    which self-trade prevention would cancel, do not count): O(1) a ladder level (its
+    quantity less the account's own there), then the parked orders within the limit."""
     opp = 1 - side
     b = S[sym, S_BEST + opp]
     if b < 0:
@@ -562,14 +637,9 @@ def _fillable(E, S, L, O, sym, side, limit, px, acct, want):
             return got
         r = r0 + k
         if L[r, L_CNT] > 0:
-            if acct == 0:
-                got += L[r, L_QTY]
-            else:
-                o = L[r, L_HEAD]
-                while o >= 0 and got < want:
-                    if O[o, O_ACCT] != acct:
-                        got += O[o, O_QTY]
-                    o = O[o, O_NEXT]
+            got += L[r, L_QTY]
+            if acct != 0:
+                got -= _own(E, H, acct, 2 * sym + opp, lp)
         k += 1 if side == BUY else -1
     # past the window: the parked orders (all worse than it) within the limit
     o = S[sym, S_PHEAD + opp]
@@ -626,6 +696,8 @@ def _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, 
                     O[o, O_QTY] = rq - f
                     L[r, L_QTY] -= f
                     S[sym, S_QTY + opp] -= f
+                    if O[o, O_ACCT] != 0:
+                        _own_add(E, H, O[o, O_ACCT], 2 * sym + opp, lp, -f)
             o = nxt
     if left == 0:
         return
@@ -640,7 +712,7 @@ def _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, 
             O[slot, O_SIDE] = side
             O[slot, O_SYM] = sym
             _h_insert(E, H, O, oid, slot)
-            _append(E, S, L, O, slot)
+            _append(E, S, L, O, H, slot)
             _md(md, N, E, schema.K_ADD, side, sym, left, oid, px, ts)
             return
         reason = schema.RS_BOOK_FULL
@@ -693,7 +765,7 @@ def _new_order(E, S, L, O, H, rep, racct, md, N, ts, c):
             return
     else:
         px = 0
-    if tif == schema.TIF_FOK and _fillable(E, S, L, O, sym, side, limit, px, acct, qty) < qty:
+    if tif == schema.TIF_FOK and _fillable(E, S, L, O, H, sym, side, limit, px, acct, qty) < qty:
         _reject(E, rep, racct, N, side, schema.RS_FOK_UNFILLABLE, sym, oid, acct)
         return
     E[E_ACCEPTED] += 1
@@ -766,6 +838,8 @@ def _modify(E, S, L, O, H, rep, racct, md, N, ts, c):
             if 0 <= i < E[E_W]:  # (else parked: no level row)
                 L[_row(E, sym, side, i), L_QTY] -= d
             S[sym, S_QTY + side] -= d
+            if acct != 0:
+                _own_add(E, H, acct, 2 * sym + side, px, -d)
             _md(md, N, E, schema.K_CANCEL, side, sym, d, oid, px, ts)
         return
     # loses its place: out of the book, then in again as a new arrival (it may trade)

@@ -833,3 +833,37 @@ def test_orders_resting_longer_than_the_id_table_keep_lookups_one_bucket():
     assert [int(r["type"]) for r in out.reports] == [sc.R_CANCELLED] * 3 + [sc.R_REJECT]
     assert int(E[MK.E_XN]) == 57 and eng.resting == 57
     assert [int(o[0]) for o in eng.orders(0, BUY)][:3] == [59, 58, 57]
+
+
+@pytest.mark.timeout(300)
+def test_fok_checks_of_an_account_with_many_resting_orders_stay_fast_and_exact():
+    """issue 13: the FOK check walked every resting order of the requesting account at
+    each level in reach (its own do not count), on every FOK.  Own quantity per
+    (account, price) is kept, so a check is O(levels)."""
+    import time
+
+    n_own = 200_000
+    eng = engine(capacity=n_own + 100, max_batch=4096)
+    own = requests(n_own)
+    own["type"], own["side"], own["ord_type"], own["qty"], own["px_tick"], own["account"] = (
+        sc.OE_NEW, SELL, LIMIT, 1, 1000, 1)
+    eng.process(own)
+    run(eng, new_order(SELL, 5, 1000, account=2), new_order(SELL, 7, 1001, account=2),
+        new_order(SELL, 3, 1001, account=1))
+    fok = requests(20_000)
+    fok["type"], fok["side"], fok["ord_type"], fok["tif"], fok["qty"], fok["px_tick"], fok["account"] = (
+        sc.OE_NEW, BUY, LIMIT, FOK, 6, 1000, 1)  # only 5 of another account at 1000: rejected
+    t0 = time.perf_counter()
+    out = eng.process(fok)
+    dt = time.perf_counter() - t0
+    assert (out.reports["reason"] == sc.RS_FOK_UNFILLABLE).all() and len(out.reports) == len(fok)
+    assert dt < 1.0, f"20,000 FOK checks took {dt:.2f} s"  # (walking the own orders: 4e9 steps)
+    assert eng.resting == n_own + 3
+    # exact at the edges: 12 of others within 1001 (not the own 200,003)
+    reps, _, _ = run(eng, new_order(BUY, 13, 1001, tif=FOK, account=1))
+    assert [r[2] for r in reps] == [sc.RS_FOK_UNFILLABLE]
+    reps, trades, _ = run(eng, new_order(BUY, 12, 1001, tif=FOK, account=1))
+    oid = eng.next_order_id - 1
+    assert trades == [(oid, n_own + 1, 1000, 5, BUY), (oid, n_own + 2, 1001, 7, BUY)]
+    assert sum(r[2] == sc.RS_SELF_TRADE for r in reps) == n_own  # the own ones it met were cancelled
+    assert eng.book()["asks"] == [[n_own + 3, 1001, 3, 1]]  # the own one behind the last fill stays
