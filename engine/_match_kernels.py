@@ -33,7 +33,8 @@ order and no Python runs per order.
   probing, backward-shift deletion) that is probed only while it holds anything
   (``E[E_XN]``).  (Rejected: linear probing over the direct part; sequential ids form
   long runs, and a delete, or any lookup once one run had been displaced, walked them:
-  1,700x slower per request after 262k long-resting orders.)
+  1,700x slower per request after 262k long-resting orders.)  After the id table, H
+  holds the own-quantity table of the FOK check (``_own_add``, ``_own``).
 * ``S`` - per-symbol, per-side scalars (window base, best level, level/order/quantity
   counts, parked list); ``E`` - engine scalars (next order id, free list, market-data messages
   emitted, counters); ``N`` - fill counts of the three output buffers.
@@ -87,7 +88,7 @@ from ring._jit import HOT, HOT_NOALIAS
 from ring._atomics import monotonic_ns, rdtsc
 
 NO_PX = schema.NO_PX
-MAX_PX_TICK = 1 << 62  # prices above are rejected (bad price): band arithmetic never overflows
+MAX_PX_TICK = 1 << 62  # prices above are rejected (bad price): window arithmetic never overflows
 BUY = schema.BUY
 SELL = schema.SELL
 
