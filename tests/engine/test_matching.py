@@ -779,6 +779,8 @@ def test_a_tenfold_price_drift_trades_like_the_reference():
     kw = dict(n_symbols=2, band_ticks=200, capacity=400)
     ref = RefMatcher(**kw)
     eng = MatchingEngine(**kw)
+    tracking = MatchingEngine(**kw)  # and one whose FOK checks track every account at once
+    tracking.E[MK.E_FCAP] = 0
     flow = DriftFlow(7, ref, n)
     trades = 0
     for i in range(n):
@@ -786,15 +788,17 @@ def test_a_tenfold_price_drift_trades_like_the_reference():
         got = as_tuples(eng.process(req, i))
         want = ref.process(req, i)
         assert got == want, f"request {i}: {req}"
+        assert as_tuples(tracking.process(req, i)) == want, f"request {i}: {req}"
         trades += len(want[1])
         if i % 250 == 249 or i == n - 1:
             for s in range(2):
-                assert eng.book(s) == ref.book(s), (i, s)
+                assert eng.book(s) == ref.book(s) == tracking.book(s), (i, s)
                 for side in (BUY, SELL):
                     assert eng.levels(s, side) == ref.levels(s, side), (i, s, side)
     assert flow.mids[0] >= 99_000 and flow.mids[1] >= 49_000
     c = eng.counters()
     assert trades > 5_000 and c["recentres"] > 500 and c["parked"] > 500, (trades, c)
+    assert int(tracking.E[MK.E_TN]) == 3 and int(eng.E[MK.E_TN]) == 0  # accounts 1-3 tracked
 
 
 def _out(eng, *reqs):
@@ -858,6 +862,7 @@ def test_fok_checks_of_an_account_with_many_resting_orders_stay_fast_and_exact()
     dt = time.perf_counter() - t0
     assert (out.reports["reason"] == sc.RS_FOK_UNFILLABLE).all() and len(out.reports) == len(fok)
     assert dt < 1.0, f"20,000 FOK checks took {dt:.2f} s"  # (walking the own orders: 4e9 steps)
+    assert int(eng.E[MK.E_TN]) == 1  # the first check skipped > 64 own orders: account 1 is tracked
     assert eng.resting == n_own + 3
     # exact at the edges: 12 of others within 1001 (not the own 200,003)
     reps, _, _ = run(eng, new_order(BUY, 13, 1001, tif=FOK, account=1))
