@@ -473,7 +473,7 @@ def _append(E, S, L, O, H, slot):
     sym = O[slot, O_SYM]
     side = O[slot, O_SIDE]
     i = O[slot, O_PX] - S[sym, S_BASE + side]
-    if 0 <= i < E[E_W]:
+    if np.uint64(i) < np.uint64(E[E_W]):  # (one unsigned compare: 0 <= i < W)
         _link(S, L, O, slot, sym, side, _row(E, sym, side, i), i)
     else:
         _append_far(E, S, L, O, slot)
@@ -500,7 +500,7 @@ def _unlink(E, S, L, O, H, slot, release):
     a = O[slot, O_ACCT]
     if a != 0 and E[E_TN] != 0 and _tracked(E, H, a):
         _own_add(E, H, a, 2 * sym + side, O[slot, O_PX], -q)
-    if 0 <= i < E[E_W]:
+    if np.uint64(i) < np.uint64(E[E_W]):  # (one unsigned compare: 0 <= i < W)
         r = _row(E, sym, side, i)
         p = O[slot, O_PREV]
         n = O[slot, O_NEXT]
