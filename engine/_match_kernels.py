@@ -481,9 +481,8 @@ def _append(E, S, L, O, H, slot):
     S[sym, S_NORD + side] += 1
     S[sym, S_QTY + side] += q
     E[E_LIVE] += 1
-    a = O[slot, O_ACCT]
-    if a != 0 and E[E_TN] != 0 and _tracked(E, H, a):
-        _own_add(E, H, a, 2 * sym + side, O[slot, O_PX], q)
+    if E[E_TN] != 0 and O[slot, O_ACCT] != 0 and _tracked(E, H, O[slot, O_ACCT]):
+        _own_add(E, H, O[slot, O_ACCT], 2 * sym + side, O[slot, O_PX], q)
 
 
 @njit(**HOT, inline="always")
@@ -497,9 +496,8 @@ def _unlink(E, S, L, O, H, slot, release):
     S[sym, S_NORD + side] -= 1
     S[sym, S_QTY + side] -= q
     E[E_LIVE] -= 1
-    a = O[slot, O_ACCT]
-    if a != 0 and E[E_TN] != 0 and _tracked(E, H, a):
-        _own_add(E, H, a, 2 * sym + side, O[slot, O_PX], -q)
+    if E[E_TN] != 0 and O[slot, O_ACCT] != 0 and _tracked(E, H, O[slot, O_ACCT]):
+        _own_add(E, H, O[slot, O_ACCT], 2 * sym + side, O[slot, O_PX], -q)
     if np.uint64(i) < np.uint64(E[E_W]):  # (one unsigned compare: 0 <= i < W)
         r = _row(E, sym, side, i)
         p = O[slot, O_PREV]
@@ -764,9 +762,8 @@ def _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, 
                     O[o, O_QTY] = rq - f
                     L[r, L_QTY] -= f
                     S[sym, S_QTY + opp] -= f
-                    a = O[o, O_ACCT]
-                    if a != 0 and E[E_TN] != 0 and _tracked(E, H, a):
-                        _own_add(E, H, a, 2 * sym + opp, lp, -f)
+                    if E[E_TN] != 0 and O[o, O_ACCT] != 0 and _tracked(E, H, O[o, O_ACCT]):
+                        _own_add(E, H, O[o, O_ACCT], 2 * sym + opp, lp, -f)
             o = nxt
     if left == 0:
         return
