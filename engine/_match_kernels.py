@@ -11,12 +11,21 @@ order and no Python runs per order.
   row has id 0.  Allocation and release are O(1) pops/pushes.
 * ``L`` - price levels, int64 ``(n_symbols * 2 * W, 4)``: head slot, tail slot, total
   open quantity and order count.  Symbol ``s`` side ``d`` price ``px`` is row
-  ``(2 s + d) W + (px - base_s)``: a price ladder over the symbol's price band
+  ``(2 s + d) W + (px - base_sd)``: a price ladder over the side's window
   ``[base, base + W)``.  Orders of a level form a doubly linked FIFO through the pool
   rows, so a cancel anywhere in a level is O(1) (the C++ original scanned a deque).
   Price -> level is one subtraction (no tree: the original's ``std::map`` cost
   O(log n) per new level).  The best level per side is kept incrementally; emptying it
   scans away from the touch to the next non-empty level, O(gap in ticks).
+* Far prices (docs/DECISIONS.md "Matching: far prices").  Every price 1 .. 2^62 is
+  accepted.  An order outside its side's window is *parked*: appended to the side's
+  parked list (arrival order, linked through the same pool columns), unless it would be
+  the side's best (or the side is empty): then the window moves to it
+  (``_recentre``: levels leaving the window are parked whole, the rows shift, parked
+  orders now inside are linked into their levels in arrival order).  When the ladder
+  side empties and orders are parked, the window moves to the best parked price.  So
+  the best level is always in the ladder, matching never looks elsewhere, and the
+  per-order path only gains a range test; parked orders are all worse than the window.
 * ``H`` - order id -> pool slot, two parts.  The direct part (``M`` = 2-4x the pool)
   holds id ``i`` in bucket ``i & (M-1)``: ids are sequential, so lookup, insert and
   delete touch one bucket.  An order still resting when an id ``M`` later needs its
@@ -24,9 +33,10 @@ order and no Python runs per order.
   probing, backward-shift deletion) that is probed only while it holds anything
   (``E[E_XN]``).  (Rejected: linear probing over the direct part; sequential ids form
   long runs, and a delete, or any lookup once one run had been displaced, walked them:
-  1,700x slower per request after 262k long-resting orders.)
-* ``S`` - per-symbol scalars (band base, best level per side, level/order/quantity
-  counts); ``E`` - engine scalars (next order id, free list, market-data messages
+  1,700x slower per request after 262k long-resting orders.)  After the id table, H
+  holds the FOK check's own-quantity table and its tracked-account set (``_track``).
+* ``S`` - per-symbol, per-side scalars (window base, best level, level/order/quantity
+  counts, parked list); ``E`` - engine scalars (next order id, free list, market-data messages
   emitted, counters); ``N`` - fill counts of the three output buffers.
 
 Outputs go into caller-owned buffers, appended at ``N[...]``: reports
@@ -78,7 +88,7 @@ from ring._jit import HOT, HOT_NOALIAS
 from ring._atomics import monotonic_ns, rdtsc
 
 NO_PX = schema.NO_PX
-MAX_PX_TICK = 1 << 62  # prices above are rejected (bad price): band arithmetic never overflows
+MAX_PX_TICK = 1 << 62  # prices above are rejected (bad price): window arithmetic never overflows
 BUY = schema.BUY
 SELL = schema.SELL
 
@@ -99,13 +109,16 @@ L_TAIL = 1
 L_QTY = 2
 L_CNT = 3
 
-# Per-symbol columns (side-indexed ones: column + side).
-S_BASE = 0  # price of ladder index 0; NO_PX until the band is set (first limit price)
-S_BEST = 1  # 1, 2: index of the best level per side, -1 when empty
-S_NLEV = 3  # 3, 4: non-empty levels
-S_NORD = 5  # 5, 6: resting orders
-S_QTY = 7  # 7, 8: resting quantity
-NS = 9
+# Per-symbol columns (all side-indexed: column + side).
+S_BASE = 0  # 0, 1: price of ladder index 0 (the side's window is [base, base + W))
+S_BEST = 2  # 2, 3: ladder index of the best level per side, -1 when the side is empty
+S_NLEV = 4  # 4, 5: non-empty ladder levels
+S_NORD = 6  # 6, 7: resting orders (ladder and parked)
+S_QTY = 8  # 8, 9: resting quantity (ladder and parked)
+S_PHEAD = 10  # 10, 11: first parked order (slot; -1: none)
+S_PTAIL = 12  # 12, 13: last parked order
+S_NPARK = 14  # 14, 15: parked orders
+NS = 16
 
 # Engine scalars.
 E_NEXT_ID = 0
@@ -124,10 +137,20 @@ E_STP = 12  # resting orders cancelled by self-trade prevention
 E_XN = 13  # ids in the overflow part of H
 E_HM = 14  # size of H's direct part (a power of two); the overflow part follows it
 E_XM = 15  # size of H's overflow part (a power of two)
-NE = 16
+E_RECENTRES = 16  # ladder windows moved (``_recentre``)
+E_PARKED = 17  # orders parked (a price outside its side's window), ever
+E_AOFF = 18  # offset in H of the own-quantity table (4 words an entry)
+E_AM = 19  # its entries (a power of two)
+E_TOFF = 20  # offset in H of the tracked-account set (accounts whose own quantity the table keeps)
+E_TM = 21  # its slots (a power of two)
+E_TN = 22  # accounts tracked
+E_FCAP = 23  # own orders a FOK check may skip before it tracks the account (FOK_WALK_CAP)
+NE = 24
+FOK_WALK_CAP = 64
+TRACKED_SLOTS = 4096  # at most half of them used: beyond, FOK checks of more accounts walk
 E_NAMES = {E_REQS: "requests", E_ACCEPTED: "accepted", E_REJECTED: "rejected", E_TRADES: "trades",
            E_TRADED_QTY: "traded_qty", E_CANCELS: "cancelled", E_MODIFIES: "modified", E_STP: "self_trade_cancels",
-           E_LIVE: "resting", E_MD: "md_messages"}
+           E_LIVE: "resting", E_MD: "md_messages", E_RECENTRES: "recentres", E_PARKED: "parked"}
 
 # Output fill counts.
 N_REP = 0
@@ -137,18 +160,20 @@ _H_EMPTY = -1
 
 
 def new_state(n_symbols: int, width: int, capacity: int, bases=None):
-    """(E, S, L, O, H) for ``n_symbols`` symbols with ``width``-tick bands and room
-    for ``capacity`` resting orders.  ``bases``: each band's lowest price (ticks), or
-    None/NO_PX to centre the band on the symbol's first limit price."""
+    """(E, S, L, O, H) for ``n_symbols`` symbols with ``width``-tick ladders and room
+    for ``capacity`` resting orders.  ``bases``: each symbol's first window's lowest
+    price (ticks), or None/NO_PX to centre a side's window on its first resting price."""
     E = np.zeros(NE, np.int64)
     E[E_NEXT_ID] = 1
     E[E_W] = width
     S = np.zeros((n_symbols, NS), np.int64)
-    S[:, S_BASE] = NO_PX
+    S[:, S_BASE:S_BASE + 2] = 1  # (an empty side's window moves to its first order's price)
     if bases is not None:
-        S[:, S_BASE] = np.asarray(bases, np.int64)
-    S[:, S_BEST] = -1
-    S[:, S_BEST + 1] = -1
+        b = np.asarray(bases, np.int64)
+        S[:, S_BASE] = np.where(b == NO_PX, 1, b)
+        S[:, S_BASE + 1] = S[:, S_BASE]
+    for c in (S_BEST, S_PHEAD, S_PTAIL):
+        S[:, c:c + 2] = -1
     L = np.zeros((n_symbols * 2 * width, 4), np.int64)
     L[:, L_HEAD] = -1
     L[:, L_TAIL] = -1
@@ -159,7 +184,13 @@ def new_state(n_symbols: int, width: int, capacity: int, bases=None):
     hsize = 1 << max(4, int(2 * capacity - 1).bit_length())
     E[E_HM] = hsize
     E[E_XM] = hsize
-    H = np.full(2 * hsize, _H_EMPTY, np.int64)
+    E[E_AOFF] = 2 * hsize
+    E[E_AM] = hsize  # >= 2x the orders that can rest: load <= 1/2
+    E[E_TOFF] = 6 * hsize
+    E[E_TM] = TRACKED_SLOTS
+    E[E_FCAP] = FOK_WALK_CAP
+    H = np.zeros(6 * hsize + TRACKED_SLOTS, np.int64)  # (the own table's zeros are committed as used)
+    H[:2 * hsize] = _H_EMPTY
     return E, S, L, O, H
 
 
@@ -245,6 +276,114 @@ def _h_delete(E, H, O, oid):
         _x_delete(E, H, O, oid)
 
 
+# --- own quantity per (account, symbol, side, price): the FOK check's ---------------------
+# An open-addressing table in H after the id table: entries (account, 2 sym + side, px,
+# open quantity) of the resting orders (ladder or parked) of *tracked* accounts; account
+# 0 marks an empty entry.  An account is tracked from the first FOK check of its that
+# skips more than E[E_FCAP] (64) of its own orders (``_track``: one pass over the pool
+# enters them); from then on every change of its orders' open quantity updates the table
+# (``_own_add``) and its FOK checks take a level's quantity less its own there in O(1),
+# instead of walking the level's orders (issue 13: an account with many resting orders
+# made every FOK check walk them all).  Only tracked accounts pay: the per-order path
+# tests one slot of the tracked set (kept for every account, the table cost the
+# workloads with accounts 0.79x).
+
+@njit(**HOT, inline="always")
+def _a_home(E, acct, ss, px):
+    """A hashed start per (account, symbol-side) plus the price: one account's entries
+    near the touch are neighbours (a few cache lines and pages), which a hash of the
+    price too scattered over the table (a TLB miss per update: the workloads with
+    accounts ran at 0.70x)."""
+    h = ((np.uint64(acct) << np.uint64(17)) | np.uint64(ss)) * np.uint64(0x9E3779B97F4A7C15)
+    return np.int64(((h >> np.uint64(24)) + np.uint64(px)) & np.uint64(E[E_AM] - 1))
+
+
+@njit(**HOT, inline="always")
+def _a_slot(E, H, acct, ss, px):
+    """Word offset in H of the entry of (acct, ss, px), or of the empty entry where it
+    would go (all zeros: quantity 0)."""
+    a = E[E_AOFF]
+    m = E[E_AM] - 1
+    i = _a_home(E, acct, ss, px)
+    while H[a + 4 * i] != 0 and not (H[a + 4 * i] == acct and H[a + 4 * i + 1] == ss and H[a + 4 * i + 2] == px):
+        i = (i + 1) & m
+    return a + 4 * i
+
+
+@njit(**HOT)
+def _own(E, H, acct, ss, px):
+    """Open quantity of ``acct``'s orders at ``px`` on symbol-side ``ss``."""
+    return H[_a_slot(E, H, acct, ss, px) + 3]
+
+
+@njit(**HOT, inline="always")
+def _tracked(E, H, acct):
+    """Is ``acct`` (!= 0) in the tracked set?  Usually one load of an empty slot."""
+    t = E[E_TOFF]
+    m = E[E_TM] - 1
+    i = acct & m
+    while H[t + i] != 0:
+        if H[t + i] == acct:
+            return True
+        i = (i + 1) & m
+    return False
+
+
+@njit(**HOT)
+def _track(E, H, O, acct):
+    """Track ``acct``: add it to the set and enter its resting orders in the own table
+    (one pass over the pool).  False when the set is full (half its slots)."""
+    if 2 * (E[E_TN] + 1) > E[E_TM]:
+        return False
+    t = E[E_TOFF]
+    m = E[E_TM] - 1
+    i = acct & m
+    while H[t + i] != 0:
+        i = (i + 1) & m
+    H[t + i] = acct
+    E[E_TN] += 1
+    for s in range(len(O)):
+        if O[s, O_ID] != 0 and O[s, O_ACCT] == acct:
+            _own_add(E, H, acct, 2 * O[s, O_SYM] + O[s, O_SIDE], O[s, O_PX], O[s, O_QTY])
+    return True
+
+
+@njit(**HOT)
+def _own_add(E, H, acct, ss, px, dq):
+    """Add ``dq`` to ``acct``'s open quantity at ``px`` (an entry that reaches 0 is
+    removed)."""
+    e = _a_slot(E, H, acct, ss, px)
+    if H[e] == 0:
+        H[e] = acct
+        H[e + 1] = ss
+        H[e + 2] = px
+    H[e + 3] += dq
+    if H[e + 3] == 0:
+        _a_remove(E, H, e)
+
+
+@njit(**HOT)
+def _a_remove(E, H, e):
+    """Empty the entry at word ``e``: linear probing with backward-shift deletion (no
+    tombstones)."""
+    a = E[E_AOFF]
+    m = E[E_AM] - 1
+    i = (e - a) // 4
+    j = i
+    while True:
+        j = (j + 1) & m
+        f = a + 4 * j
+        if H[f] == 0:
+            break
+        k = _a_home(E, H[f], H[f + 1], H[f + 2])
+        if (j > i and (k <= i or k > j)) or (j < i and (k <= i and k > j)):
+            for c in range(4):
+                H[a + 4 * i + c] = H[f + c]
+            i = j
+    for c in range(4):
+        H[a + 4 * i + c] = 0
+
+
 # --- outputs -------------------------------------------------------------------------
 
 @njit(**HOT, inline="always")
@@ -280,10 +419,20 @@ def _row(E, sym, side, i):
 
 
 @njit(**HOT, inline="always")
-def _rescan(E, S, L, sym, side, i):
-    """The level at index ``i`` just emptied and was the best: find the next best."""
+def _better(side, a, b):
+    """Is price (or ladder index) ``a`` better than ``b`` for ``side``?"""
+    return a > b if side == BUY else a < b
+
+
+@njit(**HOT, inline="always")
+def _rescan(E, S, L, O, sym, side, i):
+    """The level at index ``i`` just emptied and was the best: find the next best (the
+    best parked order's price, moving the window there, when the ladder is empty)."""
     if S[sym, S_NLEV + side] == 0:
-        S[sym, S_BEST + side] = -1
+        if S[sym, S_NPARK + side] == 0:
+            S[sym, S_BEST + side] = -1
+        else:
+            _recentre_on_parked(E, S, L, O, sym, side)
         return
     r0 = _row(E, sym, side, 0)
     if side == BUY:
@@ -298,13 +447,9 @@ def _rescan(E, S, L, sym, side, i):
 
 
 @njit(**HOT, inline="always")
-def _append(E, S, L, O, slot):
-    """Link pool row ``slot`` (id, px, qty, side, sym, acct set) at the back of its level."""
-    sym = O[slot, O_SYM]
-    side = O[slot, O_SIDE]
-    i = O[slot, O_PX] - S[sym, S_BASE]
-    r = _row(E, sym, side, i)
-    q = O[slot, O_QTY]
+def _link(S, L, O, slot, sym, side, r, i):
+    """Link pool row ``slot`` at the back of ladder level row ``r`` (index ``i``): the
+    level's and the ladder's counts (not the side's order/quantity totals)."""
     O[slot, O_NEXT] = -1
     if L[r, L_CNT] == 0:
         L[r, L_HEAD] = slot
@@ -318,11 +463,26 @@ def _append(E, S, L, O, slot):
         O[t, O_NEXT] = slot
         O[slot, O_PREV] = t
     L[r, L_TAIL] = slot
-    L[r, L_QTY] += q
+    L[r, L_QTY] += O[slot, O_QTY]
     L[r, L_CNT] += 1
+
+
+@njit(**HOT, inline="always")
+def _append(E, S, L, O, H, slot):
+    """Link pool row ``slot`` (id, px, qty, side, sym, acct set) at the back of its level."""
+    sym = O[slot, O_SYM]
+    side = O[slot, O_SIDE]
+    i = O[slot, O_PX] - S[sym, S_BASE + side]
+    if np.uint64(i) < np.uint64(E[E_W]):  # (one unsigned compare: 0 <= i < W)
+        _link(S, L, O, slot, sym, side, _row(E, sym, side, i), i)
+    else:
+        _append_far(E, S, L, O, slot)
+    q = O[slot, O_QTY]
     S[sym, S_NORD + side] += 1
     S[sym, S_QTY + side] += q
     E[E_LIVE] += 1
+    if E[E_TN] != 0 and O[slot, O_ACCT] != 0 and _tracked(E, H, O[slot, O_ACCT]):
+        _own_add(E, H, O[slot, O_ACCT], 2 * sym + side, O[slot, O_PX], q)
 
 
 @njit(**HOT, inline="always")
@@ -331,28 +491,33 @@ def _unlink(E, S, L, O, H, slot, release):
     with ``release`` also drop its id and return the row to the free list."""
     sym = O[slot, O_SYM]
     side = O[slot, O_SIDE]
-    i = O[slot, O_PX] - S[sym, S_BASE]
-    r = _row(E, sym, side, i)
-    p = O[slot, O_PREV]
-    n = O[slot, O_NEXT]
-    if p >= 0:
-        O[p, O_NEXT] = n
-    else:
-        L[r, L_HEAD] = n
-    if n >= 0:
-        O[n, O_PREV] = p
-    else:
-        L[r, L_TAIL] = p
+    i = O[slot, O_PX] - S[sym, S_BASE + side]
     q = O[slot, O_QTY]
-    L[r, L_QTY] -= q
-    L[r, L_CNT] -= 1
     S[sym, S_NORD + side] -= 1
     S[sym, S_QTY + side] -= q
     E[E_LIVE] -= 1
-    if L[r, L_CNT] == 0:
-        S[sym, S_NLEV + side] -= 1
-        if S[sym, S_BEST + side] == i:
-            _rescan(E, S, L, sym, side, i)
+    if E[E_TN] != 0 and O[slot, O_ACCT] != 0 and _tracked(E, H, O[slot, O_ACCT]):
+        _own_add(E, H, O[slot, O_ACCT], 2 * sym + side, O[slot, O_PX], -q)
+    if np.uint64(i) < np.uint64(E[E_W]):  # (one unsigned compare: 0 <= i < W)
+        r = _row(E, sym, side, i)
+        p = O[slot, O_PREV]
+        n = O[slot, O_NEXT]
+        if p >= 0:
+            O[p, O_NEXT] = n
+        else:
+            L[r, L_HEAD] = n
+        if n >= 0:
+            O[n, O_PREV] = p
+        else:
+            L[r, L_TAIL] = p
+        L[r, L_QTY] -= q
+        L[r, L_CNT] -= 1
+        if L[r, L_CNT] == 0:
+            S[sym, S_NLEV + side] -= 1
+            if S[sym, S_BEST + side] == i:
+                _rescan(E, S, L, O, sym, side, i)
+    else:
+        _unpark(S, O, slot, sym, side)
     if release:
         _h_delete(E, H, O, O[slot, O_ID])
         O[slot, O_ID] = 0
@@ -360,17 +525,163 @@ def _unlink(E, S, L, O, H, slot, release):
         E[E_FREE] = slot
 
 
+# --- far prices: parked orders and moving the window (rare; plain calls) ------------------
+
+@njit(**HOT)
+def _park(E, S, O, h, t, n, sym, side):
+    """Append the chain of ``n`` orders ``h`` .. ``t`` (linked, ``t``'s next -1) to its
+    side's parked list (arrival order, so each price's orders stay in time priority)."""
+    pt = S[sym, S_PTAIL + side]
+    O[h, O_PREV] = pt
+    if pt < 0:
+        S[sym, S_PHEAD + side] = h
+    else:
+        O[pt, O_NEXT] = h
+    S[sym, S_PTAIL + side] = t
+    S[sym, S_NPARK + side] += n
+    E[E_PARKED] += n
+
+
+@njit(**HOT)
+def _unpark(S, O, slot, sym, side):
+    p = O[slot, O_PREV]
+    n = O[slot, O_NEXT]
+    if p >= 0:
+        O[p, O_NEXT] = n
+    else:
+        S[sym, S_PHEAD + side] = n
+    if n >= 0:
+        O[n, O_PREV] = p
+    else:
+        S[sym, S_PTAIL + side] = p
+    S[sym, S_NPARK + side] -= 1
+
+
+@njit(**HOT)
+def _recentre(E, S, L, O, sym, side, nb):
+    """Move the side's window to ``[nb, nb + W)``: ladder levels that leave it are parked
+    whole (each level's orders stay together, in their order), the rows of the rest
+    shift, and parked orders whose price is now inside are linked into their levels in
+    parked order (time priority kept).  O(W + parked orders of the side)."""
+    W = E[E_W]
+    ob = S[sym, S_BASE + side]
+    r0 = _row(E, sym, side, 0)
+    if S[sym, S_NLEV + side] > 0:
+        for i in range(W):
+            r = r0 + i
+            if L[r, L_CNT] > 0 and not (nb <= ob + i < nb + W):
+                _park(E, S, O, L[r, L_HEAD], L[r, L_TAIL], L[r, L_CNT], sym, side)
+                L[r, L_HEAD] = -1
+                L[r, L_TAIL] = -1
+                L[r, L_QTY] = 0
+                L[r, L_CNT] = 0
+        d = nb - ob  # new index j holds old index j + d
+        if d != 0:
+            for jj in range(W):
+                j = jj if d > 0 else W - 1 - jj  # (copy away from the overlap)
+                if 0 <= j + d < W:
+                    for c in range(4):
+                        L[r0 + j, c] = L[r0 + j + d, c]
+                else:
+                    L[r0 + j, L_HEAD] = -1
+                    L[r0 + j, L_TAIL] = -1
+                    L[r0 + j, L_QTY] = 0
+                    L[r0 + j, L_CNT] = 0
+    S[sym, S_BASE + side] = nb
+    S[sym, S_NLEV + side] = 0
+    S[sym, S_BEST + side] = -1
+    o = S[sym, S_PHEAD + side]
+    while o >= 0:
+        nxt = O[o, O_NEXT]
+        i = O[o, O_PX] - nb
+        if 0 <= i < W:
+            _unpark(S, O, o, sym, side)
+            r = r0 + i
+            if L[r, L_CNT] == 0:
+                L[r, L_HEAD] = o
+                O[o, O_PREV] = -1
+            else:
+                O[L[r, L_TAIL], O_NEXT] = o
+                O[o, O_PREV] = L[r, L_TAIL]
+            O[o, O_NEXT] = -1
+            L[r, L_TAIL] = o
+            L[r, L_QTY] += O[o, O_QTY]
+            L[r, L_CNT] += 1
+        o = nxt
+    n = 0
+    best = -1
+    for i in range(W):
+        if L[r0 + i, L_CNT] > 0:
+            n += 1
+            if best < 0 or side == BUY:
+                best = i
+    S[sym, S_NLEV + side] = n
+    S[sym, S_BEST + side] = best
+    E[E_RECENTRES] += 1
+
+
+@njit(**HOT)
+def _centre(E, px):
+    return max(1, px - E[E_W] // 2)
+
+
+@njit(**HOT)
+def _recentre_on_parked(E, S, L, O, sym, side):
+    """The ladder side is empty and orders are parked: the window moves to the best."""
+    o = S[sym, S_PHEAD + side]
+    best = O[o, O_PX]
+    while o >= 0:
+        if _better(side, O[o, O_PX], best):
+            best = O[o, O_PX]
+        o = O[o, O_NEXT]
+    _recentre(E, S, L, O, sym, side, _centre(E, best))
+
+
+@njit(**HOT)
+def _append_far(E, S, L, O, slot):
+    """``slot``'s price is outside its side's window.  If it would be the side's best
+    (or the side is empty) the window moves to it, so the best is always a ladder level
+    (matching never looks anywhere else); else the order is parked."""
+    sym = O[slot, O_SYM]
+    side = O[slot, O_SIDE]
+    px = O[slot, O_PX]
+    b = S[sym, S_BEST + side]
+    if b < 0 or _better(side, px, S[sym, S_BASE + side] + b):
+        if b < 0 and S[sym, S_NPARK + side] == 0:
+            S[sym, S_BASE + side] = _centre(E, px)  # empty side: nothing to move
+        else:
+            _recentre(E, S, L, O, sym, side, _centre(E, px))
+        i = px - S[sym, S_BASE + side]
+        _link(S, L, O, slot, sym, side, _row(E, sym, side, i), i)
+    else:
+        O[slot, O_NEXT] = -1
+        _park(E, S, O, slot, slot, 1, sym, side)
+
+
 # --- matching ------------------------------------------------------------------------
 
 @njit(**HOT)
-def _fillable(E, S, L, O, sym, side, limit, px, acct, want):
+def _fillable(E, S, L, O, H, sym, side, limit, px, acct, want):
     """Quantity an order could take right now, up to ``want`` (own-account orders,
     which self-trade prevention would cancel, do not count)."""
+    got = _fill_walk(E, S, L, O, H, sym, side, limit, px, acct, want, acct != 0 and _tracked(E, H, acct))
+    if got < 0:  # the walk skipped too many own orders and tracked the account: again, O(levels)
+        got = _fill_walk(E, S, L, O, H, sym, side, limit, px, acct, want, True)
+    return got
+
+
+@njit(**HOT)
+def _fill_walk(E, S, L, O, H, sym, side, limit, px, acct, want, tracked):
+    """``_fillable``'s walk: a ladder level in O(1) (its quantity, less the account's own
+    there when ``tracked``), or order by order for an untracked account; then the parked
+    orders within the limit.  -1 if it skipped more than E[E_FCAP] own orders and so
+    began tracking the account."""
     opp = 1 - side
+    skipped = 0
     b = S[sym, S_BEST + opp]
     if b < 0:
         return 0
-    base = S[sym, S_BASE]
+    base = S[sym, S_BASE + opp]
     r0 = _row(E, sym, opp, 0)
     got = 0
     W = E[E_W]
@@ -378,18 +689,32 @@ def _fillable(E, S, L, O, sym, side, limit, px, acct, want):
     while 0 <= k < W and got < want:
         lp = base + k
         if limit and ((side == BUY and lp > px) or (side == SELL and lp < px)):
-            break
+            return got
         r = r0 + k
         if L[r, L_CNT] > 0:
             if acct == 0:
                 got += L[r, L_QTY]
+            elif tracked:
+                got += L[r, L_QTY] - _own(E, H, acct, 2 * sym + opp, lp)
             else:
                 o = L[r, L_HEAD]
                 while o >= 0 and got < want:
                     if O[o, O_ACCT] != acct:
                         got += O[o, O_QTY]
+                    else:
+                        skipped += 1
+                        if skipped > E[E_FCAP] and _track(E, H, O, acct):
+                            return -1
                     o = O[o, O_NEXT]
         k += 1 if side == BUY else -1
+    # past the window: the parked orders (all worse than it) within the limit
+    o = S[sym, S_PHEAD + opp]
+    while o >= 0 and got < want:
+        lp = O[o, O_PX]
+        if not (limit and ((side == BUY and lp > px) or (side == SELL and lp < px))) and (
+                acct == 0 or O[o, O_ACCT] != acct):
+            got += O[o, O_QTY]
+        o = O[o, O_NEXT]
     return got
 
 
@@ -398,14 +723,13 @@ def _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, 
     """Match ``qty`` of order ``oid`` against the other side; rest the remainder
     (``rest``) or cancel it.  The ACK/MODIFIED report is already out."""
     opp = 1 - side
-    base = S[sym, S_BASE]
     r0 = _row(E, sym, opp, 0)
     left = qty
     while left > 0:
         b = S[sym, S_BEST + opp]
         if b < 0:
             break
-        lp = base + b
+        lp = S[sym, S_BASE + opp] + b  # (emptying the ladder can move the window)
         if limit and ((side == BUY and lp > px) or (side == SELL and lp < px)):
             break
         r = r0 + b
@@ -438,6 +762,8 @@ def _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, 
                     O[o, O_QTY] = rq - f
                     L[r, L_QTY] -= f
                     S[sym, S_QTY + opp] -= f
+                    if E[E_TN] != 0 and O[o, O_ACCT] != 0 and _tracked(E, H, O[o, O_ACCT]):
+                        _own_add(E, H, O[o, O_ACCT], 2 * sym + opp, lp, -f)
             o = nxt
     if left == 0:
         return
@@ -452,7 +778,7 @@ def _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, 
             O[slot, O_SIDE] = side
             O[slot, O_SYM] = sym
             _h_insert(E, H, O, oid, slot)
-            _append(E, S, L, O, slot)
+            _append(E, S, L, O, H, slot)
             _md(md, N, E, schema.K_ADD, side, sym, left, oid, px, ts)
             return
         reason = schema.RS_BOOK_FULL
@@ -463,13 +789,10 @@ def _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, 
 
 
 @njit(**HOT, inline="always")
-def _in_band(E, S, sym, px):
-    """Is ``px`` a price of the symbol's band?  A symbol without a band yet accepts any
-    sane price; ``_new_order`` centres the band on it once the order is accepted."""
-    if px <= 0 or px > MAX_PX_TICK:
-        return False
-    base = S[sym, S_BASE]
-    return base == NO_PX or base <= px < base + E[E_W]
+def _sane(px):
+    """Every price 1 .. MAX_PX_TICK is accepted, however far from the book (one outside
+    its side's window is parked, or moves the window: ``_append_far``)."""
+    return 0 < px <= MAX_PX_TICK
 
 
 @njit(**HOT)
@@ -503,16 +826,14 @@ def _new_order(E, S, L, O, H, rep, racct, md, N, ts, c):
         return
     limit = ot == schema.OT_LIMIT
     if limit:
-        if not _in_band(E, S, sym, px):
+        if not _sane(px):
             _reject(E, rep, racct, N, side, schema.RS_BAD_PRICE, sym, oid, acct)
             return
     else:
         px = 0
-    if tif == schema.TIF_FOK and _fillable(E, S, L, O, sym, side, limit, px, acct, qty) < qty:
+    if tif == schema.TIF_FOK and _fillable(E, S, L, O, H, sym, side, limit, px, acct, qty) < qty:
         _reject(E, rep, racct, N, side, schema.RS_FOK_UNFILLABLE, sym, oid, acct)
         return
-    if limit and S[sym, S_BASE] == NO_PX:  # the first accepted limit price centres the band
-        S[sym, S_BASE] = max(1, px - E[E_W] // 2)
     E[E_ACCEPTED] += 1
     _report(rep, racct, N, schema.R_ACK, side, 0, 0, sym, qty, qty, px, oid, acct)
     _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, px, qty,
@@ -570,7 +891,7 @@ def _modify(E, S, L, O, H, rep, racct, md, N, ts, c):
     px = np.int64(c.px_tick)
     if px <= 0:
         px = old_px
-    elif not _in_band(E, S, sym, px):
+    elif not _sane(px):
         _reject(E, rep, racct, N, side, schema.RS_BAD_PRICE, sym, oid, acct)
         return
     E[E_MODIFIES] += 1
@@ -579,9 +900,12 @@ def _modify(E, S, L, O, H, rep, racct, md, N, ts, c):
         d = old_q - qty
         if d > 0:
             O[slot, O_QTY] = qty
-            r = _row(E, sym, side, px - S[sym, S_BASE])
-            L[r, L_QTY] -= d
+            i = px - S[sym, S_BASE + side]
+            if 0 <= i < E[E_W]:  # (else parked: no level row)
+                L[_row(E, sym, side, i), L_QTY] -= d
             S[sym, S_QTY + side] -= d
+            if acct != 0 and E[E_TN] != 0 and _tracked(E, H, acct):
+                _own_add(E, H, acct, 2 * sym + side, px, -d)
             _md(md, N, E, schema.K_CANCEL, side, sym, d, oid, px, ts)
         return
     # loses its place: out of the book, then in again as a new arrival (it may trade)
@@ -642,13 +966,13 @@ def _process(cmds, start, n, ts, E, S, L, O, H, rep, racct, md, N, lat, timed):
 
 @njit(**HOT)
 def levels(E, S, L, sym, side, px, qty, cnt):
-    """Non-empty levels of one side, best first, into px/qty/cnt; returns how many
-    (at most ``len(px)``)."""
+    """Non-empty ladder levels of one side, best first, into px/qty/cnt; returns how
+    many (at most ``len(px)``).  (Parked orders: ``parked``.)"""
     b = S[sym, S_BEST + side]
     if b < 0:
         return 0
     r0 = _row(E, sym, side, 0)
-    base = S[sym, S_BASE]
+    base = S[sym, S_BASE + side]
     k = b
     m = 0
     W = E[E_W]
@@ -665,8 +989,9 @@ def levels(E, S, L, sym, side, px, qty, cnt):
 
 @njit(**HOT)
 def orders(E, S, L, O, sym, side, out):
-    """Every resting order of one side in priority order (best price first, then
-    time): rows of (id, px, open qty, account) into ``out``; returns how many."""
+    """Every ladder order of one side in priority order (best price first, then time):
+    rows of (id, px, open qty, account) into ``out``; returns how many.  (The parked
+    ones, all worse: ``parked``.)"""
     b = S[sym, S_BEST + side]
     if b < 0:
         return 0
@@ -675,15 +1000,29 @@ def orders(E, S, L, O, sym, side, out):
     m = 0
     W = E[E_W]
     while 0 <= k < W and m < len(out):
-        o = L[r0 + k, L_HEAD]
-        while o >= 0 and m < len(out):
-            out[m, 0] = O[o, O_ID]
-            out[m, 1] = O[o, O_PX]
-            out[m, 2] = O[o, O_QTY]
-            out[m, 3] = O[o, O_ACCT]
-            m += 1
-            o = O[o, O_NEXT]
+        m = _rows_of(O, L[r0 + k, L_HEAD], out, m)
         k += -1 if side == BUY else 1
+    return m
+
+
+@njit(**HOT)
+def parked(S, O, sym, side, out):
+    """The parked orders of one side in arrival order (time priority within a price):
+    rows of (id, px, open qty, account) into ``out``; returns how many."""
+    return _rows_of(O, S[sym, S_PHEAD + side], out, 0)
+
+
+@njit(**HOT, inline="always")
+def _rows_of(O, o, out, m):
+    """Rows (id, px, open qty, account) of the orders linked from slot ``o`` into
+    ``out`` from row ``m`` on, while it has room; returns the next free row."""
+    while o >= 0 and m < len(out):
+        out[m, 0] = O[o, O_ID]
+        out[m, 1] = O[o, O_PX]
+        out[m, 2] = O[o, O_QTY]
+        out[m, 3] = O[o, O_ACCT]
+        m += 1
+        o = O[o, O_NEXT]
     return m
 
 

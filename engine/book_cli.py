@@ -51,13 +51,32 @@ def parse_price(text: str, decimals: int) -> int:
     t = text.strip()
     whole, dot, frac = t.partition(".")
     if not (_digits(whole) and (not dot or _digits(frac))):
-        raise LineError(f"price {text!r} is not a number like 100.25")
+        raise LineError(f"price {_short(text)} is not a number like 100.25")
     if len(frac) > decimals:
-        raise LineError(f"price {text!r} has more than {decimals} decimals")
+        raise LineError(f"price {_short(text)} has more than {decimals} decimals")
+    whole = whole.lstrip("0") or "0"  # (int() counts leading zeros against its 4,300-digit limit)
+    if len(whole) > _MAX_DIGITS:
+        raise LineError(f"price {_short(text)} is too large")
     px = int(whole) * 10 ** decimals + int((frac or "0").ljust(decimals, "0") or "0")
     if px > MAX_PX_TICK:
-        raise LineError(f"price {text!r} is too large")
+        raise LineError(f"price {_short(text)} is too large")
     return px
+
+
+_MAX_DIGITS = 19  # more digits than any int64 (and than MAX_PX_TICK): too large, without converting
+
+
+def _short(text: str) -> str:
+    """``text`` quoted, cut to 40 characters (a 100k-digit field is not echoed whole)."""
+    t = text.strip()
+    return repr(t) if len(t) <= 40 else f"{t[:20]!r}... ({len(t):,} characters)"
+
+
+def _shown(line: str) -> str:
+    """A bad line as echoed on stderr: one line of printable text (control characters,
+    line separators such as U+2028 and undecodable bytes escaped), at most ~200 characters."""
+    t = line if len(line) <= 200 else line[:200] + "..."
+    return t if t.isprintable() else repr(t)[1:-1]
 
 
 def _digits(t: str) -> bool:
@@ -76,7 +95,10 @@ def format_price(px_tick: int, decimals: int) -> str:
 def _int_field(text: str, what: str, lo: int, hi: int) -> int:
     t = text.strip()
     if not _digits(t):
-        raise LineError(f"{what} {text!r} is not a whole number")
+        raise LineError(f"{what} {_short(text)} is not a whole number")
+    t = t.lstrip("0") or "0"  # (int() counts leading zeros against its 4,300-digit limit)
+    if len(t) > _MAX_DIGITS:
+        raise LineError(f"{what} {_short(text)} outside {lo}..{hi}")
     v = int(t)
     if not lo <= v <= hi:
         raise LineError(f"{what} {v} outside {lo}..{hi}")
@@ -93,7 +115,7 @@ def parse_line(line: str, decimals: int, out) -> bool:
             raise LineError("PRINT takes no fields")
         return False
     if kind not in _TYPES:
-        raise LineError(f"unknown command {f[0]!r} (LIMIT, MARKET, IOC, FOK, CANCEL, MODIFY, PRINT)")
+        raise LineError(f"unknown command {_short(f[0])} (LIMIT, MARKET, IOC, FOK, CANCEL, MODIFY, PRINT)")
     if len(f) > 6:
         raise LineError(f"{len(f)} fields, at most 6 (TYPE,SIDE,PRICE,QTY,ID,ACCOUNT)")
     f += [""] * (6 - len(f))
@@ -104,7 +126,7 @@ def parse_line(line: str, decimals: int, out) -> bool:
     if typ == schema.OE_NEW:
         side = _SIDES.get(f[1].upper())
         if side is None:
-            raise LineError(f"side {f[1]!r} is not BUY or SELL")
+            raise LineError(f"side {_short(f[1])} is not BUY or SELL")
         out["side"] = side
         if ot == schema.OT_MARKET:
             if f[2]:
@@ -195,7 +217,7 @@ def run(stream, out, err, decimals: int = 2, band_ticks: int = DEFAULT_BAND_TICK
         try:
             is_req = parse_line(s, decimals, buf[n])
         except LineError as e:
-            err.write(f"line {lineno}: {e}: {s}\n")
+            err.write(f"line {lineno}: {e}: {_shown(s)}\n")
             bad += 1
             continue
         if is_req:
@@ -219,15 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file", nargs="?", help="command file (default: stdin)")
     p.add_argument("--decimals", type=int, default=2, help="price decimals: 1 tick = 10^-decimals (default 2)")
     p.add_argument("--band-ticks", type=int, default=DEFAULT_BAND_TICKS,
-                   help="price band width in ticks, centred on the first limit price (default %(default)s)")
+                   help="price ladder (window) width in ticks; prices outside it are accepted too (default %(default)s)")
     p.add_argument("--capacity", type=int, default=1 << 20, help="resting orders the book holds")
     a = p.parse_args(argv)
     if not 0 <= a.decimals <= 9:
         p.error(f"--decimals must be 0..9, got {a.decimals}")
     if a.band_ticks < 2 or a.capacity < 1:
         p.error("--band-ticks must be >= 2 and --capacity >= 1")
-    try:
-        stream = open(a.file) if a.file else sys.stdin
+    try:  # (a byte that is not UTF-8 is a bad line, reported by the parser with its number)
+        stream = open(a.file, errors="surrogateescape") if a.file else sys.stdin
+        if stream is sys.stdin and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     except OSError as e:
         print(f"obpipe book: cannot read {a.file}: {e.strerror}", file=sys.stderr)
         return 2

@@ -124,6 +124,11 @@ ST_RESYNCED = 4  # the book differed and was re-set from the row
 
 #: Default smallest ladder (ticks) when the width is derived from the data.
 MIN_AUTO_WIDTH = 4096
+#: A price farther than this (ticks) from its file's median price is an outlier: the
+#: file is refused, naming the line (a ladder spanning it could need 2^54 ticks).
+MAX_PRICE_DEV_TICKS = 1 << 20
+#: The widest ladder a check or replay builds (16 bytes a tick: 128 MiB).
+MAX_WIDTH = 1 << 23
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -298,6 +303,33 @@ def _orderbook_to_ticks(ob: np.ndarray, divisor: int) -> np.ndarray:
     return out
 
 
+def _refuse_outliers(path, px, rows, d: int) -> None:
+    """``ValueError`` naming the first line whose price (raw LOBSTER units, ``px``; 0-based
+    rows ``rows``) lies more than ``MAX_PRICE_DEV_TICKS`` ticks of ``d`` units from the
+    median of the file's prices."""
+    if px.size == 0:
+        return
+    med = int(np.median(px))
+    far = np.abs(px - med) // d > MAX_PRICE_DEV_TICKS
+    if far.any():
+        i = int(np.flatnonzero(far)[0])
+        raise _bad_line(path, int(rows[i]) + 1,
+                        f"outlier price {int(px[i])} (USD x 10^4): {abs(int(px[i]) - med) // d:,} ticks of {d} from "
+                        f"the file's median price {med}, more than {MAX_PRICE_DEV_TICKS:,}")
+
+
+def _refuse_message_outliers(path, typ, px, d: int) -> None:
+    rows = np.flatnonzero((typ >= 1) & (typ <= 6))
+    _refuse_outliers(path, px[rows], rows, d)
+
+
+def _refuse_orderbook_outliers(path, ob, d: int) -> None:
+    p = np.concatenate((ob[:, 0::4], ob[:, 2::4]), axis=1)
+    real = (p != DUMMY_ASK_PX) & (p != DUMMY_BID_PX)
+    rows = np.nonzero(real)[0]  # row-major: the first far one is on the first bad line
+    _refuse_outliers(path, p[real], rows, d)
+
+
 def _check_divisor(path, d, prices):
     if d is None:
         return detect_tick_divisor(prices)
@@ -321,6 +353,7 @@ def load_messages(path, symbol: int = 0, tick_divisor: int | None = None, return
         raise ValueError(f"symbol must be 0..65535, got {symbol}")
     ts, typ, size, px, direction = _parse_messages(path)
     d = _check_divisor(path, tick_divisor, _prices_of_messages(typ, px))
+    _refuse_message_outliers(path, typ, px, d)
     md = _messages_to_md(ts, typ, size, px, direction, symbol, d)
     return (md, d) if return_tick else md
 
@@ -335,6 +368,7 @@ def load_orderbook(path, tick_divisor: int | None = None, return_tick: bool = Fa
     """
     ob = _parse_orderbook(path)
     d = _check_divisor(path, tick_divisor, _prices_of_orderbook(ob))
+    _refuse_orderbook_outliers(path, ob, d)
     out = _orderbook_to_ticks(ob, d)
     return (out, d) if return_tick else out
 
@@ -499,7 +533,7 @@ def check_kernel(md, top, s, lad, S, C, via_batch, ev, ev_ctrl, dirty, status):
 def auto_width(*tick_prices: np.ndarray) -> int:
     """A ladder width (ticks) holding the whole price range twice over wherever the
     window is centred inside it: next power of two >= 2 * span + 2, at least
-    ``MIN_AUTO_WIDTH``."""
+    ``MIN_AUTO_WIDTH``; ``ValueError`` above ``MAX_WIDTH``."""
     lo, hi = None, None
     for p in tick_prices:
         p = p[p != NO_PX]
@@ -507,7 +541,10 @@ def auto_width(*tick_prices: np.ndarray) -> int:
             lo = int(p.min()) if lo is None else min(lo, int(p.min()))
             hi = int(p.max()) if hi is None else max(hi, int(p.max()))
     span = 0 if lo is None else hi - lo
-    return max(MIN_AUTO_WIDTH, 1 << (2 * span + 2 - 1).bit_length())
+    w = max(MIN_AUTO_WIDTH, 1 << (2 * span + 2 - 1).bit_length())
+    if w > MAX_WIDTH:  # (the loaders refuse outliers first, naming the line: a backstop)
+        raise ValueError(f"prices span {span:,} ticks: a ladder for them needs {w:,} ticks, more than {MAX_WIDTH:,}")
+    return w
 
 
 def _new_run(width: int, s: int):
@@ -563,13 +600,15 @@ def check(message_csv, orderbook_csv, width: int | None = None, symbol: int = 0,
     else:
         d = _check_divisor(message_csv, tick_divisor, mprices)
         _check_divisor(orderbook_csv, d, oprices)
+    _refuse_message_outliers(message_csv, typ, px, d)
+    _refuse_orderbook_outliers(orderbook_csv, ob, d)
     md = _messages_to_md(ts, typ, size, px, direction, symbol, d)
     top = _orderbook_to_ticks(ob, d)
     if width is None:
         width = auto_width(md["px_tick"][md["kind"] != schema.K_HEARTBEAT], top[:, 0::2])
     width = int(width)
-    if width < 2:
-        raise ValueError(f"ladder width must be >= 2 ticks, got {width}")
+    if not 2 <= width <= MAX_WIDTH:
+        raise ValueError(f"ladder width must be 2..{MAX_WIDTH:,} ticks, got {width:,}")
     warm = min(len(md), 16)  # compile (or load the cache) outside the timed run
     run_check(md[:warm], top[:warm], width, via_batch)
     (rows, pred, matched, resynced, first), _status, C, dt = run_check(md, top, width, via_batch)

@@ -59,12 +59,13 @@ class MatchingEngine:
 
     Args:
         n_symbols: symbols 0 .. n_symbols-1.
-        band_ticks: width of each symbol's price band (ladder) in ticks; a limit price
-            outside it is rejected (``RS_BAD_PRICE``).
+        band_ticks: width of each side's price ladder (window) in ticks: prices within
+            it are one array index away; an order priced outside it is parked, or moves
+            the window when it is the side's best (every price 1 .. 2^62 is accepted).
         capacity: resting orders the pool holds (all symbols); beyond it an order's
             rest is cancelled (``RS_BOOK_FULL``).
-        bases: lowest price of each band in ticks; None centres a symbol's band on its
-            first limit price.
+        bases: lowest price of each symbol's first window in ticks; None centres each
+            side's window on its first resting order's price.
         max_batch: requests per kernel round the output buffers are sized for (more
             are fine: the kernel stops early and the engine drains).
     """
@@ -119,15 +120,32 @@ class MatchingEngine:
         m = min(depth, int(self.S[symbol, MK.S_NLEV + side]))
         px, qty, cnt = (np.zeros(m, np.int64) for _ in range(3))
         k = MK.levels(self.E, self.S, self.L, symbol, side, px, qty, cnt)
-        return list(zip(px[:k].tolist(), qty[:k].tolist(), cnt[:k].tolist()))
+        out = list(zip(px[:k].tolist(), qty[:k].tolist(), cnt[:k].tolist()))
+        if len(out) < depth:  # then the parked orders' levels (all worse than the ladder's)
+            far = self._parked(symbol, side)
+            if len(far):
+                p, start, n = np.unique(far[:, 1], return_index=True, return_counts=True)
+                q = np.add.reduceat(far[:, 2], start)
+                rows = list(zip(p.tolist(), q.tolist(), n.tolist()))
+                out += rows[::-1] if side == schema.BUY else rows
+        return out[:depth]
 
     def orders(self, symbol: int, side: int) -> np.ndarray:
         """Resting orders of one side in priority order: int64 rows (id, px_tick, open
         qty, account)."""
         self._check_symbol(symbol)
-        out = np.zeros((int(self.S[symbol, MK.S_NORD + side]), 4), np.int64)
+        n_park = int(self.S[symbol, MK.S_NPARK + side])
+        out = np.zeros((int(self.S[symbol, MK.S_NORD + side]) - n_park, 4), np.int64)
         k = MK.orders(self.E, self.S, self.L, self.O, symbol, side, out)
-        return out[:k]
+        return np.concatenate((out[:k], self._parked(symbol, side, priority=True)))
+
+    def _parked(self, symbol: int, side: int, priority: bool = False) -> np.ndarray:
+        """Parked orders (outside their side's ladder window) sorted by price, ascending
+        (``priority``: best first), time order kept within a price."""
+        out = np.zeros((int(self.S[symbol, MK.S_NPARK + side]), 4), np.int64)
+        out = out[:MK.parked(self.S, self.O, symbol, side, out)]
+        key = -out[:, 1] if (priority and side == schema.BUY) else out[:, 1]
+        return out[np.argsort(key, kind="stable")]
 
     def book(self, symbol: int = 0) -> dict:
         """The whole book of one symbol, every order in priority order (for comparing

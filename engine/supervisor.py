@@ -147,9 +147,14 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     if opts.speed is not None:
         rate = 0  # paced by the recording
 
-    stale = clean_stale(inst)
+    foreign: list[tuple[str, str]] = []
+    stale = clean_stale(inst, foreign=foreign)
     for name, why in stale:
         _say(opts, f"removed stale segment {name} ({why})")
+    if foreign:
+        for _name, why in foreign:
+            print(f"obpipe run: instance {inst!r}: {why}", file=sys.stderr)
+        return 2
     if list_segments(inst):
         print(f"obpipe run: instance {inst!r} is already running (segments {list_segments(inst)}); "
               f"pick another [instance] name", file=sys.stderr)

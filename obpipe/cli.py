@@ -236,12 +236,15 @@ def cmd_stats(a) -> int:
 def cmd_clean(a) -> int:
     from ring._shm import clean_stale
 
-    removed = clean_stale(a.instance, dry_run=a.dry_run)
+    foreign: list[tuple[str, str]] = []
+    removed = clean_stale(a.instance, dry_run=a.dry_run, foreign=foreign)
     for name, why in removed:
         print(f"{'would remove' if a.dry_run else 'removed'} {name}: {why}")
-    if not removed:
+    for _name, why in foreign:
+        print(f"obpipe clean: left {why}", file=sys.stderr)
+    if not removed and not foreign:
         print("no stale obpipe segments")
-    return 0
+    return 1 if foreign else 0
 
 
 def cmd_lobster_check(a) -> int:

@@ -158,7 +158,7 @@ class KafkaConfig:
 class ExchangeConfig:
     host: str = "127.0.0.1"  # order-entry TCP address; 127.0.0.1 = this machine only
     port: int = 9000  # 0: any free port (printed at start)
-    band_ticks: int = 1 << 16  # price band per symbol (ticks), centred on its first limit price
+    band_ticks: int = 1 << 16  # price ladder (window) per symbol side, ticks; every price is accepted
     capacity: int = 1 << 20  # resting orders, all symbols; past it an order's rest is cancelled (book full)
     max_batch: int = 4096  # requests matched per kernel call; one journal write per batch
     read_max: int = 32 * 1024  # bytes read from one client per loop turn (fairness)

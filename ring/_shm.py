@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import mmap
 import os
+import pwd
 import re
+import stat
 import time
 
 import numpy as np
@@ -18,7 +20,7 @@ import posix_ipc
 import psutil
 
 from . import schema
-from .errors import HeaderMismatch, SegmentExists, SegmentMissing, SegmentTooLarge
+from .errors import ForeignSegment, HeaderMismatch, SegmentExists, SegmentMissing, SegmentTooLarge
 
 _NAME_PART = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SHM_DIR = "/dev/shm"
@@ -114,6 +116,8 @@ class Segment:
             shm = posix_ipc.SharedMemory(name)
         except posix_ipc.ExistentialError as e:
             raise SegmentMissing(f"shared memory segment {name} does not exist") from e
+        except posix_ipc.PermissionsError:
+            raise ForeignSegment(foreign_reason(name)) from None
         try:
             size = shm.size
             if size < 64 or size % 8:
@@ -179,11 +183,14 @@ def list_segments(instance: str | None = None) -> list[str]:
 
 
 def segment_owner(name: str) -> tuple[int, int] | None:
-    """(owner_pid, owner_start_ns) from a segment's header, or None if it has none."""
+    """(owner_pid, owner_start_ns) from a segment's header, or None if it has none.
+    Raises ``ForeignSegment`` when this user may not open it (another user's)."""
     try:
         shm = posix_ipc.SharedMemory(name)
     except posix_ipc.ExistentialError:
         return None
+    except posix_ipc.PermissionsError:
+        raise ForeignSegment(foreign_reason(name)) from None
     try:
         if shm.size < 64:
             return None
@@ -196,15 +203,38 @@ def segment_owner(name: str) -> tuple[int, int] | None:
     return int(h["owner_pid"]), int(h["owner_start_ns"])
 
 
-def clean_stale(instance: str | None = None, dry_run: bool = False) -> list[tuple[str, str]]:
+def foreign_reason(name: str) -> str:
+    """Why this process cannot open segment ``name``: whose it is and its mode."""
+    try:
+        st = os.stat(SHM_DIR + name)
+    except OSError:
+        return f"segment {SHM_DIR}{name}: permission denied"
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = "?"
+    return (f"segment {SHM_DIR}{name} belongs to uid {st.st_uid} ({user}), mode {stat.S_IMODE(st.st_mode):o}, "
+            f"and this user (uid {os.geteuid()}) may not open it: remove it as its owner or root, or use "
+            f"another [instance] name")
+
+
+def clean_stale(instance: str | None = None, dry_run: bool = False,
+                foreign: list | None = None) -> list[tuple[str, str]]:
     """Unlink segments whose owning supervisor is gone.
 
     Returns ``(name, reason)`` for each removed (or, with ``dry_run``, removable)
     segment.  A segment without a valid header is removed too ("no valid header").
+    A segment this user may not open (another user's) is left alone and, when
+    ``foreign`` is a list, appended to it as ``(name, reason)``.
     """
     removed = []
     for name in list_segments(instance):
-        owner = segment_owner(name)
+        try:
+            owner = segment_owner(name)
+        except ForeignSegment as e:
+            if foreign is not None:
+                foreign.append((name, str(e)))
+            continue
         if owner is None:
             try:
                 age = time.time() - os.stat(SHM_DIR + name).st_mtime
@@ -221,6 +251,10 @@ def clean_stale(instance: str | None = None, dry_run: bool = False) -> list[tupl
             try:
                 posix_ipc.unlink_shared_memory(name)
             except posix_ipc.ExistentialError:
+                continue
+            except posix_ipc.PermissionsError:  # (a sticky /dev/shm: not ours to remove)
+                if foreign is not None:
+                    foreign.append((name, foreign_reason(name)))
                 continue
         removed.append((name, reason))
     return removed

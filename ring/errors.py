@@ -25,3 +25,8 @@ class HeaderMismatch(RingError):
     ``StatsBlock.attach``) when the segment's header differs from what the caller's
     code expects: wrong magic, layout version, kind, record size, layout or capacity.
     The message names the field, the expected and the found value."""
+
+
+class ForeignSegment(RingError):
+    """A segment this user may not open or remove (created by another user); the
+    message names the segment, its owner and its mode."""

@@ -9,8 +9,8 @@ The rules are the ones ``engine/_match_kernels.py`` documents:
 * a request whose reserved field is not 0 is rejected ``RS_MALFORMED``, whatever it is;
   an unknown request type ``RS_BAD_TYPE``;
 * new order: ids 1, 2, 3, ... for every new order, accepted or not; checks in the order
-  side, type/TIF, symbol, quantity, price (limit only: > 0 and inside the band, which is
-  centred on the symbol's first checked limit price unless ``bases`` fixes it); a FOK
+  side, type/TIF, symbol, quantity, price (limit only: 1 .. 2^62 ticks; every such price
+  is accepted, however far from the others: issue 13, item 10); a FOK
   that cannot fill completely now (own-account orders do not count) is rejected; else
   one ACK, then matching;
 * matching walks the other side best price first, FIFO within a level; trades at the
@@ -20,7 +20,7 @@ The rules are the ones ``engine/_match_kernels.py`` documents:
   the rest of a market or IOC order is cancelled ``RS_UNFILLED``;
 * cancel: unknown id -> reject ``RS_UNKNOWN_ORDER``; other account -> ``RS_NOT_OWNER``;
 * modify: same checks, then quantity (``RS_BAD_QTY``), then price (``RS_BAD_PRICE``;
-  ``px_tick <= 0`` keeps the price).  Same price and quantity not higher keeps the
+  ``px_tick <= 0`` keeps the price, above 2^62 is bad).  Same price and quantity not higher keeps the
   order's place (a partial cancel on the feed); anything else takes it out (delete)
   and it comes back as a new arrival that may trade.
 
@@ -69,12 +69,10 @@ class RefMatcher:
     tests use); ``process`` returns ``(reports, trades, md)`` tuple lists."""
 
     def __init__(self, n_symbols: int = 1, band_ticks: int = 1 << 16, capacity: int = 1 << 20, bases=None):
+        # band_ticks and bases size and place the engine's price ladders: invisible in its
+        # results (taken for the same constructor arguments, and ignored)
         self.n_symbols = n_symbols
-        self.w = band_ticks
         self.capacity = capacity
-        self.base = [None] * n_symbols
-        if bases is not None:
-            self.base = [None if b == sc.NO_PX else int(b) for b in bases]
         self.sides = [[{}, {}] for _ in range(n_symbols)]  # [sym][side] -> {px: [RefOrder, ...]}
         self.by_id: dict[int, RefOrder] = {}
         self.next_order_id = 1
@@ -133,12 +131,9 @@ class RefMatcher:
         self._md.append((kind, side, sym, qty, oid, px, self._ts))
         self.md_messages += 1
 
-    def _in_band(self, sym, px):
-        """A sane price in the band; a symbol without one yet takes any sane price (the
-        band is centred on the first *accepted* limit price, in ``_new``)."""
-        if px <= 0 or px > 1 << 62:
-            return False
-        return self.base[sym] is None or self.base[sym] <= px < self.base[sym] + self.w
+    @staticmethod
+    def _sane(px):
+        return 0 < px <= 1 << 62
 
     @staticmethod
     def _crosses(side, limit, px, resting_px):
@@ -178,7 +173,7 @@ class RefMatcher:
             return self._reject(side, sc.RS_BAD_QTY, sym, oid, acct)
         limit = ot == sc.OT_LIMIT
         if limit:
-            if px <= 0 or not self._in_band(sym, px):
+            if not self._sane(px):
                 return self._reject(side, sc.RS_BAD_PRICE, sym, oid, acct)
         else:
             px = 0
@@ -187,8 +182,6 @@ class RefMatcher:
                             if self._crosses(side, limit, px, o.px) and (acct == 0 or o.acct != acct))
             if available < qty:
                 return self._reject(side, sc.RS_FOK_UNFILLABLE, sym, oid, acct)
-        if limit and self.base[sym] is None:
-            self.base[sym] = max(1, px - self.w // 2)
         self._report(sc.R_ACK, side, 0, 0, sym, qty, qty, px, oid, acct)
         self._match(oid, acct, side, sym, limit, px, qty, rest=limit and tif == sc.TIF_GTC)
 
@@ -252,7 +245,7 @@ class RefMatcher:
             return self._reject(o.side, sc.RS_BAD_QTY, o.sym, o.id, acct)
         if px <= 0:
             px = o.px
-        elif not self._in_band(o.sym, px):
+        elif not self._sane(px):
             return self._reject(o.side, sc.RS_BAD_PRICE, o.sym, o.id, acct)
         self._report(sc.R_MODIFIED, o.side, 0, 0, o.sym, qty, qty, px, o.id, acct)
         if px == o.px and qty <= o.qty:  # keeps its place

@@ -192,13 +192,21 @@ def test_reads_commands_from_a_file_argument(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_decimals_and_band_options():
-    # whole-number prices; a 10-tick band centred on the first price: [95, 105)
+    # whole-number prices; a 10-tick ladder: prices outside it are accepted all the same
     r = book("--decimals", "0", "--band-ticks", "10", stdin=lines(
         "LIMIT,BUY,100,1", "LIMIT,SELL,105,1", "LIMIT,SELL,94,1", "LIMIT,SELL,100.5,1", "LIMIT,SELL,100,3", "PRINT"))
     assert r.returncode == 1  # 100.5 has a decimal
-    assert r.stdout.splitlines() == ["REJECTED 2 bad price", "REJECTED 3 bad price", "TRADE 1 4 100 1",
-                                     *printed(asks=[("100", 2, 1)])]
+    assert r.stdout.splitlines() == ["TRADE 1 3 100 1", *printed(asks=[("100", 3, 1), ("105", 1, 1)])]
     assert r.stderr.startswith("line 4: price '100.5' has more than 0 decimals")
+
+
+@pytest.mark.timeout(300)
+def test_a_buy_above_a_far_resting_sell_trades_not_bad_price():
+    """issue 13, item 10: this pair gave `REJECTED 2 bad price` (a fixed 65,536-tick
+    band centred on the first price; 10500.00 is 50,000 ticks above it)."""
+    r = book(stdin=lines("LIMIT,SELL,10000.00,50", "LIMIT,BUY,10500.00,50", "PRINT"))
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.splitlines() == ["TRADE 2 1 10000.00 50", *printed()]
 
 
 @pytest.mark.timeout(300)
@@ -209,3 +217,25 @@ def test_odd_numbers_are_bad_lines_not_crashes_and_earlier_output_survives():
     assert r.stdout.splitlines()[0] == "TRADE 1 2 100.00 4"
     assert [x.split(":")[0] for x in r.stderr.splitlines()[:4]] == ["line 3", "line 4", "line 5", "line 6"]
     assert "too large" in r.stderr and "    100.00  |         6  (1 orders)" in r.stdout
+
+
+@pytest.mark.timeout(300)
+def test_thousands_of_digits_are_bad_lines_not_an_int_limit_traceback():
+    big = "9" * 5000
+    r = book(stdin=lines("LIMIT,BUY,100.00,10", f"LIMIT,SELL,{big}.00,1", f"LIMIT,SELL,100.00,{big}",
+                         f"CANCEL,,,,{big}", f"MODIFY,,{big},5,1", f"LIMIT,SELL,100.00,1,,{big}",
+                         f"LIMIT,SELL,{'0' * 5000}100.00,{'0' * 5000}4", "PRINT"))
+    assert "Traceback" not in r.stderr and r.returncode == 1
+    assert [x.split(":")[0] for x in r.stderr.splitlines()[:5]] == ["line 2", "line 3", "line 4", "line 5", "line 6"]
+    assert all(len(x) < 400 for x in r.stderr.splitlines())  # a huge field is not echoed whole
+    assert r.stdout.splitlines() == ["TRADE 1 2 100.00 4", *printed(bids=[("100.00", 6, 1)])]
+
+
+@pytest.mark.timeout(300)
+def test_bytes_that_are_not_utf8_are_a_bad_line_of_a_file(tmp_path):
+    p = tmp_path / "cmds.csv"
+    p.write_bytes(b"LIMIT,BUY,100.00,10\nLIMIT,SELL,1\xff0.00,1\n\xfe\xfe\nLIMIT,SELL,100.00,4\n")
+    r = book(str(p), child=True)
+    assert "Traceback" not in r.stderr and r.returncode == 1
+    assert [x.split(":")[0] for x in r.stderr.splitlines()[:2]] == ["line 2", "line 3"]
+    assert r.stdout.splitlines() == ["TRADE 1 2 100.00 4"]

@@ -274,3 +274,43 @@ def test_cli_bad_files_exit_2_with_one_line(tmp_path):
     short = tmp_path / "short_orderbook.csv"
     short.write_text(ob.read_text().split("\n", 1)[1])
     assert L.main([str(msg), str(short)]) == 2
+
+
+# --- outliers (issue 13, item 9: one far price made a 2^54-tick ladder: MemoryError) -------------
+
+
+_OUTLIER = 4_000_000_000_000_000  # USD x 1e4: 4e11 dollars, below the parser's 2^52 limit
+
+
+@pytest.mark.timeout(120)
+def test_an_outlier_price_is_refused_naming_the_file_and_line_not_a_memory_error(tmp_path):
+    from feed_sim import feed
+
+    rows = list(TINY)
+    (t, typ, oid, q, _px, side), ob = rows[5]
+    rows[5] = ((t, typ, oid, q, _OUTLIER, side), ob)  # line 6: a hidden execution far away
+    msg, ob = _write_pair(tmp_path, rows, name="AMZN_2012-06-21_34200000_57600000")
+    why = rf"_message_1\.csv: line 6: outlier price {_OUTLIER}"
+    with pytest.raises(ValueError, match=why):
+        L.load_messages(msg)
+    with pytest.raises(ValueError, match=why):
+        L.check(msg, ob)
+    with pytest.raises(feed.FeedError, match=why):  # what `obpipe run --replay` loads
+        feed.load_lobster(str(msg))
+    rows = list(TINY)
+    m, (apx, aq, bpx, bq) = rows[9]
+    rows[9] = (m, (_OUTLIER, aq, bpx, bq))  # order-book line 10: a far ask
+    msg, ob = _write_pair(tmp_path, rows, name="B")
+    with pytest.raises(ValueError, match=rf"B_orderbook_1\.csv: line 10: outlier price {_OUTLIER}"):
+        L.load_orderbook(ob)
+    with pytest.raises(ValueError, match=rf"B_orderbook_1\.csv: line 10: outlier price {_OUTLIER}"):
+        L.check(msg, ob)
+
+
+@pytest.mark.timeout(120)
+def test_ladder_width_is_bounded_whatever_the_prices_or_the_option():
+    assert L.auto_width(np.array([1000, 1000 + L.MAX_WIDTH // 4])) <= L.MAX_WIDTH
+    with pytest.raises(ValueError, match="more than"):
+        L.auto_width(np.array([1, 1 << 52]))
+    with pytest.raises(ValueError, match="ladder width must be 2..8,388,608"):
+        L.check(AMZN_MSG, AMZN_OB, width=1 << 40)

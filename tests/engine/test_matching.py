@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from engine import _match_kernels as MK
 from engine.matching import MatchingEngine, cancel, modify, new_order, requests
 from ring import schema as sc
 from tests.conftest import REPO
@@ -275,14 +276,15 @@ def test_modify_to_a_crossing_price_trades_as_a_new_arrival():
 @pytest.mark.timeout(120)
 def test_modify_rejects_unknown_bad_quantity_and_bad_price_and_changes_nothing():
     eng = engine(band_ticks=100)
-    run(eng, new_order(BUY, 10, 1000))  # band [950, 1050)
+    run(eng, new_order(BUY, 10, 1000))  # window [950, 1050)
     before = eng.book()
-    reps, trades, mds = run(eng, modify(7, 5), modify(1, 0), modify(1, 5, 1050), modify(1, 5, 949))
+    reps, trades, mds = run(eng, modify(7, 5), modify(1, 0), modify(1, 5, TOO_HIGH), modify(1, 5, (1 << 63) - 1))
     assert reps == [reject(7, 0, sc.RS_UNKNOWN_ORDER), reject(1, BUY, sc.RS_BAD_QTY),
                     reject(1, BUY, sc.RS_BAD_PRICE), reject(1, BUY, sc.RS_BAD_PRICE)]
     assert trades == [] and mds == [] and eng.book() == before
-    reps, _, _ = run(eng, modify(1, 5, 1049), modify(1, 5, 950))  # both band edges inside
-    assert [r[0] for r in reps] == [sc.R_MODIFIED, sc.R_MODIFIED]
+    reps, _, _ = run(eng, modify(1, 5, 1050), modify(1, 5, 949), modify(1, 5, 1 << 62))  # outside the window
+    assert [r[0] for r in reps] == [sc.R_MODIFIED] * 3
+    assert eng.book()["bids"] == [[1, 1 << 62, 5, 0]]
 
 
 # --- self-trade prevention, ownership ---------------------------------------------------
@@ -349,7 +351,9 @@ def test_cancel_and_modify_of_another_accounts_order_are_refused():
     assert reps == [cancelled(1, BUY, sc.RS_USER, 10, 1000, acct=1)]
 
 
-# --- rejects, band, pool ----------------------------------------------------------------
+# --- rejects, far prices, pool -----------------------------------------------------------
+
+TOO_HIGH = (1 << 62) + 1  # the one bad positive price: above MAX_PX_TICK
 
 def _raw_new(side=BUY, qty=5, px=1000, ord_type=LIMIT, tif=GTC, symbol=0):
     c = requests(1)
@@ -367,9 +371,8 @@ def _raw_new(side=BUY, qty=5, px=1000, ord_type=LIMIT, tif=GTC, symbol=0):
     (_raw_new(qty=0), BUY, sc.RS_BAD_QTY, 0),
     (_raw_new(px=0), BUY, sc.RS_BAD_PRICE, 0),
     (_raw_new(px=-5), BUY, sc.RS_BAD_PRICE, 0),
-    (_raw_new(px=900), BUY, sc.RS_BAD_PRICE, 0),  # band [950, 1050) from the first order
-    (_raw_new(px=1050), BUY, sc.RS_BAD_PRICE, 0),
-    (_raw_new(side=SELL, px=1050, qty=0), SELL, sc.RS_BAD_QTY, 0),  # quantity is checked before price
+    (_raw_new(px=TOO_HIGH), BUY, sc.RS_BAD_PRICE, 0),
+    (_raw_new(side=SELL, px=TOO_HIGH, qty=0), SELL, sc.RS_BAD_QTY, 0),  # quantity is checked before price
 ])
 def test_bad_new_orders_are_rejected_take_an_id_and_change_nothing(req, side, reason, sym):
     eng = engine(n_symbols=2, band_ticks=100)
@@ -404,21 +407,46 @@ def test_a_request_with_its_reserved_field_set_is_malformed_whatever_it_is():
 
 
 @pytest.mark.timeout(120)
-def test_band_is_centred_on_each_symbols_first_limit_price_or_given_bases():
+def test_every_sane_price_is_accepted_however_far_from_the_window():
     eng = engine(n_symbols=2, band_ticks=100)
-    reps, _, _ = run(eng, new_order(BUY, 1, ord_type=MARKET),  # a market order sets no band
-                     new_order(BUY, 1, 5000, symbol=1), new_order(BUY, 1, 1000), new_order(BUY, 1, 5049, symbol=1),
-                     new_order(BUY, 1, 5050, symbol=1), new_order(BUY, 1, 950), new_order(BUY, 1, 949))
-    assert [r[2] for r in reps if r[0] == sc.R_REJECT] == [sc.RS_BAD_PRICE, sc.RS_BAD_PRICE]
-    assert [r[8] for r in reps if r[0] == sc.R_REJECT] == [5, 7]
+    px = [1000, 1049, 1050, 949, 1, 1 << 62, 5000, 10 ** 12]
+    reps, _, _ = run(eng, *[new_order(BUY, 1, p) for p in px], *[new_order(SELL, 1, p, symbol=1) for p in px])
+    assert [r[0] for r in reps] == [sc.R_ACK] * 2 * len(px)
+    assert eng.levels(0, BUY) == [(p, 1, 1) for p in sorted(px, reverse=True)]
+    assert eng.levels(1, SELL) == [(p, 1, 1) for p in sorted(px)]
     fixed = engine(n_symbols=1, band_ticks=100, bases=[2000])
     reps, _, _ = run(fixed, new_order(BUY, 1, 1999), new_order(BUY, 1, 2000), new_order(BUY, 1, 2099),
                      new_order(BUY, 1, 2100))
-    assert [r[0] for r in reps] == [sc.R_REJECT, sc.R_ACK, sc.R_ACK, sc.R_REJECT]
-    low = engine(band_ticks=100)  # a band centred near 0 starts at price 1: [1, 101)
-    reps, _, _ = run(low, new_order(BUY, 1, 10), new_order(BUY, 1, 1), new_order(BUY, 1, 100),
-                     new_order(BUY, 1, 101))
-    assert [r[0] for r in reps] == [sc.R_ACK, sc.R_ACK, sc.R_ACK, sc.R_REJECT]
+    assert [r[0] for r in reps] == [sc.R_ACK] * 4
+
+
+@pytest.mark.timeout(120)
+def test_the_readme_price_improvement_scenario_trades():
+    """issue 13, item 10: `LIMIT,SELL,10000.00,50` then `LIMIT,BUY,10500.00,50` was
+    REJECTED 2 bad price (a fixed band centred on the first price)."""
+    eng = engine(band_ticks=1 << 16)
+    reps, trades, _ = run(eng, new_order(SELL, 50, 1_000_000), new_order(BUY, 50, 1_050_000))
+    assert trades == [(2, 1, 1_000_000, 50, BUY)]
+    assert [r[0] for r in reps] == [sc.R_ACK, sc.R_ACK, sc.R_FILL, sc.R_FILL]
+
+
+@pytest.mark.timeout(120)
+def test_far_orders_keep_price_time_priority_when_the_window_moves_to_them():
+    eng = engine(band_ticks=100)
+    # bids: 1000 (window [950, 1050)), then far ones at 500 (two, FIFO) and 100: parked
+    run(eng, new_order(BUY, 1, 1000), new_order(BUY, 2, 500, account=1), new_order(BUY, 3, 100),
+        new_order(BUY, 4, 500, account=2))
+    assert int(eng.S[0, MK.S_NPARK + BUY]) == 3
+    assert [o[0] for o in eng.orders(0, BUY)] == [1, 2, 4, 3]
+    # a sell sweeping everything: 1000 first, then the window moves to 500 (ids 2, 4), then 100
+    reps, trades, _ = run(eng, new_order(SELL, 10, 50))
+    assert trades == [(1, 5, 1000, 1, SELL), (2, 5, 500, 2, SELL), (4, 5, 500, 4, SELL), (3, 5, 100, 3, SELL)]
+    assert eng.resting == 0 and int(eng.E[MK.E_RECENTRES]) >= 2
+    # a far better bid moves the window up; the old best is parked and comes back in order
+    run(eng, new_order(BUY, 1, 1000), new_order(BUY, 1, 1000), new_order(BUY, 1, 5000), new_order(SELL, 2, 1))
+    assert eng.book()["bids"] == [[7, 1000, 1, 0]]  # 5000 then 1000's first order (id 6) traded
+    fok = _out(eng, new_order(SELL, 1, 1000, tif=FOK), new_order(SELL, 2, 1, tif=FOK))
+    assert [int(r["type"]) for r in fok.reports] == [sc.R_ACK, sc.R_FILL, sc.R_FILL, sc.R_REJECT]
 
 
 @pytest.mark.timeout(120)
@@ -716,8 +744,61 @@ def test_random_requests_match_the_reference_request_by_request():
         seen["fok_reject"] += sum(r[2] == sc.RS_FOK_UNFILLABLE for r in want[0])
         seen["keep_place"] += sum(m[0] == sc.K_CANCEL for m in want[2])
     assert eng.next_order_id == ref.next_order_id and eng.md_messages == ref.md_messages
-    # the stream exercised what it is meant to
+    # the stream exercised what it is meant to (prices 500 and 5,000 off the mid: parked)
     assert seen["trades"] > 20_000 and min(seen.values()) > 100, seen
+    assert eng.counters()["parked"] > 100 and eng.counters()["recentres"] > 100, eng.counters()
+
+
+class DriftFlow(Flow):
+    """``Flow`` whose mids drift steadily from their start to ``factor`` times it over
+    ``n`` requests (a symbol whose price moves tenfold in a run)."""
+
+    def __init__(self, seed, ref, n: int, factor: float = 10.0, **kw):
+        super().__init__(seed, ref, **kw)
+        self.step = [(factor - 1) * m / n for m in self.mids]
+        self.k = 0
+
+    def next(self):
+        self.k += 1
+        self.mids = [int(m0 + st * self.k) for m0, st in zip(self.mid0, self.step)]
+        self.mid0_saved = self.mid0
+        self.mid0 = list(self.mids)  # (Flow's wander stays within 15 of the drifting mid)
+        try:
+            return super().next()
+        finally:
+            self.mid0 = self.mid0_saved
+
+
+@pytest.mark.timeout(300)
+def test_a_tenfold_price_drift_trades_like_the_reference():
+    """issue 13, item 10: the price of both symbols drifts 10x (10,000 -> 100,000 and
+    5,000 -> 50,000 ticks) through a 200-tick ladder: windows move, far orders park and
+    come back, and every report, trade, market-data message and the whole book equal
+    the reference's (which has no ladder at all)."""
+    n = 20_000
+    kw = dict(n_symbols=2, band_ticks=200, capacity=400)
+    ref = RefMatcher(**kw)
+    eng = MatchingEngine(**kw)
+    tracking = MatchingEngine(**kw)  # and one whose FOK checks track every account at once
+    tracking.E[MK.E_FCAP] = 0
+    flow = DriftFlow(7, ref, n)
+    trades = 0
+    for i in range(n):
+        req = flow.next()
+        got = as_tuples(eng.process(req, i))
+        want = ref.process(req, i)
+        assert got == want, f"request {i}: {req}"
+        assert as_tuples(tracking.process(req, i)) == want, f"request {i}: {req}"
+        trades += len(want[1])
+        if i % 250 == 249 or i == n - 1:
+            for s in range(2):
+                assert eng.book(s) == ref.book(s) == tracking.book(s), (i, s)
+                for side in (BUY, SELL):
+                    assert eng.levels(s, side) == ref.levels(s, side), (i, s, side)
+    assert flow.mids[0] >= 99_000 and flow.mids[1] >= 49_000
+    c = eng.counters()
+    assert trades > 5_000 and c["recentres"] > 500 and c["parked"] > 500, (trades, c)
+    assert int(tracking.E[MK.E_TN]) == 3 and int(eng.E[MK.E_TN]) == 0  # accounts 1-3 tracked
 
 
 def _out(eng, *reqs):
@@ -725,22 +806,21 @@ def _out(eng, *reqs):
 
 
 @pytest.mark.timeout(120)
-def test_a_rejected_first_order_does_not_fix_the_price_band():
+def test_a_rejected_first_order_does_not_place_the_window():
     eng = engine(band_ticks=100)
     absurd = _out(eng, new_order(BUY, 1, (1 << 63) - 10))  # rejected: not a sane price
     assert [int(r["reason"]) for r in absurd.reports] == [sc.RS_BAD_PRICE]
     fok = _out(eng, new_order(BUY, 5, 10 ** 12, tif=FOK))  # rejected: nothing to fill it
     assert [int(r["reason"]) for r in fok.reports] == [sc.RS_FOK_UNFILLABLE]
-    ok = _out(eng, new_order(BUY, 5, 10_000))  # the first accepted one centres the band
-    assert int(ok.reports[0]["type"]) == sc.R_ACK
+    ok = _out(eng, new_order(BUY, 5, 10_000))  # the first resting one places the bid window
+    assert int(ok.reports[0]["type"]) == sc.R_ACK and int(eng.S[0, MK.S_BASE + BUY]) == 10_000 - 50
     assert int(_out(eng, new_order(SELL, 5, 10_049)).reports[0]["type"]) == sc.R_ACK
-    assert int(_out(eng, new_order(SELL, 5, 10_050)).reports[0]["reason"]) == sc.RS_BAD_PRICE
+    assert int(_out(eng, new_order(SELL, 5, 10_050)).reports[0]["type"]) == sc.R_ACK
+    assert int(eng.E[MK.E_PARKED]) == 0  # each side's window is its own
 
 
 @pytest.mark.timeout(120)
 def test_orders_resting_longer_than_the_id_table_keep_lookups_one_bucket():
-    from engine import _match_kernels as MK
-
     eng = engine(capacity=64)  # direct part of the id table: 128 buckets
     E = eng.E
     _out(eng, *[new_order(BUY, 1, 9_000 + i) for i in range(60)])  # ids 1..60 rest
@@ -757,3 +837,38 @@ def test_orders_resting_longer_than_the_id_table_keep_lookups_one_bucket():
     assert [int(r["type"]) for r in out.reports] == [sc.R_CANCELLED] * 3 + [sc.R_REJECT]
     assert int(E[MK.E_XN]) == 57 and eng.resting == 57
     assert [int(o[0]) for o in eng.orders(0, BUY)][:3] == [59, 58, 57]
+
+
+@pytest.mark.timeout(300)
+def test_fok_checks_of_an_account_with_many_resting_orders_stay_fast_and_exact():
+    """issue 13: the FOK check walked every resting order of the requesting account at
+    each level in reach (its own do not count), on every FOK.  Own quantity per
+    (account, price) is kept, so a check is O(levels)."""
+    import time
+
+    n_own = 200_000
+    eng = engine(capacity=n_own + 100, max_batch=4096)
+    own = requests(n_own)
+    own["type"], own["side"], own["ord_type"], own["qty"], own["px_tick"], own["account"] = (
+        sc.OE_NEW, SELL, LIMIT, 1, 1000, 1)
+    eng.process(own)
+    run(eng, new_order(SELL, 5, 1000, account=2), new_order(SELL, 7, 1001, account=2),
+        new_order(SELL, 3, 1001, account=1))
+    fok = requests(20_000)
+    fok["type"], fok["side"], fok["ord_type"], fok["tif"], fok["qty"], fok["px_tick"], fok["account"] = (
+        sc.OE_NEW, BUY, LIMIT, FOK, 6, 1000, 1)  # only 5 of another account at 1000: rejected
+    t0 = time.perf_counter()
+    out = eng.process(fok)
+    dt = time.perf_counter() - t0
+    assert (out.reports["reason"] == sc.RS_FOK_UNFILLABLE).all() and len(out.reports) == len(fok)
+    assert dt < 1.0, f"20,000 FOK checks took {dt:.2f} s"  # (walking the own orders: 4e9 steps)
+    assert int(eng.E[MK.E_TN]) == 1  # the first check skipped > 64 own orders: account 1 is tracked
+    assert eng.resting == n_own + 3
+    # exact at the edges: 12 of others within 1001 (not the own 200,003)
+    reps, _, _ = run(eng, new_order(BUY, 13, 1001, tif=FOK, account=1))
+    assert [r[2] for r in reps] == [sc.RS_FOK_UNFILLABLE]
+    reps, trades, _ = run(eng, new_order(BUY, 12, 1001, tif=FOK, account=1))
+    oid = eng.next_order_id - 1
+    assert trades == [(oid, n_own + 1, 1000, 5, BUY), (oid, n_own + 2, 1001, 7, BUY)]
+    assert sum(r[2] == sc.RS_SELF_TRADE for r in reps) == n_own  # the own ones it met were cancelled
+    assert eng.book()["asks"] == [[n_own + 3, 1001, 3, 1]]  # the own one behind the last fill stays
