@@ -28,6 +28,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -169,6 +170,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     old_handlers = {}
     ctx = mp.get_context("spawn")
     stop, feed_stop, an_stop, pub_stop = (StopFlag(ctx) for _ in range(4))  # (lock-free: children get SIGKILLed)
+    src_sock = None
     try:
         cfg, lobster_md = _replay_settings(cfg, opts)
         b = cfg.backoff
@@ -179,8 +181,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             backoff=backoff, cores=book_cores, parent_pid=os.getpid())
         restart = set(cfg.supervisor.restart)
         writer = _Child("book", ROW_BOOK, book_writer.main_entry, (spec, stop), "book" in restart)
-        rxc = _Child("rx", ROW_RX, rx.main_entry,
-                     (rx.RxSpec(inst, backoff=backoff, cores=rx_cores, parent_pid=os.getpid()), stop), "rx" in restart)
+        feed_session, src_sock, rx_of = _admission(cfg, opts, inst, backoff, rx_cores)
+        rxc = _Child("rx", ROW_RX, rx.main_entry, (rx_of(0), stop), "rx" in restart)
         children.extend([writer, rxc])
         analysis = publisher = bootstrap = None
         if cfg.analysis.enabled:
@@ -226,7 +228,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             return 0 if interrupted else 1
         port = int(segs.stats.row(ROW_RX)[schema.ST_RX_PORT])
         # a restarted rx binds the same port, so the feed keeps reaching it
-        rxc.args = (rx.RxSpec(inst, port=port, backoff=backoff, cores=rx_cores, parent_pid=os.getpid()), stop)
+        rxc.args = (rx_of(port), stop)
         status = Status(inst, list(cfg.book.symbols))
         feed = None
         if not opts.no_feed:
@@ -240,7 +242,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                     port=port, replay=opts.replay, rate=rate, speed=opts.speed, count=opts.count,
                     duration_s=duration, seed=seed, n_symbols=len(cfg.book.symbols), symbol=opts.symbol,
                     faults=opts.faults, capture=opts.capture, instance=inst, cores=feed_cores,
-                    parent_pid=os.getpid(), lobster_md=lobster_md)
+                    parent_pid=os.getpid(), lobster_md=lobster_md, session=feed_session,
+                    src_port=src_sock.getsockname()[1] if src_sock is not None else 0)
             feed = _Child("feed", ROW_FEED, feedmod.main_entry, (fspec, feed_stop), False)
             feed.start(ctx)
             children.append(feed)
@@ -319,11 +322,48 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                 p.join(5)
         if status is not None:
             status.close()
+        if src_sock is not None:
+            src_sock.close()
         if broker is not None:
             broker.stop()
         segs.close()
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
+
+
+def reserve_udp_port() -> socket.socket:
+    """A UDP socket bound to a free port on 127.0.0.1 with SO_REUSEPORT: the feed binds
+    the same port (allowed for the same user only), so while this is open no other
+    user's process can send from it."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def _admission(cfg: Config, opts: RunOptions, inst: str, backoff: Backoff, rx_cores):
+    """Who rx admits (docs/PROTOCOL.md "Admission"): (the session the feed is given, the
+    socket reserving the feed's source port or None, rx's spec for a port).  The feed
+    obpipe starts sends from a reserved port, the only source rx admits unless
+    ``[rx] allow_sources`` names others, in a session chosen here (``[rx] session``, else
+    random per run) that rx follows from its first packet.  A capture resends its
+    recorded session, and the exchange picks its own: rx follows the first session seen."""
+    r = cfg.rx
+    own = not opts.no_feed and opts.source != "exchange"
+    capture = opts.replay is not None and capmod.is_capture(opts.replay)
+    session = r.session or (feedmod.random_session() if own and not capture else 0)
+    allow = r.sources()
+    sock = None
+    if own and not allow:
+        sock = reserve_udp_port()
+        allow = (("127.0.0.1", sock.getsockname()[1]),)
+
+    def rx_of(port: int) -> rx.RxSpec:
+        return rx.RxSpec(inst, port=port, backoff=backoff, cores=rx_cores, parent_pid=os.getpid(),
+                         session=session, allow=allow, max_seq_jump=r.max_seq_jump,
+                         resync_packets=r.resync_packets, accept_new_session=r.accept_new_session)
+
+    return session, sock, rx_of
 
 
 def _replay_settings(cfg: Config, opts: RunOptions) -> tuple[Config, np.ndarray | None]:

@@ -58,7 +58,8 @@ class FeedSpec:
     symbol: int = 0  # symbol index a LOBSTER file's messages carry
     faults: Faults = field(default_factory=Faults)
     capture: str | None = None  # also write every datagram sent to this file
-    session: int = 0  # 0: derived from the seed
+    session: int = 0  # 0: random per run (a receiver follows one session; a guessable one could be forged)
+    src_port: int = 0  # send from this port (reserved by the supervisor: rx allows only it); 0: any
     instance: str | None = None  # publish live counters in this instance's feed stats row
     cores: tuple[int, ...] = ()
     parent_pid: int = 0
@@ -75,6 +76,11 @@ class FeedSpec:
 
 class FeedError(ValueError):
     """A feed that cannot start (bad file, bad option): the message says why."""
+
+
+def random_session() -> int:
+    """A feed session id: random, never 0 (rx never follows session 0)."""
+    return int.from_bytes(os.urandom(4), "little") or 1
 
 
 def orderbook_beside(message_csv: str) -> Path | None:
@@ -203,9 +209,9 @@ def run(spec: FeedSpec, stop=None) -> dict:
         else:
             kind = "lobster"
             md = spec.lobster_md if spec.lobster_md is not None else load_lobster(spec.replay, spec.symbol)
-    session = spec.session or (spec.seed & 0xFFFFFFFF) or 1
+    session = spec.session or random_session()
     sender = UdpSender((spec.host, spec.port), session=session, faults=spec.faults, rate=spec.rate,
-                       speed=spec.speed, capture=spec.capture, max_batch=MAX_CHUNK)
+                       speed=spec.speed, capture=spec.capture, max_batch=MAX_CHUNK, src_port=spec.src_port)
     row = _Row(spec.instance)
     if kind == "capture":
         total = int(cap.msgs.sum()) if spec.count is None else min(spec.count, int(cap.msgs.sum()))
@@ -242,7 +248,7 @@ def run(spec: FeedSpec, stop=None) -> dict:
             "datagrams": sender.datagrams_sent, "send_errors": sender.send_errors,
             "injected": dict(sender.injected), "expected": dict(sender.expected),
             "captured": sender.capture.datagrams if sender.capture is not None else 0,
-            "capture_file": spec.capture, "seconds": round(seconds, 3),
+            "capture_file": spec.capture, "session": session, "seconds": round(seconds, 3),
             "msgs_per_s": round(sender.msgs / max(seconds, 1e-9)), "interrupted": interrupted,
             "port": spec.port}
 

@@ -16,6 +16,16 @@ def _load(path):
         raise SystemExit(2)
 
 
+def _u32(v: str, flag: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{flag} must be 0..4294967295, got {v!r}")
+    return n
+
+
 def _with_overrides(cfg, a):
     """Command-line overrides, validated exactly like the config file's values."""
     run = {k: v for k, v in (("rate", getattr(a, "rate", None)), ("duration_s", getattr(a, "duration", None)),
@@ -168,7 +178,7 @@ def cmd_feed(a) -> int:
     rate = a.rate if a.rate is not None else (0 if a.replay else 200_000)
     spec = feedmod.FeedSpec(host=a.host, port=port, replay=a.replay, rate=rate, speed=a.speed, count=a.count,
                             duration_s=a.duration or 0.0, seed=a.seed, n_symbols=a.symbols, symbol=a.symbol,
-                            faults=faults, capture=a.capture,
+                            faults=faults, capture=a.capture, session=a.session,
                             progress=(not a.no_progress and not a.json and sys.stderr.isatty()) or a.progress)
     from ring._net import set_timer_slack
 
@@ -243,6 +253,9 @@ def cmd_lobster_check(a) -> int:
 
 
 def _add_feed_args(p, run: bool) -> None:
+    if not run:
+        p.add_argument("--session", type=lambda v: _u32(v, "--session"), default=0,
+                       help="the feed's session id (default: random per run; rx follows one session)")
     f = p.add_argument_group("fault injection (sender side, exact and seeded)")
     f.add_argument("--drop-every", type=int, default=0, metavar="K", help="drop every K-th packet")
     f.add_argument("--drop-prob", type=float, default=0.0, metavar="P", help="drop each packet with probability P")
@@ -311,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--duration", type=float, help="stop after this many seconds")
     rp.add_argument("--count", "--messages", dest="count", type=int, help="stop after this many messages")
     rp.add_argument("--symbol", type=int, default=0, help="symbol index for a LOBSTER file's messages")
-    rp.add_argument("--seed", type=int, default=1, help="session id and fault seed")
+    rp.add_argument("--seed", type=int, default=1, help="fault seed")
     _add_feed_args(rp, run=False)
     rp.set_defaults(fn=cmd_feed, symbols=1)
 

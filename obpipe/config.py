@@ -79,6 +79,35 @@ RESTARTABLE = ("rx", "analysis", "publisher")
 
 
 @dataclass(frozen=True)
+class RxConfig:
+    """Which datagrams rx admits (docs/PROTOCOL.md "Admission")."""
+
+    # the feed session followed; 0: the one obpipe's own feed is given (random per run),
+    # or with --no-feed the first session seen from an allowed source
+    session: int = 0
+    # "host" or "host:port" senders admitted; empty: only the feed obpipe starts (its
+    # reserved source port), or any sender with --no-feed
+    allow_sources: tuple[str, ...] = ()
+    # largest forward sequence jump one packet may make (messages): 16.8M, > 8 s of loss at
+    # 2M msgs/s; beyond it the packet is counted implausible_seq and not adopted
+    max_seq_jump: int = 1 << 24
+    # this many contiguous beyond-window packets in a row are a feed that moved on (e.g.
+    # while rx was down) and are adopted as a gap; 0: never
+    resync_packets: int = 64
+    # a new session's first packet (seq 1) from an allowed source switches rx to it (a
+    # restarted external feed); false: a new session needs a restart of obpipe
+    accept_new_session: bool = False
+
+    def sources(self) -> tuple[tuple[str, int], ...]:
+        """``allow_sources`` as (host, port) pairs (port 0: any)."""
+        out = []
+        for item in self.allow_sources:
+            host, _, port = item.partition(":")
+            out.append((host, int(port) if port else 0))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
 class SupervisorConfig:
     restart: tuple[str, ...] = ("rx", "analysis", "publisher")  # parts restarted when they die or hang
     max_restarts: int = 3  # restarts per part per run; one more failure fails the run
@@ -194,6 +223,7 @@ class Config:
     rings: RingsConfig = RingsConfig()
     backoff: BackoffConfig = BackoffConfig()
     pinning: PinningConfig = PinningConfig()
+    rx: RxConfig = RxConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     kafka: KafkaConfig = KafkaConfig()
@@ -298,6 +328,7 @@ def _validate(c: Config) -> None:
             why = {"book": "its books live in the writer's memory; a restarted writer would publish empty books",
                    "feed": "a restarted feed would start its sequence numbers again"}.get(part, "no such part")
             bad("supervisor.restart", f"{part!r} is not restartable ({why}); restartable: {', '.join(RESTARTABLE)}")
+    _validate_rx(c.rx, bad)
     if c.supervisor.max_restarts < 0:
         bad("supervisor.max_restarts", "must be >= 0")
     if not (math.isfinite(c.supervisor.heartbeat_timeout_s) and c.supervisor.heartbeat_timeout_s >= 0):
@@ -321,6 +352,25 @@ def _validate(c: Config) -> None:
         bad("run.duration_s", "must be >= 0")
     if c.run.stats_interval_s <= 0:
         bad("run.stats_interval_s", "must be > 0")
+
+
+def _validate_rx(r: RxConfig, bad) -> None:
+    import ipaddress
+
+    if not 0 <= r.session <= 0xFFFFFFFF:
+        bad("rx.session", f"must be 0 (automatic) or a u32 session id, got {r.session}")
+    for item in r.allow_sources:
+        host, sep, port = item.partition(":")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            bad("rx.allow_sources", f"{item!r}: the host must be an IPv4 address (e.g. 127.0.0.1 or 127.0.0.1:5000)")
+        if sep and not (port.isdigit() and 1 <= int(port) <= 65535):
+            bad("rx.allow_sources", f"{item!r}: the port must be 1..65535")
+    if not 1 <= r.max_seq_jump <= 1 << 48:
+        bad("rx.max_seq_jump", f"must be 1..{1 << 48} messages, got {r.max_seq_jump}")
+    if not 0 <= r.resync_packets <= 1 << 20:
+        bad("rx.resync_packets", f"must be 0 (never) .. {1 << 20}, got {r.resync_packets}")
 
 
 def _validate_analysis(a: AnalysisConfig, bad) -> None:
