@@ -28,7 +28,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ class FeedSpec:
     count: int | None = None  # stop after this many messages
     duration_s: float = 0.0  # stop after this many seconds (0: no limit)
     seed: int = 1
+    start_ns: int = 0  # synthetic clock start, UTC epoch ns; 0: the wall clock when the feed starts
     n_symbols: int = 4
     symbol: int = 0  # symbol index a LOBSTER file's messages carry
     faults: Faults = field(default_factory=Faults)
@@ -98,6 +99,10 @@ def load_lobster(path: str, symbol: int = 0, return_tick: bool = False):
     tick divisor (LOBSTER price units per tick)."""
     from engine import lobster
 
+    if lobster.file_info(path)[1] is None:
+        raise FeedError(f"{Path(path).name}: no trading day in the file name: a LOBSTER file is named "
+                        f"TICKER_YYYY-MM-DD_START_END_message_N.csv, its times seconds after that day's midnight "
+                        f"(New York); rename it so")
     try:
         md, d = lobster.load_messages(path, symbol=symbol, return_tick=True)
         ob_path = orderbook_beside(path)
@@ -226,6 +231,7 @@ def run(spec: FeedSpec, stop=None) -> dict:
         sender.warm()
         if kind == "synthetic":
             generate_into(np.zeros(1, schema.MD_DTYPE), SynthParams(n_symbols=spec.n_symbols, seed=spec.seed))
+            spec = replace(spec, start_ns=spec.start_ns or time.time_ns())  # the stream's clock: its start
         sender.start_clock()
         t_start = prog.t0 = time.monotonic()
         row.publish(sender, total, schema.STATE_RUNNING)
@@ -248,7 +254,8 @@ def run(spec: FeedSpec, stop=None) -> dict:
             "datagrams": sender.datagrams_sent, "send_errors": sender.send_errors,
             "injected": dict(sender.injected), "expected": dict(sender.expected),
             "captured": sender.capture.datagrams if sender.capture is not None else 0,
-            "capture_file": spec.capture, "session": session, "seconds": round(seconds, 3),
+            "capture_file": spec.capture, "session": session,
+            "start_ns": spec.start_ns if kind == "synthetic" else None, "seconds": round(seconds, 3),
             "msgs_per_s": round(sender.msgs / max(seconds, 1e-9)), "interrupted": interrupted,
             "port": spec.port}
 
@@ -269,7 +276,7 @@ def _should_stop(spec, stop, t_start) -> bool:
 def _send_messages(spec, sender, md, total, stop, row, prog, t_start) -> None:
     chunk = _chunk(spec.rate)
     if md is None:
-        params = SynthParams(n_symbols=spec.n_symbols, seed=spec.seed)
+        params = SynthParams(n_symbols=spec.n_symbols, seed=spec.seed, start_ts_ns=spec.start_ns)
         buf = np.zeros(chunk, schema.MD_DTYPE)
         state = None
     sent = 0

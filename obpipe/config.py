@@ -213,6 +213,9 @@ class RunConfig:
     rate: int = 200_000  # synthetic feed messages/s (0: as fast as possible)
     duration_s: float = 0.0  # 0: until Ctrl-C
     seed: int = 1  # synthetic flow seed
+    # the synthetic clock's start, UTC epoch ns; 0: the wall clock when the feed starts
+    # (same seed + same start_ns: the same stream, e.g. to compare two runs)
+    start_ns: int = 0
     stats_interval_s: float = 1.0  # live status line period
 
 
@@ -284,6 +287,10 @@ def _build(cls, table: dict, where: str):
 build_section = _build
 
 
+#: UTC epoch ns a configured clock start may name: 1990-01-01 .. 2200-01-01.
+_PLAUSIBLE_NS = (631_152_000 * 10**9, 7_258_118_400 * 10**9)
+
+
 def _pow2(v: int) -> bool:
     return v >= 2 and v & (v - 1) == 0
 
@@ -348,6 +355,8 @@ def _validate(c: Config) -> None:
             bad(f"run.{k}", f"must be a finite number, got {getattr(c.run, k)}")
     if c.run.rate < 0:
         bad("run.rate", "must be >= 0")
+    if c.run.start_ns and not _PLAUSIBLE_NS[0] <= c.run.start_ns <= _PLAUSIBLE_NS[1]:
+        bad("run.start_ns", f"must be 0 (now) or UTC epoch ns in 1990..2200, got {c.run.start_ns}")
     if c.run.duration_s < 0:
         bad("run.duration_s", "must be >= 0")
     if c.run.stats_interval_s <= 0:
