@@ -5,7 +5,6 @@ exactly one disposition, every counter equals the reference receiver's
 delivers, and the book they build equals ``reference_book.RefBook`` fed the same."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import socket
 import struct
 import time
@@ -24,6 +23,7 @@ from ring.stats import ROW_RX, StatsBlock
 
 from .reference_book import RefBook
 from .reference_rx import RefRx
+from .test_rx import running_rx
 
 N_SYM = 4
 WIDTH = 4096
@@ -148,6 +148,42 @@ def campaign(seed: int, n: int, md) -> tuple[list[bytes], list[bool]]:
     return out, foreign
 
 
+def _send_and_account(datagrams, foreign, row, md_ring, good, bad, ref, want, p) -> list[np.ndarray]:
+    """Send the campaign in flow-controlled batches (rx's socket never overflows, so the
+    accounting is exact) while the reference receiver takes the same datagrams; check
+    every counter; the md ring's records, drained as they come."""
+    to = ("127.0.0.1", int(row[sc.ST_RX_PORT]))
+    packets = row[sc.RX_TRACKER_BASE:sc.RX_TRACKER_BASE + WK.NT]
+    buf = np.zeros(1 << 20, sc.MD_DTYPE)
+    got = []
+    sent = 0
+    for start in range(0, len(datagrams), BATCH):
+        for d, f in zip(datagrams[start:start + BATCH], foreign[start:start + BATCH]):
+            if f:
+                bad.sendto(d, to)
+                ref.foreign_source()
+            else:
+                good.sendto(d, to)
+                want += ref.receive(d)
+            sent += 1
+        deadline = time.monotonic() + 60
+        while packets[WK.T_PACKETS] < sent:
+            assert p.is_alive() and time.monotonic() < deadline, "rx stopped taking datagrams"
+            time.sleep(0.0005)
+        k = md_ring.pop(buf)
+        got.append(buf[:k].copy())
+    assert rx.kernel_drops(to[1]) == 0, "the kernel dropped datagrams: the accounting below cannot be exact"
+    c = tracker_counters(packets)
+    assert c["packets"] == sent == sum(c[WK.TRACKER_NAMES[i]] for i in WK.DISPOSITIONS)
+    for name in WK.TRACKER_NAMES.values():
+        assert c[name] == ref.c[name], (name, c[name], ref.c[name])
+    for name in ("foreign_source", "foreign_session", "implausible_seq", "malformed_check", "malformed_length",
+                 "malformed_magic", "malformed_version", "duplicates", "out_of_order", "accepted", "heartbeats"):
+        assert c[name] > 0, name  # the campaign reached every disposition
+    assert c["ring_drops"] == 0 and p.is_alive()
+    return got
+
+
 @pytest.mark.fuzz
 @pytest.mark.multiproc
 @pytest.mark.timeout(600)
@@ -162,60 +198,20 @@ def test_a_million_mutated_and_random_datagrams_are_each_counted_and_only_valid_
     good.bind(("127.0.0.1", 0))
     bad = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     bad.bind(("127.0.0.1", 0))
-    ctx = mp.get_context("spawn")
-    stop = ctx.Event()
     spec = rx.RxSpec(instance, backoff=Backoff(200, 10, 50), allow=(("127.0.0.1", good.getsockname()[1]),),
                      max_seq_jump=WINDOW, resync_packets=RESYNC)
-    p = ctx.Process(target=rx.main_entry, args=(spec, stop))
     ref = RefRx(window=WINDOW, resync=RESYNC)
     want, got = [], []
-    buf = np.zeros(1 << 20, sc.MD_DTYPE)
+    row = stats.row(ROW_RX)
     try:
-        p.start()
-        row = stats.row(ROW_RX)
-        deadline = time.monotonic() + 120
-        while row[sc.ST_STATE] != sc.STATE_RUNNING:
-            assert p.is_alive() and time.monotonic() < deadline, "rx never started"
-            time.sleep(0.05)
-        to = ("127.0.0.1", int(row[sc.ST_RX_PORT]))
-        packets = row[sc.RX_TRACKER_BASE:sc.RX_TRACKER_BASE + WK.NT]
-        sent = 0
-        for start in range(0, len(datagrams), BATCH):
-            for d, f in zip(datagrams[start:start + BATCH], foreign[start:start + BATCH]):
-                if f:
-                    bad.sendto(d, to)
-                    ref.foreign_source()
-                else:
-                    good.sendto(d, to)
-                    want += ref.receive(d)
-                sent += 1
-            deadline = time.monotonic() + 60
-            while packets[WK.T_PACKETS] < sent:
-                assert p.is_alive() and time.monotonic() < deadline, "rx stopped taking datagrams"
-                time.sleep(0.0005)
-            k = md_ring.pop(buf)
-            got.append(buf[:k].copy())
-        assert rx.kernel_drops(to[1]) == 0, "the kernel dropped datagrams: the accounting below cannot be exact"
-        c = tracker_counters(packets)
-        assert c["packets"] == sent == sum(c[WK.TRACKER_NAMES[i]] for i in WK.DISPOSITIONS)
-        for name in WK.TRACKER_NAMES.values():
-            assert c[name] == ref.c[name], (name, c[name], ref.c[name])
-        for name in ("foreign_source", "foreign_session", "implausible_seq", "malformed_check", "malformed_length",
-                     "malformed_magic", "malformed_version", "duplicates", "out_of_order", "accepted", "heartbeats"):
-            assert c[name] > 0, name  # the campaign reached every disposition
-        assert c["ring_drops"] == 0 and p.is_alive()
+        with running_rx(spec, row) as p:
+            got = _send_and_account(datagrams, foreign, row, md_ring, good, bad, ref, want, p)
     finally:
-        stop.set()
-        p.join(30)
-        if p.is_alive():
-            p.kill()
-            p.join(10)
         good.close()
         bad.close()
         for x in (md_ring, stats):
             x.unlink()
             x.close()
-    assert p.exitcode == 0
     recs = np.concatenate(got)
     w = np.array(want, np.int64).reshape(-1, 4)
     assert len(recs) == len(w) > 0
