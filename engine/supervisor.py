@@ -240,7 +240,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                 fspec = feedmod.FeedSpec(
                     port=port, rate=opts.rate or 0, count=opts.count, duration_s=duration,
                     n_symbols=len(cfg.book.symbols), instance=inst, cores=feed_cores, parent_pid=os.getpid(),
-                    exchange=cfg.exchange, traders=cfg.traders)
+                    exchange=cfg.exchange, traders=cfg.traders,
+                    src_port=src_sock.getsockname()[1] if src_sock is not None else 0)
             else:
                 fspec = feedmod.FeedSpec(
                     port=port, replay=opts.replay, rate=rate, speed=opts.speed, count=opts.count,
@@ -351,11 +352,12 @@ def _admission(cfg: Config, opts: RunOptions, inst: str, backoff: Backoff, rx_co
     obpipe starts sends from a reserved port, the only source rx admits unless
     ``[rx] allow_sources`` names others, in a session chosen here (``[rx] session``, else
     random per run) that rx follows from its first packet.  A capture resends its
-    recorded session, and the exchange picks its own: rx follows the first session seen."""
+    recorded session, and the exchange (``--source exchange``, also sending from the
+    reserved port) picks its own: rx follows the first session seen from that port."""
     r = cfg.rx
-    own = not opts.no_feed and opts.source != "exchange"
+    own = not opts.no_feed
     capture = opts.replay is not None and capmod.is_capture(opts.replay)
-    session = r.session or (feedmod.random_session() if own and not capture else 0)
+    session = r.session or (feedmod.random_session() if own and not capture and opts.source != "exchange" else 0)
     allow = r.sources()
     sock = None
     if own and not allow:

@@ -195,6 +195,7 @@ class ExchangeConfig:
     max_clients: int = 1024  # further connections are refused
     md_host: str = "127.0.0.1"  # market data (UDP, the pipeline's wire format) goes to md_host:md_port
     md_port: int = 0  # 0: no market data (obpipe run points it at its receiver)
+    md_src_port: int = 0  # send market data from this UDP port (obpipe run reserves one: rx admits only it); 0: any
     journal: str = ""  # journal file; "" = none (a restart starts empty)
     fsync: str = "batch"  # "batch": fsync each batch before acknowledging it; "interval"; "none" (page cache only)
     fsync_interval_ms: float = 10.0  # with fsync = "interval"
@@ -445,7 +446,7 @@ def _validate_kafka(k: KafkaConfig, bad) -> None:
 def _validate_exchange(x: ExchangeConfig, t: TradersConfig, bad) -> None:
     import math
 
-    for key in ("port", "md_port"):
+    for key in ("port", "md_port", "md_src_port"):
         if not 0 <= getattr(x, key) <= 65535:
             bad(f"exchange.{key}", f"must be 0..65535, got {getattr(x, key)}")
     if not 2 <= x.band_ticks <= 1 << 24:
