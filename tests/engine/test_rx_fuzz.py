@@ -5,6 +5,8 @@ exactly one disposition, every counter equals the reference receiver's
 delivers, and the book they build equals ``reference_book.RefBook`` fed the same."""
 from __future__ import annotations
 
+import bisect
+import itertools
 import socket
 import struct
 import time
@@ -27,7 +29,7 @@ from .test_rx import running_rx
 
 N_SYM = 4
 WIDTH = 4096
-BATCH = 1000  # datagrams in flight at most (rx's socket buffer holds many more)
+BATCH = 2000  # datagrams in flight at most (rx's 8 MB socket buffer holds many more)
 SESSION = 0x1234ABCD
 WINDOW = 1 << 16  # a small window, so wild sequence numbers hit both sides of it
 RESYNC = 4
@@ -62,22 +64,23 @@ class _Msgs:
         return self.words[4 * i:4 * (i + n)]
 
 
-def campaign(seed: int, n: int, md) -> tuple[list[bytes], list[bool]]:
-    """``n`` datagrams (and whether each comes from the foreign source).  A real feed
-    of small packets in order, and around it random junk and mutations of the real
-    packets (bit flips, truncation, header fields, other sessions, wild sequence
-    numbers, resends, skipped packets, runs beyond the window)."""
+def campaign(seed: int, n: int, md):
+    """About ``n`` datagrams, each with whether it comes from the foreign source, made
+    as they are taken (memory stays flat at any fuzz_scale).  A real feed of small
+    packets in order, and around it random junk and mutations of the real packets (bit
+    flips, truncation, header fields, other sessions, wild sequence numbers, resends,
+    skipped packets, runs beyond the window)."""
     import random
+    from collections import deque
 
     R = random.Random(seed)
     msgs = _Msgs(md)
-    kinds = np.random.default_rng(seed).choice(
-        11, size=n, p=[.30, .15, .10, .08, .08, .06, .07, .06, .04, .04, .02]).tolist()
-    out, foreign = [], []
+    weights = np.cumsum([.30, .15, .10, .08, .08, .06, .07, .06, .04, .04, .02]).tolist()
     seq, mi, last = 1, 0, None
-    sent = []  # real packets made so far (for resends)
+    sent = deque(maxlen=50)  # the latest real packets made (for resends)
     top = msgs.n - 4
-    for k in kinds:
+    for _ in range(n):
+        k = bisect.bisect_right(weights, R.random() * weights[-1])
         if last is None or k == 1 or k == 8:  # the next real packet (the first datagram is one); 8: skipped
             c = R.randint(1, 4)
             if mi + c > msgs.n:
@@ -89,24 +92,23 @@ def campaign(seed: int, n: int, md) -> tuple[list[bytes], list[bool]]:
             if k == 8 and last is not None:
                 continue  # a gap that a resend below may fill later
             last = pk
-            out.append(pk)
-            foreign.append(False)
+            yield pk, False
             continue
         if k == 0:  # random junk, mostly short; half with a valid magic and version
             d = bytearray(R.randbytes(R.randrange(0, 64)))
             if len(d) >= 3 and R.random() < 0.5:
                 d[0:2] = sc.WIRE_MAGIC.to_bytes(2, "little")
                 d[2] = sc.WIRE_VERSION
-            out.append(bytes(d))
+            out = bytes(d)
         elif k == 2:  # bit flips anywhere in a real packet
             d = bytearray(last)
             for _ in range(R.randint(1, 3)):
                 bit = R.randrange(8 * len(d))
                 d[bit // 8] ^= 1 << (bit % 8)
-            out.append(bytes(d))
+            out = bytes(d)
         elif k == 3:  # truncated (or extended) real packet
             cut = R.randrange(len(last) + 16)
-            out.append(last[:cut] if cut <= len(last) else last + bytes(cut - len(last)))
+            out = last[:cut] if cut <= len(last) else last + bytes(cut - len(last))
         elif k == 4:  # header field changes: count, message size, check, version, magic (body untouched)
             h0, q, h2 = struct.unpack_from("<qqQ", last)
             f = R.randrange(5)
@@ -120,58 +122,72 @@ def campaign(seed: int, n: int, md) -> tuple[list[bytes], list[bool]]:
                 h0 ^= R.randrange(1, 256) << 16
             else:
                 h0 ^= R.randrange(1, 1 << 16)
-            out.append(struct.pack("<qqQ", h0, q, h2 & (1 << 64) - 1) + last[24:])
+            out = struct.pack("<qqQ", h0, q, h2 & (1 << 64) - 1) + last[24:]
         elif k == 5:  # another session: a start at seq 1, the current seq, or anywhere
             s = R.choice([0, 1, SESSION ^ 1, R.randrange(1 << 32)])
             q = R.choice([1, seq, R.randrange(-10, 1 << 40)])
-            out.append(_packet(s, q, msgs(R.randrange(top), R.randrange(5))))
+            out = _packet(s, q, msgs(R.randrange(top), R.randrange(5)))
         elif k == 6:  # wild sequence numbers in the right session: heartbeats and packets
             q = R.choice([1 << 62, (1 << 63) - 1, -(1 << 63), -1, 0, seq + WINDOW + 1,
                           seq + R.randrange(1, 2 * WINDOW), seq - R.randrange(1, 1000)])
-            out.append(_packet(SESSION, q, msgs(R.randrange(top), R.randrange(3))))
+            out = _packet(SESSION, q, msgs(R.randrange(top), R.randrange(3)))
         elif k == 7:  # a resend of a recent real packet (a duplicate, or late if it fills a gap)
-            out.append(sent[R.randrange(max(0, len(sent) - 50), len(sent))])
+            out = sent[R.randrange(len(sent))]
         elif k == 9:  # a perfectly valid next packet, but from another source
-            out.append(_packet(SESSION, seq, msgs(mi % top, 2)))
-            foreign.append(True)
+            yield _packet(SESSION, seq, msgs(mi % top, 2)), True
             continue
         else:  # a run of contiguous packets beyond the window (adopted after RESYNC of them)
             q = seq + WINDOW + R.randrange(1, 1000)
             for _ in range(R.randint(1, RESYNC + 1)):
                 c = R.randint(1, 3)
-                out.append(_packet(SESSION, q, msgs(R.randrange(top), c)))
-                foreign.append(False)
+                yield _packet(SESSION, q, msgs(R.randrange(top), c)), False
                 q += c
             seq = max(seq, q)
             continue
-        foreign.append(False)
-    return out, foreign
+        yield out, False
 
 
-def _send_and_account(datagrams, foreign, row, md_ring, good, bad, ref, want, p) -> list[np.ndarray]:
+def _send_and_account(datagrams, row, md_ring, good, bad, ref, p) -> tuple[Book, list[RefBook]]:
     """Send the campaign in flow-controlled batches (rx's socket never overflows, so the
-    accounting is exact) while the reference receiver takes the same datagrams; check
-    every counter; the md ring's records, drained as they come."""
+    accounting is exact) while the reference receiver takes the same datagrams.  After
+    each batch the md ring holds exactly the messages the reference delivered for it;
+    both go into a book.  Then every counter is checked; returns the two books."""
     to = ("127.0.0.1", int(row[sc.ST_RX_PORT]))
     packets = row[sc.RX_TRACKER_BASE:sc.RX_TRACKER_BASE + WK.NT]
     buf = np.zeros(1 << 20, sc.MD_DTYPE)
-    got = []
-    sent = 0
-    for start in range(0, len(datagrams), BATCH):
-        for d, f in zip(datagrams[start:start + BATCH], foreign[start:start + BATCH]):
+    book = Book([WIDTH] * N_SYM, 10)
+    refs = [RefBook(WIDTH) for _ in range(N_SYM)]
+    sent = delivered = 0
+    while True:
+        batch = list(itertools.islice(datagrams, BATCH))
+        if not batch:
+            break
+        want = []
+        for d, f in batch:
             if f:
                 bad.sendto(d, to)
                 ref.foreign_source()
             else:
                 good.sendto(d, to)
                 want += ref.receive(d)
-            sent += 1
+        sent += len(batch)
         deadline = time.monotonic() + 60
         while packets[WK.T_PACKETS] < sent:
             assert p.is_alive() and time.monotonic() < deadline, "rx stopped taking datagrams"
             time.sleep(0.0005)
-        k = md_ring.pop(buf)
-        got.append(buf[:k].copy())
+        recs = buf[:md_ring.pop(buf)]
+        w = np.array(want, np.int64).reshape(-1, 4)
+        assert len(recs) == len(w), (sent, len(recs), len(w))
+        assert np.array_equal(recs["kind"], w[:, 0] & 0xFF) and np.array_equal(recs["side"], (w[:, 0] >> 8) & 0xFF)
+        assert np.array_equal(recs["symbol"], (w[:, 0] >> 16) & 0xFFFF) and np.array_equal(recs["qty"], w[:, 0] >> 32)
+        assert np.array_equal(recs["px_tick"], w[:, 1]) and np.array_equal(recs["seq"], w[:, 2])
+        assert np.array_equal(recs["ts_exch_ns"], w[:, 3])
+        book.apply(recs)
+        for w0, px, _, _ in want:
+            s = (w0 >> 16) & 0xFFFF
+            if s < N_SYM:
+                refs[s].apply(w0 & 0xFF, (w0 >> 8) & 0xFF, px, (w0 >> 32) & 0xFFFFFFFF)
+        delivered += len(recs)
     assert rx.kernel_drops(to[1]) == 0, "the kernel dropped datagrams: the accounting below cannot be exact"
     c = tracker_counters(packets)
     assert c["packets"] == sent == sum(c[WK.TRACKER_NAMES[i]] for i in WK.DISPOSITIONS)
@@ -180,8 +196,8 @@ def _send_and_account(datagrams, foreign, row, md_ring, good, bad, ref, want, p)
     for name in ("foreign_source", "foreign_session", "implausible_seq", "malformed_check", "malformed_length",
                  "malformed_magic", "malformed_version", "duplicates", "out_of_order", "accepted", "heartbeats"):
         assert c[name] > 0, name  # the campaign reached every disposition
-    assert c["ring_drops"] == 0 and p.is_alive()
-    return got
+    assert c["ring_drops"] == 0 and c["delivered"] == delivered > 0 and p.is_alive()
+    return book, refs
 
 
 @pytest.mark.fuzz
@@ -191,7 +207,6 @@ def test_a_million_mutated_and_random_datagrams_are_each_counted_and_only_valid_
         instance, fuzz_scale):
     n = 1_000_000 * fuzz_scale
     md = generate(200_000, SynthParams(n_symbols=N_SYM, seed=31))
-    datagrams, foreign = campaign(1300 + fuzz_scale, n, md)
     stats = StatsBlock.create(instance)
     md_ring = Ring.create(instance, "md", sc.MD_DTYPE, 1 << 20)
     good = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -200,33 +215,18 @@ def test_a_million_mutated_and_random_datagrams_are_each_counted_and_only_valid_
     bad.bind(("127.0.0.1", 0))
     spec = rx.RxSpec(instance, backoff=Backoff(200, 10, 50), allow=(("127.0.0.1", good.getsockname()[1]),),
                      max_seq_jump=WINDOW, resync_packets=RESYNC)
-    ref = RefRx(window=WINDOW, resync=RESYNC)
-    want, got = [], []
     row = stats.row(ROW_RX)
     try:
         with running_rx(spec, row) as p:
-            got = _send_and_account(datagrams, foreign, row, md_ring, good, bad, ref, want, p)
+            book, refs = _send_and_account(campaign(1300 + fuzz_scale, n, md), row, md_ring, good, bad,
+                                           RefRx(window=WINDOW, resync=RESYNC), p)
     finally:
         good.close()
         bad.close()
         for x in (md_ring, stats):
             x.unlink()
             x.close()
-    recs = np.concatenate(got)
-    w = np.array(want, np.int64).reshape(-1, 4)
-    assert len(recs) == len(w) > 0
-    assert np.array_equal(recs["kind"], w[:, 0] & 0xFF) and np.array_equal(recs["symbol"], (w[:, 0] >> 16) & 0xFFFF)
-    assert np.array_equal(recs["side"], (w[:, 0] >> 8) & 0xFF) and np.array_equal(recs["qty"], w[:, 0] >> 32)
-    assert np.array_equal(recs["px_tick"], w[:, 1]) and np.array_equal(recs["seq"], w[:, 2])
-    assert np.array_equal(recs["ts_exch_ns"], w[:, 3])
-    # the book rx's messages build equals the reference book fed the reference receiver's messages
-    book = Book([WIDTH] * N_SYM, 10)
-    book.apply(recs)
-    refs = [RefBook(WIDTH) for _ in range(N_SYM)]
-    for w0, px, _, _ in want:
-        s = (w0 >> 16) & 0xFFFF
-        if s < N_SYM:
-            refs[s].apply(w0 & 0xFF, (w0 >> 8) & 0xFF, px, (w0 >> 32) & 0xFFFFFFFF)
+    # the book rx's messages built equals the reference book fed the reference receiver's messages
     for s, r in enumerate(refs):
         assert book.bbo(s) == r.bbo(), s
         for side in (0, 1):
