@@ -15,11 +15,12 @@ RAW_STRIDE = 2048  # bytes per receive buffer: more than any valid datagram (1,4
 
 
 @njit(**HOT)
-def rx_loop(fd, mvec, raw, T, miss, ctrl, rec, spin_iters, yield_iters, idle_sleep_ns, budget_ns):
+def rx_loop(fd, mvec, raw, names, T, miss, C, allow, ctrl, rec, spin_iters, yield_iters, idle_sleep_ns, budget_ns):
     """Receive and handle datagrams for about ``budget_ns``; when none is waiting, spin
     (``pause``) ``spin_iters`` polls, then ``sched_yield`` ``yield_iters`` polls, then
     sleep ``idle_sleep_ns`` per poll.  Every datagram of one ``recvmmsg`` gets the same
-    receive stamp.  Returns the datagrams handled."""
+    receive stamp; ``names[k, 0]`` is datagram k's sender (sockaddr_in, first 8 bytes),
+    checked against ``allow``.  Returns the datagrams handled."""
     t_end = monotonic_ns() + budget_ns
     vlen = mvec.shape[0]
     idle = 0
@@ -29,7 +30,7 @@ def rx_loop(fd, mvec, raw, T, miss, ctrl, rec, spin_iters, yield_iters, idle_sle
         if n > 0:
             now = monotonic_ns()
             for k in range(n):
-                rx_packet(raw[k], mvec[k, 7] & 0xFFFFFFFF, T, miss, ctrl, rec, now)
+                rx_packet(raw[k], mvec[k, 7] & 0xFFFFFFFF, names[k, 0], T, miss, C, allow, ctrl, rec, now)
             total += n
             idle = 0
             if now >= t_end:

@@ -170,7 +170,7 @@ class Exchange:
         if x.md_port:
             from feed_sim.sender import UdpSender
 
-            self.sender = UdpSender((x.md_host, x.md_port), session=self.session)
+            self.sender = UdpSender((x.md_host, x.md_port), session=self.session, src_port=x.md_src_port)
             self.sender.first_seq = self.sender.next_seq = self.eng.md_messages + 1
             self.sender.warm()
         self.eng.process(np.zeros(0, schema.ORDER_IN_DTYPE))  # compile / load the kernel before clients come
@@ -693,7 +693,8 @@ def feed_main(spec, stop_event) -> None:
     from feed_sim.feed import _Row
 
     # (its simulated traders are anonymous: its own children on loopback)
-    x = dataclasses.replace(spec.exchange, md_host=spec.host, md_port=spec.port, allow_anonymous=True)
+    x = dataclasses.replace(spec.exchange, md_host=spec.host, md_port=spec.port, md_src_port=spec.src_port,
+                            allow_anonymous=True)
     n_sym = max(1, spec.n_symbols)
     cfg = cfgmod.replace(cfgmod.Config(), exchange=dataclasses.asdict(x),
                          book={"symbols": [f"S{i}" for i in range(n_sym)]})

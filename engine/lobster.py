@@ -30,7 +30,11 @@ direction 1 (buy order) -> ``SIDE_BID``; -1 (sell order) -> ``SIDE_ASK``.  ``sid
 the side of the *resting* order, as ``K_TRADE`` / ``K_EXECUTE`` expect (an execution
 of a sell order is a buyer-initiated trade).  ``seq`` is the 1-based row number (= the
 line number, = the matching order-book row); ``ts_exch_ns`` is the time column in
-integer nanoseconds after midnight, parsed digit-exactly (no float round trip);
+integer nanoseconds after midnight, parsed digit-exactly (no float round trip), plus
+the UTC epoch ns of that midnight: LOBSTER times are seconds after midnight New York
+time of the day the file's name carries (``AMZN_2012-06-21_34200000_57600000_message_1.csv``:
+ticker AMZN, 2012-06-21; ``file_info``), so 34200.0 is 13:30:00 UTC that day.  A file
+whose name carries no date keeps the bare offset (``day_ns`` names the day instead);
 ``ts_recv_ns`` is 0.
 
 Prices: LOBSTER prices are USD x 10,000.  ``px_tick = price // d`` where the *tick
@@ -86,6 +90,7 @@ import argparse
 import io
 import json
 import math
+import re
 import sys
 import time
 import warnings
@@ -342,16 +347,42 @@ def _check_divisor(path, d, prices):
     return d
 
 
-def load_messages(path, symbol: int = 0, tick_divisor: int | None = None, return_tick: bool = False):
+#: LOBSTER's file names: TICKER_YYYY-MM-DD_STARTMS_ENDMS_message_LEVELS.csv (or _orderbook_).
+_NAME = re.compile(r"([A-Za-z0-9.]{1,16})_(\d{4})-(\d{2})-(\d{2})_\d+_\d+_(?:message|orderbook)_\d+\.csv")
+_EXCHANGE_TZ = "America/New_York"  # LOBSTER's times are NASDAQ local time
+
+
+def file_info(path) -> tuple[str | None, int | None]:
+    """(ticker, UTC epoch ns of the trading day's midnight in New York) from a LOBSTER
+    file name; (None, None) when the name is not LOBSTER's."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    m = _NAME.fullmatch(Path(path).name)
+    if m is None:
+        return None, None
+    try:
+        day = datetime(int(m[2]), int(m[3]), int(m[4]), tzinfo=ZoneInfo(_EXCHANGE_TZ))
+    except ValueError:
+        return None, None  # (not a date, e.g. 2012-13-45)
+    return m[1], int(day.timestamp()) * 1_000_000_000
+
+
+def load_messages(path, symbol: int = 0, tick_divisor: int | None = None, return_tick: bool = False,
+                  day_ns: int | None = None):
     """A LOBSTER message CSV as ``schema.MD_DTYPE`` records (mapping: module docstring).
 
     ``tick_divisor`` (LOBSTER price units per tick) is detected from the prices when
     ``None``; with ``return_tick`` the result is ``(records, tick_divisor)``.  A bad
-    line raises ``ValueError`` naming the file and the line number.
+    line raises ``ValueError`` naming the file and the line number.  ``day_ns``: the
+    epoch ns the times count from (``None``: the file name's day, ``file_info``, else 0).
     """
     if not 0 <= symbol <= 0xFFFF:
         raise ValueError(f"symbol must be 0..65535, got {symbol}")
+    if day_ns is None:
+        day_ns = file_info(path)[1] or 0
     ts, typ, size, px, direction = _parse_messages(path)
+    ts += day_ns
     d = _check_divisor(path, tick_divisor, _prices_of_messages(typ, px))
     _refuse_message_outliers(path, typ, px, d)
     md = _messages_to_md(ts, typ, size, px, direction, symbol, d)

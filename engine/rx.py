@@ -5,7 +5,10 @@ No select/epoll on the hot path: a compiled loop (``_rx_kernels.rx_loop``) polls
 non-blocking ``recvmmsg`` for up to 64 datagrams per syscall; when nothing arrives it
 spins, then yields, then sleeps (``[backoff]``), so it shares a core politely.  The tracker's counters are words of the rx stats row (shared memory), so
 ``obpipe stats`` sees them live.  Nothing a sender does can crash it: every datagram
-is validated by ``feed_sim._wire_kernels.rx_packet`` before anything is read from it.
+is validated by ``feed_sim._wire_kernels.rx_packet`` before anything is read from it,
+and admitted only from an allowed source, in the session followed, and within the
+sequence window (``foreign_source``, ``foreign_session``, ``implausible_seq`` count the
+rest; docs/PROTOCOL.md "Admission").
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from feed_sim import _wire_kernels as WK
+from feed_sim.wire import allow_list
 from ring import schema
 from ring.schema import STATE_STOPPED
 from ring.spsc import Backoff, Ring
@@ -39,6 +43,15 @@ class RxSpec:
     backoff: Backoff = Backoff()
     cores: tuple[int, ...] = ()
     parent_pid: int = 0
+    # admission (docs/PROTOCOL.md "Admission"): the session followed (0: the first seen),
+    # the sources allowed ((host, port), port 0: any; empty: any source), the largest
+    # forward sequence jump one packet may make, the contiguous beyond-window packets that
+    # are adopted (0: never), and whether a new session starting at seq 1 is followed
+    session: int = 0
+    allow: tuple[tuple[str, int], ...] = ()
+    max_seq_jump: int = WK.DEFAULT_WINDOW
+    resync_packets: int = WK.DEFAULT_RESYNC
+    accept_new_session: bool = False
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -84,12 +97,18 @@ def run(spec: RxSpec, stop) -> int:
     T[WK.T_MISS_LOST] += T[WK.T_NMISS]
     T[WK.T_NMISS] = 0
     miss = np.zeros((WK.MAX_MISSING, 2), np.int64)
+    if spec.session and T[WK.T_SESSION] != spec.session:  # the configured session (kept across rx restarts)
+        T[WK.T_SESSION] = spec.session
+        T[WK.T_NEXT] = 0
+    C = WK.receiver_config(spec.max_seq_jump, spec.resync_packets, spec.accept_new_session)
+    allow = allow_list(spec.allow)
     mv = MsgVec(VLEN)
     raw = np.zeros((VLEN, RK.RAW_STRIDE // 8), np.int64)
     mv.point_at(raw, RK.RAW_STRIDE)
+    names = mv.record_senders()
     b = spec.backoff
     fd = sock.fileno()
-    loop_args = (fd, mv.mvec, raw, T, miss, md.ctrl, md.records)
+    loop_args = (fd, mv.mvec, raw, names, T, miss, C, allow, md.ctrl, md.records)
     RK.rx_loop(*loop_args, 0, 0, 0, 0)  # compile / load before announcing "running"
     port = sock.getsockname()[1]
     row[schema.ST_RX_PORT] = port

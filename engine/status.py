@@ -205,6 +205,9 @@ def render(d: dict, levels: int = 3) -> str:
         f"  rx       pkts {d['rx']['packets']:>14,}  msgs {d['rx']['messages']:,}  gap_msgs {d['rx']['gap_messages']:,}  "
         f"dups {d['rx']['duplicates']:,}  out_of_order {d['rx']['out_of_order']:,}  malformed {d['rx']['malformed']:,}  "
         f"ring_drops {d['rx']['ring_drops']:,}  kernel_drops {d['rx']['kernel_drops']:,}",
+        f"  rx admit session {d['rx']['session']}  foreign_source {d['rx']['foreign_source']:,}  "
+        f"foreign_session {d['rx']['foreign_session']:,}  implausible_seq {d['rx']['implausible_seq']:,}  "
+        f"accepted {d['rx']['accepted']:,}",
         f"  book     msgs {b['msgs']:>14,}  batches {b['batches']:>10,}  bad {b['bad_msgs']:,}  "
         f"out_of_ladder {b['out_of_ladder']:,}  recentres {b['recentres']:,}  evicted {b['evicted_levels']:,}  "
         f"underflow {b['qty_underflow']:,}  crossed {b['crossed']:,}  uncrossed {b['uncrossed_levels']:,}",

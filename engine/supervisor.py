@@ -28,6 +28,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ class RunOptions:
     faults: Faults = field(default_factory=Faults)  # sender-side fault injection
     replay: str | None = None  # a capture or LOBSTER message file instead of the synthetic flow
     speed: float | None = None  # replay at the recorded pace x speed
-    symbol: int = 0  # symbol index of a LOBSTER replay
+    symbol: int | str | None = None  # a LOBSTER replay's symbol: index or name (None: the file name's ticker)
     capture: str | None = None  # record the feed's datagrams to this file
     no_feed: bool = False  # no feed process: an external feed sends to rx's port
     no_kafka: bool = False  # no publisher and no broker ([kafka] enabled = false)
@@ -167,6 +168,11 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     an_cores = tuple(cores_for("analysis", cfg.pinning.analysis))
     pub_cores = tuple(cores_for("publisher", cfg.pinning.publisher))
     pin(cores_for("supervisor", cfg.pinning.supervisor))
+    try:
+        cfg, lobster_md, symbol = _replay_settings(cfg, opts)  # (before the segments: it may name the symbol)
+    except ValueError as e:
+        print(f"obpipe run: {e}", file=sys.stderr)
+        return 2
     segs = _Segments(cfg)
     children: list[_Child] = []
     status = None
@@ -174,8 +180,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     old_handlers = {}
     ctx = mp.get_context("spawn")
     stop, feed_stop, an_stop, pub_stop = (StopFlag(ctx) for _ in range(4))  # (lock-free: children get SIGKILLed)
+    src_sock = None
     try:
-        cfg, lobster_md = _replay_settings(cfg, opts)
         b = cfg.backoff
         backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us)
         spec = book_writer.BookWriterSpec(
@@ -184,8 +190,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             backoff=backoff, cores=book_cores, parent_pid=os.getpid())
         restart = set(cfg.supervisor.restart)
         writer = _Child("book", ROW_BOOK, book_writer.main_entry, (spec, stop), "book" in restart)
-        rxc = _Child("rx", ROW_RX, rx.main_entry,
-                     (rx.RxSpec(inst, backoff=backoff, cores=rx_cores, parent_pid=os.getpid()), stop), "rx" in restart)
+        feed_session, src_sock, rx_of = _admission(cfg, opts, inst, backoff, rx_cores)
+        rxc = _Child("rx", ROW_RX, rx.main_entry, (rx_of(0), stop), "rx" in restart)
         children.extend([writer, rxc])
         analysis = publisher = bootstrap = None
         if cfg.analysis.enabled:
@@ -231,7 +237,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             return 0 if interrupted else 1
         port = int(segs.stats.row(ROW_RX)[schema.ST_RX_PORT])
         # a restarted rx binds the same port, so the feed keeps reaching it
-        rxc.args = (rx.RxSpec(inst, port=port, backoff=backoff, cores=rx_cores, parent_pid=os.getpid()), stop)
+        rxc.args = (rx_of(port), stop)
         status = Status(inst, list(cfg.book.symbols))
         feed = None
         if not opts.no_feed:
@@ -239,13 +245,15 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                 fspec = feedmod.FeedSpec(
                     port=port, rate=opts.rate or 0, count=opts.count, duration_s=duration,
                     n_symbols=len(cfg.book.symbols), instance=inst, cores=feed_cores, parent_pid=os.getpid(),
-                    exchange=cfg.exchange, traders=cfg.traders)
+                    exchange=cfg.exchange, traders=cfg.traders,
+                    src_port=src_sock.getsockname()[1] if src_sock is not None else 0)
             else:
                 fspec = feedmod.FeedSpec(
                     port=port, replay=opts.replay, rate=rate, speed=opts.speed, count=opts.count,
-                    duration_s=duration, seed=seed, n_symbols=len(cfg.book.symbols), symbol=opts.symbol,
+                    duration_s=duration, seed=seed, n_symbols=len(cfg.book.symbols), symbol=symbol,
                     faults=opts.faults, capture=opts.capture, instance=inst, cores=feed_cores,
-                    parent_pid=os.getpid(), lobster_md=lobster_md)
+                    parent_pid=os.getpid(), lobster_md=lobster_md, session=feed_session, start_ns=cfg.run.start_ns,
+                    src_port=src_sock.getsockname()[1] if src_sock is not None else 0)
             feed = _Child("feed", ROW_FEED, feedmod.main_entry, (fspec, feed_stop), False)
             feed.start(ctx)
             children.append(feed)
@@ -328,6 +336,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                 p.join(5)
         if status is not None:
             status.close()
+        if src_sock is not None:
+            src_sock.close()
         if broker is not None:
             broker.stop()
         segs.close()
@@ -335,9 +345,71 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             signal.signal(sig, h)
 
 
-def _replay_settings(cfg: Config, opts: RunOptions) -> tuple[Config, np.ndarray | None]:
-    """For a LOBSTER replay: the config it runs with, and the file loaded once (the feed
-    sends it as loaded; ``None``: not a LOBSTER replay, or a file the feed will report).
+def reserve_udp_port() -> socket.socket:
+    """A UDP socket bound to a free port on 127.0.0.1 with SO_REUSEPORT: the feed binds
+    the same port (allowed for the same user only), so while this is open no other
+    user's process can send from it."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def _admission(cfg: Config, opts: RunOptions, inst: str, backoff: Backoff, rx_cores):
+    """Who rx admits (docs/PROTOCOL.md "Admission"): (the session the feed is given, the
+    socket reserving the feed's source port or None, rx's spec for a port).  The feed
+    obpipe starts sends from a reserved port, the only source rx admits unless
+    ``[rx] allow_sources`` names others, in a session chosen here (``[rx] session``, else
+    random per run) that rx follows from its first packet.  A capture resends its
+    recorded session, and the exchange (``--source exchange``, also sending from the
+    reserved port) picks its own: rx follows the first session seen from that port."""
+    r = cfg.rx
+    own = not opts.no_feed
+    capture = opts.replay is not None and capmod.is_capture(opts.replay)
+    session = r.session or (feedmod.random_session() if own and not capture and opts.source != "exchange" else 0)
+    allow = r.sources()
+    sock = None
+    if own and not allow:
+        sock = reserve_udp_port()
+        allow = (("127.0.0.1", sock.getsockname()[1]),)
+
+    def rx_of(port: int) -> rx.RxSpec:
+        return rx.RxSpec(inst, port=port, backoff=backoff, cores=rx_cores, parent_pid=os.getpid(),
+                         session=session, allow=allow, max_seq_jump=r.max_seq_jump,
+                         resync_packets=r.resync_packets, accept_new_session=r.accept_new_session)
+
+    return session, sock, rx_of
+
+
+def _replay_symbol(cfg: Config, opts: RunOptions) -> tuple[Config, int]:
+    """The symbol index a LOBSTER replay's messages carry, and the config naming it:
+    ``--symbol`` as an index, or as a name (one of ``[book] symbols``, else the only
+    symbol), or by default the ticker of the file's name (AMZN_2012-06-21_..._message_1.csv
+    is published as AMZN, so stories of it are found by that name)."""
+    from engine import lobster
+
+    sym = opts.symbol
+    if sym is None:
+        sym = lobster.file_info(opts.replay)[0] if opts.replay else None
+        if sym is None:
+            return cfg, 0
+    if isinstance(sym, str) and sym.isdigit():
+        sym = int(sym)
+    names = cfg.book.symbols
+    if isinstance(sym, int):
+        if not 0 <= sym < len(names):
+            raise ValueError(f"--symbol {sym}: [book] symbols has {len(names)} (indexes 0..{len(names) - 1})")
+        return cfg, sym
+    if sym in names:
+        return cfg, names.index(sym)
+    w = {k: v for k, v in cfg.book.ladder_width_by_symbol.items() if k == sym}
+    return dataclasses.replace(cfg, book=dataclasses.replace(cfg.book, symbols=(sym,), ladder_width_by_symbol=w)), 0
+
+
+def _replay_settings(cfg: Config, opts: RunOptions) -> tuple[Config, np.ndarray | None, int]:
+    """For a LOBSTER replay: the config it runs with, the file loaded once (the feed
+    sends it as loaded; ``None``: not a LOBSTER replay, or a file the feed will report),
+    and the symbol index its messages carry (``_replay_symbol``).
     Its ticks are the file's (cents, or half cents for the AMZN sample), so the tick size
     published with every message is the file's, not ``[analysis] tick_size`` (which
     describes the synthetic feed and the exchange).  And its book uncrosses: a level-N
@@ -346,11 +418,12 @@ def _replay_settings(cfg: Config, opts: RunOptions) -> tuple[Config, np.ndarray 
     the order-book file beside it to correct the top; ``feed.load_lobster``)."""
     if opts.replay is None or opts.no_feed or opts.source == "exchange" or capmod.is_capture(opts.replay) \
             or not os.path.isfile(opts.replay):
-        return cfg, None
+        return cfg, None, opts.symbol if isinstance(opts.symbol, int) else 0
+    cfg, symbol = _replay_symbol(cfg, opts)
     try:
-        md, divisor = feedmod.load_lobster(opts.replay, opts.symbol, return_tick=True)
+        md, divisor = feedmod.load_lobster(opts.replay, symbol, return_tick=True)
     except feedmod.FeedError:
-        return cfg, None  # (the feed reports what is wrong with the file)
+        return cfg, None, symbol  # (the feed reports what is wrong with the file)
     size = divisor / 10_000
     cfg = dataclasses.replace(cfg, book=dataclasses.replace(cfg.book, uncross=True))  # (partial depth: see there)
     if size != cfg.analysis.tick_size:
@@ -358,7 +431,7 @@ def _replay_settings(cfg: Config, opts: RunOptions) -> tuple[Config, np.ndarray 
                    f"{divisor}); publishing tick_size {size:g}, not [analysis] tick_size "
                    f"{cfg.analysis.tick_size:g}")
         cfg = dataclasses.replace(cfg, analysis=dataclasses.replace(cfg.analysis, tick_size=size))
-    return cfg, md
+    return cfg, md, symbol
 
 
 def _wait_running(segs, children, interrupted, timeout_s: float = 300) -> bool:

@@ -13,15 +13,35 @@ Python face):
 ``check`` is the XOR of all message words folded to 32 bits: a corrupted message body
 is caught and counted as malformed instead of reaching the book as garbage.
 
+Admission, before any sequence tracking (MoldUDP64 practice: a receiver follows one
+source and one session):
+  source       with an allow-list (``allow``: rows of (value, mask) over the first word
+               of the sender's ``sockaddr_in``), a datagram from any other address/port
+               is counted ``foreign_source`` and never read further
+  session      the receiver follows one session: the configured one, else the first
+               seen (from an allowed source).  Any other session is counted
+               ``foreign_session`` and never applied; session 0 is never followed.  Only
+               with ``C[C_FLAGS] & F_ACCEPT_NEW_SESSION`` does a packet of a new session
+               that starts it (seq 1, count > 0) switch the receiver to it
+  seq window   a packet starting more than ``C[C_WINDOW]`` messages ahead of the next
+               expected one is counted ``implausible_seq`` and not adopted (one forged
+               heartbeat cannot push the expected sequence to 2^62 and make every real
+               packet late).  ``C[C_RESYNC]`` such packets in a row, each carrying
+               messages and starting where the previous one ended, are a real feed
+               that moved on (e.g. while rx was down): the last one is adopted as a gap
+
+Every datagram gets exactly one disposition: packets == malformed_* + foreign_source +
+foreign_session + implausible_seq + heartbeats + duplicates + out_of_order + accepted.
+
 Sequence tracking (one session at a time), for a valid packet covering [a, b):
   a == next        in order: deliver all, next = b
   a >  next        gap: [next, a) is missing (remembered), gap_msgs += a - next, deliver
   b <= next        old: inside a remembered missing range -> out of order (late): counted,
                    *not* applied (the book is not commutative under clamping), gap_msgs
                    shrinks by its count; otherwise a duplicate
-  a < next < b     overlap: [a, next) duplicate, [next, b) delivered
-So ``gap_msgs`` is always the net number of messages never received.  A new session
-id restarts tracking at sequence 1 (so a receiver counts whatever it missed at the
+  a < next < b     overlap: [a, next) duplicate messages, [next, b) delivered (accepted)
+So ``gap_msgs`` is always the net number of messages never received.  An adopted
+session starts tracking at sequence 1 (so a receiver counts whatever it missed at the
 start as a gap).  A packet with count 0 is a heartbeat: it reveals trailing gaps.
 """
 from __future__ import annotations
@@ -61,15 +81,47 @@ T_RING_DROPS = 16  # delivered messages dropped because the md ring was full
 T_HEARTBEATS = 17  # count-0 packets
 T_NMISS = 18  # remembered missing ranges in use
 T_MISS_LOST = 19  # missing ranges forgotten (table full): a late packet for them counts as duplicate
-NT = 20
+T_FOREIGN_SOURCE = 20  # datagrams from a source outside the allow-list (never read further)
+T_FOREIGN_SESSION = 21  # valid datagrams of a session other than the one followed (never applied)
+T_IMPLAUSIBLE = 22  # valid datagrams starting more than C_WINDOW messages ahead (not adopted)
+T_ACCEPTED = 23  # datagrams that delivered new messages (in order, after a gap, or an overlap's tail)
+NT = 24
 TRACKER_NAMES = {
     T_PACKETS: "packets", T_MESSAGES: "messages", T_DELIVERED: "delivered", T_GAP_MSGS: "gap_messages",
     T_GAP_EVENTS: "gap_events", T_DUP_PKTS: "duplicates", T_DUP_MSGS: "duplicate_messages",
     T_OOO_PKTS: "out_of_order", T_LATE_MSGS: "late_messages", T_MAL_LENGTH: "malformed_length",
     T_MAL_MAGIC: "malformed_magic", T_MAL_VERSION: "malformed_version", T_MAL_CHECK: "malformed_check",
     T_RING_DROPS: "ring_drops", T_HEARTBEATS: "heartbeats", T_SESSIONS: "sessions",
-    T_MISS_LOST: "missing_ranges_forgotten",
+    T_MISS_LOST: "missing_ranges_forgotten", T_FOREIGN_SOURCE: "foreign_source",
+    T_FOREIGN_SESSION: "foreign_session", T_IMPLAUSIBLE: "implausible_seq", T_ACCEPTED: "accepted",
 }
+#: The dispositions: every datagram is counted in exactly one of these.
+DISPOSITIONS = (T_MAL_LENGTH, T_MAL_MAGIC, T_MAL_VERSION, T_MAL_CHECK, T_FOREIGN_SOURCE, T_FOREIGN_SESSION,
+                T_IMPLAUSIBLE, T_HEARTBEATS, T_DUP_PKTS, T_OOO_PKTS, T_ACCEPTED)
+
+# Receiver settings and admission state (C): the process's own, not in shared memory.
+C_WINDOW = 0  # largest forward sequence jump adopted from one packet (messages)
+C_FLAGS = 1
+C_RESYNC = 2  # beyond-window packets in a row (contiguous, with messages) that are adopted; 0: never
+C_JUMP_NEXT = 3  # where the last beyond-window packet ended
+C_JUMP_RUN = 4  # contiguous beyond-window packets so far
+NC = 8
+F_ACCEPT_NEW_SESSION = 1  # a packet at seq 1 of a new session (from an allowed source) switches to it
+DEFAULT_WINDOW = 1 << 24  # 16.8M messages: > 8 s of loss at 2M msgs/s; a forged jump beyond it is refused
+DEFAULT_RESYNC = 64  # 64 contiguous packets (~2,900 messages) beyond the window: the feed really moved on
+
+
+def receiver_config(window: int = DEFAULT_WINDOW, resync: int = DEFAULT_RESYNC,
+                    accept_new_session: bool = False) -> np.ndarray:
+    """The C array for ``rx_packet``."""
+    c = np.zeros(NC, np.int64)
+    c[C_WINDOW] = window
+    c[C_RESYNC] = resync
+    c[C_FLAGS] = F_ACCEPT_NEW_SESSION if accept_new_session else 0
+    return c
+
+
+NO_ALLOW = np.zeros((0, 2), np.int64)  # no allow-list: any source
 MAX_MISSING = 256  # remembered missing ranges [lo, hi)
 
 
@@ -174,11 +226,31 @@ def _fill_gap(T, miss, a, b):
     return False
 
 
+@njit(**HOT, inline="always")
+def _allowed(src, allow):
+    for i in range(allow.shape[0]):
+        if (src & allow[i, 1]) == allow[i, 0]:
+            return True
+    return False
+
+
+@njit(**HOT, inline="always")
+def _adopt(T, session):
+    T[T_SESSION] = session
+    T[T_SESSIONS] += 1
+    T[T_NEXT] = 1
+    T[T_NMISS] = 0
+
+
 @njit(**HOT)
-def rx_packet(w, nbytes, T, miss, md_ctrl, md_rec, ts_recv):
-    """Check and track one datagram (``w``: its bytes as int64 words, ``nbytes`` long)
-    and push its new messages into the md ring.  Returns messages delivered."""
+def rx_packet(w, nbytes, src, T, miss, C, allow, md_ctrl, md_rec, ts_recv):
+    """Check, admit and track one datagram (``w``: its bytes as int64 words, ``nbytes``
+    long, from ``src``: the first word of the sender's sockaddr_in) and push its new
+    messages into the md ring.  Returns messages delivered."""
     T[T_PACKETS] += 1
+    if allow.shape[0] > 0 and not _allowed(src, allow):
+        T[T_FOREIGN_SOURCE] += 1
+        return 0
     if nbytes < _HDR:
         T[T_MAL_LENGTH] += 1
         return 0
@@ -203,16 +275,29 @@ def rx_packet(w, nbytes, T, miss, md_ctrl, md_rec, ts_recv):
         return 0
     session = (h0 >> 32) & _M32
     a = w[1]
-    if T[T_NEXT] == 0 or session != T[T_SESSION]:
-        T[T_SESSION] = session
-        T[T_SESSIONS] += 1
-        T[T_NEXT] = 1
-        T[T_NMISS] = 0
+    if session != T[T_SESSION] or T[T_NEXT] == 0:
+        if session != 0 and (T[T_SESSION] == 0 or session == T[T_SESSION]):
+            _adopt(T, session)  # the first session seen, or the configured one's first packet
+        elif session != 0 and (C[C_FLAGS] & F_ACCEPT_NEW_SESSION) != 0 and a == 1 and count > 0:
+            _adopt(T, session)  # a restarted feed (allowed by configuration)
+        else:
+            T[T_FOREIGN_SESSION] += 1
+            return 0
+    nxt = T[T_NEXT]
+    if a - nxt > C[C_WINDOW]:
+        if count > 0 and a == C[C_JUMP_NEXT]:
+            C[C_JUMP_RUN] += 1
+        else:
+            C[C_JUMP_RUN] = 1 if count > 0 else 0
+        C[C_JUMP_NEXT] = a + count
+        if C[C_RESYNC] == 0 or C[C_JUMP_RUN] < C[C_RESYNC]:
+            T[T_IMPLAUSIBLE] += 1
+            return 0
+        C[C_JUMP_RUN] = 0  # (adopted below as a gap)
     if count == 0:
         T[T_HEARTBEATS] += 1
     T[T_MESSAGES] += count
     b = a + count
-    nxt = T[T_NEXT]
     first = 0  # index of the first message to deliver
     if a > nxt:
         _remember_gap(T, miss, nxt, a)
@@ -231,13 +316,13 @@ def rx_packet(w, nbytes, T, miss, md_ctrl, md_rec, ts_recv):
                 T[T_DUP_MSGS] += count
             return 0
         first = nxt - a
-        T[T_DUP_PKTS] += 1
         T[T_DUP_MSGS] += first
     if b > T[T_NEXT]:
         T[T_NEXT] = b
     k = count - first
     if k <= 0:
         return 0
+    T[T_ACCEPTED] += 1
     cap = md_rec.shape[0]
     head, free = ring_claim(md_ctrl, cap, k)
     put = min(k, free)

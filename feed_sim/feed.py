@@ -28,7 +28,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +54,13 @@ class FeedSpec:
     count: int | None = None  # stop after this many messages
     duration_s: float = 0.0  # stop after this many seconds (0: no limit)
     seed: int = 1
+    start_ns: int = 0  # synthetic clock start, UTC epoch ns; 0: the wall clock when the feed starts
     n_symbols: int = 4
     symbol: int = 0  # symbol index a LOBSTER file's messages carry
     faults: Faults = field(default_factory=Faults)
     capture: str | None = None  # also write every datagram sent to this file
-    session: int = 0  # 0: derived from the seed
+    session: int = 0  # 0: random per run (a receiver follows one session; a guessable one could be forged)
+    src_port: int = 0  # send from this port (reserved by the supervisor: rx allows only it); 0: any
     instance: str | None = None  # publish live counters in this instance's feed stats row
     cores: tuple[int, ...] = ()
     parent_pid: int = 0
@@ -77,6 +79,11 @@ class FeedError(ValueError):
     """A feed that cannot start (bad file, bad option): the message says why."""
 
 
+def random_session() -> int:
+    """A feed session id: random, never 0 (rx never follows session 0)."""
+    return int.from_bytes(os.urandom(4), "little") or 1
+
+
 def orderbook_beside(message_csv: str) -> Path | None:
     p = Path(message_csv)
     name = re.sub(r"_message_(\d+)\.csv$", r"_orderbook_\1.csv", p.name)
@@ -92,6 +99,10 @@ def load_lobster(path: str, symbol: int = 0, return_tick: bool = False):
     tick divisor (LOBSTER price units per tick)."""
     from engine import lobster
 
+    if lobster.file_info(path)[1] is None:
+        raise FeedError(f"{Path(path).name}: no trading day in the file name: a LOBSTER file is named "
+                        f"TICKER_YYYY-MM-DD_START_END_message_N.csv, its times seconds after that day's midnight "
+                        f"(New York); rename it so")
     try:
         md, d = lobster.load_messages(path, symbol=symbol, return_tick=True)
         ob_path = orderbook_beside(path)
@@ -203,9 +214,9 @@ def run(spec: FeedSpec, stop=None) -> dict:
         else:
             kind = "lobster"
             md = spec.lobster_md if spec.lobster_md is not None else load_lobster(spec.replay, spec.symbol)
-    session = spec.session or (spec.seed & 0xFFFFFFFF) or 1
+    session = spec.session or random_session()
     sender = UdpSender((spec.host, spec.port), session=session, faults=spec.faults, rate=spec.rate,
-                       speed=spec.speed, capture=spec.capture, max_batch=MAX_CHUNK)
+                       speed=spec.speed, capture=spec.capture, max_batch=MAX_CHUNK, src_port=spec.src_port)
     row = _Row(spec.instance)
     if kind == "capture":
         total = int(cap.msgs.sum()) if spec.count is None else min(spec.count, int(cap.msgs.sum()))
@@ -220,6 +231,7 @@ def run(spec: FeedSpec, stop=None) -> dict:
         sender.warm()
         if kind == "synthetic":
             generate_into(np.zeros(1, schema.MD_DTYPE), SynthParams(n_symbols=spec.n_symbols, seed=spec.seed))
+            spec = replace(spec, start_ns=spec.start_ns or time.time_ns())  # the stream's clock: its start
         sender.start_clock()
         t_start = prog.t0 = time.monotonic()
         row.publish(sender, total, schema.STATE_RUNNING)
@@ -242,7 +254,8 @@ def run(spec: FeedSpec, stop=None) -> dict:
             "datagrams": sender.datagrams_sent, "send_errors": sender.send_errors,
             "injected": dict(sender.injected), "expected": dict(sender.expected),
             "captured": sender.capture.datagrams if sender.capture is not None else 0,
-            "capture_file": spec.capture, "seconds": round(seconds, 3),
+            "capture_file": spec.capture, "session": session,
+            "start_ns": spec.start_ns if kind == "synthetic" else None, "seconds": round(seconds, 3),
             "msgs_per_s": round(sender.msgs / max(seconds, 1e-9)), "interrupted": interrupted,
             "port": spec.port}
 
@@ -263,7 +276,7 @@ def _should_stop(spec, stop, t_start) -> bool:
 def _send_messages(spec, sender, md, total, stop, row, prog, t_start) -> None:
     chunk = _chunk(spec.rate)
     if md is None:
-        params = SynthParams(n_symbols=spec.n_symbols, seed=spec.seed)
+        params = SynthParams(n_symbols=spec.n_symbols, seed=spec.seed, start_ts_ns=spec.start_ns)
         buf = np.zeros(chunk, schema.MD_DTYPE)
         state = None
     sent = 0

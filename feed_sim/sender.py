@@ -31,7 +31,7 @@ class UdpSender:
 
     def __init__(self, addr: tuple[str, int], session: int = 1, per_packet: int = schema.WIRE_MAX_MSGS,
                  faults: Faults | None = None, rate: float = 0.0, max_batch: int = 45 * 1024,
-                 speed: float | None = None, capture: str | None = None):
+                 speed: float | None = None, capture: str | None = None, src_port: int = 0):
         if speed is not None and not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed}")
         self.addr = addr
@@ -42,6 +42,9 @@ class UdpSender:
         self.speed = speed
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        if src_port:  # a source port reserved for us (SO_REUSEPORT: same user only): rx allows only it
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self.sock.bind(("127.0.0.1" if addr[0] in ("127.0.0.1", "localhost") else "0.0.0.0", src_port))
         self.mv = MsgVec(VLEN, addr)
         npk = -(-max_batch // per_packet)
         self.buf = PacketBuffer(npk)

@@ -50,6 +50,9 @@ BBO_DTYPE = np.dtype([("bid_px_tick", "<i8"), ("bid_qty", "<i8"), ("ask_px_tick"
 
 _QTY_TABLE_BITS = 14
 
+#: 2026-01-02 14:30:00 UTC (09:30 in New York): the default start of a stream's clock.
+DEFAULT_START_NS = 1_767_364_200_000_000_000
+
 
 @dataclass(frozen=True)
 class SynthParams:
@@ -65,7 +68,9 @@ class SynthParams:
     seed: int = 1  # any int; the only source of randomness
     base_px_tick: int = 10_000  # initial fair value of symbol 0, ticks
     base_px_step: int = 1_000  # symbol s starts at base_px_tick + s * base_px_step ticks
-    start_ts_ns: int = 34_200_000_000_000  # clock before the first event (09:30 as ns after midnight)
+    # clock before the first event, UTC epoch ns (a fixed day: the stream depends only on
+    # its parameters; the feed gives its wall-clock start, ``FeedSpec.start_ns``)
+    start_ts_ns: int = DEFAULT_START_NS
     first_seq: int = 1  # seq of the first message
     activity_skew: float = 0.8  # symbol s is picked with weight 1 / (s + 1) ** activity_skew
 

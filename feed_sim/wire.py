@@ -65,15 +65,39 @@ def tracker_counters(T: np.ndarray) -> dict[str, int]:
     d = {name: int(T[i]) for i, name in TRACKER_NAMES.items()}
     d["malformed"] = sum(d[k] for k in ("malformed_length", "malformed_magic", "malformed_version",
                                         "malformed_check"))
+    d["session"] = int(T[WK.T_SESSION])
     return d
 
 
-class Tracker:
-    """The receiver's sequence tracker and counters (``T``) and missing ranges."""
+def source_key(host: str, port: int = 0) -> tuple[int, int]:
+    """An allow-list row (value, mask) for ``rx_packet``: datagrams from ``host`` (IPv4)
+    and ``port`` (0: any port), matched on the first 8 bytes of the sender's
+    ``sockaddr_in`` (family, port, address)."""
+    import socket
+    import struct
 
-    def __init__(self):
+    raw = struct.pack("<H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton(host)
+    value = struct.unpack("<q", raw)[0]
+    mask = -1 if port else struct.unpack("<q", struct.pack("<HHI", 0xFFFF, 0, 0xFFFFFFFF))[0]
+    return value, mask
+
+
+def allow_list(sources) -> np.ndarray:
+    """``WK.rx_packet``'s allow array from ``(host, port)`` pairs (port 0: any)."""
+    rows = [source_key(h, p) for h, p in sources]
+    return np.array(rows, np.int64).reshape(len(rows), 2)
+
+
+class Tracker:
+    """The receiver's sequence tracker and counters (``T``), missing ranges, settings
+    and admission state (``C``: ``WK.receiver_config``) and source allow-list."""
+
+    def __init__(self, C: np.ndarray | None = None, allow: np.ndarray | None = None, session: int = 0):
         self.T = np.zeros(WK.NT, np.int64)
+        self.T[WK.T_SESSION] = session
         self.miss = np.zeros((WK.MAX_MISSING, 2), np.int64)
+        self.C = WK.receiver_config() if C is None else C
+        self.allow = WK.NO_ALLOW if allow is None else allow
 
     def counters(self) -> dict[str, int]:
         return tracker_counters(self.T)

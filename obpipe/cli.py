@@ -16,10 +16,32 @@ def _load(path):
         raise SystemExit(2)
 
 
+def _symbol_arg(v: str) -> int | str:
+    import re
+
+    if v.isdigit():
+        return int(v)
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,16}", v):
+        raise argparse.ArgumentTypeError(f"--symbol must be an index or 1-16 letters, digits, '.', '_' or '-', "
+                                         f"got {v!r}")
+    return v
+
+
+def _u32(v: str, flag: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{flag} must be 0..4294967295, got {v!r}")
+    return n
+
+
 def _with_overrides(cfg, a):
     """Command-line overrides, validated exactly like the config file's values."""
     run = {k: v for k, v in (("rate", getattr(a, "rate", None)), ("duration_s", getattr(a, "duration", None)),
-                             ("seed", getattr(a, "seed", None))) if v is not None}
+                             ("seed", getattr(a, "seed", None)), ("start_ns", getattr(a, "start_ns", None)))
+           if v is not None}
     sections = {"run": run} if run else {}
     if getattr(a, "instance", None):
         sections["instance"] = {"name": a.instance}
@@ -70,6 +92,9 @@ def _check_feed_args(a, faults) -> None:
             bad("fault injection applies to synthetic and LOBSTER feeds; a capture replays its datagrams exactly")
     elif getattr(a, "speed", None) is not None:
         bad("--speed needs a replay file")
+    start = getattr(a, "start_ns", None)
+    if start and not cfgmod._PLAUSIBLE_NS[0] <= start <= cfgmod._PLAUSIBLE_NS[1]:
+        bad(f"--start-ns must be UTC epoch ns in 1990..2200 (0: now), got {start}")
     if getattr(a, "source", "synthetic") == "exchange" and (replay is not None or faults.any()
                                                             or getattr(a, "capture", None)):
         bad("--source exchange takes no replay file, fault injection or capture (the exchange is the source)")
@@ -173,7 +198,7 @@ def cmd_feed(a) -> int:
     rate = a.rate if a.rate is not None else (0 if a.replay else 200_000)
     spec = feedmod.FeedSpec(host=a.host, port=port, replay=a.replay, rate=rate, speed=a.speed, count=a.count,
                             duration_s=a.duration or 0.0, seed=a.seed, n_symbols=a.symbols, symbol=a.symbol,
-                            faults=faults, capture=a.capture,
+                            faults=faults, capture=a.capture, session=a.session, start_ns=a.start_ns or 0,
                             progress=(not a.no_progress and not a.json and sys.stderr.isatty()) or a.progress)
     from ring._net import set_timer_slack
 
@@ -256,6 +281,11 @@ def cmd_lobster_check(a) -> int:
 
 
 def _add_feed_args(p, run: bool) -> None:
+    p.add_argument("--start-ns", type=int, metavar="NS",
+                   help="synthetic clock start, UTC epoch ns (default: now; same seed + start: same stream)")
+    if not run:
+        p.add_argument("--session", type=lambda v: _u32(v, "--session"), default=0,
+                       help="the feed's session id (default: random per run; rx follows one session)")
     f = p.add_argument_group("fault injection (sender side, exact and seeded)")
     f.add_argument("--drop-every", type=int, default=0, metavar="K", help="drop every K-th packet")
     f.add_argument("--drop-prob", type=float, default=0.0, metavar="P", help="drop each packet with probability P")
@@ -269,7 +299,9 @@ def _add_feed_args(p, run: bool) -> None:
     if run:
         p.add_argument("--replay", metavar="FILE", help="feed a capture (.obcap) or LOBSTER message CSV instead")
         p.add_argument("--speed", type=float, help="replay at the recorded pace x SPEED")
-        p.add_argument("--symbol", type=int, default=0, help="symbol index for a LOBSTER replay")
+        p.add_argument("--symbol", type=_symbol_arg, metavar="INDEX|NAME",
+                       help="a LOBSTER replay's symbol: an index of [book] symbols or a name (default: the ticker "
+                            "in the file name, e.g. AMZN)")
     else:
         p.add_argument("--json", action="store_true", help="final counters as JSON on stdout")
         p.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
@@ -324,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--duration", type=float, help="stop after this many seconds")
     rp.add_argument("--count", "--messages", dest="count", type=int, help="stop after this many messages")
     rp.add_argument("--symbol", type=int, default=0, help="symbol index for a LOBSTER file's messages")
-    rp.add_argument("--seed", type=int, default=1, help="session id and fault seed")
+    rp.add_argument("--seed", type=int, default=1, help="fault seed")
     _add_feed_args(rp, run=False)
     rp.set_defaults(fn=cmd_feed, symbols=1)
 

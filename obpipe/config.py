@@ -79,6 +79,35 @@ RESTARTABLE = ("rx", "analysis", "publisher")
 
 
 @dataclass(frozen=True)
+class RxConfig:
+    """Which datagrams rx admits (docs/PROTOCOL.md "Admission")."""
+
+    # the feed session followed; 0: the one obpipe's own feed is given (random per run),
+    # or with --no-feed the first session seen from an allowed source
+    session: int = 0
+    # "host" or "host:port" senders admitted; empty: only the feed obpipe starts (its
+    # reserved source port), or any sender with --no-feed
+    allow_sources: tuple[str, ...] = ()
+    # largest forward sequence jump one packet may make (messages): 16.8M, > 8 s of loss at
+    # 2M msgs/s; beyond it the packet is counted implausible_seq and not adopted
+    max_seq_jump: int = 1 << 24
+    # this many contiguous beyond-window packets in a row are a feed that moved on (e.g.
+    # while rx was down) and are adopted as a gap; 0: never
+    resync_packets: int = 64
+    # a new session's first packet (seq 1) from an allowed source switches rx to it (a
+    # restarted external feed); false: a new session needs a restart of obpipe
+    accept_new_session: bool = False
+
+    def sources(self) -> tuple[tuple[str, int], ...]:
+        """``allow_sources`` as (host, port) pairs (port 0: any)."""
+        out = []
+        for item in self.allow_sources:
+            host, _, port = item.partition(":")
+            out.append((host, int(port) if port else 0))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
 class SupervisorConfig:
     restart: tuple[str, ...] = ("rx", "analysis", "publisher")  # parts restarted when they die or hang
     max_restarts: int = 3  # restarts per part per run; one more failure fails the run
@@ -166,6 +195,7 @@ class ExchangeConfig:
     max_clients: int = 1024  # further connections are refused
     md_host: str = "127.0.0.1"  # market data (UDP, the pipeline's wire format) goes to md_host:md_port
     md_port: int = 0  # 0: no market data (obpipe run points it at its receiver)
+    md_src_port: int = 0  # send market data from this UDP port (obpipe run reserves one: rx admits only it); 0: any
     journal: str = ""  # journal file; "" = none (a restart starts empty)
     fsync: str = "batch"  # "batch": fsync each batch before acknowledging it; "interval"; "none" (page cache only)
     fsync_interval_ms: float = 10.0  # with fsync = "interval"
@@ -193,6 +223,9 @@ class RunConfig:
     rate: int = 200_000  # synthetic feed messages/s (0: as fast as possible)
     duration_s: float = 0.0  # 0: until Ctrl-C
     seed: int = 1  # synthetic flow seed
+    # the synthetic clock's start, UTC epoch ns; 0: the wall clock when the feed starts
+    # (same seed + same start_ns: the same stream, e.g. to compare two runs)
+    start_ns: int = 0
     stats_interval_s: float = 1.0  # live status line period
 
 
@@ -203,6 +236,7 @@ class Config:
     rings: RingsConfig = RingsConfig()
     backoff: BackoffConfig = BackoffConfig()
     pinning: PinningConfig = PinningConfig()
+    rx: RxConfig = RxConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     kafka: KafkaConfig = KafkaConfig()
@@ -263,6 +297,10 @@ def _build(cls, table: dict, where: str):
 build_section = _build
 
 
+#: UTC epoch ns a configured clock start may name: 1990-01-01 .. 2200-01-01.
+_PLAUSIBLE_NS = (631_152_000 * 10**9, 7_258_118_400 * 10**9)
+
+
 def _pow2(v: int) -> bool:
     return v >= 2 and v & (v - 1) == 0
 
@@ -312,6 +350,7 @@ def _validate(c: Config) -> None:
             why = {"book": "its books live in the writer's memory; a restarted writer would publish empty books",
                    "feed": "a restarted feed would start its sequence numbers again"}.get(part, "no such part")
             bad("supervisor.restart", f"{part!r} is not restartable ({why}); restartable: {', '.join(RESTARTABLE)}")
+    _validate_rx(c.rx, bad)
     if c.supervisor.max_restarts < 0:
         bad("supervisor.max_restarts", "must be >= 0")
     if not (math.isfinite(c.supervisor.heartbeat_timeout_s) and c.supervisor.heartbeat_timeout_s >= 0):
@@ -331,10 +370,31 @@ def _validate(c: Config) -> None:
             bad(f"run.{k}", f"must be a finite number, got {getattr(c.run, k)}")
     if c.run.rate < 0:
         bad("run.rate", "must be >= 0")
+    if c.run.start_ns and not _PLAUSIBLE_NS[0] <= c.run.start_ns <= _PLAUSIBLE_NS[1]:
+        bad("run.start_ns", f"must be 0 (now) or UTC epoch ns in 1990..2200, got {c.run.start_ns}")
     if c.run.duration_s < 0:
         bad("run.duration_s", "must be >= 0")
     if c.run.stats_interval_s <= 0:
         bad("run.stats_interval_s", "must be > 0")
+
+
+def _validate_rx(r: RxConfig, bad) -> None:
+    import ipaddress
+
+    if not 0 <= r.session <= 0xFFFFFFFF:
+        bad("rx.session", f"must be 0 (automatic) or a u32 session id, got {r.session}")
+    for item in r.allow_sources:
+        host, sep, port = item.partition(":")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            bad("rx.allow_sources", f"{item!r}: the host must be an IPv4 address (e.g. 127.0.0.1 or 127.0.0.1:5000)")
+        if sep and not (port.isdigit() and 1 <= int(port) <= 65535):
+            bad("rx.allow_sources", f"{item!r}: the port must be 1..65535")
+    if not 1 <= r.max_seq_jump <= 1 << 48:
+        bad("rx.max_seq_jump", f"must be 1..{1 << 48} messages, got {r.max_seq_jump}")
+    if not 0 <= r.resync_packets <= 1 << 20:
+        bad("rx.resync_packets", f"must be 0 (never) .. {1 << 20}, got {r.resync_packets}")
 
 
 def _validate_analysis(a: AnalysisConfig, bad) -> None:
@@ -400,7 +460,7 @@ def _validate_kafka(k: KafkaConfig, bad) -> None:
 def _validate_exchange(x: ExchangeConfig, t: TradersConfig, bad) -> None:
     import math
 
-    for key in ("port", "md_port"):
+    for key in ("port", "md_port", "md_src_port"):
         if not 0 <= getattr(x, key) <= 65535:
             bad(f"exchange.{key}", f"must be 0..65535, got {getattr(x, key)}")
     if not 2 <= x.band_ticks <= 1 << 24:

@@ -62,6 +62,15 @@ class MsgVec:
             self.mvec[i, 2] = iov0 + 16 * i
             self.mvec[i, 3] = 1
 
+    def record_senders(self) -> np.ndarray:
+        """Receive side: the kernel writes datagram i's sender (``struct sockaddr_in``,
+        16 bytes) into row i of the returned (n, 2) int64 array."""
+        self.names = np.zeros((len(self.mvec), 2), np.int64)
+        for i in range(len(self.mvec)):
+            self.mvec[i, 0] = self.names.ctypes.data + 16 * i
+            self.mvec[i, 1] = 16
+        return self.names
+
     def point_at(self, buf: np.ndarray, stride: int) -> None:
         """Receive side: iovec i -> ``buf`` + i*stride bytes, ``stride`` long."""
         if buf.nbytes < stride * len(self.iov):

@@ -472,10 +472,10 @@ BOOK_STAT_NAMES = {
 #: rx row: words RX_TRACKER_BASE.. hold the receiver's tracker (feed_sim._wire_kernels.T_*),
 #: updated in place by the rx kernel (single writer), so they are live for any reader.
 RX_TRACKER_BASE = 4
-#: rx row: the UDP port it is bound to (words 4..23 are the tracker).
-ST_RX_PORT = 24
+#: rx row: the UDP port it is bound to (words 4..27 are the tracker, NT = 24 words).
+ST_RX_PORT = 28
 #: rx row: datagrams the kernel dropped for rx's socket (receive queue full), -1 unknown.
-ST_RX_KERNEL_DROPS = 25
+ST_RX_KERNEL_DROPS = 29
 #: Feed row (the feed process: synthetic flow or a replay, sent over UDP).
 ST_FEED_SENT = 4  # messages sent
 ST_FEED_DATAGRAMS = 5  # datagrams sent (faults included)

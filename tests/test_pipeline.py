@@ -204,3 +204,24 @@ def test_an_unrestartable_part_in_the_restart_list_is_a_config_error(tmp_path, i
     out = obpipe("run", "--config", _config(tmp_path, instance, extra='[supervisor]\nrestart = ["rx", "book"]\n'),
                  "--messages", "10", timeout=60)
     assert out.returncode == 2 and "supervisor.restart: 'book' is not restartable" in out.stderr
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_a_lobster_replay_is_published_under_its_files_ticker_in_utc_epoch_time(tmp_path, instance):
+    cfg = _config(tmp_path, instance, md_capacity=1 << 17)  # [book] symbols: the defaults, AAA .. DDD
+    out = obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--count", "3000", "--json", "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    d = json.loads(out.stdout)
+    assert list(d["symbols"]) == ["AMZN"] and d["symbols"]["AMZN"]["msgs_applied"] == 3000
+    ts = d["symbols"]["AMZN"]["ts_exch_ns"]  # 2012-06-21, a few seconds after 09:30 New York = 13:30 UTC
+    assert 1_340_285_400 * 10**9 <= ts < 1_340_285_400 * 10**9 + 3_600 * 10**9
+    # --symbol names one: an index of [book] symbols, or a name
+    out = obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--count", "300", "--symbol", "1",
+                 "--json", "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    d = json.loads(out.stdout)
+    assert d["symbols"]["BBB"]["msgs_applied"] == 300 and d["symbols"]["AAA"]["msgs_applied"] == 0
+    bad = obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--symbol", "9", "--json", "--quiet")
+    assert bad.returncode == 2 and "--symbol 9" in bad.stderr
+    assert list_segments(instance) == []

@@ -29,9 +29,9 @@ def _analyzer(n_symbols=1, cap=1 << 12, **sections):
 class Stream:
     """Builds events: the book state is carried from one event to the next."""
 
-    def __init__(self, bid=10_000, ask=10_001, bq=100, aq=100, bd=500, ad=500, symbol=0):
+    def __init__(self, bid=10_000, ask=10_001, bq=100, aq=100, bd=500, ad=500, symbol=0, t0=T0):
         self.st = dict(bid_px_tick=bid, ask_px_tick=ask, bid_qty=bq, ask_qty=aq, bid_depth_qty=bd, ask_depth_qty=ad)
-        self.symbol, self.seq, self.msgs, self.rows = symbol, 0, 0, []
+        self.symbol, self.seq, self.msgs, self.rows, self.t0 = symbol, 0, 0, [], t0
 
     def bbo(self, t_ns, **changes):
         self.st.update(changes)
@@ -45,7 +45,7 @@ class Stream:
         self.seq += 1
         self.msgs += 1
         self.rows.append(dict(kind=kind, side=side, symbol=self.symbol, trade_qty=qty, seq=self.seq,
-                              ts_exch_ns=T0 + t_ns, trade_px_tick=px, sym_msgs=self.msgs, **self.st))
+                              ts_exch_ns=self.t0 + t_ns, trade_px_tick=px, sym_msgs=self.msgs, **self.st))
         return self
 
 
@@ -294,27 +294,42 @@ def test_full_signals_ring_drops_and_counts():
 
 
 def test_same_events_same_outputs():
-    def outputs():
-        an, s = _analyzer(n_symbols=1), Stream()
-        rng = np.random.default_rng(7)
-        bid = 10_000
-        for k in range(3000):
-            bid += int(rng.integers(-1, 2))
-            if rng.random() < 0.2:
-                s.trade(k * 300_000, int(rng.integers(0, 2)), bid + int(rng.integers(0, 3)), int(rng.integers(1, 400)))
-            else:
-                s.bbo(k * 300_000, bid_px_tick=bid, ask_px_tick=bid + (15 if rng.random() < 0.01 else int(rng.integers(1, 4))),
-                      bid_qty=int(rng.integers(1, 500)), ask_qty=int(rng.integers(1, 500)),
-                      bid_depth_qty=int(rng.integers(1, 3000)), ask_depth_qty=int(rng.integers(1, 3000)))
-        out = run(an, s)
-        an.flush()
-        out = np.concatenate([out, _take(an)])
-        out["ts_detect_ns"] = 0
-        return out
-
-    a, b = outputs(), outputs()
+    a, b = _random_outputs(), _random_outputs()
     assert len(signals(a)) > 10 and set(signals(a)["kind"]) == {1, 2, 3, 4, 5}
     assert a.tobytes() == b.tobytes()
+
+
+def test_epoch_feed_time_gives_the_same_signals_and_intervals_as_time_of_day():
+    """Feed time is UTC epoch ns (issue 13): interval and window arithmetic on ~1.3e18
+    values gives exactly what it gave on ns after midnight, shifted by the day."""
+    day = 1_340_251_200_000_000_000  # 2012-06-21 00:00 New York, a whole number of intervals
+    a, b = _random_outputs(), _random_outputs(T0 + day)
+    assert len(a) == len(b) and len(signals(a)) > 10
+    assert (b["ts_exch_ns"] - a["ts_exch_ns"] == day).all()
+    summ = b["rtype"] == sc.OUT_SUMMARY
+    assert summ.sum() >= 9 and (b["iv"][summ, 0] - a["iv"][summ, 0] == day).all()  # interval ends
+    b["ts_exch_ns"] -= day
+    b["iv"][summ, 0] -= day
+    assert a.tobytes() == b.tobytes()
+
+
+def _random_outputs(t0=T0):
+    an, s = _analyzer(n_symbols=1), Stream(t0=t0)
+    rng = np.random.default_rng(7)
+    bid = 10_000
+    for k in range(3000):
+        bid += int(rng.integers(-1, 2))
+        if rng.random() < 0.2:
+            s.trade(k * 300_000, int(rng.integers(0, 2)), bid + int(rng.integers(0, 3)), int(rng.integers(1, 400)))
+        else:
+            s.bbo(k * 300_000, bid_px_tick=bid, ask_px_tick=bid + (15 if rng.random() < 0.01 else int(rng.integers(1, 4))),
+                  bid_qty=int(rng.integers(1, 500)), ask_qty=int(rng.integers(1, 500)),
+                  bid_depth_qty=int(rng.integers(1, 3000)), ask_depth_qty=int(rng.integers(1, 3000)))
+    out = run(an, s)
+    an.flush()
+    out = np.concatenate([out, _take(an)])
+    out["ts_detect_ns"] = 0
+    return out
 
 
 @pytest.mark.parametrize("table, msg", [

@@ -122,8 +122,9 @@ def test_amzn_loader():
     # "34200.18960767,1,11885113,21,2238100,1": 8 decimal digits, buy submit
     m = md[1]
     assert (m["kind"], m["side"], m["qty"], m["px_tick"]) == (schema.K_ADD, schema.SIDE_BID, 21, 2238100 // 50)
-    assert m["ts_exch_ns"] == 34_200_189_607_670
-    assert md["ts_exch_ns"][0] == 34_200_017_459_617
+    day = 1_340_251_200_000_000_000  # 2012-06-21 00:00 New York (04:00 UTC), from the file name
+    assert m["ts_exch_ns"] == day + 34_200_189_607_670
+    assert md["ts_exch_ns"][0] == day + 34_200_017_459_617
     kinds = {int(k): int(n) for k, n in zip(*np.unique(md["kind"], return_counts=True))}
     assert kinds == {schema.K_ADD: 27_845, schema.K_CANCEL: 16, schema.K_DELETE: 18_235,
                      schema.K_EXECUTE: 8_974, schema.K_TRADE: 2_445}
@@ -314,3 +315,19 @@ def test_ladder_width_is_bounded_whatever_the_prices_or_the_option():
         L.auto_width(np.array([1, 1 << 52]))
     with pytest.raises(ValueError, match="ladder width must be 2..8,388,608"):
         L.check(AMZN_MSG, AMZN_OB, width=1 << 40)
+def test_a_lobster_files_times_are_utc_epoch_ns_of_the_day_its_name_carries(tmp_path):
+    """09:30 New York is 13:30 UTC in June (EDT) and 14:30 UTC in January (EST)."""
+    from datetime import datetime, timezone
+
+    assert L.file_info(AMZN_MSG) == ("AMZN", 1_340_251_200_000_000_000)
+    md = L.load_messages(AMZN_MSG)
+    first = datetime.fromtimestamp(int(md["ts_exch_ns"][0]) // 10**9, timezone.utc)
+    assert first.isoformat() == "2012-06-21T13:30:00+00:00"
+    rows = ["34200.5,1,5,10,1000000,1"]
+    winter = tmp_path / "MSFT_2013-01-03_34200000_57600000_message_5.csv"
+    winter.write_text("\n".join(rows) + "\n")
+    ts = int(L.load_messages(winter)["ts_exch_ns"][0])
+    assert datetime.fromtimestamp(ts / 1e9, timezone.utc).isoformat() == "2013-01-03T14:30:00.500000+00:00"
+    assert L.file_info(winter)[0] == "MSFT"
+    for name in ("T_message_1.csv", "AMZN_2012-13-45_1_2_message_1.csv", "AMZN_2012-06-21_message_1.csv"):
+        assert L.file_info(tmp_path / name) == (None, None)
