@@ -116,7 +116,7 @@ def test_ctrl_c_ends_kafka_feed_and_exchange_within_2_s(tmp_path):
     port = free_port()
     cases = [
         (("kafka", "--port", str(port)), "stdout", "Ctrl-C stops it"),
-        (("exchange", "--port", "0"), "stderr", "listening on"),
+        (("exchange", "--port", "0", "--anonymous"), "stderr", "listening on"),
         # a feed sending to a port nobody reads: started (its progress is on stderr when asked)
         (("feed", "--port", str(free_port()), "--rate", "10000", "--duration", "60", "--progress"),
          "stderr", "synthetic"),
