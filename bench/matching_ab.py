@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+# A fresh numba cache per run: the two kernels are loaded from files under module names
+# of their own, and numba cannot reload such a module's cached functions in a later
+# process (ModuleNotFoundError '<dynamic>').
+_CACHE = tempfile.TemporaryDirectory(prefix="obpipe-ab-numba-")
+os.environ["NUMBA_CACHE_DIR"] = _CACHE.name
+os.environ.pop("OBPIPE_NUMBA_CACHE", None)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

@@ -9,9 +9,9 @@ order and no Python runs per order.
   resting order: id, price, open quantity, prev/next slot in its level's FIFO, account,
   side, symbol.  Free rows are chained through ``O_NEXT`` from ``E[E_FREE]``; a free
   row has id 0.  Allocation and release are O(1) pops/pushes.
-* ``L`` - price levels, int64 ``(n_symbols * 2 * W, 4)``: head slot, tail slot, total
-  open quantity and order count.  Symbol ``s`` side ``d`` price ``px`` is row
-  ``(2 s + d) W + (px - base_sd)``: a price ladder over the side's window
+* ``L`` - price levels, int64 ``(n_symbols * 2 * (W + 1), 4)``: head slot, tail slot,
+  total open quantity and order count.  Symbol ``s`` side ``d`` price ``px`` is row
+  ``(2 s + d) (W + 1) + (px - base_sd)``; each side's row ``W`` is its parked row: a price ladder over the side's window
   ``[base, base + W)``.  Orders of a level form a doubly linked FIFO through the pool
   rows, so a cancel anywhere in a level is O(1) (the C++ original scanned a deque).
   Price -> level is one subtraction (no tree: the original's ``std::map`` cost
@@ -19,13 +19,14 @@ order and no Python runs per order.
   scans away from the touch to the next non-empty level, O(gap in ticks).
 * Far prices (docs/DECISIONS.md "Matching: far prices").  Every price 1 .. 2^62 is
   accepted.  An order outside its side's window is *parked*: appended to the side's
-  parked list (arrival order, linked through the same pool columns), unless it would be
+  parked row (arrival order, a list like a level's, so a cancel unlinks either the same
+  way), unless it would be
   the side's best (or the side is empty): then the window moves to it
   (``_recentre``: levels leaving the window are parked whole, the rows shift, parked
   orders now inside are linked into their levels in arrival order).  When the ladder
   side empties and orders are parked, the window moves to the best parked price.  So
   the best level is always in the ladder, matching never looks elsewhere, and the
-  per-order path only gains a range test; parked orders are all worse than the window.
+  per-order path only gains a range test (a select, when unlinking); parked orders are all worse than the window.
 * ``H`` - order id -> pool slot, two parts.  The direct part (``M`` = 2-4x the pool)
   holds id ``i`` in bucket ``i & (M-1)``: ids are sequential, so lookup, insert and
   delete touch one bucket.  An order still resting when an id ``M`` later needs its
@@ -36,7 +37,7 @@ order and no Python runs per order.
   1,700x slower per request after 262k long-resting orders.)  After the id table, H
   holds the FOK check's own-quantity table and its tracked-account set (``_track``).
 * ``S`` - per-symbol, per-side scalars (window base, best level, level/order/quantity
-  counts, parked list); ``E`` - engine scalars (next order id, free list, market-data messages
+  counts); ``E`` - engine scalars (next order id, free list, market-data messages
   emitted, counters); ``N`` - fill counts of the three output buffers.
 
 Outputs go into caller-owned buffers, appended at ``N[...]``: reports
@@ -115,10 +116,7 @@ S_BEST = 2  # 2, 3: ladder index of the best level per side, -1 when the side is
 S_NLEV = 4  # 4, 5: non-empty ladder levels
 S_NORD = 6  # 6, 7: resting orders (ladder and parked)
 S_QTY = 8  # 8, 9: resting quantity (ladder and parked)
-S_PHEAD = 10  # 10, 11: first parked order (slot; -1: none)
-S_PTAIL = 12  # 12, 13: last parked order
-S_NPARK = 14  # 14, 15: parked orders
-NS = 16
+NS = 10
 
 # Engine scalars.
 E_NEXT_ID = 0
@@ -145,7 +143,8 @@ E_TOFF = 20  # offset in H of the tracked-account set (accounts whose own quanti
 E_TM = 21  # its slots (a power of two)
 E_TN = 22  # accounts tracked
 E_FCAP = 23  # own orders a FOK check may skip before it tracks the account (FOK_WALK_CAP)
-NE = 24
+E_RS = 24  # L rows per side: W + 1 (the ladder, then the parked row)
+NE = 25
 FOK_WALK_CAP = 64
 TRACKED_SLOTS = 4096  # at most half of them used: beyond, FOK checks of more accounts walk
 E_NAMES = {E_REQS: "requests", E_ACCEPTED: "accepted", E_REJECTED: "rejected", E_TRADES: "trades",
@@ -166,15 +165,15 @@ def new_state(n_symbols: int, width: int, capacity: int, bases=None):
     E = np.zeros(NE, np.int64)
     E[E_NEXT_ID] = 1
     E[E_W] = width
+    E[E_RS] = width + 1
     S = np.zeros((n_symbols, NS), np.int64)
     S[:, S_BASE:S_BASE + 2] = 1  # (an empty side's window moves to its first order's price)
     if bases is not None:
         b = np.asarray(bases, np.int64)
         S[:, S_BASE] = np.where(b == NO_PX, 1, b)
         S[:, S_BASE + 1] = S[:, S_BASE]
-    for c in (S_BEST, S_PHEAD, S_PTAIL):
-        S[:, c:c + 2] = -1
-    L = np.zeros((n_symbols * 2 * width, 4), np.int64)
+    S[:, S_BEST:S_BEST + 2] = -1
+    L = np.zeros((n_symbols * 2 * (width + 1), 4), np.int64)  # (each side: W levels, then its parked row)
     L[:, L_HEAD] = -1
     L[:, L_TAIL] = -1
     O = np.zeros((capacity, NO_COLS), np.int64)
@@ -349,6 +348,16 @@ def _track(E, H, O, acct):
 
 
 @njit(**HOT)
+def _own_change(E, H, O, slot, dq):
+    """Pool row ``slot``'s open quantity changes by ``dq``: if its account is tracked,
+    so does the account's entry at its price.  (Called only while some account is
+    tracked: the per-order path tests E[E_TN] alone.)"""
+    a = O[slot, O_ACCT]
+    if a != 0 and _tracked(E, H, a):
+        _own_add(E, H, a, 2 * O[slot, O_SYM] + O[slot, O_SIDE], O[slot, O_PX], dq)
+
+
+@njit(**HOT)
 def _own_add(E, H, acct, ss, px, dq):
     """Add ``dq`` to ``acct``'s open quantity at ``px`` (an entry that reaches 0 is
     removed)."""
@@ -415,7 +424,13 @@ def _md(md, N, E, kind, side, sym, qty, oid, px, ts):
 
 @njit(**HOT, inline="always")
 def _row(E, sym, side, i):
-    return (2 * sym + side) * E[E_W] + i
+    """Row of ladder index ``i`` (0 .. W-1) of a side; index W is the side's parked row."""
+    return (2 * sym + side) * E[E_RS] + i
+
+
+@njit(**HOT, inline="always")
+def _prow(E, sym, side):
+    return _row(E, sym, side, E[E_W])
 
 
 @njit(**HOT, inline="always")
@@ -429,7 +444,7 @@ def _rescan(E, S, L, O, sym, side, i):
     """The level at index ``i`` just emptied and was the best: find the next best (the
     best parked order's price, moving the window there, when the ladder is empty)."""
     if S[sym, S_NLEV + side] == 0:
-        if S[sym, S_NPARK + side] == 0:
+        if L[_prow(E, sym, side), L_CNT] == 0:
             S[sym, S_BEST + side] = -1
         else:
             _recentre_on_parked(E, S, L, O, sym, side)
@@ -450,21 +465,45 @@ def _rescan(E, S, L, O, sym, side, i):
 def _link(S, L, O, slot, sym, side, r, i):
     """Link pool row ``slot`` at the back of ladder level row ``r`` (index ``i``): the
     level's and the ladder's counts (not the side's order/quantity totals)."""
-    O[slot, O_NEXT] = -1
     if L[r, L_CNT] == 0:
-        L[r, L_HEAD] = slot
-        O[slot, O_PREV] = -1
         S[sym, S_NLEV + side] += 1
         b = S[sym, S_BEST + side]
         if b < 0 or (side == BUY and i > b) or (side == SELL and i < b):
             S[sym, S_BEST + side] = i
+    _push(L, O, r, slot, slot, 1, O[slot, O_QTY])
+
+
+@njit(**HOT, inline="always")
+def _push(L, O, r, h, t, n, q):
+    """Append the chain of ``n`` orders ``h`` .. ``t`` (linked among themselves) holding
+    quantity ``q`` at the back of row ``r``'s list (a level, or a parked row)."""
+    O[t, O_NEXT] = -1
+    pt = L[r, L_TAIL]
+    O[h, O_PREV] = pt
+    if pt < 0:
+        L[r, L_HEAD] = h
     else:
-        t = L[r, L_TAIL]
-        O[t, O_NEXT] = slot
-        O[slot, O_PREV] = t
-    L[r, L_TAIL] = slot
-    L[r, L_QTY] += O[slot, O_QTY]
-    L[r, L_CNT] += 1
+        O[pt, O_NEXT] = h
+    L[r, L_TAIL] = t
+    L[r, L_QTY] += q
+    L[r, L_CNT] += n
+
+
+@njit(**HOT, inline="always")
+def _cut(L, O, r, slot, q):
+    """Take ``slot`` (open quantity ``q``) out of row ``r``'s list."""
+    p = O[slot, O_PREV]
+    n = O[slot, O_NEXT]
+    if p >= 0:
+        O[p, O_NEXT] = n
+    else:
+        L[r, L_HEAD] = n
+    if n >= 0:
+        O[n, O_PREV] = p
+    else:
+        L[r, L_TAIL] = p
+    L[r, L_QTY] -= q
+    L[r, L_CNT] -= 1
 
 
 @njit(**HOT, inline="always")
@@ -481,8 +520,8 @@ def _append(E, S, L, O, H, slot):
     S[sym, S_NORD + side] += 1
     S[sym, S_QTY + side] += q
     E[E_LIVE] += 1
-    if E[E_TN] != 0 and O[slot, O_ACCT] != 0 and _tracked(E, H, O[slot, O_ACCT]):
-        _own_add(E, H, O[slot, O_ACCT], 2 * sym + side, O[slot, O_PX], q)
+    if E[E_TN] != 0:
+        _own_change(E, H, O, slot, q)
 
 
 @njit(**HOT, inline="always")
@@ -496,28 +535,17 @@ def _unlink(E, S, L, O, H, slot, release):
     S[sym, S_NORD + side] -= 1
     S[sym, S_QTY + side] -= q
     E[E_LIVE] -= 1
-    if E[E_TN] != 0 and O[slot, O_ACCT] != 0 and _tracked(E, H, O[slot, O_ACCT]):
-        _own_add(E, H, O[slot, O_ACCT], 2 * sym + side, O[slot, O_PX], -q)
-    if np.uint64(i) < np.uint64(E[E_W]):  # (one unsigned compare: 0 <= i < W)
-        r = _row(E, sym, side, i)
-        p = O[slot, O_PREV]
-        n = O[slot, O_NEXT]
-        if p >= 0:
-            O[p, O_NEXT] = n
-        else:
-            L[r, L_HEAD] = n
-        if n >= 0:
-            O[n, O_PREV] = p
-        else:
-            L[r, L_TAIL] = p
-        L[r, L_QTY] -= q
-        L[r, L_CNT] -= 1
-        if L[r, L_CNT] == 0:
-            S[sym, S_NLEV + side] -= 1
-            if S[sym, S_BEST + side] == i:
-                _rescan(E, S, L, O, sym, side, i)
-    else:
-        _unpark(S, O, slot, sym, side)
+    if E[E_TN] != 0:
+        _own_change(E, H, O, slot, -q)
+    W = E[E_W]
+    if not np.uint64(i) < np.uint64(W):  # parked (outside the window): the side's row W
+        i = W
+    r = _row(E, sym, side, i)
+    _cut(L, O, r, slot, q)
+    if (L[r, L_CNT] == 0) & (i != W):
+        S[sym, S_NLEV + side] -= 1
+        if S[sym, S_BEST + side] == i:
+            _rescan(E, S, L, O, sym, side, i)
     if release:
         _h_delete(E, H, O, O[slot, O_ID])
         O[slot, O_ID] = 0
@@ -528,36 +556,6 @@ def _unlink(E, S, L, O, H, slot, release):
 # --- far prices: parked orders and moving the window (rare; plain calls) ------------------
 
 @njit(**HOT)
-def _park(E, S, O, h, t, n, sym, side):
-    """Append the chain of ``n`` orders ``h`` .. ``t`` (linked, ``t``'s next -1) to its
-    side's parked list (arrival order, so each price's orders stay in time priority)."""
-    pt = S[sym, S_PTAIL + side]
-    O[h, O_PREV] = pt
-    if pt < 0:
-        S[sym, S_PHEAD + side] = h
-    else:
-        O[pt, O_NEXT] = h
-    S[sym, S_PTAIL + side] = t
-    S[sym, S_NPARK + side] += n
-    E[E_PARKED] += n
-
-
-@njit(**HOT)
-def _unpark(S, O, slot, sym, side):
-    p = O[slot, O_PREV]
-    n = O[slot, O_NEXT]
-    if p >= 0:
-        O[p, O_NEXT] = n
-    else:
-        S[sym, S_PHEAD + side] = n
-    if n >= 0:
-        O[n, O_PREV] = p
-    else:
-        S[sym, S_PTAIL + side] = p
-    S[sym, S_NPARK + side] -= 1
-
-
-@njit(**HOT)
 def _recentre(E, S, L, O, sym, side, nb):
     """Move the side's window to ``[nb, nb + W)``: ladder levels that leave it are parked
     whole (each level's orders stay together, in their order), the rows of the rest
@@ -566,11 +564,13 @@ def _recentre(E, S, L, O, sym, side, nb):
     W = E[E_W]
     ob = S[sym, S_BASE + side]
     r0 = _row(E, sym, side, 0)
+    pr = r0 + W
     if S[sym, S_NLEV + side] > 0:
         for i in range(W):
             r = r0 + i
             if L[r, L_CNT] > 0 and not (nb <= ob + i < nb + W):
-                _park(E, S, O, L[r, L_HEAD], L[r, L_TAIL], L[r, L_CNT], sym, side)
+                _push(L, O, pr, L[r, L_HEAD], L[r, L_TAIL], L[r, L_CNT], L[r, L_QTY])
+                E[E_PARKED] += L[r, L_CNT]
                 L[r, L_HEAD] = -1
                 L[r, L_TAIL] = -1
                 L[r, L_QTY] = 0
@@ -590,23 +590,13 @@ def _recentre(E, S, L, O, sym, side, nb):
     S[sym, S_BASE + side] = nb
     S[sym, S_NLEV + side] = 0
     S[sym, S_BEST + side] = -1
-    o = S[sym, S_PHEAD + side]
+    o = L[pr, L_HEAD]
     while o >= 0:
         nxt = O[o, O_NEXT]
         i = O[o, O_PX] - nb
         if 0 <= i < W:
-            _unpark(S, O, o, sym, side)
-            r = r0 + i
-            if L[r, L_CNT] == 0:
-                L[r, L_HEAD] = o
-                O[o, O_PREV] = -1
-            else:
-                O[L[r, L_TAIL], O_NEXT] = o
-                O[o, O_PREV] = L[r, L_TAIL]
-            O[o, O_NEXT] = -1
-            L[r, L_TAIL] = o
-            L[r, L_QTY] += O[o, O_QTY]
-            L[r, L_CNT] += 1
+            _cut(L, O, pr, o, O[o, O_QTY])
+            _push(L, O, r0 + i, o, o, 1, O[o, O_QTY])
         o = nxt
     n = 0
     best = -1
@@ -628,7 +618,7 @@ def _centre(E, px):
 @njit(**HOT)
 def _recentre_on_parked(E, S, L, O, sym, side):
     """The ladder side is empty and orders are parked: the window moves to the best."""
-    o = S[sym, S_PHEAD + side]
+    o = L[_prow(E, sym, side), L_HEAD]
     best = O[o, O_PX]
     while o >= 0:
         if _better(side, O[o, O_PX], best):
@@ -647,15 +637,15 @@ def _append_far(E, S, L, O, slot):
     px = O[slot, O_PX]
     b = S[sym, S_BEST + side]
     if b < 0 or _better(side, px, S[sym, S_BASE + side] + b):
-        if b < 0 and S[sym, S_NPARK + side] == 0:
+        if b < 0 and L[_prow(E, sym, side), L_CNT] == 0:
             S[sym, S_BASE + side] = _centre(E, px)  # empty side: nothing to move
         else:
             _recentre(E, S, L, O, sym, side, _centre(E, px))
         i = px - S[sym, S_BASE + side]
         _link(S, L, O, slot, sym, side, _row(E, sym, side, i), i)
     else:
-        O[slot, O_NEXT] = -1
-        _park(E, S, O, slot, slot, 1, sym, side)
+        _push(L, O, _prow(E, sym, side), slot, slot, 1, O[slot, O_QTY])
+        E[E_PARKED] += 1
 
 
 # --- matching ------------------------------------------------------------------------
@@ -708,7 +698,7 @@ def _fill_walk(E, S, L, O, H, sym, side, limit, px, acct, want, tracked):
                     o = O[o, O_NEXT]
         k += 1 if side == BUY else -1
     # past the window: the parked orders (all worse than it) within the limit
-    o = S[sym, S_PHEAD + opp]
+    o = L[_prow(E, sym, opp), L_HEAD]
     while o >= 0 and got < want:
         lp = O[o, O_PX]
         if not (limit and ((side == BUY and lp > px) or (side == SELL and lp < px))) and (
@@ -762,8 +752,8 @@ def _aggress(E, S, L, O, H, rep, racct, md, N, ts, oid, acct, side, sym, limit, 
                     O[o, O_QTY] = rq - f
                     L[r, L_QTY] -= f
                     S[sym, S_QTY + opp] -= f
-                    if E[E_TN] != 0 and O[o, O_ACCT] != 0 and _tracked(E, H, O[o, O_ACCT]):
-                        _own_add(E, H, O[o, O_ACCT], 2 * sym + opp, lp, -f)
+                    if E[E_TN] != 0:
+                        _own_change(E, H, O, o, -f)
             o = nxt
     if left == 0:
         return
@@ -801,6 +791,20 @@ def _reject(E, rep, racct, N, side, reason, sym, oid, acct):
     E[E_REJECTED] += 1
 
 
+@njit(**HOT)
+def _bad_new(S, side, ot, tif, sym, qty):
+    """Why a new order is rejected (the first failed check, in this order)."""
+    if side > 1:
+        return schema.RS_BAD_SIDE
+    if ot > schema.OT_MARKET or tif > schema.TIF_FOK:
+        return schema.RS_BAD_TYPE
+    if sym >= S.shape[0]:
+        return schema.RS_BAD_SYMBOL
+    if qty <= 0:
+        return schema.RS_BAD_QTY
+    return schema.RS_BAD_PRICE
+
+
 @njit(**HOT, inline="always")
 def _new_order(E, S, L, O, H, rep, racct, md, N, ts, c):
     oid = E[E_NEXT_ID]
@@ -812,24 +816,12 @@ def _new_order(E, S, L, O, H, rep, racct, md, N, ts, c):
     ot = np.int64(c.ord_type)
     tif = np.int64(c.tif)
     px = np.int64(c.px_tick)
-    if side > 1:
-        _reject(E, rep, racct, N, side, schema.RS_BAD_SIDE, sym, oid, acct)
-        return
-    if ot > schema.OT_MARKET or tif > schema.TIF_FOK:
-        _reject(E, rep, racct, N, side, schema.RS_BAD_TYPE, sym, oid, acct)
-        return
-    if sym >= S.shape[0]:
-        _reject(E, rep, racct, N, side, schema.RS_BAD_SYMBOL, sym, oid, acct)
-        return
-    if qty <= 0:
-        _reject(E, rep, racct, N, side, schema.RS_BAD_QTY, sym, oid, acct)
-        return
     limit = ot == schema.OT_LIMIT
-    if limit:
-        if not _sane(px):
-            _reject(E, rep, racct, N, side, schema.RS_BAD_PRICE, sym, oid, acct)
-            return
-    else:
+    if (side > 1) | (ot > schema.OT_MARKET) | (tif > schema.TIF_FOK) | (sym >= S.shape[0]) | (qty <= 0) | (
+            limit & ((px <= 0) | (px > MAX_PX_TICK))):  # (one branch for the valid order)
+        _reject(E, rep, racct, N, side, _bad_new(S, side, ot, tif, sym, qty), sym, oid, acct)
+        return
+    if not limit:
         px = 0
     if tif == schema.TIF_FOK and _fillable(E, S, L, O, H, sym, side, limit, px, acct, qty) < qty:
         _reject(E, rep, racct, N, side, schema.RS_FOK_UNFILLABLE, sym, oid, acct)
@@ -901,11 +893,10 @@ def _modify(E, S, L, O, H, rep, racct, md, N, ts, c):
         if d > 0:
             O[slot, O_QTY] = qty
             i = px - S[sym, S_BASE + side]
-            if 0 <= i < E[E_W]:  # (else parked: no level row)
-                L[_row(E, sym, side, i), L_QTY] -= d
+            L[_row(E, sym, side, i if 0 <= i < E[E_W] else E[E_W]), L_QTY] -= d  # (or its parked row)
             S[sym, S_QTY + side] -= d
-            if acct != 0 and E[E_TN] != 0 and _tracked(E, H, acct):
-                _own_add(E, H, acct, 2 * sym + side, px, -d)
+            if E[E_TN] != 0:
+                _own_change(E, H, O, slot, -d)
             _md(md, N, E, schema.K_CANCEL, side, sym, d, oid, px, ts)
         return
     # loses its place: out of the book, then in again as a new arrival (it may trade)
@@ -1006,10 +997,15 @@ def orders(E, S, L, O, sym, side, out):
 
 
 @njit(**HOT)
-def parked(S, O, sym, side, out):
+def parked(E, L, O, sym, side, out):
     """The parked orders of one side in arrival order (time priority within a price):
     rows of (id, px, open qty, account) into ``out``; returns how many."""
-    return _rows_of(O, S[sym, S_PHEAD + side], out, 0)
+    return _rows_of(O, L[_prow(E, sym, side), L_HEAD], out, 0)
+
+
+@njit(**HOT)
+def n_parked(E, L, sym, side):
+    return L[_prow(E, sym, side), L_CNT]
 
 
 @njit(**HOT, inline="always")

@@ -134,16 +134,21 @@ class MatchingEngine:
         """Resting orders of one side in priority order: int64 rows (id, px_tick, open
         qty, account)."""
         self._check_symbol(symbol)
-        n_park = int(self.S[symbol, MK.S_NPARK + side])
+        n_park = self.n_parked(symbol, side)
         out = np.zeros((int(self.S[symbol, MK.S_NORD + side]) - n_park, 4), np.int64)
         k = MK.orders(self.E, self.S, self.L, self.O, symbol, side, out)
         return np.concatenate((out[:k], self._parked(symbol, side, priority=True)))
 
+    def n_parked(self, symbol: int, side: int) -> int:
+        """Orders of one side parked outside its ladder window (docs/DECISIONS.md)."""
+        self._check_symbol(symbol)
+        return int(MK.n_parked(self.E, self.L, symbol, side))
+
     def _parked(self, symbol: int, side: int, priority: bool = False) -> np.ndarray:
         """Parked orders (outside their side's ladder window) sorted by price, ascending
         (``priority``: best first), time order kept within a price."""
-        out = np.zeros((int(self.S[symbol, MK.S_NPARK + side]), 4), np.int64)
-        out = out[:MK.parked(self.S, self.O, symbol, side, out)]
+        out = np.zeros((self.n_parked(symbol, side), 4), np.int64)
+        out = out[:MK.parked(self.E, self.L, self.O, symbol, side, out)]
         key = -out[:, 1] if (priority and side == schema.BUY) else out[:, 1]
         return out[np.argsort(key, kind="stable")]
 

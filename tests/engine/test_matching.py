@@ -436,7 +436,7 @@ def test_far_orders_keep_price_time_priority_when_the_window_moves_to_them():
     # bids: 1000 (window [950, 1050)), then far ones at 500 (two, FIFO) and 100: parked
     run(eng, new_order(BUY, 1, 1000), new_order(BUY, 2, 500, account=1), new_order(BUY, 3, 100),
         new_order(BUY, 4, 500, account=2))
-    assert int(eng.S[0, MK.S_NPARK + BUY]) == 3
+    assert eng.n_parked(0, BUY) == 3
     assert [o[0] for o in eng.orders(0, BUY)] == [1, 2, 4, 3]
     # a sell sweeping everything: 1000 first, then the window moves to 500 (ids 2, 4), then 100
     reps, trades, _ = run(eng, new_order(SELL, 10, 50))
