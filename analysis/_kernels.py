@@ -50,7 +50,7 @@ spread, imbalances at the close, traded volume by aggressor side, trades, messag
 applied, events).  Intervals in which no event arrived at all produce no summaries.
 ``flush_summaries`` closes the open interval at the end of a stream.
 
-Build: ``ring._jit.HOT`` (no NRT reference counting; the kernels allocate nothing).
+Build: ``ring.jit.HOT`` (no NRT reference counting; the kernels allocate nothing).
 With the NRT on, the event loop paid atomic incref/decref pairs for the arrays handed
 to its inlined detectors: 108.8 ns/event then, 65.1 without (same session, medians
 of 5, same counters).
@@ -64,10 +64,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ring import schema
-from ring._jit import HOT
-from ring._atomics import cpu_relax, realtime_ns, sched_yield
-from ring._kernels import ring_available, ring_claim, ring_publish, ring_release
+from obpipe.ring import schema
+from obpipe.ring.jit import HOT
+from obpipe.ring.atomics import cpu_relax, realtime_ns, sched_yield
+from obpipe.ring.kernels import ring_available, ring_claim, ring_publish, ring_release
 
 NO_PX = schema.NO_PX
 BID = schema.SIDE_BID

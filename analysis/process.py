@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine._process import background_priority, child_setup, claim_row, mark_running
-from ring import schema
-from ring.schema import STATE_STOPPED
-from ring.spsc import Backoff, Ring
-from ring.stats import ROW_ANALYSIS
+from obpipe.ring.runtime import background_priority, child_setup, claim_row, mark_running
+from obpipe.ring import schema
+from obpipe.ring.schema import STATE_STOPPED
+from obpipe.ring.spsc import Backoff, Ring
+from obpipe.ring.stats import ROW_ANALYSIS
 
-from . import _kernels as K
+from obpipe.analysis import _kernels as K
 
 
 def params(acfg) -> tuple[float, ...]:

@@ -23,16 +23,16 @@ from numba import njit
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine import _book_kernels as BK  # noqa: E402
-from engine._placement import usable_cores, writer_and_reader_cores  # noqa: E402
-from engine._stress import run_writer_with_readers  # noqa: E402
-from engine.book import Book  # noqa: E402
-from engine.lobster import load_messages  # noqa: E402
-from feed_sim.synth import SynthParams, generate  # noqa: E402
-from ring import schema  # noqa: E402
-from ring._kernels import snap_read  # noqa: E402
-from ring._stress import run_ring_stress, run_snapshot_stress  # noqa: E402
-from ring.snapshot import SnapshotRegion  # noqa: E402
+from obpipe.engine import _book_kernels as BK  # noqa: E402
+from obpipe.ring.placement import usable_cores, writer_and_reader_cores  # noqa: E402
+from obpipe.engine._stress import run_writer_with_readers  # noqa: E402
+from obpipe.engine.book import Book  # noqa: E402
+from obpipe.engine.lobster import load_messages  # noqa: E402
+from obpipe.feed_sim.synth import SynthParams, generate  # noqa: E402
+from obpipe.ring import schema  # noqa: E402
+from obpipe.ring.kernels import snap_read  # noqa: E402
+from obpipe.ring.stress import run_ring_stress, run_snapshot_stress  # noqa: E402
+from obpipe.ring.snapshot import SnapshotRegion  # noqa: E402
 
 LOBSTER = REPO.parent / "shared" / "data" / "lobster" / "AMZN_2012-06-21_34200000_57600000_message_1.csv"
 INSTANCE = f"bench{os.getpid()}"

@@ -27,11 +27,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from analysis.process import Analyzer, params  # noqa: E402
-from engine.book import Book  # noqa: E402
-from feed_sim.synth import SynthParams, generate  # noqa: E402
+from obpipe.analysis.process import Analyzer, params  # noqa: E402
+from obpipe.engine.book import Book  # noqa: E402
+from obpipe.feed_sim.synth import SynthParams, generate  # noqa: E402
 from obpipe import config  # noqa: E402
-from ring import schema as sc  # noqa: E402
+from obpipe.ring import schema as sc  # noqa: E402
 
 
 def bench_analysis(n_msgs: int, repeats: int) -> dict:
@@ -68,9 +68,9 @@ def bench_analysis(n_msgs: int, repeats: int) -> dict:
 
 
 def bench_publisher(n: int, repeats: int) -> dict:
-    from publisher.broker import EmbeddedBroker, ensure_topics
-    from publisher.process import Publisher, PublisherSpec
-    from ring.spsc import Ring
+    from obpipe.publisher.broker import EmbeddedBroker, ensure_topics
+    from obpipe.publisher.process import Publisher, PublisherSpec
+    from obpipe.ring.spsc import Ring
 
     recs = np.zeros(n, sc.SIGNAL_DTYPE)
     recs["rtype"] = np.where(np.arange(n) % 10 == 0, sc.OUT_SUMMARY, sc.OUT_SIGNAL)  # 1 summary : 9 signals

@@ -42,11 +42,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine import _match_kernels as MK  # noqa: E402
-from engine.exchange import banner_port  # noqa: E402
-from engine.exchange_client import Traders, probe  # noqa: E402
-from engine.matching import MatchingEngine  # noqa: E402
-from ring import schema as sc  # noqa: E402
+from obpipe.exchange import _match_kernels as MK  # noqa: E402
+from obpipe.exchange.server import banner_port  # noqa: E402
+from obpipe.exchange.client import Traders, probe  # noqa: E402
+from obpipe.exchange.matching import MatchingEngine  # noqa: E402
+from obpipe.ring import schema as sc  # noqa: E402
 
 MID = 10_000
 CHUNK = 4096

@@ -1,4 +1,4 @@
-"""Same-run A/B of the matching kernel: ``engine/_match_kernels.py`` at a git revision
+"""Same-run A/B of the matching kernel: ``exchange/_match_kernels.py`` at a git revision
 (``--base``, default main) against the working tree's, on bench/matching.py's three
 workloads (1M requests each).  Not a test.
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import matching as B  # noqa: E402  (bench/matching.py)
-from ring import schema as sc  # noqa: E402
+from obpipe.ring import schema as sc  # noqa: E402
 
 
 def _load(name: str, path: Path):
@@ -74,9 +74,17 @@ def main() -> None:
     me.cpu_affinity([me.cpu_affinity()[-1]])
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "mk_base.py"
-        old.write_text(subprocess.run(["git", "show", f"{a.base}:engine/_match_kernels.py"], cwd=REPO, check=True,
-                                      capture_output=True, text=True).stdout)
-        mods = {"base": _load("mk_base", old), "new": _load("mk_new", REPO / "engine" / "_match_kernels.py")}
+        for where in ("exchange", "engine"):  # (engine/ before the layout of issue 14)
+            got = subprocess.run(["git", "show", f"{a.base}:{where}/_match_kernels.py"], cwd=REPO,
+                                 capture_output=True, text=True)
+            if got.returncode == 0:
+                break
+        src = got.stdout
+        for before, after in (("from ring._jit ", "from obpipe.ring.jit "), ("from ring._atomics ", "from obpipe.ring.atomics "),
+                              ("from ring import ", "from obpipe.ring import ")):  # (a revision before issue 14)
+            src = src.replace(before, after)
+        old.write_text(src)
+        mods = {"base": _load("mk_base", old), "new": _load("mk_new", REPO / "exchange" / "_match_kernels.py")}
         for name, (cancel, market) in B.WORKLOADS.items():
             cmds = B.generate(a.orders, cancel, market, seed=42)
             if a.accounts:

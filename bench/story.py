@@ -29,12 +29,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from publisher.broker import EmbeddedBroker  # noqa: E402
-from publisher.schema import SIGNAL_KINDS, signal_id  # noqa: E402
-from story import api  # noqa: E402
-from story.config import load  # noqa: E402
-from story.service import StoryService  # noqa: E402
-from story.store import Store, signal_row  # noqa: E402
+from obpipe.publisher.broker import EmbeddedBroker  # noqa: E402
+from obpipe.publisher.schema import SIGNAL_KINDS, signal_id  # noqa: E402
+from obpipe.story import api  # noqa: E402
+from obpipe.story.config import load  # noqa: E402
+from obpipe.story.service import StoryService  # noqa: E402
+from obpipe.story.store import Store, signal_row  # noqa: E402
 from tests.publisher.conftest import SIDES, VALUES, produce  # noqa: E402
 
 T0 = 1_340_271_000 * 10**9  # 2012-06-21 09:30 UTC, epoch ns (a plausible feed time)

@@ -45,10 +45,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ring import schema
-from ring._atomics import f64_bits, monotonic_ns, store_relaxed
-from ring.latency import record_batch
-from ring._kernels import (
+from obpipe.ring import schema
+from obpipe.ring.atomics import f64_bits, monotonic_ns, store_relaxed
+from obpipe.ring.latency import record_batch
+from obpipe.ring.kernels import (
     payload_check,
     ring_available,
     ring_claim,
@@ -57,7 +57,7 @@ from ring._kernels import (
     ring_wait,
     snap_write,
 )
-from ring._jit import HOT
+from obpipe.ring.jit import HOT
 
 NO_PX = schema.NO_PX
 BID = schema.SIDE_BID

@@ -1,15 +1,15 @@
 """The rx process's compiled receive loop: ``recvmmsg`` batches, each datagram checked,
-sequence-tracked and pushed into the md ring by ``feed_sim._wire_kernels.rx_packet``.
+sequence-tracked and pushed into the md ring by ``feed_sim.wire_kernels.rx_packet``.
 No Python runs per datagram; the loop returns to Python every ``budget_ns`` for the
 stop flag, the heartbeat and the kernel-drop counter."""
 from __future__ import annotations
 
 from numba import njit
 
-from feed_sim._wire_kernels import rx_packet
-from ring._atomics import cpu_relax, monotonic_ns, sched_yield, sleep_ns
-from ring._net import recv_batch
-from ring._jit import HOT
+from obpipe.feed_sim.wire_kernels import rx_packet
+from obpipe.ring.atomics import cpu_relax, monotonic_ns, sched_yield, sleep_ns
+from obpipe.ring.net import recv_batch
+from obpipe.ring.jit import HOT
 
 RAW_STRIDE = 2048  # bytes per receive buffer: more than any valid datagram (1,464)
 

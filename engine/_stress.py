@@ -14,12 +14,12 @@ import time
 import numpy as np
 from numba import njit
 
-from ring import schema
-from ring._atomics import monotonic_ns, sleep_ns
-from ring._kernels import payload_check, snap_read_changed
-from ring._stress import _collect, _pin, _stop_all
+from obpipe.ring import schema
+from obpipe.ring.atomics import monotonic_ns, sleep_ns
+from obpipe.ring.kernels import payload_check, snap_read_changed
+from obpipe.ring.stress import collect, pin_cores, stop_all
 
-from . import _book_kernels as BK
+from obpipe.engine import _book_kernels as BK
 
 
 @njit(nogil=True, cache=True)
@@ -97,7 +97,7 @@ def reader_load(words, base0, slot_words, n_slots, n_levels, dst, duration_ns, i
 
 
 def _stream(n_symbols: int, n_msgs: int, seed: int) -> np.ndarray:
-    from feed_sim.synth import SynthParams, generate
+    from obpipe.feed_sim.synth import SynthParams, generate
 
     body = generate(n_msgs, SynthParams(n_symbols=n_symbols, seed=seed))
     head = np.zeros(n_symbols, schema.MD_DTYPE)
@@ -107,11 +107,11 @@ def _stream(n_symbols: int, n_msgs: int, seed: int) -> np.ndarray:
 
 
 def writer_main(instance, n_symbols, n_levels, width, max_batch, n_msgs, duration_s, cores, q, go):
-    from ring.snapshot import SnapshotRegion
+    from obpipe.ring.snapshot import SnapshotRegion
 
-    from .book import Book
+    from obpipe.engine.book import Book
 
-    _pin(cores)
+    pin_cores(cores)
     snaps = SnapshotRegion.attach(instance, "snap", n_levels)
     msgs = _stream(n_symbols, n_msgs, 5)
     book = Book([width] * n_symbols, n_levels, snapshots=snaps)
@@ -129,9 +129,9 @@ def reader_main(instance, n_levels, duration_s, interval_ns, cores, q, go, priva
     """A sampling reader; ``private`` makes it a control: the same code and schedule on
     a private copy of the region, so it loads the CPU but shares no memory with the
     writer."""
-    from ring.snapshot import SnapshotRegion
+    from obpipe.ring.snapshot import SnapshotRegion
 
-    _pin(cores)
+    pin_cores(cores)
     snaps = SnapshotRegion.attach(instance, "snap", n_levels)
     words = np.array(snaps.words) if private else snaps.words
     dst = np.zeros(snaps.payload_words, np.int64)
@@ -151,7 +151,7 @@ def run_writer_with_readers(instance: str, n_readers: int, duration_s: float = 1
     ``private`` the readers are controls that read a private copy of the region."""
     import multiprocessing as mp
 
-    from ring.snapshot import SnapshotRegion
+    from obpipe.ring.snapshot import SnapshotRegion
 
     ctx = mp.get_context("spawn")
     region = SnapshotRegion.create(instance, "snap", n_symbols, n_levels)
@@ -166,11 +166,11 @@ def run_writer_with_readers(instance: str, n_readers: int, duration_s: float = 1
     try:
         for p in procs:
             p.start()
-        res = _collect(q, procs, len(procs), timeout_s, go=go, n_ready=len(procs))
+        res = collect(q, procs, len(procs), timeout_s, go=go, n_ready=len(procs))
         n, secs = res["writer"][0]
         return dict(msgs_per_s=n / secs, readers=res.get("reader", []))
     finally:
-        _stop_all(procs)
+        stop_all(procs)
         q.close()
         region.close()
         region.unlink()

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ring import schema
-from ring._atomics import monotonic_ns
-from ring.snapshot import SnapshotRegion
+from obpipe.ring import schema
+from obpipe.ring.atomics import monotonic_ns
+from obpipe.ring.snapshot import SnapshotRegion
 
-from . import _book_kernels as BK
+from obpipe.engine import _book_kernels as BK
 
 
 DEFAULT_DEPTH_TICKS = 10

@@ -13,15 +13,15 @@ import time
 import numpy as np
 from dataclasses import dataclass
 
-from ring import schema
-from ring.schema import STATE_STOPPED
-from ring.snapshot import SnapshotRegion
-from ring.spsc import Backoff, Ring
-from ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_LATENCY
+from obpipe.ring import schema
+from obpipe.ring.schema import STATE_STOPPED
+from obpipe.ring.snapshot import SnapshotRegion
+from obpipe.ring.spsc import Backoff, Ring
+from obpipe.ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_LATENCY
 
-from . import _book_kernels as BK
-from ._process import child_setup, claim_row, mark_running
-from .book import Book
+from obpipe.engine import _book_kernels as BK
+from obpipe.ring.runtime import child_setup, claim_row, mark_running
+from obpipe.engine.book import Book
 
 
 

@@ -99,10 +99,11 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from ring import schema
-from ring._jit import HOT
+from obpipe.ring import schema
+from obpipe.ring.jit import HOT
 
-from . import _book_kernels as BK
+from obpipe.engine import _book_kernels as BK
+from obpipe.feed_sim.feed import FeedError
 
 __all__ = ["load_messages", "load_orderbook", "detect_tick_divisor", "auto_width", "check", "check_kernel", "main",
            "DUMMY_ASK_PX", "DUMMY_BID_PX", "ST_PREDICTABLE", "ST_MATCHED", "ST_RESYNCED"]
@@ -774,6 +775,35 @@ def replay_stream(md: np.ndarray, ob: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 # --- CLI ----------------------------------------------------------------------------------
+
+
+# --- the replay feed's loader -----------------------------------------------------
+
+def orderbook_beside(message_csv: str) -> Path | None:
+    p = Path(message_csv)
+    name = re.sub(r"_message_(\d+)\.csv$", r"_orderbook_\1.csv", p.name)
+    q = p.with_name(name)
+    return q if name != p.name and q.exists() else None
+
+
+def load_lobster(path: str, symbol: int = 0, return_tick: bool = False):
+    """A LOBSTER message file as MD records; with the order-book file beside it, the
+    replay stream of ``engine.replay_stream`` (row 1's levels as seeds, then
+    each message with the set-level corrections that keep the receiver's best levels
+    equal to its order-book row; see the module docstring).  ``return_tick``: also the
+    tick divisor (LOBSTER price units per tick)."""
+    if file_info(path)[1] is None:
+        raise FeedError(f"{Path(path).name}: no trading day in the file name: a LOBSTER file is named "
+                        f"TICKER_YYYY-MM-DD_START_END_message_N.csv, its times seconds after that day's midnight "
+                        f"(New York); rename it so")
+    try:
+        md, d = load_messages(path, symbol=symbol, return_tick=True)
+        ob_path = orderbook_beside(path)
+        if ob_path is not None and len(md):
+            md = replay_stream(md, load_orderbook(ob_path, tick_divisor=d))[0]
+    except ValueError as e:
+        raise FeedError(str(e)) from None
+    return (md, d) if return_tick else md
 
 
 def _table(r: dict, message_csv: str) -> str:

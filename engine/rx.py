@@ -5,7 +5,7 @@ No select/epoll on the hot path: a compiled loop (``_rx_kernels.rx_loop``) polls
 non-blocking ``recvmmsg`` for up to 64 datagrams per syscall; when nothing arrives it
 spins, then yields, then sleeps (``[backoff]``), so it shares a core politely.  The tracker's counters are words of the rx stats row (shared memory), so
 ``obpipe stats`` sees them live.  Nothing a sender does can crash it: every datagram
-is validated by ``feed_sim._wire_kernels.rx_packet`` before anything is read from it,
+is validated by ``feed_sim.wire_kernels.rx_packet`` before anything is read from it,
 and admitted only from an allowed source, in the session followed, and within the
 sequence window (``foreign_source``, ``foreign_session``, ``implausible_seq`` count the
 rest; docs/PROTOCOL.md "Admission").
@@ -20,16 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from feed_sim import _wire_kernels as WK
-from feed_sim.wire import allow_list
-from ring import schema
-from ring.schema import STATE_STOPPED
-from ring.spsc import Backoff, Ring
-from ring._net import VLEN, MsgVec
-from ring.stats import ROW_RX
+from obpipe.feed_sim import wire_kernels as WK
+from obpipe.feed_sim.wire import allow_list
+from obpipe.ring import schema
+from obpipe.ring.schema import STATE_STOPPED
+from obpipe.ring.spsc import Backoff, Ring
+from obpipe.ring.net import VLEN, MsgVec
+from obpipe.ring.stats import ROW_RX
 
-from . import _rx_kernels as RK
-from ._process import child_setup, claim_row, mark_running
+from obpipe.engine import _rx_kernels as RK
+from obpipe.ring.runtime import child_setup, claim_row, mark_running
 
 RCVBUF_BYTES = 8 << 20
 BUDGET_NS = 20_000_000  # the compiled loop returns to Python this often

@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ring import schema
-from ring._atomics import cpu_relax, monotonic_ns, sleep_ns
-from ring._net import send_batch
-from ring._jit import HOT
+from obpipe.ring import schema
+from obpipe.ring.atomics import cpu_relax, monotonic_ns, sleep_ns
+from obpipe.ring.net import send_batch
+from obpipe.ring.jit import HOT
 
 PACKET_BYTES = schema.WIRE_PACKET_WORDS * 8
 REC_HDR = 16  # capture record header bytes

@@ -45,7 +45,7 @@ stops exactly after ``n`` messages, so chunked generation equals one-shot genera
 No I/O, no allocation in the kernels.
 
 Build: the kernels never allocate, so they are compiled without numba's reference
-counting (``ring._jit.HOT``): with it, every array handed to an inlined helper gets
+counting (``ring.jit.HOT``): with it, every array handed to an inlined helper gets
 incref/decref calls in the hot loop, which cost about a third of the generation time.
 The small helpers that take arrays are inlined at numba IR level (``inline="always"``;
 LLVM does not inline them across numba's call boundary); the RNG helpers are left to
@@ -57,8 +57,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ring import schema
-from ring._jit import HOT
+from obpipe.ring import schema
+from obpipe.ring.jit import HOT
 
 
 NO_PX = schema.NO_PX

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _send_kernels as SK
+from obpipe.feed_sim import _send_kernels as SK
 
 MAGIC = b"OBPCAP\x00\x01"
 VERSION = 1

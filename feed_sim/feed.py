@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ring import schema
+from obpipe.ring import schema
 
-from . import capture as capmod
-from .sender import UdpSender
-from .synth import SynthParams, generate_into
-from .wire import Faults
+from obpipe.feed_sim import capture as capmod
+from obpipe.feed_sim.sender import UdpSender
+from obpipe.feed_sim.synth import SynthParams, generate_into
+from obpipe.feed_sim.wire import Faults
 
 CHUNK_SECONDS = 0.02  # feed time per chunk at a fixed rate (stop checks, counters, progress)
 MAX_CHUNK = 45 * 256  # messages per chunk at full speed
@@ -65,9 +65,10 @@ class FeedSpec:
     cores: tuple[int, ...] = ()
     parent_pid: int = 0
     progress: bool = False  # a progress bar on stderr
-    exchange: object = None  # an ExchangeConfig: the exchange + simulated traders are the source (engine.exchange)
+    exchange: object = None  # an ExchangeConfig: the exchange + simulated traders are the source (exchange.server)
     traders: object = None  # their TradersConfig
     lobster_md: object = None  # the LOBSTER ``replay`` already loaded (``load_lobster``): not parsed again
+    lobster_loader: object = None  # else how to load it: (path, symbol) -> MD records (obpipe.engine.lobster.load_lobster)
 
     def source_name(self) -> str:
         if self.exchange is not None:
@@ -82,35 +83,6 @@ class FeedError(ValueError):
 def random_session() -> int:
     """A feed session id: random, never 0 (rx never follows session 0)."""
     return int.from_bytes(os.urandom(4), "little") or 1
-
-
-def orderbook_beside(message_csv: str) -> Path | None:
-    p = Path(message_csv)
-    name = re.sub(r"_message_(\d+)\.csv$", r"_orderbook_\1.csv", p.name)
-    q = p.with_name(name)
-    return q if name != p.name and q.exists() else None
-
-
-def load_lobster(path: str, symbol: int = 0, return_tick: bool = False):
-    """A LOBSTER message file as MD records; with the order-book file beside it, the
-    replay stream of ``engine.lobster.replay_stream`` (row 1's levels as seeds, then
-    each message with the set-level corrections that keep the receiver's best levels
-    equal to its order-book row; see the module docstring).  ``return_tick``: also the
-    tick divisor (LOBSTER price units per tick)."""
-    from engine import lobster
-
-    if lobster.file_info(path)[1] is None:
-        raise FeedError(f"{Path(path).name}: no trading day in the file name: a LOBSTER file is named "
-                        f"TICKER_YYYY-MM-DD_START_END_message_N.csv, its times seconds after that day's midnight "
-                        f"(New York); rename it so")
-    try:
-        md, d = lobster.load_messages(path, symbol=symbol, return_tick=True)
-        ob_path = orderbook_beside(path)
-        if ob_path is not None and len(md):
-            md = lobster.replay_stream(md, lobster.load_orderbook(ob_path, tick_divisor=d))[0]
-    except ValueError as e:
-        raise FeedError(str(e)) from None
-    return (md, d) if return_tick else md
 
 
 class Progress:
@@ -148,15 +120,15 @@ class Progress:
             self.stream.flush()
 
 
-class _Row:
+class FeedRow:
     """The feed's live counters in an instance's stats row (or nowhere)."""
 
     def __init__(self, instance: str | None):
         self.stats = self.row = None
         self._next_cpu = 0
         if instance:
-            from engine._process import claim_row
-            from ring.stats import ROW_FEED
+            from obpipe.ring.runtime import claim_row
+            from obpipe.ring.stats import ROW_FEED
 
             self.stats, self.row = claim_row(instance, ROW_FEED)
             self.row[schema.ST_STATE + 1:] = 0
@@ -213,11 +185,16 @@ def run(spec: FeedSpec, stop=None) -> dict:
             raise FeedError(f"{spec.replay}: no such file")
         else:
             kind = "lobster"
-            md = spec.lobster_md if spec.lobster_md is not None else load_lobster(spec.replay, spec.symbol)
+            if spec.lobster_md is not None:
+                md = spec.lobster_md
+            elif spec.lobster_loader is not None:
+                md = spec.lobster_loader(spec.replay, spec.symbol)
+            else:
+                raise FeedError(f"{spec.replay}: a LOBSTER file needs a loader (obpipe.engine.lobster.load_lobster)")
     session = spec.session or random_session()
     sender = UdpSender((spec.host, spec.port), session=session, faults=spec.faults, rate=spec.rate,
                        speed=spec.speed, capture=spec.capture, max_batch=MAX_CHUNK, src_port=spec.src_port)
-    row = _Row(spec.instance)
+    row = FeedRow(spec.instance)
     if kind == "capture":
         total = int(cap.msgs.sum()) if spec.count is None else min(spec.count, int(cap.msgs.sum()))
     elif kind == "lobster":
@@ -330,14 +307,9 @@ def _send_capture(spec, sender, cap, total, stop, row, prog, t_start) -> None:
 
 def main_entry(spec: FeedSpec, stop) -> None:
     """Process target for the supervisor (spawn)."""
-    from engine._process import child_setup
+    from obpipe.ring.runtime import child_setup
 
     child_setup(spec.parent_pid, spec.cores)
-    if spec.exchange is not None:
-        from engine.exchange import feed_main
-
-        feed_main(spec, stop)
-        sys.exit(0)
     try:
         run(spec, stop)
     except FeedError as e:

@@ -16,13 +16,13 @@ import time
 
 import numpy as np
 
-from ring import schema
-from ring._net import VLEN, MsgVec
+from obpipe.ring import schema
+from obpipe.ring.net import VLEN, MsgVec
 
-from . import _send_kernels as SK
-from . import _wire_kernels as WK
-from .capture import CaptureWriter
-from .wire import ACTION_NAMES, SEND, Faults, PacketBuffer, expected_counts, plan
+from obpipe.feed_sim import _send_kernels as SK
+from obpipe.feed_sim import wire_kernels as WK
+from obpipe.feed_sim.capture import CaptureWriter
+from obpipe.feed_sim.wire import ACTION_NAMES, SEND, Faults, PacketBuffer, expected_counts, plan
 
 
 class UdpSender:

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ring import schema
+from obpipe.ring import schema
 
-from . import _synth_kernels as SK
+from obpipe.feed_sim import _synth_kernels as SK
 
 #: ``final_books`` row: the generator's own top of book per symbol (NO_PX / 0 if empty).
 BBO_DTYPE = np.dtype([("bid_px_tick", "<i8"), ("bid_qty", "<i8"), ("ask_px_tick", "<i8"), ("ask_qty", "<i8")])
@@ -317,7 +317,7 @@ def generate_into(out: np.ndarray, params: SynthParams, state: SynthState | None
     ``generate`` of the same total length.
     """
     if sys.byteorder != "little":  # the kernel packs record words little-endian
-        raise RuntimeError("feed_sim.synth needs a little-endian machine")
+        raise RuntimeError("obpipe.feed_sim.synth needs a little-endian machine")
     words = _words(out)
     if state is None:
         state = new_state(params)

@@ -1,6 +1,6 @@
 """The UDP wire protocol's Python face: packet buffers, encoding, the receiver's
 tracker, and seeded fault plans.  Layout and rules: docs/PROTOCOL.md and
-``feed_sim._wire_kernels``.
+``feed_sim.wire_kernels``.
 
 Everything per message runs in the kernels; Python touches each *packet* at most once
 (a ``sendto`` or ``recv_into``), as the sockets require.
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ring import schema
+from obpipe.ring import schema
 
-from . import _send_kernels as SK
-from . import _wire_kernels as WK
+from obpipe.feed_sim import _send_kernels as SK
+from obpipe.feed_sim import wire_kernels as WK
 
 if sys.byteorder != "little":  # the kernels pack packets as little-endian int64 words
-    raise ImportError("feed_sim.wire needs a little-endian machine")
+    raise ImportError("obpipe.feed_sim.wire needs a little-endian machine")
 
 TRACKER_NAMES = WK.TRACKER_NAMES
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -56,7 +57,7 @@ def _with_overrides(cfg, a):
 
 def _faults(a, seed: int):
     """The fault-injection flags as ``Faults``; SystemExit(2) with a message if bad."""
-    from feed_sim.wire import Faults
+    from obpipe.feed_sim.wire import Faults
 
     vals = [a.drop_every, a.dup_every, a.reorder_every, a.truncate_every, a.corrupt_every, a.bad_magic_every,
             a.bad_version_every]
@@ -70,7 +71,7 @@ def _faults(a, seed: int):
 
 def _check_feed_args(a, faults) -> None:
     """Checks a feed's options before anything starts (SystemExit(2) with a message)."""
-    from feed_sim.capture import is_capture
+    from obpipe.feed_sim.capture import is_capture
 
     def bad(msg):
         print(f"obpipe: bad option: {msg}", file=sys.stderr)
@@ -101,7 +102,7 @@ def _check_feed_args(a, faults) -> None:
 
 
 def cmd_run(a) -> int:
-    from engine.supervisor import RunOptions, run
+    from obpipe.supervisor import RunOptions, run
 
     cfg = _with_overrides(_load(a.config), a)
     faults = _faults(a, cfg.run.seed)
@@ -111,28 +112,8 @@ def cmd_run(a) -> int:
                                rate=a.rate, no_kafka=a.no_kafka, source=a.source))
 
 
-def _instance_word(inst: str, row: int, word: int) -> int:
-    """One stats word of running instance ``inst`` (RingError if it is not running)."""
-    from ring.stats import StatsBlock
-
-    st = StatsBlock.attach(inst)
-    try:
-        return int(st.row(row)[word])
-    finally:
-        st.close()
-
-
-def _instance_bootstrap(inst: str) -> str | None:
-    """The embedded broker of running instance ``inst`` as host:port, if it started one."""
-    from ring import schema
-    from ring.errors import RingError
-    from ring.stats import ROW_SUPERVISOR
-
-    try:
-        port = _instance_word(inst, ROW_SUPERVISOR, schema.ST_SUP_KAFKA_PORT)
-    except RingError:
-        return None
-    return f"127.0.0.1:{port}" if port > 0 else None
+from obpipe.ring.instance import instance_bootstrap as _instance_bootstrap  # noqa: E402
+from obpipe.ring.instance import instance_word as _instance_word  # noqa: E402
 
 
 def cmd_tail(argv: list[str]) -> int:
@@ -140,12 +121,12 @@ def cmd_tail(argv: list[str]) -> int:
     instance's embedded broker, the config's bootstrap_servers, or $OBPIPE_KAFKA."""
     import os
 
-    from obpipe.interrupt import Interrupt
+    from obpipe.ring.interrupt import Interrupt
 
     # first, so Ctrl-C while tail is still importing ends it cleanly too; tail holds nothing
     # to finish (no commits, line-flushed output): the first signal exits at once
     stop = Interrupt(grace_s=0)
-    from publisher import tail
+    from obpipe.publisher import tail
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
@@ -170,9 +151,9 @@ def cmd_tail(argv: list[str]) -> int:
 def _feed_port(a) -> int:
     if a.port:
         return a.port
-    from ring.errors import RingError
-    from ring.stats import ROW_RX
-    from ring import schema
+    from obpipe.ring.errors import RingError
+    from obpipe.ring.stats import ROW_RX
+    from obpipe.ring import schema
 
     inst = a.instance or "main"
     try:
@@ -190,7 +171,8 @@ def cmd_feed(a) -> int:
     """``obpipe feed`` (synthetic) and ``obpipe replay FILE``."""
     import orjson
 
-    from feed_sim import feed as feedmod
+    from obpipe.engine import lobster
+    from obpipe.feed_sim import feed as feedmod
 
     faults = _faults(a, a.seed)
     _check_feed_args(a, faults)
@@ -199,8 +181,9 @@ def cmd_feed(a) -> int:
     spec = feedmod.FeedSpec(host=a.host, port=port, replay=a.replay, rate=rate, speed=a.speed, count=a.count,
                             duration_s=a.duration or 0.0, seed=a.seed, n_symbols=a.symbols, symbol=a.symbol,
                             faults=faults, capture=a.capture, session=a.session, start_ns=a.start_ns or 0,
-                            progress=(not a.no_progress and not a.json and sys.stderr.isatty()) or a.progress)
-    from ring._net import set_timer_slack
+                            progress=(not a.no_progress and not a.json and sys.stderr.isatty()) or a.progress,
+                            lobster_loader=lobster.load_lobster)
+    from obpipe.ring.net import set_timer_slack
 
     set_timer_slack()
     try:
@@ -222,8 +205,8 @@ def cmd_feed(a) -> int:
 def cmd_stats(a) -> int:
     import orjson
 
-    from engine.status import Status, render
-    from ring.errors import RingError
+    from obpipe.status import Status, render
+    from obpipe.ring.errors import RingError
 
     cfg = _with_overrides(_load(a.config), a)
     inst = cfg.instance.name
@@ -232,7 +215,7 @@ def cmd_stats(a) -> int:
     except RingError as e:
         print(f"obpipe stats: no running instance {inst!r}: {e}", file=sys.stderr)
         return 1
-    from obpipe.interrupt import Interrupt
+    from obpipe.ring.interrupt import Interrupt
 
     stop = Interrupt()
     try:
@@ -259,7 +242,7 @@ def cmd_stats(a) -> int:
 
 
 def cmd_clean(a) -> int:
-    from ring._shm import clean_stale
+    from obpipe.ring.shm import clean_stale
 
     foreign: list[tuple[str, str]] = []
     removed = clean_stale(a.instance, dry_run=a.dry_run, foreign=foreign)
@@ -273,7 +256,7 @@ def cmd_clean(a) -> int:
 
 
 def cmd_lobster_check(a) -> int:
-    from engine import lobster
+    from obpipe.engine import lobster
 
     argv = [a.message_csv, a.orderbook_csv] + (["--json"] if a.json else []) + (
         ["--width", str(a.width)] if a.width else [])
@@ -396,8 +379,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_PASS_THROUGH = {"book": "engine.book_cli", "exchange": "engine.exchange", "exchange-client": "engine.exchange_client",
-                 "exchange-account": "engine.accounts"}
+def cmd_book(argv: list[str]) -> int:
+    from obpipe.exchange import csv_cli
+
+    return csv_cli.main(argv)
+
+
+def cmd_exchange(argv: list[str]) -> int:
+    """``obpipe exchange``: its options over the config's [exchange] and [book] sections."""
+    from obpipe.exchange import server
+
+    a = server.build_parser().parse_args(argv)
+    try:
+        cfg = cfgmod.load(a.config)
+        x, n_symbols = server.sections_with_options(cfg.exchange, len(cfg.book.symbols), a)
+        cfg = cfgmod.replace(cfg, exchange=dataclasses.asdict(x))  # (the options, validated as the config is)
+    except cfgmod.ConfigError as e:
+        print(f"obpipe exchange: {e}", file=sys.stderr)
+        return 2
+    return server.serve_cli(cfg.exchange, n_symbols, a)
+
+
+def cmd_exchange_client(argv: list[str]) -> int:
+    from obpipe.exchange import client
+
+    return client.main(argv)
+
+
+def cmd_exchange_account(argv: list[str]) -> int:
+    from obpipe.exchange import accounts
+
+    return accounts.main(argv, accounts_file_of=lambda path: cfgmod.load(path).exchange.accounts_file)
+
+
+_PASS_THROUGH = {"book": cmd_book, "exchange": cmd_exchange, "exchange-client": cmd_exchange_client,
+                 "exchange-account": cmd_exchange_account}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,13 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "tail":
         return cmd_tail(argv[1:])
     if argv and argv[0] == "kafka":
-        from publisher import broker
+        from obpipe.publisher import broker
 
         return broker.main(argv[1:])
     if argv and argv[0] in _PASS_THROUGH:
-        import importlib
-
-        return importlib.import_module(_PASS_THROUGH[argv[0]]).main(argv[1:])
+        return _PASS_THROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.fn(args) or 0)
 

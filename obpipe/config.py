@@ -7,18 +7,15 @@ range, raise ``ConfigError`` naming the key (``book.ladder_widht: unknown key``)
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from obpipe.ring.settings import ConfigError, build_section, read_toml
+
+_build = build_section
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PATH = CONFIG_DIR / "default.toml"
-
-
-class ConfigError(ValueError):
-    """Raised by ``load``/``from_dict`` for a bad config: the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -248,55 +245,6 @@ class Config:
         _validate(self)
 
 
-def _type_ok(value, hint) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is typing.Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if origin is tuple:
-        (elem, _) = typing.get_args(hint)
-        return isinstance(value, (list, tuple)) and all(_type_ok(v, elem) for v in value)
-    if origin is list:
-        (elem,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_type_ok(v, elem) for v in value)
-    if origin is dict:
-        k, v = typing.get_args(hint)
-        return isinstance(value, dict) and all(_type_ok(a, k) and _type_ok(b, v) for a, b in value.items())
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _build(cls, table: dict, where: str):
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in table.items():
-        path = f"{where}.{key}" if where else key
-        if key not in names:
-            raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(names))})")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, path)
-            continue
-        if not _type_ok(value, hint):
-            raise ConfigError(f"{path}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
-        if typing.get_origin(hint) is tuple:
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-#: The loader, for other components' configs (the story service): a dataclass from a
-#: TOML table, unknown keys and wrong types raising ``ConfigError`` naming the key.
-build_section = _build
-
-
 #: UTC epoch ns a configured clock start may name: 1990-01-01 .. 2200-01-01.
 _PLAUSIBLE_NS = (631_152_000 * 10**9, 7_258_118_400 * 10**9)
 
@@ -321,7 +269,7 @@ def _validate(c: Config) -> None:
         bad("book.symbols", "symbols must be unique")
     if len(b.symbols) > 65535:
         bad("book.symbols", "at most 65535 symbols (u16 symbol index)")
-    from publisher.schema import SYMBOL_RE
+    from obpipe.publisher.schema import SYMBOL_RE
 
     for sym in b.symbols:
         if not (isinstance(sym, str) and re.fullmatch(SYMBOL_RE, sym)):
@@ -493,17 +441,6 @@ def _validate_exchange(x: ExchangeConfig, t: TradersConfig, bad) -> None:
 def from_dict(table: dict) -> Config:
     """A ``Config`` from a parsed TOML table; raises ``ConfigError`` naming a bad key."""
     return _build(Config, table, "")
-
-
-def read_toml(p: Path) -> dict:
-    """A TOML file as a table; ``ConfigError`` when it is missing or not TOML."""
-    try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError as e:
-        raise ConfigError(f"config file {p} not found") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from e
 
 
 def load(path: str | Path | None = None) -> Config:

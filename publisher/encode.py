@@ -11,9 +11,9 @@ import math
 import numpy as np
 import orjson
 
-from ring import schema as sc
+from obpipe.ring import schema as sc
 
-from .schema import SCHEMA_VERSION, signal_id
+from obpipe.publisher.schema import SCHEMA_VERSION, signal_id
 
 
 def _px(v: int) -> int | None:

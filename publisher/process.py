@@ -27,15 +27,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine._process import background_priority, child_setup, claim_row, mark_running
-from ring import schema as sc
-from ring._kernels import ring_pop
-from ring.schema import STATE_STOPPED
-from ring.spsc import Ring
-from ring.stats import ROW_PUBLISHER
+from obpipe.ring.runtime import background_priority, child_setup, claim_row, mark_running
+from obpipe.ring import schema as sc
+from obpipe.ring.kernels import ring_pop
+from obpipe.ring.schema import STATE_STOPPED
+from obpipe.ring.spsc import Ring
+from obpipe.ring.stats import ROW_PUBLISHER
 
-from .encode import EncodeError, dumps, encode, records_to_rows
-from .schema import topic_names
+from obpipe.publisher.encode import EncodeError, dumps, encode, records_to_rows
+from obpipe.publisher.schema import topic_names
 
 @dataclass(frozen=True)
 class PublisherSpec:
@@ -229,7 +229,7 @@ class Publisher:
 
 def run(spec: PublisherSpec, stop) -> int:
     """Publish until ``stop`` is set and the ring is empty; returns 0."""
-    from .broker import ensure_topics, reachable
+    from obpipe.publisher.broker import ensure_topics, reachable
 
     _, row = claim_row(spec.instance, ROW_PUBLISHER)
     ring = Ring.attach(spec.instance, "signals", sc.SIGNAL_DTYPE)

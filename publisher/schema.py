@@ -98,7 +98,7 @@ def _validator(msg_type: str):
     try:
         from jsonschema import Draft202012Validator
     except ImportError as e:  # a test/tool dependency, not a runtime one
-        raise RuntimeError("publisher.schema.validate needs the 'jsonschema' package (pip install jsonschema)") from e
+        raise RuntimeError("obpipe.publisher.schema.validate needs the 'jsonschema' package (pip install jsonschema)") from e
     schema = load_json_schema()
     schema = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{msg_type}"}
     Draft202012Validator.check_schema(schema)

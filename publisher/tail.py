@@ -16,8 +16,8 @@ import os
 import sys
 import time
 
-from publisher.schema import SCHEMA_VERSION, SIGNAL_KINDS, topic_names
-from obpipe.interrupt import Interrupt
+from obpipe.publisher.schema import SCHEMA_VERSION, SIGNAL_KINDS, topic_names
+from obpipe.ring.interrupt import Interrupt
 
 #: Bootstrap used when neither --kafka nor $OBPIPE_KAFKA is given.
 DEFAULT_KAFKA = "127.0.0.1:9092"
@@ -192,7 +192,7 @@ def _transport_error():
 def main(argv: list[str] | None = None, stop: Interrupt | None = None) -> int:
     """``obpipe tail``; returns 0 (Ctrl-C, --count reached, --timeout elapsed). Usage
     errors exit 2 (SystemExit from argparse). Ctrl-C ends it within 2 s wherever it is
-    (``obpipe.interrupt``; ``stop``: one the caller installed earlier)."""
+    (``ring.interrupt``; ``stop``: one the caller installed earlier)."""
     own = stop is None
     stop = Interrupt(grace_s=0) if own else stop
     try:

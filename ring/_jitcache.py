@@ -6,8 +6,8 @@ its cached machine code after that other module changed - with stale constants a
 layouts, which is silent memory corruption (seen here: a changed book layout and a
 cached caller gave ``free(): invalid pointer``).  So every obpipe kernel shares one
 cache directory named by a hash of all obpipe sources and the numba version: any
-change to any kernel source starts a fresh cache.  Imported by ``ring/__init__.py``,
-which every kernel module imports first.
+change to any kernel source starts a fresh cache.  Imported by ``jit`` and ``atomics``, which
+every kernel module imports before it decorates a kernel.
 
 The base directory is ``$NUMBA_CACHE_DIR`` if set, else ``~/.cache/obpipe/numba``
 (``$XDG_CACHE_HOME`` respected); ``OBPIPE_NUMBA_CACHE=off`` leaves numba alone.
@@ -18,7 +18,7 @@ import hashlib
 import os
 from pathlib import Path
 
-_PACKAGES = ("ring", "engine", "feed_sim", "analysis", "publisher")
+_PACKAGES = ("obpipe", "ring", "engine", "exchange", "feed_sim", "analysis", "publisher")
 
 
 def source_hash(root: Path | None = None) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._atomics import clz64, store_relaxed
-from ._jit import HOT
+from obpipe.ring.atomics import clz64, store_relaxed
+from obpipe.ring.jit import HOT
 
 SUB_BITS = 2
 N_BUCKETS = 256

@@ -469,7 +469,7 @@ BOOK_STAT_NAMES = {
     ST_BOOK_UNCROSSED: "uncrossed_levels",
 }
 
-#: rx row: words RX_TRACKER_BASE.. hold the receiver's tracker (feed_sim._wire_kernels.T_*),
+#: rx row: words RX_TRACKER_BASE.. hold the receiver's tracker (feed_sim.wire_kernels.T_*),
 #: updated in place by the rx kernel (single writer), so they are live for any reader.
 RX_TRACKER_BASE = 4
 #: rx row: the UDP port it is bound to (words 4..27 are the tracker, NT = 24 words).

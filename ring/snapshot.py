@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _kernels as K
-from . import schema
-from ._shm import Segment, seg_name
-from .errors import HeaderMismatch
+from obpipe.ring import kernels as K
+from obpipe.ring import schema
+from obpipe.ring.shm import Segment, seg_name
+from obpipe.ring.errors import HeaderMismatch
 
 
 class TornSnapshot(RuntimeError):

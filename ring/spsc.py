@@ -7,7 +7,7 @@ Layout of segment ``/obpipe.<instance>.<part>``:
     256  consumer line: tail (records ever popped), consumer's cached head
     384  capacity slots of record_size bytes
 
-The hot path is the kernels in ``ring._kernels`` (``ring_push``, ``ring_pop``,
+The hot path is the kernels in ``ring.kernels`` (``ring_push``, ``ring_pop``,
 ``ring_claim``/``ring_publish``, ``ring_available``/``ring_release``), which other
 kernels call directly with ``ring.ctrl`` and ``ring.slots``.  The methods here are the
 checked Python entry points for glue code and tests; each call moves a whole batch.
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels as K
-from . import schema
-from ._shm import Segment, seg_name
-from .errors import HeaderMismatch
+from obpipe.ring import kernels as K
+from obpipe.ring import schema
+from obpipe.ring.shm import Segment, seg_name
+from obpipe.ring.errors import HeaderMismatch
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import schema
-from ._shm import Segment, seg_name
+from obpipe.ring import schema
+from obpipe.ring.shm import Segment, seg_name
 
 #: Row of each process role.
 ROW_SUPERVISOR = 0

@@ -1,3 +1,3 @@
-from .cli import main
+from obpipe.story.cli import main
 
 raise SystemExit(main())

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import re
 
-from publisher.schema import SIGNAL_KINDS, SYMBOL_RE as _SYMBOL_PATTERN
+from obpipe.publisher.schema import SIGNAL_KINDS, SYMBOL_RE as _SYMBOL_PATTERN
 
-from .store import Store
+from obpipe.story.store import Store
 
 MAX_LIMIT = 5000
 MAX_OFFSET = 10**12  # rows to skip: far beyond any table, far below SQL's 64-bit limit

@@ -15,11 +15,11 @@ import signal
 import sys
 import time
 
-from obpipe.config import ConfigError
+from obpipe.ring.settings import ConfigError
 
-from . import api
-from .config import load
-from .store import Store, StoreError
+from obpipe.story import api
+from obpipe.story.config import load
+from obpipe.story.store import Store, StoreError
 
 
 def _cfg(a):
@@ -47,7 +47,7 @@ def _stop_flag() -> list:
 
 
 def cmd_run(a) -> int:
-    from .service import StoryService, resolve_bootstrap
+    from obpipe.story.service import StoryService, resolve_bootstrap
 
     cfg = _cfg(a)
     store = Store.open(cfg.db.url)
@@ -56,7 +56,7 @@ def cmd_run(a) -> int:
     stop = _stop_flag()
     srv = None
     if cfg.http.enabled:
-        from .http import serve
+        from obpipe.story.http import serve
 
         srv, _ = serve(store, cfg.http.host, cfg.http.port,
                        stats=lambda: {**svc.counters, "skipped": svc.skipped, "broker_up": svc.broker_up,
@@ -75,7 +75,7 @@ def cmd_run(a) -> int:
 
 
 def cmd_serve(a) -> int:
-    from .http import serve
+    from obpipe.story.http import serve
 
     cfg = _cfg(a)
     store = Store.open(cfg.db.url)

@@ -10,9 +10,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obpipe.config import ConfigError, build_section, read_toml
+from obpipe.ring.settings import ConfigError, build_section, read_toml
 
-from .narratives import DEFAULT_TEMPLATES, NarrativeConfig, template_error
+from obpipe.story.narratives import DEFAULT_TEMPLATES, NarrativeConfig, template_error
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "configs" / "story.toml"
 

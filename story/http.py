@@ -47,11 +47,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from . import api
-from .config import HttpSection
-from .store import Store
+from obpipe.story import api
+from obpipe.story.config import HttpSection
+from obpipe.story.store import Store
 
-log = logging.getLogger("story.http")
+log = logging.getLogger("obpipe.story.http")
 
 HERE = Path(__file__).parent
 #: Static files: name -> content type (read at start; the package ships them, see pyproject).

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from publisher.schema import EXAMPLE_VALUES
+from obpipe.publisher.schema import EXAMPLE_VALUES
 
 DEFAULT_TEMPLATES = {
     "liquidity_withdrawal": "Liquidity vanished on the {side}: depth near the touch fell {pct}% in {ms} ms at {touch}",

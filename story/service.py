@@ -30,11 +30,11 @@ import time
 import jsonschema_rs
 import orjson
 
-from publisher.schema import SCHEMA_VERSION, load_json_schema, signal_id, topic_names
+from obpipe.publisher.schema import SCHEMA_VERSION, load_json_schema, signal_id, topic_names
 
-from .config import StoryConfig
-from .narratives import stories
-from .store import RETAINED, Store, signal_row, summary_row
+from obpipe.story.config import StoryConfig
+from obpipe.story.narratives import stories
+from obpipe.story.store import RETAINED, Store, signal_row, summary_row
 
 #: ``records`` = signals_new + signals_seen_before + summaries_new + summaries_seen_before + rejected;
 #: ``rejected`` = malformed + unknown_version + implausible_time (each kept in the rejects table).
@@ -322,6 +322,6 @@ def resolve_bootstrap(cfg: StoryConfig, cli_value: str | None = None) -> str:
         return cli_value
     if cfg.kafka.bootstrap_servers:
         return cfg.kafka.bootstrap_servers
-    from obpipe.cli import _instance_bootstrap  # reads the instance's stats segment; no engine process
+    from obpipe.ring.instance import instance_bootstrap  # reads the instance's stats segment; no engine process
 
-    return _instance_bootstrap(cfg.kafka.instance) or os.environ.get("OBPIPE_KAFKA") or "127.0.0.1:9092"
+    return instance_bootstrap(cfg.kafka.instance) or os.environ.get("OBPIPE_KAFKA") or "127.0.0.1:9092"

@@ -9,7 +9,7 @@ from pathlib import Path
 import posix_ipc
 import pytest
 
-from ring._shm import list_segments
+from obpipe.ring.shm import list_segments
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -61,7 +61,7 @@ def instance():
 @pytest.fixture
 def kafka_broker():
     """An in-memory Tansu broker on a free 127.0.0.1 port; stopped (by pid) after the test."""
-    from publisher.broker import EmbeddedBroker
+    from obpipe.publisher.broker import EmbeddedBroker
 
     broker = EmbeddedBroker.start()
     try:

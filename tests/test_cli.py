@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ring._shm import list_segments
+from obpipe.ring.shm import list_segments
 from tests.conftest import REPO
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
@@ -174,10 +174,10 @@ def test_final_books_equal_a_reference_built_offline_from_the_delivered_messages
 
     import numpy as np
 
-    from engine.book import Book
-    from feed_sim.sender import UdpSender
-    from feed_sim.synth import SynthParams, generate
-    from feed_sim.wire import DUPLICATE, SEND, Faults
+    from obpipe.engine.book import Book
+    from obpipe.feed_sim.sender import UdpSender
+    from obpipe.feed_sim.synth import SynthParams, generate
+    from obpipe.feed_sim.wire import DUPLICATE, SEND, Faults
 
     n = 200_000
     cfg = _config(tmp_path, instance, md_capacity=1 << 20)

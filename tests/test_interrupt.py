@@ -1,5 +1,5 @@
 """Ctrl-C ends every long-running command within 2 s, wherever it is, with status 0
-and no traceback (obpipe.interrupt): `obpipe tail` at random moments (starting,
+and no traceback (ring.interrupt): `obpipe tail` at random moments (starting,
 waiting for a topic, reading), `obpipe kafka`, `obpipe feed`, `obpipe exchange`."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from publisher.broker import ensure_topics, free_port
-from publisher.schema import topic_names
+from obpipe.publisher.broker import ensure_topics, free_port
+from obpipe.publisher.schema import topic_names
 from tests.conftest import REPO
 from tests.publisher.conftest import make_signal, produce
 from tests.test_cli import ENV
@@ -101,7 +101,7 @@ def test_ctrl_c_ends_tail_within_2_s_at_any_moment(kafka_broker):
             assert " sweep " in line
         else:
             # from the moment its Kafka client runs (its threads exist: start-up is over; a signal
-            # while the interpreter itself starts is Python's, obpipe/interrupt.py), plus 0..1 s
+            # while the interpreter itself starts is Python's, ring/interrupt.py), plus 0..1 s
             _wait_threads(proc, 60)
             t_end = time.monotonic() + rnd.uniform(0.0, 1.0)
             while time.monotonic() < t_end:

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from engine.status import Status
-from publisher.broker import EmbeddedBroker, free_port
-from publisher.schema import signal_id, validate
-from ring._shm import list_segments
+from obpipe.status import Status
+from obpipe.publisher.broker import EmbeddedBroker, free_port
+from obpipe.publisher.schema import signal_id, validate
+from obpipe.ring.shm import list_segments
 from tests.conftest import consume_all
 from tests.test_cli import _config, obpipe, wait_running
 from tests.test_pipeline import LOBSTER_MSG, _finish, _kill, _start

@@ -14,11 +14,11 @@ import time
 import numpy as np
 import pytest
 
-from engine.book import Book
-from ring import schema
-from ring._shm import list_segments
-from ring.spsc import Ring
-from ring.stats import ROW_BOOK, ROW_RX, StatsBlock
+from obpipe.engine.book import Book
+from obpipe.ring import schema
+from obpipe.ring.shm import list_segments
+from obpipe.ring.spsc import Ring
+from obpipe.ring.stats import ROW_BOOK, ROW_RX, StatsBlock
 from tests.conftest import REPO, SHARED_DATA
 from tests.test_cli import ENV, _config, obpipe, wait_running
 
@@ -76,7 +76,7 @@ def test_replaying_a_faulted_capture_reproduces_the_run_exactly(tmp_path, instan
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_a_lobster_replay_through_the_pipeline_builds_the_offline_book(tmp_path, instance):
-    from feed_sim.feed import load_lobster
+    from obpipe.engine.lobster import load_lobster
 
     cfg = _config(tmp_path, instance, md_capacity=1 << 17,
                   extra='[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n')
@@ -92,7 +92,7 @@ def test_a_lobster_replay_through_the_pipeline_builds_the_offline_book(tmp_path,
     assert [tuple(x) for x in got["bids"]] == ref.top(0, 0, 10)
     assert [tuple(x) for x in got["asks"]] == ref.top(0, 1, 10)
     # the day ends on the order-book file's last row (the replay stream's corrections)
-    from engine import lobster
+    from obpipe.engine import lobster
 
     _, d_ = lobster.load_messages(LOBSTER_MSG, return_tick=True)
     last = lobster.load_orderbook(LOBSTER_OB, tick_divisor=d_)[-1]

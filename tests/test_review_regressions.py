@@ -14,13 +14,13 @@ import posix_ipc
 import psutil
 import pytest
 
-from engine.book import Book
-from ring import schema as sc
-from ring._kernels import payload_check, snap_write
-from ring._shm import list_segments, seg_name
-from ring.errors import HeaderMismatch, SegmentTooLarge
-from ring.snapshot import SnapshotRegion
-from ring.spsc import Ring
+from obpipe.engine.book import Book
+from obpipe.ring import schema as sc
+from obpipe.ring.kernels import payload_check, snap_write
+from obpipe.ring.shm import list_segments, seg_name
+from obpipe.ring.errors import HeaderMismatch, SegmentTooLarge
+from obpipe.ring.snapshot import SnapshotRegion
+from obpipe.ring.spsc import Ring
 from tests.conftest import REPO
 from tests.test_cli import ENV, _config, obpipe, wait_running
 
@@ -112,7 +112,7 @@ def test_bad_command_line_values_are_clear_errors(tmp_path, instance):
 
 
 def test_supervisor_failing_after_creating_segments_removes_them(instance):
-    from engine.supervisor import RunOptions, run
+    from obpipe.supervisor import RunOptions, run
     from obpipe import config
 
     cfg = config.from_dict({"instance": {"name": instance}, "rings": {"md_capacity": 64, "events_capacity": 64}})
@@ -172,7 +172,7 @@ def test_a_stop_flag_can_be_set_after_a_child_polling_it_was_sigkilled():
     # while holding it left the lock taken, and the supervisor's set() at shutdown hung)
     import multiprocessing as mp
 
-    from engine._process import StopFlag
+    from obpipe.ring.runtime import StopFlag
     ctx = mp.get_context("spawn")
     for _ in range(3):
         flag, polls = StopFlag(ctx), ctx.RawValue("q", 0)

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from analysis.process import Analyzer, params
+from obpipe.analysis.process import Analyzer, params
 from obpipe import config
-from ring import schema as sc
+from obpipe.ring import schema as sc
 
 MS = 1_000_000
 T0 = 34_200_000_000_000  # 09:30 in ns after midnight, as LOBSTER stamps

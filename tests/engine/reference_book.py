@@ -2,7 +2,7 @@
 as engine/_book_kernels.py - the oracle for randomized tests."""
 from __future__ import annotations
 
-from ring import schema as sc
+from obpipe.ring import schema as sc
 
 NO_PX = sc.NO_PX
 

@@ -1,13 +1,13 @@
 """A slow, obviously correct receiver (plain Python) with the same admission and
-sequence rules as ``feed_sim._wire_kernels.rx_packet`` - the oracle for rx fuzzing.
+sequence rules as ``feed_sim.wire_kernels.rx_packet`` - the oracle for rx fuzzing.
 It sees the datagrams of the admitted source in arrival order and says, per datagram,
 which messages the book must get."""
 from __future__ import annotations
 
 import struct
 
-from feed_sim import _wire_kernels as WK
-from ring import schema as sc
+from obpipe.feed_sim import wire_kernels as WK
+from obpipe.ring import schema as sc
 
 _M64 = 1 << 64
 

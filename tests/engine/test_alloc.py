@@ -18,12 +18,12 @@ SCRIPT = r"""
 import json, os, sys, tracemalloc
 import numpy as np
 from numba.core.runtime import rtsys
-from engine import _book_kernels as BK
-from engine.book import Book
-from feed_sim.synth import SynthParams, generate
-from ring import schema
-from ring.snapshot import SnapshotRegion
-from ring.spsc import Ring
+from obpipe.engine import _book_kernels as BK
+from obpipe.engine.book import Book
+from obpipe.feed_sim.synth import SynthParams, generate
+from obpipe.ring import schema
+from obpipe.ring.snapshot import SnapshotRegion
+from obpipe.ring.spsc import Ring
 
 inst = sys.argv[1]
 N = 1_000_000

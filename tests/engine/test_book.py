@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from engine.book import Book
-from ring import schema as sc
-from ring.snapshot import SnapshotRegion
-from ring.spsc import Ring
+from obpipe.engine.book import Book
+from obpipe.ring import schema as sc
+from obpipe.ring.snapshot import SnapshotRegion
+from obpipe.ring.spsc import Ring
 
 from .reference_book import NO_PX, RefBook
 

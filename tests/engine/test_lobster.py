@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import lobster as L
-from ring import schema
+from obpipe.engine import lobster as L
+from obpipe.ring import schema
 
 DATA = Path("../shared/data/lobster")
 AMZN_MSG = DATA / "AMZN_2012-06-21_34200000_57600000_message_1.csv"
@@ -266,7 +266,7 @@ def test_cli_bad_files_exit_2_with_one_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
     for args in ([str(tmp_path / "missing.csv"), str(ob)], [str(bad), str(ob)], [str(msg), str(bad)],
                  [str(msg), str(ob), "--width", "1"]):
-        p = subprocess.run([sys.executable, "-m", "engine.lobster", *args], capture_output=True, text=True,
+        p = subprocess.run([sys.executable, "-m", "obpipe.engine.lobster", *args], capture_output=True, text=True,
                            env=env, timeout=100)
         assert p.returncode == 2, (args, p.stderr)
         assert p.stdout == "" and "Traceback" not in p.stderr
@@ -285,7 +285,7 @@ _OUTLIER = 4_000_000_000_000_000  # USD x 1e4: 4e11 dollars, below the parser's 
 
 @pytest.mark.timeout(120)
 def test_an_outlier_price_is_refused_naming_the_file_and_line_not_a_memory_error(tmp_path):
-    from feed_sim import feed
+    from obpipe.feed_sim import feed
 
     rows = list(TINY)
     (t, typ, oid, q, _px, side), ob = rows[5]

@@ -10,14 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from engine import rx
-from feed_sim import _wire_kernels as WK
-from feed_sim.sender import UdpSender
-from feed_sim.synth import SynthParams, generate
-from feed_sim.wire import DUPLICATE, SEND, Faults, tracker_counters
-from ring import schema as sc
-from ring.spsc import Backoff, Ring
-from ring.stats import ROW_RX, StatsBlock
+from obpipe.engine import rx
+from obpipe.feed_sim import wire_kernels as WK
+from obpipe.feed_sim.sender import UdpSender
+from obpipe.feed_sim.synth import SynthParams, generate
+from obpipe.feed_sim.wire import DUPLICATE, SEND, Faults, tracker_counters
+from obpipe.ring import schema as sc
+from obpipe.ring.spsc import Backoff, Ring
+from obpipe.ring.stats import ROW_RX, StatsBlock
 
 
 def _tracker(row):

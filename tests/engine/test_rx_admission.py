@@ -13,12 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from engine.book import Book
-from feed_sim.sender import UdpSender
-from feed_sim.synth import SynthParams, generate
-from feed_sim.wire import PacketBuffer
-from ring import schema
-from ring._shm import list_segments
+from obpipe.engine.book import Book
+from obpipe.feed_sim.sender import UdpSender
+from obpipe.feed_sim.synth import SynthParams, generate
+from obpipe.feed_sim.wire import PacketBuffer
+from obpipe.ring import schema
+from obpipe.ring.shm import list_segments
 from tests.test_cli import _config, obpipe, wait_running
 from tests.test_pipeline import _finish, _kill, _start
 

@@ -17,8 +17,8 @@ import statistics
 
 import pytest
 
-from engine._placement import writer_and_reader_cores
-from engine._stress import run_writer_with_readers
+from obpipe.ring.placement import writer_and_reader_cores
+from obpipe.engine._stress import run_writer_with_readers
 
 
 @pytest.mark.slow

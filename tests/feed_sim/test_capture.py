@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from feed_sim import capture as capmod
-from feed_sim import feed as feedmod
-from feed_sim.sender import UdpSender
-from feed_sim.synth import SynthParams, generate
-from feed_sim.wire import Faults
-from ring import schema
+from obpipe.feed_sim import capture as capmod
+from obpipe.feed_sim import feed as feedmod
+from obpipe.feed_sim.sender import UdpSender
+from obpipe.feed_sim.synth import SynthParams, generate
+from obpipe.feed_sim.wire import Faults
+from obpipe.ring import schema
 from tests.conftest import REPO
 
 LOBSTER_MSG = REPO.parent / "shared/data/lobster/AMZN_2012-06-21_34200000_57600000_message_1.csv"
@@ -146,8 +146,8 @@ def test_bad_capture_files_get_clear_errors_and_a_cut_off_tail_is_ignored(tmp_pa
 
 @pytest.mark.timeout(180)
 def test_a_lobster_replay_starts_from_the_order_book_file_sends_every_message_and_keeps_its_top():
-    from engine import lobster
-    from engine.book import Book
+    from obpipe.engine import lobster
+    from obpipe.engine.book import Book
 
     md, d = lobster.load_messages(LOBSTER_MSG, return_tick=True)
     ob = lobster.load_orderbook(feedmod.orderbook_beside(str(LOBSTER_MSG)), tick_divisor=d)

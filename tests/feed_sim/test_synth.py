@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from feed_sim import _synth_kernels as SK
-from feed_sim.synth import (
+from obpipe.feed_sim import _synth_kernels as SK
+from obpipe.feed_sim.synth import (
     BBO_DTYPE,
     SynthParams,
     book_levels,
@@ -15,7 +15,7 @@ from feed_sim.synth import (
     message_mix,
     new_state,
 )
-from ring import schema
+from obpipe.ring import schema
 
 # The first call compiles the kernel (~10 s cold, cached afterwards): generous timeouts.
 N_REPLAY = 300_000
@@ -221,7 +221,7 @@ def test_shape(default_run):
 def test_engine_book_agrees_with_the_generator(default_run):
     """The engine's book applies the stream without underflow or crossing and ends with
     the generator's top of book."""
-    from engine.book import Book
+    from obpipe.engine.book import Book
 
     p, msgs, st, _ = default_run
     book = Book([4096] * p.n_symbols)

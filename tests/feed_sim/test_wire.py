@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from feed_sim import _wire_kernels as WK
-from feed_sim.synth import SynthParams, generate
-from feed_sim.wire import DROP, Faults, PacketBuffer, Tracker, datagrams, expected_counts, plan
-from ring import schema as sc
+from obpipe.feed_sim import wire_kernels as WK
+from obpipe.feed_sim.synth import SynthParams, generate
+from obpipe.feed_sim.wire import DROP, Faults, PacketBuffer, Tracker, datagrams, expected_counts, plan
+from obpipe.ring import schema as sc
 
 RING = 1 << 18
 
@@ -168,7 +168,7 @@ def test_a_forward_jump_beyond_the_window_is_implausible_and_not_adopted():
 
 def test_a_foreign_source_is_counted_and_never_read():
     md = generate(45, SynthParams(n_symbols=1, seed=2))
-    from feed_sim.wire import allow_list, source_key
+    from obpipe.feed_sim.wire import allow_list, source_key
 
     tr, ctrl, rec = _receiver()
     tr.allow = allow_list([("127.0.0.1", 5000)])

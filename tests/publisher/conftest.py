@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from publisher.schema import EXAMPLE_VALUES, signal_id
+from obpipe.publisher.schema import EXAMPLE_VALUES, signal_id
 
 #: Example ``values`` per signal kind (valid under schema v1).
 VALUES = EXAMPLE_VALUES

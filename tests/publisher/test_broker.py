@@ -12,8 +12,8 @@ import time
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from publisher import broker as brokermod
-from publisher.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port, reachable
+from obpipe.publisher import broker as brokermod
+from obpipe.publisher.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port, reachable
 from tests.conftest import REPO
 from tests.publisher.conftest import produce
 
@@ -158,7 +158,7 @@ def test_broker_dies_with_its_parent():
 
 
 def _run_kafka_command(args):
-    return subprocess.Popen([sys.executable, "-m", "publisher.broker", *args], cwd=REPO, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "obpipe.publisher.broker", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

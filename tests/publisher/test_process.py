@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from publisher.broker import EmbeddedBroker, free_port
-from publisher.process import Publisher, PublisherSpec
-from publisher.schema import validate
-from ring import schema as sc
-from ring.spsc import Ring
+from obpipe.publisher.broker import EmbeddedBroker, free_port
+from obpipe.publisher.process import Publisher, PublisherSpec
+from obpipe.publisher.schema import validate
+from obpipe.ring import schema as sc
+from obpipe.ring.spsc import Ring
 from tests.conftest import consume_all
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.multiproc]

@@ -9,8 +9,16 @@ import re
 import pytest
 from jsonschema import Draft202012Validator
 
-from publisher.schema import (SCHEMA_VERSION, SIGNAL_KINDS, SIGNAL_VALUE_FIELDS, MessageInvalid, load_json_schema,
-                              signal_id, topic_names, validate)
+from obpipe.publisher.schema import (
+    SCHEMA_VERSION,
+    SIGNAL_KINDS,
+    SIGNAL_VALUE_FIELDS,
+    MessageInvalid,
+    load_json_schema,
+    signal_id,
+    topic_names,
+    validate,
+)
 from tests.conftest import REPO
 from tests.publisher.conftest import make_signal, make_summary
 
@@ -161,7 +169,7 @@ def test_not_an_object_fails():
 @pytest.mark.parametrize("symbol", ["<img src=x onerror=alert(1)>", '"><script>', "AMZN ", "AMZN\n", "", "A" * 17, "é"])
 def test_a_symbol_outside_the_charset_fails_the_schema_and_the_engine_config(symbol):
     from obpipe.config import ConfigError, from_dict
-    from publisher.schema import SYMBOL_RE
+    from obpipe.publisher.schema import SYMBOL_RE
 
     assert load_json_schema()["$defs"]["symbol"]["pattern"] == f"^{SYMBOL_RE}$"  # one rule
     with pytest.raises(MessageInvalid, match="symbol"):

@@ -10,9 +10,9 @@ import time
 import orjson
 import pytest
 
-from publisher.broker import ensure_topics, free_port
-from publisher.schema import SIGNAL_KINDS, topic_names
-from publisher.tail import format_line, main
+from obpipe.publisher.broker import ensure_topics, free_port
+from obpipe.publisher.schema import SIGNAL_KINDS, topic_names
+from obpipe.publisher.tail import format_line, main
 from tests.conftest import REPO
 from tests.publisher.conftest import make_signal, make_summary, produce
 
@@ -109,7 +109,7 @@ def test_tail_shows_only_new_messages_by_default_and_ctrl_c_exits_0(kafka_broker
     bs = kafka_broker.bootstrap
     assert ensure_topics(bs, topic_names()) == []
     produce(bs, SIGNALS, _signals(["sweep"]))  # before tail starts: not shown
-    proc = subprocess.Popen([sys.executable, "-m", "publisher.tail", "--kafka", bs, "--timeout", "20"],
+    proc = subprocess.Popen([sys.executable, "-m", "obpipe.publisher.tail", "--kafka", bs, "--timeout", "20"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # tail's assignment time is unknown: keep producing new signals until one shows
@@ -132,7 +132,7 @@ def test_tail_shows_only_new_messages_by_default_and_ctrl_c_exits_0(kafka_broker
 @pytest.mark.multiproc
 def test_tail_waits_for_topic_then_reads_it_all(kafka_broker):
     bs = kafka_broker.bootstrap
-    proc = subprocess.Popen([sys.executable, "-m", "publisher.tail", "--kafka", bs, "--count", "1", "--timeout", "20"],
+    proc = subprocess.Popen([sys.executable, "-m", "obpipe.publisher.tail", "--kafka", bs, "--count", "1", "--timeout", "20"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "waiting for topic obpipe.signals" in proc.stderr.readline()

@@ -18,10 +18,10 @@ import traceback
 import posix_ipc
 import pytest
 
-import engine.supervisor  # noqa: F401  (imported before the fork, see the docstring)
+import obpipe.supervisor  # noqa: F401  (imported before the fork, see the docstring)
 import obpipe.config  # noqa: F401
 from obpipe import cli
-from ring._shm import list_segments
+from obpipe.ring.shm import list_segments
 from tests.conftest import REPO
 
 NOBODY = 65534

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ring.latency import N_BUCKETS, bucket, bucket_upper, percentiles
+from obpipe.ring.latency import N_BUCKETS, bucket, bucket_upper, percentiles
 
 
 def test_buckets_are_ordered_and_at_most_a_quarter_wide():

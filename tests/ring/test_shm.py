@@ -7,12 +7,12 @@ import os
 import posix_ipc
 import pytest
 
-from ring import schema as sc
-from ring._shm import clean_stale, list_segments, seg_name
-from ring.errors import HeaderMismatch
-from ring.snapshot import SnapshotRegion
-from ring.spsc import Ring
-from ring.stats import StatsBlock
+from obpipe.ring import schema as sc
+from obpipe.ring.shm import clean_stale, list_segments, seg_name
+from obpipe.ring.errors import HeaderMismatch
+from obpipe.ring.snapshot import SnapshotRegion
+from obpipe.ring.spsc import Ring
+from obpipe.ring.stats import StatsBlock
 
 
 def test_segment_names_are_checked():

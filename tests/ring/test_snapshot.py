@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine._placement import writer_and_reader_cores
-from ring._kernels import payload_check, snap_write
-from ring._stress import run_snapshot_stress
-from ring.snapshot import SnapshotRegion, TornSnapshot
+from obpipe.ring.placement import writer_and_reader_cores
+from obpipe.ring.kernels import payload_check, snap_write
+from obpipe.ring.stress import run_snapshot_stress
+from obpipe.ring.snapshot import SnapshotRegion, TornSnapshot
 
 
 @pytest.mark.timeout(30)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ring import schema as sc
-from ring._stress import run_ring_stress
-from ring.errors import HeaderMismatch, SegmentExists, SegmentMissing
-from ring.spsc import Backoff, Ring
+from obpipe.ring import schema as sc
+from obpipe.ring.stress import run_ring_stress
+from obpipe.ring.errors import HeaderMismatch, SegmentExists, SegmentMissing
+from obpipe.ring.spsc import Backoff, Ring
 
 
 def _records(start, n):

@@ -16,11 +16,11 @@ import urllib.parse
 
 import pytest
 
-from publisher.schema import SIGNAL_KINDS
-from story import api
-from story.config import HttpSection
-from story.http import CSP, serve
-from story.store import Store, signal_row, summary_row
+from obpipe.publisher.schema import SIGNAL_KINDS
+from obpipe.story import api
+from obpipe.story.config import HttpSection
+from obpipe.story.http import CSP, serve
+from obpipe.story.store import Store, signal_row, summary_row
 from tests.publisher.conftest import make_signal, make_summary
 
 T0 = 34_200_000_000_000  # 09:30:00 feed time
@@ -84,7 +84,7 @@ def test_allowed_hosts_is_configurable(store):
 
 def test_http_config_errors_name_the_key(tmp_path):
     from obpipe.config import ConfigError
-    from story.config import load
+    from obpipe.story.config import load
 
     for table, key in (("allowed_hosts = ['evil example']", "http.allowed_hosts"), ("allowed_hosts = []", "http.allowed_hosts"),
                        ("header_timeout_s = 0.0", "http.header_timeout_s"), ("idle_timeout_s = 1e9", "http.idle_timeout_s"),
@@ -129,7 +129,7 @@ def test_a_19_digit_since_and_other_out_of_range_numbers_get_400_with_a_reason(s
 def test_an_unexpected_error_is_500_without_its_text_and_is_logged(store, server, caplog):
     store.execute("DROP TABLE stories")
     store.conn().commit()
-    with caplog.at_level(logging.ERROR, logger="story.http"):
+    with caplog.at_level(logging.ERROR, logger="obpipe.story.http"):
         code, _, body = _get(server.port, "/api/stories?symbol=AMZN")
     assert code == 500
     assert json.loads(body) == {"error": "internal error (logged by the service)"}
@@ -234,7 +234,7 @@ def test_obpipe_story_serve_answers_and_ctrl_c_ends_it_within_2_s_even_with_conn
     import sys
 
     from tests.conftest import REPO
-    p = subprocess.Popen([sys.executable, "-m", "story", "serve", "--db", str(tmp_path / "s.db"), "--port", "0"],
+    p = subprocess.Popen([sys.executable, "-m", "obpipe.story", "serve", "--db", str(tmp_path / "s.db"), "--port", "0"],
                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     idle = []
     try:

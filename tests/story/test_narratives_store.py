@@ -8,11 +8,11 @@ import urllib.request
 
 import pytest
 
-from story import api
-from story.config import StoryConfig, load
-from story.narratives import NarrativeConfig, bursts, stories
-from story.service import StoryService, check
-from story.store import Store, signal_row
+from obpipe.story import api
+from obpipe.story.config import StoryConfig, load
+from obpipe.story.narratives import NarrativeConfig, bursts, stories
+from obpipe.story.service import StoryService, check
+from obpipe.story.store import Store, signal_row
 from obpipe.config import ConfigError
 from tests.publisher.conftest import make_signal, make_summary
 
@@ -180,7 +180,7 @@ def test_config_errors_name_the_key(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_http_api_answers_validates_and_serves_the_page(store):
-    from story.http import serve
+    from obpipe.story.http import serve
 
     svc = StoryService(StoryConfig(), store, "unused:1", log=lambda m: None)
     svc.handle([_rec(_sig("sweep", 1, 0)), _rec(make_summary(start_ns=T0, end_ns=T0 + 100_000_000))])
@@ -244,7 +244,7 @@ POISON_KINDS = ("non-numeric value", "NaN", "Infinity", "integer >= 2^63", "bbo 
 
 
 def test_rejects_are_listed_by_the_cli_with_reason_and_raw_bytes(tmp_path, capsys):
-    from story.cli import main
+    from obpipe.story.cli import main
 
     s = Store.open(str(tmp_path / "r.db"))
     svc = StoryService(StoryConfig(), s, "unused:1", log=lambda m: None)
@@ -273,7 +273,7 @@ def test_a_poison_record_is_rejected_kept_and_counted_and_the_next_burst_still_n
 
 
 def test_every_integer_field_of_the_schema_is_checked_for_floats():
-    from story.service import _INT_PATHS
+    from obpipe.story.service import _INT_PATHS
 
     assert {"seq", "ts_exch_ns", "ts_detect_ns"} <= {p[0] for p in _INT_PATHS["signal"]}
     assert ("bbo", "bid_qty") in _INT_PATHS["signal"] and ("values", "sweep", "levels") in _INT_PATHS["signal"]
@@ -291,7 +291,7 @@ def test_a_template_naming_a_missing_field_is_refused_at_load_naming_template_an
         load(p)
     p.write_text('[narratives.templates]\nsweep = "{n} sweeps, {volume} lots, {side}"\n')
     assert load(p).narratives.templates["sweep"].startswith("{n}")
-    from story.narratives import DEFAULT_TEMPLATES, template_error
+    from obpipe.story.narratives import DEFAULT_TEMPLATES, template_error
     assert all(template_error(k, t) is None for k, t in DEFAULT_TEMPLATES.items())  # the built-in ones pass
 
 
@@ -339,7 +339,7 @@ def test_a_version_1_database_is_migrated_and_its_rows_count_as_stored_at_the_mi
     import re
     import sqlite3
 
-    from story import store as store_mod
+    from obpipe.story import store as store_mod
 
     path = tmp_path / "v1.db"
     c = sqlite3.connect(path)  # the version-1 schema: no stored_ns, no rejects

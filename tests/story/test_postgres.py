@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from publisher.broker import free_port
-from story import api
-from story.config import StoryConfig
-from story.service import StoryService
-from story.store import Store
+from obpipe.publisher.broker import free_port
+from obpipe.story import api
+from obpipe.story.config import StoryConfig
+from obpipe.story.service import StoryService
+from obpipe.story.store import Store
 from tests.publisher.conftest import make_signal, make_summary
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

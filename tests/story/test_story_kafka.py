@@ -20,9 +20,9 @@ import posix_ipc
 import pytest
 from PIL import Image
 
-from publisher.broker import EmbeddedBroker
-from story.store import Store
-from ring._shm import list_segments
+from obpipe.publisher.broker import EmbeddedBroker
+from obpipe.story.store import Store
+from obpipe.ring.shm import list_segments
 from tests.conftest import PREFIX, REPO, _counter, consume_all
 from tests.publisher.conftest import make_signal, make_summary, produce
 from tests.test_cli import _config
@@ -46,7 +46,7 @@ class StoryProc:
                        "[retention]\nkeep_hours = 0.0\n")
         self.err_path = tmp_path / f"story-{tag}.err"
         self.err = open(self.err_path, "w")
-        self.p = subprocess.Popen([sys.executable, "-m", "story", "run", "--config", str(cfg), "--db", str(db)],
+        self.p = subprocess.Popen([sys.executable, "-m", "obpipe.story", "run", "--config", str(cfg), "--db", str(db)],
                                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.err)
         self.port = None
         deadline = time.monotonic() + 60
@@ -314,7 +314,7 @@ def _fuzz_messages(rng, n: int) -> list[tuple[str, bytes, str]]:
     "rejected" (made invalid on purpose) or "either" (random bytes flipped in a valid one)."""
     import random
 
-    from publisher.schema import SIGNAL_KINDS, signal_id
+    from obpipe.publisher.schema import SIGNAL_KINDS, signal_id
     from tests.publisher.conftest import SIDES
 
     syms = ("AMZN", "AAPL", "MSFT", "BRK.B")
@@ -392,7 +392,7 @@ def test_fuzzed_story_topics_never_stop_the_service_and_every_record_is_stored_o
 
     from confluent_kafka import Producer
 
-    from story import api
+    from obpipe.story import api
 
     n = 100_000 * fuzz_scale
     rng = random.Random(20261202)
@@ -431,7 +431,7 @@ def test_fuzzed_story_topics_never_stop_the_service_and_every_record_is_stored_o
             n_sig, n_sum = _count(db, "signals"), _count(db, "summaries")
             # stored signals follow the schema by the reference validator (python jsonschema,
             # ~0.5 ms a message: every 25th)
-            from publisher.schema import signal_id, validate
+            from obpipe.publisher.schema import signal_id, validate
             for (vals, sym, kind, side, seq, ts, det, tsz, bt, at, bq, aq) in s.query(
                     "SELECT vals, symbol, kind, side, seq, ts_exch_ns, ts_detect_ns, tick_size, bid_tick, ask_tick, "
                     "bid_qty, ask_qty FROM signals ORDER BY id")[::25]:

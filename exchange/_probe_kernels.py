@@ -6,16 +6,16 @@ timing each round trip with CLOCK_MONOTONIC.  Reports that are not responses (fi
 cancels by the engine) are skipped.  Nothing runs in Python per request, so what it
 measures is the exchange's turn plus the kernel's loopback path and two wake-ups, as a
 C client would see it.  The libc functions are linked by symbol name, as in
-``ring._net``, so the kernel stays cacheable.  A socket with ``SO_RCVTIMEO`` makes a
+``ring.net``, so the kernel stays cacheable.  A socket with ``SO_RCVTIMEO`` makes a
 silent exchange an error return, not a hang.
 """
 from __future__ import annotations
 
 from numba import njit, types
 
-from ring import schema
-from ring._atomics import monotonic_ns
-from ring._jit import HOT
+from obpipe.ring import schema
+from obpipe.ring.atomics import monotonic_ns
+from obpipe.ring.jit import HOT
 
 c_send = types.ExternalFunction("send", types.intp(types.intc, types.voidptr, types.uintp, types.intc))
 c_recv = types.ExternalFunction("recv", types.intp(types.intc, types.voidptr, types.uintp, types.intc))

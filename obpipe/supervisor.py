@@ -37,27 +37,25 @@ import numpy as np
 import orjson
 import psutil
 
-from feed_sim import capture as capmod
-from feed_sim import feed as feedmod
-from feed_sim import _wire_kernels as WK
-from feed_sim.wire import Faults
+from obpipe.analysis import process as analysis_proc
 from obpipe.config import RESTARTABLE, Config
-from ring import schema
-from ring._kernels import ring_pop
-from ring._shm import clean_stale, list_segments
-from ring.snapshot import SnapshotRegion
-from ring.spsc import Backoff, Ring
-from ring.stats import ROW_BOOK, ROW_FEED, ROW_RX, ROW_SUPERVISOR, StatsBlock
-
-from analysis import process as analysis_proc
-from publisher import process as publisher_proc
-from publisher.broker import BrokerError, EmbeddedBroker, reachable
-from ring.stats import ROW_ANALYSIS, ROW_PUBLISHER
-
-from . import book_writer, rx
-from ._placement import cores_for, pin
-from ._process import StopFlag, background_priority
-from .status import Status, render
+from obpipe.engine import book_writer, lobster, rx
+from obpipe.exchange import server as exchange_server
+from obpipe.feed_sim import capture as capmod
+from obpipe.feed_sim import feed as feedmod
+from obpipe.feed_sim import wire_kernels as WK
+from obpipe.feed_sim.wire import Faults
+from obpipe.publisher import process as publisher_proc
+from obpipe.publisher.broker import BrokerError, EmbeddedBroker, reachable
+from obpipe.ring import schema
+from obpipe.ring.kernels import ring_pop
+from obpipe.ring.placement import cores_for, pin
+from obpipe.ring.runtime import StopFlag, background_priority
+from obpipe.ring.shm import clean_stale, list_segments
+from obpipe.ring.snapshot import SnapshotRegion
+from obpipe.ring.spsc import Backoff, Ring
+from obpipe.ring.stats import ROW_ANALYSIS, ROW_BOOK, ROW_FEED, ROW_PUBLISHER, ROW_RX, ROW_SUPERVISOR, StatsBlock
+from obpipe.status import Status, render
 
 WATCH_S = 0.05  # supervisor loop period
 
@@ -252,9 +250,10 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
                     port=port, replay=opts.replay, rate=rate, speed=opts.speed, count=opts.count,
                     duration_s=duration, seed=seed, n_symbols=len(cfg.book.symbols), symbol=symbol,
                     faults=opts.faults, capture=opts.capture, instance=inst, cores=feed_cores,
-                    parent_pid=os.getpid(), lobster_md=lobster_md, session=feed_session, start_ns=cfg.run.start_ns,
+                    parent_pid=os.getpid(), lobster_md=lobster_md, lobster_loader=lobster.load_lobster, session=feed_session, start_ns=cfg.run.start_ns,
                     src_port=src_sock.getsockname()[1] if src_sock is not None else 0)
-            feed = _Child("feed", ROW_FEED, feedmod.main_entry, (fspec, feed_stop), False)
+            target = exchange_server.feed_entry if opts.source == "exchange" else feedmod.main_entry
+            feed = _Child("feed", ROW_FEED, target, (fspec, feed_stop), False)
             feed.start(ctx)
             children.append(feed)
             _say(opts, f"obpipe: feed pid {feed.proc.pid} ({fspec.source_name()}"
@@ -386,8 +385,6 @@ def _replay_symbol(cfg: Config, opts: RunOptions) -> tuple[Config, int]:
     ``--symbol`` as an index, or as a name (one of ``[book] symbols``, else the only
     symbol), or by default the ticker of the file's name (AMZN_2012-06-21_..._message_1.csv
     is published as AMZN, so stories of it are found by that name)."""
-    from engine import lobster
-
     sym = opts.symbol
     if sym is None:
         sym = lobster.file_info(opts.replay)[0] if opts.replay else None
@@ -415,13 +412,13 @@ def _replay_settings(cfg: Config, opts: RunOptions) -> tuple[Config, np.ndarray 
     describes the synthetic feed and the exchange).  And its book uncrosses: a level-N
     file has no message for an order cancelled away from the top N levels, so such a
     level stays in the book and, once the market moves through it, crosses it (without
-    the order-book file beside it to correct the top; ``feed.load_lobster``)."""
+    the order-book file beside it to correct the top; ``lobster.load_lobster``)."""
     if opts.replay is None or opts.no_feed or opts.source == "exchange" or capmod.is_capture(opts.replay) \
             or not os.path.isfile(opts.replay):
         return cfg, None, opts.symbol if isinstance(opts.symbol, int) else 0
     cfg, symbol = _replay_symbol(cfg, opts)
     try:
-        md, divisor = feedmod.load_lobster(opts.replay, symbol, return_tick=True)
+        md, divisor = lobster.load_lobster(opts.replay, symbol, return_tick=True)
     except feedmod.FeedError:
         return cfg, None, symbol  # (the feed reports what is wrong with the file)
     size = divisor / 10_000

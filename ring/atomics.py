@@ -50,12 +50,16 @@ linked by symbol name (not by ctypes address), so kernels using them stay cachea
 """
 from __future__ import annotations
 
+from obpipe.ring import _jitcache  # noqa: F401  (first: numba's cache directory, before any kernel is decorated)
+
 import platform
 
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from obpipe.ring.jit import HOT
 
 _MACHINE = platform.machine().lower()
 _IS_X86 = _MACHINE in ("x86_64", "amd64", "i386", "i686")
@@ -212,13 +216,13 @@ def sleep_ns(typingctx, ns):
     return types.none(ns), codegen
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def monotonic_ns():
     """CLOCK_MONOTONIC in ns; equal to Python's ``time.monotonic_ns()`` in any process."""
     return _clock_gettime_ns(CLOCK_MONOTONIC)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def realtime_ns():
     """CLOCK_REALTIME in ns; equal to Python's ``time.time_ns()``."""
     return _clock_gettime_ns(CLOCK_REALTIME)
@@ -239,7 +243,7 @@ def rdtsc(typingctx):
 # The sequence word is written only by the snapshot's single writer.
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def seqlock_write_begin(words, idx):
     """Writer: make the sequence odd; payload stores that follow cannot move above it.
 
@@ -253,19 +257,19 @@ def seqlock_write_begin(words, idx):
     return s + 1
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def seqlock_write_end(words, idx, odd_seq):
     """Writer: publish the payload by making the sequence even again (store-release)."""
     store_release(words, idx, odd_seq + 1)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def seqlock_read_begin(words, idx):
     """Reader: the sequence before copying; odd means a write is in progress."""
     return load_acquire(words, idx)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(**HOT, inline="always")
 def seqlock_read_ok(words, idx, s0):
     """Reader: True when the copy made since ``seqlock_read_begin`` returned ``s0`` is whole."""
     fence_acquire()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine._placement import cores_for
+from obpipe.ring.placement import cores_for
 
 
 def test_two_cores_book_alone_analysis_and_publisher_share_its_core():

@@ -7,14 +7,16 @@ multiprocessing queue; they are started from a spawn context by tests and bench/
 """
 from __future__ import annotations
 
+from obpipe.ring import _jitcache  # noqa: F401  (first: numba's cache directory, before any kernel is decorated)
+
 import time
 
 import numpy as np
 from numba import njit
 
-from . import schema
-from ._atomics import cpu_relax, monotonic_ns, sched_yield
-from ._kernels import (
+from obpipe.ring import schema
+from obpipe.ring.atomics import cpu_relax, monotonic_ns, sched_yield
+from obpipe.ring.kernels import (
     payload_check,
     ring_available,
     ring_claim,
@@ -157,7 +159,7 @@ def snapshot_pattern_reader(words, base, dst, duration_ns, pause_iters):
 # --- process entry points (spawn) ------------------------------------------------------
 
 
-def _pin(cores):
+def pin_cores(cores):
     if cores:
         import psutil
 
@@ -168,9 +170,9 @@ def _pin(cores):
 
 
 def ring_producer_main(instance, part, total, batch, cores, q):
-    from .spsc import Ring
+    from obpipe.ring.spsc import Ring
 
-    _pin(cores)
+    pin_cores(cores)
     ring = Ring.attach(instance, part, schema.MD_DTYPE)
     q.put(("ready", "producer"))
     stalls = produce_pattern(ring.ctrl, ring.slots, total, batch)
@@ -178,9 +180,9 @@ def ring_producer_main(instance, part, total, batch, cores, q):
 
 
 def ring_consumer_main(instance, part, total, batch, cores, q):
-    from .spsc import Ring
+    from obpipe.ring.spsc import Ring
 
-    _pin(cores)
+    pin_cores(cores)
     ring = Ring.attach(instance, part, schema.MD_DTYPE)
     dst = np.zeros((batch, ring.words), np.int64)
     q.put(("ready", "consumer"))
@@ -194,9 +196,9 @@ def _warm_words(region):
 
 
 def snap_writer_main(instance, duration_s, cores, q, go):
-    from .snapshot import SnapshotRegion
+    from obpipe.ring.snapshot import SnapshotRegion
 
-    _pin(cores)
+    pin_cores(cores)
     region = SnapshotRegion.attach(instance, "snap")
     pay = np.zeros(region.payload_words, np.int64)
     snapshot_pattern_writer(_warm_words(region), region.base(0), pay, 1000)  # compile/load first
@@ -208,9 +210,9 @@ def snap_writer_main(instance, duration_s, cores, q, go):
 
 
 def snap_reader_main(instance, duration_s, pause_iters, cores, q, go):
-    from .snapshot import SnapshotRegion
+    from obpipe.ring.snapshot import SnapshotRegion
 
-    _pin(cores)
+    pin_cores(cores)
     region = SnapshotRegion.attach(instance, "snap")
     dst = np.zeros(region.payload_words, np.int64)
     snapshot_pattern_reader(region.words, region.base(0), dst, 1000, 0)
@@ -220,7 +222,7 @@ def snap_reader_main(instance, duration_s, pause_iters, cores, q, go):
     q.put(("reader", tuple(int(x) for x in res)))
 
 
-def _collect(q, procs, want: int, timeout_s: float, go=None, n_ready: int = 0) -> dict:
+def collect(q, procs, want: int, timeout_s: float, go=None, n_ready: int = 0) -> dict:
     """Gather ``want`` non-"ready" results from the queue, failing if a child dies."""
     import queue as _queue
 
@@ -248,7 +250,7 @@ def _collect(q, procs, want: int, timeout_s: float, go=None, n_ready: int = 0) -
     return out
 
 
-def _stop_all(procs, timeout_s=10):
+def stop_all(procs, timeout_s=10):
     for p in procs:
         p.join(timeout_s)
     for p in procs:
@@ -266,7 +268,7 @@ def run_ring_stress(instance: str, total: int, capacity: int = 1 << 16, batch: i
     spawned processes.  Returns {received, bad, first_bad, seconds, msgs_per_s, stalls}."""
     import multiprocessing as mp
 
-    from .spsc import Ring
+    from obpipe.ring.spsc import Ring
 
     ctx = mp.get_context("spawn")
     ring = Ring.create(instance, "stress", schema.MD_DTYPE, capacity)
@@ -278,13 +280,13 @@ def run_ring_stress(instance: str, total: int, capacity: int = 1 << 16, batch: i
     try:
         for p in procs:
             p.start()
-        res = _collect(q, procs, 2, timeout_s)
+        res = collect(q, procs, 2, timeout_s)
         got, bad, first_bad, t0, t1 = res["consumer"][0]
         secs = max(t1 - t0, 1) / 1e9
         return dict(received=got, bad=bad, first_bad=first_bad, seconds=secs, msgs_per_s=got / secs,
                     stalls=res["producer"][0], head=ring.head, tail=ring.tail)
     finally:
-        _stop_all(procs)
+        stop_all(procs)
         q.close()
         ring.close()
         ring.unlink()
@@ -297,7 +299,7 @@ def run_snapshot_stress(instance: str, duration_s: float, n_readers: int, pause_
     retries, torn, backwards, versions), ...]}."""
     import multiprocessing as mp
 
-    from .snapshot import SnapshotRegion
+    from obpipe.ring.snapshot import SnapshotRegion
 
     ctx = mp.get_context("spawn")
     region = SnapshotRegion.create(instance, "snap", 1, n_levels)
@@ -316,11 +318,11 @@ def run_snapshot_stress(instance: str, duration_s: float, n_readers: int, pause_
     try:
         for p in procs:
             p.start()
-        res = _collect(q, procs, n_readers + 1, timeout_s, go=go, n_ready=len(procs))
+        res = collect(q, procs, n_readers + 1, timeout_s, go=go, n_ready=len(procs))
         n, secs = res["writer"][0]
         return dict(writes=n, writes_per_s=n / secs, readers=res.get("reader", []))
     finally:
-        _stop_all(procs)
+        stop_all(procs)
         q.close()
         region.close()
         region.unlink()

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import accounts as accmod
-from engine.exchange import banner_port
-from engine.exchange_client import Traders, handshake, probe, probe_requests
-from engine.journal import Journal, JournalError
-from engine.matching import MatchingEngine
-from ring import schema
+from obpipe.exchange import accounts as accmod
+from obpipe.exchange.server import banner_port
+from obpipe.exchange.client import Traders, handshake, probe, probe_requests
+from obpipe.exchange.journal import Journal, JournalError
+from obpipe.exchange.matching import MatchingEngine
+from obpipe.ring import schema
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = schema.ORDER_OUT_DTYPE

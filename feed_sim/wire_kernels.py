@@ -49,9 +49,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ring import schema
-from ring._kernels import ring_claim, ring_publish
-from ring._jit import HOT
+from obpipe.ring import schema
+from obpipe.ring.kernels import ring_claim, ring_publish
+from obpipe.ring.jit import HOT
 
 _MAGIC = schema.WIRE_MAGIC
 _VERSION = schema.WIRE_VERSION

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from engine import book_cli
-from engine.matching import requests
-from ring import schema as sc
+from obpipe.exchange import csv_cli as book_cli
+from obpipe.exchange.matching import requests
+from obpipe.ring import schema as sc
 from tests.conftest import REPO
 
 from .reference_matcher import RefMatcher

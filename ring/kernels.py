@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from numba import njit
 
-from . import schema
-from ._atomics import (
+from obpipe.ring import schema
+from obpipe.ring.atomics import (
     cpu_relax,
     load_acquire,
     load_relaxed,
@@ -28,7 +28,7 @@ from ._atomics import (
     store_relaxed,
     store_release,
 )
-from ._jit import HOT
+from obpipe.ring.jit import HOT
 
 _HEAD = schema.RING_W_HEAD
 _TAIL = schema.RING_W_TAIL

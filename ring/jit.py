@@ -20,6 +20,8 @@ internals it falls back to plain ``HOT``: slower, never wrong.
 """
 from __future__ import annotations
 
+from obpipe.ring import _jitcache  # noqa: F401  (first: numba's cache directory, before any kernel is decorated)
+
 
 def _enable_noalias() -> bool:
     try:

@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from engine.exchange_client import handshake
-from engine.journal import Journal
-from engine.matching import MatchingEngine
-from ring import schema
+from obpipe.exchange.client import handshake
+from obpipe.exchange.journal import Journal
+from obpipe.exchange.matching import MatchingEngine
+from obpipe.ring import schema
 from tests.engine.test_exchange import _start, exchanges  # noqa: F401
 
 OUT = schema.ORDER_OUT_DTYPE

@@ -17,7 +17,7 @@ made its ``Interrupt``, is Python's: ``KeyboardInterrupt`` there, or death by SI
 before Python installed its own handler. Nothing has been opened yet by then.
 
 Pipeline children do not use this: they ignore SIGINT and stop on the supervisor's
-shared stop flag (``engine/_process.py``).
+shared stop flag (``ring/runtime.py``).
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """A slow, obviously correct matching engine in plain Python - the oracle that
-tests/engine/test_matching.py runs ``engine.matching.MatchingEngine`` against.
+tests/engine/test_matching.py runs ``exchange.matching.MatchingEngine`` against.
 
 Each side of each symbol is a dict ``price -> list of orders`` (FIFO: index 0 is the
 oldest); the best price is ``max``/``min`` of the keys and an emptied level is deleted.
 Nothing is incremental or clever, so the rules below can be read straight off the code.
-The rules are the ones ``engine/_match_kernels.py`` documents:
+The rules are the ones ``exchange/_match_kernels.py`` documents:
 
 * a request whose reserved field is not 0 is rejected ``RS_MALFORMED``, whatever it is;
   an unknown request type ``RS_BAD_TYPE``;
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ring import schema as sc
+from obpipe.ring import schema as sc
 
 #: The report fields ``as_tuples`` reads, in tuple order (the account comes last).
 REPORT_FIELDS = ("type", "side", "reason", "flags", "symbol", "qty", "leaves", "px_tick", "order_id")

@@ -6,7 +6,7 @@ One process, one event loop (``selectors``: epoll on Linux), many clients:
   ``schema.ORDER_IN_DTYPE`` in, ``schema.ORDER_OUT_DTYPE`` out.  On connect a client
   gets an R_HELLO (next order id, next market-data sequence, its account) and an
   R_CHALLENGE (a fresh nonce); an OE_LOGIN as its first message, carrying an HMAC of the
-  nonce under the account's key (``engine.accounts``), makes it act for that account.
+  nonce under the account's key (``exchange.accounts``), makes it act for that account.
   Without a login it trades as a fresh anonymous account only if ``allow_anonymous``.
 * Abuse limits, all outside the matching kernel and per read, not per message:
   requests per second per connection (a token bucket; the excess of a read is
@@ -50,13 +50,12 @@ import time
 
 import numpy as np
 
-from obpipe import config as cfgmod
-from ring import schema
+from obpipe.ring import schema
 
-from . import _match_kernels as MK
-from . import accounts as accmod
-from .journal import Journal, JournalError
-from .matching import MatchingEngine
+from obpipe.exchange import _match_kernels as MK
+from obpipe.exchange import accounts as accmod
+from obpipe.exchange.journal import Journal, JournalError
+from obpipe.exchange.matching import MatchingEngine
 
 REQ = schema.ORDER_IN_DTYPE.itemsize
 _RECOVER_CHUNK = 1 << 16
@@ -117,11 +116,12 @@ class Exchange:
     ``start()`` recovers the journal and binds; ``serve(stop)`` runs until ``stop[0]``
     is true; ``close()`` shuts down.  ``port`` is the bound TCP port."""
 
-    def __init__(self, cfg: cfgmod.Config, log=None):
-        self.cfg = cfg
-        self.x = cfg.exchange
+    def __init__(self, x, n_symbols: int, log=None):
+        """``x``: the ``[exchange]`` section (``obpipe.config.ExchangeConfig``);
+        ``n_symbols``: symbols 0 .. n-1 (the ``[book] symbols``)."""
+        self.x = x
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.n_symbols = len(cfg.book.symbols)
+        self.n_symbols = n_symbols
         self.eng = MatchingEngine(self.n_symbols, self.x.band_ticks, self.x.capacity, max_batch=self.x.max_batch)
         self.journal: Journal | None = None
         self.recovery: dict = {}
@@ -168,7 +168,7 @@ class Exchange:
         else:
             self.session = int.from_bytes(os.urandom(4), "little") or 1
         if x.md_port:
-            from feed_sim.sender import UdpSender
+            from obpipe.feed_sim.sender import UdpSender
 
             self.sender = UdpSender((x.md_host, x.md_port), session=self.session, src_port=x.md_src_port)
             self.sender.first_seq = self.sender.next_seq = self.eng.md_messages + 1
@@ -683,6 +683,15 @@ def banner_port(text: str) -> int | None:
     return int(text.split("listening on ", 1)[1].split(";", 1)[0].rsplit(":", 1)[1])
 
 
+def feed_entry(spec, stop_event) -> None:
+    """Process target for the supervisor (spawn) when the exchange is the source."""
+    from obpipe.ring.runtime import child_setup
+
+    child_setup(spec.parent_pid, spec.cores)
+    feed_main(spec, stop_event)
+    sys.exit(0)
+
+
 def feed_main(spec, stop_event) -> None:
     """``obpipe run --source exchange``: the pipeline's feed process.  Runs the exchange
     (market data to the pipeline's receiver, counters in the feed's stats row) and the
@@ -690,15 +699,13 @@ def feed_main(spec, stop_event) -> None:
     supervisor's ``stop_event``, the duration or ``count`` market-data messages."""
     import subprocess
 
-    from feed_sim.feed import _Row
+    from obpipe.feed_sim.feed import FeedRow
 
     # (its simulated traders are anonymous: its own children on loopback)
     x = dataclasses.replace(spec.exchange, md_host=spec.host, md_port=spec.port, md_src_port=spec.src_port,
                             allow_anonymous=True)
     n_sym = max(1, spec.n_symbols)
-    cfg = cfgmod.replace(cfgmod.Config(), exchange=dataclasses.asdict(x),
-                         book={"symbols": [f"S{i}" for i in range(n_sym)]})
-    ex = Exchange(cfg)
+    ex = Exchange(x, n_sym)
     ex.start()
     print(ex.banner(), file=sys.stderr, flush=True)
     t = spec.traders
@@ -708,7 +715,7 @@ def feed_main(spec, stop_event) -> None:
          "--window", str(t.window), "--rate", str(rate), "--orders", "0", "--seed", str(t.seed),
          "--symbols", str(n_sym), "--duration", str(spec.duration_s if spec.duration_s > 0 else 1e9)],
         stdout=subprocess.DEVNULL)
-    row = _Row(spec.instance)
+    row = FeedRow(spec.instance)
     stop = [False]
 
     def tick():
@@ -735,7 +742,8 @@ def feed_main(spec, stop_event) -> None:
               file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``obpipe exchange``'s options (the wiring, ``obpipe.cli``, reads the config)."""
     p = argparse.ArgumentParser(prog="obpipe exchange", description="the order-entry exchange: 32-byte binary "
                                 "TCP messages in, reports out, market data over UDP, journal before acknowledgement")
     p.add_argument("--config", help="TOML config ([exchange], [book] symbols)")
@@ -753,27 +761,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="final counters as JSON on stdout")
     p.add_argument("--dump-book", metavar="FILE", help="at exit, write every symbol's resting orders in priority "
                    "order as JSON (bids/asks rows: id, px_tick, open qty, account)")
-    a = p.parse_args(argv)
-    try:
-        cfg = cfgmod.load(a.config)
-        over = {}
-        for k in ("host", "port", "journal", "fsync", "accounts_file", "allow_anonymous"):
-            if getattr(a, k) is not None:
-                over[k] = getattr(a, k)
-        if a.md:
-            host, _, port = a.md.rpartition(":")
-            if not host or not port.isdigit():
-                p.error(f"--md must be HOST:PORT, got {a.md!r}")
-            over["md_host"], over["md_port"] = host, int(port)
-        sections = {"exchange": over}
-        if a.symbols is not None:
-            if a.symbols < 1:
-                p.error("--symbols must be >= 1")
-            sections["book"] = {"symbols": [f"S{i}" for i in range(a.symbols)], "ladder_width_by_symbol": {}}
-        cfg = cfgmod.replace(cfg, **sections)
-    except cfgmod.ConfigError as e:
-        print(f"obpipe exchange: {e}", file=sys.stderr)
-        return 2
+    return p
+
+
+def sections_with_options(x, n_symbols: int, a) -> tuple:
+    """The ``[exchange]`` section and symbol count with ``obpipe exchange``'s options
+    applied (the caller validates the section as a config's)."""
+    over = {}
+    for k in ("host", "port", "journal", "fsync", "accounts_file", "allow_anonymous"):
+        if getattr(a, k) is not None:
+            over[k] = getattr(a, k)
+    if a.md:
+        host, _, port = a.md.rpartition(":")
+        if not host or not port.isdigit():
+            build_parser().error(f"--md must be HOST:PORT, got {a.md!r}")
+        over["md_host"], over["md_port"] = host, int(port)
+    if a.symbols is not None:
+        if a.symbols < 1:
+            build_parser().error("--symbols must be >= 1")
+        n_symbols = a.symbols
+    return dataclasses.replace(x, **over), n_symbols
+
+
+def serve_cli(x, n_symbols: int, a) -> int:
+    """``obpipe exchange`` after its config is read: serve until SIGINT/SIGTERM."""
     if a.cores:
         import psutil
 
@@ -786,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        ex = Exchange(cfg)
+        ex = Exchange(x, n_symbols)
         ex.start()
     except (JournalError, accmod.AccountsError, OSError) as e:
         print(f"obpipe exchange: {e}", file=sys.stderr)
@@ -807,6 +818,3 @@ def main(argv: list[str] | None = None) -> int:
         print("exchange stopped: " + ", ".join(f"{k} {v}" for k, v in s.items()), file=sys.stderr, flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

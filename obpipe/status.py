@@ -6,14 +6,23 @@ import time
 
 import psutil
 
-from ring import schema
-from ring.snapshot import SnapshotRegion
-from ring.spsc import Ring
-from feed_sim import _wire_kernels as WK
-from feed_sim.wire import tracker_counters
-from ring.latency import percentiles
-from ring.stats import (LATENCY_ROWS, ROW_ANALYSIS, ROW_BOOK, ROW_FEED, ROW_LATENCY, ROW_PUBLISHER, ROW_RX,
-                        ROW_SUPERVISOR, StatsBlock)
+from obpipe.ring import schema
+from obpipe.ring.snapshot import SnapshotRegion
+from obpipe.ring.spsc import Ring
+from obpipe.feed_sim import wire_kernels as WK
+from obpipe.feed_sim.wire import tracker_counters
+from obpipe.ring.latency import percentiles
+from obpipe.ring.stats import (
+    LATENCY_ROWS,
+    ROW_ANALYSIS,
+    ROW_BOOK,
+    ROW_FEED,
+    ROW_LATENCY,
+    ROW_PUBLISHER,
+    ROW_RX,
+    ROW_SUPERVISOR,
+    StatsBlock,
+)
 
 _STATE = schema.STATE_NAMES
 

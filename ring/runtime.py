@@ -6,11 +6,11 @@ import os
 import signal
 import time
 
-from ring import schema
-from ring._net import set_timer_slack
-from ring.stats import StatsBlock
+from obpipe.ring import schema
+from obpipe.ring.net import set_timer_slack
+from obpipe.ring.stats import StatsBlock
 
-from ._placement import pin
+from obpipe.ring.placement import pin
 
 _PR_SET_PDEATHSIG = 1
 

@@ -19,8 +19,8 @@ import numpy as np
 import posix_ipc
 import psutil
 
-from . import schema
-from .errors import ForeignSegment, HeaderMismatch, SegmentExists, SegmentMissing, SegmentTooLarge
+from obpipe.ring import schema
+from obpipe.ring.errors import ForeignSegment, HeaderMismatch, SegmentExists, SegmentMissing, SegmentTooLarge
 
 _NAME_PART = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SHM_DIR = "/dev/shm"

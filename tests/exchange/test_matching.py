@@ -1,4 +1,4 @@
-"""The compiled matching engine (engine/matching.py, engine/_match_kernels.py): its rules
+"""The compiled matching engine (exchange/matching.py, exchange/_match_kernels.py): its rules
 one by one, then against the plain-Python reference (reference_matcher.py) on a long
 random request stream."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from engine import _match_kernels as MK
-from engine.matching import MatchingEngine, cancel, modify, new_order, requests
-from ring import schema as sc
+from obpipe.exchange import _match_kernels as MK
+from obpipe.exchange.matching import MatchingEngine, cancel, modify, new_order, requests
+from obpipe.ring import schema as sc
 from tests.conftest import REPO
 
 from .reference_matcher import RefMatcher, as_tuples
@@ -632,8 +632,8 @@ def test_max_batch_zero_is_refused_or_still_takes_a_request():
 
 _XSYM_MODIFY = textwrap.dedent("""
     import numpy as np
-    from engine.matching import MatchingEngine, cancel, modify, new_order
-    from ring import schema as sc
+    from obpipe.exchange.matching import MatchingEngine, cancel, modify, new_order
+    from obpipe.ring import schema as sc
     reqs = [new_order(sc.SELL, 1, 1000, symbol=1) for _ in range(50)]  # ids 1..50
     reqs.append(new_order(sc.BUY, 50, 900, symbol=1))  # id 51
     for k in range(25):  # traffic on symbol 0 fills the md buffer: ids 52..76

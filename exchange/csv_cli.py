@@ -27,10 +27,10 @@ import sys
 
 import numpy as np
 
-from ring import schema
+from obpipe.ring import schema
 
-from ._match_kernels import MAX_PX_TICK
-from .matching import DEFAULT_BAND_TICKS, MatchingEngine, requests
+from obpipe.exchange._match_kernels import MAX_PX_TICK
+from obpipe.exchange.matching import DEFAULT_BAND_TICKS, MatchingEngine, requests
 
 BATCH = 4096
 _TYPES = {"LIMIT": (schema.OE_NEW, schema.OT_LIMIT, schema.TIF_GTC),

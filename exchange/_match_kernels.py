@@ -62,7 +62,7 @@ Rules (docs/DECISIONS.md "Matching"):
   of its own account, the resting order is cancelled (``RS_SELF_TRADE``) and matching
   goes on; the FOK check does not count such orders.
 
-Build (``ring._jit``): compiled without numba's reference counting (``HOT``), and
+Build (``ring.jit``): compiled without numba's reference counting (``HOT``), and
 ``process`` with its array arguments ``noalias`` (``HOT_NOALIAS``: the caller's
 arrays never share memory).  With the NRT on, every array handed to an inlined
 helper got an atomic incref/decref pair in the loop: sampled with ``perf``, two
@@ -84,9 +84,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ring import schema
-from ring._jit import HOT, HOT_NOALIAS
-from ring._atomics import monotonic_ns, rdtsc
+from obpipe.ring import schema
+from obpipe.ring.jit import HOT, HOT_NOALIAS
+from obpipe.ring.atomics import monotonic_ns, rdtsc
 
 NO_PX = schema.NO_PX
 MAX_PX_TICK = 1 << 62  # prices above are rejected (bad price): window arithmetic never overflows

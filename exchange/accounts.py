@@ -60,7 +60,7 @@ def proof(key: bytes, nonce: bytes, account: int) -> bytes:
 
 def login_message(account: int, key: bytes, nonce: bytes) -> bytes:
     """The 32-byte OE_LOGIN request for ``account`` answering ``nonce``."""
-    from ring import schema
+    from obpipe.ring import schema
 
     msg = bytearray(32)
     msg[0] = schema.OE_LOGIN
@@ -149,7 +149,9 @@ def read_credential(path: str) -> tuple[int, bytes]:
         raise AccountsError(f"{path}: not a credential file ({e})") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, accounts_file_of=None) -> int:
+    """``obpipe exchange-account``.  ``accounts_file_of(config_path)``: the config's
+    ``[exchange] accounts_file`` (the wiring reads the config; without it, --file)."""
     p = argparse.ArgumentParser(prog="obpipe exchange-account",
                                 description="manage the exchange's accounts file ([exchange] accounts_file)")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -168,11 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     path = args.file
     if not path:
-        from obpipe import config as cfgmod
+        from obpipe.ring.settings import ConfigError
 
+        if accounts_file_of is None:
+            p.error("give --file (this entry point reads no config)")
         try:
-            path = cfgmod.load(args.config).exchange.accounts_file
-        except cfgmod.ConfigError as e:
+            path = accounts_file_of(args.config)
+        except ConfigError as e:
             print(f"obpipe exchange-account: {e}", file=sys.stderr)
             return 2
         if not path:

@@ -40,7 +40,7 @@ import zlib
 
 import numpy as np
 
-from ring import schema
+from obpipe.ring import schema
 
 MAGIC = b"OBJRNL\x00\x01"
 VERSION = 1

@@ -28,10 +28,10 @@ import sys
 import numpy as np
 from numba import njit, types
 
-from ._jit import HOT
+from obpipe.ring.jit import HOT
 
 if sys.byteorder != "little" or struct.calcsize("P") != 8:
-    raise ImportError("ring._net needs a little-endian 64-bit machine")
+    raise ImportError("obpipe.ring.net needs a little-endian 64-bit machine")
 
 VLEN = 64  # datagrams per recvmmsg / sendmmsg call
 MSG_DONTWAIT = 0x40

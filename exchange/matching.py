@@ -3,7 +3,7 @@
 ``MatchingEngine`` owns the order pool, the price ladders, the id table and the output
 buffers of one exchange (every symbol); ``process`` takes a batch of
 ``schema.ORDER_IN_DTYPE`` requests and returns what they produced.  The CSV command
-line (``engine.book_cli``), the TCP exchange (``engine.exchange``), journal recovery
+line (``exchange.csv_cli``), the TCP exchange (``exchange.server``), journal recovery
 and the benchmark all drive the same kernel.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ring import schema
+from obpipe.ring import schema
 
-from . import _match_kernels as MK
+from obpipe.exchange import _match_kernels as MK
 
 DEFAULT_BAND_TICKS = 1 << 16
 DEFAULT_CAPACITY = 1 << 20

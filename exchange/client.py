@@ -32,7 +32,7 @@ from collections import deque
 
 import numpy as np
 
-from ring import schema
+from obpipe.ring import schema
 
 OUT = schema.ORDER_OUT_DTYPE
 REQ = schema.ORDER_IN_DTYPE.itemsize
@@ -315,7 +315,7 @@ def handshake(s: socket.socket, credential: tuple[int, bytes] | None = None) -> 
     """Read the exchange's hello and challenge on a new connection (blocking socket)
     and, with ``credential`` = (account, key), log in.  Returns the hello that holds
     (next_order_id, next_md_seq, account, version); raises ConnectionError on a refusal."""
-    from .accounts import login_message
+    from obpipe.exchange.accounts import login_message
 
     first = np.frombuffer(_recv_exact(s, 2 * REQ), OUT)
     if first[0]["type"] != schema.R_HELLO or first[1]["type"] != schema.R_CHALLENGE:
@@ -337,7 +337,7 @@ def probe(host: str, port: int, orders: int = 10_000, seed: int = 1, timeout_s: 
     """Round trips measured by a compiled client (``_probe_kernels.rtt_probe``): one
     connection, one request in flight, no Python per request.  Raises ``OSError`` when
     the exchange closes, fails or stays silent for ``timeout_s``."""
-    from . import _probe_kernels as PK
+    from obpipe.exchange import _probe_kernels as PK
 
     s = socket.create_connection((host, port), timeout=timeout_s)
     try:
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--clients and --window must be >= 1; --orders 0 needs --duration")
     if a.compiled and (a.clients != 1 or a.window != 1 or a.rate or a.orders == 0):
         p.error("--compiled measures 1 client, window 1, unpaced, --orders N")
-    from .accounts import AccountsError, read_credential
+    from obpipe.exchange.accounts import AccountsError, read_credential
 
     try:
         creds = [read_credential(f) for f in a.credential] if a.credential else None

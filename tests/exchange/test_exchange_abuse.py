@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from engine import accounts as accmod
-from engine.exchange_client import handshake, probe
-from ring import schema
+from obpipe.exchange import accounts as accmod
+from obpipe.exchange.client import handshake, probe
+from obpipe.ring import schema
 from tests.engine.test_exchange import ROOT, ExchangeProc, _Session, _start, exchanges  # noqa: F401
 
 OUT = schema.ORDER_OUT_DTYPE
@@ -258,11 +258,11 @@ def test_an_idle_or_half_open_connection_is_closed_and_frees_its_account_heartbe
 @pytest.mark.timeout(60)
 def test_keepalive_is_on_for_accepted_connections():
     from obpipe import config as cfgmod
-    from engine.exchange import Exchange
+    from obpipe.exchange.server import Exchange
 
     cfg = cfgmod.replace(cfgmod.Config(), exchange={"port": 0, "allow_anonymous": True, "capacity": 64},
                          book={"symbols": ["A"], "ladder_width_by_symbol": {}})
-    ex = Exchange(cfg)
+    ex = Exchange(cfg.exchange, len(cfg.book.symbols))
     ex.start()
     try:
         c = socket.create_connection(("127.0.0.1", ex.port), timeout=5)
