@@ -112,8 +112,16 @@ def cmd_run(a) -> int:
                                rate=a.rate, no_kafka=a.no_kafka, source=a.source))
 
 
-from obpipe.ring.instance import instance_bootstrap as _instance_bootstrap  # noqa: E402
-from obpipe.ring.instance import instance_word as _instance_word  # noqa: E402
+def _instance_word(inst: str, row: int, word: int) -> int:
+    from obpipe.ring.instance import instance_word  # (imported late: `obpipe tail` imports no numpy first)
+
+    return instance_word(inst, row, word)
+
+
+def _instance_bootstrap(inst: str) -> str | None:
+    from obpipe.ring.instance import instance_bootstrap
+
+    return instance_bootstrap(inst)
 
 
 def cmd_tail(argv: list[str]) -> int:

@@ -150,8 +150,8 @@ def test_a_lobster_replay_starts_from_the_order_book_file_sends_every_message_an
     from obpipe.engine.book import Book
 
     md, d = lobster.load_messages(LOBSTER_MSG, return_tick=True)
-    ob = lobster.load_orderbook(feedmod.orderbook_beside(str(LOBSTER_MSG)), tick_divisor=d)
-    out = feedmod.load_lobster(str(LOBSTER_MSG))
+    ob = lobster.load_orderbook(lobster.orderbook_beside(str(LOBSTER_MSG)), tick_divisor=d)
+    out = lobster.load_lobster(str(LOBSTER_MSG))
     _, ends = lobster.replay_stream(md, ob)
     assert len(ends) == len(md) - 1 and ends[-1] == len(out)
     assert out["seq"].tolist() == list(range(1, len(out) + 1))
@@ -214,9 +214,12 @@ def test_obpipe_replay_command_sends_a_lobster_file_with_a_progress_bar(sink):
 
 @pytest.mark.timeout(120)
 def test_a_recorded_pace_replay_stops_on_time_and_keeps_the_recorded_spacing(sink):
-    md = feedmod.load_lobster(str(LOBSTER_MSG))
+    from obpipe.engine.lobster import load_lobster
+
+    md = load_lobster(str(LOBSTER_MSG))
     t = time.monotonic()
-    res = feedmod.run(feedmod.FeedSpec(port=sink.port, replay=str(LOBSTER_MSG), speed=1000, duration_s=1.0))
+    res = feedmod.run(feedmod.FeedSpec(port=sink.port, replay=str(LOBSTER_MSG), speed=1000, duration_s=1.0,
+                                       lobster_loader=load_lobster))
     took = time.monotonic() - t
     assert took < 3.0 and 0 < res["messages"] < len(md)
     # at 1000x the first second of sending covers about the first 1,000 s of the recorded day

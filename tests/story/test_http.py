@@ -100,7 +100,7 @@ def test_the_page_files_are_package_data():
     import tomllib
 
     from tests.conftest import REPO
-    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["story"]
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["obpipe.story"]
     import fnmatch
     for name in ("page.html", "page.js", "page.css"):
         assert any(fnmatch.fnmatch(name, pat) for pat in data), (name, data)
