@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story fuzz flaky-check lobster-check kafka tail exchange book story browser
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -84,5 +84,8 @@ bench-matching: $(DEV) ## matching kernel orders/s and per-order latency (3 work
 
 bench-story: $(DEV) ## story service: ingest signals/s from the broker into SQLite, 10-minute query p99 over 1M signals -> bench/results/story.json
 	$(VPY) bench/story.py $(ARGS)
+
+bench-table:     ## rewrite docs/BENCHMARKS.md's tables from bench/results/*.json (runs no benchmark)
+	$(PYTHON) bench/table.py
 
 bench: bench-core bench-pipeline bench-kafka bench-matching bench-story ## every benchmark

@@ -1,11 +1,63 @@
-"""Print the README's benchmark table from bench/results/core.json."""
+"""The tables of docs/BENCHMARKS.md, written from bench/results/*.json (``make bench-table``).
+
+Each table sits between two markers, ``<!-- generated: NAME -->`` and ``<!-- end -->``;
+this script rewrites what is between them from the JSON file the section reads and
+leaves every other line of the page alone, so the prose stays hand-written and the
+numbers cannot be hand-edited (tests/test_bench_table.py regenerates the page from the
+committed JSON and compares).
+
+    python bench/table.py                  rewrite docs/BENCHMARKS.md
+    python bench/table.py --check          exit 1 (and print a diff) if it is not up to date
+    python bench/table.py results/X.json   print the tables that read X.json (bench/core.py
+                                           prints its own table this way after a run)
+
+Targets and labels are the page's words and live here; every measured figure comes from
+the JSON.  Sections without a JSON file (the LOBSTER check) are hand-written.
+"""
 from __future__ import annotations
 
+import argparse
+import difflib
 import json
+import re
 import sys
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-ROWS = [
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+PAGE = REPO / "docs" / "BENCHMARKS.md"
+
+BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end -->)", re.S)
+
+
+def _int(v: float) -> str:
+    """Rounded half up to an integer, thousands separated (350.5 -> 351, not 350)."""
+    return f"{int(Decimal(repr(v)).quantize(Decimal(1), rounding=ROUND_HALF_UP)):,}"
+
+
+def _dec(v: float, places: int = 1) -> str:
+    """Rounded half up to ``places`` decimals (82.55 -> 82.6; binary floats would give 82.5)."""
+    return f"{Decimal(repr(v)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP):,}"
+
+
+def _m(v: float, places: int = 1) -> str:
+    return f"{_dec(v / 1e6, places)}M"
+
+
+def _us(ns: float) -> str:
+    """A histogram bucket's upper bound in us: one decimal below 10 us, whole us above."""
+    return _dec(ns / 1e3) if ns < 10_000 else _int(ns / 1e3)
+
+
+def _table(header: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+# --- core.json (make bench-core) -------------------------------------------------------
+
+CORE_ROWS = [  # key, what, unit, target
     ("ring_msgs_per_s", "SPSC ring, 2 processes, 40-byte records, batches of 1,024", "msgs/s", ">= 50M"),
     ("book_apply_only_msgs_per_s", "book apply kernel, 10M synthetic msgs, 4 symbols", "msgs/s", ">= 30M"),
     ("book_msgs_per_s", "book writer's whole job (apply + every event + snapshots)", "msgs/s", ""),
@@ -30,23 +82,179 @@ ROWS = [
 ]
 
 
-def fmt(v: float, unit: str) -> str:
+def _core_value(v: float, unit: str) -> str:
     if unit == "x":
-        return f"{v:.1f}x"
+        return f"{_dec(v)}x"
     if unit == "":
-        return f"{v:.2f}"
-    return f"{v / 1e6:,.1f}M"
+        return _dec(v, 2)
+    return _m(v)
 
 
-def main(path: str = "bench/results/core.json") -> int:
-    r = json.loads(Path(path).read_text())
-    print(f"| figure (`{Path(path).name}` key) | measured | target |")
-    print("|---|---:|---:|")
-    for key, what, unit, target in ROWS:
-        if key in r:
-            print(f"| {what} (`{key}`) | {fmt(r[key], unit)} | {target} |")
-    print(f"\nMeasured {r['when']}, median of {r['repeats']} runs, numba {r['machine']['numba']}, "
-          f"{r['machine']['cores']} cores.")
+def core(r: dict) -> list[str]:
+    rows = [[f"{what} (`{key}`)", _core_value(r[key], unit), target]
+            for key, what, unit, target in CORE_ROWS if key in r]
+    return [*_table(["figure (`core.json` key)", "measured", "target"], ["---", "---:", "---:"], rows), "",
+            f"Measured {r['when']}, median of {r['repeats']} runs, numba {r['machine']['numba']}, "
+            f"{r['machine']['cores']} cores."]
+
+
+# --- pipeline.json (make bench-pipeline) -----------------------------------------------
+
+PIPELINE_CPU = ["feed", "rx", "book", "analysis", "publisher"]
+
+
+def _pass(s: dict) -> str:
+    """The step's verdict, and why it failed (the rule: nothing lost, >= 95% of the rate)."""
+    if s["ok"]:
+        return "yes"
+    why = [w for w, bad in (("lost", s["lost"] > 0), ("sender", s["achieved_msgs_per_s"] < 0.95 * s["rate"])) if bad]
+    return "no: " + ", ".join(why or ["see the JSON"])
+
+
+def pipeline(r: dict) -> list[str]:
+    rows = [[f"{s['rate']:,}", f"{s['achieved_msgs_per_s']:,}", f"{s['lost']:,}",
+             " / ".join(_us(s["latency_ns"][p]) for p in ("p50", "p99", "p999")) + " us",
+             " / ".join(_int(s['cpu_percent'].get(c, 0)) for c in PIPELINE_CPU), _pass(s)]
+            for s in r["steps"]]
+    return [f"Run {r['when']}, {r['seconds_per_step']:g} s per step; "
+            f"`max_zero_drop_msgs_per_s` = **{r['max_zero_drop_msgs_per_s']:,}**.", "",
+            *_table(["asked msgs/s", "achieved", "lost", "receive->apply p50 / p99 / p999 (bucket upper bounds)",
+                     "CPU% " + " / ".join(PIPELINE_CPU), "pass"], ["---:", "---:", "---:", "---", "---", "---"], rows)]
+
+
+# --- kafka.json (make bench-kafka) -----------------------------------------------------
+
+def kafka(r: dict) -> list[str]:
+    mx, lat = r["pipeline"]["max"]["msgs_per_s"], r["latency_p99_ns_at_1M"]
+    rows = [
+        ["analysis, 5 detectors + summaries (`analysis_ns_per_event`)",
+         f"{r['analysis_ns_per_event']} ns ({_m(r['analysis_events_per_s'])} events/s)", ""],
+        ["publisher into the embedded broker (`publisher_msgs_per_s`)", f"{r['publisher_msgs_per_s']:,} msgs/s", ""],
+        ["pipeline fed as fast as possible, applied msgs/s with / without (`book_rate_ratio_with_publishing`)",
+         f"{r['book_rate_ratio_with_publishing']} ({_m(mx['on'], 2)} / {_m(mx['off'], 2)})", ">= 0.9"],
+        ["  same, analysis + publisher on rx's core at normal priority (`book_rate_ratio_with_publishing_on_rx_core`)",
+         f"{r['book_rate_ratio_with_publishing_on_rx_core']} ({_m(mx['on_rx_core'], 2)})", ""],
+        ["paced at 1M msgs/s (`book_rate_ratio_at_1M`)", f"{r['book_rate_ratio_at_1M']}", ""],
+        ["receive->apply p99 at 1M msgs/s, with / without / on rx's core (`latency_p99_ns_at_1M`)",
+         " / ".join(_dec(lat[k] / 1e6, 2) for k in ("on", "off", "on_rx_core")) + " ms", ""],
+    ]
+    per_m = sorted(r["signals_per_million_events"].items(), key=lambda kv: -kv[1])
+    return [f"Run {r['when']}: {r['messages']:,} synthetic messages ({r['events']:,} events) for the analysis, "
+            f"{r['publisher_messages']:,} messages for the publisher.", "",
+            *_table(["figure (`kafka.json` key)", "measured", "target"], ["---", "---:", "---:"], rows), "",
+            "Signals per million events with the default thresholds (`signals_per_million_events`): "
+            + ", ".join(f"{k} {_int(v)}" for k, v in per_m) + "."]
+
+
+# --- matching.json (make bench-matching) -----------------------------------------------
+
+MATCHING_WORKLOADS = [("mixed", "mixed: 5% cancel, 10% market"), ("limit", "pure limit"),
+                      ("cancel_heavy", "high cancel, 30%")]
+
+
+def matching(r: dict) -> list[str]:
+    rows = []
+    for key, what in MATCHING_WORKLOADS:
+        runs, lat = r[f"{key}_runs_orders_per_s"], r[f"{key}_latency_ns"]
+        rate = _m(r[f"{key}_orders_per_s"], 2)
+        rows.append([f"{what} (`{key}`)", f"**{rate}**" if key == "mixed" else rate,
+                     f"{_dec(min(runs) / 1e6, 2)}-{_m(max(runs), 2)}",
+                     *(_int(lat[p]) for p in ("p50", "p95", "p99", "p99_9")), f"{r[f'{key}_trades']:,}"])
+    return [f"Run {r['generated_at']}: {r['orders']:,} orders per workload, median of {r['repeats']} runs, "
+            f"pinned to core {r['pinned_core']}; `mixed_vs_cpp_reference` **{_dec(r['mixed_vs_cpp_reference'], 2)}** "
+            f"(the C++ README's {_m(r['cpp_reference_mixed_orders_per_s'], 2)} orders/s).", "",
+            *_table(["workload", "orders/s (`*_orders_per_s`)", "runs", "p50", "p95", "p99",
+                     "p99.9 ns (`*_latency_ns`)", "trades"], ["---", "---:", "---", "---:", "---:", "---:", "---:", "---:"],
+                    rows)]
+
+
+FSYNC = {"batch": "`batch` (default: each batch fsynced before its acks)",
+         "none": "`none` (kill -9 safe, not power-loss safe)"}
+
+
+def matching_tcp(r: dict) -> list[str]:
+    rows = []
+    for policy, label in FSYNC.items():
+        for i, (who, q) in enumerate(r["tcp_rtt_us"][f"fsync_{policy}"].items()):
+            clients = who.split("_")[0] + (" compiled" if "compiled" in who else "")
+            rows.append([label if i == 0 else f"`{policy}`", clients,
+                         *(_int(q[p]) for p in ("p50", "p99", "p99_9")), f"{q['requests_per_s']:,}"])
+    return _table(["fsync", "clients", "p50", "p99", "p99.9 us", "requests/s"],
+                  ["---", "---:", "---:", "---:", "---:", "---:"], rows)
+
+
+# --- story.json (make bench-story) -----------------------------------------------------
+
+def story(r: dict) -> list[str]:
+    runs = r["ingest_runs_signals_per_s"]
+    rows = [
+        [f"ingest from the embedded broker: consume, check, insert, narrate, commit offsets (`ingest_signals_per_s`, "
+         f"{r['ingest_signals'] // 1000}k signals, median of {len(runs)})",
+         f"{r['ingest_signals_per_s']:,} signals/s (runs {' / '.join(f'{v:,}' for v in runs)})"],
+        ["consumer-group join before the first record (`consumer_join_s`)", f"{_dec(r['consumer_join_s'], 2)} s"],
+        [f"10-minute window for one symbol over {r['query_rows'] / 1e6:g}M stored signals and "
+         f"{r['query_stories']:,} stories (`query_p99_ms`, the worse of the two)", f"{_dec(r['query_p99_ms'])} ms"],
+        [f"  stories query p50 / p99 (`query_stories_*`, {r['query_stories_rows_last']:,} stories returned)",
+         f"{_dec(r['query_stories_p50_ms'])} / {_dec(r['query_stories_p99_ms'])} ms"],
+        [f"  signals query p50 / p99 (`query_signals_*`, {r['query_signals_rows_last']:,} signals returned)",
+         f"{_dec(r['query_signals_p50_ms'])} / {_dec(r['query_signals_p99_ms'])} ms"],
+    ]
+    return [f"Run {r['generated_at']}, {r['database']}; loading the {r['query_rows']:,} signals with their stories "
+            f"took {_int(r['query_load_s'])} s.", "",
+            *_table(["figure (`story.json` key)", "measured"], ["---", "---:"], rows)]
+
+
+SECTIONS = {  # marker name -> (results file, renderer)
+    "core": ("core.json", core),
+    "pipeline": ("pipeline.json", pipeline),
+    "kafka": ("kafka.json", kafka),
+    "matching": ("matching.json", matching),
+    "matching-tcp": ("matching.json", matching_tcp),
+    "story": ("story.json", story),
+}
+
+
+def section(name: str, results: Path = RESULTS) -> str:
+    file, render = SECTIONS[name]
+    return "\n".join(render(json.loads((results / file).read_text()))) + "\n"
+
+
+def render_page(text: str, results: Path = RESULTS) -> str:
+    """``text`` with every generated section rewritten from ``results``.  Raises
+    ValueError naming a marker of no known section, or a section with no marker or two."""
+    found = [m.group(2) for m in BLOCK.finditer(text)]
+    unknown = sorted(set(found) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"generated section(s) {unknown} unknown to bench/table.py (known: {sorted(SECTIONS)})")
+    wrong = sorted(n for n in SECTIONS if found.count(n) != 1)
+    if wrong:
+        raise ValueError(f"each section must appear once between its markers; not so for {wrong}")
+    return BLOCK.sub(lambda m: f"{m.group(1)}\n{section(m.group(2), results)}\n{m.group(4)}", text)
+
+
+def main(*argv: str) -> int:
+    ap = argparse.ArgumentParser(prog="bench/table.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="*", help="print the tables of these results files instead of writing the page")
+    ap.add_argument("--check", action="store_true", help="exit 1 if docs/BENCHMARKS.md is not what the JSON gives")
+    a = ap.parse_args(argv)
+    if a.files:
+        for f in a.files:
+            p = Path(f)
+            for name, (file, _) in SECTIONS.items():
+                if file == p.name:
+                    print(section(name, p.parent))
+        return 0
+    old = PAGE.read_text()
+    new = render_page(old)
+    if a.check:
+        if new != old:
+            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                                       "docs/BENCHMARKS.md", "generated"))
+            return 1
+        return 0
+    if new != old:
+        PAGE.write_text(new)
+    print(f"docs/BENCHMARKS.md: {len(SECTIONS)} tables from bench/results/ ({'rewritten' if new != old else 'unchanged'})")
     return 0
 
 

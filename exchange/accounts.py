@@ -9,7 +9,8 @@ the exchange sends a fresh 24-byte nonce after its hello; the login carries
 
 The key is what both sides hold: the file is login-equivalent (as an SSH host key or a
 Kerberos keytab is), so it is created 0600 and read only by the exchange.  What a
-leaked file does not give is the secret (scrypt: 16 MiB and ~50 ms per guess).
+leaked file does not give is the secret (scrypt makes each guess cost memory and
+time: docs/DECISIONS.md "The file holds scrypt(secret, salt), not the secret").
 
 ``obpipe exchange-account add NAME`` adds an account (the secret from stdin, or
 generated with ``--generate``) and prints the client's credential, a JSON line

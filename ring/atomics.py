@@ -230,7 +230,8 @@ def realtime_ns():
 
 @intrinsic
 def rdtsc(typingctx):
-    """The CPU cycle counter (``llvm.readcyclecounter``; ~25 cycles on x86-64)."""
+    """The CPU cycle counter (``llvm.readcyclecounter``: a few tens of cycles, cheap
+    enough to stamp every request; docs/DESIGN.md "Facts measured")."""
 
     def codegen(context, builder, sig, args):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, []), "llvm.readcyclecounter")

@@ -2,8 +2,9 @@
 
 Design: Python's default SIGINT handler raises ``KeyboardInterrupt`` wherever the main
 thread happens to be, including half-way through a C extension's constructor or an
-import (seen with ``obpipe tail``: a Consumer half made, then a segfault at exit, or an
-``ImportError`` raised from inside ``list_topics``). Here SIGINT and SIGTERM only set a
+import (a Kafka Consumer half made, then a segfault at exit, or an ``ImportError``
+raised from inside ``list_topics``: docs/DECISIONS.md "Ctrl-C in the commands is a
+flag, not an exception"). Here SIGINT and SIGTERM only set a
 flag that the command's loop reads between two bounded waits, so the loop ends at its
 next turn and cleans up normally. Two guarantees on top:
 

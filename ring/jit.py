@@ -4,16 +4,16 @@
 numba counts references to every array variable, and a kernel whose helpers are
 inlined at IR level (``inline="always"``) copies its array arguments into each
 helper's variables: an atomic increment and decrement (``lock incq``/``lock decq``)
-per copy, which LLVM's refcount pruning removes only inside simple control flow.
-Sampled with ``perf record -e cpu-clock``, the matching kernel spent about two
-thirds of its time in ``NRT_incref``/``NRT_decref``; without the NRT the mixed
-workload ran 18.6M orders/s instead of 8.1M, same counters and outputs.  A kernel
+per copy, which LLVM's refcount pruning removes only inside simple control flow, so
+in a hot loop the reference counting can cost more than the work (the matching
+kernel's profile and its A/B: docs/DECISIONS.md "No reference counting in the
+kernel").  The counters and outputs are the same without it.  A kernel
 compiled this way cannot allocate (numba refuses to compile one that does), which
 the hot paths never do: their arrays are preallocated and owned by the caller.
 
 ``HOT_NOALIAS`` also marks the kernel's array arguments ``noalias`` for LLVM, so a
-store through one array does not force reloads through the others (matching: a
-further 1.08x).  Only for kernels whose array arguments never share memory.  numba
+store through one array does not force reloads through the others (the matching
+kernel's gain is in the same DECISIONS entry).  Only for kernels whose array arguments never share memory.  numba
 has the ``noalias`` flag (its parallel back end sets it) but no decorator option for
 it; ``_enable_noalias`` adds that option, and where a numba version lacks the
 internals it falls back to plain ``HOT``: slower, never wrong.

@@ -1,7 +1,7 @@
 """Batched UDP I/O from compiled kernels: libc ``recvmmsg`` / ``sendmmsg``.
 
-Python's socket module moves one datagram per call (a ``recv_into`` costs ~1 us of
-interpreter on top of the syscall); these move up to ``VLEN`` datagrams per syscall
+Python's socket module moves one datagram per call, with a trip through the
+interpreter on top of each syscall (docs/DESIGN.md "Facts measured"); these move up to ``VLEN`` datagrams per syscall
 and are called from ``@njit`` loops, so no Python runs per datagram at all.  The libc
 functions are linked by symbol name (``types.ExternalFunction``), not by ctypes
 address, so the kernels that use them stay cacheable.

@@ -60,8 +60,9 @@ def background_priority(on: bool = True, pid: int = 0) -> None:
     (``pid``: another process) before it tells them to stop: while
     the book writer runs they take only the CPU it and rx leave, so sharing a core with
     them does not delay them; but compiling at start-up and draining at shutdown must
-    not wait for an idle CPU, which a busy machine may never have (a SCHED_IDLE process
-    gets ~0.3% of a core beside one normal busy process). A no-op where unsupported."""
+    not wait for an idle CPU, which a busy machine may never have (beside a normal busy
+    process a SCHED_IDLE one gets next to nothing: docs/DECISIONS.md "SCHED_IDLE only
+    while the book writer runs"). A no-op where unsupported."""
     try:
         policy = os.SCHED_IDLE if on else os.SCHED_OTHER
         os.sched_setscheduler(pid, policy, os.sched_param(0))

@@ -9,9 +9,9 @@
     GET /api/summaries?symbol=&since=&until=&limit=&offset=[&points=N]  (N: buckets, for charts)
     GET /api/stats             the consumer's counters (when it runs in this process)
 
-Design (issue 13, item 6).  The stdlib ``ThreadingHTTPServer`` this replaces held a
-thread per connection with no timeout, answered any Host, and sent exception text to
-the client.  Now:
+Design: the server must not hold a thread per connection, keep a connection that
+never finishes a request, answer for any Host, or send exception text to the client
+(docs/DECISIONS.md "The story service's HTTP side").  So:
 
 - uvicorn (asyncio + h11) holds an idle connection as one socket, not a thread; a
   connection must send a whole request head within ``header_timeout_s`` of opening or
