@@ -53,11 +53,13 @@ applied, events).  Intervals in which no event arrived at all produce no summari
 Build: ``ring.jit.HOT`` (no NRT reference counting; the kernels allocate nothing).
 With the NRT on, the event loop paid an atomic incref/decref pair for every array
 handed to an inlined detector (measured in docs/DECISIONS.md).  ``_on_event`` is the
-per-event sequence of steps; each detector is one helper, inlined at IR level.
+per-event sequence of steps; each detector is one helper, inlined at IR level
+(``inline="always"``: as real calls they made the event loop several times slower,
+docs/DECISIONS.md).
 
 Alternatives rejected: reading snapshots (a polling reader sees some states twice and
-misses others, so the output would depend on timing); per-event Python (caps near
-1M events/s).
+misses others, so the output would depend on timing); per-event Python (far below the
+rate the book writer emits events; docs/DECISIONS.md).
 """
 from __future__ import annotations
 
