@@ -51,13 +51,15 @@ applied, events).  Intervals in which no event arrived at all produce no summari
 ``flush_summaries`` closes the open interval at the end of a stream.
 
 Build: ``ring.jit.HOT`` (no NRT reference counting; the kernels allocate nothing).
-With the NRT on, the event loop paid atomic incref/decref pairs for the arrays handed
-to its inlined detectors: 108.8 ns/event then, 65.1 without (same session, medians
-of 5, same counters).
+With the NRT on, the event loop paid an atomic incref/decref pair for every array
+handed to an inlined detector (measured in docs/DECISIONS.md).  ``_on_event`` is the
+per-event sequence of steps; each detector is one helper, inlined at IR level
+(``inline="always"``: as real calls they made the event loop several times slower,
+docs/DECISIONS.md).
 
 Alternatives rejected: reading snapshots (a polling reader sees some states twice and
-misses others, so the output would depend on timing); per-event Python (caps near
-1M events/s).
+misses others, so the output would depend on timing); per-event Python (far below the
+rate the book writer emits events; docs/DECISIONS.md).
 """
 from __future__ import annotations
 
@@ -100,15 +102,59 @@ P_WD_MIN_DEPTH = 21
 P_WD_WINDOW_NS = 22
 N_PARAMS = 23
 
-#: Values of a signal record, per kind (names as published, publisher/schema.py).
-#: spread_widening: iv[0] spread_ticks; fv[0] baseline_ticks, fv[1] ratio
-#: imbalance: iv[0] bid_depth, iv[1] ask_depth; fv[0] tob_imbalance, fv[1] depth_imbalance
-#: microprice_shift: iv[0] elapsed_ns; fv[0] shift_ticks, fv[1] from_tick, fv[2] to_tick
-#: sweep: iv[0] levels, iv[1] volume, iv[2] trades, iv[3] first_tick, iv[4] last_tick, iv[5] elapsed_ns
-#: liquidity_withdrawal: iv[0] depth_before, iv[1] depth_after, iv[2] elapsed_ns, iv[3] touch_tick; fv[0] drop_fraction
-#: Summary record: ts_exch_ns = interval start; iv[0] end_ns, iv[1] buy volume, iv[2] sell
-#: volume, iv[3] trades, iv[4] messages, iv[5] events; fv[0..2] spread min/mean/max,
-#: fv[3] tob imbalance, fv[4] depth imbalance, fv[5] mid (NaN = none).
+
+def _values_of(kind):
+    return schema.SUMMARY_VALUES if kind == 0 else schema.SIGNAL_VALUES[kind]
+
+
+def _iv_slot(kind, name):
+    """Index in ``iv`` of value ``name`` of signal kind ``kind`` (0: a summary)."""
+    return schema.value_slot(_values_of(kind), name, "iv")
+
+
+def _fv_slot(kind, name):
+    """Index in ``fv`` of value ``name`` of signal kind ``kind`` (0: a summary)."""
+    return schema.value_slot(_values_of(kind), name, "fv")
+
+
+#: Where each detector writes its values: slots of ``iv``/``fv`` from the one table,
+#: ``ring.schema.SIGNAL_VALUES`` (names as published, docs/SCHEMA.md).
+V_SP_SPREAD = _iv_slot(schema.SIG_SPREAD, "spread_ticks")
+V_SP_BASE = _fv_slot(schema.SIG_SPREAD, "baseline_ticks")
+V_SP_RATIO = _fv_slot(schema.SIG_SPREAD, "ratio")
+V_IMB_TOB = _fv_slot(schema.SIG_IMBALANCE, "tob_imbalance")
+V_IMB_DEPTH = _fv_slot(schema.SIG_IMBALANCE, "depth_imbalance")
+V_IMB_BID = _iv_slot(schema.SIG_IMBALANCE, "bid_depth")
+V_IMB_ASK = _iv_slot(schema.SIG_IMBALANCE, "ask_depth")
+V_MP_SHIFT = _fv_slot(schema.SIG_MICROPRICE, "shift_ticks")
+V_MP_FROM = _fv_slot(schema.SIG_MICROPRICE, "from_tick")
+V_MP_TO = _fv_slot(schema.SIG_MICROPRICE, "to_tick")
+V_MP_ELAPSED = _iv_slot(schema.SIG_MICROPRICE, "elapsed_ns")
+V_SW_LEVELS = _iv_slot(schema.SIG_SWEEP, "levels")
+V_SW_VOLUME = _iv_slot(schema.SIG_SWEEP, "volume")
+V_SW_TRADES = _iv_slot(schema.SIG_SWEEP, "trades")
+V_SW_FIRST = _iv_slot(schema.SIG_SWEEP, "first_tick")
+V_SW_LAST = _iv_slot(schema.SIG_SWEEP, "last_tick")
+V_SW_ELAPSED = _iv_slot(schema.SIG_SWEEP, "elapsed_ns")
+V_WD_BEFORE = _iv_slot(schema.SIG_WITHDRAWAL, "depth_before")
+V_WD_AFTER = _iv_slot(schema.SIG_WITHDRAWAL, "depth_after")
+V_WD_DROP = _fv_slot(schema.SIG_WITHDRAWAL, "drop_fraction")
+V_WD_ELAPSED = _iv_slot(schema.SIG_WITHDRAWAL, "elapsed_ns")
+V_WD_TOUCH = _iv_slot(schema.SIG_WITHDRAWAL, "touch_tick")
+#: Where a summary's values go (``ring.schema.SUMMARY_VALUES``; the record's
+#: ``ts_exch_ns`` is the interval's start).
+SUM_END = _iv_slot(0, "end_ns")
+SUM_BUY = _iv_slot(0, "buy_volume")
+SUM_SELL = _iv_slot(0, "sell_volume")
+SUM_TRADES = _iv_slot(0, "trades")
+SUM_MSGS = _iv_slot(0, "messages")
+SUM_EVENTS = _iv_slot(0, "events")
+SUM_SP_MIN = _fv_slot(0, "spread_min")
+SUM_SP_MEAN = _fv_slot(0, "spread_mean")
+SUM_SP_MAX = _fv_slot(0, "spread_max")
+SUM_TOB = _fv_slot(0, "tob_imbalance")
+SUM_DEPTH = _fv_slot(0, "depth_imbalance")
+SUM_MID = _fv_slot(0, "mid_tick")
 
 #: Per-symbol integer state A[s, :].
 A_SEEN = 0  # 1 once the symbol had an event
@@ -280,24 +326,24 @@ def _close_interval(A, F, G, P, out, o_head, o_free, n_out, C):
         if n_out < o_free:
             o = _out(out, (o_head + n_out) & mask, schema.OUT_SUMMARY, 0, SIDE_NONE, s, A)
             o.ts_exch_ns = start
-            o.iv[0] = end
-            o.iv[1] = A[s, A_SM_BUY]
-            o.iv[2] = A[s, A_SM_SELL]
-            o.iv[3] = A[s, A_SM_TRADES]
-            o.iv[4] = A[s, A_SM_MSGS] - A[s, A_SM_MSGS0]
-            o.iv[5] = A[s, A_SM_EVENTS]
+            o.iv[SUM_END] = end
+            o.iv[SUM_BUY] = A[s, A_SM_BUY]
+            o.iv[SUM_SELL] = A[s, A_SM_SELL]
+            o.iv[SUM_TRADES] = A[s, A_SM_TRADES]
+            o.iv[SUM_MSGS] = A[s, A_SM_MSGS] - A[s, A_SM_MSGS0]
+            o.iv[SUM_EVENTS] = A[s, A_SM_EVENTS]
             if A[s, A_SM_MIN] >= 0:
-                o.fv[0] = A[s, A_SM_MIN]
-                o.fv[2] = A[s, A_SM_MAX]
-                o.fv[1] = F[s, F_SM_SW] / A[s, A_SM_DT] if A[s, A_SM_DT] > 0 else float(A[s, A_SM_SPREAD])
+                o.fv[SUM_SP_MIN] = A[s, A_SM_MIN]
+                o.fv[SUM_SP_MAX] = A[s, A_SM_MAX]
+                o.fv[SUM_SP_MEAN] = F[s, F_SM_SW] / A[s, A_SM_DT] if A[s, A_SM_DT] > 0 else float(A[s, A_SM_SPREAD])
             else:
-                o.fv[0] = np.nan
-                o.fv[1] = np.nan
-                o.fv[2] = np.nan
+                o.fv[SUM_SP_MIN] = np.nan
+                o.fv[SUM_SP_MEAN] = np.nan
+                o.fv[SUM_SP_MAX] = np.nan
             both = A[s, A_BID] != NO_PX and A[s, A_ASK] != NO_PX
-            o.fv[3] = _imbalance(A[s, A_BQ], A[s, A_AQ]) if both else np.nan
-            o.fv[4] = _imbalance(A[s, A_BD], A[s, A_AD]) if both else np.nan
-            o.fv[5] = 0.5 * (A[s, A_BID] + A[s, A_ASK]) if both else np.nan
+            o.fv[SUM_TOB] = _imbalance(A[s, A_BQ], A[s, A_AQ]) if both else np.nan
+            o.fv[SUM_DEPTH] = _imbalance(A[s, A_BD], A[s, A_AD]) if both else np.nan
+            o.fv[SUM_MID] = 0.5 * (A[s, A_BID] + A[s, A_ASK]) if both else np.nan
             n_out += 1
         else:
             C[schema.ST_AN_SUMMARY_DROPS] += 1
@@ -335,29 +381,190 @@ def _signal(out, o_head, o_free, n_out, kind, side, s, A, C):
 
 
 @njit(**HOT, inline="always")
-def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
-    """Apply one event to symbol state, run the detectors, maybe close an interval."""
-    s = np.int64(e.symbol)
-    if s >= A.shape[0]:
-        return n_out  # the writer never sends one; defensive
-    ts = np.int64(e.ts_exch_ns)
-    if ts >= G[G_NEXT] or G[G_IV] < 0:  # (one compare per event; the division only here)
-        iv_ns = np.int64(P[P_INTERVAL_NS])
-        iv = ts // iv_ns
-        if G[G_IV] >= 0:
-            n_out = _close_interval(A, F, G, P, out, o_head, o_free, n_out, C)
-        G[G_IV] = iv
-        G[G_NEXT] = (iv + 1) * iv_ns
-        for k in range(A.shape[0]):
-            A[k, A_SM_LAST_TS] = iv * iv_ns
-    # (an event older than the open interval counts in the open interval)
+def _spread_widening(s, ts, spread, A, F, P, out, o_head, o_free, n_out, C):
+    """1. Spread >= ratio x its EWMA baseline (and >= min_ticks): fire, disarm until the
+    spread falls to rearm x baseline.  ``spread`` is valid (> 0)."""
+    prev = A[s, A_SP_PREV]
+    if prev < 0:
+        F[s, F_SP_BASE] = float(spread)
+    else:
+        dt = ts - A[s, A_SP_TS]
+        if dt > 0:
+            # irregular-interval EWMA weight; dt / (tau + dt) ~ 1 - exp(-dt / tau) for
+            # dt << tau and stays in (0, 1): no exp() per event
+            alpha = dt / (P[P_SPREAD_TAU_NS] + dt)
+            F[s, F_SP_BASE] += alpha * (prev - F[s, F_SP_BASE])
+    base = F[s, F_SP_BASE]
+    A[s, A_SP_N] += 1
+    A[s, A_SP_PREV] = spread
+    A[s, A_SP_TS] = ts
+    if A[s, A_SP_ARMED] != 0:
+        if (A[s, A_SP_N] > P[P_SPREAD_WARMUP] and spread >= P[P_SPREAD_MIN_TICKS]
+                and spread >= P[P_SPREAD_RATIO] * base):
+            A[s, A_SP_ARMED] = 0
+            slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_SPREAD, SIDE_NONE, s, A, C)
+            if slot >= 0:
+                o = out[slot]
+                o.iv[V_SP_SPREAD] = spread
+                o.fv[V_SP_BASE] = base
+                o.fv[V_SP_RATIO] = spread / base if base > 0 else np.inf
+    elif spread <= P[P_SPREAD_REARM] * base:
+        A[s, A_SP_ARMED] = 1
+    return n_out
 
-    bpx = np.int64(e.bid_px_tick)
-    apx = np.int64(e.ask_px_tick)
-    bq = np.int64(e.bid_qty)
-    aq = np.int64(e.ask_qty)
-    bd = np.int64(e.bid_depth_qty)
-    ad = np.int64(e.ask_depth_qty)
+
+@njit(**HOT, inline="always")
+def _book_imbalance(s, bq, aq, bd, ad, A, P, out, o_head, o_free, n_out, C):
+    """2. Depth and top-of-book imbalance beyond their thresholds on the same side:
+    fire for the heavy side, disarm until |depth imbalance| < rearm.  Both sums > 0."""
+    di = (bd - ad) / (bd + ad)
+    ti = (bq - aq) / (bq + aq)
+    if A[s, A_IMB_ARMED] != 0:
+        if (bd + ad >= P[P_IMB_MIN_DEPTH] and abs(di) >= P[P_IMB_DEPTH] and abs(ti) >= P[P_IMB_TOB]
+                and di * ti > 0):
+            A[s, A_IMB_ARMED] = 0
+            side = BID if di > 0 else ASK
+            slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_IMBALANCE, side, s, A, C)
+            if slot >= 0:
+                o = out[slot]
+                o.iv[V_IMB_BID] = bd
+                o.iv[V_IMB_ASK] = ad
+                o.fv[V_IMB_TOB] = ti
+                o.fv[V_IMB_DEPTH] = di
+    elif abs(di) < P[P_IMB_REARM]:
+        A[s, A_IMB_ARMED] = 1
+    return n_out
+
+
+@njit(**HOT, inline="always")
+def _microprice_shift(s, ts, has_mp, bpx, apx, bq, aq, A, QT, QV, QX, P, out, o_head, o_free, n_out, C):
+    """3. The microprice moved >= shift_ticks from the window's low or high: fire, then
+    the window restarts from here.  No microprice (``has_mp`` false): the window empties."""
+    if not has_mp:
+        _q_clear(A, s, Q_MP_MIN)
+        _q_clear(A, s, Q_MP_MAX)
+        return n_out
+    mp = (bpx * float(aq) + apx * float(bq)) / float(bq + aq)
+    w = np.int64(P[P_MP_WINDOW_NS])
+    _q_expire(A, QT, s, Q_MP_MIN, ts - w)
+    _q_expire(A, QT, s, Q_MP_MAX, ts - w)
+    _q_push_max(A, QT, QV, QX, s, Q_MP_MIN, ts, -mp, 0)
+    _q_push_max(A, QT, QV, QX, s, Q_MP_MAX, ts, mp, 0)
+    jl = A[s, A_QH + Q_MP_MIN] & (QCAP - 1)
+    jh = A[s, A_QH + Q_MP_MAX] & (QCAP - 1)
+    lo = -QV[s, Q_MP_MIN, jl]
+    hi = QV[s, Q_MP_MAX, jh]
+    fire = 0
+    frm = mp
+    t_frm = ts
+    if mp - lo >= P[P_MP_TICKS]:
+        fire, frm, t_frm = 1, lo, QT[s, Q_MP_MIN, jl]
+    elif hi - mp >= P[P_MP_TICKS]:
+        fire, frm, t_frm = 2, hi, QT[s, Q_MP_MAX, jh]
+    if fire != 0:
+        side = BID if fire == 1 else ASK
+        slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_MICROPRICE, side, s, A, C)
+        if slot >= 0:
+            o = out[slot]
+            o.iv[V_MP_ELAPSED] = ts - t_frm
+            o.fv[V_MP_SHIFT] = mp - frm
+            o.fv[V_MP_FROM] = frm
+            o.fv[V_MP_TO] = mp
+        # re-anchor: the next shift is measured from here
+        _q_clear(A, s, Q_MP_MIN)
+        _q_clear(A, s, Q_MP_MAX)
+        _q_push_max(A, QT, QV, QX, s, Q_MP_MIN, ts, -mp, 0)
+        _q_push_max(A, QT, QV, QX, s, Q_MP_MAX, ts, mp, 0)
+    return n_out
+
+
+@njit(**HOT, inline="always")
+def _sweep(s, ts, tpx, tq, agg, A, P, out, o_head, o_free, n_out, C):
+    """4. A trade joins the current burst (same aggressor, within the window of its first
+    trade) or starts one; the burst fires once at ``levels`` prices or ``burst_qty`` lots."""
+    if (A[s, A_SW_TRADES] == 0 or A[s, A_SW_SIDE] != agg
+            or ts - A[s, A_SW_T0] > np.int64(P[P_SWEEP_WINDOW_NS])):
+        A[s, A_SW_SIDE] = agg
+        A[s, A_SW_T0] = ts
+        A[s, A_SW_FIRST] = tpx
+        A[s, A_SW_LAST] = tpx
+        A[s, A_SW_LEVELS] = 1
+        A[s, A_SW_VOL] = 0
+        A[s, A_SW_TRADES] = 0
+        A[s, A_SW_FIRED] = 0
+    elif tpx != A[s, A_SW_LAST]:
+        A[s, A_SW_LEVELS] += 1
+        A[s, A_SW_LAST] = tpx
+    A[s, A_SW_VOL] += tq
+    A[s, A_SW_TRADES] += 1
+    if A[s, A_SW_FIRED] == 0 and (A[s, A_SW_LEVELS] >= P[P_SWEEP_LEVELS]
+                                  or (P[P_SWEEP_QTY] > 0 and A[s, A_SW_VOL] >= P[P_SWEEP_QTY])):
+        A[s, A_SW_FIRED] = 1
+        slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_SWEEP, agg, s, A, C)
+        if slot >= 0:
+            o = out[slot]
+            o.iv[V_SW_LEVELS] = A[s, A_SW_LEVELS]
+            o.iv[V_SW_VOLUME] = A[s, A_SW_VOL]
+            o.iv[V_SW_TRADES] = A[s, A_SW_TRADES]
+            o.iv[V_SW_FIRST] = A[s, A_SW_FIRST]
+            o.iv[V_SW_LAST] = A[s, A_SW_LAST]
+            o.iv[V_SW_ELAPSED] = ts - A[s, A_SW_T0]
+    return n_out
+
+
+@njit(**HOT, inline="always")
+def _withdrawal(s, ts, bpx, apx, bd, ad, A, QT, QV, QX, P, out, o_head, o_free, n_out, C):
+    """5. Per side: adjusted depth (band depth + lots traded against the side) fell from
+    the window's high by >= fraction x the depth then: fire, restart the side's window.
+    An empty side empties its window."""
+    w = np.int64(P[P_WD_WINDOW_NS])
+    for side in range(2):
+        d = Q_WD + side
+        px = bpx if side == BID else apx
+        if px == NO_PX:
+            _q_clear(A, s, d)
+            continue
+        depth = bd if side == BID else ad
+        adj = depth + A[s, A_WD_CUM + side]
+        _q_expire(A, QT, s, d, ts - w)
+        _q_push_max(A, QT, QV, QX, s, d, ts, float(adj), depth)
+        j = A[s, A_QH + d] & (QCAP - 1)
+        before = QX[s, d, j]
+        drop = QV[s, d, j] - adj
+        if before >= P[P_WD_MIN_DEPTH] and before > 0 and drop >= P[P_WD_FRACTION] * before:
+            slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_WITHDRAWAL, side, s, A, C)
+            if slot >= 0:
+                o = out[slot]
+                o.iv[V_WD_BEFORE] = before
+                o.iv[V_WD_AFTER] = depth
+                o.iv[V_WD_ELAPSED] = ts - QT[s, d, j]
+                o.iv[V_WD_TOUCH] = px
+                o.fv[V_WD_DROP] = min(1.0, drop / before)
+            _q_clear(A, s, d)
+            _q_push_max(A, QT, QV, QX, s, d, ts, float(adj), depth)
+    return n_out
+
+
+# --- one event -----------------------------------------------------------------------
+
+
+@njit(**HOT, inline="always")
+def _next_interval(ts, A, F, G, P, out, o_head, o_free, n_out, C):
+    """``ts`` lies past the open interval (or none is open): close it, open ``ts``'s."""
+    iv_ns = np.int64(P[P_INTERVAL_NS])
+    iv = ts // iv_ns
+    if G[G_IV] >= 0:
+        n_out = _close_interval(A, F, G, P, out, o_head, o_free, n_out, C)
+    G[G_IV] = iv
+    G[G_NEXT] = (iv + 1) * iv_ns
+    for k in range(A.shape[0]):
+        A[k, A_SM_LAST_TS] = iv * iv_ns
+    return n_out
+
+
+@njit(**HOT, inline="always")
+def _take_book(e, s, ts, bpx, apx, bq, aq, bd, ad, A):
+    """The event's book state becomes symbol ``s``'s (for the next summary and signal)."""
     A[s, A_SEEN] = 1
     A[s, A_BID] = bpx
     A[s, A_ASK] = apx
@@ -370,179 +577,78 @@ def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
     A[s, A_SM_EVENTS] += 1
     A[s, A_SM_MSGS] = np.int64(e.sym_msgs)
 
-    # summary: time-weighted spread, min/max, volume
+
+@njit(**HOT, inline="always")
+def _summary_spread(s, ts, spread, A, F):
+    """Summary: the previous spread counts until ``ts`` (time weighting); ``spread``
+    (-1: none) is the current one and enters the interval's min and max."""
     t0 = A[s, A_SM_LAST_TS]
     if A[s, A_SM_SPREAD] >= 0 and ts > t0:
         F[s, F_SM_SW] += A[s, A_SM_SPREAD] * float(ts - t0)
         A[s, A_SM_DT] += ts - t0
     if ts > t0:
         A[s, A_SM_LAST_TS] = ts
-    valid = bpx != NO_PX and apx != NO_PX and apx > bpx
-    spread = apx - bpx if valid else np.int64(-1)
     A[s, A_SM_SPREAD] = spread
-    if valid:
+    if spread >= 0:
         if A[s, A_SM_MIN] < 0 or spread < A[s, A_SM_MIN]:
             A[s, A_SM_MIN] = spread
         if spread > A[s, A_SM_MAX]:
             A[s, A_SM_MAX] = spread
 
+
+@njit(**HOT, inline="always")
+def _count_trade(s, tq, agg, A):
+    """Summary volume by aggressor side; the resting side lost ``tq`` lots to a trade
+    (the withdrawal detector's adjusted depth)."""
+    A[s, A_SM_TRADES] += 1
+    if agg == BID:
+        A[s, A_SM_BUY] += tq
+    else:
+        A[s, A_SM_SELL] += tq
+    A[s, A_WD_CUM + (1 - agg)] += tq
+
+
+@njit(**HOT, inline="always")
+def _on_event(e, A, F, G, P, QT, QV, QX, out, o_head, o_free, n_out, C):
+    """Apply one event: maybe close an interval, take its book state, update the
+    summary, run the five detectors."""
+    s = np.int64(e.symbol)
+    if s >= A.shape[0]:
+        return n_out  # the writer never sends one; defensive
+    ts = np.int64(e.ts_exch_ns)
+    if ts >= G[G_NEXT] or G[G_IV] < 0:  # (one compare per event; the division only there)
+        n_out = _next_interval(ts, A, F, G, P, out, o_head, o_free, n_out, C)
+    # (an event older than the open interval counts in the open interval)
+
+    bpx = np.int64(e.bid_px_tick)
+    apx = np.int64(e.ask_px_tick)
+    bq = np.int64(e.bid_qty)
+    aq = np.int64(e.ask_qty)
+    bd = np.int64(e.bid_depth_qty)
+    ad = np.int64(e.ask_depth_qty)
+    _take_book(e, s, ts, bpx, apx, bq, aq, bd, ad, A)
+    valid = bpx != NO_PX and apx != NO_PX and apx > bpx
+    spread = apx - bpx if valid else np.int64(-1)
+    _summary_spread(s, ts, spread, A, F)
     is_trade = e.kind == schema.EV_TRADE
     tq = np.int64(0)
     agg = np.int64(0)
     if is_trade:
         tq = np.int64(e.trade_qty)
         agg = np.int64(e.side)
-        A[s, A_SM_TRADES] += 1
-        if agg == BID:
-            A[s, A_SM_BUY] += tq
-        else:
-            A[s, A_SM_SELL] += tq
-        A[s, A_WD_CUM + (1 - agg)] += tq  # the resting side lost these lots to a trade
+        _count_trade(s, tq, agg, A)
 
-    # 1. spread widening
     if P[P_SPREAD_ON] != 0.0 and valid:
-        prev = A[s, A_SP_PREV]
-        if prev < 0:
-            F[s, F_SP_BASE] = float(spread)
-        else:
-            dt = ts - A[s, A_SP_TS]
-            if dt > 0:
-                # irregular-interval EWMA weight; dt / (tau + dt) ~ 1 - exp(-dt / tau) for
-                # dt << tau and stays in (0, 1): no exp() per event
-                alpha = dt / (P[P_SPREAD_TAU_NS] + dt)
-                F[s, F_SP_BASE] += alpha * (prev - F[s, F_SP_BASE])
-        base = F[s, F_SP_BASE]
-        A[s, A_SP_N] += 1
-        A[s, A_SP_PREV] = spread
-        A[s, A_SP_TS] = ts
-        if A[s, A_SP_ARMED] != 0:
-            if (A[s, A_SP_N] > P[P_SPREAD_WARMUP] and spread >= P[P_SPREAD_MIN_TICKS]
-                    and spread >= P[P_SPREAD_RATIO] * base):
-                A[s, A_SP_ARMED] = 0
-                slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_SPREAD, SIDE_NONE, s, A, C)
-                if slot >= 0:
-                    o = out[slot]
-                    o.iv[0] = spread
-                    o.fv[0] = base
-                    o.fv[1] = spread / base if base > 0 else np.inf
-        elif spread <= P[P_SPREAD_REARM] * base:
-            A[s, A_SP_ARMED] = 1
-
-    # 2. imbalance
+        n_out = _spread_widening(s, ts, spread, A, F, P, out, o_head, o_free, n_out, C)
     if P[P_IMB_ON] != 0.0 and valid and bd + ad > 0 and bq + aq > 0:
-        di = (bd - ad) / (bd + ad)
-        ti = (bq - aq) / (bq + aq)
-        if A[s, A_IMB_ARMED] != 0:
-            if (bd + ad >= P[P_IMB_MIN_DEPTH] and abs(di) >= P[P_IMB_DEPTH] and abs(ti) >= P[P_IMB_TOB]
-                    and di * ti > 0):
-                A[s, A_IMB_ARMED] = 0
-                side = BID if di > 0 else ASK
-                slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_IMBALANCE, side, s, A, C)
-                if slot >= 0:
-                    o = out[slot]
-                    o.iv[0] = bd
-                    o.iv[1] = ad
-                    o.fv[0] = ti
-                    o.fv[1] = di
-        elif abs(di) < P[P_IMB_REARM]:
-            A[s, A_IMB_ARMED] = 1
-
-    # 3. microprice shift
+        n_out = _book_imbalance(s, bq, aq, bd, ad, A, P, out, o_head, o_free, n_out, C)
     if P[P_MP_ON] != 0.0:
-        if valid and bq + aq > 0:
-            mp = (bpx * float(aq) + apx * float(bq)) / float(bq + aq)
-            w = np.int64(P[P_MP_WINDOW_NS])
-            _q_expire(A, QT, s, Q_MP_MIN, ts - w)
-            _q_expire(A, QT, s, Q_MP_MAX, ts - w)
-            _q_push_max(A, QT, QV, QX, s, Q_MP_MIN, ts, -mp, 0)
-            _q_push_max(A, QT, QV, QX, s, Q_MP_MAX, ts, mp, 0)
-            jl = A[s, A_QH + Q_MP_MIN] & (QCAP - 1)
-            jh = A[s, A_QH + Q_MP_MAX] & (QCAP - 1)
-            lo = -QV[s, Q_MP_MIN, jl]
-            hi = QV[s, Q_MP_MAX, jh]
-            fire = 0
-            frm = mp
-            t_frm = ts
-            if mp - lo >= P[P_MP_TICKS]:
-                fire, frm, t_frm = 1, lo, QT[s, Q_MP_MIN, jl]
-            elif hi - mp >= P[P_MP_TICKS]:
-                fire, frm, t_frm = 2, hi, QT[s, Q_MP_MAX, jh]
-            if fire != 0:
-                side = BID if fire == 1 else ASK
-                slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_MICROPRICE, side, s, A, C)
-                if slot >= 0:
-                    o = out[slot]
-                    o.iv[0] = ts - t_frm
-                    o.fv[0] = mp - frm
-                    o.fv[1] = frm
-                    o.fv[2] = mp
-                # re-anchor: the next shift is measured from here
-                _q_clear(A, s, Q_MP_MIN)
-                _q_clear(A, s, Q_MP_MAX)
-                _q_push_max(A, QT, QV, QX, s, Q_MP_MIN, ts, -mp, 0)
-                _q_push_max(A, QT, QV, QX, s, Q_MP_MAX, ts, mp, 0)
-        else:
-            _q_clear(A, s, Q_MP_MIN)
-            _q_clear(A, s, Q_MP_MAX)
-
-    # 4. sweep / aggressive burst
+        n_out = _microprice_shift(s, ts, valid and bq + aq > 0, bpx, apx, bq, aq, A, QT, QV, QX, P,
+                                  out, o_head, o_free, n_out, C)
     if P[P_SWEEP_ON] != 0.0 and is_trade:
-        tpx = np.int64(e.trade_px_tick)
-        if (A[s, A_SW_TRADES] == 0 or A[s, A_SW_SIDE] != agg
-                or ts - A[s, A_SW_T0] > np.int64(P[P_SWEEP_WINDOW_NS])):
-            A[s, A_SW_SIDE] = agg
-            A[s, A_SW_T0] = ts
-            A[s, A_SW_FIRST] = tpx
-            A[s, A_SW_LAST] = tpx
-            A[s, A_SW_LEVELS] = 1
-            A[s, A_SW_VOL] = 0
-            A[s, A_SW_TRADES] = 0
-            A[s, A_SW_FIRED] = 0
-        elif tpx != A[s, A_SW_LAST]:
-            A[s, A_SW_LEVELS] += 1
-            A[s, A_SW_LAST] = tpx
-        A[s, A_SW_VOL] += tq
-        A[s, A_SW_TRADES] += 1
-        if A[s, A_SW_FIRED] == 0 and (A[s, A_SW_LEVELS] >= P[P_SWEEP_LEVELS]
-                                      or (P[P_SWEEP_QTY] > 0 and A[s, A_SW_VOL] >= P[P_SWEEP_QTY])):
-            A[s, A_SW_FIRED] = 1
-            slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_SWEEP, agg, s, A, C)
-            if slot >= 0:
-                o = out[slot]
-                o.iv[0] = A[s, A_SW_LEVELS]
-                o.iv[1] = A[s, A_SW_VOL]
-                o.iv[2] = A[s, A_SW_TRADES]
-                o.iv[3] = A[s, A_SW_FIRST]
-                o.iv[4] = A[s, A_SW_LAST]
-                o.iv[5] = ts - A[s, A_SW_T0]
-
-    # 5. liquidity withdrawal
+        n_out = _sweep(s, ts, np.int64(e.trade_px_tick), tq, agg, A, P, out, o_head, o_free, n_out, C)
     if P[P_WD_ON] != 0.0:
-        w = np.int64(P[P_WD_WINDOW_NS])
-        for side in range(2):
-            d = Q_WD + side
-            px = bpx if side == BID else apx
-            if px == NO_PX:
-                _q_clear(A, s, d)
-                continue
-            depth = bd if side == BID else ad
-            adj = depth + A[s, A_WD_CUM + side]
-            _q_expire(A, QT, s, d, ts - w)
-            _q_push_max(A, QT, QV, QX, s, d, ts, float(adj), depth)
-            j = A[s, A_QH + d] & (QCAP - 1)
-            before = QX[s, d, j]
-            drop = QV[s, d, j] - adj
-            if before >= P[P_WD_MIN_DEPTH] and before > 0 and drop >= P[P_WD_FRACTION] * before:
-                slot, n_out = _signal(out, o_head, o_free, n_out, schema.SIG_WITHDRAWAL, side, s, A, C)
-                if slot >= 0:
-                    o = out[slot]
-                    o.iv[0] = before
-                    o.iv[1] = depth
-                    o.iv[2] = ts - QT[s, d, j]
-                    o.iv[3] = px
-                    o.fv[0] = min(1.0, drop / before)
-                _q_clear(A, s, d)
-                _q_push_max(A, QT, QV, QX, s, d, ts, float(adj), depth)
+        n_out = _withdrawal(s, ts, bpx, apx, bd, ad, A, QT, QV, QX, P, out, o_head, o_free, n_out, C)
     return n_out
 
 

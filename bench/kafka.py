@@ -34,7 +34,9 @@ from obpipe import config  # noqa: E402
 from obpipe.ring import schema as sc  # noqa: E402
 
 
-def bench_analysis(n_msgs: int, repeats: int) -> dict:
+def book_events(n_msgs: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The analysis workload: (ctrl, records, count) of an events ring holding every
+    event a Book emits for ``n_msgs`` synthetic messages over 4 symbols (seed 3)."""
     md = generate(n_msgs, SynthParams(n_symbols=4, seed=3))
     cap = 1 << int(np.ceil(np.log2(n_msgs + 1)))
     evc = np.zeros(sc.RING_DATA_OFFSET // 8, np.int64)
@@ -42,7 +44,11 @@ def bench_analysis(n_msgs: int, repeats: int) -> dict:
     book = Book([4096] * 4, events=(evc, ev))
     for i in range(0, n_msgs, 1024):
         book.apply(md, i, min(1024, n_msgs - i))
-    n_ev = int(evc[sc.RING_W_HEAD])
+    return evc, ev, int(evc[sc.RING_W_HEAD])
+
+
+def bench_analysis(n_msgs: int, repeats: int) -> dict:
+    evc, ev, n_ev = book_events(n_msgs)
     times, counts = [], None
     for r in range(repeats + 1):
         outc = np.zeros(sc.RING_DATA_OFFSET // 8, np.int64)

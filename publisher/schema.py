@@ -10,7 +10,9 @@ symbol's messages stay in order on one partition:
 Raw book updates and per-message feed data never go to Kafka. The normative schema is
 the JSON Schema (draft 2020-12) file next to this module, ``obpipe.v1.schema.json``;
 docs/SCHEMA.md explains every field. This module holds the constants producers and
-consumers share, and ``validate`` for tests and tools. jsonschema is a test-time
+consumers share, and ``validate`` for tests and tools. The signal kinds and each kind's
+values come from the one table of value slots, ``ring.schema.SIGNAL_VALUES``, which
+the analysis writes by and the encoder reads by; a test holds the schema file to it. jsonschema is a test-time
 dependency only, so ``validate`` imports it lazily: importing this module never needs
 it, and the publisher does not validate what it builds.
 
@@ -26,41 +28,69 @@ import json
 from pathlib import Path
 from typing import Any
 
+from obpipe.ring import schema as sc
+
 #: Value of every message's ``v`` field.
 SCHEMA_VERSION = 1
 
-#: Every signal ``kind``, in documentation order.
-SIGNAL_KINDS = ("spread_widening", "imbalance", "microprice_shift", "sweep", "liquidity_withdrawal")
+#: Every signal ``kind``, in documentation order (the order of the kind codes).
+SIGNAL_KINDS = tuple(sc.SIGNAL_KIND_NAMES[k] for k in sorted(sc.SIGNAL_KIND_NAMES))
 
-#: The names in a signal's ``values`` object, per kind (all required, no others allowed).
+#: The names in a signal's ``values`` object, per kind (all required, no others allowed),
+#: from the table of value slots (``ring.schema.SIGNAL_VALUES``).
 SIGNAL_VALUE_FIELDS: dict[str, tuple[str, ...]] = {
-    "spread_widening": ("spread_ticks", "baseline_ticks", "ratio"),
-    "imbalance": ("tob_imbalance", "depth_imbalance", "bid_depth", "ask_depth"),
-    "microprice_shift": ("shift_ticks", "from_tick", "to_tick", "elapsed_ns"),
-    "sweep": ("levels", "volume", "trades", "first_tick", "last_tick", "elapsed_ns"),
-    "liquidity_withdrawal": ("depth_before", "depth_after", "drop_fraction", "elapsed_ns", "touch_tick"),
-}
+    sc.SIGNAL_KIND_NAMES[k]: tuple(v.name for v in vals) for k, vals in sorted(sc.SIGNAL_VALUES.items())}
 
 #: A symbol (ticker): what the schema's ``$defs/symbol`` pattern allows, and what the
 #: engine's ``book.symbols`` may name (no markup, quotes or spaces reach a consumer).
 SYMBOL_RE = r"[A-Za-z0-9._-]{1,16}"
 
 #: One example ``values`` object per kind (valid under the schema): for tests, docs and
-#: for checking story templates against a kind's fields.
+#: for checking story templates against a kind's fields.  From the table's examples.
 EXAMPLE_VALUES: dict[str, dict[str, int | float]] = {
-    "spread_widening": {"spread_ticks": 6, "baseline_ticks": 2.1, "ratio": 2.857},
-    "imbalance": {"tob_imbalance": 0.62, "depth_imbalance": 0.4, "bid_depth": 1200, "ask_depth": 514},
-    "microprice_shift": {"shift_ticks": -3.5, "from_tick": 22384.5, "to_tick": 22381.0, "elapsed_ns": 12_000_000},
-    "sweep": {"levels": 4, "volume": 1200, "trades": 5, "first_tick": 22383, "last_tick": 22386,
-              "elapsed_ns": 2_100_000},
-    "liquidity_withdrawal": {"depth_before": 3000, "depth_after": 900, "drop_fraction": 0.7,
-                             "elapsed_ns": 50_000_000, "touch_tick": 22381},
+    sc.SIGNAL_KIND_NAMES[k]: {v.name: v.example for v in vals} for k, vals in sorted(sc.SIGNAL_VALUES.items())}
+
+#: The JSON Schema of a value of each type (``ring.schema.VT_*``), as the schema file
+#: writes it: a ``$defs`` reference or an inline number range.
+VALUE_TYPE_SCHEMA: dict[str, dict[str, Any]] = {
+    sc.VT_TICK: {"$ref": "#/$defs/tick"},
+    sc.VT_TICK_OR_NULL: {"$ref": "#/$defs/tick_or_null"},
+    sc.VT_COUNT: {"$ref": "#/$defs/count"},
+    sc.VT_NS: {"$ref": "#/$defs/ns"},
+    sc.VT_REAL: {"$ref": "#/$defs/real"},
+    sc.VT_NONNEG: {"type": "number", "minimum": 0, "maximum": 1e18},
+    sc.VT_RATIO: {"type": "number", "minimum": 0, "maximum": 1e18},
+    sc.VT_UNIT: {"type": "number", "minimum": -1, "maximum": 1},
+    sc.VT_FRACTION: {"type": "number", "minimum": 0, "maximum": 1},
+    sc.VT_REAL_OR_NAN: {"$ref": "#/$defs/number_or_null"},
+    sc.VT_UNIT_OR_NAN: {"$ref": "#/$defs/unit_or_null"},
 }
+
+#: Where each summary value (``ring.schema.SUMMARY_VALUES``) sits in a summary message.
+SUMMARY_VALUE_PATHS: dict[str, tuple[str, ...]] = {
+    "end_ns": ("end_ns",), "buy_volume": ("volume", "buy"), "sell_volume": ("volume", "sell"),
+    "trades": ("trades",), "messages": ("messages",), "events": ("events",),
+    "spread_min": ("spread_ticks", "min"), "spread_mean": ("spread_ticks", "mean"),
+    "spread_max": ("spread_ticks", "max"), "tob_imbalance": ("imbalance", "tob"),
+    "depth_imbalance": ("imbalance", "depth"), "mid_tick": ("mid_tick",),
+}
+
+
+def values_schema(kind: str) -> dict[str, Any]:
+    """The ``$defs/values_<kind>`` object the table of value slots implies for ``kind``:
+    closed, every value required, in publication order (the schema file must equal it)."""
+    code = {n: k for k, n in sc.SIGNAL_KIND_NAMES.items()}[kind]
+    vals = sc.SIGNAL_VALUES[code]
+    return {"type": "object", "additionalProperties": False, "required": [v.name for v in vals],
+            "properties": {v.name: VALUE_TYPE_SCHEMA[v.vtype] for v in vals}}
+
 
 #: The JSON Schema file describing version ``SCHEMA_VERSION``.
 SCHEMA_PATH = Path(__file__).with_name(f"obpipe.v{SCHEMA_VERSION}.schema.json")
 
 assert set(SIGNAL_VALUE_FIELDS) == set(SIGNAL_KINDS)
+assert set(SUMMARY_VALUE_PATHS) == {v.name for v in sc.SUMMARY_VALUES}
+assert set(VALUE_TYPE_SCHEMA) == sc.INT_VALUE_TYPES | sc.REAL_VALUE_TYPES
 
 
 class MessageInvalid(ValueError):

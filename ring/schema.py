@@ -8,6 +8,7 @@ process.  Units are in the names: ``*_tick`` integer price ticks, ``qty`` intege
 from __future__ import annotations
 
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -161,9 +162,10 @@ N_SIGNAL_KINDS = 5
 #: ``SIGNAL_DTYPE.side``: no side (SIDE_BID = 0 and SIDE_ASK = 1 as on the wire).
 SIDE_NONE = 255
 
-#: One analysis output: a signal or a periodic summary.  160 bytes.  The meaning of
-#: ``iv``/``fv`` per record type and kind is fixed in analysis/_kernels.py (the V_*
-#: and SUM_* constants) and turned into named JSON fields by the publisher.
+#: One analysis output: a signal or a periodic summary.  160 bytes.  What ``iv``/``fv``
+#: hold per record type and kind is the table below (``SIGNAL_VALUES``,
+#: ``SUMMARY_VALUES``); the analysis writes the slots it names and the publisher turns
+#: them into the named JSON fields of docs/SCHEMA.md.
 SIGNAL_DTYPE = np.dtype(
     [
         ("rtype", "u1"),  # OUT_SIGNAL / OUT_SUMMARY
@@ -178,12 +180,126 @@ SIGNAL_DTYPE = np.dtype(
         ("ask_px_tick", "<i8"),
         ("bid_qty", "<i8"),
         ("ask_qty", "<i8"),
-        ("iv", "<i8", (6,)),  # integer values
+        ("iv", "<i8", (6,)),  # integer values (SIGNAL_VALUES / SUMMARY_VALUES)
         ("fv", "<f8", (6,)),  # real values (ratios, ticks with fractions)
     ],
     align=True,
 )
 assert SIGNAL_DTYPE.itemsize == 160
+
+# The one table of what a signals-ring record's value slots hold.  The analysis kernel
+# takes its slot indexes from it (analysis/_kernels.py V_* and SUM_*), the publisher
+# its field names, order, conversions and examples (publisher/encode.py, schema.py),
+# and a test holds the JSON Schema file and docs/SCHEMA.md to it
+# (tests/publisher/test_signal_table.py).  A value is never in two slots.
+
+#: Value types: what a slot's number is and how it is published.  The first four are
+#: integers and live in ``iv``; the others are reals and live in ``fv``.
+VT_TICK = "tick"  # a price in ticks
+VT_TICK_OR_NULL = "tick_or_null"  # a price in ticks; NO_PX (an empty side) is published as null
+VT_COUNT = "count"  # >= 0: lots, trades, levels
+VT_NS = "ns"  # >= 0: nanoseconds of feed time
+VT_REAL = "real"  # signed and finite (prices and shifts in ticks, with fractions)
+VT_NONNEG = "nonneg"  # >= 0
+VT_RATIO = "ratio"  # >= 0; a ratio that is not finite (a zero baseline) is published as 1e9
+VT_UNIT = "unit"  # in [-1, 1] (an imbalance)
+VT_FRACTION = "fraction"  # in [0, 1]
+VT_REAL_OR_NAN = "real_or_nan"  # a real; NaN (none: no valid spread, an empty side) is published as null
+VT_UNIT_OR_NAN = "unit_or_nan"  # in [-1, 1]; NaN (an empty side) is published as null
+INT_VALUE_TYPES = frozenset({VT_TICK, VT_TICK_OR_NULL, VT_COUNT, VT_NS})
+REAL_VALUE_TYPES = frozenset({VT_REAL, VT_NONNEG, VT_RATIO, VT_UNIT, VT_FRACTION, VT_REAL_OR_NAN, VT_UNIT_OR_NAN})
+
+
+class SlotValue(NamedTuple):
+    """One named value of a signals-ring record: where it lives and what it is."""
+
+    name: str  # its name in the published message (a signal's ``values`` object)
+    slot: str  # "iv" (int64) or "fv" (float64)
+    index: int  # 0..5 within that array
+    vtype: str  # VT_*
+    unit: str  # "ticks", "lots", "ns" or "" (a pure number)
+    example: int | float | None = None  # a valid value, for docs, tests and story templates
+
+
+_V = SlotValue
+#: Per signal kind, its values in publication order (the order of the message's
+#: ``values`` object and of docs/SCHEMA.md's table).
+SIGNAL_VALUES: dict[int, tuple[SlotValue, ...]] = {
+    SIG_SPREAD: (
+        _V("spread_ticks", "iv", 0, VT_TICK, "ticks", 6),  # spread now
+        _V("baseline_ticks", "fv", 0, VT_NONNEG, "ticks", 2.1),  # EWMA of the spread before this event
+        _V("ratio", "fv", 1, VT_RATIO, "", 2.857),  # spread_ticks / baseline_ticks
+    ),
+    SIG_IMBALANCE: (
+        _V("tob_imbalance", "fv", 0, VT_UNIT, "", 0.62),  # (bid_qty - ask_qty) / (bid_qty + ask_qty)
+        _V("depth_imbalance", "fv", 1, VT_UNIT, "", 0.4),  # the same of the band depths
+        _V("bid_depth", "iv", 0, VT_COUNT, "lots", 1200),  # lots within the band of the best bid
+        _V("ask_depth", "iv", 1, VT_COUNT, "lots", 514),
+    ),
+    SIG_MICROPRICE: (
+        _V("shift_ticks", "fv", 0, VT_REAL, "ticks", -3.5),  # to_tick - from_tick
+        _V("from_tick", "fv", 1, VT_REAL, "ticks", 22384.5),  # microprice at the window's extreme
+        _V("to_tick", "fv", 2, VT_REAL, "ticks", 22381.0),  # microprice now
+        _V("elapsed_ns", "iv", 0, VT_NS, "ns", 12_000_000),  # feed time between the two
+    ),
+    SIG_SWEEP: (
+        _V("levels", "iv", 0, VT_COUNT, "", 4),  # distinct successive trade prices in the burst
+        _V("volume", "iv", 1, VT_COUNT, "lots", 1200),
+        _V("trades", "iv", 2, VT_COUNT, "", 5),
+        _V("first_tick", "iv", 3, VT_TICK, "ticks", 22383),
+        _V("last_tick", "iv", 4, VT_TICK, "ticks", 22386),
+        _V("elapsed_ns", "iv", 5, VT_NS, "ns", 2_100_000),  # from the burst's first trade to this one
+    ),
+    SIG_WITHDRAWAL: (
+        _V("depth_before", "iv", 0, VT_COUNT, "lots", 3000),  # band depth at the window's high
+        _V("depth_after", "iv", 1, VT_COUNT, "lots", 900),  # band depth now
+        _V("drop_fraction", "fv", 0, VT_FRACTION, "", 0.7),  # lots withdrawn (not traded) / depth_before
+        _V("elapsed_ns", "iv", 2, VT_NS, "ns", 50_000_000),
+        _V("touch_tick", "iv", 3, VT_TICK_OR_NULL, "ticks", 22381),  # the side's best price now
+    ),
+}
+
+#: A summary's values (``rtype`` OUT_SUMMARY, ``kind`` 0; ``ts_exch_ns`` is the
+#: interval's start, feed time).  Names as the kernel and the encoder know them; the
+#: message nests them (docs/SCHEMA.md "Summary").
+SUMMARY_VALUES: tuple[SlotValue, ...] = (
+    _V("end_ns", "iv", 0, VT_NS, "ns"),  # the interval's end, feed time
+    _V("buy_volume", "iv", 1, VT_COUNT, "lots"),  # traded with a buying aggressor
+    _V("sell_volume", "iv", 2, VT_COUNT, "lots"),
+    _V("trades", "iv", 3, VT_COUNT, ""),
+    _V("messages", "iv", 4, VT_COUNT, ""),  # messages the book writer applied to the symbol
+    _V("events", "iv", 5, VT_COUNT, ""),
+    _V("spread_min", "fv", 0, VT_REAL_OR_NAN, "ticks"),
+    _V("spread_mean", "fv", 1, VT_REAL_OR_NAN, "ticks"),  # time-weighted
+    _V("spread_max", "fv", 2, VT_REAL_OR_NAN, "ticks"),
+    _V("tob_imbalance", "fv", 3, VT_UNIT_OR_NAN, ""),  # at the close
+    _V("depth_imbalance", "fv", 4, VT_UNIT_OR_NAN, ""),
+    _V("mid_tick", "fv", 5, VT_REAL_OR_NAN, "ticks"),
+)
+del _V
+
+
+def value_slot(values: tuple[SlotValue, ...], name: str, slot: str) -> int:
+    """Index of value ``name`` of ``values`` (a ``SIGNAL_VALUES`` entry or
+    ``SUMMARY_VALUES``) in array ``slot``; raises KeyError naming the value when it is
+    not there or lives in the other array."""
+    for v in values:
+        if v.name == name:
+            if v.slot != slot:
+                raise KeyError(f"value {name!r} lives in {v.slot}, not {slot}")
+            return v.index
+    raise KeyError(f"no value {name!r} among {', '.join(v.name for v in values)}")
+
+
+assert set(SIGNAL_VALUES) == set(SIGNAL_KIND_NAMES) and len(SIGNAL_KIND_NAMES) == N_SIGNAL_KINDS
+for _vals in (*SIGNAL_VALUES.values(), SUMMARY_VALUES):
+    assert len({v.name for v in _vals}) == len(_vals), _vals
+    assert len({(v.slot, v.index) for v in _vals}) == len(_vals), _vals
+    for _v in _vals:
+        assert 0 <= _v.index < SIGNAL_DTYPE[_v.slot].shape[0], _v
+        assert _v.slot == ("iv" if _v.vtype in INT_VALUE_TYPES else "fv"), _v
+        assert _v.vtype in INT_VALUE_TYPES | REAL_VALUE_TYPES, _v
+assert all(v.example is not None for _vals in SIGNAL_VALUES.values() for v in _vals)
 
 #: Default number of levels per side in a snapshot.
 DEFAULT_SNAPSHOT_LEVELS = 10

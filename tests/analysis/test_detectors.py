@@ -345,3 +345,43 @@ def _random_outputs(t0=T0):
 def test_bad_analysis_and_kafka_settings_name_the_key(table, msg):
     with pytest.raises(config.ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         config.from_dict(table)
+
+
+# --- the published values -------------------------------------------------------------
+
+
+def test_every_output_published_by_the_tables_names_validates_and_means_what_the_slots_did():
+    """The kernel writes each value into the slot ring.schema's table names and the
+    encoder reads it from there: every output of a stream that fires all five kinds is a
+    valid message, and a sweep and a summary carry their numbers under their names."""
+    from obpipe.publisher.encode import encode, records_to_rows
+    from obpipe.publisher.schema import SIGNAL_KINDS, validate
+
+    out = _random_outputs()
+    kinds = set()
+    for row in records_to_rows(out):
+        is_signal, _, msg = encode(row, ("AMZN",), 0.01)
+        validate(msg)
+        kinds.add(msg["kind"] if is_signal else "summary")
+    assert kinds == {*SIGNAL_KINDS, "summary"}
+
+    an, s = _analyzer(sweep={"levels": 3}), Stream()
+    t = _quiet(s)
+    for k, px in enumerate((10_001, 10_002, 10_003, 10_004)):
+        s.trade((t + 1) * MS + k * 100_000, sc.SIDE_BID, px, 50)
+    msg = encode(records_to_rows(signals(run(an, s), sc.SIG_SWEEP))[0], ("AMZN",), 0.01)[2]
+    assert msg["values"] == {"levels": 3, "volume": 150, "trades": 3, "first_tick": 10_001, "last_tick": 10_003,
+                             "elapsed_ns": 200_000}
+
+    an, a = _analyzer(), Stream()
+    a.bbo(0)
+    a.bbo(50 * MS, ask_px_tick=10_003)
+    a.trade(60 * MS, sc.SIDE_BID, 10_003, 7)
+    a.trade(70 * MS, sc.SIDE_ASK, 10_000, 5)
+    a.bbo(130 * MS)
+    out = run(an, a)
+    msg = encode(records_to_rows(out[out["rtype"] == sc.OUT_SUMMARY])[0], ("AMZN",), 0.01)[2]
+    assert (msg["start_ns"], msg["end_ns"], msg["volume"], msg["trades"], msg["messages"], msg["events"]) == (
+        T0, T0 + 100 * MS, {"buy": 7, "sell": 5}, 2, 4, 4)
+    assert msg["spread_ticks"] == {"min": 1.0, "mean": pytest.approx(2.0), "max": 3.0}
+    assert msg["mid_tick"] == pytest.approx(10_001.5)
