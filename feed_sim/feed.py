@@ -12,7 +12,7 @@ process that ``obpipe run`` starts.  Sources:
   message whose order-book row its book would not show (a level-N file never reports
   an order cancelled outside the top N levels, so such levels go stale), set-level
   corrections that make the receiver's best bid and ask equal the row
-  (``engine.lobster.replay_stream``: 10,972 for the 57,515-message AMZN sample).
+  (``engine.lobster.replay_stream``; how many a day needs: docs/DECISIONS.md).
 * **capture** - an ``.obcap`` file (``feed_sim.capture``): its datagrams are resent
   byte for byte (faults included), so a replayed capture reproduces the original run's
   counters.  Fault injection on top of a capture is refused (it has no packets to
