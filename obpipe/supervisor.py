@@ -605,10 +605,8 @@ def _wait_running(segs, children, interrupted, timeout_s: float = 300) -> bool:
 def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, meter) -> int:
     """Supervise until the feed ends, the duration passes or Ctrl-C; 1 if a part failed.
     ``meter`` gets the CPU baseline taken when the feed starts sending."""
-    sup = segs.stats.row(ROW_SUPERVISOR)
     feed_row = segs.stats.row(ROW_FEED)
     metered = feed is None
-    timeout_ns = int(cfg.supervisor.heartbeat_timeout_s * 1e9)
     consumers = [next((c for c in children if c.name == n), None) for n in ("analysis", "publisher")]
     t_start = time.monotonic()
     next_report = t_start + cfg.run.stats_interval_s
@@ -625,39 +623,10 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
             if c is feed or c.gone:
                 continue
             if not c.proc.is_alive():
-                if not c.restartable or c.restarts >= cfg.supervisor.max_restarts:
-                    why = "" if c.restartable else (
-                        " (not restarted: [supervisor] restart does not name it)" if c.name in RESTARTABLE
-                        else " (not restartable)")
-                    if c.restartable:
-                        why = f" (restarted {c.restarts} times already; max_restarts {cfg.supervisor.max_restarts})"
-                    if not c.essential:
-                        print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}){why}; the book carries on "
-                              f"without it", file=sys.stderr, flush=True)
-                        c.gone = True
-                        continue
-                    print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}){why}", file=sys.stderr)
-                    return 1
-                c.restarts += 1
-                sup[schema.ST_SUP_RESTARTS] += 1
-                print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}); restarting "
-                      f"({c.restarts}/{cfg.supervisor.max_restarts})", file=sys.stderr, flush=True)
-                c.start(ctx)
-                if not _wait_running(segs, [c], interrupted, timeout_s=60):
+                if not _restart(cfg, segs, c, interrupted, ctx):
                     return 1
                 continue
-            row = segs.stats.row(c.row)
-            hb = int(row[schema.ST_HEARTBEAT_NS])
-            if (timeout_ns and row[schema.ST_STATE] == schema.STATE_RUNNING and row[schema.ST_PID] == c.proc.pid
-                    and time.monotonic_ns() - max(hb, c.started_ns) > timeout_ns
-                    and not (not c.essential and cfg.pinning.background_idle and _runnable(c.proc.pid))):
-                # (a SCHED_IDLE part that is runnable is starved by the book writer and rx, not hung)
-                age = (time.monotonic_ns() - max(hb, c.started_ns)) / 1e9
-                print(f"obpipe run: {c.name} (pid {c.proc.pid}) heartbeat stale for {age:.1f} s "
-                      f"(> {cfg.supervisor.heartbeat_timeout_s} s): killing it", file=sys.stderr, flush=True)
-                sup[schema.ST_SUP_STALE_KILLS] += 1
-                c.proc.kill()
-                c.proc.join(5)
+            _kill_if_hung(cfg, segs, c)
         _stand_in(segs, *consumers)
         if now >= next_report:
             d = status.collect()
@@ -666,6 +635,50 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
             next_report = now + cfg.run.stats_interval_s
         time.sleep(WATCH_S)
     return 0
+
+
+def _restart(cfg, segs, c: _Child, interrupted, ctx) -> bool:
+    """A dead child: start it again if ``[supervisor] restart`` names it and it has
+    restarts left, else report it (a non-essential one is then gone for good).  False if
+    the run must end: an essential part is dead for good or the restart failed."""
+    max_restarts = cfg.supervisor.max_restarts
+    if not c.restartable or c.restarts >= max_restarts:
+        why = "" if c.restartable else (
+            " (not restarted: [supervisor] restart does not name it)" if c.name in RESTARTABLE
+            else " (not restartable)")
+        if c.restartable:
+            why = f" (restarted {c.restarts} times already; max_restarts {max_restarts})"
+        if not c.essential:
+            print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}){why}; the book carries on "
+                  f"without it", file=sys.stderr, flush=True)
+            c.gone = True
+            return True
+        print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}){why}", file=sys.stderr)
+        return False
+    c.restarts += 1
+    segs.stats.row(ROW_SUPERVISOR)[schema.ST_SUP_RESTARTS] += 1
+    print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}); restarting "
+          f"({c.restarts}/{max_restarts})", file=sys.stderr, flush=True)
+    c.start(ctx)
+    return _wait_running(segs, [c], interrupted, timeout_s=60)
+
+
+def _kill_if_hung(cfg, segs, c: _Child) -> None:
+    """SIGKILL a running child whose heartbeat is older than ``[supervisor]
+    heartbeat_timeout_s`` (the next watch turn then finds it dead)."""
+    timeout_ns = int(cfg.supervisor.heartbeat_timeout_s * 1e9)
+    row = segs.stats.row(c.row)
+    hb = int(row[schema.ST_HEARTBEAT_NS])
+    if (timeout_ns and row[schema.ST_STATE] == schema.STATE_RUNNING and row[schema.ST_PID] == c.proc.pid
+            and time.monotonic_ns() - max(hb, c.started_ns) > timeout_ns
+            and not (not c.essential and cfg.pinning.background_idle and _runnable(c.proc.pid))):
+        # (a SCHED_IDLE part that is runnable is starved by the book writer and rx, not hung)
+        age = (time.monotonic_ns() - max(hb, c.started_ns)) / 1e9
+        print(f"obpipe run: {c.name} (pid {c.proc.pid}) heartbeat stale for {age:.1f} s "
+              f"(> {cfg.supervisor.heartbeat_timeout_s} s): killing it", file=sys.stderr, flush=True)
+        segs.stats.row(ROW_SUPERVISOR)[schema.ST_SUP_STALE_KILLS] += 1
+        c.proc.kill()
+        c.proc.join(5)
 
 
 def _drain(ring, buf) -> int:
