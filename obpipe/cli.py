@@ -112,6 +112,18 @@ def cmd_run(a) -> int:
                                rate=a.rate, no_kafka=a.no_kafka, source=a.source))
 
 
+def _instance_word(inst: str, row: int, word: int) -> int:
+    from obpipe.ring.instance import instance_word  # (imported late: `obpipe tail` imports no numpy first)
+
+    return instance_word(inst, row, word)
+
+
+def _instance_bootstrap(inst: str) -> str | None:
+    from obpipe.ring.instance import instance_bootstrap
+
+    return instance_bootstrap(inst)
+
+
 def cmd_tail(argv: list[str]) -> int:
     """``obpipe tail``: publisher.tail with the broker found from --kafka, the running
     instance's embedded broker, the config's bootstrap_servers, or $OBPIPE_KAFKA."""
@@ -123,7 +135,6 @@ def cmd_tail(argv: list[str]) -> int:
     # to finish (no commits, line-flushed output): the first signal exits at once
     stop = Interrupt(grace_s=0)
     from obpipe.publisher import tail
-    from obpipe.ring.instance import instance_bootstrap
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
@@ -134,7 +145,7 @@ def cmd_tail(argv: list[str]) -> int:
     cfg = _load(known.config)
     inst = known.instance or cfg.instance.name
     if not any(x == "--kafka" or x.startswith("--kafka=") for x in rest):
-        bs = instance_bootstrap(inst) or cfg.kafka.bootstrap_servers or os.environ.get("OBPIPE_KAFKA")
+        bs = _instance_bootstrap(inst) or cfg.kafka.bootstrap_servers or os.environ.get("OBPIPE_KAFKA")
         if not bs:
             print(f"obpipe tail: no broker: instance {inst!r} is not running with an embedded broker, the config "
                   f"names none and $OBPIPE_KAFKA is unset; give --kafka HOST:PORT", file=sys.stderr)
@@ -148,14 +159,13 @@ def cmd_tail(argv: list[str]) -> int:
 def _feed_port(a) -> int:
     if a.port:
         return a.port
-    from obpipe.ring import schema
     from obpipe.ring.errors import RingError
-    from obpipe.ring.instance import instance_word
     from obpipe.ring.stats import ROW_RX
+    from obpipe.ring import schema
 
     inst = a.instance or "main"
     try:
-        port = instance_word(inst, ROW_RX, schema.ST_RX_PORT)
+        port = _instance_word(inst, ROW_RX, schema.ST_RX_PORT)
     except RingError as e:
         print(f"obpipe: no --port, and no running instance {inst!r} to send to: {e}", file=sys.stderr)
         raise SystemExit(2)
