@@ -24,7 +24,8 @@ from obpipe.analysis import _kernels as K
 
 
 def params(acfg) -> tuple[float, ...]:
-    """The kernel's parameter vector from an ``AnalysisConfig`` (times in ns)."""
+    """The kernel's parameter vector (times in ns) from the ``[analysis]`` section
+    (``obpipe.config.AnalysisConfig``, read by attribute: this package imports no config)."""
     P = np.zeros(K.N_PARAMS, np.float64)
     ms = 1e6
     P[K.P_INTERVAL_NS] = round(acfg.summary_interval_ms * ms)
@@ -93,7 +94,8 @@ class Analyzer:
 
 @dataclass(frozen=True)
 class AnalysisSpec:
-    """Everything the child needs; picklable for the spawn context."""
+    """Everything the child needs, copied from ``[analysis]`` by the wiring
+    (``obpipe.supervisor.specs_from_config``); picklable for the spawn context."""
 
     instance: str
     n_symbols: int

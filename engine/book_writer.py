@@ -24,10 +24,10 @@ from obpipe.ring.runtime import child_setup, claim_row, mark_running
 from obpipe.engine.book import Book
 
 
-
 @dataclass(frozen=True)
 class BookWriterSpec:
-    """Everything the child needs; picklable for the spawn context."""
+    """Everything the child needs, copied from ``[book]`` and ``[backoff]`` by the wiring
+    (``obpipe.supervisor.specs_from_config``); picklable for the spawn context."""
 
     instance: str
     widths: tuple[int, ...]

@@ -37,6 +37,9 @@ BUDGET_NS = 20_000_000  # the compiled loop returns to Python this often
 
 @dataclass(frozen=True)
 class RxSpec:
+    """Everything the child needs, copied from ``[rx]`` and ``[backoff]`` by the wiring
+    (``obpipe.supervisor.specs_from_config``); picklable for the spawn context."""
+
     instance: str
     host: str = "127.0.0.1"
     port: int = 0  # 0: pick a free port (reported in the stats row word ST_RX_PORT)

@@ -47,6 +47,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,6 +55,7 @@ from obpipe.ring import schema
 
 from obpipe.exchange import _match_kernels as MK
 from obpipe.exchange import accounts as accmod
+from obpipe.exchange.config import ExchangeConfig, TradersConfig
 from obpipe.exchange.journal import Journal, JournalError
 from obpipe.exchange.matching import MatchingEngine
 
@@ -111,14 +113,15 @@ class _Conn:
 
 
 class Exchange:
-    """The exchange of config ``cfg`` (its ``[exchange]`` and ``[book] symbols``).
+    """The exchange of one ``[exchange]`` section over symbols 0 .. n-1.
 
     ``start()`` recovers the journal and binds; ``serve(stop)`` runs until ``stop[0]``
     is true; ``close()`` shuts down.  ``port`` is the bound TCP port."""
 
-    def __init__(self, x, n_symbols: int, log=None):
-        """``x``: the ``[exchange]`` section (``obpipe.config.ExchangeConfig``);
-        ``n_symbols``: symbols 0 .. n-1 (the ``[book] symbols``)."""
+    def __init__(self, x: ExchangeConfig, n_symbols: int, log=None):
+        """``x``: the ``[exchange]`` section; ``n_symbols``: symbols 0 .. n-1 (the
+        wiring gives the number of ``[book] symbols``); ``log``: where start-up and
+        connection messages go (default: stderr)."""
         self.x = x
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.n_symbols = n_symbols
@@ -683,7 +686,29 @@ def banner_port(text: str) -> int | None:
     return int(text.split("listening on ", 1)[1].split(";", 1)[0].rsplit(":", 1)[1])
 
 
-def feed_entry(spec, stop_event) -> None:
+@dataclass(frozen=True)
+class ExchangeFeedSpec:
+    """The feed process of ``obpipe run --source exchange``: the exchange sends its
+    market data to the pipeline's rx while simulated traders drive it.  Built by the
+    wiring (``obpipe.supervisor.specs_from_config``); picklable for the spawn context."""
+
+    exchange: ExchangeConfig  # the [exchange] section (its md_* fields are set from the fields below)
+    traders: TradersConfig  # the [traders] section, ``rate`` already the one to use (--rate, else [traders] rate)
+    n_symbols: int  # symbols 0 .. n-1
+    host: str = "127.0.0.1"  # rx's address
+    port: int = 0  # rx's UDP port (known once rx runs)
+    src_port: int = 0  # send market data from this port (reserved by the supervisor: rx admits only it); 0: any
+    count: int | None = None  # stop after this many market-data messages
+    duration_s: float = 0.0  # the traders stop after this many seconds (0: no limit)
+    instance: str | None = None  # publish counters in this instance's feed stats row
+    cores: tuple[int, ...] = ()
+    parent_pid: int = 0
+
+    def source_name(self) -> str:
+        return "exchange + simulated traders"
+
+
+def feed_entry(spec: ExchangeFeedSpec, stop_event) -> None:
     """Process target for the supervisor (spawn) when the exchange is the source."""
     from obpipe.ring.runtime import child_setup
 
@@ -692,7 +717,7 @@ def feed_entry(spec, stop_event) -> None:
     sys.exit(0)
 
 
-def feed_main(spec, stop_event) -> None:
+def feed_main(spec: ExchangeFeedSpec, stop_event) -> None:
     """``obpipe run --source exchange``: the pipeline's feed process.  Runs the exchange
     (market data to the pipeline's receiver, counters in the feed's stats row) and the
     simulated traders (``obpipe exchange-client``) as its own child, until the
@@ -709,10 +734,9 @@ def feed_main(spec, stop_event) -> None:
     ex.start()
     print(ex.banner(), file=sys.stderr, flush=True)
     t = spec.traders
-    rate = spec.rate if spec.rate else t.rate
     traders = subprocess.Popen(
         [sys.executable, "-m", "obpipe", "exchange-client", "--port", str(ex.port), "--clients", str(t.clients),
-         "--window", str(t.window), "--rate", str(rate), "--orders", "0", "--seed", str(t.seed),
+         "--window", str(t.window), "--rate", str(t.rate), "--orders", "0", "--seed", str(t.seed),
          "--symbols", str(n_sym), "--duration", str(spec.duration_s if spec.duration_s > 0 else 1e9)],
         stdout=subprocess.DEVNULL)
     row = FeedRow(spec.instance)

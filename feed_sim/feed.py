@@ -12,7 +12,7 @@ process that ``obpipe run`` starts.  Sources:
   message whose order-book row its book would not show (a level-N file never reports
   an order cancelled outside the top N levels, so such levels go stale), set-level
   corrections that make the receiver's best bid and ask equal the row
-  (``engine.lobster.replay_stream``: 10,972 for the 57,515-message AMZN sample).
+  (``engine.lobster.replay_stream``; how many a day needs: docs/DECISIONS.md).
 * **capture** - an ``.obcap`` file (``feed_sim.capture``): its datagrams are resent
   byte for byte (faults included), so a replayed capture reproduces the original run's
   counters.  Fault injection on top of a capture is refused (it has no packets to
@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,8 +45,17 @@ CHUNK_SECONDS = 0.02  # feed time per chunk at a fixed rate (stop checks, counte
 MAX_CHUNK = 45 * 256  # messages per chunk at full speed
 
 
+#: How a LOBSTER message file becomes MD records: (path, symbol index) -> records of
+#: ``schema.MD_DTYPE``.  The wiring gives ``obpipe.engine.lobster.load_lobster`` (the
+#: feed imports nothing above it).
+LobsterLoader = Callable[[str, int], np.ndarray]
+
+
 @dataclass(frozen=True)
 class FeedSpec:
+    """The feed process (``obpipe run``'s, ``obpipe feed``, ``obpipe replay``): what to
+    send, where and how fast.  Picklable for the spawn context."""
+
     host: str = "127.0.0.1"
     port: int = 0
     replay: str | None = None  # None: synthetic; else a capture (.obcap) or a LOBSTER message CSV
@@ -65,14 +75,11 @@ class FeedSpec:
     cores: tuple[int, ...] = ()
     parent_pid: int = 0
     progress: bool = False  # a progress bar on stderr
-    exchange: object = None  # an ExchangeConfig: the exchange + simulated traders are the source (exchange.server)
-    traders: object = None  # their TradersConfig
-    lobster_md: object = None  # the LOBSTER ``replay`` already loaded (``load_lobster``): not parsed again
-    lobster_loader: object = None  # else how to load it: (path, symbol) -> MD records (obpipe.engine.lobster.load_lobster)
+    # the LOBSTER ``replay`` already loaded (MD records): not parsed again
+    lobster_md: np.ndarray | None = field(default=None, compare=False, repr=False)
+    lobster_loader: LobsterLoader | None = None  # else how to load it
 
     def source_name(self) -> str:
-        if self.exchange is not None:
-            return "exchange + simulated traders"
         return "synthetic" if self.replay is None else Path(self.replay).name
 
 

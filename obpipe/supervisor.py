@@ -21,6 +21,9 @@ and the publisher are not essential: their death is reported and the book carrie
 With ``[analysis] enabled = false`` the supervisor drains and counts the events ring,
 and with ``[kafka] enabled = false`` the signals ring, so their producers see no
 full ring in a normal run.
+
+Every child gets one frozen spec, and the config becomes those specs in one place,
+``specs_from_config``: no child reads the ``Config``.
 """
 from __future__ import annotations
 
@@ -135,17 +138,39 @@ class _Child:
 
 
 def run(cfg: Config, opts: RunOptions | None = None) -> int:
-    """Run the pipeline; returns the process exit status (0 clean, 1 a child failed)."""
+    """Run the pipeline; returns the process exit status (0 clean, 1 a part failed, 2 the
+    instance or the options are unusable).  Each step is one function below."""
     opts = opts or RunOptions()
-    inst = cfg.instance.name
-    rate = cfg.run.rate if opts.rate is None else opts.rate
-    duration = cfg.run.duration_s if opts.duration_s is None else opts.duration_s
-    seed = cfg.run.seed if opts.seed is None else opts.seed
-    if opts.replay is not None and opts.speed is None and opts.rate is None:
-        rate = 0  # a replay without --rate/--speed goes as fast as possible, not at the synthetic default
-    if opts.speed is not None:
-        rate = 0  # paced by the recording
+    if not _instance_free(cfg.instance.name, opts):
+        return 2
+    cores = _place(cfg)
+    try:
+        cfg, lobster_md, symbol = _replay_settings(cfg, opts)  # (before the segments: it may name the symbol)
+    except ValueError as e:
+        print(f"obpipe run: {e}", file=sys.stderr)
+        return 2
+    r = _Run(cfg, opts)
+    try:
+        session, allow = r.admit()
+        if not r.start_broker():
+            return 1
+        specs = specs_from_config(cfg, opts, cores, session=session, allow=allow, src_port=r.src_port(),
+                                  bootstrap=r.bootstrap or "", lobster_md=lobster_md, symbol=symbol)
+        r.trap_signals()
+        if not r.start_parts(specs):
+            return 0 if r.interrupted else 1
+        r.start_feed(specs.at_port(r.rx_port()))
+        rc = r.supervise()
+        rc = r.stop_in_order(rc)
+        r.report(rc)
+        return rc
+    finally:
+        r.close()
 
+
+def _instance_free(inst: str, opts: RunOptions) -> bool:
+    """Remove the instance's stale segments; False (said why) if another user's segment
+    or a running instance holds the name."""
     foreign: list[tuple[str, str]] = []
     stale = clean_stale(inst, foreign=foreign)
     for name, why in stale:
@@ -153,153 +178,289 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     if foreign:
         for _name, why in foreign:
             print(f"obpipe run: instance {inst!r}: {why}", file=sys.stderr)
-        return 2
+        return False
     if list_segments(inst):
         print(f"obpipe run: instance {inst!r} is already running (segments {list_segments(inst)}); "
               f"pick another [instance] name", file=sys.stderr)
-        return 2
+        return False
+    return True
 
-    # placement is decided from the cores we may use *before* pinning ourselves
-    book_cores = tuple(cores_for("book", cfg.pinning.book))
-    rx_cores = tuple(cores_for("rx", cfg.pinning.rx))
-    feed_cores = tuple(cores_for("feed", cfg.pinning.feed))
-    an_cores = tuple(cores_for("analysis", cfg.pinning.analysis))
-    pub_cores = tuple(cores_for("publisher", cfg.pinning.publisher))
-    pin(cores_for("supervisor", cfg.pinning.supervisor))
-    try:
-        cfg, lobster_md, symbol = _replay_settings(cfg, opts)  # (before the segments: it may name the symbol)
-    except ValueError as e:
-        print(f"obpipe run: {e}", file=sys.stderr)
-        return 2
-    segs = _Segments(cfg)
-    children: list[_Child] = []
-    status = None
-    broker = None
-    old_handlers = {}
-    ctx = mp.get_context("spawn")
-    stop, feed_stop, an_stop, pub_stop = (StopFlag(ctx) for _ in range(4))  # (lock-free: children get SIGKILLed)
-    src_sock = None
-    try:
-        b = cfg.backoff
-        backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us)
-        spec = book_writer.BookWriterSpec(
-            instance=inst, widths=tuple(cfg.book.widths()), n_levels=cfg.book.snapshot_levels,
-            depth_ticks=cfg.book.event_depth_ticks, max_batch=cfg.book.max_batch, uncross=cfg.book.uncross,
-            backoff=backoff, cores=book_cores, parent_pid=os.getpid())
-        restart = set(cfg.supervisor.restart)
-        writer = _Child("book", ROW_BOOK, book_writer.main_entry, (spec, stop), "book" in restart)
-        feed_session, src_sock, rx_of = _admission(cfg, opts, inst, backoff, rx_cores)
-        rxc = _Child("rx", ROW_RX, rx.main_entry, (rx_of(0), stop), "rx" in restart)
-        children.extend([writer, rxc])
-        analysis = publisher = bootstrap = None
-        if cfg.analysis.enabled:
-            aspec = analysis_proc.AnalysisSpec(
-                instance=inst, n_symbols=len(cfg.book.symbols), params=analysis_proc.params(cfg.analysis),
-                max_batch=cfg.analysis.max_batch, backoff=Backoff(0, 0, cfg.analysis.idle_sleep_us),
-                cores=an_cores, background=cfg.pinning.background_idle, parent_pid=os.getpid())
-            analysis = _Child("analysis", ROW_ANALYSIS, analysis_proc.main_entry, (aspec, an_stop),
-                              "analysis" in restart, essential=False)
-            children.append(analysis)
-        if cfg.kafka.enabled and not opts.no_kafka:
-            bootstrap = cfg.kafka.bootstrap_servers  # (obpipe run --kafka overrides it in the config)
-            if not bootstrap:
-                try:
-                    broker = EmbeddedBroker.start()
-                except BrokerError as e:
-                    print(f"obpipe run: cannot start the embedded Kafka broker: {e}", file=sys.stderr)
-                    return 1
-                bootstrap = broker.bootstrap
-                segs.stats.row(ROW_SUPERVISOR)[schema.ST_SUP_KAFKA_PORT] = broker.port
-                _say(opts, f"obpipe: embedded Kafka broker (tansu) pid {broker.pid} on {bootstrap}; "
-                           f"tail it with: obpipe tail --kafka {bootstrap}")
-            elif not reachable(bootstrap, 1.0):
-                _say(opts, f"obpipe: Kafka at {bootstrap} is not reachable now; the pipeline runs anyway and the "
-                           f"publisher counts errors until it is")
-            # (warnings such as "Kafka unreachable" print even with --quiet, like part deaths)
-            pspec = publisher_proc.PublisherSpec.from_config(cfg, bootstrap, cores=pub_cores, parent_pid=os.getpid(),
-                                                            background=cfg.pinning.background_idle)
-            publisher = _Child("publisher", ROW_PUBLISHER, publisher_proc.main_entry, (pspec, pub_stop),
-                               "publisher" in restart, essential=False)
-            children.append(publisher)
-        interrupted = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old_handlers[sig] = signal.signal(sig, lambda *_: interrupted.append(1))
-        for c in children:
-            c.start(ctx)
-        _say(opts, f"obpipe: instance {inst}, book writer pid {writer.proc.pid} on cores {list(book_cores)}, "
-                   f"rx pid {rxc.proc.pid} on cores {list(rx_cores)}, "
-                   + (f"analysis pid {analysis.proc.pid} on cores {list(an_cores)}, " if analysis else "")
-                   + (f"publisher pid {publisher.proc.pid} on cores {list(pub_cores)}, " if publisher else "")
-                   + f"{len(cfg.book.symbols)} symbols; starting (first run compiles kernels)...")
-        if not _wait_running(segs, children, interrupted):
-            return 0 if interrupted else 1
-        port = int(segs.stats.row(ROW_RX)[schema.ST_RX_PORT])
-        # a restarted rx binds the same port, so the feed keeps reaching it
-        rxc.args = (rx_of(port), stop)
-        status = Status(inst, list(cfg.book.symbols))
+
+@dataclass(frozen=True)
+class Placement:
+    """The cores each child may run on (``[pinning]``)."""
+
+    book: tuple[int, ...] = ()
+    rx: tuple[int, ...] = ()
+    feed: tuple[int, ...] = ()
+    analysis: tuple[int, ...] = ()
+    publisher: tuple[int, ...] = ()
+
+
+def _place(cfg: Config) -> Placement:
+    """Each child's cores, decided from the cores we may use *before* pinning ourselves;
+    then pins the supervisor."""
+    p = cfg.pinning
+    cores = Placement(book=tuple(cores_for("book", p.book)), rx=tuple(cores_for("rx", p.rx)),
+                      feed=tuple(cores_for("feed", p.feed)), analysis=tuple(cores_for("analysis", p.analysis)),
+                      publisher=tuple(cores_for("publisher", p.publisher)))
+    pin(cores_for("supervisor", p.supervisor))
+    return cores
+
+
+@dataclass(frozen=True)
+class Specs:
+    """One run's process specs, all built from the config by ``specs_from_config``."""
+
+    book: book_writer.BookWriterSpec
+    rx: rx.RxSpec  # port 0: rx binds a free one (``at_port`` then gives it to a restarted rx and the feed)
+    analysis: analysis_proc.AnalysisSpec | None  # None: [analysis] enabled = false
+    publisher: publisher_proc.PublisherSpec | None  # None: [kafka] enabled = false or --no-kafka
+    feed: feedmod.FeedSpec | exchange_server.ExchangeFeedSpec | None  # None: --no-feed
+
+    def at_port(self, port: int) -> Specs:
+        """The specs once rx has bound UDP ``port``: the feed sends there and a restarted
+        rx binds it again (so the feed keeps reaching it)."""
+        feed = None if self.feed is None else dataclasses.replace(self.feed, port=port)
+        return dataclasses.replace(self, rx=dataclasses.replace(self.rx, port=port), feed=feed)
+
+
+def _publishes(cfg: Config, opts: RunOptions) -> bool:
+    return cfg.kafka.enabled and not opts.no_kafka
+
+
+def _duration_s(cfg: Config, opts: RunOptions) -> float:
+    return cfg.run.duration_s if opts.duration_s is None else opts.duration_s
+
+
+def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placement(), *, session: int = 0,
+                      allow: tuple[tuple[str, int], ...] = (), src_port: int = 0, bootstrap: str = "",
+                      lobster_md: np.ndarray | None = None, symbol: int = 0) -> Specs:
+    """Every child's spec from the config and the command line: the one place where the
+    config becomes process specs (no child sees the ``Config``).  What the run decided
+    before comes as arguments: admission (``session``, ``allow``, the feed's reserved
+    ``src_port``; ``_admission``), the Kafka ``bootstrap`` (``_Run.start_broker``) and a
+    LOBSTER replay's loaded ``lobster_md`` and ``symbol`` (``_replay_settings``).  rx's
+    port is known once it runs: ``Specs.at_port``."""
+    inst, pid, n_symbols = cfg.instance.name, os.getpid(), len(cfg.book.symbols)
+    b = cfg.backoff
+    backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us)
+    bk = cfg.book
+    book = book_writer.BookWriterSpec(
+        instance=inst, widths=tuple(bk.widths()), n_levels=bk.snapshot_levels, depth_ticks=bk.event_depth_ticks,
+        max_batch=bk.max_batch, uncross=bk.uncross, backoff=backoff, cores=cores.book, parent_pid=pid)
+    r = cfg.rx
+    rx_spec = rx.RxSpec(inst, port=0, backoff=backoff, cores=cores.rx, parent_pid=pid, session=session, allow=allow,
+                        max_seq_jump=r.max_seq_jump, resync_packets=r.resync_packets,
+                        accept_new_session=r.accept_new_session)
+    a = cfg.analysis
+    analysis = analysis_proc.AnalysisSpec(
+        instance=inst, n_symbols=n_symbols, params=analysis_proc.params(a), max_batch=a.max_batch,
+        backoff=Backoff(0, 0, a.idle_sleep_us), cores=cores.analysis, background=cfg.pinning.background_idle,
+        parent_pid=pid) if a.enabled else None
+    k = cfg.kafka
+    publisher = publisher_proc.PublisherSpec(
+        instance=inst, symbols=tuple(bk.symbols), bootstrap=bootstrap, prefix=k.topic_prefix,
+        client=tuple(sorted(k.client.items())), pending_max=k.pending_max, producer_queue_max=k.producer_queue_max,
+        message_timeout_ms=k.message_timeout_ms, linger_ms=k.linger_ms, flush_timeout_s=k.flush_timeout_s,
+        tick_size=a.tick_size, cores=cores.publisher, background=cfg.pinning.background_idle,
+        parent_pid=pid) if _publishes(cfg, opts) else None
+    duration = _duration_s(cfg, opts)
+    if opts.no_feed:
         feed = None
-        if not opts.no_feed:
-            if opts.source == "exchange":  # the traders' rate: --rate, else [traders] rate
-                fspec = feedmod.FeedSpec(
-                    port=port, rate=opts.rate or 0, count=opts.count, duration_s=duration,
-                    n_symbols=len(cfg.book.symbols), instance=inst, cores=feed_cores, parent_pid=os.getpid(),
-                    exchange=cfg.exchange, traders=cfg.traders,
-                    src_port=src_sock.getsockname()[1] if src_sock is not None else 0)
-            else:
-                fspec = feedmod.FeedSpec(
-                    port=port, replay=opts.replay, rate=rate, speed=opts.speed, count=opts.count,
-                    duration_s=duration, seed=seed, n_symbols=len(cfg.book.symbols), symbol=symbol,
-                    faults=opts.faults, capture=opts.capture, instance=inst, cores=feed_cores,
-                    parent_pid=os.getpid(), lobster_md=lobster_md, lobster_loader=lobster.load_lobster, session=feed_session, start_ns=cfg.run.start_ns,
-                    src_port=src_sock.getsockname()[1] if src_sock is not None else 0)
-            target = exchange_server.feed_entry if opts.source == "exchange" else feedmod.main_entry
-            feed = _Child("feed", ROW_FEED, target, (fspec, feed_stop), False)
-            feed.start(ctx)
-            children.append(feed)
-            _say(opts, f"obpipe: feed pid {feed.proc.pid} ({fspec.source_name()}"
-                       f"{f' at {rate:,} msgs/s' if rate and opts.speed is None and fspec.exchange is None else ''}"
-                       f"{f' at {opts.speed}x recorded pace' if opts.speed else ''}) -> 127.0.0.1:{port}")
-        else:
+    elif opts.source == "exchange":  # the traders' rate: --rate, else [traders] rate
+        feed = exchange_server.ExchangeFeedSpec(
+            exchange=cfg.exchange, traders=dataclasses.replace(cfg.traders, rate=opts.rate or cfg.traders.rate),
+            n_symbols=n_symbols, src_port=src_port, count=opts.count, duration_s=duration, instance=inst,
+            cores=cores.feed, parent_pid=pid)
+    else:
+        rate = cfg.run.rate if opts.rate is None else opts.rate
+        if opts.replay is not None and opts.speed is None and opts.rate is None:
+            rate = 0  # a replay without --rate/--speed goes as fast as possible, not at the synthetic default
+        if opts.speed is not None:
+            rate = 0  # paced by the recording
+        feed = feedmod.FeedSpec(
+            replay=opts.replay, rate=rate, speed=opts.speed, count=opts.count, duration_s=duration,
+            seed=cfg.run.seed if opts.seed is None else opts.seed, start_ns=cfg.run.start_ns, n_symbols=n_symbols,
+            symbol=symbol, faults=opts.faults, capture=opts.capture, session=session, src_port=src_port,
+            instance=inst, cores=cores.feed, parent_pid=pid, lobster_md=lobster_md,
+            lobster_loader=lobster.load_lobster)
+    return Specs(book=book, rx=rx_spec, analysis=analysis, publisher=publisher, feed=feed)
+
+
+class _Run:
+    """One ``obpipe run`` in progress: its segments, stop flags, children, broker and
+    status view.  Each method is one step of ``run``; ``close`` undoes whatever was done."""
+
+    def __init__(self, cfg: Config, opts: RunOptions):
+        self.cfg, self.opts = cfg, opts
+        self.ctx = mp.get_context("spawn")
+        # (lock-free: children get SIGKILLed)
+        self.stop, self.feed_stop, self.an_stop, self.pub_stop = (StopFlag(self.ctx) for _ in range(4))
+        self.children: list[_Child] = []
+        self.writer = self.rxc = self.analysis = self.publisher = self.feed = None
+        self.status: Status | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.bootstrap: str | None = None  # the Kafka published to (None: nothing is published)
+        self.src_sock: socket.socket | None = None
+        self.interrupted: list[int] = []  # non-empty once SIGINT or SIGTERM came
+        self.old_handlers: dict = {}
+        self.meter: dict = {}  # the CPU window: see supervise()
+        self.segs = _Segments(cfg)  # (last: close() unlinks them)
+
+    def admit(self) -> tuple[int, tuple[tuple[str, int], ...]]:
+        """Who rx admits (``_admission``): the feed's session and the allowed sources."""
+        session, self.src_sock, allow = _admission(self.cfg, self.opts)
+        return session, allow
+
+    def src_port(self) -> int:
+        """The UDP port reserved for the feed to send from (0: none reserved)."""
+        return self.src_sock.getsockname()[1] if self.src_sock is not None else 0
+
+    def start_broker(self) -> bool:
+        """The Kafka the publisher sends to: ``[kafka] bootstrap_servers`` (``obpipe run
+        --kafka`` overrides it in the config), else an embedded broker started here.
+        False (said why) if that broker cannot start."""
+        if not _publishes(self.cfg, self.opts):
+            return True
+        opts = self.opts
+        self.bootstrap = self.cfg.kafka.bootstrap_servers
+        if not self.bootstrap:
+            try:
+                self.broker = EmbeddedBroker.start()
+            except BrokerError as e:
+                print(f"obpipe run: cannot start the embedded Kafka broker: {e}", file=sys.stderr)
+                return False
+            self.bootstrap = self.broker.bootstrap
+            self.segs.stats.row(ROW_SUPERVISOR)[schema.ST_SUP_KAFKA_PORT] = self.broker.port
+            _say(opts, f"obpipe: embedded Kafka broker (tansu) pid {self.broker.pid} on {self.bootstrap}; "
+                       f"tail it with: obpipe tail --kafka {self.bootstrap}")
+        elif not reachable(self.bootstrap, 1.0):
+            # (warnings such as "Kafka unreachable" print even with --quiet, like part deaths)
+            _say(opts, f"obpipe: Kafka at {self.bootstrap} is not reachable now; the pipeline runs anyway and the "
+                       f"publisher counts errors until it is")
+        return True
+
+    def trap_signals(self) -> None:
+        """SIGINT and SIGTERM end the run in order (``close`` restores the handlers)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.old_handlers[sig] = signal.signal(sig, lambda *_: self.interrupted.append(1))
+
+    def start_parts(self, specs: Specs) -> bool:
+        """Start the book writer, rx, the analysis and the publisher; wait until each
+        says running.  False if one died, the start-up timed out or an interrupt came."""
+        restart = set(self.cfg.supervisor.restart)
+        self.writer = _Child("book", ROW_BOOK, book_writer.main_entry, (specs.book, self.stop), "book" in restart)
+        self.rxc = _Child("rx", ROW_RX, rx.main_entry, (specs.rx, self.stop), "rx" in restart)
+        self.children.extend([self.writer, self.rxc])
+        if specs.analysis is not None:
+            self.analysis = _Child("analysis", ROW_ANALYSIS, analysis_proc.main_entry, (specs.analysis, self.an_stop),
+                                   "analysis" in restart, essential=False)
+            self.children.append(self.analysis)
+        if specs.publisher is not None:
+            self.publisher = _Child("publisher", ROW_PUBLISHER, publisher_proc.main_entry,
+                                    (specs.publisher, self.pub_stop), "publisher" in restart, essential=False)
+            self.children.append(self.publisher)
+        for c in self.children:
+            c.start(self.ctx)
+        an, pub = self.analysis, self.publisher
+        _say(self.opts, f"obpipe: instance {self.cfg.instance.name}, book writer pid {self.writer.proc.pid} on cores "
+                        f"{list(specs.book.cores)}, rx pid {self.rxc.proc.pid} on cores {list(specs.rx.cores)}, "
+                        + (f"analysis pid {an.proc.pid} on cores {list(specs.analysis.cores)}, " if an else "")
+                        + (f"publisher pid {pub.proc.pid} on cores {list(specs.publisher.cores)}, " if pub else "")
+                        + f"{len(self.cfg.book.symbols)} symbols; starting (first run compiles kernels)...")
+        return _wait_running(self.segs, self.children, self.interrupted)
+
+    def rx_port(self) -> int:
+        """The UDP port the running rx bound."""
+        return int(self.segs.stats.row(ROW_RX)[schema.ST_RX_PORT])
+
+    def start_feed(self, specs: Specs) -> None:
+        """Open the status view and start the feed (``specs`` at rx's port); a restarted
+        rx binds the same port, so the feed keeps reaching it."""
+        self.rxc.args = (specs.rx, self.stop)
+        inst = self.cfg.instance.name
+        self.status = Status(inst, list(self.cfg.book.symbols))
+        fs, opts, port = specs.feed, self.opts, specs.rx.port
+        if fs is None:
             _say(opts, f"obpipe: no feed; send to 127.0.0.1:{port} (e.g. obpipe feed --instance {inst})")
-        meter = {"t0": time.monotonic(), "cpu0": _cpu_times(children), "feed_cpu0": 0}
-        rc = _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, meter)
-        feed_s = time.monotonic() - meter["t0"]
-        cpu1 = _cpu_times(children)
-        cpu0 = meter["cpu0"]
-        # orderly stop: the feed first (closing heartbeat), then rx takes in every datagram
-        # sent, then the writer drains the md ring
-        feed_stop.set()
+            return
+        synthetic = isinstance(fs, feedmod.FeedSpec)
+        target = feedmod.main_entry if synthetic else exchange_server.feed_entry
+        self.feed = _Child("feed", ROW_FEED, target, (fs, self.feed_stop), False)
+        self.feed.start(self.ctx)
+        self.children.append(self.feed)
+        rate = fs.rate if synthetic else 0
+        _say(opts, f"obpipe: feed pid {self.feed.proc.pid} ({fs.source_name()}"
+                   f"{f' at {rate:,} msgs/s' if rate and opts.speed is None else ''}"
+                   f"{f' at {opts.speed}x recorded pace' if opts.speed else ''}) -> 127.0.0.1:{port}")
+
+    def supervise(self) -> int:
+        """Watch until the feed ends, the duration passes or an interrupt (``_watch``); 1
+        if a part failed.  Keeps the CPU window: the supervisor's seconds and each part's
+        CPU times from the feed's first send to here."""
+        self.meter = {"t0": time.monotonic(), "cpu0": _cpu_times(self.children), "feed_cpu0": 0}
+        rc = _watch(self.cfg, self.opts, self.segs, self.children, self.feed, self.status, self.interrupted,
+                    _duration_s(self.cfg, self.opts), self.ctx, self.meter)
+        self.meter["feed_s"] = time.monotonic() - self.meter["t0"]
+        self.meter["cpu1"] = _cpu_times(self.children)
+        return rc
+
+    def stop_in_order(self, rc: int) -> int:
+        """The orderly stop: the feed first (closing heartbeat), then rx takes in every
+        datagram sent and the writer drains the md ring, then the analysis drains the
+        events and flushes its summaries, then the publisher.  Returns ``rc``, made 1 if
+        the feed or an essential part exited with an error."""
+        rc = self._stop_feed(rc)
+        self._stop_book_and_rx()
+        self._stop_consumers()
+        for c in self.children:
+            if c is not self.feed and not c.gone and c.proc.exitcode not in (0, None):
+                print(f"obpipe run: {c.name} exited with code {c.proc.exitcode}", file=sys.stderr)
+                if c.essential:  # (the analysis and the publisher never fail a run)
+                    rc = rc or 1
+        return rc
+
+    def _stop_feed(self, rc: int) -> int:
+        self.feed_stop.set()
+        feed = self.feed
         if feed is not None:
             feed.proc.join(30)
             if feed.proc.exitcode not in (0, None) and rc == 0:
                 print(f"obpipe run: feed exited with code {feed.proc.exitcode}", file=sys.stderr)
                 rc = 1
+        return rc
+
+    def _stop_book_and_rx(self) -> None:
+        segs, writer, rxc = self.segs, self.writer, self.rxc
         rx_row, feed_row = segs.stats.row(ROW_RX), segs.stats.row(ROW_FEED)
         t_drain = time.monotonic()
         while time.monotonic() - t_drain < 10 and writer.proc.is_alive() and rxc.proc.is_alive() and (
                 rx_row[schema.RX_TRACKER_BASE + WK.T_PACKETS] < feed_row[schema.ST_FEED_DATAGRAMS] or len(segs.md)):
-            _stand_in(segs, analysis, publisher)
+            _stand_in(segs, self.analysis, self.publisher)
             time.sleep(0.01)
-        stop.set()
+        self.stop.set()
         for c in (writer, rxc):
             c.proc.join(30)
-        # then the analysis drains the events and flushes its summaries, then the publisher
-        for c, ev_ in ((analysis, an_stop), (publisher, pub_stop)):
+
+    def _stop_consumers(self) -> None:
+        for c, ev_ in ((self.analysis, self.an_stop), (self.publisher, self.pub_stop)):
             if c is not None and c.proc.pid:
                 # a SCHED_IDLE part drains at normal priority: the book writer is done, and a busy
-                # machine would leave it ~0.3% of a core (set from here: it may not run to do it)
+                # machine leaves it almost no CPU (set from here: it may not run to do it; docs/DECISIONS.md
+                # "SCHED_IDLE only while the book writer runs")
                 background_priority(False, c.proc.pid)
             ev_.set()
             if c is not None:
-                c.proc.join(30 + (cfg.kafka.flush_timeout_s if c is publisher else 0))
-            _stand_in(segs, analysis, publisher)
-        for c in children:
-            if c is not feed and not c.gone and c.proc.exitcode not in (0, None):
-                print(f"obpipe run: {c.name} exited with code {c.proc.exitcode}", file=sys.stderr)
-                if c.essential:  # (the analysis and the publisher never fail a run)
-                    rc = rc or 1
-        final = status.collect()
+                c.proc.join(30 + (self.cfg.kafka.flush_timeout_s if c is self.publisher else 0))
+            _stand_in(self.segs, self.analysis, self.publisher)
+
+    def report(self, rc: int) -> None:
+        """Print the final stats (JSON on stdout with ``--json``, else the table)."""
+        final = self.status.collect()
         final.update(summary(final))
+        m = self.meter
+        feed_s, cpu0, cpu1 = m["feed_s"], m["cpu0"], m["cpu1"]
         f = final["feed"]
         send_s = (f["t1_ns"] - f["t0_ns"]) / 1e9 if f["t0_ns"] and f["t1_ns"] > f["t0_ns"] else feed_s
         final["feed_seconds"] = round(send_s, 3)  # the feed's own sending time
@@ -307,22 +468,23 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         # CPU over the supervisor's window: from the feed's start (kernels loaded) to its end
         final["cpu_percent"] = {k: round(100 * (cpu1[k][1] - cpu0[k][1]) / max(feed_s, 1e-9), 1)
                                 for k in cpu1 if k in cpu0 and cpu0[k][0] == cpu1[k][0]}
-        if feed is not None and f["cpu_ns"]:
-            final["cpu_percent"]["feed"] = round(100 * (f["cpu_ns"] - meter["feed_cpu0"]) / 1e9 / max(feed_s, 1e-9), 1)
-        final["restarts"] = {c.name: c.restarts for c in children}
-        final["kafka"] = {"bootstrap": bootstrap, "embedded": broker is not None}
+        if self.feed is not None and f["cpu_ns"]:
+            final["cpu_percent"]["feed"] = round(100 * (f["cpu_ns"] - m["feed_cpu0"]) / 1e9 / max(feed_s, 1e-9), 1)
+        final["restarts"] = {c.name: c.restarts for c in self.children}
+        final["kafka"] = {"bootstrap": self.bootstrap, "embedded": self.broker is not None}
         final["exit_code"] = rc
-        if opts.as_json:
+        if self.opts.as_json:
             sys.stdout.write(orjson.dumps(final, option=orjson.OPT_INDENT_2).decode() + "\n")
         else:
             print(render(final))
-        return rc
-    finally:
-        stop.set()
-        feed_stop.set()
-        an_stop.set()
-        pub_stop.set()
-        for c in children:
+
+    def close(self) -> None:
+        """Stop every child (terminate, then kill, the ones that do not exit), close the
+        status view, the reserved port and the broker, unlink every segment, restore the
+        signal handlers."""
+        for flag in (self.stop, self.feed_stop, self.an_stop, self.pub_stop):
+            flag.set()
+        for c in self.children:
             p = c.proc
             if p is None or p.pid is None:
                 continue
@@ -333,14 +495,14 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
             if p.is_alive():
                 p.kill()
                 p.join(5)
-        if status is not None:
-            status.close()
-        if src_sock is not None:
-            src_sock.close()
-        if broker is not None:
-            broker.stop()
-        segs.close()
-        for sig, h in old_handlers.items():
+        if self.status is not None:
+            self.status.close()
+        if self.src_sock is not None:
+            self.src_sock.close()
+        if self.broker is not None:
+            self.broker.stop()
+        self.segs.close()
+        for sig, h in self.old_handlers.items():
             signal.signal(sig, h)
 
 
@@ -354,9 +516,9 @@ def reserve_udp_port() -> socket.socket:
     return s
 
 
-def _admission(cfg: Config, opts: RunOptions, inst: str, backoff: Backoff, rx_cores):
+def _admission(cfg: Config, opts: RunOptions) -> tuple[int, socket.socket | None, tuple[tuple[str, int], ...]]:
     """Who rx admits (docs/PROTOCOL.md "Admission"): (the session the feed is given, the
-    socket reserving the feed's source port or None, rx's spec for a port).  The feed
+    socket reserving the feed's source port or None, the sources rx allows).  The feed
     obpipe starts sends from a reserved port, the only source rx admits unless
     ``[rx] allow_sources`` names others, in a session chosen here (``[rx] session``, else
     random per run) that rx follows from its first packet.  A capture resends its
@@ -371,13 +533,7 @@ def _admission(cfg: Config, opts: RunOptions, inst: str, backoff: Backoff, rx_co
     if own and not allow:
         sock = reserve_udp_port()
         allow = (("127.0.0.1", sock.getsockname()[1]),)
-
-    def rx_of(port: int) -> rx.RxSpec:
-        return rx.RxSpec(inst, port=port, backoff=backoff, cores=rx_cores, parent_pid=os.getpid(),
-                         session=session, allow=allow, max_seq_jump=r.max_seq_jump,
-                         resync_packets=r.resync_packets, accept_new_session=r.accept_new_session)
-
-    return session, sock, rx_of
+    return session, sock, allow
 
 
 def _replay_symbol(cfg: Config, opts: RunOptions) -> tuple[Config, int]:
@@ -449,10 +605,8 @@ def _wait_running(segs, children, interrupted, timeout_s: float = 300) -> bool:
 def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, meter) -> int:
     """Supervise until the feed ends, the duration passes or Ctrl-C; 1 if a part failed.
     ``meter`` gets the CPU baseline taken when the feed starts sending."""
-    sup = segs.stats.row(ROW_SUPERVISOR)
     feed_row = segs.stats.row(ROW_FEED)
     metered = feed is None
-    timeout_ns = int(cfg.supervisor.heartbeat_timeout_s * 1e9)
     consumers = [next((c for c in children if c.name == n), None) for n in ("analysis", "publisher")]
     t_start = time.monotonic()
     next_report = t_start + cfg.run.stats_interval_s
@@ -469,39 +623,10 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
             if c is feed or c.gone:
                 continue
             if not c.proc.is_alive():
-                if not c.restartable or c.restarts >= cfg.supervisor.max_restarts:
-                    why = "" if c.restartable else (
-                        " (not restarted: [supervisor] restart does not name it)" if c.name in RESTARTABLE
-                        else " (not restartable)")
-                    if c.restartable:
-                        why = f" (restarted {c.restarts} times already; max_restarts {cfg.supervisor.max_restarts})"
-                    if not c.essential:
-                        print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}){why}; the book carries on "
-                              f"without it", file=sys.stderr, flush=True)
-                        c.gone = True
-                        continue
-                    print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}){why}", file=sys.stderr)
-                    return 1
-                c.restarts += 1
-                sup[schema.ST_SUP_RESTARTS] += 1
-                print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}); restarting "
-                      f"({c.restarts}/{cfg.supervisor.max_restarts})", file=sys.stderr, flush=True)
-                c.start(ctx)
-                if not _wait_running(segs, [c], interrupted, timeout_s=60):
+                if not _restart(cfg, segs, c, interrupted, ctx):
                     return 1
                 continue
-            row = segs.stats.row(c.row)
-            hb = int(row[schema.ST_HEARTBEAT_NS])
-            if (timeout_ns and row[schema.ST_STATE] == schema.STATE_RUNNING and row[schema.ST_PID] == c.proc.pid
-                    and time.monotonic_ns() - max(hb, c.started_ns) > timeout_ns
-                    and not (not c.essential and cfg.pinning.background_idle and _runnable(c.proc.pid))):
-                # (a SCHED_IDLE part that is runnable is starved by the book writer and rx, not hung)
-                age = (time.monotonic_ns() - max(hb, c.started_ns)) / 1e9
-                print(f"obpipe run: {c.name} (pid {c.proc.pid}) heartbeat stale for {age:.1f} s "
-                      f"(> {cfg.supervisor.heartbeat_timeout_s} s): killing it", file=sys.stderr, flush=True)
-                sup[schema.ST_SUP_STALE_KILLS] += 1
-                c.proc.kill()
-                c.proc.join(5)
+            _kill_if_hung(cfg, segs, c)
         _stand_in(segs, *consumers)
         if now >= next_report:
             d = status.collect()
@@ -510,6 +635,50 @@ def _watch(cfg, opts, segs, children, feed, status, interrupted, duration, ctx, 
             next_report = now + cfg.run.stats_interval_s
         time.sleep(WATCH_S)
     return 0
+
+
+def _restart(cfg, segs, c: _Child, interrupted, ctx) -> bool:
+    """A dead child: start it again if ``[supervisor] restart`` names it and it has
+    restarts left, else report it (a non-essential one is then gone for good).  False if
+    the run must end: an essential part is dead for good or the restart failed."""
+    max_restarts = cfg.supervisor.max_restarts
+    if not c.restartable or c.restarts >= max_restarts:
+        why = "" if c.restartable else (
+            " (not restarted: [supervisor] restart does not name it)" if c.name in RESTARTABLE
+            else " (not restartable)")
+        if c.restartable:
+            why = f" (restarted {c.restarts} times already; max_restarts {max_restarts})"
+        if not c.essential:
+            print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}){why}; the book carries on "
+                  f"without it", file=sys.stderr, flush=True)
+            c.gone = True
+            return True
+        print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}){why}", file=sys.stderr)
+        return False
+    c.restarts += 1
+    segs.stats.row(ROW_SUPERVISOR)[schema.ST_SUP_RESTARTS] += 1
+    print(f"obpipe run: {c.name} died (exit code {c.proc.exitcode}); restarting "
+          f"({c.restarts}/{max_restarts})", file=sys.stderr, flush=True)
+    c.start(ctx)
+    return _wait_running(segs, [c], interrupted, timeout_s=60)
+
+
+def _kill_if_hung(cfg, segs, c: _Child) -> None:
+    """SIGKILL a running child whose heartbeat is older than ``[supervisor]
+    heartbeat_timeout_s`` (the next watch turn then finds it dead)."""
+    timeout_ns = int(cfg.supervisor.heartbeat_timeout_s * 1e9)
+    row = segs.stats.row(c.row)
+    hb = int(row[schema.ST_HEARTBEAT_NS])
+    if (timeout_ns and row[schema.ST_STATE] == schema.STATE_RUNNING and row[schema.ST_PID] == c.proc.pid
+            and time.monotonic_ns() - max(hb, c.started_ns) > timeout_ns
+            and not (not c.essential and cfg.pinning.background_idle and _runnable(c.proc.pid))):
+        # (a SCHED_IDLE part that is runnable is starved by the book writer and rx, not hung)
+        age = (time.monotonic_ns() - max(hb, c.started_ns)) / 1e9
+        print(f"obpipe run: {c.name} (pid {c.proc.pid}) heartbeat stale for {age:.1f} s "
+              f"(> {cfg.supervisor.heartbeat_timeout_s} s): killing it", file=sys.stderr, flush=True)
+        segs.stats.row(ROW_SUPERVISOR)[schema.ST_SUP_STALE_KILLS] += 1
+        c.proc.kill()
+        c.proc.join(5)
 
 
 def _drain(ring, buf) -> int:

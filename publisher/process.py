@@ -37,15 +37,17 @@ from obpipe.ring.stats import ROW_PUBLISHER
 from obpipe.publisher.encode import EncodeError, dumps, encode, records_to_rows
 from obpipe.publisher.schema import topic_names
 
+
 @dataclass(frozen=True)
 class PublisherSpec:
-    """Everything the child needs; picklable for the spawn context."""
+    """Everything the child needs, copied from ``[kafka]`` by the wiring
+    (``obpipe.supervisor.specs_from_config``); picklable for the spawn context."""
 
     instance: str
     symbols: tuple[str, ...]
     bootstrap: str  # host:port[,host:port]
     prefix: str = "obpipe"
-    client: tuple[tuple[str, object], ...] = ()  # extra librdkafka settings
+    client: tuple[tuple[str, str | int | float | bool], ...] = ()  # extra librdkafka settings ([kafka] client)
     pending_max: int = 10_000
     producer_queue_max: int = 10_000
     message_timeout_ms: int = 10_000
@@ -56,14 +58,6 @@ class PublisherSpec:
     background: bool = False  # SCHED_IDLE: only CPU the book writer and rx leave
     parent_pid: int = 0
     quiet: bool = False
-
-    @classmethod
-    def from_config(cls, cfg, bootstrap: str, **kw) -> "PublisherSpec":
-        k = cfg.kafka
-        return cls(instance=cfg.instance.name, symbols=tuple(cfg.book.symbols), bootstrap=bootstrap,
-                   prefix=k.topic_prefix, client=tuple(sorted(k.client.items())), pending_max=k.pending_max,
-                   producer_queue_max=k.producer_queue_max, message_timeout_ms=k.message_timeout_ms,
-                   linger_ms=k.linger_ms, flush_timeout_s=k.flush_timeout_s, tick_size=cfg.analysis.tick_size, **kw)
 
 
 def producer_config(spec: PublisherSpec) -> dict:
