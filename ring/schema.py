@@ -469,13 +469,17 @@ BOOK_STAT_NAMES = {
     ST_BOOK_UNCROSSED: "uncrossed_levels",
 }
 
-#: rx row: words RX_TRACKER_BASE.. hold the receiver's tracker (feed_sim.wire_kernels.T_*),
-#: updated in place by the rx kernel (single writer), so they are live for any reader.
+#: rx row: words RX_TRACKER_BASE .. RX_TRACKER_BASE + RX_TRACKER_WORDS - 1 hold the
+#: receiver's tracker (``obpipe.feed_sim.wire_kernels.T_*``; its ``NT`` is
+#: RX_TRACKER_WORDS), updated in place by the rx kernel (single writer), so they are
+#: live for any reader.
 RX_TRACKER_BASE = 4
-#: rx row: the UDP port it is bound to (words 4..27 are the tracker, NT = 24 words).
-ST_RX_PORT = 28
+RX_TRACKER_WORDS = 24
+#: rx row: the UDP port it is bound to (the word after the tracker: 28).
+ST_RX_PORT = RX_TRACKER_BASE + RX_TRACKER_WORDS
 #: rx row: datagrams the kernel dropped for rx's socket (receive queue full), -1 unknown.
-ST_RX_KERNEL_DROPS = 29
+ST_RX_KERNEL_DROPS = ST_RX_PORT + 1
+assert ST_RX_PORT == 28 and ST_RX_KERNEL_DROPS < STATS_WORDS  # (docs/PROTOCOL.md "Stats block" gives the words)
 #: Feed row (the feed process: synthetic flow or a replay, sent over UDP).
 ST_FEED_SENT = 4  # messages sent
 ST_FEED_DATAGRAMS = 5  # datagrams sent (faults included)
