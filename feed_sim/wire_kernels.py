@@ -53,8 +53,9 @@ from numba import njit
 from obpipe.ring import schema
 from obpipe.ring.kernels import ring_claim, ring_publish
 from obpipe.ring.jit import HOT
-from obpipe.ring.records import (WIRE_HEADER_WORDS, WIRE_MSG_WORDS, WIRE_W_ORDER_ID, WIRE_W_PX, WIRE_W_SEQ,
-                                 WIRE_W_TS_EXCH, md_w0, md_w0_fields, wire_h0, wire_h0_fields, wire_h2, wire_h2_fields)
+from obpipe.ring.records import (WIRE_HEADER_WORDS, WIRE_MSG_WORDS, WIRE_W_H0, WIRE_W_H2, WIRE_W_ORDER_ID, WIRE_W_PX,
+                                 WIRE_W_SEQ, WIRE_W_TS_EXCH, md_w0, md_w0_fields, wire_h0, wire_h0_fields, wire_h2,
+                                 wire_h2_fields)
 
 _MAGIC = schema.WIRE_MAGIC
 _VERSION = schema.WIRE_VERSION
@@ -149,9 +150,9 @@ def _put_msg(pk, p, j, m, oid):
 
 @njit(**HOT, inline="always")
 def _put_header(pk, p, session, seq, c, chk):
-    pk[p, 0] = wire_h0(_MAGIC, _VERSION, 0, session)
+    pk[p, WIRE_W_H0] = wire_h0(_MAGIC, _VERSION, 0, session)
     pk[p, WIRE_W_SEQ] = seq
-    pk[p, 2] = wire_h2(c, _MSZ, _fold(chk))
+    pk[p, WIRE_W_H2] = wire_h2(c, _MSZ, _fold(chk))
 
 
 @njit(**HOT)
@@ -188,9 +189,9 @@ def encode_wire(msgs, start, n, session, seq0, per_packet, pk):
 @njit(**HOT)
 def encode_heartbeat(session, seq, pk):
     """A count-0 packet announcing ``seq`` as the next sequence number (row 0 of pk)."""
-    pk[0, 0] = wire_h0(_MAGIC, _VERSION, 0, session)
+    pk[0, WIRE_W_H0] = wire_h0(_MAGIC, _VERSION, 0, session)
     pk[0, WIRE_W_SEQ] = seq
-    pk[0, 2] = wire_h2(0, _MSZ, 0)
+    pk[0, WIRE_W_H2] = wire_h2(0, _MSZ, 0)
     return _HDR
 
 
@@ -259,14 +260,14 @@ def rx_packet(w, nbytes, src, T, miss, C, allow, md_ctrl, md_rec, ts_recv):
     if nbytes < _HDR:
         T[T_MAL_LENGTH] += 1
         return 0
-    magic, version, _, session = wire_h0_fields(w[0])
+    magic, version, _, session = wire_h0_fields(w[WIRE_W_H0])
     if magic != _MAGIC:
         T[T_MAL_MAGIC] += 1
         return 0
     if version != _VERSION:
         T[T_MAL_VERSION] += 1
         return 0
-    count, msz, check = wire_h2_fields(w[2])
+    count, msz, check = wire_h2_fields(w[WIRE_W_H2])
     if msz != _MSZ or count > _MAXM or nbytes != _HDR + count * _MSZ:
         T[T_MAL_LENGTH] += 1
         return 0

@@ -134,8 +134,11 @@ WIRE_H2_FIELDS = ("count", "msg_size", "check")
 (_HM_SH, _HM_M), (_HV_SH, _HV_M), (_HF_SH, _HF_M), (_HS_SH, _HS_M) = \
     _word_fields(schema.WIRE_HEADER_DTYPE, 0, WIRE_H0_FIELDS)
 (_HC_SH, _HC_M), (_HZ_SH, _HZ_M), (_HK_SH, _HK_M) = _word_fields(schema.WIRE_HEADER_DTYPE, 2, WIRE_H2_FIELDS)
-#: Word index of the header's first sequence number; messages start at word WIRE_HEADER_WORDS.
+#: Word indices of the header: word 0 (wire_h0), the first sequence number, word 2
+#: (wire_h2); messages start at word WIRE_HEADER_WORDS.
+WIRE_W_H0 = schema.WIRE_HEADER_DTYPE.fields[WIRE_H0_FIELDS[0]][1] // 8
 WIRE_W_SEQ = _word_of(schema.WIRE_HEADER_DTYPE, "seq")
+WIRE_W_H2 = schema.WIRE_HEADER_DTYPE.fields[WIRE_H2_FIELDS[0]][1] // 8
 WIRE_HEADER_WORDS = schema.words_of(schema.WIRE_HEADER_DTYPE)
 
 

@@ -81,6 +81,8 @@ def test_word_indices_are_the_dtype_offsets():
                     (sc.WIRE_HEADER_DTYPE, {"seq": R.WIRE_W_SEQ})):
         for name, w in idx.items():
             assert dt.fields[name][1] == 8 * w, name
+    assert sc.WIRE_HEADER_DTYPE.fields["magic"][1] == 8 * R.WIRE_W_H0 == 0
+    assert sc.WIRE_HEADER_DTYPE.fields["count"][1] == 8 * R.WIRE_W_H2 == 16
     assert (R.MD_WORDS, R.WIRE_MSG_WORDS, R.REPORT_WORDS, R.WIRE_HEADER_WORDS) == (5, 4, 4, 3)
 
 
