@@ -45,12 +45,12 @@ stops exactly after ``n`` messages, so chunked generation equals one-shot genera
 No I/O, no allocation in the kernels.
 
 Build: the kernels never allocate, so they are compiled without numba's reference
-counting (``ring.jit.HOT``): with it, every array handed to an inlined helper gets
-incref/decref calls in the hot loop, which cost about a third of the generation time.
-The small helpers that take arrays are inlined at numba IR level (``inline="always"``;
-LLVM does not inline them across numba's call boundary); the RNG helpers are left to
-LLVM, which does, and the rare or large paths stay calls to keep compile time (~10 s
-cold, cached afterwards) down.
+counting (``obpipe.ring.jit.HOT``): with it, every array handed to an inlined helper
+gets incref/decref calls in the hot loop (their cost: docs/DECISIONS.md "Compiled
+code").  The small helpers that take arrays are inlined at numba IR level
+(``inline="always"``; LLVM does not inline them across numba's call boundary); the RNG
+helpers are left to LLVM, which does, and the rare or large paths stay calls to keep
+compile time down.
 """
 from __future__ import annotations
 

@@ -103,6 +103,8 @@ NO_PX = np.iinfo(np.int64).min
 #: One market-data message as it travels the "md" ring (rx -> book writer).  40 bytes.
 #: The wire message (docs/PROTOCOL.md) carries an order id; the aggregated book does
 #: not need it, so the ring carries the feed sequence and the receive stamp instead.
+#: Bytes 0-7 are the wire message's: kernels pack and unpack that word only through
+#: ``obpipe.ring.records`` (``md_w0``), which reads its shifts from this dtype.
 MD_DTYPE = np.dtype(
     [
         ("kind", "u1"),  # K_*
@@ -276,7 +278,8 @@ for _name, _w in (("bid_px_tick", SW_BID_PX), ("bid_qty", SW_BID_QTY), ("ask_px_
 
 # --- UDP wire protocol (docs/PROTOCOL.md) ----------------------------------------------
 # A datagram = one 24-byte packet header + ``count`` 32-byte messages, little-endian,
-# like MoldUDP64: the header carries the sequence number of the first message.
+# like MoldUDP64: the header carries the sequence number of the first message.  The
+# kernels handle packets as int64 words packed by ``obpipe.ring.records`` from these dtypes.
 
 #: Packet magic, u16 at offset 0: b"OB".
 WIRE_MAGIC = 0x424F
@@ -401,7 +404,8 @@ REASON_NAMES = {RS_NONE: "none", RS_BAD_PRICE: "bad price", RS_BAD_QTY: "bad qua
                 RS_NOT_OWNER: "not owner", RS_AUTH: "authentication failed", RS_LOGIN_REQUIRED: "login required",
                 RS_RATE_LIMIT: "rate limit", RS_OPEN_LIMIT: "open order limit", RS_DISCONNECT: "disconnect"}
 
-#: One order-entry report.  32 bytes, little-endian.
+#: One order-entry report.  32 bytes, little-endian.  The matching kernel writes it as
+#: four int64 words, words 0 and 1 packed by ``obpipe.ring.records`` (``report_w0/w1``).
 ORDER_OUT_DTYPE = np.dtype(
     [
         ("type", "u1"),  # R_*
@@ -486,7 +490,7 @@ ST_FEED_DATAGRAMS = 5  # datagrams sent (faults included)
 ST_FEED_PACKETS = 6  # packets encoded (before faults)
 ST_FEED_SEND_ERRORS = 7  # sendmmsg failures
 ST_FEED_TOTAL = 8  # messages this feed will send (-1: unbounded)
-ST_FEED_INJECTED = 9  # words 9..15: packets injected per fault, in wire ACTION order (drop .. bad_version)
+ST_FEED_INJECTED = 9  # words 9..15: packets injected per fault, in FEED_INJECTED_NAMES order (drop .. bad_version)
 ST_FEED_EXPECTED = 16  # words 16..21: what an in-order receiver must count (FEED_EXPECTED_NAMES)
 ST_FEED_CAPTURED = 22  # datagrams written to the capture file
 ST_FEED_T0_NS = 23  # CLOCK_MONOTONIC when pacing started (after the kernels were loaded)
