@@ -87,6 +87,8 @@ from numba import njit
 from obpipe.ring import schema
 from obpipe.ring.jit import HOT, HOT_NOALIAS
 from obpipe.ring.atomics import monotonic_ns, rdtsc
+from obpipe.ring.records import (REP_W_ORDER_ID, REP_W_PX, WIRE_W_ORDER_ID, WIRE_W_PX, WIRE_W_TS_EXCH, md_w0,
+                                 report_w0, report_w1)
 
 NO_PX = schema.NO_PX
 MAX_PX_TICK = 1 << 62  # prices above are rejected (bad price): window arithmetic never overflows
@@ -400,11 +402,10 @@ def _report(rep, racct, N, typ, side, reason, flags, sym, qty, leaves, px, oid, 
     """Append one ORDER_OUT_DTYPE record, written as its four little-endian words
     (``rep`` is the report buffer viewed as int64 (n, 4): 4 stores, not 10)."""
     k = N[N_REP]
-    rep[k, 0] = ((typ & 0xFF) | ((side & 0xFF) << 8) | ((reason & 0xFF) << 16) | ((flags & 0xFF) << 24)
-                 | ((sym & 0xFFFF) << 32))
-    rep[k, 1] = (qty & 0xFFFFFFFF) | ((leaves & 0xFFFFFFFF) << 32)
-    rep[k, 2] = px
-    rep[k, 3] = oid
+    rep[k, 0] = report_w0(typ, side, reason, flags, sym)
+    rep[k, 1] = report_w1(qty, leaves)
+    rep[k, REP_W_PX] = px
+    rep[k, REP_W_ORDER_ID] = oid
     racct[k] = acct
     N[N_REP] = k + 1
 
@@ -413,10 +414,10 @@ def _report(rep, racct, N, typ, side, reason, flags, sym, qty, leaves, px, oid, 
 def _md(md, N, E, kind, side, sym, qty, oid, px, ts):
     """Append one WIRE_MSG_DTYPE message as its four words (``md`` viewed as int64 (n, 4))."""
     k = N[N_MD]
-    md[k, 0] = kind | (side << 8) | ((sym & 0xFFFF) << 16) | ((qty & 0xFFFFFFFF) << 32)
-    md[k, 1] = oid
-    md[k, 2] = px
-    md[k, 3] = ts
+    md[k, 0] = md_w0(kind, side, sym, qty)
+    md[k, WIRE_W_ORDER_ID] = oid
+    md[k, WIRE_W_PX] = px
+    md[k, WIRE_W_TS_EXCH] = ts
     N[N_MD] = k + 1
 
 

@@ -2,7 +2,7 @@
 
 A *datagram list* is three parallel arrays: ``dg_off`` (byte offset of the datagram
 in a base buffer), ``dg_len`` (its length) and ``dg_due`` (ns after the feed's start
-when it may leave).  Packets encoded by ``_wire_kernels.encode_packets`` become a
+when it may leave).  Packets encoded by ``wire_kernels.encode_packets`` become a
 datagram list through ``plan_datagrams`` (which applies each packet's fault); a capture
 file is already one (``capture_index``).  ``send_paced`` sends any datagram list, so
 the synthetic feed, a LOBSTER replay and a capture replay share one send path.
@@ -19,6 +19,7 @@ from obpipe.ring import schema
 from obpipe.ring.atomics import cpu_relax, monotonic_ns, sleep_ns
 from obpipe.ring.net import send_batch
 from obpipe.ring.jit import HOT
+from obpipe.ring.records import WIRE_W_H0, WIRE_W_H2, wire_h0, wire_h0_fields, wire_h2_fields
 
 PACKET_BYTES = schema.WIRE_PACKET_WORDS * 8
 REC_HDR = 16  # capture record header bytes
@@ -58,7 +59,8 @@ def plan_datagrams(words, nbytes, actions, n, dg_off, dg_len):
         elif a == BAD_MAGIC:
             words[i, 0] ^= 0xFF
         elif a == BAD_VERSION:
-            words[i, 0] = (words[i, 0] & ~np.int64(0xFF << 16)) | np.int64((schema.WIRE_VERSION + 1) << 16)
+            magic, _, flags, session = wire_h0_fields(words[i, WIRE_W_H0])
+            words[i, WIRE_W_H0] = wire_h0(magic, schema.WIRE_VERSION + 1, flags, session)
         dg_off[k] = off
         dg_len[k] = length
         k += 1
@@ -147,7 +149,7 @@ def capture_index(w, start_byte, end_byte, dg_off, dg_len, dg_ts, dg_msgs):
         dg_off[k] = o + REC_HDR
         dg_len[k] = n
         dg_ts[k] = w[o // 8 + 1]
-        dg_msgs[k] = (w[(o + REC_HDR) // 8 + 2] & 0xFFFF) if n >= schema.WIRE_HEADER_BYTES else 0
+        dg_msgs[k] = wire_h2_fields(w[(o + REC_HDR) // 8 + WIRE_W_H2])[0] if n >= schema.WIRE_HEADER_BYTES else 0
         k += 1
         o += REC_HDR + n + ((-n) & 7)
     return k, o, 0

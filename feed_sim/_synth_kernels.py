@@ -38,19 +38,19 @@ State (all preallocated, owned by the caller, passed to every call)
   orders of ``s`` (uniform random pick, O(1) alloc/free by swapping).
 * ``pend`` int64 ``(P, 5)`` the messages of the current event not yet handed out (an
   event, e.g. a sweep, can emit many).  Records are ``MD_DTYPE`` as five 8-byte
-  words; word 0 packs kind | side << 8 | symbol << 16 | qty << 32 (little endian).
+  words; word 0 packs kind, side, symbol and qty (``obpipe.ring.records.md_w0``).
 
 The book state in ``ss``/``lv``/``od`` already includes the pending messages; a call
 stops exactly after ``n`` messages, so chunked generation equals one-shot generation.
 No I/O, no allocation in the kernels.
 
 Build: the kernels never allocate, so they are compiled without numba's reference
-counting (``ring.jit.HOT``): with it, every array handed to an inlined helper gets
-incref/decref calls in the hot loop, which cost about a third of the generation time.
-The small helpers that take arrays are inlined at numba IR level (``inline="always"``;
-LLVM does not inline them across numba's call boundary); the RNG helpers are left to
-LLVM, which does, and the rare or large paths stay calls to keep compile time (~10 s
-cold, cached afterwards) down.
+counting (``obpipe.ring.jit.HOT``): with it, every array handed to an inlined helper
+gets incref/decref calls in the hot loop (their cost: docs/DECISIONS.md "Compiled
+code").  The small helpers that take arrays are inlined at numba IR level
+(``inline="always"``; LLVM does not inline them across numba's call boundary); the RNG
+helpers are left to LLVM, which does, and the rare or large paths stay calls to keep
+compile time down.
 """
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ from numba import njit
 
 from obpipe.ring import schema
 from obpipe.ring.jit import HOT
+from obpipe.ring.records import MD_W_PX, MD_W_SEQ, MD_W_TS_EXCH, MD_W_TS_RECV, md_w0
 
 
 NO_PX = schema.NO_PX
@@ -71,7 +72,7 @@ K_EXECUTE = schema.K_EXECUTE
 K_TRADE = schema.K_TRADE
 
 #: Words per MD_DTYPE record.
-MD_WORDS = 5
+MD_WORDS = schema.words_of(schema.MD_DTYPE)
 
 # --- stream scalars G[] --------------------------------------------------------------
 G_T = 0  # exchange clock of the current event, ns
@@ -198,11 +199,11 @@ def _exp_ns(rng, mean_ns):
 def _emit(pend, G, kind, side, s, q, px):
     """Append one message stamped with the current clock and the next seq."""
     i = G[G_PEND_N]
-    pend[i, 0] = kind | (side << 8) | (s << 16) | (q << 32)
-    pend[i, 1] = px
-    pend[i, 2] = G[G_SEQ]
-    pend[i, 3] = G[G_T]
-    pend[i, 4] = 0
+    pend[i, 0] = md_w0(kind, side, s, q)
+    pend[i, MD_W_PX] = px
+    pend[i, MD_W_SEQ] = G[G_SEQ]
+    pend[i, MD_W_TS_EXCH] = G[G_T]
+    pend[i, MD_W_TS_RECV] = 0
     G[G_SEQ] += 1
     G[G_PEND_N] = i + 1
 

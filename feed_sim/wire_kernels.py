@@ -2,12 +2,13 @@
 tracking.  No I/O here; the sender and receiver processes call these once per packet.
 
 Packets are handled as int64 words (little-endian machines only; checked by the
-Python face):
+Python face), packed and unpacked by ``obpipe.ring.records`` from the dtypes of
+``schema``:
 
-    header  w0 = magic | version << 16 | flags << 24 | session << 32
+    header  w0 = magic | version << 16 | flags << 24 | session << 32   (records.wire_h0)
             w1 = seq of the first message
-            w2 = count | msg_size << 16 | check << 32
-    message w0 = kind | side << 8 | symbol << 16 | qty << 32
+            w2 = count | msg_size << 16 | check << 32                  (records.wire_h2)
+    message w0 = kind | side << 8 | symbol << 16 | qty << 32           (records.md_w0)
             w1 = order_id, w2 = px_tick, w3 = ts_exch_ns
 
 ``check`` is the XOR of all message words folded to 32 bits: a corrupted message body
@@ -52,6 +53,9 @@ from numba import njit
 from obpipe.ring import schema
 from obpipe.ring.kernels import ring_claim, ring_publish
 from obpipe.ring.jit import HOT
+from obpipe.ring.records import (WIRE_HEADER_WORDS, WIRE_MSG_WORDS, WIRE_W_H0, WIRE_W_H2, WIRE_W_ORDER_ID, WIRE_W_PX,
+                                 WIRE_W_SEQ, WIRE_W_TS_EXCH, md_w0, md_w0_fields, wire_h0, wire_h0_fields, wire_h2,
+                                 wire_h2_fields)
 
 _MAGIC = schema.WIRE_MAGIC
 _VERSION = schema.WIRE_VERSION
@@ -85,7 +89,9 @@ T_FOREIGN_SOURCE = 20  # datagrams from a source outside the allow-list (never r
 T_FOREIGN_SESSION = 21  # valid datagrams of a session other than the one followed (never applied)
 T_IMPLAUSIBLE = 22  # valid datagrams starting more than C_WINDOW messages ahead (not adopted)
 T_ACCEPTED = 23  # datagrams that delivered new messages (in order, after a gap, or an overlap's tail)
-NT = 24
+#: Tracker words: the rx stats row reserves ``schema.RX_TRACKER_WORDS`` of them for it.
+NT = schema.RX_TRACKER_WORDS
+assert max(v for k, v in list(globals().items()) if k.startswith("T_")) < NT, "a T_* word outside the tracker"
 TRACKER_NAMES = {
     T_PACKETS: "packets", T_MESSAGES: "messages", T_DELIVERED: "delivered", T_GAP_MSGS: "gap_messages",
     T_GAP_EVENTS: "gap_events", T_DUP_PKTS: "duplicates", T_DUP_MSGS: "duplicate_messages",
@@ -133,20 +139,20 @@ def _fold(x):
 @njit(**HOT, inline="always")
 def _put_msg(pk, p, j, m, oid):
     """Message ``j`` of packet ``p`` from record ``m``; returns its check contribution."""
-    o = 3 + 4 * j
-    w0 = (np.int64(m.kind) | (np.int64(m.side) << 8) | (np.int64(m.symbol) << 16) | (np.int64(m.qty) << 32))
+    o = WIRE_HEADER_WORDS + WIRE_MSG_WORDS * j
+    w0 = md_w0(m.kind, m.side, m.symbol, m.qty)
     pk[p, o] = w0
-    pk[p, o + 1] = oid
-    pk[p, o + 2] = m.px_tick
-    pk[p, o + 3] = m.ts_exch_ns
+    pk[p, o + WIRE_W_ORDER_ID] = oid
+    pk[p, o + WIRE_W_PX] = m.px_tick
+    pk[p, o + WIRE_W_TS_EXCH] = m.ts_exch_ns
     return w0 ^ oid ^ m.px_tick ^ m.ts_exch_ns
 
 
 @njit(**HOT, inline="always")
 def _put_header(pk, p, session, seq, c, chk):
-    pk[p, 0] = _MAGIC | (_VERSION << 16) | (np.int64(session) << 32)
-    pk[p, 1] = seq
-    pk[p, 2] = c | (_MSZ << 16) | (_fold(chk) << 32)
+    pk[p, WIRE_W_H0] = wire_h0(_MAGIC, _VERSION, 0, session)
+    pk[p, WIRE_W_SEQ] = seq
+    pk[p, WIRE_W_H2] = wire_h2(c, _MSZ, _fold(chk))
 
 
 @njit(**HOT)
@@ -183,9 +189,9 @@ def encode_wire(msgs, start, n, session, seq0, per_packet, pk):
 @njit(**HOT)
 def encode_heartbeat(session, seq, pk):
     """A count-0 packet announcing ``seq`` as the next sequence number (row 0 of pk)."""
-    pk[0, 0] = _MAGIC | (_VERSION << 16) | (np.int64(session) << 32)
-    pk[0, 1] = seq
-    pk[0, 2] = _MSZ << 16
+    pk[0, WIRE_W_H0] = wire_h0(_MAGIC, _VERSION, 0, session)
+    pk[0, WIRE_W_SEQ] = seq
+    pk[0, WIRE_W_H2] = wire_h2(0, _MSZ, 0)
     return _HDR
 
 
@@ -254,27 +260,25 @@ def rx_packet(w, nbytes, src, T, miss, C, allow, md_ctrl, md_rec, ts_recv):
     if nbytes < _HDR:
         T[T_MAL_LENGTH] += 1
         return 0
-    h0 = w[0]
-    if (h0 & 0xFFFF) != _MAGIC:
+    magic, version, _, session = wire_h0_fields(w[WIRE_W_H0])
+    if magic != _MAGIC:
         T[T_MAL_MAGIC] += 1
         return 0
-    if ((h0 >> 16) & 0xFF) != _VERSION:
+    if version != _VERSION:
         T[T_MAL_VERSION] += 1
         return 0
-    h2 = w[2]
-    count = h2 & 0xFFFF
-    if ((h2 >> 16) & 0xFFFF) != _MSZ or count > _MAXM or nbytes != _HDR + count * _MSZ:
+    count, msz, check = wire_h2_fields(w[WIRE_W_H2])
+    if msz != _MSZ or count > _MAXM or nbytes != _HDR + count * _MSZ:
         T[T_MAL_LENGTH] += 1
         return 0
     chk = 0
     for j in range(count):
-        o = 3 + 4 * j
+        o = WIRE_HEADER_WORDS + WIRE_MSG_WORDS * j
         chk ^= w[o] ^ w[o + 1] ^ w[o + 2] ^ w[o + 3]
-    if _fold(chk) != ((h2 >> 32) & _M32):
+    if _fold(chk) != check:
         T[T_MAL_CHECK] += 1
         return 0
-    session = (h0 >> 32) & _M32
-    a = w[1]
+    a = w[WIRE_W_SEQ]
     if session != T[T_SESSION] or T[T_NEXT] == 0:
         if session != 0 and (T[T_SESSION] == 0 or session == T[T_SESSION]):
             _adopt(T, session)  # the first session seen, or the configured one's first packet
@@ -328,16 +332,12 @@ def rx_packet(w, nbytes, src, T, miss, C, allow, md_ctrl, md_rec, ts_recv):
     put = min(k, free)
     for i in range(put):
         j = first + i
-        o = 3 + 4 * j
-        w0 = w[o]
+        o = WIRE_HEADER_WORDS + WIRE_MSG_WORDS * j
         r = md_rec[(head + i) & (cap - 1)]
-        r.kind = w0 & 0xFF
-        r.side = (w0 >> 8) & 0xFF
-        r.symbol = (w0 >> 16) & 0xFFFF
-        r.qty = (w0 >> 32) & _M32
-        r.px_tick = w[o + 2]
+        r.kind, r.side, r.symbol, r.qty = md_w0_fields(w[o])
+        r.px_tick = w[o + WIRE_W_PX]
         r.seq = a + j
-        r.ts_exch_ns = w[o + 3]
+        r.ts_exch_ns = w[o + WIRE_W_TS_EXCH]
         r.ts_recv_ns = ts_recv
     if put > 0:
         ring_publish(md_ctrl, head + put)

@@ -104,6 +104,8 @@ NO_PX = np.iinfo(np.int64).min
 #: One market-data message as it travels the "md" ring (rx -> book writer).  40 bytes.
 #: The wire message (docs/PROTOCOL.md) carries an order id; the aggregated book does
 #: not need it, so the ring carries the feed sequence and the receive stamp instead.
+#: Bytes 0-7 are the wire message's: kernels pack and unpack that word only through
+#: ``obpipe.ring.records`` (``md_w0``), which reads its shifts from this dtype.
 MD_DTYPE = np.dtype(
     [
         ("kind", "u1"),  # K_*
@@ -392,7 +394,8 @@ for _name, _w in (("bid_px_tick", SW_BID_PX), ("bid_qty", SW_BID_QTY), ("ask_px_
 
 # --- UDP wire protocol (docs/PROTOCOL.md) ----------------------------------------------
 # A datagram = one 24-byte packet header + ``count`` 32-byte messages, little-endian,
-# like MoldUDP64: the header carries the sequence number of the first message.
+# like MoldUDP64: the header carries the sequence number of the first message.  The
+# kernels handle packets as int64 words packed by ``obpipe.ring.records`` from these dtypes.
 
 #: Packet magic, u16 at offset 0: b"OB".
 WIRE_MAGIC = 0x424F
@@ -517,7 +520,8 @@ REASON_NAMES = {RS_NONE: "none", RS_BAD_PRICE: "bad price", RS_BAD_QTY: "bad qua
                 RS_NOT_OWNER: "not owner", RS_AUTH: "authentication failed", RS_LOGIN_REQUIRED: "login required",
                 RS_RATE_LIMIT: "rate limit", RS_OPEN_LIMIT: "open order limit", RS_DISCONNECT: "disconnect"}
 
-#: One order-entry report.  32 bytes, little-endian.
+#: One order-entry report.  32 bytes, little-endian.  The matching kernel writes it as
+#: four int64 words, words 0 and 1 packed by ``obpipe.ring.records`` (``report_w0/w1``).
 ORDER_OUT_DTYPE = np.dtype(
     [
         ("type", "u1"),  # R_*
@@ -585,20 +589,24 @@ BOOK_STAT_NAMES = {
     ST_BOOK_UNCROSSED: "uncrossed_levels",
 }
 
-#: rx row: words RX_TRACKER_BASE.. hold the receiver's tracker (feed_sim.wire_kernels.T_*),
-#: updated in place by the rx kernel (single writer), so they are live for any reader.
+#: rx row: words RX_TRACKER_BASE .. RX_TRACKER_BASE + RX_TRACKER_WORDS - 1 hold the
+#: receiver's tracker (``obpipe.feed_sim.wire_kernels.T_*``; its ``NT`` is
+#: RX_TRACKER_WORDS), updated in place by the rx kernel (single writer), so they are
+#: live for any reader.
 RX_TRACKER_BASE = 4
-#: rx row: the UDP port it is bound to (words 4..27 are the tracker, NT = 24 words).
-ST_RX_PORT = 28
+RX_TRACKER_WORDS = 24
+#: rx row: the UDP port it is bound to (the word after the tracker: 28).
+ST_RX_PORT = RX_TRACKER_BASE + RX_TRACKER_WORDS
 #: rx row: datagrams the kernel dropped for rx's socket (receive queue full), -1 unknown.
-ST_RX_KERNEL_DROPS = 29
+ST_RX_KERNEL_DROPS = ST_RX_PORT + 1
+assert ST_RX_PORT == 28 and ST_RX_KERNEL_DROPS < STATS_WORDS  # (docs/PROTOCOL.md "Stats block" gives the words)
 #: Feed row (the feed process: synthetic flow or a replay, sent over UDP).
 ST_FEED_SENT = 4  # messages sent
 ST_FEED_DATAGRAMS = 5  # datagrams sent (faults included)
 ST_FEED_PACKETS = 6  # packets encoded (before faults)
 ST_FEED_SEND_ERRORS = 7  # sendmmsg failures
 ST_FEED_TOTAL = 8  # messages this feed will send (-1: unbounded)
-ST_FEED_INJECTED = 9  # words 9..15: packets injected per fault, in wire ACTION order (drop .. bad_version)
+ST_FEED_INJECTED = 9  # words 9..15: packets injected per fault, in FEED_INJECTED_NAMES order (drop .. bad_version)
 ST_FEED_EXPECTED = 16  # words 16..21: what an in-order receiver must count (FEED_EXPECTED_NAMES)
 ST_FEED_CAPTURED = 22  # datagrams written to the capture file
 ST_FEED_T0_NS = 23  # CLOCK_MONOTONIC when pacing started (after the kernels were loaded)
