@@ -410,45 +410,9 @@ def load_orderbook(path, tick_divisor: int | None = None, return_tick: bool = Fa
 
 @njit(**HOT, inline="always")
 def _apply_one(lad, S, C, s, kind, side, px, q):
-    """One message's effect on the ladder, through the book's level primitives (the
-    same per-kind rules as ``apply_batch``: out-of-ladder and underflow counted)."""
-    if kind == schema.K_ADD:
-        i = BK._locate(lad, S, C, s, px, True)
-        if i < 0:
-            C[schema.ST_BOOK_OUT_OF_LADDER] += 1
-        else:
-            BK._level_grow(lad, S, s, side, i, q)
-    elif kind == schema.K_CANCEL or kind == schema.K_DELETE or kind == schema.K_EXECUTE:
-        i = BK._locate(lad, S, C, s, px, False)
-        if i < 0:
-            C[schema.ST_BOOK_OUT_OF_LADDER] += 1
-        else:
-            old = lad[S[s, BK.B_OFF + side] + i]
-            if q > old:
-                C[schema.ST_BOOK_QTY_UNDERFLOW] += 1
-                if old > 0:
-                    BK._level_shrink_to(lad, S, s, side, i, 0)
-            else:
-                BK._level_shrink_to(lad, S, s, side, i, old - q)
-        if kind == schema.K_EXECUTE:
-            C[schema.ST_BOOK_TRADES] += 1
-    elif kind == schema.K_TRADE:
-        C[schema.ST_BOOK_TRADES] += 1
-    elif kind == schema.K_SET_LEVEL:
-        i = BK._locate(lad, S, C, s, px, q > 0)
-        if i < 0:
-            C[schema.ST_BOOK_OUT_OF_LADDER] += 1
-        else:
-            old = lad[S[s, BK.B_OFF + side] + i]
-            if q > old:
-                BK._level_grow(lad, S, s, side, i, q - old)
-            elif q < old:
-                BK._level_shrink_to(lad, S, s, side, i, q)
-    elif kind == schema.K_CLEAR:
-        BK.clear_symbol(lad, S, s)
-        C[schema.ST_BOOK_CLEARS] += 1
-    else:
-        C[schema.ST_BOOK_HEARTBEATS] += 1
+    """One message through the book's own per-message apply (``BK.apply_msg``, the rules
+    of ``apply_batch``), as the model book: no uncrossing, no events; counted as applied."""
+    BK.apply_msg(lad, S, C, s, kind, side, px, q, False)
     C[schema.ST_BOOK_MSGS] += 1
 
 
@@ -465,6 +429,13 @@ def _better_best(S, s, side, px):
     return b
 
 
+@njit(**HOT, inline="always")
+def _remove_level(lad, S, C, s, side, b):
+    """Empty ``side``'s level at ladder index ``b`` (a held level): the book's level set
+    to 0 at its price."""
+    BK.set_level(lad, S, C, s, side, S[s, BK.B_BASE] + b, 0, False, False)
+
+
 @njit(**HOT)
 def _resync_side(lad, S, C, s, side, px, q):
     """Make (px, q) the best level of ``side``: levels better than px are removed, the
@@ -474,19 +445,10 @@ def _resync_side(lad, S, C, s, side, px, q):
         b = _better_best(S, s, side, px)
         if b < 0:
             break
-        BK._level_shrink_to(lad, S, s, side, b, 0)
+        _remove_level(lad, S, C, s, side, b)
     if px == NO_PX:
         return True
-    i = BK._locate(lad, S, C, s, px, True)
-    if i < 0:
-        C[schema.ST_BOOK_OUT_OF_LADDER] += 1
-        return False
-    old = lad[S[s, BK.B_OFF + side] + i]
-    if q > old:
-        BK._level_grow(lad, S, s, side, i, q - old)
-    elif q < old:
-        BK._level_shrink_to(lad, S, s, side, i, q)
-    return True
+    return BK.set_level(lad, S, C, s, side, px, q, True, False) >= 0
 
 
 @njit(**HOT)
@@ -726,7 +688,7 @@ def replay_kernel(md, ob, s, lad, S, C, out, ends):
                 if j >= cap:
                     return -1
                 j = _put(out, j, schema.K_SET_LEVEL, side, s, S[s, BK.B_BASE] + b, 0, ts)
-                BK._level_shrink_to(lad, S, s, side, b, 0)
+                _remove_level(lad, S, C, s, side, b)
             if fpx != NO_PX and (BK.best_px(S, s, side) != fpx or BK.best_qty(lad, S, s, side) != fq):
                 if j >= cap:
                     return -1
