@@ -10,7 +10,8 @@ Workloads, those of bench/core.py's book figures:
 * ``whole_job``: the same with every event written to a ring a consumer keeps empty and
   a snapshot per touched symbol per batch (``book_msgs_per_s``);
 * ``lobster_day``: ``apply_batch`` on the AMZN LOBSTER day, 20 passes on fresh books
-  (``book_lobster_msgs_per_s``);
+  (``book_lobster_msgs_per_s``); ``lobster_day_uncross``: the same with ``[book]
+  uncross`` on, as a LOBSTER replay runs;
 * ``lobster_check`` / ``lobster_replay``: ``lobster.check_kernel`` (``lobster-check``)
   and ``lobster.replay_kernel`` (the replay feed's corrections) on the AMZN pair.
 
@@ -80,13 +81,13 @@ def load_pair(rev: str | None, tag: str, tmp: Path):
     return bk, _load(f"lob_{tag}", tmp / f"lob_{tag}.py")
 
 
-def run_apply(BK, msgs, widths, batch, events: bool, snapshots: bool, passes: int = 1):
+def run_apply(BK, msgs, widths, batch, events: bool, snapshots: bool, passes: int = 1, uncross: bool = False):
     """(thread CPU seconds, final lad, S, C) of ``apply_batch`` over ``msgs``, ``passes``
     times on fresh books (the last one's state is returned)."""
     n_levels = 10
     dt = 0.0
     for _ in range(passes):
-        lad, S, C = BK.new_state(widths, n_levels)
+        lad, S, C = BK.new_state(widths, n_levels, 10, uncross)
         ev_ctrl = np.zeros(schema.RING_DATA_OFFSET // 8, np.int64)
         ev = np.zeros(1 << 12 if events else 2, schema.EVENT_DTYPE)
         dirty = np.zeros(len(widths) + 1, np.int64)
@@ -153,6 +154,8 @@ def main() -> None:
             "apply_only": (len(synth), lambda BK, L: run_apply(BK, synth, w4, 1024, False, False)),
             "whole_job": (len(synth), lambda BK, L: run_apply(BK, synth, w4, 1024, True, True)),
             "lobster_day": (20 * len(md), lambda BK, L: run_apply(BK, md, [4096], 1024, False, False, passes=20)),
+            "lobster_day_uncross": (20 * len(md), lambda BK, L: run_apply(BK, md, [4096], 1024, False, False,
+                                                                          passes=20, uncross=True)),
             "lobster_check": (len(md) - 1, lambda BK, L: run_check(BK, L, md, top, width)),
             "lobster_replay": (len(md), lambda BK, L: run_replay(BK, L, md, ob, width)),
         }

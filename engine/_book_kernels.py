@@ -35,6 +35,12 @@ each side's best (the depth band, ``band_depth``): a contiguous sum, much cheape
 event than walking the top-N non-empty levels.  Snapshots, built once per batch,
 carry the exact top-N non-empty levels.
 
+One message's effect on the ladder is ``apply_msg`` (the per-kind rules, level set as
+``set_level``): ``apply_batch`` applies every message through it and so do the LOBSTER
+checker and replay (``engine.lobster``), so their model book follows the book writer's
+rules exactly; the batch adds what only the writer does (message checks, sequence and
+last trade, events).
+
 Granularity: ``apply_batch`` applies ``n`` messages; events (top-of-book changes and
 trades) are written to the events ring as they happen but published (made visible) at
 the end of the batch; each symbol touched by the batch gets exactly one snapshot,
@@ -137,8 +143,9 @@ def reset_state(S):
 def band_depth(lad, S, s, side):
     """Lots resting within ``S[s, B_DT]`` ticks of a side's best, best included (0 if
     the side is empty).  A fixed ``PAD``-word window, masked to the band and fully
-    unrolled: no branches, no clipping (the padding is always zero).  Summing a
-    clipped, variable-length band cost ~12 ns per event; this ~2 ns."""
+    unrolled: no branches, no clipping (the padding is always zero), several times
+    cheaper per event than summing a clipped, variable-length band (docs/DECISIONS.md,
+    "Events carry depth as a tick band")."""
     b = S[s, B_BEST + side]
     if b < 0:
         return 0
@@ -213,10 +220,17 @@ def _uncross(lad, S, C, s, side, i):
     side's levels from its best through index i (stale: a market would have matched
     them; a level-1 LOBSTER file, say, never reports cancels away from the touch).
     Returns True if it removed any."""
-    o = 1 - side
-    b = S[s, B_BEST + o]
+    b = S[s, B_BEST + 1 - side]
     if b < 0 or (side == BID and i < b) or (side == ASK and i > b):
         return False
+    return _remove_crossed(lad, S, C, s, side, i, b)
+
+
+@njit(**HOT)
+def _remove_crossed(lad, S, C, s, side, i, b):
+    """``_uncross``'s removal, a plain call: rare, and one compiled copy instead of one
+    per inlined call site."""
+    o = 1 - side
     off = S[s, B_OFF + o]
     step = 1 if side == BID else -1  # asks from their best up to i; bids down to i
     k = b
