@@ -298,7 +298,7 @@ def test_an_outlier_price_is_refused_naming_the_file_and_line_not_a_memory_error
     with pytest.raises(ValueError, match=why):
         L.check(msg, ob)
     with pytest.raises(feed.FeedError, match=why):  # what `obpipe run --replay` loads
-        feed.load_lobster(str(msg))
+        L.load_lobster(str(msg))
     rows = list(TINY)
     m, (apx, aq, bpx, bq) = rows[9]
     rows[9] = (m, (_OUTLIER, aq, bpx, bq))  # order-book line 10: a far ask
