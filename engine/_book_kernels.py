@@ -35,6 +35,12 @@ each side's best (the depth band, ``band_depth``): a contiguous sum, much cheape
 event than walking the top-N non-empty levels.  Snapshots, built once per batch,
 carry the exact top-N non-empty levels.
 
+One message's effect on the ladder is ``apply_msg`` (the per-kind rules, level set as
+``set_level``): ``apply_batch`` applies every message through it and so do the LOBSTER
+checker and replay (``engine.lobster``), so their model book follows the book writer's
+rules exactly; the batch adds what only the writer does (message checks, sequence and
+last trade, events).
+
 Granularity: ``apply_batch`` applies ``n`` messages; events (top-of-book changes and
 trades) are written to the events ring as they happen but published (made visible) at
 the end of the batch; each symbol touched by the batch gets exactly one snapshot,
@@ -137,8 +143,9 @@ def reset_state(S):
 def band_depth(lad, S, s, side):
     """Lots resting within ``S[s, B_DT]`` ticks of a side's best, best included (0 if
     the side is empty).  A fixed ``PAD``-word window, masked to the band and fully
-    unrolled: no branches, no clipping (the padding is always zero).  Summing a
-    clipped, variable-length band cost ~12 ns per event; this ~2 ns."""
+    unrolled: no branches, no clipping (the padding is always zero), several times
+    cheaper per event than summing a clipped, variable-length band (docs/DECISIONS.md,
+    "Events carry depth as a tick band")."""
     b = S[s, B_BEST + side]
     if b < 0:
         return 0
@@ -213,10 +220,17 @@ def _uncross(lad, S, C, s, side, i):
     side's levels from its best through index i (stale: a market would have matched
     them; a level-1 LOBSTER file, say, never reports cancels away from the touch).
     Returns True if it removed any."""
-    o = 1 - side
-    b = S[s, B_BEST + o]
+    b = S[s, B_BEST + 1 - side]
     if b < 0 or (side == BID and i < b) or (side == ASK and i > b):
         return False
+    return _remove_crossed(lad, S, C, s, side, i, b)
+
+
+@njit(**HOT)
+def _remove_crossed(lad, S, C, s, side, i, b):
+    """``_uncross``'s removal, a plain call: rare, and one compiled copy instead of one
+    per inlined call site."""
+    o = 1 - side
     off = S[s, B_OFF + o]
     step = 1 if side == BID else -1  # asks from their best up to i; bids down to i
     k = b
@@ -347,6 +361,81 @@ def clear_symbol(lad, S, s):
     S[s, B_NLEV + 1] = 0
 
 
+# --- one message ----------------------------------------------------------------------
+# The per-kind rules of the book, in one place: ``apply_batch`` applies every message
+# through ``apply_msg``, and so do the LOBSTER checker and replay (``engine.lobster``),
+# whose model book must follow exactly the rules the book writer follows.
+
+
+@njit(**HOT, inline="always")
+def set_level(lad, S, C, s, side, px, q, grow, may_uncross):
+    """Level (side, px) of symbol s := q (q >= 0), the set-level rule.  ``grow``: the
+    price may re-centre the window (a set-level message passes ``q > 0``: only a level
+    that adds liquidity may move the window).  ``may_uncross`` as in ``apply_msg``.
+    Returns -1 when px is outside the ladder (counted ``out_of_ladder``), 1 when the
+    level grew across the other side's best and uncrossed it, else 0."""
+    i = _locate(lad, S, C, s, px, grow)
+    if i < 0:
+        C[schema.ST_BOOK_OUT_OF_LADDER] += 1
+        return -1
+    old = lad[S[s, B_OFF + side] + i]
+    if q > old:
+        _level_grow(lad, S, s, side, i, q - old)
+        if may_uncross and S[s, B_UNCROSS]:
+            if _uncross(lad, S, C, s, side, i):
+                return 1
+    elif q < old:
+        _level_shrink_to(lad, S, s, side, i, q)
+    return 0
+
+
+@njit(**HOT, inline="always")
+def apply_msg(lad, S, C, s, kind, side, px, q, may_uncross):
+    """Apply one message's effect on symbol s's ladder: the per-kind rules (module
+    docstring; out-of-ladder, underflow, uncrossing, trades, clears and heartbeats
+    counted in ``C``).  The message is already checked (``apply_batch``: kind, side,
+    symbol, price range, qty).  ``may_uncross``: honour the symbol's ``[book] uncross``
+    (``S[s, B_UNCROSS]``); False never uncrosses (the LOBSTER model book keeps levels
+    only).  The caller does the rest: message counts, sequence, last trade, events.
+    Returns (trade, uncrossed): the message is a trade (execute, hidden trade); an add
+    or level set removed crossed levels of the other side."""
+    trade = False
+    uncrossed = False
+    if kind == schema.K_ADD:
+        i = _locate(lad, S, C, s, px, True)
+        if i < 0:
+            C[schema.ST_BOOK_OUT_OF_LADDER] += 1
+        else:
+            _level_grow(lad, S, s, side, i, q)
+            if may_uncross and S[s, B_UNCROSS]:
+                uncrossed = _uncross(lad, S, C, s, side, i)
+    elif kind >= schema.K_CANCEL and kind <= schema.K_EXECUTE:
+        i = _locate(lad, S, C, s, px, False)
+        if i < 0:
+            C[schema.ST_BOOK_OUT_OF_LADDER] += 1
+        else:
+            old = lad[S[s, B_OFF + side] + i]
+            if q > old:
+                C[schema.ST_BOOK_QTY_UNDERFLOW] += 1
+                if old > 0:
+                    _level_shrink_to(lad, S, s, side, i, 0)
+            else:
+                _level_shrink_to(lad, S, s, side, i, old - q)
+        trade = kind == schema.K_EXECUTE
+    elif kind == schema.K_TRADE:
+        trade = True
+    elif kind == schema.K_SET_LEVEL:
+        uncrossed = set_level(lad, S, C, s, side, px, q, q > 0, may_uncross) > 0
+    elif kind == schema.K_CLEAR:
+        clear_symbol(lad, S, s)
+        C[schema.ST_BOOK_CLEARS] += 1
+    else:
+        C[schema.ST_BOOK_HEARTBEATS] += 1
+    if trade:
+        C[schema.ST_BOOK_TRADES] += 1
+    return trade, uncrossed
+
+
 # --- events -------------------------------------------------------------------------
 
 
@@ -463,49 +552,8 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
             if side > 1 or px <= -_PX_LIMIT or px >= _PX_LIMIT or (q <= 0 and kind != schema.K_SET_LEVEL):
                 C[schema.ST_BOOK_BAD_MSG] += 1
                 continue
-        trade = False
-        uncrossed = False
         base0 = S[s, B_BASE]
-        if kind == schema.K_ADD:
-            i = _locate(lad, S, C, s, px, True)
-            if i < 0:
-                C[schema.ST_BOOK_OUT_OF_LADDER] += 1
-            else:
-                _level_grow(lad, S, s, side, i, q)
-                if S[s, B_UNCROSS]:
-                    uncrossed = _uncross(lad, S, C, s, side, i)
-        elif kind <= schema.K_EXECUTE:  # cancel, delete, execute
-            i = _locate(lad, S, C, s, px, False)
-            if i < 0:
-                C[schema.ST_BOOK_OUT_OF_LADDER] += 1
-            else:
-                old = lad[S[s, B_OFF + side] + i]
-                if q > old:
-                    C[schema.ST_BOOK_QTY_UNDERFLOW] += 1
-                    if old > 0:
-                        _level_shrink_to(lad, S, s, side, i, 0)
-                else:
-                    _level_shrink_to(lad, S, s, side, i, old - q)
-            trade = kind == schema.K_EXECUTE
-        elif kind == schema.K_TRADE:
-            trade = True
-        elif kind == schema.K_SET_LEVEL:
-            i = _locate(lad, S, C, s, px, q > 0)
-            if i < 0:
-                C[schema.ST_BOOK_OUT_OF_LADDER] += 1
-            else:
-                old = lad[S[s, B_OFF + side] + i]
-                if q > old:
-                    _level_grow(lad, S, s, side, i, q - old)
-                    if S[s, B_UNCROSS]:
-                        uncrossed = _uncross(lad, S, C, s, side, i)
-                elif q < old:
-                    _level_shrink_to(lad, S, s, side, i, q)
-        elif kind == schema.K_CLEAR:
-            clear_symbol(lad, S, s)
-            C[schema.ST_BOOK_CLEARS] += 1
-        else:
-            C[schema.ST_BOOK_HEARTBEATS] += 1
+        trade, uncrossed = apply_msg(lad, S, C, s, kind, side, px, q, True)
         seq = np.int64(m.seq)
         ts_exch = np.int64(m.ts_exch_ns)
         S[s, B_MSGS] += 1
@@ -516,7 +564,6 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
             dirty[0] += 1
             dirty[dirty[0]] = s
         if trade:
-            C[schema.ST_BOOK_TRADES] += 1
             agg = 1 - side
             S[s, B_LAST_PX] = px
             S[s, B_LAST_QTY] = q

@@ -4,10 +4,10 @@ LOBSTER (lobsterdata.com) publishes, per stock and day, a *message* file (every 
 that touched the first N price levels) and an *order-book* file whose row k is the
 visible book (top N levels) **after** message k.  This module turns the message file
 into ``schema.MD_DTYPE`` records, loads the order-book file into integer ticks, and
-replays the messages through the aggregated book's own level primitives
-(``engine._book_kernels``), comparing the best bid/ask with the order-book file after
-every message.  CLI: ``python -m engine.lobster MESSAGE.csv ORDERBOOK.csv [--json]``
-(``lobster-check``).
+replays the messages through the aggregated book's own per-message apply
+(``engine._book_kernels.apply_msg``, the rules the book writer follows), comparing the
+best bid/ask with the order-book file after every message.  CLI: ``python -m engine.lobster
+MESSAGE.csv ORDERBOOK.csv [--json]`` (``lobster-check``).
 
 Message mapping (LOBSTER event type -> ``schema.K_*``)
 -------------------------------------------------------
@@ -41,7 +41,7 @@ Prices: LOBSTER prices are USD x 10,000.  ``px_tick = price // d`` where the *ti
 divisor* ``d = gcd(100, gcd of all prices)``: 100 (ticks are cents) when every price is
 a whole cent, 1 (raw LOBSTER units) when prices share no factor with 100, and in
 between when prices come in a coarser grid than raw units, e.g. 50 (half-cent ticks)
-for the AMZN sample, whose only non-cent prices are 63 hidden executions at half-cent
+for the AMZN sample, whose only non-cent prices are hidden executions at half-cent
 midpoints (``tick_divisor=1`` keeps raw units: same results, a 50x wider ladder).
 The conversion is always exact.  ``check`` detects ``d`` over *both* files
 so messages and rows share one tick.  Order-book dummy prices (9999999999 ask /
@@ -63,11 +63,11 @@ cancel/delete/execution that leaves the best level non-empty, a hidden execution
 cross trade and a halt all determine row k from row k-1 and message k alone.  The rule
 is decided from the files only (row k-1 and message k), never from the book under
 test, so a book bug cannot hide by declaring its own rows unpredictable.  On the AMZN
-sample it is exact: every one of its 43,561 predictable rows is reproduced, and the
-13,953 unpredictable rows each show a best level on the emptied side that is worse
-than the emptied one.  (A message that empties a level other than the best would not
-make a row unpredictable: it does not move the top.  None occur in the sample; every
-message there is at the touch or, for hidden executions, inside it.)
+sample it is exact: every predictable row is reproduced, and every unpredictable row
+shows a best level on the emptied side that is worse than the emptied one (the counts:
+docs/DECISIONS.md, "The LOBSTER check on the AMZN sample").  (A message that empties a level other than the
+best would not make a row unpredictable: it does not move the top.  None occur in the
+sample; every message there is at the touch or, for hidden executions, inside it.)
 
 Resynchronisation: after every compared row whose best bid/ask differs from the book
 (always counted; on a predictable row it is also a mismatch), each differing side is
@@ -75,14 +75,14 @@ re-set from the row: levels better than the row's best are removed and the row's
 level is set to the row's size (an empty row side empties the book side).  Deeper
 levels the book holds are kept; they are what the book offers the next time a best
 level empties, and they are often right (an earlier best that was undercut and has
-not changed since).  On the AMZN sample 8,167 rows are resynced, all of them
-unpredictable; for the other 5,786 unpredictable rows the book's next level was right.
+not changed since).  On the AMZN sample every resynced row is an unpredictable one,
+and for most unpredictable rows the book's next level was right.
 
 Ladder width: ``check`` derives it from the files' prices (``auto_width``: the whole
-day's range fits twice over, at least 4,096 ticks; AMZN: 1,106 half-cent ticks of
-range, 4,096 wide, no re-centre).  A narrower ladder re-centres during the day and
-still reproduces every predictable row as long as it holds the widest spread (154
-half-cent ticks in the sample, at the open).
+day's range fits twice over, at least ``MIN_AUTO_WIDTH`` ticks; the AMZN sample gets
+the minimum and never re-centres).  A narrower ladder re-centres during the day and
+still reproduces every predictable row as long as it holds the widest spread (the
+sample's is at the open).
 """
 from __future__ import annotations
 
@@ -410,45 +410,9 @@ def load_orderbook(path, tick_divisor: int | None = None, return_tick: bool = Fa
 
 @njit(**HOT, inline="always")
 def _apply_one(lad, S, C, s, kind, side, px, q):
-    """One message's effect on the ladder, through the book's level primitives (the
-    same per-kind rules as ``apply_batch``: out-of-ladder and underflow counted)."""
-    if kind == schema.K_ADD:
-        i = BK._locate(lad, S, C, s, px, True)
-        if i < 0:
-            C[schema.ST_BOOK_OUT_OF_LADDER] += 1
-        else:
-            BK._level_grow(lad, S, s, side, i, q)
-    elif kind == schema.K_CANCEL or kind == schema.K_DELETE or kind == schema.K_EXECUTE:
-        i = BK._locate(lad, S, C, s, px, False)
-        if i < 0:
-            C[schema.ST_BOOK_OUT_OF_LADDER] += 1
-        else:
-            old = lad[S[s, BK.B_OFF + side] + i]
-            if q > old:
-                C[schema.ST_BOOK_QTY_UNDERFLOW] += 1
-                if old > 0:
-                    BK._level_shrink_to(lad, S, s, side, i, 0)
-            else:
-                BK._level_shrink_to(lad, S, s, side, i, old - q)
-        if kind == schema.K_EXECUTE:
-            C[schema.ST_BOOK_TRADES] += 1
-    elif kind == schema.K_TRADE:
-        C[schema.ST_BOOK_TRADES] += 1
-    elif kind == schema.K_SET_LEVEL:
-        i = BK._locate(lad, S, C, s, px, q > 0)
-        if i < 0:
-            C[schema.ST_BOOK_OUT_OF_LADDER] += 1
-        else:
-            old = lad[S[s, BK.B_OFF + side] + i]
-            if q > old:
-                BK._level_grow(lad, S, s, side, i, q - old)
-            elif q < old:
-                BK._level_shrink_to(lad, S, s, side, i, q)
-    elif kind == schema.K_CLEAR:
-        BK.clear_symbol(lad, S, s)
-        C[schema.ST_BOOK_CLEARS] += 1
-    else:
-        C[schema.ST_BOOK_HEARTBEATS] += 1
+    """One message through the book's own per-message apply (``BK.apply_msg``, the rules
+    of ``apply_batch``), as the model book: no uncrossing, no events; counted as applied."""
+    BK.apply_msg(lad, S, C, s, kind, side, px, q, False)
     C[schema.ST_BOOK_MSGS] += 1
 
 
@@ -466,6 +430,13 @@ def _better_best(S, s, side, px):
 
 
 @njit(**HOT)
+def _remove_level(lad, S, C, s, side, b):
+    """Empty ``side``'s level at ladder index ``b`` (a held level): the book's level set
+    to 0 at its price."""
+    BK.set_level(lad, S, C, s, side, S[s, BK.B_BASE] + b, 0, False, False)
+
+
+@njit(**HOT)
 def _resync_side(lad, S, C, s, side, px, q):
     """Make (px, q) the best level of ``side``: levels better than px are removed, the
     level at px is set to q (px == NO_PX empties the side).  Returns False if px does
@@ -474,19 +445,10 @@ def _resync_side(lad, S, C, s, side, px, q):
         b = _better_best(S, s, side, px)
         if b < 0:
             break
-        BK._level_shrink_to(lad, S, s, side, b, 0)
+        _remove_level(lad, S, C, s, side, b)
     if px == NO_PX:
         return True
-    i = BK._locate(lad, S, C, s, px, True)
-    if i < 0:
-        C[schema.ST_BOOK_OUT_OF_LADDER] += 1
-        return False
-    old = lad[S[s, BK.B_OFF + side] + i]
-    if q > old:
-        BK._level_grow(lad, S, s, side, i, q - old)
-    elif q < old:
-        BK._level_shrink_to(lad, S, s, side, i, q)
-    return True
+    return BK.set_level(lad, S, C, s, side, px, q, True, False) >= 0
 
 
 @njit(**HOT)
@@ -497,9 +459,9 @@ def check_kernel(md, top, s, lad, S, C, via_batch, ev, ev_ctrl, dirty, status):
 
     Seeds both best levels from row 0, then for k = 1..n-1 applies message k, compares
     the best bid/ask with row k, and re-syncs the book from the row when it differs.
-    Messages are applied with the level primitives, or, when ``via_batch``, with
-    ``apply_batch(md, k, 1, ...)`` itself (events into ``ev``/``ev_ctrl``, symbols into
-    ``dirty``).  ``status[k]`` gets ``ST_*`` bits.
+    Messages are applied with the book's per-message apply (``BK.apply_msg``), or,
+    when ``via_batch``, with ``apply_batch(md, k, 1, ...)`` itself (events into
+    ``ev``/``ev_ctrl``, symbols into ``dirty``).  ``status[k]`` gets ``ST_*`` bits.
 
     Returns (rows, predictable, matched, resynced, first_mismatch) with
     ``first_mismatch`` the 0-based index of the first predictable row that did not
@@ -612,8 +574,8 @@ def check(message_csv, orderbook_csv, width: int | None = None, symbol: int = 0,
 
     ``width``: ladder width in ticks (``None``: ``auto_width`` of the files' prices).
     ``tick_divisor``: price units per tick (``None``: detected over both files).
-    ``via_batch``: apply through ``apply_batch`` one message at a time instead of the
-    level primitives (slower; exercises the book writer's exact path).
+    ``via_batch``: apply through ``apply_batch`` one message at a time instead of its
+    per-message apply alone (slower; exercises the book writer's exact path).
 
     Returns a dict: ``rows`` compared (all but row 1), ``predictable``, ``matched``
     (predictable rows reproduced exactly), ``unpredictable``, ``resynced`` (rows after
@@ -667,7 +629,8 @@ def check(message_csv, orderbook_csv, width: int | None = None, symbol: int = 0,
 @njit(**HOT)
 def _apply_call(lad, S, C, s, kind, side, px, q):
     """``_apply_one`` as a plain call: the replay kernel applies through it at three
-    places, and each IR-inlined copy cost ~4 s of compile time."""
+    places, and an IR-inlined copy at each would multiply its compile time
+    (docs/DECISIONS.md, "One per-message apply")."""
     _apply_one(lad, S, C, s, kind, side, px, q)
 
 
@@ -726,7 +689,7 @@ def replay_kernel(md, ob, s, lad, S, C, out, ends):
                 if j >= cap:
                     return -1
                 j = _put(out, j, schema.K_SET_LEVEL, side, s, S[s, BK.B_BASE] + b, 0, ts)
-                BK._level_shrink_to(lad, S, s, side, b, 0)
+                _remove_level(lad, S, C, s, side, b)
             if fpx != NO_PX and (BK.best_px(S, s, side) != fpx or BK.best_qty(lad, S, s, side) != fq):
                 if j >= cap:
                     return -1

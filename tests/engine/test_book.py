@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from obpipe.engine import _book_kernels as BK
 from obpipe.engine.book import Book
 from obpipe.ring import schema as sc
 from obpipe.ring.snapshot import SnapshotRegion
@@ -315,3 +316,76 @@ def test_snapshot_after_batch_matches_reference(instance):
         reader.close()
     finally:
         snaps.unlink()
+
+
+# --- the one per-message apply (engine._book_kernels.apply_msg) ----------------------
+
+
+def _ladder_view(book_or_state):
+    lad, S, C = book_or_state
+    cols = [BK.B_BASE, BK.B_BEST, BK.B_BEST + 1, BK.B_NLEV, BK.B_NLEV + 1]
+    keys = [sc.ST_BOOK_OUT_OF_LADDER, sc.ST_BOOK_RECENTRES, sc.ST_BOOK_EVICTED_LEVELS, sc.ST_BOOK_QTY_UNDERFLOW,
+            sc.ST_BOOK_TRADES, sc.ST_BOOK_CLEARS, sc.ST_BOOK_HEARTBEATS, sc.ST_BOOK_UNCROSSED]
+    return lad.copy(), S[:, cols].copy(), C[keys].copy()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("uncross", [False, True])
+def test_apply_batch_applies_every_message_through_apply_msg(uncross):
+    """The batch's effect on the ladder and its counters is ``apply_msg``'s, message by
+    message; what the batch adds is the message check (a bad message touches nothing)."""
+    widths = [64, 96]
+    msgs = random_stream(4, 4000, len(widths), 64)
+    book = Book(widths, n_levels=4, uncross=uncross)
+    lad, S, C = BK.new_state(widths, 4, 10, uncross)
+    applied = trades = 0
+    for j in range(len(msgs)):
+        bad0 = book.counters()["bad_msgs"]
+        book.apply(msgs, j, 1)
+        m = msgs[j]
+        if book.counters()["bad_msgs"] == bad0:
+            kind = int(m["kind"])
+            trade, _ = BK.apply_msg(lad, S, C, int(m["symbol"]), kind, int(m["side"]), int(m["px_tick"]),
+                                    int(m["qty"]), True)
+            assert trade == (kind in (sc.K_EXECUTE, sc.K_TRADE)), f"message {j} {m}"
+            applied += 1
+            trades += trade
+        for a, b in zip(_ladder_view((book.lad, book.S, book.C)), _ladder_view((lad, S, C))):
+            assert np.array_equal(a, b), f"after message {j} {m}"
+    assert 0 < applied < len(msgs) and trades == book.counters()["trades"] > 0
+    assert (book.counters()["uncrossed_levels"] > 0) == uncross
+
+
+def test_apply_msg_uncrosses_only_when_asked_and_the_book_says_so():
+    """``may_uncross=False`` (the LOBSTER model book) never removes crossed levels, even
+    on a book configured to uncross; True honours the book's ``[book] uncross``."""
+    seq = [(sc.K_ADD, 0, 100, 5), (sc.K_ADD, 0, 99, 4), (sc.K_ADD, 1, 103, 7)]
+    crossing = (sc.K_ADD, 1, 99, 3)  # an ask through both bids
+    got = {}
+    for uncross in (False, True):
+        for may in (False, True):
+            lad, S, C = BK.new_state([64], 4, 10, uncross)
+            for k, side, px, q in seq:
+                BK.apply_msg(lad, S, C, 0, k, side, px, q, may)
+            k, side, px, q = crossing
+            got[uncross, may] = (BK.apply_msg(lad, S, C, 0, k, side, px, q, may)[1],
+                                 int(C[sc.ST_BOOK_UNCROSSED]), int(BK.best_px(S, 0, 0)))
+    assert got[True, True] == (True, 2, NO_PX)
+    for key in ((False, False), (False, True), (True, False)):
+        assert got[key] == (False, 0, 100), key
+
+
+def test_set_level_grow_decides_whether_a_price_outside_the_window_moves_it():
+    """The set-level rule: a level that adds liquidity outside the window re-centres it
+    (a set-level message passes ``grow = q > 0``; the LOBSTER resync always grows); one
+    that may not grow is counted out of the ladder and changes nothing."""
+    lad, S, C = BK.new_state([20], 2)
+    assert BK.set_level(lad, S, C, 0, 0, 100, 5, True, True) == 0  # first price: centres the window
+    base = int(S[0, BK.B_BASE])
+    assert BK.set_level(lad, S, C, 0, 0, 125, 3, False, True) == -1
+    assert int(S[0, BK.B_BASE]) == base and C[sc.ST_BOOK_OUT_OF_LADDER] == 1 and C[sc.ST_BOOK_RECENTRES] == 0
+    assert BK.set_level(lad, S, C, 0, 0, 105, 3, True, True) == 0  # inside: just set
+    assert BK.set_level(lad, S, C, 0, 1, 112, 4, True, True) == 0  # outside, within W/2 of the mid: moves
+    assert int(S[0, BK.B_BASE]) != base and C[sc.ST_BOOK_RECENTRES] == 1
+    assert BK.set_level(lad, S, C, 0, 0, 105, 0, False, True) == 0  # set to 0: the level goes
+    assert int(BK.best_px(S, 0, 0)) == 100 and int(BK.best_px(S, 0, 1)) == 112

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ DATA = Path("../shared/data/lobster")
 AMZN_MSG = DATA / "AMZN_2012-06-21_34200000_57600000_message_1.csv"
 AMZN_OB = DATA / "AMZN_2012-06-21_34200000_57600000_orderbook_1.csv"
 
-# Measured on the sample (see engine/lobster.py): 57,515 rows, row 1 seeds the book.
+# Measured on the sample (docs/DECISIONS.md, "The LOBSTER check on the AMZN sample"): 57,515 rows, row 1 seeds the book.
 AMZN_ROWS = 57_514
 AMZN_PREDICTABLE = 43_561
 AMZN_UNPREDICTABLE = 13_953
@@ -331,3 +332,12 @@ def test_a_lobster_files_times_are_utc_epoch_ns_of_the_day_its_name_carries(tmp_
     assert L.file_info(winter)[0] == "MSFT"
     for name in ("T_message_1.csv", "AMZN_2012-13-45_1_2_message_1.csv", "AMZN_2012-06-21_message_1.csv"):
         assert L.file_info(tmp_path / name) == (None, None)
+
+
+def test_the_model_book_applies_through_the_books_own_rules_not_its_private_helpers():
+    """The checker and the replay apply messages with ``_book_kernels.apply_msg`` /
+    ``set_level``, the rules the book writer follows; they reach none of the book's
+    private names (a second copy of the per-kind switch once lived here, and could drift)."""
+    src = Path(L.__file__).read_text()
+    assert re.findall(r"\bBK\._\w+", src) == []
+    assert "BK.apply_msg(" in src and "BK.set_level(" in src
