@@ -157,10 +157,13 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         specs = specs_from_config(cfg, opts, cores, session=session, allow=allow, src_port=r.src_port(),
                                   bootstrap=r.bootstrap or "", lobster_md=lobster_md, symbol=symbol)
         r.trap_signals()
-        if not r.start_parts(specs):
-            return 0 if r.interrupted else 1
-        r.start_feed(specs.at_port(r.rx_port()))
-        rc = r.supervise()
+        if r.start_parts(specs):
+            r.start_feed(specs.at_port(r.rx_port()))
+            rc = r.supervise()
+        elif r.interrupted:  # Ctrl-C while a part was still starting: what ran is still drained and reported
+            rc = r.interrupted_start()
+        else:
+            return 1
         rc = r.stop_in_order(rc)
         r.report(rc)
         return rc
@@ -394,6 +397,14 @@ class _Run:
         _say(opts, f"obpipe: feed pid {self.feed.proc.pid} ({fs.source_name()}"
                    f"{f' at {rate:,} msgs/s' if rate and opts.speed is None else ''}"
                    f"{f' at {opts.speed}x recorded pace' if opts.speed else ''}) -> 127.0.0.1:{port}")
+
+    def interrupted_start(self) -> int:
+        """An interrupt came before every part ran (with ``--no-feed`` an outside feed may
+        already be applied): no feed is started; the stop and the report follow as after
+        a run, over an empty CPU window."""
+        self.status = Status(self.cfg.instance.name, list(self.cfg.book.symbols))
+        self.meter = {"t0": time.monotonic(), "cpu0": {}, "cpu1": {}, "feed_cpu0": 0, "feed_s": 0.0}
+        return 0
 
     def supervise(self) -> int:
         """Watch until the feed ends, the duration passes or an interrupt (``_watch``); 1
