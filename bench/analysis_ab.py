@@ -12,11 +12,8 @@ new/base (below 1: the new kernel is faster).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,12 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-# A fresh numba cache per run: the two kernels are loaded from files under module names
-# of their own, and numba cannot reload such a module's cached functions in a later
-# process (ModuleNotFoundError '<dynamic>').
-_CACHE = tempfile.TemporaryDirectory(prefix="obpipe-ab-numba-")
-os.environ["NUMBA_CACHE_DIR"] = _CACHE.name
-os.environ.pop("OBPIPE_NUMBA_CACHE", None)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _ab  # noqa: E402,F401  (first: a fresh numba cache for this run)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -44,11 +37,6 @@ N_SYMBOLS = 4
 OUT_CAP = 1 << 18
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def run_once(K, evc, ev, P) -> tuple[float, np.ndarray, np.ndarray]:
@@ -86,12 +74,11 @@ def main() -> None:
 
     me = psutil.Process()
     me.cpu_affinity([me.cpu_affinity()[-1]])
-    src = subprocess.run(["git", "show", f"{a.base}:analysis/_kernels.py"], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
+    src = _ab.source_at(a.base, "analysis/_kernels.py")
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "ak_base.py"
         old.write_text(src)
-        mods = {"base": _load("ak_base", old), "new": _load("ak_new", REPO / "analysis" / "_kernels.py")}
+        mods = {"base": _ab.load("ak_base", old), "new": _ab.load("ak_new", REPO / "analysis" / "_kernels.py")}
         for name in dir(mods["base"]):  # one parameter vector serves both
             if name.startswith("P_") or name == "N_PARAMS":
                 assert getattr(mods["base"], name) == getattr(mods["new"], name), name

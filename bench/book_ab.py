@@ -24,11 +24,8 @@ end in the same state.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,11 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-# A fresh numba cache per run: numba cannot reload the cache of a module loaded from a
-# file under a name of its own in a later process (as bench/matching_ab.py).
-_CACHE = tempfile.TemporaryDirectory(prefix="obpipe-ab-numba-")
-os.environ["NUMBA_CACHE_DIR"] = _CACHE.name
-os.environ.pop("OBPIPE_NUMBA_CACHE", None)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _ab  # noqa: E402,F401  (first: a fresh numba cache for this run)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -54,19 +48,10 @@ AMZN_OB = DATA / "AMZN_2012-06-21_34200000_57600000_orderbook_1.csv"
 _BK_IMPORT = "from obpipe.engine import _book_kernels as BK"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # lobster copies import their book kernels by this name
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _source(rev: str | None, path: str) -> str:
-    if rev is None:
-        return (REPO / path).read_text()
-    return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout
+    return _ab.source_at(rev, path)
 
 
 def load_pair(rev: str | None, tag: str, tmp: Path):
@@ -77,8 +62,8 @@ def load_pair(rev: str | None, tag: str, tmp: Path):
         raise SystemExit(f"engine/lobster.py of {rev or 'the working tree'} does not import {_BK_IMPORT!r}")
     (tmp / f"bk_{tag}.py").write_text(bk_src)
     (tmp / f"lob_{tag}.py").write_text(lob_src.replace(_BK_IMPORT, f"import bk_{tag} as BK"))
-    bk = _load(f"bk_{tag}", tmp / f"bk_{tag}.py")
-    return bk, _load(f"lob_{tag}", tmp / f"lob_{tag}.py")
+    bk = _ab.load(f"bk_{tag}", tmp / f"bk_{tag}.py")
+    return bk, _ab.load(f"lob_{tag}", tmp / f"lob_{tag}.py")
 
 
 def run_apply(BK, msgs, widths, batch, events: bool, snapshots: bool, passes: int = 1, uncross: bool = False):

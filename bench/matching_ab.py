@@ -11,11 +11,8 @@ request from accounts 1-8 (self-trade prevention live; bench/matching.py uses ac
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,12 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-# A fresh numba cache per run: the two kernels are loaded from files under module names
-# of their own, and numba cannot reload such a module's cached functions in a later
-# process (ModuleNotFoundError '<dynamic>').
-_CACHE = tempfile.TemporaryDirectory(prefix="obpipe-ab-numba-")
-os.environ["NUMBA_CACHE_DIR"] = _CACHE.name
-os.environ.pop("OBPIPE_NUMBA_CACHE", None)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _ab  # noqa: E402,F401  (first: a fresh numba cache for this run)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -38,11 +31,6 @@ import matching as B  # noqa: E402  (bench/matching.py)
 from obpipe.ring import schema as sc  # noqa: E402
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def run_once(MK, cmds: np.ndarray, cap: int = 1 << 20, width: int = 1 << 16) -> tuple[float, int]:
@@ -74,17 +62,9 @@ def main() -> None:
     me.cpu_affinity([me.cpu_affinity()[-1]])
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "mk_base.py"
-        for where in ("exchange", "engine"):  # (engine/ before the layout of issue 14)
-            got = subprocess.run(["git", "show", f"{a.base}:{where}/_match_kernels.py"], cwd=REPO,
-                                 capture_output=True, text=True)
-            if got.returncode == 0:
-                break
-        src = got.stdout
-        for before, after in (("from ring._jit ", "from obpipe.ring.jit "), ("from ring._atomics ", "from obpipe.ring.atomics "),
-                              ("from ring import ", "from obpipe.ring import ")):  # (a revision before issue 14)
-            src = src.replace(before, after)
+        src = _ab.source_at(a.base, "exchange/_match_kernels.py", "engine/_match_kernels.py")  # (engine/: before issue 14)
         old.write_text(src)
-        mods = {"base": _load("mk_base", old), "new": _load("mk_new", REPO / "exchange" / "_match_kernels.py")}
+        mods = {"base": _ab.load("mk_base", old), "new": _ab.load("mk_new", REPO / "exchange" / "_match_kernels.py")}
         for name, (cancel, market) in B.WORKLOADS.items():
             cmds = B.generate(a.orders, cancel, market, seed=42)
             if a.accounts:

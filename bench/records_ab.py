@@ -12,11 +12,8 @@ the per-pair ratios base_time/new_time (> 1: new faster).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,11 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-# A fresh numba cache per run (the kernels are loaded from files under module names of
-# their own; numba cannot reload such a module's cached functions in a later process).
-_CACHE = tempfile.TemporaryDirectory(prefix="obpipe-ab-numba-")
-os.environ["NUMBA_CACHE_DIR"] = _CACHE.name
-os.environ.pop("OBPIPE_NUMBA_CACHE", None)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _ab  # noqa: E402,F401  (first: a fresh numba cache for this run)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,11 +34,6 @@ from obpipe.ring import schema as sc  # noqa: E402
 SESSION = 7
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _rx_loop(WK):
@@ -111,11 +100,10 @@ def main() -> None:
     mods = {}
     with tempfile.TemporaryDirectory() as tmp:
         for key, rel in (("sk", "feed_sim/_synth_kernels.py"), ("wk", "feed_sim/wire_kernels.py")):
-            src = subprocess.run(["git", "show", f"{a.base}:{rel}"], cwd=REPO, capture_output=True, text=True,
-                                 check=True).stdout
+            src = _ab.source_at(a.base, rel)
             old = Path(tmp) / f"{key}_base.py"
             old.write_text(src)
-            mods[key] = {"base": _load(f"{key}_base", old), "new": _load(f"{key}_new", REPO / rel)}
+            mods[key] = {"base": _ab.load(f"{key}_base", old), "new": _ab.load(f"{key}_new", REPO / rel)}
     loops = {v: _rx_loop(mods["wk"][v]) for v in ("base", "new")}
     params = synth.SynthParams()
     n = a.msgs
