@@ -15,7 +15,7 @@ import pytest
 from obpipe.exchange import accounts as accmod
 from obpipe.exchange.client import handshake, probe
 from obpipe.ring import schema
-from tests.engine.test_exchange import ROOT, ExchangeProc, _Session, _start, exchanges  # noqa: F401
+from tests.exchange.test_exchange import ROOT, ExchangeProc, _Session, _start, exchanges  # noqa: F401
 
 OUT = schema.ORDER_OUT_DTYPE
 

@@ -14,7 +14,7 @@ from obpipe.exchange.client import handshake
 from obpipe.exchange.journal import Journal
 from obpipe.exchange.matching import MatchingEngine
 from obpipe.ring import schema
-from tests.engine.test_exchange import _start, exchanges  # noqa: F401
+from tests.exchange.test_exchange import _start, exchanges  # noqa: F401
 
 OUT = schema.ORDER_OUT_DTYPE
 IN = schema.ORDER_IN_DTYPE

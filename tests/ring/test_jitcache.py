@@ -6,12 +6,12 @@ import shutil
 import numba
 
 from obpipe import ring
-from obpipe.ring.jitcache import source_hash
+from obpipe.ring._jitcache import source_hash
 from tests.conftest import REPO
 
 
 def test_cache_dir_is_keyed_by_all_kernel_sources(tmp_path):
-    assert numba.config.CACHE_DIR == ring.jitcache.CACHE_DIR
+    assert numba.config.CACHE_DIR == ring._jitcache.CACHE_DIR
     assert numba.config.CACHE_DIR.endswith(f"obpipe-{source_hash()}")
     for pkg in ("ring", "engine"):
         shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
