@@ -21,8 +21,8 @@ from obpipe.ring.shm import list_segments, seg_name
 from obpipe.ring.errors import HeaderMismatch, SegmentTooLarge
 from obpipe.ring.snapshot import SnapshotRegion
 from obpipe.ring.spsc import Ring
-from tests.conftest import REPO
-from tests.test_cli import ENV, _config, obpipe, wait_running
+from tests.helpers import ENV, REPO, obpipe, wait_running
+from tests.helpers import run_config as _config
 
 
 def _msgs(rows):

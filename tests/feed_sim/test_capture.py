@@ -13,9 +13,7 @@ from obpipe.feed_sim.sender import UdpSender
 from obpipe.feed_sim.synth import SynthParams, generate
 from obpipe.feed_sim.wire import Faults
 from obpipe.ring import schema
-from tests.conftest import REPO
-
-LOBSTER_MSG = REPO.parent / "shared/data/lobster/AMZN_2012-06-21_34200000_57600000_message_1.csv"
+from tests.helpers import ENV, LOBSTER_MSG, REPO
 
 
 class Sink:
@@ -195,8 +193,6 @@ def test_obpipe_replay_command_sends_a_lobster_file_with_a_progress_bar(sink):
     import json
     import subprocess
     import sys
-
-    from tests.test_cli import ENV
 
     out = subprocess.run([sys.executable, "-m", "obpipe", "replay", str(LOBSTER_MSG), "--port", str(sink.port),
                           "--count", "9000", "--rate", "300000", "--progress", "--json"],
