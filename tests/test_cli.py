@@ -176,3 +176,33 @@ def test_malformed_packets_from_the_command_line_are_counted_exactly_and_never_a
     assert r["malformed_version"] == d["feed"]["injected"]["bad_version"]
     assert d["gap_messages"] == 45 * injected and d["applied"] == 225_000 - 45 * injected
     assert d["book"]["bad_msgs"] == 0  # nothing malformed reached the book
+
+
+# -- regressions a review demonstrated (each test failed before its fix) -----------------
+
+def test_bad_command_line_values_are_clear_errors(tmp_path, instance):
+    cfg = run_config(tmp_path, instance)
+    out = obpipe("run", "--config", cfg, "--rate", "-5", timeout=60)
+    assert out.returncode == 2 and "run.rate: must be >= 0" in out.stderr and "Traceback" not in out.stderr
+    out = obpipe("run", "--config", cfg, "--instance", "bad name", timeout=60)
+    assert out.returncode == 2 and "instance.name" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_supervisor_failing_after_creating_segments_removes_them(instance):
+    from obpipe.supervisor import RunOptions, run
+    from obpipe import config
+
+    cfg = config.from_dict({"instance": {"name": instance}, "rings": {"md_capacity": 64, "events_capacity": 64}})
+    err = []
+
+    def in_thread():  # signal.signal() raises outside the main thread, after the segments exist
+        try:
+            run(cfg, RunOptions(count=10, quiet=True))
+        except ValueError as e:
+            err.append(e)
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join(60)
+    assert err and "main thread" in str(err[0])
+    assert list_segments(instance) == []

@@ -194,3 +194,32 @@ def test_a_lobster_replay_is_published_under_its_files_ticker_in_utc_epoch_time(
     bad = obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--symbol", "9", "--json", "--quiet")
     assert bad.returncode == 2 and "--symbol 9" in bad.stderr
     assert list_segments(instance) == []
+
+
+# -- regressions a review demonstrated (each test failed before its fix) -----------------
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_book_writer_exits_when_its_supervisor_is_killed(tmp_path, instance):
+    cfg = run_config(tmp_path, instance)
+    writer = 0
+    try:
+        with started(popen_obpipe("run", "--config", cfg, "--rate", "20000", "--quiet", stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)) as p:
+            writer = wait_running(cfg)["book"]["pid"]
+            p.send_signal(signal.SIGKILL)
+            p.wait(30)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and psutil.pid_exists(writer) and \
+                    psutil.Process(writer).status() != psutil.STATUS_ZOMBIE:
+                time.sleep(0.1)
+            assert not psutil.pid_exists(writer) or psutil.Process(writer).status() == psutil.STATUS_ZOMBIE
+            out = obpipe("clean", "--instance", instance, timeout=60)  # the killed supervisor's segments
+            assert out.returncode == 0 and out.stdout.count("removed") == 5  # stats, md, events, signals, snap
+            assert list_segments(instance) == []
+    finally:
+        if writer and psutil.pid_exists(writer):
+            try:
+                os.kill(writer, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
