@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from obpipe import config
 from obpipe.ring.shm import list_segments
 from tests.helpers import finish, obpipe, run_config, running_pipeline, wait_running
 
@@ -99,6 +100,21 @@ def test_unknown_config_key_is_an_error_naming_it(tmp_path, instance):
     assert out.returncode == 2 and "book.max_batch: must be 1.." in out.stderr
     out = obpipe("run", "--config", run_config(tmp_path, instance, "[book]\nsymbols = 5\n"), timeout=60)
     assert out.returncode == 2 and "book.symbols: expected" in out.stderr
+
+
+@pytest.mark.parametrize("table, msg", [
+    ({"analysis": {"sweep": {"levelz": 3}}}, "analysis.sweep.levelz: unknown key"),
+    ({"analysis": {"sweep": {"levels": 1}}}, "analysis.sweep.levels: must be >= 2"),
+    ({"analysis": {"withdrawal": {"drop_fraction": 1.5}}}, "analysis.withdrawal.drop_fraction: must be in (0, 1]"),
+    ({"analysis": {"spread": {"ratio": 2.0, "rearm_ratio": 3.0}}}, "analysis.spread.rearm_ratio: must be <= ratio"),
+    ({"analysis": {"summary_interval_ms": 0}}, "analysis.summary_interval_ms: must be a finite number > 0"),
+    ({"kafka": {"bootstrap_servers": "localhost"}}, "kafka.bootstrap_servers: must be host:port"),
+    ({"kafka": {"client": {"bootstrap.servers": "x:1"}}}, "kafka.client.bootstrap.servers: set by obpipe"),
+    ({"kafka": {"topic_prefix": "a b"}}, "kafka.topic_prefix"),
+])
+def test_bad_analysis_and_kafka_settings_name_the_key(table, msg):
+    with pytest.raises(config.ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        config.from_dict(table)
 
 
 def test_clean_reports_nothing_to_do_or_what_it_removed(instance):
