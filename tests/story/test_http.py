@@ -100,7 +100,7 @@ def test_http_config_errors_name_the_key(tmp_path):
 def test_the_page_files_are_package_data():
     import tomllib
 
-    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["story"]
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["obpipe.story"]
     import fnmatch
     for name in ("page.html", "page.js", "page.css"):
         assert any(fnmatch.fnmatch(name, pat) for pat in data), (name, data)
