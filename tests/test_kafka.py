@@ -54,7 +54,7 @@ def test_replayed_signals_reach_kafka_valid_counted_and_identical_twice(tmp_path
     for i in range(2):
         # run 1's signals ring holds 64: it drops, so the accounting under drops is always checked
         cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
-                      signals_capacity=(1 << 14, 64)[i],
+                         signals_capacity=(1 << 14, 64)[i],
                       extra='[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n' + _kafka(bs, f"run{i}"))
         out = obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--rate", "60000", "--json", "--quiet")
         assert out.returncode == 0, out.stderr[-3000:]
@@ -109,7 +109,7 @@ def test_replayed_signals_reach_kafka_valid_counted_and_identical_twice(tmp_path
 def test_kafka_down_mid_run_never_slows_the_book_and_publishing_resumes(tmp_path, instance, kafka_broker):
     bs, port = kafka_broker.bootstrap, kafka_broker.port
     cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 16,
-                  extra=_kafka(bs, message_timeout_ms=1500, flush_timeout_s=2.0))
+                     extra=_kafka(bs, message_timeout_ms=1500, flush_timeout_s=2.0))
     second = None
     try:
         with running_pipeline(cfg, "--rate", "100000", "--duration", "120") as p:
@@ -155,7 +155,7 @@ def test_kafka_down_mid_run_never_slows_the_book_and_publishing_resumes(tmp_path
 @pytest.mark.timeout(300)
 def test_kafka_down_from_the_start_the_run_completes_and_counts(tmp_path, instance):
     cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
-                  extra=_kafka(f"127.0.0.1:{free_port()}", message_timeout_ms=1000, flush_timeout_s=1.0))
+                     extra=_kafka(f"127.0.0.1:{free_port()}", message_timeout_ms=1000, flush_timeout_s=1.0))
     out = obpipe("run", "--config", cfg, "--messages", "300000", "--rate", "300000", "--json", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     d = json.loads(out.stdout)
@@ -171,7 +171,7 @@ def test_kafka_down_from_the_start_the_run_completes_and_counts(tmp_path, instan
 @pytest.mark.timeout(400)
 def test_killed_analysis_and_publisher_are_restarted_while_the_book_goes_on(tmp_path, instance, kafka_broker):
     cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 16,
-                  extra=_kafka(kafka_broker.bootstrap, flush_timeout_s=2.0))
+                     extra=_kafka(kafka_broker.bootstrap, flush_timeout_s=2.0))
     with running_pipeline(cfg, "--rate", "100000", "--duration", "120") as p:
         wait_running(cfg, min_msgs=1)
         st = Status(instance)
@@ -203,7 +203,7 @@ def test_killed_analysis_and_publisher_are_restarted_while_the_book_goes_on(tmp_
 @pytest.mark.timeout(300)
 def test_an_analysis_not_restarted_is_reported_and_the_book_carries_on(tmp_path, instance):
     cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 10,
-                  extra='[supervisor]\nrestart = ["rx"]\n')
+                     extra='[supervisor]\nrestart = ["rx"]\n')
     with running_pipeline(cfg, "--rate", "100000", "--duration", "120") as p:
         d = wait_running(cfg, min_msgs=1)
         os.kill(d["processes"]["analysis"]["pid"], signal.SIGKILL)

@@ -60,7 +60,7 @@ def test_a_lobster_replay_through_the_pipeline_builds_the_offline_book(tmp_path,
     from obpipe.engine.lobster import load_lobster
 
     cfg = run_config(tmp_path, instance, md_capacity=1 << 17,
-                  extra='[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n')
+                     extra='[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n')
     out = obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--rate", "500000", "--json", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     d = json.loads(out.stdout)

@@ -121,7 +121,8 @@ def replay(tmp_path_factory):
     try:
         story = StoryProc(tmp_path, bs, db, "first", batch_max=5)
         cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
-                      extra=f'[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n[kafka]\nbootstrap_servers = "{bs}"\n')
+                         extra=f'[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n'
+                               f'[kafka]\nbootstrap_servers = "{bs}"\n')
         engine = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--replay",
                                    str(LOBSTER_MSG), "--rate", "12000", "--json", "--quiet"], cwd=REPO,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
