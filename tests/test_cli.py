@@ -217,8 +217,12 @@ def test_supervisor_failing_after_creating_segments_removes_them(instance):
         except ValueError as e:
             err.append(e)
 
-    t = threading.Thread(target=in_thread)
-    t.start()
-    t.join(60)
+    cores = os.sched_getaffinity(0)
+    try:
+        t = threading.Thread(target=in_thread)
+        t.start()
+        t.join(60)
+    finally:  # run() pinned its process, this one, to the supervisor's core: every later child would inherit it
+        os.sched_setaffinity(0, cores)
     assert err and "main thread" in str(err[0])
     assert list_segments(instance) == []
