@@ -1,21 +1,17 @@
-"""Shared fixtures: unique segment instances per test, and a session check that the
-suite leaves no /dev/shm/obpipe.* segment behind."""
+"""Shared fixtures: unique segment instances per test, the embedded Kafka broker, the
+fuzz scale, and a session check that the suite leaves no /dev/shm/obpipe.* segment
+behind.  Plain helpers live in tests/helpers.py."""
 from __future__ import annotations
 
-import itertools
 import os
-from pathlib import Path
 
 import posix_ipc
 import pytest
 
 from obpipe.ring.shm import list_segments
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-_counter = itertools.count()
-#: Every instance a test creates starts with this (so concurrent sessions don't collide).
-PREFIX = f"t{os.getpid()}x"
+# (REPO, SHARED_DATA and consume_all are re-exported for test files written before
+# tests/helpers.py existed; new code imports them from tests.helpers)
+from tests.helpers import PREFIX, REPO, SHARED_DATA, consume_all, new_instance  # noqa: F401
 
 
 def _ours():
@@ -48,14 +44,13 @@ def fuzz_scale() -> int:
 @pytest.fixture
 def instance():
     """A unique instance name; every segment of it is unlinked after the test."""
-    name = f"{PREFIX}{next(_counter)}"
+    name = new_instance()
     yield name
     for seg in list_segments(name):
         try:
             posix_ipc.unlink_shared_memory(seg)
         except posix_ipc.ExistentialError:
             pass
-
 
 
 @pytest.fixture
@@ -71,38 +66,3 @@ def kafka_broker():
         assert not broker.alive()
         with pytest.raises(ProcessLookupError):
             os.kill(broker.pid, 0)
-
-
-def consume_all(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0, idle_s: float = 2.0) -> list[dict]:
-    """Every message of ``topic`` (all partitions, from the beginning) as dicts: reads
-    until ``expect`` arrived and then ``idle_s`` passed without more (to see extras),
-    or ``timeout_s``."""
-    import time
-
-    import orjson
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "obpipe-tests", "enable.auto.commit": False,
-                  "log_level": 0, "fetch.wait.max.ms": 100})
-    out = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        parts = []
-        while not parts and time.monotonic() < deadline:
-            md = c.list_topics(topic, timeout=5).topics.get(topic)
-            parts = sorted(md.partitions) if md is not None and not md.error else []
-            if not parts:
-                time.sleep(0.2)
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        last = time.monotonic()
-        while time.monotonic() < deadline:
-            msgs = c.consume(1000, 0.2)
-            got = [m for m in msgs if m.error() is None]
-            out.extend(orjson.loads(m.value()) for m in got)
-            if got:
-                last = time.monotonic()
-            elif len(out) >= expect and time.monotonic() - last >= idle_s:
-                break
-    finally:
-        c.close()
-    return out

@@ -4,53 +4,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
+import threading
 
 import pytest
 
+from obpipe import config
 from obpipe.ring.shm import list_segments
-from tests.conftest import REPO
-
-ENV = dict(os.environ, PYTHONPATH=str(REPO))
-
-
-def obpipe(*args, timeout=240, **kw):
-    return subprocess.run([sys.executable, "-m", "obpipe", *args], capture_output=True, text=True, cwd=REPO,
-                          env=ENV, timeout=timeout, **kw)
-
-
-def _config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, events_capacity=1 << 16,
-            signals_capacity=1 << 14):
-    """A config file for one test run.  ``kafka``: bootstrap servers to publish to; None:
-    no publisher (tests that are not about Kafka do not start a broker)."""
-    p = tmp_path / "c.toml"
-    k = f'[kafka]\nbootstrap_servers = "{kafka}"\n' if kafka else "[kafka]\nenabled = false\n"
-    if "[kafka]" in extra:
-        k = ""
-    p.write_text(f'[instance]\nname = "{instance}"\n[rings]\nmd_capacity = {md_capacity}\n'
-                 f'events_capacity = {events_capacity}\nsignals_capacity = {signals_capacity}\n{k}{extra}')
-    return str(p)
-
-
-def wait_running(cfg, min_msgs=0, timeout_s=120) -> dict:
-    """Poll `obpipe stats --json` until the book writer runs (and applied min_msgs)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        s = obpipe("stats", "--config", cfg, "--json", timeout=60)
-        if s.returncode == 0:
-            d = json.loads(s.stdout)
-            if d["book"]["state"] == "running" and d["book"]["msgs"] >= min_msgs:
-                return d
-        time.sleep(0.3)
-    raise AssertionError(f"the book writer never ran (last stats: {s.stdout or s.stderr})")
+from tests.helpers import finish, obpipe, run_config, running_pipeline, wait_running
 
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_run_bounded_count_applies_every_message_and_cleans_up(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 20)  # room for the whole run: no drops
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 20)  # room for the whole run: no drops
     # paced: unpaced, the sender can outrun rx (they share a core here) and overflow the
     # socket buffer, and then the exact counts below would not hold
     out = obpipe("run", "--config", cfg, "--count", "300000", "--rate", "1000000", "--json", "--quiet")
@@ -76,7 +42,7 @@ def test_run_bounded_count_applies_every_message_and_cleans_up(tmp_path, instanc
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_a_full_md_ring_drops_and_counts_never_blocks(tmp_path, instance):
-    cfg = _config(tmp_path, instance, "[book]\nmax_batch = 16\n", md_capacity=32)
+    cfg = run_config(tmp_path, instance, "[book]\nmax_batch = 16\n", md_capacity=32)
     out = obpipe("run", "--config", cfg, "--count", "1000000", "--rate", "0", "--json", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     d = json.loads(out.stdout)
@@ -89,7 +55,7 @@ def test_a_full_md_ring_drops_and_counts_never_blocks(tmp_path, instance):
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_bounded_run_with_injected_drops_counts_them_exactly(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 21)
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 21)
     out = obpipe("run", "--config", cfg, "--messages", "450000", "--rate", "1000000", "--drop-every", "1000",
                  "--json", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -103,45 +69,52 @@ def test_bounded_run_with_injected_drops_counts_them_exactly(tmp_path, instance)
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_stats_reads_a_running_instance_and_ctrl_c_stops_it_cleanly(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 16)
-    p = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--rate", "50000", "--json",
-                          "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
-    try:
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 16)
+    with running_pipeline(cfg, "--rate", "50000") as p:
         d = wait_running(cfg, min_msgs=1001)
         assert d["symbols"]["AAA"]["msgs_applied"] > 0
         human = obpipe("stats", "--config", cfg, timeout=60)
         assert "book writer pid" in human.stdout and "AAA" in human.stdout
         assert "applied msgs" in human.stdout and "high water" in human.stdout and "feed pid" in human.stdout
         p.send_signal(signal.SIGINT)
-        stdout, stderr = p.communicate(timeout=60)
-        assert p.returncode == 0, stderr[-3000:]
-        final = json.loads(stdout)
+        final, _ = finish(p, timeout=60)
         # every message sent is applied or counted: nothing vanishes, even when stopped mid-stream
         assert final["packets"] == final["feed"]["datagrams"] and final["gap_messages"] == 0
         assert final["messages"] == final["feed"]["sent"]
         assert final["applied"] == final["rx"]["delivered"] == final["messages"] - final["ring_drops"]
         assert final["applied"] >= d["book"]["msgs"]
         assert list_segments(instance) == []
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
 
 
 def test_stats_without_an_instance_says_so(tmp_path, instance):
-    s = obpipe("stats", "--config", _config(tmp_path, instance), timeout=60)
+    s = obpipe("stats", "--config", run_config(tmp_path, instance), timeout=60)
     assert s.returncode == 1 and f"no running instance '{instance}'" in s.stderr
 
 
 def test_unknown_config_key_is_an_error_naming_it(tmp_path, instance):
-    out = obpipe("run", "--config", _config(tmp_path, instance, "[book]\nladder_widht = 10\n"), "--count", "10",
+    out = obpipe("run", "--config", run_config(tmp_path, instance, "[book]\nladder_widht = 10\n"), "--count", "10",
                  timeout=60)
     assert out.returncode == 2
     assert "book.ladder_widht: unknown key" in out.stderr and "Traceback" not in out.stderr
-    out = obpipe("run", "--config", _config(tmp_path, instance, "[book]\nmax_batch = 0\n"), timeout=60)
+    out = obpipe("run", "--config", run_config(tmp_path, instance, "[book]\nmax_batch = 0\n"), timeout=60)
     assert out.returncode == 2 and "book.max_batch: must be 1.." in out.stderr
-    out = obpipe("run", "--config", _config(tmp_path, instance, "[book]\nsymbols = 5\n"), timeout=60)
+    out = obpipe("run", "--config", run_config(tmp_path, instance, "[book]\nsymbols = 5\n"), timeout=60)
     assert out.returncode == 2 and "book.symbols: expected" in out.stderr
+
+
+@pytest.mark.parametrize("table, msg", [
+    ({"analysis": {"sweep": {"levelz": 3}}}, "analysis.sweep.levelz: unknown key"),
+    ({"analysis": {"sweep": {"levels": 1}}}, "analysis.sweep.levels: must be >= 2"),
+    ({"analysis": {"withdrawal": {"drop_fraction": 1.5}}}, "analysis.withdrawal.drop_fraction: must be in (0, 1]"),
+    ({"analysis": {"spread": {"ratio": 2.0, "rearm_ratio": 3.0}}}, "analysis.spread.rearm_ratio: must be <= ratio"),
+    ({"analysis": {"summary_interval_ms": 0}}, "analysis.summary_interval_ms: must be a finite number > 0"),
+    ({"kafka": {"bootstrap_servers": "localhost"}}, "kafka.bootstrap_servers: must be host:port"),
+    ({"kafka": {"client": {"bootstrap.servers": "x:1"}}}, "kafka.client.bootstrap.servers: set by obpipe"),
+    ({"kafka": {"topic_prefix": "a b"}}, "kafka.topic_prefix"),
+])
+def test_bad_analysis_and_kafka_settings_name_the_key(table, msg):
+    with pytest.raises(config.ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        config.from_dict(table)
 
 
 def test_clean_reports_nothing_to_do_or_what_it_removed(instance):
@@ -152,19 +125,13 @@ def test_clean_reports_nothing_to_do_or_what_it_removed(instance):
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_a_dying_book_writer_gives_a_nonzero_exit(tmp_path, instance):
-    cfg = _config(tmp_path, instance)
-    p = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--rate", "20000", "--quiet",
-                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
-    try:
+    cfg = run_config(tmp_path, instance)
+    with running_pipeline(cfg, "--rate", "20000") as p:
         os.kill(wait_running(cfg)["book"]["pid"], signal.SIGKILL)
         stdout, stderr = p.communicate(timeout=60)
         assert p.returncode == 1
         assert "book died (exit code -9) (not restartable)" in stderr, stderr[-2000:]
         assert list_segments(instance) == []
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
 
 
 @pytest.mark.multiproc
@@ -180,7 +147,7 @@ def test_final_books_equal_a_reference_built_offline_from_the_delivered_messages
     from obpipe.feed_sim.wire import DUPLICATE, SEND, Faults
 
     n = 200_000
-    cfg = _config(tmp_path, instance, md_capacity=1 << 20)
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 20)
     out = obpipe("run", "--config", cfg, "--messages", str(n), "--rate", "1000000", "--seed", "3",
                  "--drop-every", "50", "--dup-every", "70", "--reorder-every", "90", "--json", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -210,7 +177,7 @@ def test_final_books_equal_a_reference_built_offline_from_the_delivered_messages
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_malformed_packets_from_the_command_line_are_counted_exactly_and_never_applied(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 20)
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 20)
     out = obpipe("run", "--config", cfg, "--messages", "225000", "--rate", "1000000", "--truncate-every", "97",
                  "--corrupt-every", "101", "--bad-magic-every", "103", "--bad-version-every", "107", "--json",
                  "--quiet")
@@ -225,3 +192,37 @@ def test_malformed_packets_from_the_command_line_are_counted_exactly_and_never_a
     assert r["malformed_version"] == d["feed"]["injected"]["bad_version"]
     assert d["gap_messages"] == 45 * injected and d["applied"] == 225_000 - 45 * injected
     assert d["book"]["bad_msgs"] == 0  # nothing malformed reached the book
+
+
+# -- regressions a review demonstrated (each test failed before its fix) -----------------
+
+def test_bad_command_line_values_are_clear_errors(tmp_path, instance):
+    cfg = run_config(tmp_path, instance)
+    out = obpipe("run", "--config", cfg, "--rate", "-5", timeout=60)
+    assert out.returncode == 2 and "run.rate: must be >= 0" in out.stderr and "Traceback" not in out.stderr
+    out = obpipe("run", "--config", cfg, "--instance", "bad name", timeout=60)
+    assert out.returncode == 2 and "instance.name" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_supervisor_failing_after_creating_segments_removes_them(instance):
+    from obpipe.supervisor import RunOptions, run
+    from obpipe import config
+
+    cfg = config.from_dict({"instance": {"name": instance}, "rings": {"md_capacity": 64, "events_capacity": 64}})
+    err = []
+
+    def in_thread():  # signal.signal() raises outside the main thread, after the segments exist
+        try:
+            run(cfg, RunOptions(count=10, quiet=True))
+        except ValueError as e:
+            err.append(e)
+
+    cores = os.sched_getaffinity(0)
+    try:
+        t = threading.Thread(target=in_thread)
+        t.start()
+        t.join(60)
+    finally:  # run() pinned its process, this one, to the supervisor's core: every later child would inherit it
+        os.sched_setaffinity(0, cores)
+    assert err and "main thread" in str(err[0])
+    assert list_segments(instance) == []

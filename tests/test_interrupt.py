@@ -7,25 +7,16 @@ import os
 import random
 import select
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from obpipe.publisher.broker import ensure_topics, free_port
 from obpipe.publisher.schema import topic_names
-from tests.conftest import REPO
-from tests.publisher.conftest import make_signal, produce
-from tests.test_cli import ENV
+from tests.helpers import make_signal, popen_obpipe, produce, started
 
 pytestmark = [pytest.mark.multiproc]
 LIMIT_S = 2.0
-
-
-def _start(*args):
-    return subprocess.Popen([sys.executable, "-m", "obpipe", *args], cwd=REPO, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _wait_line(proc, stream, needle: str, timeout_s: float) -> str:
@@ -57,15 +48,11 @@ def _wait_threads(proc, timeout_s: float) -> None:
 
 
 def _interrupt(proc) -> tuple[float, str, str]:
-    """SIGINT, then the seconds until the process ended, and its remaining output."""
+    """SIGINT, then the seconds until the process ended, and its remaining output (a
+    process still running after 15 s is left to the caller's ``started`` to stop)."""
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    try:
-        out, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+    out, err = proc.communicate(timeout=15)
     return time.monotonic() - t0, out, err
 
 
@@ -82,32 +69,32 @@ def test_ctrl_c_ends_tail_within_2_s_at_any_moment(kafka_broker):
     constructor or close() could crash it (SIGSEGV) or leave it hanging."""
     bs = kafka_broker.bootstrap
     # 1. waiting for a topic that does not exist yet
-    proc = _start("tail", "--kafka", bs, "--timeout", "60")
-    _wait_line(proc, proc.stderr, "waiting for topic", 60)
-    dt, _, err = _interrupt(proc)
+    with started(popen_obpipe("tail", "--kafka", bs, "--timeout", "60"), grace_s=5) as proc:
+        _wait_line(proc, proc.stderr, "waiting for topic", 60)
+        dt, _, err = _interrupt(proc)
     _assert_clean_stop(proc, dt, err)
     # 2. reading, and 3. at random moments from start-up on, while signals keep coming
     assert ensure_topics(bs, topic_names()) == []
     rnd = random.Random(13)
     for i in range(12):
-        proc = _start("tail", "--kafka", bs, "--timeout", "60")
-        if i == 0:
-            deadline = time.monotonic() + 30
-            line = ""
-            while not line and time.monotonic() < deadline:
-                produce(bs, topic_names()[0], [("AMZN", make_signal("sweep", seq=i))])
-                if select.select([proc.stdout], [], [], 0.3)[0]:
-                    line = proc.stdout.readline()
-            assert " sweep " in line
-        else:
-            # from the moment its Kafka client runs (its threads exist: start-up is over; a signal
-            # while the interpreter itself starts is Python's, ring/interrupt.py), plus 0..1 s
-            _wait_threads(proc, 60)
-            t_end = time.monotonic() + rnd.uniform(0.0, 1.0)
-            while time.monotonic() < t_end:
-                produce(bs, topic_names()[0], [("AMZN", make_signal("imbalance", seq=i))])
-                time.sleep(0.05)
-        dt, _, err = _interrupt(proc)
+        with started(popen_obpipe("tail", "--kafka", bs, "--timeout", "60"), grace_s=5) as proc:
+            if i == 0:
+                deadline = time.monotonic() + 30
+                line = ""
+                while not line and time.monotonic() < deadline:
+                    produce(bs, topic_names()[0], [("AMZN", make_signal("sweep", seq=i))])
+                    if select.select([proc.stdout], [], [], 0.3)[0]:
+                        line = proc.stdout.readline()
+                assert " sweep " in line
+            else:
+                # from the moment its Kafka client runs (its threads exist: start-up is over; a signal
+                # while the interpreter itself starts is Python's, ring/interrupt.py), plus 0..1 s
+                _wait_threads(proc, 60)
+                t_end = time.monotonic() + rnd.uniform(0.0, 1.0)
+                while time.monotonic() < t_end:
+                    produce(bs, topic_names()[0], [("AMZN", make_signal("imbalance", seq=i))])
+                    time.sleep(0.05)
+            dt, _, err = _interrupt(proc)
         _assert_clean_stop(proc, dt, err)
 
 
@@ -122,14 +109,9 @@ def test_ctrl_c_ends_kafka_feed_and_exchange_within_2_s(tmp_path):
          "stderr", "synthetic"),
     ]
     for args, stream, needle in cases:
-        proc = _start(*args)
-        try:
+        with started(popen_obpipe(*args), grace_s=5) as proc:
             _wait_line(proc, getattr(proc, stream), needle, 300)  # (a cold numba cache compiles first)
             time.sleep(0.3)
-        except AssertionError:
-            proc.kill()
-            proc.wait(5)
-            raise
-        dt, _, err = _interrupt(proc)
+            dt, _, err = _interrupt(proc)
         assert dt < LIMIT_S, (args, dt, err[-1500:])
         assert proc.returncode == 0 and "Traceback" not in err, (args, proc.returncode, err[-1500:])

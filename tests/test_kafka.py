@@ -15,9 +15,7 @@ from obpipe.status import Status
 from obpipe.publisher.broker import EmbeddedBroker, free_port
 from obpipe.publisher.schema import signal_id, validate
 from obpipe.ring.shm import list_segments
-from tests.conftest import consume_all
-from tests.test_cli import _config, obpipe, wait_running
-from tests.test_pipeline import LOBSTER_MSG, _finish, _kill, _start
+from tests.helpers import LOBSTER_MSG, consume_all, finish, obpipe, run_config, running_pipeline, wait_running
 
 pytestmark = [pytest.mark.multiproc]
 
@@ -55,8 +53,8 @@ def test_replayed_signals_reach_kafka_valid_counted_and_identical_twice(tmp_path
     runs = []
     for i in range(2):
         # run 1's signals ring holds 64: it drops, so the accounting under drops is always checked
-        cfg = _config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
-                      signals_capacity=(1 << 14, 64)[i],
+        cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
+                         signals_capacity=(1 << 14, 64)[i],
                       extra='[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n' + _kafka(bs, f"run{i}"))
         out = obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--rate", "60000", "--json", "--quiet")
         assert out.returncode == 0, out.stderr[-3000:]
@@ -110,42 +108,41 @@ def test_replayed_signals_reach_kafka_valid_counted_and_identical_twice(tmp_path
 @pytest.mark.timeout(400)
 def test_kafka_down_mid_run_never_slows_the_book_and_publishing_resumes(tmp_path, instance, kafka_broker):
     bs, port = kafka_broker.bootstrap, kafka_broker.port
-    cfg = _config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 16,
-                  extra=_kafka(bs, message_timeout_ms=1500, flush_timeout_s=2.0))
-    p = _start(cfg, "--rate", "100000", "--duration", "120")
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 16,
+                     extra=_kafka(bs, message_timeout_ms=1500, flush_timeout_s=2.0))
     second = None
     try:
-        wait_running(cfg, min_msgs=1)
-        st = Status(instance)
-        try:
-            _poll(st.collect, lambda d: d["publisher"]["delivered"] > 50)
+        with running_pipeline(cfg, "--rate", "100000", "--duration", "120") as p:
+            wait_running(cfg, min_msgs=1)
+            st = Status(instance)
+            try:
+                _poll(st.collect, lambda d: d["publisher"]["delivered"] > 50)
 
-            def rate(seconds=2.0):
-                a0, t0 = st.collect()["book"]["msgs"], time.monotonic()
-                time.sleep(seconds)
-                d = st.collect()
-                return (d["book"]["msgs"] - a0) / (time.monotonic() - t0), d
+                def rate(seconds=2.0):
+                    a0, t0 = st.collect()["book"]["msgs"], time.monotonic()
+                    time.sleep(seconds)
+                    d = st.collect()
+                    return (d["book"]["msgs"] - a0) / (time.monotonic() - t0), d
 
-            up_rate, _ = rate()
-            kafka_broker.stop(timeout_s=1)  # Kafka goes away mid-run
-            d = _poll(st.collect, lambda d: d["publisher"]["broker_up"] == 0 and d["publisher"]["failed"] > 0,
-                      timeout_s=30)
-            down_rate, d = rate()
-            delivered_down = d["publisher"]["delivered"]
-            assert down_rate >= 0.9 * up_rate, (up_rate, down_rate)
-            assert d["publisher"]["kafka_errors"] > 0 and d["book"]["state"] == "running"
-            time.sleep(1.0)
-            assert st.collect()["publisher"]["delivered"] == delivered_down  # nothing gets through
+                up_rate, _ = rate()
+                kafka_broker.stop(timeout_s=1)  # Kafka goes away mid-run
+                d = _poll(st.collect, lambda d: d["publisher"]["broker_up"] == 0 and d["publisher"]["failed"] > 0,
+                          timeout_s=30)
+                down_rate, d = rate()
+                delivered_down = d["publisher"]["delivered"]
+                assert down_rate >= 0.9 * up_rate, (up_rate, down_rate)
+                assert d["publisher"]["kafka_errors"] > 0 and d["book"]["state"] == "running"
+                time.sleep(1.0)
+                assert st.collect()["publisher"]["delivered"] == delivered_down  # nothing gets through
 
-            second = EmbeddedBroker.start(port)  # Kafka is back on the same address
-            d = _poll(st.collect, lambda d: d["publisher"]["delivered"] > delivered_down + 50, timeout_s=60)
-            assert d["publisher"]["broker_up"] == 1 and d["processes"]["publisher"] is not None
-        finally:
-            st.close()
-        p.send_signal(signal.SIGINT)
-        final, err = _finish(p)
+                second = EmbeddedBroker.start(port)  # Kafka is back on the same address
+                d = _poll(st.collect, lambda d: d["publisher"]["delivered"] > delivered_down + 50, timeout_s=60)
+                assert d["publisher"]["broker_up"] == 1 and d["processes"]["publisher"] is not None
+            finally:
+                st.close()
+            p.send_signal(signal.SIGINT)
+            final, err = finish(p)
     finally:
-        _kill(p)
         if second is not None:
             second.stop(timeout_s=2)
     assert final["exit_code"] == 0 and final["restarts"]["publisher"] == 0
@@ -157,8 +154,8 @@ def test_kafka_down_mid_run_never_slows_the_book_and_publishing_resumes(tmp_path
 
 @pytest.mark.timeout(300)
 def test_kafka_down_from_the_start_the_run_completes_and_counts(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
-                  extra=_kafka(f"127.0.0.1:{free_port()}", message_timeout_ms=1000, flush_timeout_s=1.0))
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
+                     extra=_kafka(f"127.0.0.1:{free_port()}", message_timeout_ms=1000, flush_timeout_s=1.0))
     out = obpipe("run", "--config", cfg, "--messages", "300000", "--rate", "300000", "--json", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     d = json.loads(out.stdout)
@@ -173,10 +170,9 @@ def test_kafka_down_from_the_start_the_run_completes_and_counts(tmp_path, instan
 
 @pytest.mark.timeout(400)
 def test_killed_analysis_and_publisher_are_restarted_while_the_book_goes_on(tmp_path, instance, kafka_broker):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 16,
-                  extra=_kafka(kafka_broker.bootstrap, flush_timeout_s=2.0))
-    p = _start(cfg, "--rate", "100000", "--duration", "120")
-    try:
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 16,
+                     extra=_kafka(kafka_broker.bootstrap, flush_timeout_s=2.0))
+    with running_pipeline(cfg, "--rate", "100000", "--duration", "120") as p:
         wait_running(cfg, min_msgs=1)
         st = Status(instance)
         try:
@@ -198,9 +194,7 @@ def test_killed_analysis_and_publisher_are_restarted_while_the_book_goes_on(tmp_
         finally:
             st.close()
         p.send_signal(signal.SIGINT)
-        final, err = _finish(p)
-    finally:
-        _kill(p)
+        final, err = finish(p)
     assert final["exit_code"] == 0 and final["restarts"]["analysis"] == 1 and final["restarts"]["publisher"] == 1
     assert "analysis died (exit code -9); restarting" in err and "publisher died (exit code -9); restarting" in err
     assert final["applied"] == final["messages"] and final["analysis"]["events"] > 0
@@ -208,10 +202,9 @@ def test_killed_analysis_and_publisher_are_restarted_while_the_book_goes_on(tmp_
 
 @pytest.mark.timeout(300)
 def test_an_analysis_not_restarted_is_reported_and_the_book_carries_on(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 10,
-                  extra='[supervisor]\nrestart = ["rx"]\n')
-    p = _start(cfg, "--rate", "100000", "--duration", "120")
-    try:
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 10,
+                     extra='[supervisor]\nrestart = ["rx"]\n')
+    with running_pipeline(cfg, "--rate", "100000", "--duration", "120") as p:
         d = wait_running(cfg, min_msgs=1)
         os.kill(d["processes"]["analysis"]["pid"], signal.SIGKILL)
         st = Status(instance)
@@ -221,18 +214,15 @@ def test_an_analysis_not_restarted_is_reported_and_the_book_carries_on(tmp_path,
         finally:
             st.close()
         p.send_signal(signal.SIGINT)
-        final, err = _finish(p)
-    finally:
-        _kill(p)
+        final, err = finish(p)
     assert final["exit_code"] == 0 and "book carries on without it" in err
     assert final["applied"] == final["messages"] and final["book"]["events_dropped"] > 1000
 
 
 @pytest.mark.timeout(300)
 def test_obpipe_tail_follows_the_embedded_broker_of_a_running_instance(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 17, extra="[kafka]\nenabled = true\n")
-    p = _start(cfg, "--rate", "100000", "--duration", "120")
-    try:
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 17, extra="[kafka]\nenabled = true\n")
+    with running_pipeline(cfg, "--rate", "100000", "--duration", "120") as p:
         wait_running(cfg, min_msgs=1)
         t = obpipe("tail", "--config", cfg, "--from-beginning", "--count", "3", "--timeout", "60", timeout=90)
         assert t.returncode == 0, t.stderr[-2000:]
@@ -246,7 +236,5 @@ def test_obpipe_tail_follows_the_embedded_broker_of_a_running_instance(tmp_path,
         for line in j.stdout.strip().splitlines():
             validate(json.loads(line))
         p.send_signal(signal.SIGINT)
-        final, err = _finish(p)
-    finally:
-        _kill(p)
+        final, err = finish(p)
     assert final["kafka"]["embedded"] is True and final["published"] > 0

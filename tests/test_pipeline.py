@@ -8,10 +8,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 from obpipe.engine.book import Book
@@ -19,29 +19,10 @@ from obpipe.ring import schema
 from obpipe.ring.shm import list_segments
 from obpipe.ring.spsc import Ring
 from obpipe.ring.stats import ROW_BOOK, ROW_RX, StatsBlock
-from tests.conftest import REPO, SHARED_DATA
-from tests.test_cli import ENV, _config, obpipe, wait_running
+from tests.helpers import (LOBSTER_MSG, LOBSTER_OB, finish, obpipe, popen_obpipe, run_config, running_pipeline, started,
+                           wait_running)
 
-LOBSTER_MSG = SHARED_DATA / "lobster" / "AMZN_2012-06-21_34200000_57600000_message_1.csv"
-LOBSTER_OB = SHARED_DATA / "lobster" / "AMZN_2012-06-21_34200000_57600000_orderbook_1.csv"
 T = schema.RX_TRACKER_BASE
-
-
-def _start(cfg, *args):
-    return subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--json", "--quiet", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=ENV)
-
-
-def _finish(p, timeout=90) -> tuple[dict, str]:
-    stdout, stderr = p.communicate(timeout=timeout)
-    assert p.returncode == 0, stderr[-3000:]
-    return json.loads(stdout), stderr
-
-
-def _kill(p):
-    if p.poll() is None:
-        p.kill()
-        p.wait(10)
 
 
 def _books(d):
@@ -56,7 +37,7 @@ def _counts(d):
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_replaying_a_faulted_capture_reproduces_the_run_exactly(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 20)
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 20)
     cap = tmp_path / "run.obcap"
     a = obpipe("run", "--config", cfg, "--messages", "150000", "--rate", "1000000", "--seed", "4",
                "--drop-every", "50", "--dup-every", "70", "--reorder-every", "90", "--truncate-every", "110",
@@ -78,8 +59,8 @@ def test_replaying_a_faulted_capture_reproduces_the_run_exactly(tmp_path, instan
 def test_a_lobster_replay_through_the_pipeline_builds_the_offline_book(tmp_path, instance):
     from obpipe.engine.lobster import load_lobster
 
-    cfg = _config(tmp_path, instance, md_capacity=1 << 17,
-                  extra='[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n')
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 17,
+                     extra='[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n')
     out = obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--rate", "500000", "--json", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     d = json.loads(out.stdout)
@@ -102,9 +83,8 @@ def test_a_lobster_replay_through_the_pipeline_builds_the_offline_book(tmp_path,
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_a_paused_book_writer_fills_the_md_ring_rx_drops_and_counts_and_all_resumes(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=4096, extra="[supervisor]\nheartbeat_timeout_s = 60.0\n")
-    p = _start(cfg, "--rate", "200000", "--duration", "7")
-    try:
+    cfg = run_config(tmp_path, instance, md_capacity=4096, extra="[supervisor]\nheartbeat_timeout_s = 60.0\n")
+    with running_pipeline(cfg, "--rate", "200000", "--duration", "7") as p:
         d = wait_running(cfg, min_msgs=20_000)
         stats = StatsBlock.attach(instance)
         md = Ring.attach(instance, "md", schema.MD_DTYPE)
@@ -126,9 +106,7 @@ def test_a_paused_book_writer_fills_the_md_ring_rx_drops_and_counts_and_all_resu
         finally:
             stats.close()
             md.close()
-        final, _ = _finish(p)
-    finally:
-        _kill(p)
+        final, _ = finish(p)
     assert final["ring_drops"] > 0 and final["gap_messages"] == 0 and final["kernel_drops"] == 0
     assert final["messages"] == final["feed"]["sent"]
     assert final["applied"] == final["rx"]["delivered"] == final["messages"] - final["ring_drops"]
@@ -139,9 +117,8 @@ def test_a_paused_book_writer_fills_the_md_ring_rx_drops_and_counts_and_all_resu
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_a_killed_rx_is_restarted_on_its_port_and_the_run_carries_on(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 16)
-    p = _start(cfg, "--rate", "100000", "--duration", "8")
-    try:
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 16)
+    with running_pipeline(cfg, "--rate", "100000", "--duration", "8") as p:
         d = wait_running(cfg, min_msgs=20_000)
         assert d["rates"]["applied_msgs_per_s"] > 10_000 and d["rates"]["feed_msgs_per_s"] > 10_000
         assert 0 < d["rings"]["md"]["high_water"] <= d["rings"]["md"]["capacity"]
@@ -150,9 +127,7 @@ def test_a_killed_rx_is_restarted_on_its_port_and_the_run_carries_on(tmp_path, i
         time.sleep(2.0)
         later = wait_running(cfg)
         assert later["rx"]["pid"] != d["rx"]["pid"] and later["rx"]["port"] == d["rx"]["port"]
-        final, stderr = _finish(p)
-    finally:
-        _kill(p)
+        final, stderr = finish(p)
     assert "rx died (exit code -9); restarting (1/3)" in stderr
     assert final["restarts"]["rx"] == 1 and final["supervisor"]["restarts"] == 1
     assert final["applied"] > later["book"]["msgs"] >= d["book"]["msgs"]
@@ -165,14 +140,11 @@ def test_a_killed_rx_is_restarted_on_its_port_and_the_run_carries_on(tmp_path, i
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_a_hung_rx_is_killed_on_its_stale_heartbeat_and_restarted(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 16, extra="[supervisor]\nheartbeat_timeout_s = 1.0\n")
-    p = _start(cfg, "--rate", "100000", "--duration", "8")
-    try:
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 16, extra="[supervisor]\nheartbeat_timeout_s = 1.0\n")
+    with running_pipeline(cfg, "--rate", "100000", "--duration", "8") as p:
         d = wait_running(cfg, min_msgs=20_000)
         os.kill(d["rx"]["pid"], signal.SIGSTOP)
-        final, stderr = _finish(p)
-    finally:
-        _kill(p)
+        final, stderr = finish(p)
     assert f"rx (pid {d['rx']['pid']}) heartbeat stale" in stderr and "restarting (1/3)" in stderr
     assert final["supervisor"]["stale_kills"] == 1 and final["restarts"]["rx"] == 1
     assert final["gap_messages"] > 0 and final["applied"] > d["book"]["msgs"]
@@ -181,9 +153,8 @@ def test_a_hung_rx_is_killed_on_its_stale_heartbeat_and_restarted(tmp_path, inst
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_a_run_without_a_feed_is_driven_by_obpipe_feed_sent_to_its_instance(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 17)
-    p = _start(cfg, "--no-feed")
-    try:
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 17)
+    with running_pipeline(cfg, "--no-feed") as p:
         wait_running(cfg)
         f = obpipe("feed", "--instance", instance, "--count", "90000", "--rate", "500000", "--seed", "9", "--json")
         assert f.returncode == 0, f.stderr[-2000:]
@@ -193,15 +164,13 @@ def test_a_run_without_a_feed_is_driven_by_obpipe_feed_sent_to_its_instance(tmp_
         while wait_running(cfg)["book"]["msgs"] < 90_000 and time.monotonic() < deadline:
             time.sleep(0.2)
         p.send_signal(signal.SIGINT)
-        final, _ = _finish(p)
-    finally:
-        _kill(p)
+        final, _ = finish(p)
     assert final["applied"] == final["messages"] == 90_000 and final["gap_messages"] == 0
     assert final["rx"]["heartbeats"] == 1 and list_segments(instance) == []
 
 
 def test_an_unrestartable_part_in_the_restart_list_is_a_config_error(tmp_path, instance):
-    out = obpipe("run", "--config", _config(tmp_path, instance, extra='[supervisor]\nrestart = ["rx", "book"]\n'),
+    out = obpipe("run", "--config", run_config(tmp_path, instance, extra='[supervisor]\nrestart = ["rx", "book"]\n'),
                  "--messages", "10", timeout=60)
     assert out.returncode == 2 and "supervisor.restart: 'book' is not restartable" in out.stderr
 
@@ -209,7 +178,7 @@ def test_an_unrestartable_part_in_the_restart_list_is_a_config_error(tmp_path, i
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_a_lobster_replay_is_published_under_its_files_ticker_in_utc_epoch_time(tmp_path, instance):
-    cfg = _config(tmp_path, instance, md_capacity=1 << 17)  # [book] symbols: the defaults, AAA .. DDD
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 17)  # [book] symbols: the defaults, AAA .. DDD
     out = obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--count", "3000", "--json", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     d = json.loads(out.stdout)
@@ -225,3 +194,32 @@ def test_a_lobster_replay_is_published_under_its_files_ticker_in_utc_epoch_time(
     bad = obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--symbol", "9", "--json", "--quiet")
     assert bad.returncode == 2 and "--symbol 9" in bad.stderr
     assert list_segments(instance) == []
+
+
+# -- regressions a review demonstrated (each test failed before its fix) -----------------
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_book_writer_exits_when_its_supervisor_is_killed(tmp_path, instance):
+    cfg = run_config(tmp_path, instance)
+    writer = 0
+    try:
+        with started(popen_obpipe("run", "--config", cfg, "--rate", "20000", "--quiet", stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)) as p:
+            writer = wait_running(cfg)["book"]["pid"]
+            p.send_signal(signal.SIGKILL)
+            p.wait(30)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and psutil.pid_exists(writer) and \
+                    psutil.Process(writer).status() != psutil.STATUS_ZOMBIE:
+                time.sleep(0.1)
+            assert not psutil.pid_exists(writer) or psutil.Process(writer).status() == psutil.STATUS_ZOMBIE
+            out = obpipe("clean", "--instance", instance, timeout=60)  # the killed supervisor's segments
+            assert out.returncode == 0 and out.stdout.count("removed") == 5  # stats, md, events, signals, snap
+            assert list_segments(instance) == []
+    finally:
+        if writer and psutil.pid_exists(writer):
+            try:
+                os.kill(writer, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

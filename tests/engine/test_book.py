@@ -389,3 +389,38 @@ def test_set_level_grow_decides_whether_a_price_outside_the_window_moves_it():
     assert int(S[0, BK.B_BASE]) != base and C[sc.ST_BOOK_RECENTRES] == 1
     assert BK.set_level(lad, S, C, 0, 0, 105, 0, False, True) == 0  # set to 0: the level goes
     assert int(BK.best_px(S, 0, 0)) == 100 and int(BK.best_px(S, 0, 1)) == 112
+
+
+# -- regressions a review demonstrated (each test failed before its fix) -----------------
+
+def test_event_and_snapshot_quantities_beyond_u32(instance):
+    ev = Ring.create(instance, "events", sc.EVENT_DTYPE, 16)
+    try:
+        book = Book([64], 4, events=(ev.ctrl, ev.records))
+        book.apply(_msgs([(sc.K_ADD, 0, 100, 3_000_000_000), (sc.K_ADD, 0, 100, 3_000_000_000)]))
+        out = np.zeros(4, sc.EVENT_DTYPE)
+        assert ev.pop(out) == 2
+        assert int(out["bid_qty"][1]) == 6_000_000_000 and int(out["bid_depth_qty"][1]) == 6_000_000_000
+    finally:
+        ev.unlink()
+
+
+def test_microprice_does_not_overflow_for_large_prices_and_sizes(instance):
+    snaps = SnapshotRegion.create(instance, "snap", 1, 4)
+    try:
+        book = Book([64], 4, snapshots=snaps)
+        px = 6_000_000_000_000  # e.g. BTC at a 1e-8 tick
+        book.apply(_msgs([(sc.K_ADD, 0, px, 2_000_000), (sc.K_ADD, 1, px + 2, 2_000_000)]))
+        assert math.isclose(snaps.read(0)["microprice_tick"], px + 1.0, rel_tol=0, abs_tol=1e-3)
+    finally:
+        snaps.unlink()
+
+
+def test_book_inspection_checks_symbol_and_side():
+    book = Book([64, 64], 4)
+    with pytest.raises(IndexError):
+        book.bbo(5)
+    with pytest.raises(IndexError):
+        book.clear(-1)
+    with pytest.raises(ValueError):
+        book.top(1, 2, 3)

@@ -17,6 +17,7 @@ import pytest
 
 from obpipe.engine import lobster as L
 from obpipe.ring import schema
+from tests.helpers import LOBSTER_MSG
 
 DATA = Path("../shared/data/lobster")
 AMZN_MSG = DATA / "AMZN_2012-06-21_34200000_57600000_message_1.csv"
@@ -341,3 +342,48 @@ def test_the_model_book_applies_through_the_books_own_rules_not_its_private_help
     src = Path(L.__file__).read_text()
     assert re.findall(r"\bBK\._\w+", src) == []
     assert "BK.apply_msg(" in src and "BK.set_level(" in src
+
+
+@pytest.mark.timeout(180)
+def test_a_lobster_replay_starts_from_the_order_book_file_sends_every_message_and_keeps_its_top():
+    from obpipe.engine.book import Book
+
+    md, d = L.load_messages(LOBSTER_MSG, return_tick=True)
+    ob = L.load_orderbook(L.orderbook_beside(str(LOBSTER_MSG)), tick_divisor=d)
+    out = L.load_lobster(str(LOBSTER_MSG))
+    _, ends = L.replay_stream(md, ob)
+    assert len(ends) == len(md) - 1 and ends[-1] == len(out)
+    assert out["seq"].tolist() == list(range(1, len(out) + 1))
+    levels = ob[0].reshape(-1, 4)
+    n_seed = int((levels[:, 1] > 0).sum() + (levels[:, 3] > 0).sum())
+    assert n_seed > 0
+    # message k+2 opens the part that ends at ends[k]: right after the seeds, then after each part
+    starts = np.concatenate(([n_seed], ends[:-1]))
+    seeds = out[:n_seed]
+    assert (seeds["kind"] == schema.K_SET_LEVEL).all()
+    assert sorted(seeds[seeds["side"] == schema.SIDE_ASK]["px_tick"].tolist()) == sorted(
+        levels[levels[:, 1] > 0, 0].tolist())
+    fields = ["kind", "side", "px_tick", "qty", "ts_exch_ns"]
+    assert np.array_equal(out[starts][fields], md[1:][fields])  # every message, in order, unchanged
+    extra = np.ones(len(out), bool)
+    extra[:n_seed] = False
+    extra[starts] = False
+    corr = out[extra]
+    assert (corr["kind"] == schema.K_SET_LEVEL).all() and 5_000 < len(corr) < 20_000
+    assert (corr["ts_exch_ns"] == np.repeat(md[1:]["ts_exch_ns"], np.diff(np.concatenate((starts, [len(out)]))) - 1)).all()
+    # a book applying the stream shows every row's best bid and ask (with or without uncrossing),
+    # and is never crossed; without the corrections, rows disagree from early in the day on
+    fixed = {True: 0, False: 0}
+    for uncross in (True, False):
+        b, bare = Book([8192], 1, uncross=uncross), Book([8192], 1, uncross=uncross)
+        b.apply(out[:n_seed])
+        bare.apply(out[:n_seed])
+        for k in range(len(ends)):
+            b.apply(out, int(starts[k]), int(ends[k] - starts[k]))
+            bare.apply(out, int(starts[k]), 1)
+            row = ob[k + 1]
+            want = (int(row[2]), int(row[3]), int(row[0]), int(row[1]))
+            assert b.bbo(0) == want, (uncross, k + 2, b.bbo(0), want)
+            fixed[uncross] += bare.bbo(0) != want
+        assert b.counters()["crossed"] == 0
+    assert fixed[True] > 1000 and fixed[False] > 1000, fixed

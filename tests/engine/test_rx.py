@@ -3,8 +3,6 @@ exactly, malformed packets never reach the md ring, and what reaches it is exact
 messages of the packets that arrived in order."""
 from __future__ import annotations
 
-import contextlib
-import multiprocessing as mp
 import time
 
 import numpy as np
@@ -18,33 +16,11 @@ from obpipe.feed_sim.wire import DUPLICATE, SEND, Faults, tracker_counters
 from obpipe.ring import schema as sc
 from obpipe.ring.spsc import Backoff, Ring
 from obpipe.ring.stats import ROW_RX, StatsBlock
+from tests.helpers import running_rx
 
 
 def _tracker(row):
     return tracker_counters(row[sc.RX_TRACKER_BASE:sc.RX_TRACKER_BASE + WK.NT])
-
-
-@contextlib.contextmanager
-def running_rx(spec: rx.RxSpec, row):
-    """An rx process (spawned) for ``spec``, once its stats ``row`` says running; it is
-    stopped afterwards (killed if it does not stop) and must have exited 0."""
-    ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    p = ctx.Process(target=rx.main_entry, args=(spec, stop))
-    try:
-        p.start()
-        deadline = time.monotonic() + 120
-        while row[sc.ST_STATE] != sc.STATE_RUNNING:
-            assert p.is_alive() and time.monotonic() < deadline, "rx never started"
-            time.sleep(0.05)
-        yield p
-    finally:
-        stop.set()
-        p.join(30)
-        if p.is_alive():
-            p.kill()
-            p.join(10)
-    assert p.exitcode == 0
 
 
 @pytest.mark.multiproc

@@ -19,8 +19,7 @@ from obpipe.feed_sim.synth import SynthParams, generate
 from obpipe.feed_sim.wire import PacketBuffer
 from obpipe.ring import schema
 from obpipe.ring.shm import list_segments
-from tests.test_cli import _config, obpipe, wait_running
-from tests.test_pipeline import _finish, _kill, _start
+from tests.helpers import finish, obpipe, run_config, running_pipeline, wait_running
 
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")
 
@@ -76,11 +75,10 @@ def _wait_applied(cfg, n, timeout_s=60) -> dict:
 def test_a_forged_far_heartbeat_and_a_foreign_session_leave_the_book_unchanged(tmp_path, instance):
     """--no-feed, no allow-list: the session and the sequence window are the defences.
     The attacker even knows the session (the worst case)."""
-    cfg = _config(tmp_path, instance, md_capacity=1 << 17)
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 17)
     n = 45 * 2000
     md = generate(n, SynthParams(n_symbols=4, seed=9))
-    p = _start(cfg, "--no-feed")
-    try:
+    with running_pipeline(cfg, "--no-feed") as p:
         port = _wait_rx(cfg)["rx"]["port"]
         session = 0x5EC12E7
         feed = UdpSender(("127.0.0.1", port), session=session, rate=500_000)
@@ -99,9 +97,7 @@ def test_a_forged_far_heartbeat_and_a_foreign_session_leave_the_book_unchanged(t
         feed.close()
         mid = _wait_applied(cfg, n)
         p.send_signal(signal.SIGINT)
-        final, _ = _finish(p)
-    finally:
-        _kill(p)
+        final, _ = finish(p)
     rx = final["rx"]
     assert final["applied"] == n and final["book"]["clears"] == 0 and rx["late_messages"] == 0
     assert _books(final) == _reference(md)
@@ -117,10 +113,9 @@ def test_a_forged_far_heartbeat_and_a_foreign_session_leave_the_book_unchanged(t
 def test_datagrams_from_outside_the_allow_list_are_counted_and_never_applied(tmp_path, instance):
     """obpipe's own feed: rx admits only the port that feed sends from, so a local
     process sending perfectly valid packets (any session, in sequence) is ignored."""
-    cfg = _config(tmp_path, instance, md_capacity=1 << 17)
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 17)
     n = 45 * 4000
-    p = _start(cfg, "--messages", str(n), "--rate", "60000", "--seed", "5")
-    try:
+    with running_pipeline(cfg, "--messages", str(n), "--rate", "60000", "--seed", "5") as p:
         d = _wait_rx(cfg)
         port, session = d["rx"]["port"], d["rx"].get("session", 5)
         attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -130,9 +125,7 @@ def test_datagrams_from_outside_the_allow_list_are_counted_and_never_applied(tmp
         for x in forged:
             attacker.sendto(x, ("127.0.0.1", port))
         attacker.close()
-        final, _ = _finish(p, timeout=180)
-    finally:
-        _kill(p)
+        final, _ = finish(p, timeout=180)
     rx = final["rx"]
     assert final["applied"] == n and final["book"]["clears"] == 0 and rx["late_messages"] == 0
     assert _books(final) == _reference(generate(n, SynthParams(n_symbols=4, seed=5)))
@@ -146,5 +139,5 @@ def test_rx_config_keys_are_validated_with_errors_naming_the_key(tmp_path, insta
                         ('[rx]\nallow_sources = ["127.0.0.1:0"]\n', "rx.allow_sources"),
                         ("[rx]\nmax_seq_jump = 0\n", "rx.max_seq_jump"),
                         ("[rx]\nsession = -1\n", "rx.session")):
-        out = obpipe("run", "--config", _config(tmp_path, instance, extra=extra), "--messages", "10", timeout=60)
+        out = obpipe("run", "--config", run_config(tmp_path, instance, extra=extra), "--messages", "10", timeout=60)
         assert out.returncode == 2 and want in out.stderr, out.stderr

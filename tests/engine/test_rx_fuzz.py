@@ -22,10 +22,10 @@ from obpipe.feed_sim.wire import tracker_counters
 from obpipe.ring import schema as sc
 from obpipe.ring.spsc import Backoff, Ring
 from obpipe.ring.stats import ROW_RX, StatsBlock
+from tests.helpers import running_rx
 
 from .reference_book import RefBook
 from .reference_rx import RefRx
-from .test_rx import running_rx
 
 N_SYM = 4
 WIDTH = 4096

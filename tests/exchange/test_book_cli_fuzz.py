@@ -13,7 +13,7 @@ import pytest
 from obpipe.exchange import csv_cli as book_cli
 from obpipe.exchange.matching import requests
 from obpipe.ring import schema as sc
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 from .reference_matcher import RefMatcher
 

@@ -4,110 +4,27 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from obpipe.exchange import accounts as accmod
-from obpipe.exchange.server import banner_port
-from obpipe.exchange.client import Traders, handshake, probe, probe_requests
+from obpipe.exchange.client import Traders, probe, probe_requests
 from obpipe.exchange.journal import Journal, JournalError
 from obpipe.exchange.matching import MatchingEngine
 from obpipe.ring import schema
+from tests.helpers import REPO, ExchangeSession
 
-ROOT = Path(__file__).resolve().parents[2]
 OUT = schema.ORDER_OUT_DTYPE
-
-
-class ExchangeProc:
-    """``obpipe exchange`` as a child process on a free port."""
-
-    def __init__(self, tmp_path: Path, extra: str = "", journal: Path | None = None, tag: str = "x",
-                 anonymous: bool = True, accounts: dict | None = None):
-        """``accounts``: account number -> its limits (dict) in the accounts file."""
-        self.cfg = tmp_path / f"{tag}.toml"
-        j = f'journal = "{journal}"\n' if journal else ""
-        self.keys = _accounts(tmp_path, accounts or {})
-        extra += f'accounts_file = "{tmp_path / "accounts.json"}"\n' + ("allow_anonymous = true\n" if anonymous else "")
-        self.cfg.write_text(f'[book]\nsymbols = ["A", "B"]\n[exchange]\nport = 0\n{j}{extra}')
-        self.dump = tmp_path / f"{tag}.book.json"
-        self.err = open(tmp_path / f"{tag}.err", "w+")
-        self.p = subprocess.Popen([sys.executable, "-m", "obpipe", "exchange", "--config", str(self.cfg), "--json",
-                                   "--dump-book", str(self.dump)], cwd=ROOT, stdout=subprocess.PIPE,
-                                  stderr=self.err, text=True)
-        self.port = self._wait_port()
-
-    def _wait_port(self, timeout_s: float = 180) -> int:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.err.seek(0)
-            port = banner_port(self.err.read())
-            if port is not None:
-                return port
-            if self.p.poll() is not None:
-                self.err.seek(0)
-                raise AssertionError(f"exchange exited {self.p.returncode}: {self.err.read()}")
-            time.sleep(0.1)
-        raise AssertionError("exchange never listened")
-
-    def stop(self) -> dict:
-        self.p.send_signal(signal.SIGINT)
-        out, _ = self.p.communicate(timeout=60)
-        assert self.p.returncode == 0, self.stderr()
-        return json.loads(out.strip().splitlines()[-1])
-
-    def kill(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait(timeout=30)
-
-    def stderr(self) -> str:
-        self.err.seek(0)
-        return self.err.read()
-
-    def book(self) -> dict:
-        return json.loads(self.dump.read_text())
-
-
-def _accounts(tmp_path: Path, accounts: dict) -> dict[int, bytes]:
-    """The accounts file of ``tmp_path`` holds ``accounts`` (account -> limits); their keys."""
-    path = str(tmp_path / "accounts.json")
-    have = accmod.load(path) if os.path.exists(path) else {}
-    for a, limits in accounts.items():
-        if a not in have:
-            have[a] = accmod.add(path, f"acct{a}", f"secret-{a}".encode(), a, **limits)
-    if not os.path.exists(path):
-        accmod.add(path, "nobody", b"never-used-secret", 999)
-    return {a: acc.key for a, acc in have.items()}
-
-
-@pytest.fixture
-def exchanges():
-    started: list[ExchangeProc] = []
-    yield started
-    for x in started:
-        if x.p.poll() is None:
-            x.p.kill()
-            x.p.wait(timeout=30)
-        x.err.close()
-
-
-def _start(exchanges, tmp_path, **kw) -> ExchangeProc:
-    x = ExchangeProc(tmp_path, **kw)
-    exchanges.append(x)
-    return x
 
 
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_fifty_clients_each_request_answered_once_and_fills_balance(exchanges, tmp_path):
-    x = _start(exchanges, tmp_path, extra='fsync = "none"\n', journal=tmp_path / "j")
+    x = exchanges.start(extra='fsync = "none"\n', journal=tmp_path / "j")
     tr = Traders("127.0.0.1", x.port, clients=50, orders=1000, window=4, seed=3, symbols=2, timeout_s=240)
     res = tr.run()
     summary = x.stop()
@@ -127,7 +44,7 @@ def test_fifty_clients_each_request_answered_once_and_fills_balance(exchanges, t
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_a_client_that_never_reads_is_disconnected_and_does_not_slow_the_rest(exchanges, tmp_path):
-    x = _start(exchanges, tmp_path, extra='fsync = "none"\nout_buffer_max = 65536\n')
+    x = exchanges.start(extra='fsync = "none"\nout_buffer_max = 65536\n')
     base = Traders("127.0.0.1", x.port, clients=4, orders=1500, window=2, seed=5).run()
     with_silent = Traders("127.0.0.1", x.port, clients=4, orders=1500, window=2, seed=6, silent=1).run()
     summary = x.stop()
@@ -156,43 +73,14 @@ def _requests(n: int, seed: int, account: int) -> np.ndarray:
     return c
 
 
-class _Session:
-    """One raw order-entry connection logged in as ``account`` (with its key)."""
-
-    def __init__(self, x: ExchangeProc, account: int):
-        self.s = socket.create_connection(("127.0.0.1", x.port), timeout=30)
-        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-        self.hello = handshake(self.s, (account, x.keys[account]))
-        assert self.hello["account"] == account
-
-    def read(self, n: int) -> np.ndarray:
-        while len(self.buf) < 32 * n:
-            data = self.s.recv(1 << 16)
-            if not data:
-                raise ConnectionError("closed")
-            self.buf += data
-        out = np.frombuffer(self.buf[:32 * n], OUT).copy()
-        self.buf = self.buf[32 * n:]
-        return out
-
-    def responses(self, want: int) -> int:
-        """Read reports until ``want`` ACK/REJECT responses arrived."""
-        got = 0
-        while got < want:
-            r = self.read(1)[0]
-            got += int(r["type"] in (schema.R_ACK, schema.R_REJECT))
-        return got
-
-
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_kill_9_loses_no_acknowledged_order_and_restart_rebuilds_the_same_book(exchanges, tmp_path):
     reqs = _requests(3000, seed=11, account=7)
     reqs["account"][1::2] = 8  # two traders, strictly alternating: the order of arrival is known
     journal = tmp_path / "ex.journal"
-    x1 = _start(exchanges, tmp_path, journal=journal, tag="first", accounts={7: {}, 8: {}})
-    sess = {7: _Session(x1, 7), 8: _Session(x1, 8)}
+    x1 = exchanges.start(journal=journal, tag="first", accounts={7: {}, 8: {}})
+    sess = {7: ExchangeSession(x1, 7), 8: ExchangeSession(x1, 8)}
     for i in range(1200):  # each request acknowledged before the next is sent
         sess[int(reqs[i]["account"])].s.sendall(reqs[i:i + 1].tobytes())
         sess[int(reqs[i]["account"])].responses(1)
@@ -201,8 +89,8 @@ def test_kill_9_loses_no_acknowledged_order_and_restart_rebuilds_the_same_book(e
     for t in sess.values():
         t.s.close()
 
-    x2 = _start(exchanges, tmp_path, journal=journal, tag="second", accounts={7: {}, 8: {}})
-    sess = {7: _Session(x2, 7), 8: _Session(x2, 8)}
+    x2 = exchanges.start(journal=journal, tag="second", accounts={7: {}, 8: {}})
+    sess = {7: ExchangeSession(x2, 7), 8: ExchangeSession(x2, 8)}
     journaled = sess[7].hello["next_order_id"] - 1  # every request is a new order: ids 1..journaled are in
     assert journaled in (1200, 1201)  # all 1,200 acknowledged ones survived; the 1,201st may have
     ref = MatchingEngine(2, capacity=1 << 20)
@@ -263,7 +151,7 @@ def test_run_with_the_exchange_as_feed_source_delivers_its_market_data_to_the_bo
     cfg.write_text(f'[instance]\nname = "{instance}"\n[book]\nsymbols = ["A", "B"]\n[exchange]\nport = 0\n'
                    f'[traders]\nclients = 4\nrate = 5000\n[kafka]\nenabled = false\n')
     p = subprocess.run([sys.executable, "-m", "obpipe", "run", "--config", str(cfg), "--source", "exchange",
-                        "--duration", "3", "--json", "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                        "--duration", "3", "--json", "--quiet"], cwd=REPO, capture_output=True, text=True,
                        timeout=240)
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
@@ -282,8 +170,8 @@ def test_run_with_the_exchange_as_feed_source_delivers_its_market_data_to_the_bo
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_bad_fields_get_a_reject_and_an_unreadable_message_is_answered_then_closes_the_connection(exchanges, tmp_path):
-    x = _start(exchanges, tmp_path, extra='fsync = "none"\n', accounts={5: {}})
-    s = _Session(x, 5)
+    x = exchanges.start(extra='fsync = "none"\n', accounts={5: {}})
+    s = ExchangeSession(x, 5)
     bad = np.zeros(2, schema.ORDER_IN_DTYPE)
     bad[0]["type"], bad[0]["side"], bad[0]["qty"], bad[0]["px_tick"] = schema.OE_NEW, 9, 5, 100  # no such side
     bad[1]["type"], bad[1]["side"], bad[1]["qty"], bad[1]["px_tick"] = schema.OE_NEW, 0, 5, 100
@@ -305,7 +193,7 @@ def test_bad_fields_get_a_reject_and_an_unreadable_message_is_answered_then_clos
     s.s.settimeout(10)
     assert s.s.recv(100) == b""  # then closed
 
-    t = _Session(x, 5)  # the account is free again; reserved bytes set close a connection too
+    t = ExchangeSession(x, 5)  # the account is free again; reserved bytes set close a connection too
     msg = good.copy()
     msg["_reserved"] = 7
     t.s.sendall(msg.tobytes() + b"\x01\x02\x03")
@@ -371,7 +259,7 @@ def test_journal_completes_a_short_write_and_interval_fsync_catches_up_when_idle
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_the_compiled_client_gets_one_answer_per_request_and_the_book_is_exactly_its_orders(exchanges, tmp_path):
-    x = _start(exchanges, tmp_path, accounts={3: {}})  # (logged in: its orders outlive the connection)
+    x = exchanges.start(accounts={3: {}})  # (logged in: its orders outlive the connection)
     n = 3000
     res = probe("127.0.0.1", x.port, orders=n, seed=5, credential=(3, x.keys[3]))
     assert res["responses"] == res["acks"] == n and res["rejects"] == 0
@@ -391,7 +279,7 @@ def test_the_compiled_client_gets_one_answer_per_request_and_the_book_is_exactly
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_the_compiled_client_reports_a_silent_or_vanished_exchange_instead_of_hanging(exchanges, tmp_path):
-    x = _start(exchanges, tmp_path)
+    x = exchanges.start()
     probe("127.0.0.1", x.port, orders=10)  # loads the kernel
     os.kill(x.p.pid, signal.SIGSTOP)  # accepts (the kernel completes the handshake) but never answers
     try:
@@ -429,10 +317,10 @@ def test_a_second_writer_on_a_journal_is_refused_and_a_new_journal_is_private(tm
 @pytest.mark.timeout(300)
 def test_a_second_exchange_on_a_running_exchanges_journal_exits_with_a_clear_error(exchanges, tmp_path):
     journal = tmp_path / "ex.journal"
-    _start(exchanges, tmp_path, journal=journal, tag="first")
+    exchanges.start(journal=journal, tag="first")
     cfg = tmp_path / "second.toml"
     cfg.write_text(f'[book]\nsymbols = ["A", "B"]\n[exchange]\nport = 0\njournal = "{journal}"\n'
                    f'allow_anonymous = true\n')
-    p = subprocess.run([sys.executable, "-m", "obpipe", "exchange", "--config", str(cfg)], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "obpipe", "exchange", "--config", str(cfg)], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "locked by another writer" in p.stderr, p.stderr

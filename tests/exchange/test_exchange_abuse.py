@@ -15,7 +15,7 @@ import pytest
 from obpipe.exchange import accounts as accmod
 from obpipe.exchange.client import handshake, probe
 from obpipe.ring import schema
-from tests.exchange.test_exchange import ROOT, ExchangeProc, _Session, _start, exchanges  # noqa: F401
+from tests.helpers import REPO, ExchangeSession
 
 OUT = schema.ORDER_OUT_DTYPE
 
@@ -52,9 +52,9 @@ def _orders(n: int, side: int = schema.BUY, px: int = 100, tif: int = schema.TIF
 @pytest.mark.timeout(300)
 def test_only_a_login_proving_the_accounts_key_acts_for_it_and_anonymous_trading_is_off_by_default(
         exchanges, tmp_path):
-    x = _start(exchanges, tmp_path, anonymous=False, accounts={7: {}})
+    x = exchanges.start(anonymous=False, accounts={7: {}})
     key = x.keys[7]
-    owner = _Session(x, 7)  # the real account 7: one resting order
+    owner = ExchangeSession(x, 7)  # the real account 7: one resting order
     owner.s.sendall(_orders(1).tobytes())
     assert owner.read(1)[0]["type"] == schema.R_ACK
     owner.s.close()
@@ -96,7 +96,7 @@ def test_exchange_account_add_stores_only_a_salted_scrypt_key_0600_and_its_crede
     creds = []
     for name in ("alice", "bob"):
         p = subprocess.run([sys.executable, "-m", "obpipe", "exchange-account", "add", name, "--file", str(path)],
-                           input=b"same secret for both\n", capture_output=True, cwd=ROOT, timeout=120)
+                           input=b"same secret for both\n", capture_output=True, cwd=REPO, timeout=120)
         assert p.returncode == 0, p.stderr
         creds.append(json.loads(p.stdout))
         (tmp_path / f"{name}.cred").write_bytes(p.stdout)
@@ -108,17 +108,17 @@ def test_exchange_account_add_stores_only_a_salted_scrypt_key_0600_and_its_crede
     assert doc[0]["salt"] != doc[1]["salt"] and doc[0]["key"] != doc[1]["key"]  # a salt per account
     assert bytes.fromhex(doc[0]["key"]) == accmod.derive_key(b"same secret for both", bytes.fromhex(doc[0]["salt"]))
     p = subprocess.run([sys.executable, "-m", "obpipe", "exchange-account", "add", "alice", "--file", str(path),
-                        "--generate"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+                        "--generate"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert p.returncode == 2 and "exists" in p.stderr
 
-    x = _start(exchanges, tmp_path, anonymous=False)  # (its accounts file is this one)
+    x = exchanges.start(anonymous=False)  # (its accounts file is this one)
     p = subprocess.run([sys.executable, "-m", "obpipe", "exchange-client", "--port", str(x.port), "--orders", "50",
                         "--credential", str(tmp_path / "bob.cred"), "--json"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=120)
+                       cwd=REPO, timeout=120)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["responses"] == 50
     p = subprocess.run([sys.executable, "-m", "obpipe", "exchange-client", "--port", str(x.port), "--orders", "5",
-                        "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+                        "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert p.returncode == 1 and "login required" in p.stderr  # anonymous: refused
     assert x.stop()["logins"] == 1
 
@@ -149,7 +149,7 @@ def test_one_client_cannot_fill_the_order_pool_and_its_orders_leave_when_it_disc
     u = _md_socket()
     journal = tmp_path / "j"
     extra = (f'capacity = 1000\nmax_open_orders = 100\nmd_port = {u.getsockname()[1]}\n')
-    x = _start(exchanges, tmp_path, extra=extra, journal=journal, accounts={7: {}, 8: {"max_open_orders": 5}})
+    x = exchanges.start(extra=extra, journal=journal, accounts={7: {}, 8: {"max_open_orders": 5}})
     s, _ = _raw(x.port)  # anonymous: posts capacity far-from-market GTC orders
     s.sendall(_orders(1000, px=10).tobytes())
     s.sendall(_orders(10, px=11, tif=schema.TIF_IOC).tobytes())  # orders that cannot rest are not limited
@@ -161,12 +161,12 @@ def test_one_client_cannot_fill_the_order_pool_and_its_orders_leave_when_it_disc
     rej = r[r["type"] == schema.R_REJECT]
     assert len(acks) == 110 and len(rej) == 900 and (rej["reason"] == schema.RS_OPEN_LIMIT).all()
     assert (r["type"][:100] == schema.R_ACK).all()  # the first 100, in order; then the rest refused
-    sess = _Session(x, 8)  # an account's own limit from the accounts file
+    sess = ExchangeSession(x, 8)  # an account's own limit from the accounts file
     sess.s.sendall(_orders(7, px=12).tobytes())
     assert sess.read(7)["reason"].tolist() == [0] * 5 + [schema.RS_OPEN_LIMIT] * 2
     s.close()  # anonymous: its 100 resting orders are cancelled on disconnect
     time.sleep(0.5)
-    other = _Session(x, 7)
+    other = ExchangeSession(x, 7)
     other.s.sendall(_orders(91, px=20).tobytes())
     assert (other.read(91)["type"] == schema.R_ACK).all()
     for c in (sess, other):
@@ -177,8 +177,8 @@ def test_one_client_cannot_fill_the_order_pool_and_its_orders_leave_when_it_disc
     deletes = md[md["kind"] == schema.K_DELETE]
     assert sorted(deletes["order_id"].tolist()) == list(range(1, 101))  # as market data, like any cancel
     # journaled: a restart on the same journal rebuilds the book without them
-    x2 = _start(exchanges, tmp_path, extra=extra.replace(f"md_port = {u.getsockname()[1]}\n", ""),
-                journal=journal, tag="again")
+    x2 = exchanges.start(extra=extra.replace(f"md_port = {u.getsockname()[1]}\n", ""),
+                         journal=journal, tag="again")
     x2.stop()
     book = x2.book()["books"][0]
     assert not any(row[3] >= schema.OE_AUTO_ACCOUNT for row in book["bids"] + book["asks"])
@@ -188,8 +188,8 @@ def test_one_client_cannot_fill_the_order_pool_and_its_orders_leave_when_it_disc
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_requests_past_the_rate_limit_are_each_answered_rate_limit_and_do_nothing(exchanges, tmp_path):
-    x = _start(exchanges, tmp_path, extra='max_msgs_per_s = 500\n', journal=tmp_path / "j", accounts={7: {}})
-    sess = _Session(x, 7)
+    x = exchanges.start(extra='max_msgs_per_s = 500\n', journal=tmp_path / "j", accounts={7: {}})
+    sess = ExchangeSession(x, 7)
     sess.s.sendall(_orders(2000, px=50).tobytes())
     r = sess.read(2000)  # one answer per request, in order
     ok = r["type"] == schema.R_ACK
@@ -209,14 +209,14 @@ def test_requests_past_the_rate_limit_are_each_answered_rate_limit_and_do_nothin
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_cancel_on_disconnect_is_per_account_and_a_reconnect_gets_the_cancels(exchanges, tmp_path):
-    x = _start(exchanges, tmp_path, accounts={7: {"cancel_on_disconnect": True}, 8: {}})
+    x = exchanges.start(accounts={7: {"cancel_on_disconnect": True}, 8: {}})
     for acct in (7, 8):
-        sess = _Session(x, acct)
+        sess = ExchangeSession(x, acct)
         sess.s.sendall(_orders(3, px=40 + acct).tobytes())
         assert (sess.read(3)["type"] == schema.R_ACK).all()
         sess.s.close()
     time.sleep(0.5)
-    again = _Session(x, 7)  # after the cancels: nothing of its old orders remains
+    again = ExchangeSession(x, 7)  # after the cancels: nothing of its old orders remains
     again.s.sendall(_orders(1, px=60).tobytes())
     assert again.read(1)[0]["type"] == schema.R_ACK
     again.s.close()
@@ -230,10 +230,9 @@ def test_cancel_on_disconnect_is_per_account_and_a_reconnect_gets_the_cancels(ex
 @pytest.mark.timeout(300)
 def test_an_idle_or_half_open_connection_is_closed_and_frees_its_account_heartbeats_keep_one_open(
         exchanges, tmp_path):
-    x = _start(exchanges, tmp_path, extra="idle_timeout_s = 1.0\nmax_clients_per_address = 3\n",
-               accounts={7: {}, 8: {}})
-    idle = _Session(x, 7)  # says nothing more (as a peer that vanished would)
-    alive = _Session(x, 8)
+    x = exchanges.start(extra="idle_timeout_s = 1.0\nmax_clients_per_address = 3\n", accounts={7: {}, 8: {}})
+    idle = ExchangeSession(x, 7)  # says nothing more (as a peer that vanished would)
+    alive = ExchangeSession(x, 8)
     hb = np.zeros(1, schema.ORDER_IN_DTYPE)
     hb["type"] = schema.OE_HEARTBEAT
     t0 = time.monotonic()
@@ -243,7 +242,7 @@ def test_an_idle_or_half_open_connection_is_closed_and_frees_its_account_heartbe
         assert r["type"] == schema.R_HEARTBEAT
         time.sleep(0.3)
     assert _until_closed(idle.s, 5) == b""  # closed by the exchange
-    again = _Session(x, 7)  # the account is free again (no restart needed)
+    again = ExchangeSession(x, 7)  # the account is free again (no restart needed)
     extra = [socket.create_connection(("127.0.0.1", x.port), timeout=10) for _ in range(2)]
     assert _until_closed(extra[-1], 5) == b""  # the fourth from this address is refused at once
     alive.s.sendall(_orders(1).tobytes())

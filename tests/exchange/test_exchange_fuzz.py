@@ -14,7 +14,6 @@ from obpipe.exchange.client import handshake
 from obpipe.exchange.journal import Journal
 from obpipe.exchange.matching import MatchingEngine
 from obpipe.ring import schema
-from tests.exchange.test_exchange import _start, exchanges  # noqa: F401
 
 OUT = schema.ORDER_OUT_DTYPE
 IN = schema.ORDER_IN_DTYPE
@@ -185,8 +184,8 @@ def _garbage(port, seed, rounds, stats):
 def test_fifty_connections_of_random_bytes_and_requests_crash_nothing_and_every_request_is_answered_once(
         exchanges, tmp_path, fuzz_scale):
     journal = tmp_path / "j"
-    x = _start(exchanges, tmp_path, journal=journal, extra='fsync = "none"\nmax_open_orders = 8\n'
-               'max_msgs_per_s = 20000\ncapacity = 4096\nmax_clients_per_address = 1000\n', accounts={a: {} for a in range(1, TRADERS + 1)})
+    x = exchanges.start(journal=journal, extra='fsync = "none"\nmax_open_orders = 8\n'
+                        'max_msgs_per_s = 20000\ncapacity = 4096\nmax_clients_per_address = 1000\n', accounts={a: {} for a in range(1, TRADERS + 1)})
     rounds = 150 * fuzz_scale
     traders = [_Trader(x.port, a, x.keys[a], 1000 + a, rounds) for a in range(1, TRADERS + 1)]
     stats = {"hit_and_run": 0, "garbage": 0, "garbage_closed": 0, "lock": threading.Lock()}

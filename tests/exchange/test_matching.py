@@ -13,7 +13,7 @@ import pytest
 from obpipe.exchange import _match_kernels as MK
 from obpipe.exchange.matching import MatchingEngine, cancel, modify, new_order, requests
 from obpipe.ring import schema as sc
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 from .reference_matcher import RefMatcher, as_tuples
 

@@ -12,10 +12,7 @@ from obpipe.feed_sim import feed as feedmod
 from obpipe.feed_sim.sender import UdpSender
 from obpipe.feed_sim.synth import SynthParams, generate
 from obpipe.feed_sim.wire import Faults
-from obpipe.ring import schema
-from tests.conftest import REPO
-
-LOBSTER_MSG = REPO.parent / "shared/data/lobster/AMZN_2012-06-21_34200000_57600000_message_1.csv"
+from tests.helpers import ENV, LOBSTER_MSG, REPO
 
 
 class Sink:
@@ -145,58 +142,10 @@ def test_bad_capture_files_get_clear_errors_and_a_cut_off_tail_is_ignored(tmp_pa
 
 
 @pytest.mark.timeout(180)
-def test_a_lobster_replay_starts_from_the_order_book_file_sends_every_message_and_keeps_its_top():
-    from obpipe.engine import lobster
-    from obpipe.engine.book import Book
-
-    md, d = lobster.load_messages(LOBSTER_MSG, return_tick=True)
-    ob = lobster.load_orderbook(lobster.orderbook_beside(str(LOBSTER_MSG)), tick_divisor=d)
-    out = lobster.load_lobster(str(LOBSTER_MSG))
-    _, ends = lobster.replay_stream(md, ob)
-    assert len(ends) == len(md) - 1 and ends[-1] == len(out)
-    assert out["seq"].tolist() == list(range(1, len(out) + 1))
-    levels = ob[0].reshape(-1, 4)
-    n_seed = int((levels[:, 1] > 0).sum() + (levels[:, 3] > 0).sum())
-    assert n_seed > 0
-    # message k+2 opens the part that ends at ends[k]: right after the seeds, then after each part
-    starts = np.concatenate(([n_seed], ends[:-1]))
-    seeds = out[:n_seed]
-    assert (seeds["kind"] == schema.K_SET_LEVEL).all()
-    assert sorted(seeds[seeds["side"] == schema.SIDE_ASK]["px_tick"].tolist()) == sorted(
-        levels[levels[:, 1] > 0, 0].tolist())
-    fields = ["kind", "side", "px_tick", "qty", "ts_exch_ns"]
-    assert np.array_equal(out[starts][fields], md[1:][fields])  # every message, in order, unchanged
-    extra = np.ones(len(out), bool)
-    extra[:n_seed] = False
-    extra[starts] = False
-    corr = out[extra]
-    assert (corr["kind"] == schema.K_SET_LEVEL).all() and 5_000 < len(corr) < 20_000
-    assert (corr["ts_exch_ns"] == np.repeat(md[1:]["ts_exch_ns"], np.diff(np.concatenate((starts, [len(out)]))) - 1)).all()
-    # a book applying the stream shows every row's best bid and ask (with or without uncrossing),
-    # and is never crossed; without the corrections, rows disagree from early in the day on
-    fixed = {True: 0, False: 0}
-    for uncross in (True, False):
-        b, bare = Book([8192], 1, uncross=uncross), Book([8192], 1, uncross=uncross)
-        b.apply(out[:n_seed])
-        bare.apply(out[:n_seed])
-        for k in range(len(ends)):
-            b.apply(out, int(starts[k]), int(ends[k] - starts[k]))
-            bare.apply(out, int(starts[k]), 1)
-            row = ob[k + 1]
-            want = (int(row[2]), int(row[3]), int(row[0]), int(row[1]))
-            assert b.bbo(0) == want, (uncross, k + 2, b.bbo(0), want)
-            fixed[uncross] += bare.bbo(0) != want
-        assert b.counters()["crossed"] == 0
-    assert fixed[True] > 1000 and fixed[False] > 1000, fixed
-
-
-@pytest.mark.timeout(180)
 def test_obpipe_replay_command_sends_a_lobster_file_with_a_progress_bar(sink):
     import json
     import subprocess
     import sys
-
-    from tests.test_cli import ENV
 
     out = subprocess.run([sys.executable, "-m", "obpipe", "replay", str(LOBSTER_MSG), "--port", str(sink.port),
                           "--count", "9000", "--rate", "300000", "--progress", "--json"],
@@ -214,12 +163,12 @@ def test_obpipe_replay_command_sends_a_lobster_file_with_a_progress_bar(sink):
 
 @pytest.mark.timeout(120)
 def test_a_recorded_pace_replay_stops_on_time_and_keeps_the_recorded_spacing(sink):
-    from obpipe.engine.lobster import load_lobster
+    from obpipe.engine import lobster
 
-    md = load_lobster(str(LOBSTER_MSG))
+    md = lobster.load_lobster(str(LOBSTER_MSG))
     t = time.monotonic()
     res = feedmod.run(feedmod.FeedSpec(port=sink.port, replay=str(LOBSTER_MSG), speed=1000, duration_s=1.0,
-                                       lobster_loader=load_lobster))
+                                       lobster_loader=lobster.load_lobster))  # (the loader the wiring gives)
     took = time.monotonic() - t
     assert took < 3.0 and 0 < res["messages"] < len(md)
     # at 1000x the first second of sending covers about the first 1,000 s of the recorded day

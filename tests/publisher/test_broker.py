@@ -14,8 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from obpipe.publisher import broker as brokermod
 from obpipe.publisher.broker import BrokerError, EmbeddedBroker, ensure_topics, free_port, reachable
-from tests.conftest import REPO
-from tests.publisher.conftest import produce
+from tests.helpers import REPO, produce, started
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.multiproc]
 
@@ -133,24 +132,22 @@ def test_stop_kills_when_clients_hold_it():
 
 def test_broker_dies_with_its_parent():
     # PR_SET_PDEATHSIG: a SIGKILLed parent takes the broker with it.
-    code = ("from publisher.broker import EmbeddedBroker; import time; "
+    code = ("from obpipe.publisher.broker import EmbeddedBroker; import time; "
             "b = EmbeddedBroker.start(); print(b.pid, b.port, b.log_path.parent, flush=True); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     pid = log_dir = None
     try:
-        pid, port, log_dir = parent.stdout.readline().split()
-        pid, port = int(pid), int(port)
-        assert reachable(f"127.0.0.1:{port}")
-        parent.kill()
-        parent.wait(5)
-        deadline = time.monotonic() + 5
-        while not _gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)  # init reaps the orphan once it exits
-        assert _gone(pid)
-    finally:
-        if parent.poll() is None:
+        with started(parent, grace_s=5):
+            pid, port, log_dir = parent.stdout.readline().split()
+            pid, port = int(pid), int(port)
+            assert reachable(f"127.0.0.1:{port}")
             parent.kill()
             parent.wait(5)
+            deadline = time.monotonic() + 5
+            while not _gone(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)  # init reaps the orphan once it exits
+            assert _gone(pid)
+    finally:
         if pid is not None and not _gone(pid):
             os.kill(pid, signal.SIGKILL)
         if log_dir is not None:
@@ -169,28 +166,22 @@ def test_kafka_command_runs_until_sigint():
     proc = _run_kafka_command(["--port", str(port)])
     pid = None
     try:
-        line = proc.stdout.readline()
-        assert f"on 127.0.0.1:{port}; bootstrap.servers=127.0.0.1:{port}; Ctrl-C stops it" in line
-        pid = int(line.split(" pid ")[1].split()[0])
-        assert reachable(f"127.0.0.1:{port}")
-        proc.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
-        assert _gone(pid) and not reachable(f"127.0.0.1:{port}", timeout_s=0.5)
+        with started(proc, grace_s=5):
+            line = proc.stdout.readline()
+            assert f"on 127.0.0.1:{port}; bootstrap.servers=127.0.0.1:{port}; Ctrl-C stops it" in line
+            pid = int(line.split(" pid ")[1].split()[0])
+            assert reachable(f"127.0.0.1:{port}")
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(10) == 0
+            assert _gone(pid) and not reachable(f"127.0.0.1:{port}", timeout_s=0.5)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
         if pid is not None and not _gone(pid):
             os.kill(pid, signal.SIGKILL)
 
 
 def test_kafka_command_on_a_busy_port_fails(kafka_broker):
     proc = _run_kafka_command(["--port", str(kafka_broker.port)])
-    try:
+    with started(proc, grace_s=5):
         _, err = proc.communicate(timeout=20)
         assert proc.returncode == 1 and "the port is in use" in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)

@@ -13,7 +13,7 @@ from obpipe.publisher.process import Publisher, PublisherSpec
 from obpipe.publisher.schema import validate
 from obpipe.ring import schema as sc
 from obpipe.ring.spsc import Ring
-from tests.conftest import consume_all
+from tests.helpers import consume_all
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.multiproc]
 

@@ -19,8 +19,7 @@ from obpipe.publisher.schema import (
     topic_names,
     validate,
 )
-from tests.conftest import REPO
-from tests.publisher.conftest import make_signal, make_summary
+from tests.helpers import REPO, make_signal, make_summary
 
 pytestmark = [pytest.mark.timeout(60)]
 

@@ -13,8 +13,7 @@ import pytest
 from obpipe.publisher.broker import ensure_topics, free_port
 from obpipe.publisher.schema import SIGNAL_KINDS, topic_names
 from obpipe.publisher.tail import format_line, main
-from tests.conftest import REPO
-from tests.publisher.conftest import make_signal, make_summary, produce
+from tests.helpers import REPO, make_signal, make_summary, produce, started
 
 pytestmark = [pytest.mark.timeout(60)]
 SIGNALS, SUMMARIES = topic_names()
@@ -111,7 +110,7 @@ def test_tail_shows_only_new_messages_by_default_and_ctrl_c_exits_0(kafka_broker
     produce(bs, SIGNALS, _signals(["sweep"]))  # before tail starts: not shown
     proc = subprocess.Popen([sys.executable, "-m", "obpipe.publisher.tail", "--kafka", bs, "--timeout", "20"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with started(proc, grace_s=5):
         # tail's assignment time is unknown: keep producing new signals until one shows
         line, deadline = "", time.monotonic() + 15
         while not line and time.monotonic() < deadline and proc.poll() is None:
@@ -123,10 +122,6 @@ def test_tail_shows_only_new_messages_by_default_and_ctrl_c_exits_0(kafka_broker
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0 and err == ""
         assert " sweep " not in line + out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.mark.multiproc
@@ -134,16 +129,12 @@ def test_tail_waits_for_topic_then_reads_it_all(kafka_broker):
     bs = kafka_broker.bootstrap
     proc = subprocess.Popen([sys.executable, "-m", "obpipe.publisher.tail", "--kafka", bs, "--count", "1", "--timeout", "20"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with started(proc, grace_s=5):
         assert "waiting for topic obpipe.signals" in proc.stderr.readline()
         produce(bs, SIGNALS, _signals(["liquidity_withdrawal"]))  # auto-created after tail started
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0
         assert "liquidity_withdrawal" in out and "depth 3000->900" in out, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_tail_unreachable_broker_says_so_once(capsys):

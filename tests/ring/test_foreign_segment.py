@@ -22,7 +22,7 @@ import obpipe.supervisor  # noqa: F401  (imported before the fork, see the docst
 import obpipe.config  # noqa: F401
 from obpipe import cli
 from obpipe.ring.shm import list_segments
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 NOBODY = 65534
 

@@ -7,7 +7,7 @@ import numba
 
 from obpipe import ring
 from obpipe.ring._jitcache import source_hash
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_cache_dir_is_keyed_by_all_kernel_sources(tmp_path):

@@ -77,3 +77,12 @@ def test_clean_removes_segments_of_a_dead_owner_and_keeps_live_ones(instance):
         assert list_segments(instance) == [f"/obpipe.{instance}.live"]
     finally:
         live.unlink()
+
+
+# -- regressions a review demonstrated (each test failed before its fix) -----------------
+
+def test_garbage_segment_of_odd_size_is_a_header_mismatch(instance):
+    shm = posix_ipc.SharedMemory(seg_name(instance, "md"), posix_ipc.O_CREX, size=4099)
+    shm.close_fd()
+    with pytest.raises(HeaderMismatch, match="not an obpipe segment"):
+        Ring.attach(instance, "md", sc.MD_DTYPE)

@@ -6,7 +6,8 @@ import pytest
 
 from obpipe.ring import schema as sc
 from obpipe.ring.stress import run_ring_stress
-from obpipe.ring.errors import HeaderMismatch, SegmentExists, SegmentMissing
+from obpipe.ring.errors import HeaderMismatch, SegmentExists, SegmentMissing, SegmentTooLarge
+from obpipe.ring.shm import list_segments
 from obpipe.ring.spsc import Backoff, Ring
 
 
@@ -87,3 +88,22 @@ def test_20M_records_between_two_processes_no_loss_dup_or_reorder(instance):
     assert res["bad"] == 0, f"first bad record at {res['first_bad']}"
     assert res["head"] == res["tail"] == 20_000_000
     assert res["stalls"] > 0  # a small ring: the producer really hit a full ring and waited
+
+
+# -- regressions a review demonstrated (each test failed before its fix) -----------------
+
+def test_oversized_ring_is_refused_and_leaves_nothing(instance):
+    with pytest.raises(SegmentTooLarge, match="free"):
+        Ring.create(instance, "md", sc.MD_DTYPE, 1 << 40)
+    assert list_segments(instance) == []
+
+
+def test_pop_into_a_non_contiguous_array_is_refused_not_lost(instance):
+    ring = Ring.create(instance, "md", sc.MD_DTYPE, 8)
+    try:
+        ring.push(np.zeros(4, sc.MD_DTYPE))
+        with pytest.raises(ValueError, match="contiguous"):
+            ring.pop(np.zeros(8, sc.MD_DTYPE)[::2])
+        assert len(ring) == 4
+    finally:
+        ring.unlink()

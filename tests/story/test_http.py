@@ -4,6 +4,7 @@ seeded fuzz of query strings.  The server is the real one (uvicorn on a loopback
 over a real SQLite store; the page runs in Debian's headless Chromium."""
 from __future__ import annotations
 
+import contextlib
 import html
 import http.client
 import json
@@ -21,7 +22,7 @@ from obpipe.story import api
 from obpipe.story.config import HttpSection
 from obpipe.story.http import CSP, serve
 from obpipe.story.store import Store, signal_row, summary_row
-from tests.publisher.conftest import make_signal, make_summary
+from tests.helpers import REPO, chromium, make_signal, make_summary, started
 
 T0 = 34_200_000_000_000  # 09:30:00 feed time
 I64_MAX = 2**63 - 1
@@ -99,7 +100,6 @@ def test_http_config_errors_name_the_key(tmp_path):
 def test_the_page_files_are_package_data():
     import tomllib
 
-    from tests.conftest import REPO
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["obpipe.story"]
     import fnmatch
     for name in ("page.html", "page.js", "page.css"):
@@ -233,26 +233,22 @@ def test_obpipe_story_serve_answers_and_ctrl_c_ends_it_within_2_s_even_with_conn
     import subprocess
     import sys
 
-    from tests.conftest import REPO
     p = subprocess.Popen([sys.executable, "-m", "obpipe.story", "serve", "--db", str(tmp_path / "s.db"), "--port", "0"],
                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     idle = []
-    try:
-        line = p.stderr.readline()
-        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", line).group(1))
-        assert _get(port, "/api/symbols")[:1] == (200,)
-        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
-        idle[0].sendall(b"GET /api/symbols HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # half a head
-        t = time.monotonic()
-        p.send_signal(signal.SIGINT)
-        assert p.wait(10) == 0 and time.monotonic() - t < 2.0, p.stderr.read()
-    finally:
-        for s in idle:
-            s.close()
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
-        p.stderr.close()
+    with contextlib.closing(p.stderr), started(p):  # (stopped, then its pipe closed)
+        try:
+            line = p.stderr.readline()
+            port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", line).group(1))
+            assert _get(port, "/api/symbols")[:1] == (200,)
+            idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+            idle[0].sendall(b"GET /api/symbols HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # half a head
+            t = time.monotonic()
+            p.send_signal(signal.SIGINT)
+            assert p.wait(10) == 0 and time.monotonic() - t < 2.0, p.stderr.read()
+        finally:
+            for s in idle:
+                s.close()
 
 
 @pytest.mark.timeout(60)
@@ -313,9 +309,7 @@ def _xss_store(tmp_path) -> tuple[Store, list[tuple]]:
 
 
 def _dump(port: int, query: str) -> str:
-    from tests.story.test_story_kafka import _chromium  # (the page test's Chromium, same flags)
-
-    dom = _chromium("--virtual-time-budget=6000", "--dump-dom", f"http://127.0.0.1:{port}/{query}", timeout_s=90)
+    dom = chromium("--virtual-time-budget=6000", "--dump-dom", f"http://127.0.0.1:{port}/{query}", timeout_s=90)
     assert dom.returncode == 0, dom.stderr[-2000:]
     return dom.stdout
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 ENGINE_PACKAGES = ("ring", "engine", "feed_sim", "analysis", "publisher", "obpipe")
 

@@ -14,7 +14,7 @@ from obpipe.story.narratives import NarrativeConfig, bursts, stories
 from obpipe.story.service import StoryService, check
 from obpipe.story.store import Store, signal_row
 from obpipe.config import ConfigError
-from tests.publisher.conftest import make_signal, make_summary
+from tests.helpers import POISON_KINDS, make_signal, make_summary, poison_record
 
 T0 = 1_340_271_000 * 10**9  # 2012-06-21 09:30:00 UTC, epoch ns (feed time)
 
@@ -208,47 +208,12 @@ def test_http_api_answers_validates_and_serves_the_page(store):
         srv.shutdown()
 
 
-def _poison(kind: str) -> bytes:
-    """One record that passed the old ``check`` but carried what the store or the
-    narration could not take."""
-    m = _sig("sweep", 7, 0)
-    if kind == "non-numeric value":
-        m["values"]["levels"] = "4"
-    elif kind == "NaN":
-        m["values"]["elapsed_ns"] = float("nan")
-    elif kind == "Infinity":
-        m["tick_size"] = float("inf")
-    elif kind == "integer >= 2^63":
-        m["seq"] = 2**63
-    elif kind == "bbo tick >= 2^64":
-        m["bbo"]["bid_tick"] = 2**64
-    elif kind == "bbo a list":
-        m["bbo"] = [22381, 22387, 300, 100]
-    elif kind == "bbo with an object":
-        m["bbo"]["ask_tick"] = {"tick": 22387}
-    elif kind == "bbo with an extra key":
-        m["bbo"]["mid"] = 1
-    elif kind == "integer as a float":
-        m["ts_exch_ns"] = float(m["ts_exch_ns"])
-    elif kind == "symbol markup":
-        m["symbol"] = "<img src=x onerror=alert(1)>"
-        m["id"] = f"{m['symbol']}-7-sweep"
-    elif kind == "id not by the rule":
-        m["id"] = "AMZN-8-sweep"
-    return json.dumps(m).encode()
-
-
-POISON_KINDS = ("non-numeric value", "NaN", "Infinity", "integer >= 2^63", "bbo tick >= 2^64", "bbo a list",
-                "bbo with an object", "bbo with an extra key", "integer as a float", "symbol markup",
-                "id not by the rule")
-
-
 def test_rejects_are_listed_by_the_cli_with_reason_and_raw_bytes(tmp_path, capsys):
     from obpipe.story.cli import main
 
     s = Store.open(str(tmp_path / "r.db"))
     svc = StoryService(StoryConfig(), s, "unused:1", log=lambda m: None)
-    svc.handle([("obpipe.signals", 0, 5, _poison("integer >= 2^63")), ("obpipe.signals", 0, 6, b"\xff<b>")])
+    svc.handle([("obpipe.signals", 0, 5, poison_record("integer >= 2^63")), ("obpipe.signals", 0, 6, b"\xff<b>")])
     s.close()
     assert main(["rejects", "--db", str(tmp_path / "r.db"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -262,7 +227,7 @@ def test_rejects_are_listed_by_the_cli_with_reason_and_raw_bytes(tmp_path, capsy
 @pytest.mark.parametrize("kind", POISON_KINDS)
 def test_a_poison_record_is_rejected_kept_and_counted_and_the_next_burst_still_narrates(store, kind):
     svc = StoryService(StoryConfig(), store, "unused:1", log=lambda s: None)
-    raw = _poison(kind)
+    raw = poison_record(kind)
     svc.handle([("obpipe.signals", raw), _rec(_sig("sweep", 6, -100))])  # never raises
     svc.handle([_rec(_sig("sweep", 8, 100))])  # a later signal whose burst reaches the poison's time
     assert svc.counters["rejected"] == svc.counters["malformed"] == 1

@@ -23,7 +23,7 @@ from obpipe.story import api
 from obpipe.story.config import StoryConfig
 from obpipe.story.service import StoryService
 from obpipe.story.store import Store
-from tests.publisher.conftest import make_signal, make_summary
+from tests.helpers import make_signal, make_summary
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import types
 import urllib.request
@@ -23,10 +21,8 @@ from PIL import Image
 from obpipe.publisher.broker import EmbeddedBroker
 from obpipe.story.store import Store
 from obpipe.ring.shm import list_segments
-from tests.conftest import PREFIX, REPO, _counter, consume_all
-from tests.publisher.conftest import make_signal, make_summary, produce
-from tests.test_cli import _config
-from tests.test_pipeline import LOBSTER_MSG
+from tests.helpers import (LOBSTER_MSG, POISON_KINDS, REPO, SIDES, chromium, consume_all, make_signal, make_summary,
+                           new_instance, poison_record, produce, run_config, stop_process)
 
 pytestmark = [pytest.mark.multiproc]
 
@@ -37,7 +33,8 @@ DAY = 1_340_271_000 * 10**9
 
 
 class StoryProc:
-    """``obpipe-story run`` as a child process."""
+    """``obpipe-story run`` as a child process; as a context manager, stopped (terminate ->
+    join -> kill) when the block ends unless ``stop`` or ``kill`` ended it already."""
 
     def __init__(self, tmp_path: Path, bootstrap: str, db: Path, tag: str, http: bool = False, batch_max: int = 1000):
         cfg = tmp_path / f"story-{tag}.toml"
@@ -49,6 +46,13 @@ class StoryProc:
         self.p = subprocess.Popen([sys.executable, "-m", "obpipe.story", "run", "--config", str(cfg), "--db", str(db)],
                                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.err)
         self.port = None
+        try:
+            self._wait_started(http)
+        except BaseException:  # never started: nobody else will stop it
+            self.__exit__()
+            raise
+
+    def _wait_started(self, http: bool) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             text = self.err_path.read_text()
@@ -77,6 +81,13 @@ class StoryProc:
         self.p.wait(timeout=30)
         self.err.close()
 
+    def __enter__(self) -> StoryProc:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop_process(self.p)
+        self.err.close()
+
 
 def _count(db: Path, table: str) -> int:
     s = Store.open(str(db))
@@ -102,15 +113,16 @@ def replay(tmp_path_factory):
     the story service consumes it; the service is SIGKILLed mid-stream and restarted (with
     its page) and has caught up when this yields."""
     tmp_path = tmp_path_factory.mktemp("story-replay")
-    instance = f"{PREFIX}{next(_counter)}"
+    instance = new_instance()
     broker = EmbeddedBroker.start()
     bs = broker.bootstrap
     db = tmp_path / "story.db"
     story = engine = None
     try:
         story = StoryProc(tmp_path, bs, db, "first", batch_max=5)
-        cfg = _config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
-                      extra=f'[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n[kafka]\nbootstrap_servers = "{bs}"\n')
+        cfg = run_config(tmp_path, instance, md_capacity=1 << 17, events_capacity=1 << 17,
+                         extra=f'[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n'
+                               f'[kafka]\nbootstrap_servers = "{bs}"\n')
         engine = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", cfg, "--replay",
                                    str(LOBSTER_MSG), "--rate", "12000", "--json", "--quiet"], cwd=REPO,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -136,9 +148,8 @@ def replay(tmp_path_factory):
         yield types.SimpleNamespace(db=db, engine=d, signals=published, summaries=published_sums, story=story,
                                     stored_before=stored_before)
     finally:
-        if engine is not None and engine.poll() is None:
-            engine.kill()
-            engine.wait(30)
+        if engine is not None:
+            stop_process(engine, grace_s=30)
         if story is not None:
             story.stop()
         broker.stop(timeout_s=2)
@@ -167,26 +178,11 @@ def test_kill_9_mid_replay_then_restart_stores_exactly_the_published_signals(rep
     assert st["signals_new"] == len(stored) - replay.stored_before
 
 
-def _chromium(*args: str, timeout_s: float = 90) -> subprocess.CompletedProcess:
-    """Debian's headless Chromium with a fresh profile and no background networking."""
-    exe = shutil.which("chromium")
-    if exe is None:
-        pytest.skip("no chromium on PATH (make test installs Debian's chromium package when run as root)")
-    profile = tempfile.mkdtemp(prefix="obpipe-chromium-")
-    try:
-        return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                               "--hide-scrollbars", f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=timeout_s)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-
-
 @pytest.mark.timeout(600)
 def test_the_page_shows_the_chart_and_the_stories_in_headless_chromium(replay):
     url = f"http://127.0.0.1:{replay.story.port}/?symbol=AMZN&since=1d"  # the whole replayed day
     budget = "--virtual-time-budget=8000"  # (page scripts and fetches run to this much virtual time)
-    dom = _chromium(budget, "--dump-dom", url)
+    dom = chromium(budget, "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', re.search(r"<body([^>]*)>", html).group(1)))
@@ -205,7 +201,7 @@ def test_the_page_shows_the_chart_and_the_stories_in_headless_chromium(replay):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     png = ARTIFACTS / "story_page.png"
     png.unlink(missing_ok=True)
-    shot = _chromium(budget, "--window-size=1400,900", f"--screenshot={png}", url)
+    shot = chromium(budget, "--window-size=1400,900", f"--screenshot={png}", url)
     assert shot.returncode == 0 and png.exists(), shot.stderr[-2000:]
     img = Image.open(png).convert("RGB")
     assert img.size == (1400, 900)
@@ -225,29 +221,25 @@ def test_broker_down_queries_still_answer_and_it_reconnects_by_itself(tmp_path):
     b1 = EmbeddedBroker.start()
     port = int(b1.bootstrap.rsplit(":", 1)[1])
     b2 = None
-    story = None
     try:
         produce(b1.bootstrap, "obpipe.signals", [("AMZN", make_signal("sweep", seq=i, ts_exch_ns=DAY + i)) for i in range(1, 6)])
         produce(b1.bootstrap, "obpipe.summaries", [("AMZN", make_summary(start_ns=DAY, end_ns=DAY + 10**8))])
-        story = StoryProc(tmp_path, b1.bootstrap, db, "one", http=True)
-        _wait(lambda: _count(db, "signals"), lambda n: n == 5)
-        b1.stop(timeout_s=2)
-        base = f"http://127.0.0.1:{story.port}"
-        stats = _wait(lambda: json.loads(urllib.request.urlopen(base + "/api/stats", timeout=10).read()),
-                      lambda st: st["kafka_errors"] > 0, timeout_s=60)
-        assert stats["broker_up"] is False
-        stories = json.loads(urllib.request.urlopen(base + "/api/stories?symbol=AMZN", timeout=10).read())
-        assert len(stories) == 1 and len(stories[0]["signal_ids"]) == 5  # answered from the database
-        assert story.p.poll() is None
-        b2 = EmbeddedBroker.start(port=port)  # back, on the same port (empty: in-memory)
-        produce(b2.bootstrap, "obpipe.signals", [("AMZN", make_signal("sweep", seq=i, ts_exch_ns=DAY + i))
-                                                 for i in range(100, 103)])
-        _wait(lambda: _count(db, "signals"), lambda n: n == 8, timeout_s=120)
-        assert "reachable again" in story.stop()
-        story = None
+        with StoryProc(tmp_path, b1.bootstrap, db, "one", http=True) as story:
+            _wait(lambda: _count(db, "signals"), lambda n: n == 5)
+            b1.stop(timeout_s=2)
+            base = f"http://127.0.0.1:{story.port}"
+            stats = _wait(lambda: json.loads(urllib.request.urlopen(base + "/api/stats", timeout=10).read()),
+                          lambda st: st["kafka_errors"] > 0, timeout_s=60)
+            assert stats["broker_up"] is False
+            stories = json.loads(urllib.request.urlopen(base + "/api/stories?symbol=AMZN", timeout=10).read())
+            assert len(stories) == 1 and len(stories[0]["signal_ids"]) == 5  # answered from the database
+            assert story.p.poll() is None
+            b2 = EmbeddedBroker.start(port=port)  # back, on the same port (empty: in-memory)
+            produce(b2.bootstrap, "obpipe.signals", [("AMZN", make_signal("sweep", seq=i, ts_exch_ns=DAY + i))
+                                                     for i in range(100, 103)])
+            _wait(lambda: _count(db, "signals"), lambda n: n == 8, timeout_s=120)
+            assert "reachable again" in story.stop()
     finally:
-        if story is not None:
-            story.kill()
         for b in (b1, b2):
             if b is not None:
                 b.stop(timeout_s=2)
@@ -274,17 +266,14 @@ def _final_counters(err_text: str) -> dict[str, int]:
 
 @pytest.mark.timeout(300)
 def test_poison_records_over_the_broker_are_rejected_kept_and_committed_past(tmp_path, kafka_broker):
-    from tests.story.test_narratives_store import POISON_KINDS, _poison
-
     bs = kafka_broker.bootstrap
-    poison = [_poison(k) for k in POISON_KINDS] + [b"\xff\xfe not UTF-8", b"", b"[" * 5000 + b"]" * 5000,
+    poison = [poison_record(k) for k in POISON_KINDS] + [b"\xff\xfe not UTF-8", b"", b"[" * 5000 + b"]" * 5000,
                                                    json.dumps(make_signal("sweep", seq=3)).encode()]  # 1970 ts
     valid = [make_signal("sweep", seq=1000 + i, ts_exch_ns=DAY + i * 10**9) for i in range(len(poison) + 1)]
     records = [("AMZN", valid[0])] + [r for i, p in enumerate(poison) for r in (("AMZN", p), ("AMZN", valid[i + 1]))]
     produce(bs, "obpipe.signals", records)
     db = tmp_path / "story.db"
-    story = StoryProc(tmp_path, bs, db, "poison", batch_max=7)  # poison spread over several batches
-    try:
+    with StoryProc(tmp_path, bs, db, "poison", batch_max=7) as story:  # poison spread over several batches
         _wait(lambda: _count(db, "rejects") + _count(db, "signals"), lambda n: n == len(records), timeout_s=120)
         group = f"g-{tmp_path.name}"
         _wait(lambda: _committed(bs, group, "obpipe.signals"), lambda n: n == len(records), timeout_s=30)
@@ -301,12 +290,8 @@ def test_poison_records_over_the_broker_are_rejected_kept_and_committed_past(tmp
         finally:
             s.close()
         c = _final_counters(story.stop())
-        story = None
         assert c["records"] == len(records) and c["rejected"] == len(poison) and c["signals_new"] == len(valid)
         assert c["implausible_time"] == 1 and c["malformed"] == len(poison) - 1
-    finally:
-        if story is not None:
-            story.kill()
 
 
 def _fuzz_messages(rng, n: int) -> list[tuple[str, bytes, str]]:
@@ -315,7 +300,6 @@ def _fuzz_messages(rng, n: int) -> list[tuple[str, bytes, str]]:
     import random
 
     from obpipe.publisher.schema import SIGNAL_KINDS, signal_id
-    from tests.publisher.conftest import SIDES
 
     syms = ("AMZN", "AAPL", "MSFT", "BRK.B")
     sig_t, sum_t = "obpipe.signals", "obpipe.summaries"
@@ -415,8 +399,7 @@ def test_fuzzed_story_topics_never_stop_the_service_and_every_record_is_stored_o
             p.poll(0)
     assert p.flush(60) == 0 and len(where) == n
     db = tmp_path / "story.db"
-    story = StoryProc(tmp_path, bs, db, "fuzz", batch_max=5000)  # (fewer fsyncs: commits are synchronous=FULL)
-    try:
+    with StoryProc(tmp_path, bs, db, "fuzz", batch_max=5000) as story:  # (fewer fsyncs: commits are synchronous=FULL)
         group = f"g-{tmp_path.name}"
         _wait(lambda: _committed(bs, group, "obpipe.signals") + _committed(bs, group, "obpipe.summaries"),
               lambda k: k == n, timeout_s=120 * fuzz_scale)
@@ -442,10 +425,6 @@ def test_fuzzed_story_topics_never_stop_the_service_and_every_record_is_stored_o
         finally:
             s.close()
         c = _final_counters(story.stop())
-        story = None
-    finally:
-        if story is not None:
-            story.kill()
     kinds = Counter(where.values())
     assert kinds["stored"] > n // 4 and kinds["rejected"] > n // 3 and kinds["either"] > n // 10  # (the mix)
     assert {k for k, e in where.items() if e == "rejected"} <= rejected_at  # each bad one kept...
