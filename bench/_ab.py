@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 # a revision before the one-namespace layout (issue 14) imports ring by its old names
 _OLD_IMPORTS = (("from ring._jit ", "from obpipe.ring.jit "), ("from ring._atomics ", "from obpipe.ring.atomics "),
                 ("from ring._kernels ", "from obpipe.ring.kernels "), ("from ring._net ", "from obpipe.ring.net "),
-                ("from ring.", "from obpipe.ring."), ("from ring import ", "from obpipe.ring import "))
+                ("from ring.", "from obpipe.ring."), ("from ring import ", "from obpipe.ring import "),
+                ("from . import _book_kernels as BK", "from obpipe.engine import _book_kernels as BK"))
 
 
 def load(name: str, path: Path):
