@@ -375,7 +375,12 @@ def catch_up(journal_path: str, db: str, batch_requests: int = 50_000) -> dict:
 
 
 def tail(journal_path: str, db: str, stop, poll_s: float = 0.05, batch_requests: int = 50_000) -> dict:
-    """Follow the journal until ``stop()`` is true (a store-writer process)."""
+    """Follow the journal until ``stop()`` is true (a store-writer process); waits for
+    the journal to be created (the exchange beside it may not have started yet)."""
+    while not (os.path.exists(journal_path) and os.path.getsize(journal_path) >= J.HEADER.size):
+        if stop():
+            return {}
+        time.sleep(poll_s)
     w = StoreWriter(journal_path, db, batch_requests)
     total = {}
     try:

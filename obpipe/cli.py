@@ -409,7 +409,34 @@ def cmd_exchange(argv: list[str]) -> int:
     except cfgmod.ConfigError as e:
         print(f"obpipe exchange: {e}", file=sys.stderr)
         return 2
-    return server.serve_cli(cfg.exchange, n_symbols, a)
+    writer = _store_writer(cfg.exchange)
+    try:
+        return server.serve_cli(cfg.exchange, n_symbols, a)
+    finally:
+        if writer is not None:  # (it applies what is left, then exits)
+            import subprocess
+
+            writer.terminate()
+            try:
+                writer.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                writer.kill()
+                writer.wait()
+
+
+def _store_writer(x):
+    """The store writer beside ``obpipe exchange`` (a child process that tails the
+    journal into ``[exchange] store``; none without a journal or with store = "off")."""
+    import os
+    import subprocess
+
+    if not x.journal or x.store == "off":
+        return None
+    from obpipe.exchange.store import default_store
+
+    db = x.store or default_store(x.journal)
+    return subprocess.Popen([sys.executable, "-m", "obpipe", "store", "--follow", "--journal", x.journal,
+                             "--store", db, "--parent", str(os.getpid())], stdout=subprocess.DEVNULL)
 
 
 def cmd_exchange_client(argv: list[str]) -> int:
@@ -432,6 +459,7 @@ def _store_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--journal", help="the exchange's journal (default: [exchange] journal)")
         p.add_argument("--follow", action="store_true", help="keep applying new batches until SIGINT/SIGTERM")
         p.add_argument("--batch", type=int, default=50_000, help="requests per transaction")
+        p.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)  # (obpipe exchange's pid)
         return p
     if name != "positions":
         p.add_argument("--symbol", type=_symbol_arg, help="a symbol name or index")
@@ -455,7 +483,8 @@ def cmd_store(name: str, argv: list[str]) -> int:
     a = _store_parser(name).parse_args(argv)
     cfg = _load(a.config)
     journal = getattr(a, "journal", None) or cfg.exchange.journal
-    db = a.store or cfg.exchange.store or (store.default_store(journal) if journal else "")
+    configured = cfg.exchange.store if cfg.exchange.store != "off" else ""
+    db = a.store or configured or (store.default_store(journal) if journal else "")
     if not db:
         print(f"obpipe {name}: no store: give --store, or a config with [exchange] store or journal", file=sys.stderr)
         return 2
@@ -467,6 +496,11 @@ def cmd_store(name: str, argv: list[str]) -> int:
             if not a.follow:
                 print(json.dumps(store.catch_up(journal, db, a.batch)), flush=True)
                 return 0
+            if a.parent:  # started by obpipe exchange: die with it, yield the CPU to it
+                from obpipe.ring.runtime import die_with_parent
+
+                die_with_parent(a.parent)
+                os.nice(10)
             stop = [False]
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.__setitem__(0, True))

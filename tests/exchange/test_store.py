@@ -189,3 +189,26 @@ def test_a_store_refuses_another_journal(session, tmp_path):
     j.close()
     with pytest.raises(store.StoreError, match="another journal"):
         store.catch_up(str(tmp_path / "other"), db)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(600)
+def test_obpipe_exchange_writes_its_store_beside_the_journal_unless_off(tmp_path):
+    runs = {}
+    for tag, extra in (("on", ""), ("off", 'store = "off"\n')):
+        x = ExchangeProc(tmp_path, journal=tmp_path / f"{tag}.j", extra=extra, tag=tag)
+        try:
+            _client(x.port, "--clients", "3", "--orders", "600", "--window", "4", "--seed", "9")
+            runs[tag] = x.stop()
+        finally:
+            stop_process(x.p)
+            x.err.close()
+    assert not os.path.exists(tmp_path / "off.j.db")
+    live = str(tmp_path / "on.j.db")  # written by the writer while the exchange ran, drained at its stop
+    ref = str(tmp_path / "ref.db")
+    assert store.catch_up(str(tmp_path / "on.j"), ref)["fills"] == runs["on"]["engine_trades"] > 0
+    assert _dump(live) == _dump(ref)
+    q = subprocess.run([sys.executable, "-m", "obpipe", "fills", "--config", str(tmp_path / "on.toml"), "--json"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert q.returncode == 0, q.stderr
+    assert len(json.loads(q.stdout)) == runs["on"]["engine_trades"]
