@@ -205,8 +205,7 @@ class StoreWriter:
     def _apply(self, batches, added: dict) -> None:
         orders, fills, updates, rejects, cancels = [], [], [], [], []
         pos_fills = []
-        for _end, ts, reqs in batches:
-            self._one_batch(reqs, ts, orders, fills, updates, rejects, cancels, pos_fills)
+        self._rows(batches, orders, fills, updates, rejects, cancels, pos_fills)
         positions, lots = self._positions(pos_fills)
         con = self.con
         con.execute("BEGIN IMMEDIATE")
@@ -250,40 +249,59 @@ class StoreWriter:
         added["cancels"] += len(cancels)
         added["transactions"] += 1
 
-    def _one_batch(self, reqs, ts, orders, fills, updates, rejects, cancels, pos_fills) -> None:
-        """Replay one journal batch; append its rows (vectorised per batch)."""
+    def _rows(self, batches, orders, fills, updates, rejects, cancels, pos_fills) -> None:
+        """Replay a transaction's batches; append their rows.  The engine runs batch by
+        batch (each report gets its batch's stamp); the rows are built once, with numpy,
+        over all of the transaction's reports."""
         eng = self.eng
-        first_id = eng.next_order_id
         first_exec = eng.counters()["trades"]
-        out = eng.process(reqs, ts)
-        rep, acc = out.reports, out.accounts
+        reps, accs, stamps, lo, hi, reqs_all, req_ts = [], [], [], [], [], [], []
+        for _end, ts, reqs in batches:
+            a = eng.next_order_id
+            out = eng.process(reqs, ts)
+            reps.append(out.reports.copy())
+            accs.append(out.accounts.copy())
+            n = len(out.reports)
+            stamps.append(np.full(n, ts, np.int64))
+            lo.append(np.full(n, a, np.int64))
+            hi.append(np.full(n, eng.next_order_id, np.int64))
+            reqs_all.append(reqs)
+            req_ts.append(np.full(len(reqs), ts, np.int64))
+        rep, acc, tss = np.concatenate(reps), np.concatenate(accs), np.concatenate(stamps)
+        reqs, rts = np.concatenate(reqs_all), np.concatenate(req_ts)
         # new orders: every OE_NEW takes the next id, in request order (rejected ones too)
-        new = reqs[(reqs["type"] == schema.OE_NEW) & (reqs["_reserved"] == 0)]
+        isnew = (reqs["type"] == schema.OE_NEW) & (reqs["_reserved"] == 0)
+        new, nts = reqs[isnew], rts[isnew]
+        first_id = int(eng.next_order_id - len(new))
         ids = first_id + np.arange(len(new), dtype=np.int64)
-        acked = set(rep["order_id"][rep["type"] == schema.R_ACK].tolist())
-        for i, r in zip(ids.tolist(), new.tolist()):
-            if i in acked:
-                # (type, side, ord_type, tif, symbol, _res, qty, account, px, order_id)
-                px = r[8] if r[2] == schema.OT_LIMIT else 0
-                orders.append((i, r[7], r[4], SIDE[r[1]], ORD_TYPE[r[2]], TIF[r[3]], px, r[6], r[6], ts, ts))
+        ok = np.isin(ids, rep["order_id"][rep["type"] == schema.R_ACK].astype(np.int64))
+        new, nts, ids = new[ok], nts[ok], ids[ok]
+        px = np.where(new["ord_type"] == schema.OT_LIMIT, new["px_tick"], 0)
+        sides = [SIDE[s] for s in new["side"].tolist()]
+        types = [ORD_TYPE[t] for t in new["ord_type"].tolist()]
+        tifs = [TIF[t] for t in new["tif"].tolist()]
+        q = new["qty"].tolist()
+        t = nts.tolist()
+        orders += zip(ids.tolist(), new["account"].tolist(), new["symbol"].tolist(), sides, types, tifs, px.tolist(),
+                      q, q, t, t)
         # fills: aggressor's report then the resting order's; exec ids follow the engine's trade count
         tr = trades_of(rep)
         if len(tr):
             agg = np.flatnonzero((rep["type"] == schema.R_FILL) & ((rep["flags"] & schema.RF_AGGRESSOR) != 0))
             a_buys = rep["side"][agg] == schema.BUY
-            buy_acct = np.where(a_buys, acc[agg], acc[agg + 1])
-            sell_acct = np.where(a_buys, acc[agg + 1], acc[agg])
-            sym = rep["symbol"][agg].astype(np.int64)
-            for k, (t, s, ba, sa) in enumerate(zip(tr.tolist(), sym.tolist(), buy_acct.tolist(),
-                                                    sell_acct.tolist())):
-                fills.append((first_exec + k + 1, s, t[0], t[1], ba, sa, t[2], t[3], SIDE[t[4]], ts))
-                pos_fills.append((ba, sa, s, t[2], t[3], ts))
-        # order state: the last report of each order in the batch decides it
+            buy_acct = np.where(a_buys, acc[agg], acc[agg + 1]).tolist()
+            sell_acct = np.where(a_buys, acc[agg + 1], acc[agg]).tolist()
+            sym = rep["symbol"][agg].tolist()
+            fts = tss[agg].tolist()
+            exec_ids = range(first_exec + 1, first_exec + 1 + len(tr))
+            fills += zip(exec_ids, sym, tr[:, 0].tolist(), tr[:, 1].tolist(), buy_acct, sell_acct,
+                         tr[:, 2].tolist(), tr[:, 3].tolist(), [SIDE[s] for s in tr[:, 4].tolist()], fts)
+            pos_fills += zip(buy_acct, sell_acct, sym, tr[:, 2].tolist(), tr[:, 3].tolist(), fts)
+        # order state: the last report of each order in the transaction decides it
         m = np.isin(rep["type"], (schema.R_FILL, schema.R_CANCELLED, schema.R_MODIFIED))
         if m.any():
-            r = rep[m]
-            oid = r["order_id"].astype(np.int64)
-            uniq, inv = np.unique(oid, return_inverse=True)
+            r, rt = rep[m], tss[m]
+            uniq, inv = np.unique(r["order_id"].astype(np.int64), return_inverse=True)
             is_fill = r["type"] == schema.R_FILL
             filled = np.bincount(inv, weights=np.where(is_fill, r["qty"], 0).astype(np.float64),
                                  minlength=len(uniq)).astype(np.int64)
@@ -293,29 +311,29 @@ class StoreWriter:
             mi = np.flatnonzero(r["type"] == schema.R_MODIFIED)
             np.maximum.at(mod, inv[mi], mi)
             lr = r[last]
-            for o, f, t, leaves, reason, mo in zip(uniq.tolist(), filled.tolist(), lr["type"].tolist(),
-                                                   lr["leaves"].tolist(), lr["reason"].tolist(), mod.tolist()):
-                if t == schema.R_CANCELLED:
-                    status, why = "cancelled", schema.REASON_NAMES[reason]
-                elif t == schema.R_FILL and leaves == 0:
-                    status, why = "filled", None
-                else:
-                    status, why = "open", None
-                px = int(r["px_tick"][mo]) if mo >= 0 else None
-                updates.append((f, leaves, status, why, px, ts, o))
+            status = np.where(lr["type"] == schema.R_CANCELLED, 2, np.where(
+                (lr["type"] == schema.R_FILL) & (lr["leaves"] == 0), 1, 0))
+            st = [("open", "filled", "cancelled")[s] for s in status.tolist()]
+            why = [schema.REASON_NAMES[x] if s == 2 else None for s, x in zip(status.tolist(), lr["reason"].tolist())]
+            mpx = [None if k < 0 else p for k, p in zip(mod.tolist(), r["px_tick"][np.maximum(mod, 0)].tolist())]
+            updates += zip(filled.tolist(), lr["leaves"].tolist(), st, why, mpx, rt[last].tolist(), uniq.tolist())
         # rejects and cancels, with their reasons
-        for k in np.flatnonzero(rep["type"] == schema.R_REJECT).tolist():
+        k = np.flatnonzero(rep["type"] == schema.R_REJECT)
+        if len(k):
             x = rep[k]
-            o = int(x["order_id"])
-            kind = "new" if first_id <= o < eng.next_order_id else "amend"
-            self_seq = self.n_rejects + len(rejects) + 1
-            rejects.append((self_seq, o, int(acc[k]), int(x["symbol"]), SIDE.get(int(x["side"])), kind,
-                            schema.REASON_NAMES.get(int(x["reason"]), str(int(x["reason"]))), ts))
-        for k in np.flatnonzero(rep["type"] == schema.R_CANCELLED).tolist():
+            o = x["order_id"].astype(np.int64)
+            kind = np.where((o >= np.concatenate(lo)[k]) & (o < np.concatenate(hi)[k]), "new", "amend").tolist()
+            seq = range(self.n_rejects + len(rejects) + 1, self.n_rejects + len(rejects) + 1 + len(k))
+            rejects += zip(seq, o.tolist(), acc[k].tolist(), x["symbol"].tolist(),
+                           [SIDE.get(s) for s in x["side"].tolist()], kind,
+                           [schema.REASON_NAMES.get(c, str(c)) for c in x["reason"].tolist()], tss[k].tolist())
+        k = np.flatnonzero(rep["type"] == schema.R_CANCELLED)
+        if len(k):
             x = rep[k]
-            cancels.append((self.n_cancels + len(cancels) + 1, int(x["order_id"]), int(acc[k]), int(x["symbol"]),
-                            SIDE[int(x["side"])], int(x["px_tick"]), int(x["qty"]),
-                            schema.REASON_NAMES[int(x["reason"])], ts))
+            seq = range(self.n_cancels + len(cancels) + 1, self.n_cancels + len(cancels) + 1 + len(k))
+            cancels += zip(seq, x["order_id"].tolist(), acc[k].tolist(), x["symbol"].tolist(),
+                           [SIDE[s] for s in x["side"].tolist()], x["px_tick"].tolist(), x["qty"].tolist(),
+                           [schema.REASON_NAMES[c] for c in x["reason"].tolist()], tss[k].tolist())
 
     # --- positions (FIFO lots, docs/DECISIONS.md) -----------------------------------------
     def _lots(self, key):
