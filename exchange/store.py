@@ -210,6 +210,10 @@ class StoreWriter:
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:
+            have = con.execute("SELECT value FROM store_meta WHERE key = 'offset'").fetchone()[0]
+            if have not in (0, self.offset) or (have == 0 and self.offset != J.HEADER.size):
+                raise StoreError(f"the store moved to journal byte {have} under this writer (at {self.offset}): "
+                                 f"another store writer runs on it")
             con.executemany("INSERT INTO orders (id, account, symbol, side, type, tif, price_tick, qty, filled, leaves,"
                             " status, reason, created_ns, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 'open',"
                             " NULL, ?, ?)", orders)

@@ -212,3 +212,21 @@ def test_obpipe_exchange_writes_its_store_beside_the_journal_unless_off(tmp_path
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert q.returncode == 0, q.stderr
     assert len(json.loads(q.stdout)) == runs["on"]["engine_trades"]
+
+
+@pytest.mark.timeout(300)
+def test_a_second_writer_on_the_same_store_stops_instead_of_applying_twice(session, tmp_path):
+    db = str(tmp_path / "s.db")
+    a = store.StoreWriter(session["journal"], db, batch_requests=500)
+    b = store.StoreWriter(session["journal"], db, batch_requests=500)
+    try:
+        assert a.step(max_transactions=1)["transactions"] == 1
+        with pytest.raises(store.StoreError, match="another store writer"):
+            b.step()
+        assert a.step()["requests"] > 0  # the first goes on; the store is one clean copy
+    finally:
+        a.con.close()
+        b.con.close()
+    ref = str(tmp_path / "ref.db")
+    store.catch_up(session["journal"], ref)
+    assert _dump(db) == _dump(ref)
