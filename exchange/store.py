@@ -19,7 +19,6 @@ AUTOINCREMENT, explicit ids); this first slice opens SQLite files only.
 """
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -487,7 +486,3 @@ def since_ns(text: str) -> int:
 def default_store(journal_path: str) -> str:
     """The store beside a journal: ``<journal>.db``."""
     return os.fspath(journal_path) + ".db"
-
-
-def dumps(rows) -> str:
-    return json.dumps(rows)
