@@ -23,6 +23,7 @@ class ExchangeConfig:
     md_port: int = 0  # 0: no market data (obpipe run points it at its receiver)
     md_src_port: int = 0  # send market data from this UDP port (obpipe run reserves one: rx admits only it); 0: any
     journal: str = ""  # journal file; "" = none (a restart starts empty)
+    store: str = ""  # the store (SQLite file) written beside a journal; "" = <journal>.db; "off": none (docs/STORE.md)
     fsync: str = "batch"  # "batch": fsync each batch before acknowledging it; "interval"; "none" (page cache only)
     fsync_interval_ms: float = 10.0  # with fsync = "interval"
     # Who may trade (docs/PROTOCOL.md "Order entry", "Accounts"):

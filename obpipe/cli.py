@@ -384,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("exchange-client", help="simulated traders over TCP: round-trip latency "
                                            "(obpipe exchange-client -h)", add_help=False)
+    for name, what in (("orders", "the exchange's orders"), ("fills", "the exchange's fills"),
+                       ("positions", "positions and P&L per account"),
+                       ("store", "apply the exchange's journal to its store (once, or --follow)")):
+        sub.add_parser(name, help=f"{what}, from the store (obpipe {name} -h)", add_help=False)
     return p
 
 
@@ -405,7 +409,34 @@ def cmd_exchange(argv: list[str]) -> int:
     except cfgmod.ConfigError as e:
         print(f"obpipe exchange: {e}", file=sys.stderr)
         return 2
-    return server.serve_cli(cfg.exchange, n_symbols, a)
+    writer = _store_writer(cfg.exchange)
+    try:
+        return server.serve_cli(cfg.exchange, n_symbols, a)
+    finally:
+        if writer is not None:  # (it applies what is left, then exits)
+            import subprocess
+
+            writer.terminate()
+            try:
+                writer.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                writer.kill()
+                writer.wait()
+
+
+def _store_writer(x):
+    """The store writer beside ``obpipe exchange`` (a child process that tails the
+    journal into ``[exchange] store``; none without a journal or with store = "off")."""
+    import os
+    import subprocess
+
+    if not x.journal or x.store == "off":
+        return None
+    from obpipe.exchange.store import default_store
+
+    db = x.store or default_store(x.journal)
+    return subprocess.Popen([sys.executable, "-m", "obpipe", "store", "--follow", "--journal", x.journal,
+                             "--store", db, "--parent", str(os.getpid())], stdout=subprocess.DEVNULL)
 
 
 def cmd_exchange_client(argv: list[str]) -> int:
@@ -420,8 +451,99 @@ def cmd_exchange_account(argv: list[str]) -> int:
     return accounts.main(argv, accounts_file_of=lambda path: cfgmod.load(path).exchange.accounts_file)
 
 
+def _store_parser(name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"obpipe {name}")
+    p.add_argument("--config", help="TOML config ([exchange] store / journal, [book] symbols)")
+    p.add_argument("--store", help="the store: a SQLite file (default: [exchange] store, else <journal>.db)")
+    if name == "store":
+        p.add_argument("--journal", help="the exchange's journal (default: [exchange] journal)")
+        p.add_argument("--follow", action="store_true", help="keep applying new batches until SIGINT/SIGTERM")
+        p.add_argument("--batch", type=int, default=50_000, help="requests per transaction")
+        p.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)  # (obpipe exchange's pid)
+        return p
+    if name != "positions":
+        p.add_argument("--symbol", type=_symbol_arg, help="a symbol name or index")
+    p.add_argument("--account", type=int)
+    if name == "orders":
+        p.add_argument("--status", choices=("open", "filled", "cancelled"))
+    if name == "fills":
+        p.add_argument("--since", help="only fills of the last 30s / 10m / 2h / 1d")
+    p.add_argument("--json", action="store_true", help="a JSON array on stdout")
+    return p
+
+
+def cmd_store(name: str, argv: list[str]) -> int:
+    """``obpipe orders|fills|positions`` (queries) and ``obpipe store`` (the writer)."""
+    import json
+    import os
+    import signal
+
+    from obpipe.exchange import store
+
+    a = _store_parser(name).parse_args(argv)
+    cfg = _load(a.config)
+    journal = getattr(a, "journal", None) or cfg.exchange.journal
+    configured = cfg.exchange.store if cfg.exchange.store != "off" else ""
+    db = a.store or configured or (store.default_store(journal) if journal else "")
+    if not db:
+        print(f"obpipe {name}: no store: give --store, or a config with [exchange] store or journal", file=sys.stderr)
+        return 2
+    try:
+        if name == "store":
+            if not journal:
+                print("obpipe store: no journal: give --journal or [exchange] journal", file=sys.stderr)
+                return 2
+            if not a.follow:
+                print(json.dumps(store.catch_up(journal, db, a.batch)), flush=True)
+                return 0
+            if a.parent:  # started by obpipe exchange: die with it, yield the CPU to it
+                from obpipe.ring.runtime import die_with_parent
+
+                die_with_parent(a.parent)
+                os.nice(10)
+            stop = [False]
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.__setitem__(0, True))
+            print(json.dumps(store.tail(journal, db, lambda: stop[0], batch_requests=a.batch)), flush=True)
+            return 0
+        if not os.path.exists(db.removeprefix("sqlite:///")):
+            print(f"obpipe {name}: {db}: no such store (obpipe store writes it)", file=sys.stderr)
+            return 2
+        names = list(cfg.book.symbols)
+        sym = getattr(a, "symbol", None)
+        if isinstance(sym, str):
+            if sym not in names:
+                print(f"obpipe {name}: unknown symbol {sym!r} (the config has {', '.join(names)})", file=sys.stderr)
+                return 2
+            sym = names.index(sym)
+        if name == "orders":
+            rows = store.query_orders(db, a.account, sym, a.status)
+        elif name == "fills":
+            rows = store.query_fills(db, a.account, sym, store.since_ns(a.since) if a.since else None)
+        else:
+            rows = store.query_positions(db, a.account)
+    except (store.StoreError, ValueError, OSError) as e:
+        print(f"obpipe {name}: {e}", file=sys.stderr)
+        return 2
+    for r in rows:
+        if r["symbol"] < len(names):
+            r["symbol_name"] = names[r["symbol"]]
+    if a.json:
+        print(json.dumps(rows))
+    elif rows:
+        cols = list(rows[0])
+        table = [cols] + [["" if r[c] is None else str(r[c]) for c in cols] for r in rows]
+        widths = [max(len(t[i]) for t in table) for i in range(len(cols))]
+        for t in table:
+            print("  ".join(v.rjust(w) for v, w in zip(t, widths)))
+    else:
+        print(f"no {name}", file=sys.stderr)
+    return 0
+
+
 _PASS_THROUGH = {"book": cmd_book, "exchange": cmd_exchange, "exchange-client": cmd_exchange_client,
-                 "exchange-account": cmd_exchange_account}
+                 "exchange-account": cmd_exchange_account,
+                 **{n: (lambda argv, n=n: cmd_store(n, argv)) for n in ("orders", "fills", "positions", "store")}}
 
 
 def main(argv: list[str] | None = None) -> int:
