@@ -6,9 +6,12 @@ live state wants) in a fresh temporary directory, listening on a unix socket in 
 directory (only this user can reach it; ``unixsocketperm 700``) or, when a port is
 given, on 127.0.0.1 only, never on every interface. The child runs in its own session
 (Ctrl-C in the terminal reaches only us) with PR_SET_PDEATHSIG=SIGKILL, so it dies
-with the thread that started it even if we are SIGKILLed. Ready is "it answers PING"
-(spoken over a raw socket: no client library needed to start it); ``stop`` signals its
-own pid only (SIGTERM, then SIGKILL after a grace period) and removes the directory.
+with the thread that started it even if we are SIGKILLed. Ready is "the server at the
+address says, in ``INFO server``, that its process_id is our child's" (spoken over a raw
+socket: no client library needed to start it): a bare PING would be answered by another
+server already on that port while ours fails to bind and exits, so a busy port is also
+refused up front. ``stop`` signals its own pid only (SIGTERM, then SIGKILL after a grace
+period) and removes the directory.
 """
 from __future__ import annotations
 
@@ -21,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from obpipe.publisher.broker import _die_with_parent, free_port
+from obpipe.publisher.broker import _die_with_parent, _port_busy, free_port
 
 _PING = b"*1\r\n$4\r\nPING\r\n"
+_INFO_SERVER = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
 
 
 class RedisServerError(RuntimeError):
@@ -42,9 +46,9 @@ def resolve_redis_server() -> str:
     return path
 
 
-def ping(url: str, timeout_s: float = 1.0) -> bool:
-    """True if the Redis at ``url`` (``unix:///path`` or ``redis://host:port``) answers
-    PING within ``timeout_s`` seconds (no AUTH: for our own server and open local ones)."""
+def _ask(url: str, command: bytes, timeout_s: float) -> bytes | None:
+    """Send one RESP ``command`` to the Redis at ``url`` and return the raw reply (a
+    simple string, or a bulk string's payload); None if it cannot be asked."""
     try:
         if url.startswith("unix://"):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -57,10 +61,35 @@ def ping(url: str, timeout_s: float = 1.0) -> bool:
         with s:
             s.settimeout(timeout_s)
             s.connect(addr)
-            s.sendall(_PING)
-            return s.recv(64).startswith(b"+PONG")
+            s.sendall(command)
+            reply = s.recv(65536)
+            if not reply.startswith(b"$"):
+                return reply
+            head, _, body = reply.partition(b"\r\n")
+            want = int(head[1:])
+            while len(body) < want:
+                more = s.recv(65536)
+                if not more:
+                    return None
+                body += more
+            return body[:want]
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def ping(url: str, timeout_s: float = 1.0) -> bool:
+    """True if the Redis at ``url`` (``unix:///path`` or ``redis://host:port``) answers
+    PING within ``timeout_s`` seconds (no AUTH: for our own server and open local ones)."""
+    return (_ask(url, _PING, timeout_s) or b"").startswith(b"+PONG")
+
+
+def server_pid(url: str, timeout_s: float = 1.0) -> int | None:
+    """The process id the Redis at ``url`` reports (``INFO server``); None if not asked."""
+    info = _ask(url, _INFO_SERVER, timeout_s) or b""
+    for line in info.splitlines():
+        if line.startswith(b"process_id:"):
+            return int(line.split(b":", 1)[1])
+    return None
 
 
 class EmbeddedRedis:
@@ -103,9 +132,12 @@ class EmbeddedRedis:
             cores: CPU cores it may run on; None: every core (not the caller's pinning).
 
         Raises:
-            RedisServerError: binary missing, port busy, server exited or did not answer.
+            RedisServerError: binary missing, port busy, server exited or did not answer
+                (as itself: another server's answer on that address does not count).
         """
         binary = binary or resolve_redis_server()
+        if port and _port_busy(port):
+            raise RedisServerError(f"cannot start {binary} on 127.0.0.1:{port}: the port is in use")
         work_dir = Path(tempfile.mkdtemp(prefix=f"obpipe-redis-{tag}-" if tag else "obpipe-redis-"))
         if port is None:
             sock_path, tcp_port = str(work_dir / "redis.sock"), 0
@@ -124,10 +156,10 @@ class EmbeddedRedis:
             raise RedisServerError(f"cannot run {binary}: {e}") from e
         server = cls(proc, work_dir, sock_path, tcp_port)
         deadline = time.monotonic() + timeout_s
-        while not ping(server.url, 0.5):
+        while server_pid(server.url, 0.5) != proc.pid:
             if proc.poll() is not None or time.monotonic() > deadline:
                 why = (f"exited with status {proc.returncode}" if proc.poll() is not None
-                       else f"did not answer PING within {timeout_s} s")
+                       else f"did not answer within {timeout_s} s")
                 tail = server.log_tail()
                 server.stop()
                 raise RedisServerError(f"{binary} on {server.url} {why}; its log ends: {tail}")
