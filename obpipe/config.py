@@ -107,7 +107,7 @@ class RxConfig:
 
 @dataclass(frozen=True)
 class SupervisorConfig:
-    restart: tuple[str, ...] = ("rx", "analysis", "publisher")  # parts restarted when they die or hang
+    restart: tuple[str, ...] = ("rx", "analysis", "publisher", "redis")  # parts restarted when they die or hang
     max_restarts: int = 3  # restarts per part per run; one more failure fails the run
     heartbeat_timeout_s: float = 5.0  # a running part whose heartbeat is older is killed (0: never)
 
