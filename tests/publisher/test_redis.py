@@ -346,6 +346,32 @@ def test_redis_stopped_mid_run_costs_the_book_nothing_and_writes_resume(tmp_path
 
 
 @pytest.mark.timeout(300)
+def test_a_killed_redis_writer_is_restarted_and_writes_again(tmp_path, instance, redis_server):
+    cfg = _redis_cfg(tmp_path, instance, redis_server.url)
+    c = _client(redis_server.url)
+    with running_pipeline(cfg, "--rate", "20000", "--duration", "120") as p:
+        wait_running(cfg, min_msgs=1)
+        st = Status(instance)
+        try:
+            d = _poll(st.collect, lambda d: d["redis"]["redis_writes"] > 10)
+            pid = d["processes"]["redis"]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            d = _poll(st.collect, lambda d: d["processes"]["redis"] is not None
+                      and d["processes"]["redis"]["pid"] != pid and d["redis"]["state"] == "running")
+            c.delete(f"obpipe:{instance}:bbo:AAA")  # the new writer writes every symbol on its first round
+            _poll(lambda: c.hgetall(f"obpipe:{instance}:bbo:AAA"), lambda h: h.get("bid_qty", "") != "")
+        finally:
+            st.close()
+        p.send_signal(signal.SIGINT)
+        final, err = finish(p)
+    assert final["restarts"]["redis"] == 1 and "redis died" in err and final["exit_code"] == 0
+    assert final["applied"] == final["messages"] == final["feed"]["sent"]
+    _final_books_in_redis(c, instance, final)
+    c.close()
+    assert list_segments(instance) == []
+
+
+@pytest.mark.timeout(300)
 def test_run_starts_its_own_redis_and_stops_it(tmp_path, instance):
     cfg = _redis_cfg(tmp_path, instance)
     p = popen_obpipe("run", "--config", cfg, "--json", "--rate", "20000", "--duration", "2")
