@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from obpipe.publisher.broker import _die_with_parent, _port_busy, free_port
+from obpipe.publisher.broker import _die_with_parent, _port_busy, _stop_child, free_port
 
 _PING = b"*1\r\n$4\r\nPING\r\n"
 _INFO_SERVER = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
@@ -179,13 +178,7 @@ class EmbeddedRedis:
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM the server's own pid, SIGKILL it after ``timeout_s``; remove its
         directory. Idempotent."""
-        if self._proc.poll() is None:
-            try:
-                self._proc.send_signal(signal.SIGTERM)
-                self._proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        _stop_child(self._proc, timeout_s)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRedis:

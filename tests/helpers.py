@@ -125,6 +125,18 @@ def wait_running(cfg, min_msgs=0, timeout_s=120) -> dict:
     raise AssertionError(f"the book writer never ran (last stats: {s.stdout or s.stderr})")
 
 
+def poll(fn, cond, timeout_s=60.0, every=0.2):
+    """Call ``fn`` until ``cond(result)``; returns the last result (AssertionError on timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = fn()
+        if cond(r):
+            return r
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s; last: {r}")
+        time.sleep(every)
+
+
 def running_pipeline(cfg, *args, grace_s: float = 10.0):
     """``obpipe run --config cfg --json --quiet <args>`` as a child for a ``with`` block;
     stopped (terminate -> join -> kill) when the block ends."""

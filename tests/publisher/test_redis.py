@@ -29,6 +29,7 @@ from obpipe.ring.stats import StatsBlock
 from obpipe.status import Status
 from obpipe.supervisor import RunOptions, specs_from_config
 from tests.helpers import finish, obpipe, popen_obpipe, run_config, running_pipeline, wait_running
+from tests.helpers import poll as _poll
 
 redis = pytest.importorskip("redis")
 pytestmark = [pytest.mark.multiproc,
@@ -54,18 +55,6 @@ def redis_server():
 
 def _client(url: str):
     return redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
-
-
-def _poll(fn, cond, timeout_s=60.0, every=0.1):
-    """Call ``fn`` until ``cond(result)``; returns the last result (AssertionError on timeout)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        r = fn()
-        if cond(r):
-            return r
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s; last: {r}")
-        time.sleep(every)
 
 
 def _expected_hash(s: dict) -> dict:
