@@ -164,7 +164,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         session, allow = r.admit()
         if not r.start_broker():
             return 1
-        r.start_redis()
+        r.start_redis(cores.publisher)
         specs = specs_from_config(cfg, opts, cores, session=session, allow=allow, src_port=r.src_port(),
                                   bootstrap=r.bootstrap or "", lobster_md=lobster_md, symbol=symbol,
                                   redis_url=r.redis_url or "")
@@ -366,10 +366,12 @@ class _Run:
                        f"publisher counts errors until it is")
         return True
 
-    def start_redis(self) -> None:
+    def start_redis(self, cores: tuple[int, ...] = ()) -> None:
         """The Redis the live state goes to: ``[redis] url``, else a server started here
-        (a unix socket in a temporary directory).  Never fails the run: without
-        ``redis-server``, or if it cannot start, the run goes on without Redis (said)."""
+        (a unix socket in a temporary directory) on ``cores`` (the Redis writer's), as
+        SCHED_IDLE like the writer when ``[pinning] background_idle``: it takes only CPU
+        the book writer and rx leave.  Never fails the run: without ``redis-server``, or
+        if it cannot start, the run goes on without Redis (said)."""
         rd, opts = self.cfg.redis, self.opts
         if not rd.enabled:
             return
@@ -380,12 +382,14 @@ class _Run:
                            f"Redis writer counts errors until it does")
             return
         try:
-            self.redis_server = EmbeddedRedis.start(tag=self.cfg.instance.name)
+            self.redis_server = EmbeddedRedis.start(tag=self.cfg.instance.name, cores=cores or None)
         except RedisServerError as e:
             print(f"obpipe run: running without Redis ([redis] enabled = false hides this): {e}", file=sys.stderr,
                   flush=True)
             return
         self.redis_url = self.redis_server.url
+        if self.cfg.pinning.background_idle:
+            background_priority(True, self.redis_server.pid)
         self.segs.stats.row(ROW_SUPERVISOR)[schema.ST_SUP_REDIS_PID] = self.redis_server.pid
         inst, kp = self.cfg.instance.name, rd.key_prefix
         _say(opts, f"obpipe: Redis (redis-server) pid {self.redis_server.pid} on {self.redis_url}; try: redis-cli "
@@ -507,6 +511,8 @@ class _Run:
             c.proc.join(30)
 
     def _stop_consumers(self) -> None:
+        if self.redis_server is not None:  # (the final books are written at normal priority: see below)
+            background_priority(False, self.redis_server.pid)
         for c, ev_ in ((self.analysis, self.an_stop), (self.publisher, self.pub_stop),
                        (self.redisw, self.redis_stop)):
             if c is not None and c.proc.pid:

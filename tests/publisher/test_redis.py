@@ -244,7 +244,7 @@ def _final_books_in_redis(c, instance, final):
 
 @pytest.mark.timeout(300)
 def test_run_writes_live_books_and_publishes_bbo_changes_and_its_keys_expire(tmp_path, instance, redis_server):
-    cfg = _redis_cfg(tmp_path, instance, redis_server.url, ttl_s=1.5, interval_ms=10)
+    cfg = _redis_cfg(tmp_path, instance, redis_server.url, ttl_s=4, interval_ms=10)  # (4 s: the end of a run on a busy machine)
     c = _client(redis_server.url)
     got: list[dict] = []
     sub = c.pubsub()
@@ -288,7 +288,8 @@ def test_run_writes_live_books_and_publishes_bbo_changes_and_its_keys_expire(tmp
         assert (last[sym]["bid_px_tick"], last[sym]["bid_qty"], last[sym]["ask_px_tick"], last[sym]["ask_qty"]) \
             == (s["bid_px_tick"], s["bid_qty"], s["ask_px_tick"], s["ask_qty"])
     # a stopped instance leaves nothing: every key expires
-    _poll(lambda: c.keys(f"obpipe:{instance}:*"), lambda k: k == [], timeout_s=5)
+    assert 0 < c.pttl(f"obpipe:{instance}:bbo:AAA") <= 4000
+    _poll(lambda: c.keys(f"obpipe:{instance}:*"), lambda k: k == [], timeout_s=10)
     c.close()
     assert list_segments(instance) == []
 
