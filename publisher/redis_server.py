@@ -37,8 +37,7 @@ class RedisServerError(RuntimeError):
 
 def resolve_redis_server() -> str:
     """Path of ``redis-server``; RedisServerError (saying how to get it) if missing."""
-    path = shutil.which("redis-server") or next(
-        (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if os.access(p, os.X_OK)), None)
+    path = shutil.which("redis-server")
     if path is None:
         raise RedisServerError("no redis-server binary on PATH (Debian: apt-get install redis-server; "
                                "`make redis` does it as root)")

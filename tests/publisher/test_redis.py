@@ -28,7 +28,7 @@ from obpipe.ring.snapshot import SnapshotRegion
 from obpipe.ring.stats import StatsBlock
 from obpipe.status import Status
 from obpipe.supervisor import RunOptions, specs_from_config
-from tests.helpers import finish, obpipe, popen_obpipe, run_config, running_pipeline, wait_running
+from tests.helpers import ENV, finish, obpipe, popen_obpipe, run_config, running_pipeline, wait_running
 from tests.helpers import poll as _poll
 
 redis = pytest.importorskip("redis")
@@ -358,6 +358,18 @@ def test_a_killed_redis_writer_is_restarted_and_writes_again(tmp_path, instance,
     assert final["applied"] == final["messages"] == final["feed"]["sent"]
     _final_books_in_redis(c, instance, final)
     c.close()
+    assert list_segments(instance) == []
+
+
+@pytest.mark.timeout(300)
+def test_without_redis_server_the_run_goes_on_and_says_so(tmp_path, instance):
+    cfg = _redis_cfg(tmp_path, instance)
+    p = popen_obpipe("run", "--config", cfg, "--json", "--rate", "20000", "--duration", "1",
+                     env={**ENV, "PATH": str(tmp_path)})  # (no redis-server on this PATH)
+    final, err = finish(p)
+    assert "running without Redis" in err and "no redis-server binary on PATH" in err
+    assert final["redis"]["state"] == "unused" and final["redis"]["url"] is None
+    assert final["applied"] == final["messages"] == final["feed"]["sent"] > 0
     assert list_segments(instance) == []
 
 
