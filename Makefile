@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser redis
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,7 +23,7 @@ $(BENCH): pyproject.toml $(DEV)
 
 install: $(DEV)  ## create .venv and install obpipe (editable) with test tools
 
-run: $(DEV)      ## run the pipeline on embedded defaults (Ctrl-C stops; ARGS="--duration 10")
+run: $(DEV) redis ## run the pipeline on embedded defaults (Ctrl-C stops; ARGS="--duration 10")
 	$(VENV)/bin/obpipe run $(ARGS)
 
 run-exchange: $(DEV) ## the pipeline fed by the exchange and simulated traders (ARGS="--duration 10 --rate 5000")
@@ -38,7 +38,7 @@ book: $(DEV)     ## the matching engine on CSV commands from stdin (ARGS=FILE to
 story: $(DEV)    ## the story service against the local broker (the running instance's), SQLite story.db, page on http://127.0.0.1:8080/
 	$(VENV)/bin/obpipe-story run $(ARGS)
 
-test: $(DEV) browser ## run the test suite
+test: $(DEV) browser redis ## run the test suite
 	$(VPY) -m pytest $(ARGS)
 
 fuzz: $(DEV) browser ## the fuzz and abuse campaigns of the suite, ten times longer (OBPIPE_FUZZ_SCALE=10)
@@ -54,6 +54,14 @@ browser:         ## Debian's chromium for the web page test (apt-get when missin
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
 	      || echo "could not install chromium: the page test will skip"; \
 	  else echo "no chromium and not root: the page test will skip"; fi; }
+
+redis:           ## Debian's redis-server for the live state ([redis]; apt-get when missing and root; else runs go on without it and its tests skip)
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's redis-server (obpipe run writes the live book state to it)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null) \
+	      || echo "could not install redis-server: runs go on without Redis and the Redis tests skip"; \
+	  else echo "no redis-server and not root: runs go on without Redis and the Redis tests skip"; fi; }
 
 tail: $(DEV)     ## follow the signals on Kafka live (the running instance's broker; ARGS="--json --kind sweep")
 	$(VENV)/bin/obpipe tail $(ARGS)

@@ -73,7 +73,7 @@ class PinningConfig:
 #: The analysis restarts with empty detector state and reads on from the events ring's
 #: tail; the publisher reads on from the signals ring's tail (what the dead one held in
 #: flight is counted as lost).
-RESTARTABLE = ("rx", "analysis", "publisher")
+RESTARTABLE = ("rx", "analysis", "publisher", "redis")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class RxConfig:
 
 @dataclass(frozen=True)
 class SupervisorConfig:
-    restart: tuple[str, ...] = ("rx", "analysis", "publisher")  # parts restarted when they die or hang
+    restart: tuple[str, ...] = ("rx", "analysis", "publisher", "redis")  # parts restarted when they die or hang
     max_restarts: int = 3  # restarts per part per run; one more failure fails the run
     heartbeat_timeout_s: float = 5.0  # a running part whose heartbeat is older is killed (0: never)
 
@@ -182,6 +182,16 @@ class KafkaConfig:
 
 
 @dataclass(frozen=True)
+class RedisConfig:
+    enabled: bool = True  # false: no Redis writer; true without redis-server: the run goes on without it (said)
+    url: str = ""  # redis://host:port[/db], rediss://..., unix:///path; "": obpipe run starts its own server
+    interval_ms: float = 10.0  # at most one write per symbol per interval (from the book's snapshots)
+    ttl_s: float = 5.0  # every key expires this long after its last write: a dead instance leaves nothing
+    timeout_s: float = 1.0  # connect and command timeout; a slower Redis counts an error and is retried later
+    key_prefix: str = "obpipe"  # keys and channels <key_prefix>:<instance>:...
+
+
+@dataclass(frozen=True)
 class RunConfig:
     rate: int = 200_000  # synthetic feed messages/s (0: as fast as possible)
     duration_s: float = 0.0  # 0: until Ctrl-C
@@ -203,6 +213,7 @@ class Config:
     supervisor: SupervisorConfig = SupervisorConfig()
     analysis: AnalysisConfig = AnalysisConfig()
     kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
     exchange: ExchangeConfig = ExchangeConfig()
     traders: TradersConfig = TradersConfig()
     run: RunConfig = RunConfig()
@@ -271,6 +282,7 @@ def _validate(c: Config) -> None:
         bad("supervisor.heartbeat_timeout_s", f"must be a number >= 0, got {c.supervisor.heartbeat_timeout_s}")
     _validate_analysis(c.analysis, bad)
     _validate_kafka(c.kafka, bad)
+    _validate_redis(c.redis, bad)
     _validate_exchange(c.exchange, c.traders, bad)
     for k in ("book", "rx", "feed", "analysis", "publisher", "supervisor"):
         v = getattr(c.pinning, k)
@@ -369,6 +381,24 @@ def _validate_kafka(k: KafkaConfig, bad) -> None:
         bad("kafka.linger_ms", "must be >= 0")
     if not k.flush_timeout_s >= 0:
         bad("kafka.flush_timeout_s", "must be >= 0")
+
+
+def _validate_redis(r: RedisConfig, bad) -> None:
+    import math
+    import re
+
+    if r.url and not re.fullmatch(r"(rediss?://[^\s/]+(/\d+)?|unix:///\S+)", r.url):
+        bad("redis.url", f"must be redis://host:port[/db], rediss://... or unix:///path (\"\": our own server), "
+                         f"got {r.url!r}")
+    if not (math.isfinite(r.interval_ms) and 0.1 <= r.interval_ms <= 60_000):
+        bad("redis.interval_ms", f"must be 0.1..60000 ms, got {r.interval_ms}")
+    if not (math.isfinite(r.ttl_s) and r.ttl_s >= 1 and r.ttl_s * 1000 >= 3 * r.interval_ms):
+        bad("redis.ttl_s", f"must be >= 1 s and >= 3 x redis.interval_ms (keys are refreshed before they expire), "
+                           f"got {r.ttl_s}")
+    if not (math.isfinite(r.timeout_s) and 0 < r.timeout_s <= 60):
+        bad("redis.timeout_s", f"must be in (0, 60] s, got {r.timeout_s}")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", r.key_prefix):
+        bad("redis.key_prefix", f"{r.key_prefix!r}: 1-64 letters, digits, '.', '_' or '-'")
 
 
 def _validate_exchange(x: ExchangeConfig, t: TradersConfig, bad) -> None:

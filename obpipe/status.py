@@ -19,6 +19,7 @@ from obpipe.ring.stats import (
     ROW_FEED,
     ROW_LATENCY,
     ROW_PUBLISHER,
+    ROW_REDIS,
     ROW_RX,
     ROW_SUPERVISOR,
     StatsBlock,
@@ -77,11 +78,13 @@ class Status:
             "supervisor": {n: int(sup[i]) for i, n in schema.SUP_STAT_NAMES.items()},
             "analysis": self._analysis(rows[ROW_ANALYSIS]),
             "publisher": self._publisher(rows[ROW_PUBLISHER]),
+            "redis": self._redis(rows[ROW_REDIS]),
             "processes": {"supervisor": self._proc(int(self.stats.seg.header[0]["owner_pid"])),
                           "rx": self._proc(int(rows[ROW_RX][schema.ST_PID])),
                           "book": self._proc(int(book[schema.ST_PID])),
                           "analysis": self._proc(int(rows[ROW_ANALYSIS][schema.ST_PID])),
                           "publisher": self._proc(int(rows[ROW_PUBLISHER][schema.ST_PID])),
+                          "redis": self._proc(int(rows[ROW_REDIS][schema.ST_PID])),
                           "feed": self._proc(int(feed[schema.ST_PID]))},
             "latency_ns": percentiles(rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)),
             "rings": {name: {"fill": len(r), "high_water": r.high_water, "capacity": r.capacity}
@@ -89,7 +92,7 @@ class Status:
             "symbols": {},
         }
         for role, r in (("rx", ROW_RX), ("book", ROW_BOOK), ("analysis", ROW_ANALYSIS), ("publisher", ROW_PUBLISHER),
-                        ("feed", ROW_FEED)):
+                        ("redis", ROW_REDIS), ("feed", ROW_FEED)):
             p, hb = out["processes"][role], int(rows[r][schema.ST_HEARTBEAT_NS])
             if p is not None:
                 p["heartbeat_age_s"] = round((time.monotonic_ns() - hb) / 1e9, 3) if hb else None
@@ -140,6 +143,12 @@ class Status:
     @staticmethod
     def _publisher(row) -> dict:
         d = {n: int(row[i]) for i, n in schema.PUBLISHER_STAT_NAMES.items()}
+        d["state"] = _STATE.get(int(row[schema.ST_STATE]), "?")
+        return d
+
+    @staticmethod
+    def _redis(row) -> dict:
+        d = {n: int(row[i]) for i, n in schema.REDIS_STAT_NAMES.items()}
         d["state"] = _STATE.get(int(row[schema.ST_STATE]), "?")
         return d
 
@@ -197,6 +206,14 @@ def _render_publisher(p: dict, sup: dict) -> str:
             f"{p['state']}" + (f"  (embedded broker 127.0.0.1:{sup['kafka_port']})" if sup["kafka_port"] else ""))
 
 
+def _render_redis(r: dict) -> str:
+    if r["state"] == "unused":
+        return "  redis    off"
+    up = {1: "up", 0: "DOWN"}.get(r["up"], "?")
+    return (f"  redis    writes {r['redis_writes']:>13,}  publishes {r['publishes']:,}  errors {r['redis_errors']:,}  "
+            f"{up}  reconnects {r['reconnects']:,}  rounds {r['rounds']:,}  {r['state']}")
+
+
 def _us(ns) -> str:
     return "-" if ns is None else f"{ns / 1000:.1f} us"
 
@@ -224,6 +241,7 @@ def render(d: dict, levels: int = 3) -> str:
         f"snapshots {b['snapshots']:,}  trades {b['trades']:,}",
         _render_analysis(d["analysis"]),
         _render_publisher(d["publisher"], d["supervisor"]),
+        _render_redis(d["redis"]),
         "  procs    " + "  ".join(
             f"{name} pid {p['pid']} cpu {p['cpu_percent']:.0f}% core {p['core']}"
             + (f" hb {p['heartbeat_age_s']:.2f}s" if p.get("heartbeat_age_s") is not None else "")

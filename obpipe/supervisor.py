@@ -7,8 +7,14 @@ book writer, the analysis, the publisher and the feed as separate pinned process
 order: stop the feed (it sends its closing heartbeat), let rx take in every datagram
 sent and the book writer drain the md ring, stop them; then the analysis drains the
 events ring and emits the open interval's summaries; then the publisher drains the
-signals ring and waits (``[kafka] flush_timeout_s``) for delivery reports; then the
-embedded broker stops.  Print the final stats, unlink every segment.
+signals ring and waits (``[kafka] flush_timeout_s``) for delivery reports, and the Redis
+writer writes the final books; then the embedded broker and our Redis server stop.  Print
+the final stats, unlink every segment.
+
+Redis (``[redis]``): a server at ``[redis] url``, else one started here on a unix socket
+in a temporary directory (``publisher.redis_server``); without ``redis-server`` the run
+goes on without Redis and says so.  The Redis writer (``publisher.redis_writer``) is
+not essential, like the analysis and the publisher.
 
 Watching: every 50 ms it checks that each child is alive and that each running
 child's heartbeat is younger than ``[supervisor] heartbeat_timeout_s``; a hung child
@@ -49,7 +55,10 @@ from obpipe.feed_sim import feed as feedmod
 from obpipe.feed_sim import wire_kernels as WK
 from obpipe.feed_sim.wire import Faults
 from obpipe.publisher import process as publisher_proc
+from obpipe.publisher import redis_writer
 from obpipe.publisher.broker import BrokerError, EmbeddedBroker, reachable
+from obpipe.publisher.redis_server import EmbeddedRedis, RedisServerError
+from obpipe.publisher.redis_server import ping as redis_ping
 from obpipe.ring import schema
 from obpipe.ring.kernels import ring_pop
 from obpipe.ring.placement import cores_for, pin
@@ -57,7 +66,8 @@ from obpipe.ring.runtime import StopFlag, background_priority
 from obpipe.ring.shm import clean_stale, list_segments
 from obpipe.ring.snapshot import SnapshotRegion
 from obpipe.ring.spsc import Backoff, Ring
-from obpipe.ring.stats import ROW_ANALYSIS, ROW_BOOK, ROW_FEED, ROW_PUBLISHER, ROW_RX, ROW_SUPERVISOR, StatsBlock
+from obpipe.ring.stats import (ROW_ANALYSIS, ROW_BOOK, ROW_FEED, ROW_PUBLISHER, ROW_REDIS, ROW_RX, ROW_SUPERVISOR,
+                               StatsBlock)
 from obpipe.status import Status, render
 
 WATCH_S = 0.05  # supervisor loop period
@@ -154,8 +164,10 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         session, allow = r.admit()
         if not r.start_broker():
             return 1
+        r.start_redis(cores.publisher)
         specs = specs_from_config(cfg, opts, cores, session=session, allow=allow, src_port=r.src_port(),
-                                  bootstrap=r.bootstrap or "", lobster_md=lobster_md, symbol=symbol)
+                                  bootstrap=r.bootstrap or "", lobster_md=lobster_md, symbol=symbol,
+                                  redis_url=r.redis_url or "")
         r.trap_signals()
         if r.start_parts(specs):
             r.start_feed(specs.at_port(r.rx_port()))
@@ -220,6 +232,7 @@ class Specs:
     analysis: analysis_proc.AnalysisSpec | None  # None: [analysis] enabled = false
     publisher: publisher_proc.PublisherSpec | None  # None: [kafka] enabled = false or --no-kafka
     feed: feedmod.FeedSpec | exchange_server.ExchangeFeedSpec | None  # None: --no-feed
+    redis: redis_writer.RedisWriterSpec | None = None  # None: [redis] enabled = false, or no Redis to write to
 
     def at_port(self, port: int) -> Specs:
         """The specs once rx has bound UDP ``port``: the feed sends there and a restarted
@@ -238,13 +251,14 @@ def _duration_s(cfg: Config, opts: RunOptions) -> float:
 
 def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placement(), *, session: int = 0,
                       allow: tuple[tuple[str, int], ...] = (), src_port: int = 0, bootstrap: str = "",
-                      lobster_md: np.ndarray | None = None, symbol: int = 0) -> Specs:
+                      lobster_md: np.ndarray | None = None, symbol: int = 0, redis_url: str = "") -> Specs:
     """Every child's spec from the config and the command line: the one place where the
     config becomes process specs (no child sees the ``Config``).  What the run decided
     before comes as arguments: admission (``session``, ``allow``, the feed's reserved
     ``src_port``; ``_admission``), the Kafka ``bootstrap`` (``_Run.start_broker``) and a
-    LOBSTER replay's loaded ``lobster_md`` and ``symbol`` (``_replay_settings``).  rx's
-    port is known once it runs: ``Specs.at_port``."""
+    LOBSTER replay's loaded ``lobster_md`` and ``symbol`` (``_replay_settings``), and the Redis
+    written to (``redis_url``; ``_Run.start_redis``).  rx's port is known once it runs:
+    ``Specs.at_port``."""
     inst, pid, n_symbols = cfg.instance.name, os.getpid(), len(cfg.book.symbols)
     b = cfg.backoff
     backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us)
@@ -268,6 +282,11 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
         message_timeout_ms=k.message_timeout_ms, linger_ms=k.linger_ms, flush_timeout_s=k.flush_timeout_s,
         tick_size=a.tick_size, cores=cores.publisher, background=cfg.pinning.background_idle,
         parent_pid=pid) if _publishes(cfg, opts) else None
+    rd = cfg.redis
+    redis = redis_writer.RedisWriterSpec(
+        instance=inst, symbols=tuple(bk.symbols), url=redis_url, interval_ms=rd.interval_ms, ttl_s=rd.ttl_s,
+        timeout_s=rd.timeout_s, prefix=rd.key_prefix, cores=cores.publisher, background=cfg.pinning.background_idle,
+        parent_pid=pid) if rd.enabled and redis_url else None
     duration = _duration_s(cfg, opts)
     if opts.no_feed:
         feed = None
@@ -288,7 +307,7 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
             symbol=symbol, faults=opts.faults, capture=opts.capture, session=session, src_port=src_port,
             instance=inst, cores=cores.feed, parent_pid=pid, lobster_md=lobster_md,
             lobster_loader=lobster.load_lobster)
-    return Specs(book=book, rx=rx_spec, analysis=analysis, publisher=publisher, feed=feed)
+    return Specs(book=book, rx=rx_spec, analysis=analysis, publisher=publisher, feed=feed, redis=redis)
 
 
 class _Run:
@@ -299,12 +318,15 @@ class _Run:
         self.cfg, self.opts = cfg, opts
         self.ctx = mp.get_context("spawn")
         # (lock-free: children get SIGKILLed)
-        self.stop, self.feed_stop, self.an_stop, self.pub_stop = (StopFlag(self.ctx) for _ in range(4))
+        self.stop, self.feed_stop, self.an_stop, self.pub_stop, self.redis_stop = (StopFlag(self.ctx)
+                                                                                   for _ in range(5))
         self.children: list[_Child] = []
-        self.writer = self.rxc = self.analysis = self.publisher = self.feed = None
+        self.writer = self.rxc = self.analysis = self.publisher = self.feed = self.redisw = None
         self.status: Status | None = None
         self.broker: EmbeddedBroker | None = None
         self.bootstrap: str | None = None  # the Kafka published to (None: nothing is published)
+        self.redis_server: EmbeddedRedis | None = None
+        self.redis_url: str | None = None  # the Redis written to (None: none)
         self.src_sock: socket.socket | None = None
         self.interrupted: list[int] = []  # non-empty once SIGINT or SIGTERM came
         self.old_handlers: dict = {}
@@ -344,6 +366,35 @@ class _Run:
                        f"publisher counts errors until it is")
         return True
 
+    def start_redis(self, cores: tuple[int, ...] = ()) -> None:
+        """The Redis the live state goes to: ``[redis] url``, else a server started here
+        (a unix socket in a temporary directory) on ``cores`` (the Redis writer's), as
+        SCHED_IDLE like the writer when ``[pinning] background_idle``: it takes only CPU
+        the book writer and rx leave.  Never fails the run: without ``redis-server``, or
+        if it cannot start, the run goes on without Redis (said)."""
+        rd, opts = self.cfg.redis, self.opts
+        if not rd.enabled:
+            return
+        if rd.url:
+            self.redis_url = rd.url
+            if not redis_ping(rd.url, 1.0) and not rd.url.startswith("rediss://"):
+                _say(opts, f"obpipe: Redis at {rd.url} does not answer now; the pipeline runs anyway and the "
+                           f"Redis writer counts errors until it does")
+            return
+        try:
+            self.redis_server = EmbeddedRedis.start(tag=self.cfg.instance.name, cores=cores or None)
+        except RedisServerError as e:
+            print(f"obpipe run: running without Redis ([redis] enabled = false hides this): {e}", file=sys.stderr,
+                  flush=True)
+            return
+        self.redis_url = self.redis_server.url
+        if self.cfg.pinning.background_idle:
+            background_priority(True, self.redis_server.pid)
+        self.segs.stats.row(ROW_SUPERVISOR)[schema.ST_SUP_REDIS_PID] = self.redis_server.pid
+        inst, kp = self.cfg.instance.name, rd.key_prefix
+        _say(opts, f"obpipe: Redis (redis-server) pid {self.redis_server.pid} on {self.redis_url}; try: redis-cli "
+                   f"-s {self.redis_server.socket_path} HGETALL {kp}:{inst}:bbo:{self.cfg.book.symbols[0]}")
+
     def trap_signals(self) -> None:
         """SIGINT and SIGTERM end the run in order (``close`` restores the handlers)."""
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -364,6 +415,10 @@ class _Run:
             self.publisher = _Child("publisher", ROW_PUBLISHER, publisher_proc.main_entry,
                                     (specs.publisher, self.pub_stop), "publisher" in restart, essential=False)
             self.children.append(self.publisher)
+        if specs.redis is not None:
+            self.redisw = _Child("redis", ROW_REDIS, redis_writer.main_entry, (specs.redis, self.redis_stop),
+                                 "redis" in restart, essential=False)
+            self.children.append(self.redisw)
         for c in self.children:
             c.start(self.ctx)
         an, pub = self.analysis, self.publisher
@@ -371,6 +426,7 @@ class _Run:
                         f"{list(specs.book.cores)}, rx pid {self.rxc.proc.pid} on cores {list(specs.rx.cores)}, "
                         + (f"analysis pid {an.proc.pid} on cores {list(specs.analysis.cores)}, " if an else "")
                         + (f"publisher pid {pub.proc.pid} on cores {list(specs.publisher.cores)}, " if pub else "")
+                        + (f"redis writer pid {self.redisw.proc.pid}, " if self.redisw else "")
                         + f"{len(self.cfg.book.symbols)} symbols; starting (first run compiles kernels)...")
         return _wait_running(self.segs, self.children, self.interrupted)
 
@@ -455,7 +511,10 @@ class _Run:
             c.proc.join(30)
 
     def _stop_consumers(self) -> None:
-        for c, ev_ in ((self.analysis, self.an_stop), (self.publisher, self.pub_stop)):
+        if self.redis_server is not None:  # (the final books are written at normal priority: see below)
+            background_priority(False, self.redis_server.pid)
+        for c, ev_ in ((self.analysis, self.an_stop), (self.publisher, self.pub_stop),
+                       (self.redisw, self.redis_stop)):
             if c is not None and c.proc.pid:
                 # a SCHED_IDLE part drains at normal priority: the book writer is done, and a busy
                 # machine leaves it almost no CPU (set from here: it may not run to do it; docs/DECISIONS.md
@@ -483,6 +542,7 @@ class _Run:
             final["cpu_percent"]["feed"] = round(100 * (f["cpu_ns"] - m["feed_cpu0"]) / 1e9 / max(feed_s, 1e-9), 1)
         final["restarts"] = {c.name: c.restarts for c in self.children}
         final["kafka"] = {"bootstrap": self.bootstrap, "embedded": self.broker is not None}
+        final["redis"].update(url=self.redis_url, embedded=self.redis_server is not None)
         final["exit_code"] = rc
         if self.opts.as_json:
             sys.stdout.write(orjson.dumps(final, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -493,7 +553,7 @@ class _Run:
         """Stop every child (terminate, then kill, the ones that do not exit), close the
         status view, the reserved port and the broker, unlink every segment, restore the
         signal handlers."""
-        for flag in (self.stop, self.feed_stop, self.an_stop, self.pub_stop):
+        for flag in (self.stop, self.feed_stop, self.an_stop, self.pub_stop, self.redis_stop):
             flag.set()
         for c in self.children:
             p = c.proc
@@ -512,6 +572,8 @@ class _Run:
             self.src_sock.close()
         if self.broker is not None:
             self.broker.stop()
+        if self.redis_server is not None:
+            self.redis_server.stop()
         self.segs.close()
         for sig, h in self.old_handlers.items():
             signal.signal(sig, h)

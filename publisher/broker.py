@@ -151,6 +151,18 @@ def _die_with_parent(parent_pid: int, cores=None):
     return preexec
 
 
+def _stop_child(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM ``proc`` (its own pid only), SIGKILL it if it is still there after
+    ``timeout_s`` seconds, and reap it; nothing if it has exited already."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class EmbeddedBroker:
     """A running Tansu broker on 127.0.0.1 (in-memory storage), owned by this process.
 
@@ -248,13 +260,7 @@ class EmbeddedBroker:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the broker: SIGTERM, then SIGKILL after ``timeout_s`` seconds (Tansu
         waits for connected clients on SIGTERM). Signals only its own pid; idempotent."""
-        if self._proc.poll() is None:
-            try:
-                self._proc.send_signal(signal.SIGTERM)
-                self._proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        _stop_child(self._proc, timeout_s)
         shutil.rmtree(self._log_dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedBroker:

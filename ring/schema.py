@@ -650,17 +650,30 @@ PUBLISHER_STAT_NAMES = {ST_PUB_SIGNALS_IN: "signals_in", ST_PUB_SUMMARIES_IN: "s
                         ST_PUB_DELIVERED_SIGNALS: "delivered_signals", ST_PUB_FAILED_SIGNALS: "failed_signals",
                         ST_PUB_LOST: "lost", ST_PUB_ENCODE_ERRORS: "encode_errors",
                         ST_PUB_SUMMARIES_DROPPED: "summaries_dropped"}
+#: Redis writer row (``obpipe.publisher.redis_writer``).
+ST_REDIS_ROUNDS = 4  # rounds done (one per [redis] interval_ms at most)
+ST_REDIS_WRITES = 5  # symbol states written (one hash + depth per symbol whose snapshot changed)
+ST_REDIS_PUBLISHES = 6  # BBO-change messages published
+ST_REDIS_ERRORS = 7  # rounds that failed: Redis down, slow (timeout) or refusing
+ST_REDIS_UP = 8  # 1 after a round succeeded, 0 after one failed, -1 unknown yet
+ST_REDIS_RECONNECTS = 9  # times writes resumed after Redis was down
+ST_REDIS_TORN = 10  # snapshot reads that gave up (writer mid-write too long): skipped until the next round
+REDIS_STAT_NAMES = {ST_REDIS_ROUNDS: "rounds", ST_REDIS_WRITES: "redis_writes", ST_REDIS_PUBLISHES: "publishes",
+                    ST_REDIS_ERRORS: "redis_errors", ST_REDIS_UP: "up", ST_REDIS_RECONNECTS: "reconnects",
+                    ST_REDIS_TORN: "snapshot_give_ups"}
 #: Supervisor row.
 ST_SUP_EVENTS_READ = 4  # events drained from the events ring while no analysis process runs
 ST_SUP_OUT_DISCARDED = 7  # signals-ring records drained while no publisher runs ([kafka] enabled = false)
 ST_SUP_KAFKA_PORT = 8  # port of the embedded broker on 127.0.0.1 (0: none started)
+ST_SUP_REDIS_PID = 9  # pid of the Redis server obpipe run started (0: none)
 ST_SUP_RESTARTS = 5  # children restarted (restartable parts only)
 ST_SUP_STALE_KILLS = 6  # children killed because their heartbeat went stale
 FEED_STAT_NAMES = {ST_FEED_SENT: "sent", ST_FEED_DATAGRAMS: "datagrams", ST_FEED_PACKETS: "packets",
                    ST_FEED_SEND_ERRORS: "send_errors", ST_FEED_TOTAL: "total", ST_FEED_CAPTURED: "captured",
                    ST_FEED_T0_NS: "t0_ns", ST_FEED_T1_NS: "t1_ns", ST_FEED_CPU_NS: "cpu_ns"}
 SUP_STAT_NAMES = {ST_SUP_EVENTS_READ: "events_read", ST_SUP_RESTARTS: "restarts", ST_SUP_STALE_KILLS: "stale_kills",
-                  ST_SUP_OUT_DISCARDED: "signals_discarded", ST_SUP_KAFKA_PORT: "kafka_port"}
+                  ST_SUP_OUT_DISCARDED: "signals_discarded", ST_SUP_KAFKA_PORT: "kafka_port",
+                  ST_SUP_REDIS_PID: "redis_pid"}
 
 
 def dtype_crc(dt: np.dtype) -> int:

@@ -99,11 +99,14 @@ def popen_obpipe(*args, **kw) -> subprocess.Popen:
 def run_config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, events_capacity=1 << 16,
                signals_capacity=1 << 14) -> str:
     """A config file for one test run.  ``kafka``: bootstrap servers to publish to; None:
-    no publisher (tests that are not about Kafka do not start a broker)."""
+    no publisher (tests that are not about Kafka do not start a broker).  Redis is off
+    unless ``extra`` has a ``[redis]`` section (tests not about it start no server)."""
     p = tmp_path / "c.toml"
     k = f'[kafka]\nbootstrap_servers = "{kafka}"\n' if kafka else "[kafka]\nenabled = false\n"
     if "[kafka]" in extra:
         k = ""
+    if "[redis]" not in extra:
+        k += "[redis]\nenabled = false\n"
     p.write_text(f'[instance]\nname = "{instance}"\n[rings]\nmd_capacity = {md_capacity}\n'
                  f'events_capacity = {events_capacity}\nsignals_capacity = {signals_capacity}\n{k}{extra}')
     return str(p)
@@ -120,6 +123,18 @@ def wait_running(cfg, min_msgs=0, timeout_s=120) -> dict:
                 return d
         time.sleep(0.3)
     raise AssertionError(f"the book writer never ran (last stats: {s.stdout or s.stderr})")
+
+
+def poll(fn, cond, timeout_s=60.0, every=0.2):
+    """Call ``fn`` until ``cond(result)``; returns the last result (AssertionError on timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = fn()
+        if cond(r):
+            return r
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s; last: {r}")
+        time.sleep(every)
 
 
 def running_pipeline(cfg, *args, grace_s: float = 10.0):

@@ -16,6 +16,7 @@ from obpipe.publisher.broker import EmbeddedBroker, free_port
 from obpipe.publisher.schema import signal_id, validate
 from obpipe.ring.shm import list_segments
 from tests.helpers import LOBSTER_MSG, consume_all, finish, obpipe, run_config, running_pipeline, wait_running
+from tests.helpers import poll as _poll
 
 pytestmark = [pytest.mark.multiproc]
 
@@ -33,18 +34,6 @@ def _by_key(msgs, *key):
            for m in msgs}
     assert len(out) == len(msgs)
     return out
-
-
-def _poll(fn, cond, timeout_s=60.0, every=0.2):
-    """Call ``fn`` until ``cond(result)``; returns the last result (AssertionError on timeout)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        r = fn()
-        if cond(r):
-            return r
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s; last: {r}")
-        time.sleep(every)
 
 
 @pytest.mark.timeout(400)
