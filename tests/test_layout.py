@@ -27,6 +27,11 @@ def test_the_distribution_installs_one_top_level_package_obpipe():
     # top-level folder holding Python sources (but tests and bench) is mapped
     mapped = set(st["package-dir"].values())
     assert mapped == {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests"}
+    # and linked from obpipe/, so tools reading the package's directory see the wheel's tree
+    for pkg, folder in st["package-dir"].items():
+        if pkg != "obpipe":
+            link = REPO.joinpath(*pkg.split("."))
+            assert link.is_symlink() and link.resolve() == (REPO / folder).resolve(), pkg
 
 
 def _installed_tree(dst):
@@ -47,8 +52,14 @@ def _lint(tmp_path, root):
 
 
 @pytest.mark.timeout(120)
-def test_import_contracts_hold(tmp_path):
-    p = _lint(tmp_path, _installed_tree(tmp_path / "site"))
+@pytest.mark.parametrize("where", ["checkout", "wheel"])
+def test_import_contracts_hold(tmp_path, where):
+    """A plain `lint-imports` in the checkout, and on the tree a wheel installs."""
+    if where == "checkout":
+        p = subprocess.run([str(Path(sys.executable).with_name("lint-imports")), "--no-cache"], cwd=REPO,
+                           capture_output=True, text=True, timeout=110)
+    else:
+        p = _lint(tmp_path, _installed_tree(tmp_path / "site"))
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     assert p.stdout.count(" KEPT") == len(PYPROJECT["tool"]["importlinter"]["contracts"])
 
