@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser redis
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser redis postgres
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,7 +38,7 @@ book: $(DEV)     ## the matching engine on CSV commands from stdin (ARGS=FILE to
 story: $(DEV)    ## the story service against the local broker (the running instance's), SQLite story.db, page on http://127.0.0.1:8080/
 	$(VENV)/bin/obpipe-story run $(ARGS)
 
-test: $(DEV) browser redis ## run the test suite
+test: $(DEV) browser redis postgres ## run the test suite
 	$(VPY) -m pytest $(ARGS)
 
 fuzz: $(DEV) browser ## the fuzz and abuse campaigns of the suite, ten times longer (OBPIPE_FUZZ_SCALE=10)
@@ -62,6 +62,14 @@ redis:           ## Debian's redis-server for the live state ([redis]; apt-get w
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null) \
 	      || echo "could not install redis-server: runs go on without Redis and the Redis tests skip"; \
 	  else echo "no redis-server and not root: runs go on without Redis and the Redis tests skip"; fi; }
+
+postgres:        ## Debian's PostgreSQL server for the PostgreSQL store tests and bench-store (apt-get when missing and root; else they skip)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's postgresql (the PostgreSQL store tests start their own server)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null) \
+	      || echo "could not install postgresql: the PostgreSQL tests will skip"; \
+	  else echo "no PostgreSQL server and not root: the PostgreSQL tests will skip"; fi; }
 
 tail: $(DEV)     ## follow the signals on Kafka live (the running instance's broker; ARGS="--json --kind sweep")
 	$(VENV)/bin/obpipe tail $(ARGS)

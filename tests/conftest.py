@@ -66,3 +66,12 @@ def kafka_broker():
         assert not broker.alive()
         with pytest.raises(ProcessLookupError):
             os.kill(broker.pid, 0)
+
+
+@pytest.fixture
+def pg_url():
+    """A throwaway PostgreSQL server's URL (tests.helpers.postgres_server); stopped by pid after the test."""
+    from tests.helpers import postgres_server
+
+    with postgres_server() as url:
+        yield url

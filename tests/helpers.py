@@ -420,3 +420,65 @@ class ExchangeSession:
             r = self.read(1)[0]
             got += int(r["type"] in (schema.R_ACK, schema.R_REJECT))
         return got
+
+
+# -- PostgreSQL --------------------------------------------------------------------------
+
+def pg_bin() -> Path | None:
+    """The newest Debian PostgreSQL server's bin directory (``make postgres`` installs it)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+                   if p.parent.parent.name.isdigit() else 0)
+    return found[-1].parent if found else None
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server (Debian's, run as the ``postgres`` user: the server
+    refuses root) on a free 127.0.0.1 port in a new temporary directory, fsync off;
+    yields its URL and stops it by pid (SIGINT: fast shutdown).  Skips the calling test
+    without the server binaries, that user or psycopg, and says why."""
+    import pwd
+
+    psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed")
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql (make postgres installs them)")
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no 'postgres' user to run the server as (the server refuses root)")
+    from obpipe.publisher.broker import free_port
+
+    d = Path(tempfile.mkdtemp(prefix="obpipe-pg-"))  # (pytest's tmp_path is root-only)
+    os.chmod(d, 0o755)
+    shutil.chown(d, pw.pw_uid, pw.pw_gid)
+    kw = dict(user=pw.pw_uid, group=pw.pw_gid, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=d)
+    p = None
+    try:
+        r = subprocess.run([str(bin_dir / "initdb"), "-D", str(d / "data"), "-A", "trust", "-U", "postgres"],
+                           timeout=120, **kw)
+        assert r.returncode == 0, r.stderr.decode()
+        port = free_port()
+        p = subprocess.Popen([str(bin_dir / "postgres"), "-D", str(d / "data"), "-p", str(port), "-k", str(d),
+                              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"], **kw)
+        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg.connect(url, connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                assert p.poll() is None, p.stderr.read().decode()
+                assert time.monotonic() < deadline, "postgres did not accept connections"
+                time.sleep(0.2)
+        yield url
+    finally:
+        if p is not None:
+            p.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+            assert p.poll() is not None
+        shutil.rmtree(d, ignore_errors=True)

@@ -1,75 +1,21 @@
 """The PostgreSQL path: the same store, service and queries against a real server.
 
-The fixture starts its own server (Debian's postgresql, as the ``postgres`` user, on a
-free 127.0.0.1 port, in a temporary directory) and stops it by pid; without the
-server binary, that user or psycopg the tests skip and say why.
+The ``pg_url`` fixture (tests/conftest.py) starts its own server (Debian's postgresql,
+as the ``postgres`` user, on a free 127.0.0.1 port, in a temporary directory) and stops
+it by pid; without the server binary, that user or psycopg the tests skip and say why.
 """
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from obpipe.publisher.broker import free_port
 from obpipe.story import api
 from obpipe.story.config import StoryConfig
 from obpipe.story.service import StoryService
 from obpipe.story.store import Store
 from tests.helpers import make_signal, make_summary
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@pytest.fixture
-def pg_url(tmp_path):
-    psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed")
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL server binaries in {PG_BIN} (Debian package postgresql-15)")
-    try:
-        pw = pwd.getpwnam("postgres")
-    except KeyError:
-        pytest.skip("no 'postgres' user to run the server as (the server refuses root)")
-    d = Path(tempfile.mkdtemp(prefix="obpipe-pg-"))  # (pytest's tmp_path is root-only)
-    os.chmod(d, 0o755)
-    shutil.chown(d, pw.pw_uid, pw.pw_gid)
-    kw = dict(user=pw.pw_uid, group=pw.pw_gid, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=d)
-    r = subprocess.run([str(PG_BIN / "initdb"), "-D", str(d / "data"), "-A", "trust", "-U", "postgres"],
-                       timeout=120, **kw)
-    if r.returncode != 0:
-        shutil.rmtree(d, ignore_errors=True)
-        raise AssertionError(r.stderr.decode())
-    port = free_port()
-    p = subprocess.Popen([str(PG_BIN / "postgres"), "-D", str(d / "data"), "-p", str(port), "-k", str(d),
-                          "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"], **kw)
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                psycopg.connect(url, connect_timeout=2).close()
-                break
-            except psycopg.OperationalError:
-                assert p.poll() is None, p.stderr.read().decode()
-                assert time.monotonic() < deadline, "postgres did not accept connections"
-                time.sleep(0.2)
-        yield url
-    finally:
-        p.send_signal(signal.SIGINT)  # fast shutdown
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=10)
-        assert p.poll() is not None
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.multiproc
