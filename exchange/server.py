@@ -485,7 +485,7 @@ class Exchange:
             g = None if gated is None else gated[i:i + mb]
             if self.journal is not None:  # before any acknowledgement leaves
                 if g is None:
-                    self.journal.append(chunk, ts)
+                    self.journal.append(chunk, ts, reason)
                 elif not g.all():  # (a gated request changes nothing: replay agrees without it)
                     self.journal.append(chunk[~g] if g.any() else chunk, ts)
             self.c["requests"] += len(chunk)

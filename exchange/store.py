@@ -215,17 +215,17 @@ def read_header(path: str) -> dict:
 
 def _batches(data: bytes, base: int):
     """Whole, intact batches at the start of ``data`` (journal bytes from offset
-    ``base``): yields (end offset, ts_ns, requests).  Stops at the first batch that is
+    ``base``): yields (end offset, ts_ns, requests, cancel reason).  Stops at the first batch that is
     not whole yet (the exchange is writing it, or a crash cut it: the exchange drops it)."""
     pos = 0
     size = len(data)
     while pos < size:
         if J._bad_batch(data, pos, size) is not None:
             return
-        _magic, count, ts, _crc = J.BATCH.unpack_from(data, pos)
+        _magic, count, ts, _crc, reason = J.BATCH.unpack_from(data, pos)
         start = pos + J.BATCH.size
         pos = start + count * J.REQ
-        yield base + pos, ts, np.frombuffer(data, schema.ORDER_IN_DTYPE, count, start)
+        yield base + pos, ts, np.frombuffer(data, schema.ORDER_IN_DTYPE, count, start), reason
 
 
 class StoreWriter:
@@ -268,7 +268,7 @@ class StoreWriter:
             f.seek(J.HEADER.size)
             data = f.read(self.offset - J.HEADER.size)
         n, last = 0, J.HEADER.size
-        for end, ts, reqs in _batches(data, J.HEADER.size):
+        for end, ts, reqs, _why in _batches(data, J.HEADER.size):
             for i in range(0, len(reqs), _REPLAY_CHUNK):
                 self.eng.process(reqs[i:i + _REPLAY_CHUNK], ts)
             n += len(reqs)
@@ -285,8 +285,8 @@ class StoreWriter:
         added = {"requests": 0, "orders": 0, "fills": 0, "rejects": 0, "cancels": 0, "transactions": 0}
         pending = []
         n = 0
-        for end, ts, reqs in _batches(data, self.offset):
-            pending.append((end, ts, reqs))
+        for end, ts, reqs, why in _batches(data, self.offset):
+            pending.append((end, ts, reqs, why))
             n += len(reqs)
             if n >= self.batch_requests:
                 self._apply(pending, added)
@@ -352,10 +352,13 @@ class StoreWriter:
         eng = self.eng
         first_exec = eng.counters()["trades"]
         reps, accs, stamps, lo, hi, reqs_all, req_ts = [], [], [], [], [], [], []
-        for _end, ts, reqs in batches:
+        for _end, ts, reqs, why in batches:
             a = eng.next_order_id
             out = eng.process(reqs, ts)
-            reps.append(out.reports.copy())
+            rep = out.reports.copy()
+            if why:  # (the exchange's own cancels: it set this reason on their reports)
+                rep["reason"][rep["type"] == schema.R_CANCELLED] = why
+            reps.append(rep)
             accs.append(out.accounts.copy())
             n = len(out.reports)
             stamps.append(np.full(n, ts, np.int64))
