@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 
@@ -596,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
         from obpipe.publisher import broker
 
         return broker.main(argv[1:])
+    if argv and argv[0] in ("orders", "fills", "positions"):
+        try:
+            return _PASS_THROUGH[argv[0]](argv[1:])
+        except BrokenPipeError:  # (piped into head: the reader has what it wanted)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if argv and argv[0] in _PASS_THROUGH:
         return _PASS_THROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
