@@ -133,7 +133,8 @@ class Db:
                 raise
             return
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            yield _Tx(lambda q, a=(): cur.execute(self._sql(q), a), lambda q, rows: cur.executemany(self._sql(q), rows))
+            yield _Tx(lambda q, a=(): cur.execute(self._sql(q), a), lambda q, rows: cur.executemany(self._sql(q), rows),
+                      cur.copy)
 
     def query(self, sql: str, args=()) -> tuple[list[str], list[tuple]]:
         """Column names and rows of one read (a store without the tables: ``StoreError``)."""
@@ -163,11 +164,24 @@ def _missing_table(e: Exception) -> bool:
 class _Tx:
     """Statements inside one ``Db.tx`` transaction."""
 
-    def __init__(self, run, many):
-        self.run, self.many = run, many
+    def __init__(self, run, many, copy=None):
+        self.run, self.many, self.copy = run, many, copy
 
     def one(self, sql: str, args=()):
         return self.run(sql, args).fetchone()
+
+    def insert(self, table: str, cols: str, rows) -> None:
+        """Insert rows (tuples in ``cols`` order): one executemany on SQLite, a COPY on
+        PostgreSQL (several times faster than its pipelined INSERTs)."""
+        if not rows:
+            return
+        names = cols.split(", ")
+        if self.copy is None:
+            self.many(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(names))})", rows)
+            return
+        with self.copy(f"COPY {table} ({cols}) FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
 
 
 def redact(url: str) -> str:
@@ -311,24 +325,20 @@ class StoreWriter:
                 if have not in (0, self.offset) or (have == 0 and self.offset != J.HEADER.size):
                     raise StoreError(f"the store moved to journal byte {have} under this writer (at {self.offset}): "
                                      f"another store writer runs on it")
-                t.many("INSERT INTO orders (id, account, symbol, side, type, tif, price_tick, qty, filled, leaves,"
-                       " status, reason, created_ns, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 'open',"
-                       " NULL, ?, ?)", orders)
+                t.insert("orders", "id, account, symbol, side, type, tif, price_tick, qty, filled, leaves, status,"
+                         " reason, created_ns, updated_ns", orders)
                 t.many("UPDATE orders SET filled = filled + ?, leaves = ?, status = ?, reason = ?,"
                        " price_tick = COALESCE(?, price_tick), updated_ns = ? WHERE id = ?", updates)
-                t.many("INSERT INTO fills (exec_id, symbol, buy_order, sell_order, buy_account, sell_account,"
-                       " price_tick, qty, aggressor, ts_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", fills)
-                t.many("INSERT INTO rejects (seq, order_id, account, symbol, side, request, reason, ts_ns)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rejects)
-                t.many("INSERT INTO cancels (seq, order_id, account, symbol, side, price_tick, qty, reason,"
-                       " ts_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", cancels)
+                t.insert("fills", "exec_id, symbol, buy_order, sell_order, buy_account, sell_account, price_tick, qty,"
+                         " aggressor, ts_ns", fills)
+                t.insert("rejects", "seq, order_id, account, symbol, side, request, reason, ts_ns", rejects)
+                t.insert("cancels", "seq, order_id, account, symbol, side, price_tick, qty, reason, ts_ns", cancels)
                 t.many("INSERT INTO positions (account, symbol, qty, open_cost, realized_pnl, updated_ns)"
                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account, symbol) DO UPDATE SET"
                        " qty = excluded.qty, open_cost = excluded.open_cost,"
                        " realized_pnl = excluded.realized_pnl, updated_ns = excluded.updated_ns", positions)
                 t.many("DELETE FROM position_lots WHERE account = ? AND symbol = ?", [(p[0], p[1]) for p in positions])
-                t.many("INSERT INTO position_lots (account, symbol, seq, price_tick, qty) VALUES (?, ?, ?, ?, ?)",
-                       lots)
+                t.insert("position_lots", "account, symbol, seq, price_tick, qty", lots)
                 end = batches[-1][0]
                 n = sum(len(b[2]) for b in batches)
                 meta = {"session": self.header["session"], "offset": end, "requests": self.requests + n,
@@ -386,8 +396,9 @@ class StoreWriter:
         tifs = [TIF[t] for t in new["tif"].tolist()]
         q = new["qty"].tolist()
         t = nts.tolist()
+        n = len(q)
         orders += zip(ids.tolist(), new["account"].tolist(), new["symbol"].tolist(), sides, types, tifs, px.tolist(),
-                      q, q, t, t)
+                      q, [0] * n, q, ["open"] * n, [None] * n, t, t)
         # fills: aggressor's report then the resting order's; exec ids follow the engine's trade count
         tr = trades_of(rep)
         if len(tr):
