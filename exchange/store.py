@@ -15,10 +15,12 @@ process).  Queries (``query_orders``, ``query_fills``, ``query_positions``) back
 ``obpipe orders|fills|positions`` commands.
 
 SQL is the common subset of SQLite and PostgreSQL (integer columns are BIGINT, no
-AUTOINCREMENT, explicit ids); this first slice opens SQLite files only.
+AUTOINCREMENT, explicit ids, ``?`` placeholders rewritten for psycopg): a SQLite file
+by default, a PostgreSQL server by ``postgresql://`` URL (``Db``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -79,37 +81,125 @@ class StoreError(ValueError):
     an unknown store URL); the message says which."""
 
 
-def connect(db: str):
-    """Open the store named by a path (SQLite) or a ``sqlite:///path`` URL."""
-    if db.startswith(("postgresql://", "postgres://")):
-        raise StoreError(f"{db}: PostgreSQL stores are not supported yet (this slice writes SQLite files)")
-    path = db[len("sqlite:///"):] if db.startswith("sqlite:///") else db
-    con = sqlite3.connect(path, timeout=30.0, isolation_level=None)  # explicit BEGIN / COMMIT
-    con.execute("PRAGMA journal_mode=WAL")  # readers (obpipe orders) do not block the writer
-    con.execute("PRAGMA synchronous=NORMAL")
-    return con
+class Db:
+    """One store database: a SQLite file (WAL: readers never block the writer) or a
+    PostgreSQL server by ``postgresql://`` URL (psycopg 3 through a small connection
+    pool: a connection broken by a server restart is replaced on the next use instead
+    of failing every later transaction).  SQL is written once with ``?`` placeholders."""
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith(("postgresql://", "postgres://")):
+            self.kind = "postgresql"
+            try:
+                import psycopg_pool
+            except ImportError as e:
+                raise StoreError("a postgresql:// store needs psycopg 3 and its pool "
+                                 "(pip install 'obpipe[postgres]')") from e
+            self.pool = psycopg_pool.ConnectionPool(url, min_size=1, max_size=2, open=False, timeout=2.0,
+                                                    kwargs={"autocommit": True},
+                                                    check=psycopg_pool.ConnectionPool.check_connection)
+            try:
+                self.pool.open(wait=True, timeout=15.0)
+            except psycopg_pool.PoolTimeout as e:
+                self.pool.close()
+                raise StoreError(f"{redact(url)}: cannot connect to the PostgreSQL store ({e})") from None
+            self.con = None
+            self.lock = " FOR UPDATE"  # (the writer's row lock: a second writer waits, then sees the offset moved)
+        else:
+            self.kind = "sqlite"
+            path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+            self.con = sqlite3.connect(path, timeout=30.0, isolation_level=None)  # explicit BEGIN / COMMIT
+            self.con.execute("PRAGMA journal_mode=WAL")  # readers (obpipe orders) do not block the writer
+            self.con.execute("PRAGMA synchronous=NORMAL")
+            self.lock = ""  # (BEGIN IMMEDIATE takes the write lock)
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.kind == "postgresql" else sql
+
+    @contextlib.contextmanager
+    def tx(self):
+        """One transaction: yields a ``_Tx`` (``run``, ``many``, ``one``); commits on
+        leaving, rolls back on an exception."""
+        if self.kind == "sqlite":
+            con = self.con
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Tx(lambda q, a=(): con.execute(q, a), con.executemany)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            return
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield _Tx(lambda q, a=(): cur.execute(self._sql(q), a), lambda q, rows: cur.executemany(self._sql(q), rows))
+
+    def query(self, sql: str, args=()) -> tuple[list[str], list[tuple]]:
+        """Column names and rows of one read (a store without the tables: ``StoreError``)."""
+        try:
+            if self.kind == "sqlite":
+                cur = self.con.execute(sql, args)
+                return [d[0] for d in cur.description], cur.fetchall()
+            with self.pool.connection() as conn, conn.cursor() as cur:
+                cur.execute(self._sql(sql), args)
+                return [d[0] for d in cur.description], cur.fetchall()
+        except Exception as e:
+            if "store_meta" not in sql and _missing_table(e):
+                raise StoreError(f"{redact(self.url)}: not an obpipe store yet (obpipe store writes it): {e}") from None
+            raise
+
+    def close(self) -> None:
+        if self.kind == "sqlite":
+            self.con.close()
+        else:
+            self.pool.close()
 
 
-def create_schema(con) -> None:
+def _missing_table(e: Exception) -> bool:
+    return "no such table" in str(e) or type(e).__name__ == "UndefinedTable"
+
+
+class _Tx:
+    """Statements inside one ``Db.tx`` transaction."""
+
+    def __init__(self, run, many):
+        self.run, self.many = run, many
+
+    def one(self, sql: str, args=()):
+        return self.run(sql, args).fetchone()
+
+
+def redact(url: str) -> str:
+    """A store URL without its password (for messages)."""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        netloc = rest.split("/", 1)[0]
+        if "@" in netloc and ":" in netloc.split("@", 1)[0]:
+            user = netloc.split("@", 1)[0].split(":", 1)[0]
+            return f"{scheme}://{user}:***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def connect(db: str) -> Db:
+    """Open the store named by a path (SQLite), a ``sqlite:///path`` or a ``postgresql://`` URL."""
+    return Db(db)
+
+
+def create_schema(db: Db) -> None:
     """Create the tables (a new store) or check the schema version (an existing one)."""
-    con.execute("BEGIN IMMEDIATE")
-    try:
+    with db.tx() as t:
         for stmt in DDL:
-            con.execute(stmt)
-        row = con.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
+            t.run(stmt)
+        row = t.one("SELECT value FROM store_meta WHERE key = 'schema_version'")
         if row is None:
-            con.executemany("INSERT INTO store_meta (key, value) VALUES (?, ?)",
-                            [(k, SCHEMA_VERSION if k == "schema_version" else 0) for k in META])
+            t.many("INSERT INTO store_meta (key, value) VALUES (?, ?)",
+                   [(k, SCHEMA_VERSION if k == "schema_version" else 0) for k in META])
         elif row[0] != SCHEMA_VERSION:
             raise StoreError(f"store schema version {row[0]}, this obpipe writes version {SCHEMA_VERSION}")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
-def _meta(con) -> dict:
-    return dict(con.execute("SELECT key, value FROM store_meta").fetchall())
+def _meta(db: Db) -> dict:
+    return dict(db.query("SELECT key, value FROM store_meta")[1])
 
 
 def read_header(path: str) -> dict:
@@ -146,12 +236,19 @@ class StoreWriter:
     def __init__(self, journal_path: str, db: str, batch_requests: int = 50_000):
         self.path = journal_path
         self.batch_requests = batch_requests
-        self.con = connect(db)
-        create_schema(self.con)
+        self.db = connect(db)
+        try:
+            self._open(journal_path, db)
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _open(self, journal_path: str, db: str) -> None:
+        create_schema(self.db)
         h = read_header(journal_path)
-        m = _meta(self.con)
+        m = _meta(self.db)
         if m["session"] and m["session"] != h["session"]:
-            raise StoreError(f"{db}: store holds journal session {m['session']}, {journal_path} is session "
+            raise StoreError(f"{redact(db)}: store holds journal session {m['session']}, {journal_path} is session "
                              f"{h['session']} (another journal)")
         self.header = h
         self.eng = MatchingEngine(h["symbols"], h["band_ticks"], h["capacity"])
@@ -206,41 +303,37 @@ class StoreWriter:
         pos_fills = []
         self._rows(batches, orders, fills, updates, rejects, cancels, pos_fills)
         positions, lots = self._positions(pos_fills)
-        con = self.con
-        con.execute("BEGIN IMMEDIATE")
         try:
-            have = con.execute("SELECT value FROM store_meta WHERE key = 'offset'").fetchone()[0]
-            if have not in (0, self.offset) or (have == 0 and self.offset != J.HEADER.size):
-                raise StoreError(f"the store moved to journal byte {have} under this writer (at {self.offset}): "
-                                 f"another store writer runs on it")
-            con.executemany("INSERT INTO orders (id, account, symbol, side, type, tif, price_tick, qty, filled, leaves,"
-                            " status, reason, created_ns, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 'open',"
-                            " NULL, ?, ?)", orders)
-            con.executemany("UPDATE orders SET filled = filled + ?, leaves = ?, status = ?, reason = ?,"
-                            " price_tick = COALESCE(?, price_tick), updated_ns = ? WHERE id = ?", updates)
-            con.executemany("INSERT INTO fills (exec_id, symbol, buy_order, sell_order, buy_account, sell_account,"
-                            " price_tick, qty, aggressor, ts_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", fills)
-            con.executemany("INSERT INTO rejects (seq, order_id, account, symbol, side, request, reason, ts_ns)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rejects)
-            con.executemany("INSERT INTO cancels (seq, order_id, account, symbol, side, price_tick, qty, reason,"
-                            " ts_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", cancels)
-            con.executemany("INSERT INTO positions (account, symbol, qty, open_cost, realized_pnl, updated_ns)"
-                            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account, symbol) DO UPDATE SET"
-                            " qty = excluded.qty, open_cost = excluded.open_cost,"
-                            " realized_pnl = excluded.realized_pnl, updated_ns = excluded.updated_ns", positions)
-            con.executemany("DELETE FROM position_lots WHERE account = ? AND symbol = ?",
-                            [(p[0], p[1]) for p in positions])
-            con.executemany("INSERT INTO position_lots (account, symbol, seq, price_tick, qty) VALUES (?, ?, ?, ?, ?)",
-                            lots)
-            end = batches[-1][0]
-            n = sum(len(b[2]) for b in batches)
-            meta = {"session": self.header["session"], "offset": end, "requests": self.requests + n,
-                    "batches": self.batches + len(batches), "rejects": self.n_rejects + len(rejects),
-                    "cancels": self.n_cancels + len(cancels)}
-            con.executemany("UPDATE store_meta SET value = ? WHERE key = ?", [(v, k) for k, v in meta.items()])
-            con.execute("COMMIT")
+            with self.db.tx() as t:
+                have = t.one("SELECT value FROM store_meta WHERE key = 'offset'" + self.db.lock)[0]
+                if have not in (0, self.offset) or (have == 0 and self.offset != J.HEADER.size):
+                    raise StoreError(f"the store moved to journal byte {have} under this writer (at {self.offset}): "
+                                     f"another store writer runs on it")
+                t.many("INSERT INTO orders (id, account, symbol, side, type, tif, price_tick, qty, filled, leaves,"
+                       " status, reason, created_ns, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 'open',"
+                       " NULL, ?, ?)", orders)
+                t.many("UPDATE orders SET filled = filled + ?, leaves = ?, status = ?, reason = ?,"
+                       " price_tick = COALESCE(?, price_tick), updated_ns = ? WHERE id = ?", updates)
+                t.many("INSERT INTO fills (exec_id, symbol, buy_order, sell_order, buy_account, sell_account,"
+                       " price_tick, qty, aggressor, ts_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", fills)
+                t.many("INSERT INTO rejects (seq, order_id, account, symbol, side, request, reason, ts_ns)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rejects)
+                t.many("INSERT INTO cancels (seq, order_id, account, symbol, side, price_tick, qty, reason,"
+                       " ts_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", cancels)
+                t.many("INSERT INTO positions (account, symbol, qty, open_cost, realized_pnl, updated_ns)"
+                       " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account, symbol) DO UPDATE SET"
+                       " qty = excluded.qty, open_cost = excluded.open_cost,"
+                       " realized_pnl = excluded.realized_pnl, updated_ns = excluded.updated_ns", positions)
+                t.many("DELETE FROM position_lots WHERE account = ? AND symbol = ?", [(p[0], p[1]) for p in positions])
+                t.many("INSERT INTO position_lots (account, symbol, seq, price_tick, qty) VALUES (?, ?, ?, ?, ?)",
+                       lots)
+                end = batches[-1][0]
+                n = sum(len(b[2]) for b in batches)
+                meta = {"session": self.header["session"], "offset": end, "requests": self.requests + n,
+                        "batches": self.batches + len(batches), "rejects": self.n_rejects + len(rejects),
+                        "cancels": self.n_cancels + len(cancels)}
+                t.many("UPDATE store_meta SET value = ? WHERE key = ?", [(v, k) for k, v in meta.items()])
         except BaseException:
-            con.execute("ROLLBACK")
             self.lots = {}  # (reloaded from the store: the failed transaction's changes are gone)
             raise
         self.offset, self.requests, self.batches = end, meta["requests"], meta["batches"]
@@ -342,11 +435,10 @@ class StoreWriter:
     def _lots(self, key):
         q = self.lots.get(key)
         if q is None:
-            pos = self.con.execute("SELECT realized_pnl FROM positions WHERE account = ? AND symbol = ?",
-                                   key).fetchone()
-            rows = self.con.execute("SELECT price_tick, qty FROM position_lots WHERE account = ? AND symbol = ?"
-                                    " ORDER BY seq", key).fetchall()
-            q = self.lots[key] = [deque([list(r) for r in rows]), pos[0] if pos else 0, 0]
+            pos = self.db.query("SELECT realized_pnl FROM positions WHERE account = ? AND symbol = ?", key)[1]
+            rows = self.db.query("SELECT price_tick, qty FROM position_lots WHERE account = ? AND symbol = ?"
+                                 " ORDER BY seq", key)[1]
+            q = self.lots[key] = [deque([list(r) for r in rows]), pos[0][0] if pos else 0, 0]
         return q
 
     def _positions(self, pos_fills):
@@ -392,21 +484,46 @@ def catch_up(journal_path: str, db: str, batch_requests: int = 50_000) -> dict:
     try:
         return w.step()
     finally:
-        w.con.close()
+        w.db.close()
 
 
-def tail(journal_path: str, db: str, stop, poll_s: float = 0.05, batch_requests: int = 50_000) -> dict:
+def tail(journal_path: str, db: str, stop, poll_s: float = 0.05, batch_requests: int = 50_000,
+         log=lambda m: None) -> dict:
     """Follow the journal until ``stop()`` is true (a store-writer process); waits for
-    the journal to be created (the exchange beside it may not have started yet)."""
+    the journal to be created (the exchange beside it may not have started yet).  A
+    database that fails (down, restarting, disk full) is retried with backoff, up to
+    5 s apart, by a new writer that resumes from the store's last commit (the failed
+    transaction advanced the writer's engine, so that writer is dropped); ``errors``
+    counts the failures.  A ``StoreError`` (another journal, another writer) ends it."""
     while not (os.path.exists(journal_path) and os.path.getsize(journal_path) >= J.HEADER.size):
         if stop():
             return {}
         time.sleep(poll_s)
-    w = StoreWriter(journal_path, db, batch_requests)
-    total = {}
+    total = {"errors": 0}
+    w = None
+    backoff = 0.1
     try:
         while True:
-            got = w.step()
+            try:
+                if w is None:
+                    w = StoreWriter(journal_path, db, batch_requests)
+                got = w.step()
+                backoff = 0.1
+            except StoreError:
+                raise
+            except Exception as e:  # (sqlite3 / psycopg errors: the database, not the journal)
+                total["errors"] += 1
+                log(f"store writer: {redact(db)}: {type(e).__name__}: {str(e).strip()}; retrying in {backoff:.1f} s")
+                if w is not None:
+                    w.db.close()
+                    w = None
+                deadline = time.monotonic() + backoff
+                while time.monotonic() < deadline and not stop():
+                    time.sleep(0.05)
+                backoff = min(5.0, backoff * 2)
+                if stop():
+                    return total
+                continue
             for k, v in got.items():
                 total[k] = total.get(k, 0) + v
             if stop():
@@ -415,7 +532,8 @@ def tail(journal_path: str, db: str, stop, poll_s: float = 0.05, batch_requests:
             if not got["requests"]:
                 time.sleep(poll_s)
     finally:
-        w.con.close()
+        if w is not None:
+            w.db.close()
 
 
 # --- queries --------------------------------------------------------------------------
@@ -423,10 +541,9 @@ def _where(conds):
     return (" WHERE " + " AND ".join(c for c, _ in conds)) if conds else "", [v for _, v in conds]
 
 
-def _rows(con, sql, args):
-    cur = con.execute(sql, args)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
+def _rows(db: Db, sql, args):
+    names, rows = db.query(sql, args)
+    return [dict(zip(names, r)) for r in rows]
 
 
 def query_orders(db: str, account=None, symbol=None, status=None) -> list[dict]:

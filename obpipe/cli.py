@@ -454,7 +454,8 @@ def cmd_exchange_account(argv: list[str]) -> int:
 def _store_parser(name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"obpipe {name}")
     p.add_argument("--config", help="TOML config ([exchange] store / journal, [book] symbols)")
-    p.add_argument("--store", help="the store: a SQLite file (default: [exchange] store, else <journal>.db)")
+    p.add_argument("--store", help="the store: a SQLite file or a postgresql:// URL (default: [exchange] store, "
+                                    "else <journal>.db)")
     if name == "store":
         p.add_argument("--journal", help="the exchange's journal (default: [exchange] journal)")
         p.add_argument("--follow", action="store_true", help="keep applying new batches until SIGINT/SIGTERM")
@@ -504,9 +505,10 @@ def cmd_store(name: str, argv: list[str]) -> int:
             stop = [False]
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.__setitem__(0, True))
-            print(json.dumps(store.tail(journal, db, lambda: stop[0], batch_requests=a.batch)), flush=True)
+            print(json.dumps(store.tail(journal, db, lambda: stop[0], batch_requests=a.batch,
+                                        log=lambda m: print(m, file=sys.stderr, flush=True))), flush=True)
             return 0
-        if not os.path.exists(db.removeprefix("sqlite:///")):
+        if not db.startswith(("postgresql://", "postgres://")) and not os.path.exists(db.removeprefix("sqlite:///")):
             print(f"obpipe {name}: {db}: no such store (obpipe store writes it)", file=sys.stderr)
             return 2
         names = list(cfg.book.symbols)

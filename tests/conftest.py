@@ -75,3 +75,16 @@ def pg_url():
 
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture
+def pg_server():
+    """A started tests.helpers.PgServer (``.url``; ``stop``/``start`` for an outage); removed after the test."""
+    from tests.helpers import PgServer
+
+    srv = PgServer()
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.close()

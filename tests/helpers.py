@@ -431,54 +431,80 @@ def pg_bin() -> Path | None:
     return found[-1].parent if found else None
 
 
-@contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
+class PgServer:
     """A throwaway PostgreSQL server (Debian's, run as the ``postgres`` user: the server
-    refuses root) on a free 127.0.0.1 port in a new temporary directory, fsync off;
-    yields its URL and stops it by pid (SIGINT: fast shutdown).  Skips the calling test
+    refuses root) on a free 127.0.0.1 port in a new temporary directory, fsync off.
+    ``start``/``stop`` (by pid; SIGINT: fast shutdown) may repeat (an outage, same port
+    and data); ``close`` stops it and removes the directory.  Skips the calling test
     without the server binaries, that user or psycopg, and says why."""
-    import pwd
 
-    psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed")
-    bin_dir = pg_bin()
-    if bin_dir is None:
-        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql (make postgres installs them)")
-    try:
-        pw = pwd.getpwnam("postgres")
-    except KeyError:
-        pytest.skip("no 'postgres' user to run the server as (the server refuses root)")
-    from obpipe.publisher.broker import free_port
+    def __init__(self):
+        import pwd
 
-    d = Path(tempfile.mkdtemp(prefix="obpipe-pg-"))  # (pytest's tmp_path is root-only)
-    os.chmod(d, 0o755)
-    shutil.chown(d, pw.pw_uid, pw.pw_gid)
-    kw = dict(user=pw.pw_uid, group=pw.pw_gid, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=d)
-    p = None
-    try:
-        r = subprocess.run([str(bin_dir / "initdb"), "-D", str(d / "data"), "-A", "trust", "-U", "postgres"],
-                           timeout=120, **kw)
-        assert r.returncode == 0, r.stderr.decode()
-        port = free_port()
-        p = subprocess.Popen([str(bin_dir / "postgres"), "-D", str(d / "data"), "-p", str(port), "-k", str(d),
-                              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"], **kw)
-        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        self.psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed")
+        self.bin = pg_bin()
+        if self.bin is None:
+            pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql (make postgres installs them)")
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("no 'postgres' user to run the server as (the server refuses root)")
+        from obpipe.publisher.broker import free_port
+
+        self.dir = Path(tempfile.mkdtemp(prefix="obpipe-pg-"))  # (pytest's tmp_path is root-only)
+        os.chmod(self.dir, 0o755)
+        shutil.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self.kw = dict(user=pw.pw_uid, group=pw.pw_gid, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       cwd=self.dir)
+        self.p = None
+        r = subprocess.run([str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres"],
+                           timeout=120, **self.kw)
+        if r.returncode != 0:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise AssertionError(r.stderr.decode())
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        self.p = subprocess.Popen([str(self.bin / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
+                                   "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                                  **self.kw)
         deadline = time.monotonic() + 60
         while True:
             try:
-                psycopg.connect(url, connect_timeout=2).close()
-                break
-            except psycopg.OperationalError:
-                assert p.poll() is None, p.stderr.read().decode()
+                self.psycopg.connect(self.url, connect_timeout=2).close()
+                return
+            except self.psycopg.OperationalError:
+                assert self.p.poll() is None, self.p.stderr.read().decode()
                 assert time.monotonic() < deadline, "postgres did not accept connections"
                 time.sleep(0.2)
-        yield url
+
+    def stop(self) -> None:
+        if self.p is None:
+            return
+        self.p.send_signal(signal.SIGINT)  # fast shutdown
+        try:
+            self.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(timeout=10)
+        assert self.p.poll() is not None
+        self.p.stderr.close()
+        self.p = None
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A started ``PgServer``'s URL; the server is stopped by pid and removed after."""
+    srv = PgServer()
+    try:
+        srv.start()
+        yield srv.url
     finally:
-        if p is not None:
-            p.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
-            assert p.poll() is not None
-        shutil.rmtree(d, ignore_errors=True)
+        srv.close()

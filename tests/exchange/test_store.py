@@ -49,9 +49,10 @@ def session(tmp_path_factory):
 
 
 def _dump(db: str) -> dict:
-    con = sqlite3.connect(db)
+    """Every row of every table, in key order (a SQLite file or a postgresql:// URL)."""
+    con = store.connect(db)
     try:
-        return {t: con.execute(f"SELECT * FROM {t} ORDER BY {k}").fetchall() for t, k in TABLES.items()}
+        return {t: [tuple(r) for r in con.query(f"SELECT * FROM {t} ORDER BY {k}")[1]] for t, k in TABLES.items()}
     finally:
         con.close()
 
@@ -225,8 +226,85 @@ def test_a_second_writer_on_the_same_store_stops_instead_of_applying_twice(sessi
             b.step()
         assert a.step()["requests"] > 0  # the first goes on; the store is one clean copy
     finally:
-        a.con.close()
-        b.con.close()
+        a.db.close()
+        b.db.close()
     ref = str(tmp_path / "ref.db")
     store.catch_up(session["journal"], ref)
     assert _dump(db) == _dump(ref)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_a_postgresql_store_resumes_refuses_a_second_writer_and_equals_the_sqlite_one(session, tmp_path, pg_url):
+    ref = str(tmp_path / "ref.db")
+    store.catch_up(session["journal"], ref)
+    a = store.StoreWriter(session["journal"], pg_url, batch_requests=400)
+    b = store.StoreWriter(session["journal"], pg_url, batch_requests=400)
+    try:
+        first = a.step(max_transactions=2)
+        assert first["transactions"] == 2 and 0 < first["requests"] < session["summary"]["engine_requests"]
+        with pytest.raises(store.StoreError, match="another store writer"):
+            b.step()
+    finally:
+        a.db.close()
+        b.db.close()
+    rest = store.catch_up(session["journal"], pg_url)  # a new writer resumes where the first committed
+    assert first["requests"] + rest["requests"] == session["summary"]["engine_requests"]
+    assert store.catch_up(session["journal"], pg_url)["requests"] == 0
+    assert _dump(pg_url) == _dump(ref)
+    for q in (lambda db: store.query_orders(db, status="open"), lambda db: store.query_fills(db, account=1),
+              store.query_positions):
+        assert q(pg_url) == q(ref) and len(q(ref)) > 0
+    out = subprocess.run([sys.executable, "-m", "obpipe", "positions", "--store", pg_url, "--json"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cli = json.loads(out.stdout)
+    assert all(r.pop("symbol_name") in ("AAA", "BBB") for r in cli)  # (the CLI names the symbols)
+    assert cli == json.loads(json.dumps(store.query_positions(ref)))
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(300)
+def test_the_store_writer_rides_out_a_postgresql_outage(session, tmp_path, pg_server):
+    """``obpipe store --follow`` on PostgreSQL: the server stops while the journal grows;
+    the writer counts the failures, retries, and once the server is back applies the rest
+    exactly once."""
+    from obpipe.exchange import journal as J
+
+    ref = str(tmp_path / "ref.db")
+    store.catch_up(session["journal"], ref)
+    data = open(session["journal"], "rb").read()
+    ends = [end for end, _ts, _reqs in store._batches(data[J.HEADER.size:], J.HEADER.size)]
+    half = ends[len(ends) // 2]
+    j = tmp_path / "grow.j"
+    j.write_bytes(data[:half])
+    p = subprocess.Popen([sys.executable, "-m", "obpipe", "store", "--follow", "--journal", str(j), "--store",
+                          pg_server.url, "--batch", "300"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        def offset():
+            try:
+                return dict(store.connect(pg_server.url).query("SELECT key, value FROM store_meta")[1])["offset"]
+            except Exception:
+                return 0
+
+        deadline = time.monotonic() + 120
+        while offset() != half:
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else ""
+            time.sleep(0.05)
+        pg_server.stop()
+        with open(j, "ab") as f:
+            f.write(data[half:])
+        time.sleep(3.0)  # the writer finds the new batches, fails (no connection within 2 s), retries
+        assert p.poll() is None  # (an outage does not end it)
+        pg_server.start()
+        while offset() != len(data):
+            assert p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        stop_process(p)
+    assert p.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["errors"] >= 1 and "retrying" in err
+    assert _dump(pg_server.url) == _dump(ref)
