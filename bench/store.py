@@ -144,7 +144,8 @@ def bench_store(n: int, batch: int, accounts: int, repeats: int, pg: bool) -> di
         out = {"store_workload": {"requests": n, "requests_per_batch": batch, "accounts": accounts,
                                   "journal_bytes": os.path.getsize(jp), "mix": "mixed (bench/matching.py)",
                                   **{k: v for k, v in expect.items() if k != "requests"}},
-               "sqlite": {**_rates("sqlite", runs), "server": f"SQLite {sqlite3.sqlite_version} (WAL, synchronous NORMAL)"}}
+               "sqlite": {**_rates("sqlite", runs),
+                          "server": f"SQLite {sqlite3.sqlite_version} (WAL, synchronous NORMAL)"}}
         out["postgresql"] = _pg_runs(jp, repeats, expect) if pg else {"skipped": "--no-postgres"}
     return out
 
@@ -301,6 +302,8 @@ def _redis_writes_run(interval_ms: float, rate: int, seconds: float, tag: str) -
                 except (RingError, FileNotFoundError):
                     pass
                 time.sleep(0.05)
+            if st is None:
+                raise RuntimeError(f"obpipe run {inst} did not start (exit code {p.poll()})")
             time.sleep(1.0)
             r0, t0 = st.snapshot()[ROW_REDIS].copy(), time.monotonic()
             time.sleep(seconds)
@@ -319,7 +322,8 @@ def _redis_writes_run(interval_ms: float, rate: int, seconds: float, tag: str) -
                                            (sc.ST_REDIS_PUBLISHES, "publishes"), (sc.ST_REDIS_ERRORS, "errors"))}
     return {"writes_per_s": round(d["writes"] / dt), "rounds_per_s": round(d["rounds"] / dt),
             "publishes_per_s": round(d["publishes"] / dt), "errors": d["errors"], "window_s": round(dt, 2),
-            "applied_at_end_of_window": applied, "run_redis": final["redis"], "lost": final["feed"]["sent"] - final["applied"]}
+            "applied_at_end_of_window": applied, "run_redis": final["redis"],
+            "lost": final["feed"]["sent"] - final["applied"]}
 
 
 def bench_redis_updates(intervals: list[float], rate: int, seconds: float, repeats: int) -> dict:
@@ -383,7 +387,7 @@ def machine() -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--orders", type=int, default=300_000, help="requests in the catch-up journal")
+    ap.add_argument("--orders", type=int, default=200_000, help="requests in the catch-up journal")
     ap.add_argument("--batch", type=int, default=8, help="requests per journal batch")
     ap.add_argument("--accounts", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
@@ -393,7 +397,8 @@ def main(argv=None) -> int:
     ap.add_argument("--background-rate", type=int, default=10_000, help="requests/s of the background traders")
     ap.add_argument("--redis-rate", type=int, default=1_000_000, help="feed msgs/s of the Redis writes runs")
     ap.add_argument("--redis-seconds", type=float, default=4.0, help="sampling window of a Redis writes run")
-    ap.add_argument("--redis-intervals", default="0.1,10", help="[redis] interval_ms values (first: the headline figure)")
+    ap.add_argument("--redis-intervals", default="0.1,10",
+                    help="[redis] interval_ms values (first: the headline figure)")
     ap.add_argument("--pipeline-msgs", type=int, default=10_000_000)
     ap.add_argument("--pipeline-repeats", type=int, default=5, help="alternations of the book-rate runs")
     ap.add_argument("--only", default="store,rtt,redis,ratio", help="parts to run (a quick look; the JSON then "
@@ -401,12 +406,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "store.json"))
     a = ap.parse_args(argv)
     parts = set(a.only.split(","))
-    res = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "repeats": a.repeats}
+    res = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "repeats": a.repeats,
+           "loadavg_1m_at_start": round(os.getloadavg()[0], 2)}  # (a shared machine: other work skews the figures)
     t_all = time.perf_counter()
     if "store" in parts:
         t = time.perf_counter()
         s = bench_store(a.orders, a.batch, a.accounts, a.repeats, not a.no_postgres)
-        res["store_fills_per_s"] = {"sqlite": s["sqlite"]["fills_per_s"], "postgresql": s["postgresql"].get("fills_per_s")}
+        res["store_fills_per_s"] = {"sqlite": s["sqlite"]["fills_per_s"],
+                                    "postgresql": s["postgresql"].get("fills_per_s")}
         res["store_orders_per_s"] = {"sqlite": s["sqlite"]["orders_per_s"],
                                      "postgresql": s["postgresql"].get("orders_per_s")}
         res["store_catch_up"] = s
@@ -444,6 +451,7 @@ def main(argv=None) -> int:
             res.update(bench_redis_ratio(a.pipeline_msgs, a.pipeline_repeats, 0.1))
         print(f"ratio: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     res["bench_seconds"] = round(time.perf_counter() - t_all)
+    res["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k in (
