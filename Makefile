@@ -26,11 +26,11 @@ install: $(DEV)  ## create .venv and install obpipe (editable) with test tools
 run: $(DEV) redis ## run the pipeline on embedded defaults (Ctrl-C stops; ARGS="--duration 10")
 	$(VENV)/bin/obpipe run $(ARGS)
 
-run-exchange: $(DEV) ## the pipeline fed by the exchange and simulated traders (ARGS="--duration 10 --rate 5000")
+run-exchange: $(DEV) redis ## the pipeline fed by the exchange and simulated traders (ARGS="--duration 10 --rate 5000")
 	$(VENV)/bin/obpipe run --source exchange $(ARGS)
 
-exchange: $(DEV) ## the order-entry exchange on 127.0.0.1:9000 until Ctrl-C, anonymous trading on (ARGS="--journal ex.journal --md 127.0.0.1:PORT")
-	$(VENV)/bin/obpipe exchange --anonymous $(ARGS)
+exchange: $(DEV) ## the order-entry exchange on 127.0.0.1:9000 until Ctrl-C, anonymous trading on, journal exchange.journal and its store exchange.journal.db (JOURNAL=F; ARGS="--md 127.0.0.1:PORT")
+	$(VENV)/bin/obpipe exchange --anonymous --journal $(or $(JOURNAL),exchange.journal) $(ARGS)
 
 book: $(DEV)     ## the matching engine on CSV commands from stdin (ARGS=FILE to read a file)
 	$(VENV)/bin/obpipe book $(ARGS)

@@ -7,7 +7,9 @@ File layout (little-endian; docs/PROTOCOL.md "Journal"):
                        i64 CLOCK_REALTIME ns at creation, 16 bytes zero
     batch, repeated    32-byte batch header: u32 magic 0x4843_5442 ("BTCH"), u32 count,
                        i64 ts_ns (the batch's market-data stamp), u32 crc32 of the
-                       requests, 12 bytes zero; then ``count`` 32-byte requests
+                       requests, u32 cancel reason (0; ``RS_DISCONNECT`` on the
+                       exchange's cancel-on-disconnect batches, so the store can say
+                       why), 8 bytes zero; then ``count`` 32-byte requests
                        (``schema.ORDER_IN_DTYPE``, account filled in by the exchange)
 
 The matching kernel is deterministic, so replaying the requests rebuilds exactly the same
@@ -45,7 +47,7 @@ from obpipe.ring import schema
 MAGIC = b"OBJRNL\x00\x01"
 VERSION = 1
 HEADER = struct.Struct("<8sIIIIqqq16x")
-BATCH = struct.Struct("<IIqI12x")
+BATCH = struct.Struct("<IIqII8x")
 BATCH_MAGIC = 0x48435442
 REQ = schema.ORDER_IN_DTYPE.itemsize
 MAX_BATCH = 1 << 16  # requests per batch ([exchange] max_batch is at most this)
@@ -119,12 +121,13 @@ class Journal:
             os.close(fd)
             raise
 
-    def append(self, reqs: np.ndarray, ts_ns: int) -> None:
-        """Write one batch (and fsync it, per the policy) before it is acknowledged."""
+    def append(self, reqs: np.ndarray, ts_ns: int, reason: int = 0) -> None:
+        """Write one batch (and fsync it, per the policy) before it is acknowledged;
+        ``reason``: why its cancels happened, when the exchange itself sent them."""
         if len(reqs) > MAX_BATCH:
             raise ValueError(f"a journal batch holds at most {MAX_BATCH} requests, got {len(reqs)}")
         body = reqs.tobytes()
-        view = memoryview(BATCH.pack(BATCH_MAGIC, len(reqs), ts_ns, zlib.crc32(body)) + body)
+        view = memoryview(BATCH.pack(BATCH_MAGIC, len(reqs), ts_ns, zlib.crc32(body), reason) + body)
         while view:  # a short write (disk nearly full) is retried; an error raises: nothing is acknowledged
             n = os.write(self.fd, view)
             view = view[n:]
@@ -215,7 +218,7 @@ def _bad_batch(data, pos: int, size: int) -> str | None:
     """Why the batch at ``pos`` is not a whole, intact batch (None: it is)."""
     if pos + BATCH.size > size:
         return "short batch header"
-    magic, count, _ts, crc = BATCH.unpack_from(data, pos)
+    magic, count, _ts, crc, _reason = BATCH.unpack_from(data, pos)
     if magic != BATCH_MAGIC:
         return "bad batch magic"
     if count > MAX_BATCH:

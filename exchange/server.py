@@ -485,7 +485,7 @@ class Exchange:
             g = None if gated is None else gated[i:i + mb]
             if self.journal is not None:  # before any acknowledgement leaves
                 if g is None:
-                    self.journal.append(chunk, ts)
+                    self.journal.append(chunk, ts, reason)
                 elif not g.all():  # (a gated request changes nothing: replay agrees without it)
                     self.journal.append(chunk[~g] if g.any() else chunk, ts)
             self.c["requests"] += len(chunk)
@@ -702,6 +702,7 @@ class ExchangeFeedSpec:
     duration_s: float = 0.0  # the traders stop after this many seconds (0: no limit)
     instance: str | None = None  # publish counters in this instance's feed stats row
     cores: tuple[int, ...] = ()
+    store_args: tuple[str, ...] = ()  # the store writer's options (instance, symbols, Redis) when there is a journal
     parent_pid: int = 0
 
     def source_name(self) -> str:
@@ -733,6 +734,12 @@ def feed_main(spec: ExchangeFeedSpec, stop_event) -> None:
     ex = Exchange(x, n_sym)
     ex.start()
     print(ex.banner(), file=sys.stderr, flush=True)
+    writer = None
+    if x.journal and x.store != "off":  # (docs/STORE.md: orders, fills and positions from the journal)
+        from obpipe.exchange import store
+
+        writer = store.spawn_writer(x.journal, x.store or store.default_store(x.journal), os.getpid(),
+                                    spec.store_args)
     t = spec.traders
     traders = subprocess.Popen(
         [sys.executable, "-m", "obpipe", "exchange-client", "--port", str(ex.port), "--clients", str(t.clients),
@@ -760,6 +767,8 @@ def feed_main(spec: ExchangeFeedSpec, stop_event) -> None:
                 traders.wait(10)
         sender = ex.sender
         ex.close()
+        if writer is not None:
+            store.stop_writer(writer)  # (it applies what the exchange journaled, then exits)
         row.publish(sender, sender.msgs, schema.STATE_STOPPED)
         row.close()
         print("exchange feed stopped: " + ", ".join(f"{k} {v}" for k, v in ex.summary().items()),

@@ -30,6 +30,7 @@ from fractions import Fraction
 import numpy as np
 
 from obpipe.ring import schema
+from obpipe.exchange import _match_kernels as MK
 from obpipe.exchange import journal as J
 from obpipe.exchange.matching import MatchingEngine, trades_of
 
@@ -215,17 +216,17 @@ def read_header(path: str) -> dict:
 
 def _batches(data: bytes, base: int):
     """Whole, intact batches at the start of ``data`` (journal bytes from offset
-    ``base``): yields (end offset, ts_ns, requests).  Stops at the first batch that is
+    ``base``): yields (end offset, ts_ns, requests, cancel reason).  Stops at the first batch that is
     not whole yet (the exchange is writing it, or a crash cut it: the exchange drops it)."""
     pos = 0
     size = len(data)
     while pos < size:
         if J._bad_batch(data, pos, size) is not None:
             return
-        _magic, count, ts, _crc = J.BATCH.unpack_from(data, pos)
+        _magic, count, ts, _crc, reason = J.BATCH.unpack_from(data, pos)
         start = pos + J.BATCH.size
         pos = start + count * J.REQ
-        yield base + pos, ts, np.frombuffer(data, schema.ORDER_IN_DTYPE, count, start)
+        yield base + pos, ts, np.frombuffer(data, schema.ORDER_IN_DTYPE, count, start), reason
 
 
 class StoreWriter:
@@ -259,6 +260,7 @@ class StoreWriter:
         self.n_cancels = m["cancels"]
         self._replay_applied()
         self.lots = {}  # (account, symbol) -> deque of [px, signed qty], loaded on first touch
+        self.touched: set[int] = set()  # accounts whose orders or positions the commits since take_touched changed
 
     def _replay_applied(self) -> None:
         """Rebuild the engine from the journal prefix the store has already applied."""
@@ -268,7 +270,7 @@ class StoreWriter:
             f.seek(J.HEADER.size)
             data = f.read(self.offset - J.HEADER.size)
         n, last = 0, J.HEADER.size
-        for end, ts, reqs in _batches(data, J.HEADER.size):
+        for end, ts, reqs, _why in _batches(data, J.HEADER.size):
             for i in range(0, len(reqs), _REPLAY_CHUNK):
                 self.eng.process(reqs[i:i + _REPLAY_CHUNK], ts)
             n += len(reqs)
@@ -285,8 +287,8 @@ class StoreWriter:
         added = {"requests": 0, "orders": 0, "fills": 0, "rejects": 0, "cancels": 0, "transactions": 0}
         pending = []
         n = 0
-        for end, ts, reqs in _batches(data, self.offset):
-            pending.append((end, ts, reqs))
+        for end, ts, reqs, why in _batches(data, self.offset):
+            pending.append((end, ts, reqs, why))
             n += len(reqs)
             if n >= self.batch_requests:
                 self._apply(pending, added)
@@ -336,6 +338,9 @@ class StoreWriter:
         except BaseException:
             self.lots = {}  # (reloaded from the store: the failed transaction's changes are gone)
             raise
+        self.touched.update(r[1] for r in orders)
+        self.touched.update(a for r in fills for a in (r[4], r[5]))
+        self.touched.update(r[2] for r in cancels)
         self.offset, self.requests, self.batches = end, meta["requests"], meta["batches"]
         self.n_rejects, self.n_cancels = meta["rejects"], meta["cancels"]
         added["requests"] += n
@@ -352,10 +357,13 @@ class StoreWriter:
         eng = self.eng
         first_exec = eng.counters()["trades"]
         reps, accs, stamps, lo, hi, reqs_all, req_ts = [], [], [], [], [], [], []
-        for _end, ts, reqs in batches:
+        for _end, ts, reqs, why in batches:
             a = eng.next_order_id
             out = eng.process(reqs, ts)
-            reps.append(out.reports.copy())
+            rep = out.reports.copy()
+            if why:  # (the exchange's own cancels: it set this reason on their reports)
+                rep["reason"][rep["type"] == schema.R_CANCELLED] = why
+            reps.append(rep)
             accs.append(out.accounts.copy())
             n = len(out.reports)
             stamps.append(np.full(n, ts, np.int64))
@@ -431,6 +439,28 @@ class StoreWriter:
                            [SIDE[s] for s in x["side"].tolist()], x["px_tick"].tolist(), x["qty"].tolist(),
                            [schema.REASON_NAMES[c] for c in x["reason"].tolist()], tss[k].tolist())
 
+    # --- live account state (the store writer's Redis tier, docs/REDIS.md) -------------
+    def take_touched(self) -> set[int]:
+        """The accounts changed since the last call (and forget them)."""
+        t, self.touched = self.touched, set()
+        return t
+
+    def account_state(self, accounts=None) -> dict[int, dict]:
+        """Per account: ``open_orders`` (resting in the exchange's book as of the applied
+        journal) and ``positions`` {symbol: (qty, open_cost, realized_pnl)} from the
+        store.  ``accounts``: those only (None: every account with an open order or a
+        position row)."""
+        O = self.eng.O
+        live = O[:, MK.O_ID] > 0
+        accts, counts = np.unique(O[live, MK.O_ACCT], return_counts=True)
+        open_n = dict(zip(accts.tolist(), counts.tolist()))
+        _, rows = self.db.query("SELECT account, symbol, qty, open_cost, realized_pnl FROM positions")
+        pos: dict[int, dict] = {}
+        for a, sym, qty, cost, pnl in rows:
+            pos.setdefault(a, {})[sym] = (qty, cost, pnl)
+        want = set(open_n) | set(pos) if accounts is None else set(accounts)
+        return {a: {"open_orders": open_n.get(a, 0), "positions": pos.get(a, {})} for a in want}
+
     # --- positions (FIFO lots, docs/DECISIONS.md) -----------------------------------------
     def _lots(self, key):
         q = self.lots.get(key)
@@ -488,13 +518,14 @@ def catch_up(journal_path: str, db: str, batch_requests: int = 50_000) -> dict:
 
 
 def tail(journal_path: str, db: str, stop, poll_s: float = 0.05, batch_requests: int = 50_000,
-         log=lambda m: None) -> dict:
+         log=lambda m: None, on_step=None) -> dict:
     """Follow the journal until ``stop()`` is true (a store-writer process); waits for
     the journal to be created (the exchange beside it may not have started yet).  A
     database that fails (down, restarting, disk full) is retried with backoff, up to
     5 s apart, by a new writer that resumes from the store's last commit (the failed
     transaction advanced the writer's engine, so that writer is dropped); ``errors``
-    counts the failures.  A ``StoreError`` (another journal, another writer) ends it."""
+    counts the failures.  A ``StoreError`` (another journal, another writer) ends it.
+    ``on_step(writer)`` runs after every step (the Redis account state)."""
     while not (os.path.exists(journal_path) and os.path.getsize(journal_path) >= J.HEADER.size):
         if stop():
             return {}
@@ -526,8 +557,13 @@ def tail(journal_path: str, db: str, stop, poll_s: float = 0.05, batch_requests:
                 continue
             for k, v in got.items():
                 total[k] = total.get(k, 0) + v
+            if on_step is not None:
+                on_step(w)
             if stop():
-                w.step()
+                for k, v in w.step().items():
+                    total[k] = total.get(k, 0) + v
+                if on_step is not None:
+                    on_step(w)
                 return total
             if not got["requests"]:
                 time.sleep(poll_s)
@@ -598,6 +634,29 @@ def since_ns(text: str) -> int:
     if not text or text[-1] not in units or not text[:-1].replace(".", "", 1).isdigit():
         raise ValueError(f"--since wants a number and one of s, m, h, d (e.g. 10m), got {text!r}")
     return time.time_ns() - int(float(text[:-1]) * units[text[-1]] * 1e9)
+
+
+def spawn_writer(journal_path: str, db: str, parent_pid: int, extra: tuple[str, ...] = ()):
+    """Start ``obpipe store --follow`` as a child of ``parent_pid`` (it dies with it and
+    runs at nice 10: the exchange's CPU comes first); returns the Popen."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "obpipe", "store", "--follow", "--journal", os.fspath(journal_path),
+                             "--store", db, "--parent", str(parent_pid), *extra], stdout=subprocess.DEVNULL)
+
+
+def stop_writer(p, timeout_s: float = 120.0) -> None:
+    """Stop a ``spawn_writer`` child: SIGTERM (it applies what is left, then exits),
+    SIGKILL after ``timeout_s``."""
+    import subprocess
+
+    p.terminate()
+    try:
+        p.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
 
 
 def default_store(journal_path: str) -> str:

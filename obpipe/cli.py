@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 
@@ -48,6 +49,8 @@ def _with_overrides(cfg, a):
         sections["instance"] = {"name": a.instance}
     if getattr(a, "kafka", None):
         sections["kafka"] = {"bootstrap_servers": a.kafka}
+    if getattr(a, "no_redis", False):
+        sections["redis"] = {"enabled": False}
     try:
         return cfgmod.replace(cfg, **sections) if sections else cfg
     except cfgmod.ConfigError as e:
@@ -323,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kafka", metavar="HOST:PORT", help="publish to this Kafka (default: [kafka] bootstrap_servers; "
                                                        "none named: start the embedded broker)")
     r.add_argument("--no-kafka", action="store_true", help="no publisher and no broker (signals are counted only)")
+    r.add_argument("--no-redis", action="store_true", help="no Redis server and no Redis writer ([redis] enabled = false)")
     r.add_argument("--source", choices=("synthetic", "exchange"), default="synthetic",
                    help="exchange: the matching engine's market data, driven by simulated traders over TCP "
                         "([exchange], [traders]; --rate = their orders/s)")
@@ -409,34 +413,27 @@ def cmd_exchange(argv: list[str]) -> int:
     except cfgmod.ConfigError as e:
         print(f"obpipe exchange: {e}", file=sys.stderr)
         return 2
-    writer = _store_writer(cfg.exchange)
+    writer = _store_writer(cfg)
     try:
         return server.serve_cli(cfg.exchange, n_symbols, a)
     finally:
         if writer is not None:  # (it applies what is left, then exits)
-            import subprocess
+            from obpipe.exchange.store import stop_writer
 
-            writer.terminate()
-            try:
-                writer.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                writer.kill()
-                writer.wait()
+            stop_writer(writer)
 
 
-def _store_writer(x):
+def _store_writer(cfg):
     """The store writer beside ``obpipe exchange`` (a child process that tails the
     journal into ``[exchange] store``; none without a journal or with store = "off")."""
     import os
-    import subprocess
 
+    x = cfg.exchange
     if not x.journal or x.store == "off":
         return None
-    from obpipe.exchange.store import default_store
+    from obpipe.exchange.store import default_store, spawn_writer
 
-    db = x.store or default_store(x.journal)
-    return subprocess.Popen([sys.executable, "-m", "obpipe", "store", "--follow", "--journal", x.journal,
-                             "--store", db, "--parent", str(os.getpid())], stdout=subprocess.DEVNULL)
+    return spawn_writer(x.journal, x.store or default_store(x.journal), os.getpid(), cfgmod.store_writer_args(cfg))
 
 
 def cmd_exchange_client(argv: list[str]) -> int:
@@ -455,12 +452,19 @@ def _store_parser(name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"obpipe {name}")
     p.add_argument("--config", help="TOML config ([exchange] store / journal, [book] symbols)")
     p.add_argument("--store", help="the store: a SQLite file or a postgresql:// URL (default: [exchange] store, "
-                                    "else <journal>.db)")
+                                    "else <journal>.db, else the instance's last obpipe run --source exchange)")
+    p.add_argument("--instance", help="the instance (default: [instance] name): the store of its last "
+                                      "obpipe run --source exchange; the Redis keys' name")
     if name == "store":
         p.add_argument("--journal", help="the exchange's journal (default: [exchange] journal)")
         p.add_argument("--follow", action="store_true", help="keep applying new batches until SIGINT/SIGTERM")
         p.add_argument("--batch", type=int, default=50_000, help="requests per transaction")
         p.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)  # (obpipe exchange's pid)
+        p.add_argument("--redis", metavar="URL", help="with --follow: write each account's open orders and positions "
+                                                      "to this Redis (docs/REDIS.md)")
+        p.add_argument("--redis-prefix", help=argparse.SUPPRESS)  # ([redis] key_prefix of the caller's config)
+        p.add_argument("--redis-ttl", type=float, help=argparse.SUPPRESS)  # ([redis] ttl_s)
+        p.add_argument("--symbols", help="symbol names, comma-separated (default: [book] symbols)")
         return p
     if name != "positions":
         p.add_argument("--symbol", type=_symbol_arg, help="a symbol name or index")
@@ -471,6 +475,23 @@ def _store_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--since", help="only fills of the last 30s / 10m / 2h / 1d")
     p.add_argument("--json", action="store_true", help="a JSON array on stdout")
     return p
+
+
+def _account_step(accounts):
+    """The store writer's hook: the accounts its commits changed (every account every
+    ttl/3) to Redis, unless Redis is in backoff."""
+    import time
+
+    def step(w) -> None:
+        now = time.monotonic()
+        may, full = accounts.due(now)
+        if not may:
+            return
+        touched = w.take_touched()
+        if full or touched:
+            accounts.write(w.account_state(None if full else touched), full, now)
+
+    return step
 
 
 def cmd_store(name: str, argv: list[str]) -> int:
@@ -486,8 +507,12 @@ def cmd_store(name: str, argv: list[str]) -> int:
     journal = getattr(a, "journal", None) or cfg.exchange.journal
     configured = cfg.exchange.store if cfg.exchange.store != "off" else ""
     db = a.store or configured or (store.default_store(journal) if journal else "")
+    if not db and name != "store":
+        last = cfgmod.run_exchange_dir(a.instance or cfg.instance.name) / "exchange.journal.db"
+        db = str(last) if last.exists() else ""
     if not db:
-        print(f"obpipe {name}: no store: give --store, or a config with [exchange] store or journal", file=sys.stderr)
+        print(f"obpipe {name}: no store: give --store, or a config with [exchange] store or journal (or run "
+              f"obpipe run --source exchange first)", file=sys.stderr)
         return 2
     try:
         if name == "store":
@@ -505,8 +530,24 @@ def cmd_store(name: str, argv: list[str]) -> int:
             stop = [False]
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.__setitem__(0, True))
-            print(json.dumps(store.tail(journal, db, lambda: stop[0], batch_requests=a.batch,
-                                        log=lambda m: print(m, file=sys.stderr, flush=True))), flush=True)
+            log = lambda m: print(f"obpipe store: {m}", file=sys.stderr, flush=True)  # noqa: E731
+            accounts = None
+            if a.redis:
+                from obpipe.publisher.redis_writer import AccountWriter
+
+                rd = cfg.redis
+                accounts = AccountWriter(a.redis, a.redis_prefix or rd.key_prefix, a.instance or cfg.instance.name,
+                                         tuple(a.symbols.split(",")) if a.symbols else tuple(cfg.book.symbols),
+                                         a.redis_ttl or rd.ttl_s, rd.timeout_s, log)
+            try:
+                got = store.tail(journal, db, lambda: stop[0], batch_requests=a.batch, log=log,
+                                 on_step=None if accounts is None else _account_step(accounts))
+            finally:
+                if accounts is not None:
+                    accounts.close()
+            if accounts is not None:
+                got.update(redis_account_writes=accounts.writes, redis_errors=accounts.errors)
+            print(json.dumps(got), flush=True)
             return 0
         if not db.startswith(("postgresql://", "postgres://")) and not os.path.exists(db.removeprefix("sqlite:///")):
             print(f"obpipe {name}: {db}: no such store (obpipe store writes it)", file=sys.stderr)
@@ -556,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
         from obpipe.publisher import broker
 
         return broker.main(argv[1:])
+    if argv and argv[0] in ("orders", "fills", "positions"):
+        try:
+            return _PASS_THROUGH[argv[0]](argv[1:])
+        except BrokenPipeError:  # (piped into head: the reader has what it wanted)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if argv and argv[0] in _PASS_THROUGH:
         return _PASS_THROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)

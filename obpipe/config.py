@@ -458,3 +458,31 @@ def replace(cfg: Config, **sections) -> Config:
             raise ConfigError(f"{k}: unknown section")
         table[k].update(v)
     return from_dict(table)
+
+
+def store_writer_args(cfg: Config, redis_url: str = "") -> tuple[str, ...]:
+    """``obpipe store --follow``'s options beyond the journal and the store, from the
+    config of the process that starts it: the instance and symbol names, and the Redis
+    its account state goes to (``redis_url``, else ``[redis] url`` when enabled) with
+    that config's key prefix and TTL."""
+    out = ("--instance", cfg.instance.name, "--symbols", ",".join(cfg.book.symbols))
+    url = redis_url or (cfg.redis.url if cfg.redis.enabled else "")
+    if url:
+        out += ("--redis", url, "--redis-prefix", cfg.redis.key_prefix, "--redis-ttl", repr(cfg.redis.ttl_s))
+    return out
+
+
+def state_dir(instance: str) -> Path:
+    """Where an instance keeps what outlives a run (the exchange journal and store of
+    ``obpipe run --source exchange``): ``$XDG_STATE_HOME/obpipe/<instance>``, else
+    ``~/.local/state/obpipe/<instance>``."""
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "obpipe" / instance
+
+
+def run_exchange_dir(instance: str) -> Path:
+    """The journal and store of the instance's latest ``obpipe run --source exchange``
+    (``exchange.journal``, ``exchange.journal.db``); the run before it is in ``exchange.prev``."""
+    return state_dir(instance) / "exchange"

@@ -47,6 +47,7 @@ import orjson
 import psutil
 
 from obpipe.analysis import process as analysis_proc
+from obpipe import config as cfgmod
 from obpipe.config import RESTARTABLE, Config
 from obpipe.engine import book_writer, lobster, rx
 from obpipe.exchange import server as exchange_server
@@ -147,6 +148,29 @@ class _Child:
         self.started_ns = time.monotonic_ns()
 
 
+def _run_journal(cfg: Config, opts: RunOptions) -> Config:
+    """``--source exchange`` without ``[exchange] journal``: the exchange journals into
+    the instance's state directory (a new journal each run, fsync ``interval``: the
+    traders are simulated; the previous run's journal and store move to
+    ``exchange.prev``), so its store writer can keep orders, fills and positions
+    (docs/STORE.md).  ``[exchange] store = "off"``: no journal, no store."""
+    import shutil
+
+    x = cfg.exchange
+    if x.journal or x.store == "off":
+        return cfg
+    d = cfgmod.run_exchange_dir(cfg.instance.name)
+    if d.exists():
+        prev = d.with_name("exchange.prev")
+        shutil.rmtree(prev, ignore_errors=True)
+        d.rename(prev)
+    d.mkdir(parents=True, mode=0o700)
+    journal = d / "exchange.journal"
+    _say(opts, f"obpipe: exchange journal {journal}, store {x.store or str(journal) + '.db'} (obpipe orders / fills / "
+               f"positions --instance {cfg.instance.name})")
+    return cfgmod.replace(cfg, exchange={"journal": str(journal), "fsync": "interval"})
+
+
 def run(cfg: Config, opts: RunOptions | None = None) -> int:
     """Run the pipeline; returns the process exit status (0 clean, 1 a part failed, 2 the
     instance or the options are unusable).  Each step is one function below."""
@@ -159,6 +183,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     except ValueError as e:
         print(f"obpipe run: {e}", file=sys.stderr)
         return 2
+    if opts.source == "exchange":
+        cfg = _run_journal(cfg, opts)
     r = _Run(cfg, opts)
     try:
         session, allow = r.admit()
@@ -294,7 +320,7 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
         feed = exchange_server.ExchangeFeedSpec(
             exchange=cfg.exchange, traders=dataclasses.replace(cfg.traders, rate=opts.rate or cfg.traders.rate),
             n_symbols=n_symbols, src_port=src_port, count=opts.count, duration_s=duration, instance=inst,
-            cores=cores.feed, parent_pid=pid)
+            cores=cores.feed, parent_pid=pid, store_args=cfgmod.store_writer_args(cfg, redis_url if redis else ""))
     else:
         rate = cfg.run.rate if opts.rate is None else opts.rate
         if opts.replay is not None and opts.speed is None and opts.rate is None:

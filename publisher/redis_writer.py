@@ -206,6 +206,92 @@ class RedisWriter:
             pass
 
 
+class AccountWriter:
+    """Per-account live state of an exchange (docs/REDIS.md ``account:<A>``): its open
+    order count and, per symbol, position, average open price and realized P&L.  The
+    exchange's store writer calls ``write`` after its commits with the accounts they
+    changed, and with every account every ``ttl_s / 3`` (so live keys never expire and a
+    restarted Redis is refilled).  A failing Redis is counted (``errors``) and skipped
+    with backoff; the store writer never waits for it beyond ``timeout_s``."""
+
+    def __init__(self, url: str, prefix: str, instance: str, symbols: tuple[str, ...] = (), ttl_s: float = 5.0,
+                 timeout_s: float = 1.0, log=None):
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self.url, self.symbols, self.log = url, symbols, log or (lambda msg: None)
+        self.errors_t = (redis.RedisError, OSError)
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                           retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        self.kp = key_prefix(prefix, instance)
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.refresh_s = ttl_s / 3
+        self.next_full = 0.0  # monotonic time of the next write of every account
+        self.retry_at = 0.0
+        self.backoff_s = 0.0
+        self.writes = self.errors = 0
+        self.up = -1
+
+    def _name(self, sym: int) -> str:
+        return self.symbols[sym] if 0 <= sym < len(self.symbols) else str(sym)
+
+    def fields(self, st: dict, wall_ns: int) -> dict:
+        """The hash of one account: ``open_orders``, ``updated_ns`` and per symbol
+        ``qty:<S>`` (signed lots), ``avg_px_tick:<S>`` (average open price, "" when flat),
+        ``realized_pnl:<S>`` (ticks x lots)."""
+        f = {"open_orders": st["open_orders"], "updated_ns": wall_ns}
+        for sym, (qty, cost, pnl) in sorted(st["positions"].items()):
+            s = self._name(sym)
+            f[f"qty:{s}"] = qty
+            f[f"avg_px_tick:{s}"] = repr(cost / abs(qty)) if qty else ""
+            f[f"realized_pnl:{s}"] = pnl
+        return f
+
+    def due(self, now: float) -> tuple[bool, bool]:
+        """(may write now, must write every account)."""
+        return now >= self.retry_at, now >= self.next_full
+
+    def write(self, state: dict[int, dict], full: bool, now: float | None = None) -> bool:
+        """Replace the hashes of ``state``'s accounts (one MULTI); False if Redis failed."""
+        now = time.monotonic() if now is None else now
+        wall_ns = time.time_ns()
+        pipe = self.client.pipeline(transaction=True)
+        for acct, st in state.items():
+            key = f"{self.kp}account:{acct}"
+            pipe.delete(key)
+            pipe.hset(key, mapping=self.fields(st, wall_ns))
+            pipe.pexpire(key, self.ttl_ms)
+        try:
+            if state:
+                pipe.execute()
+        except self.errors_t as e:
+            self.errors += 1
+            self.backoff_s = min(_BACKOFF_MAX_S, max(_BACKOFF_MIN_S, 2 * self.backoff_s))
+            self.retry_at = now + self.backoff_s
+            self.next_full = 0.0  # (a restarted Redis has forgotten everything)
+            if self.up != 0:
+                self.log(f"redis: {self.url} failed ({type(e).__name__}: {e}); account state resumes when it is back")
+                self.up = 0
+            return False
+        finally:
+            pipe.reset()
+        if self.up == 0:
+            self.log(f"redis: writing account state again to {self.url}")
+        self.up = 1
+        self.backoff_s = 0.0
+        self.writes += len(state)
+        if full:
+            self.next_full = now + self.refresh_s
+        return True
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except self.errors_t:
+            pass
+
+
 def run(spec: RedisWriterSpec, stop) -> int:
     """Write rounds until ``stop`` is set, then one last round (the final books); returns 0."""
     stats, row = claim_row(spec.instance, ROW_REDIS)

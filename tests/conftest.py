@@ -4,6 +4,7 @@ behind.  Plain helpers live in tests/helpers.py."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import posix_ipc
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from obpipe.ring.shm import list_segments
 # (REPO, SHARED_DATA and consume_all are re-exported for test files written before
 # tests/helpers.py existed; new code imports them from tests.helpers)
-from tests.helpers import PREFIX, REPO, SHARED_DATA, consume_all, new_instance  # noqa: F401
+from tests.helpers import PREFIX, REPO, SHARED_DATA, STATE_HOME, consume_all, new_instance  # noqa: F401
 
 
 def _ours():
@@ -27,6 +28,7 @@ def no_segment_left_behind():
             posix_ipc.unlink_shared_memory(name)
         except posix_ipc.ExistentialError:
             pass
+    shutil.rmtree(STATE_HOME, ignore_errors=True)
     assert not left, f"tests left shared memory segments behind: {left}"
 
 

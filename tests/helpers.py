@@ -35,6 +35,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 #: The AMZN sample day (LOBSTER level 1): the message file and its order-book file.
 LOBSTER_MSG = SHARED_DATA / "lobster" / "AMZN_2012-06-21_34200000_57600000_message_1.csv"
 LOBSTER_OB = SHARED_DATA / "lobster" / "AMZN_2012-06-21_34200000_57600000_orderbook_1.csv"
+#: What outlives a run (``obpipe run --source exchange``'s journal and store) goes under
+#: this session's own state directory, not the user's (removed at the end: tests/conftest.py).
+STATE_HOME = tempfile.mkdtemp(prefix="obpipe-test-state-")
+os.environ["XDG_STATE_HOME"] = STATE_HOME
 #: The environment of an ``obpipe`` child: this checkout first on the path.
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 #: Every instance a test creates starts with this (so concurrent sessions don't collide).

@@ -98,7 +98,11 @@ def test_the_exchange_as_feed_gets_its_own_typed_spec():
     s = _specs(cfg, RunOptions(source="exchange", count=50))
     assert s.feed == ExchangeFeedSpec(exchange=cfg.exchange, traders=cfg.traders, n_symbols=3, src_port=5000,
                                       count=50, duration_s=2.5, instance="specs", cores=(0, 2),
-                                      parent_pid=s.book.parent_pid)
+                                      parent_pid=s.book.parent_pid,
+                                      store_args=("--instance", "specs", "--symbols", "AAA,BBB,CCC"))
+    # its store writer writes the accounts' live state to the run's Redis, with the config's prefix and TTL
+    r = _specs(_cfg(redis={"key_prefix": "kp", "ttl_s": 7.5}), RunOptions(source="exchange"), redis_url="unix:///r.sock")
+    assert r.feed.store_args[4:] == ("--redis", "unix:///r.sock", "--redis-prefix", "kp", "--redis-ttl", "7.5")
     assert s.feed.exchange.band_ticks == 1024 and s.feed.traders.rate == 700
     # --rate is the traders' orders per second
     assert _specs(cfg, RunOptions(source="exchange", rate=5)).feed.traders == TradersConfig(3, 5, 4, 9)

@@ -165,6 +165,26 @@ def test_run_with_the_exchange_as_feed_source_delivers_its_market_data_to_the_bo
     engine = dict(kv.rsplit(" ", 1) for kv in p.stderr.split("exchange feed stopped: ")[1].splitlines()[0].split(", "))
     assert int(engine["engine_trades"]) == d["book"]["trades"]
     assert int(engine["engine_md_messages"]) == d["feed"]["sent"]
+    # ... and its orders, fills and positions are in the store of the instance's run (docs/STORE.md)
+    def query(*args):
+        q = subprocess.run([sys.executable, "-m", "obpipe", *args, "--config", str(cfg), "--json"], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+        assert q.returncode == 0, q.stderr
+        return json.loads(q.stdout)
+
+    fills = query("fills")
+    assert len(fills) == d["book"]["trades"] and [f["exec_id"] for f in fills] == list(range(1, len(fills) + 1))
+    assert sum(f["qty"] for f in fills) == int(engine["engine_traded_qty"])
+    orders = query("orders")
+    assert len(orders) == int(engine["engine_accepted"]) and not query("orders", "--status", "open")
+    assert {o["reason"] for o in orders if o["status"] == "cancelled"} >= {"disconnect"}  # (anonymous traders)
+    net = {}
+    for r in query("positions"):
+        net[r["symbol"]] = net.get(r["symbol"], 0) + r["qty"]
+    assert net and set(net.values()) == {0}  # every lot bought was sold to someone
+    from obpipe.config import run_exchange_dir
+
+    assert (run_exchange_dir(instance) / "exchange.journal").stat().st_size > 64
 
 
 @pytest.mark.multiproc

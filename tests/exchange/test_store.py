@@ -87,6 +87,14 @@ def test_catch_up_gives_the_exchanges_open_orders_trades_and_cancels(session, tm
     # the anonymous traders' orders were cancelled when they disconnected, logged-in ones were not
     anon = [o for o in orders if o["account"] >= 1 << 31]
     assert anon and all(o["status"] != "open" for o in anon)
+    # ... and the store says why: the exchange journals its own cancels with their reason
+    con = store.connect(db)
+    reasons = dict(con.query("SELECT reason, COUNT(*) FROM cancels GROUP BY reason")[1])
+    by_acct = con.query("SELECT DISTINCT account >= 2147483648 FROM cancels WHERE reason = 'disconnect'")[1]
+    con.close()
+    assert reasons.get("disconnect", 0) > 0 and reasons.get("user", 0) > 0, reasons
+    assert [tuple(r) for r in by_acct] == [(1,)]  # (only the anonymous accounts were cancelled on disconnect)
+    assert {o["reason"] for o in anon if o["status"] == "cancelled"} >= {"disconnect"}
     # queries filter
     assert all(o["account"] == 2 and o["symbol"] == 1 for o in store.query_orders(db, account=2, symbol=1))
     assert {f["exec_id"] for f in store.query_fills(db, account=3)} == {
@@ -274,7 +282,7 @@ def test_the_store_writer_rides_out_a_postgresql_outage(session, tmp_path, pg_se
     ref = str(tmp_path / "ref.db")
     store.catch_up(session["journal"], ref)
     data = open(session["journal"], "rb").read()
-    ends = [end for end, _ts, _reqs in store._batches(data[J.HEADER.size:], J.HEADER.size)]
+    ends = [b[0] for b in store._batches(data[J.HEADER.size:], J.HEADER.size)]
     half = ends[len(ends) // 2]
     j = tmp_path / "grow.j"
     j.write_bytes(data[:half])

@@ -386,3 +386,50 @@ def test_run_starts_its_own_redis_and_stops_it(tmp_path, instance):
         os.kill(pid, 0)
     assert not os.path.exists(r["url"][len("unix://"):])
     assert list_segments(instance) == []
+
+
+@pytest.mark.timeout(300)
+def test_no_redis_runs_without_a_server_or_writer_even_with_a_url_configured(tmp_path, instance, redis_server):
+    cfg = _redis_cfg(tmp_path, instance, redis_server.url)
+    final, err = finish(popen_obpipe("run", "--config", cfg, "--json", "--rate", "20000", "--duration", "1",
+                                     "--no-redis"))
+    assert final["redis"]["state"] == "unused" and final["redis"]["url"] is None and "Redis" not in err
+    assert final["applied"] == final["messages"] > 0
+    c = _client(redis_server.url)
+    assert c.keys("*") == []  # nothing written
+    c.close()
+
+
+@pytest.mark.timeout(300)
+def test_an_exchange_run_keeps_each_accounts_open_orders_and_positions_in_redis(tmp_path, instance, redis_server):
+    """``obpipe run --source exchange``: its store writer puts every account's open-order
+    count and positions in Redis while the traders trade, and the final ones (all
+    cancelled on disconnect: open 0) equal the store's positions."""
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 16,
+                     extra=f'[redis]\nurl = "{redis_server.url}"\nttl_s = 20\n[exchange]\nport = 0\n'
+                           f'[traders]\nclients = 4\nrate = 5000\n')
+    c = _client(redis_server.url)
+    seen_open = 0
+    with running_pipeline(cfg, "--source", "exchange", "--duration", "120") as p:
+        deadline = time.monotonic() + 100  # (a cold numba cache: the store writer compiles the matching kernels)
+        while p.poll() is None and time.monotonic() < deadline and seen_open == 0:
+            for k in c.keys(f"obpipe:{instance}:account:*"):
+                seen_open = max(seen_open, int(c.hget(k, "open_orders") or 0))
+            time.sleep(0.1)
+        time.sleep(1)
+        p.send_signal(signal.SIGINT)
+        final, err = finish(p)
+    assert seen_open > 0  # live: accounts with resting orders while they traded
+    positions = json.loads(obpipe("positions", "--config", cfg, "--json", timeout=60).stdout)
+    assert positions and final["book"]["trades"] > 0
+    keys = c.keys(f"obpipe:{instance}:account:*")
+    got = {}
+    for k in keys:
+        h = c.hgetall(k)
+        assert h["open_orders"] == "0" and 0 < c.pttl(k) <= 20_000  # (anonymous: cancelled on disconnect)
+        for f, v in h.items():
+            if f.startswith("qty:"):
+                got[(int(k.rsplit(":", 1)[1]), f[4:])] = int(v)
+    assert got == {(r["account"], r["symbol_name"]): r["qty"] for r in positions}
+    c.close()
+    assert list_segments(instance) == []
