@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser redis postgres
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser redis postgres
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -101,7 +101,10 @@ bench-matching: $(DEV) ## matching kernel orders/s and per-order latency (3 work
 bench-story: $(DEV) ## story service: ingest signals/s from the broker into SQLite, 10-minute query p99 over 1M signals -> bench/results/story.json
 	$(VPY) bench/story.py $(ARGS)
 
+bench-store: $(DEV) redis postgres ## store catch-up fills/s (SQLite, PostgreSQL), exchange round trips with/without the store writer, Redis writes/s, book rate with/without Redis -> bench/results/store.json
+	$(VPY) bench/store.py $(ARGS)
+
 bench-table:     ## rewrite docs/BENCHMARKS.md's tables from bench/results/*.json (runs no benchmark)
 	$(PYTHON) bench/table.py
 
-bench: bench-core bench-pipeline bench-kafka bench-matching bench-story ## every benchmark
+bench: bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store ## every benchmark

@@ -204,6 +204,71 @@ def story(r: dict) -> list[str]:
             *_table(["figure (`story.json` key)", "measured"], ["---", "---:"], rows)]
 
 
+# --- store.json (make bench-store) -----------------------------------------------------
+
+def _catch_up(c: dict) -> str:
+    if "skipped" in c:
+        return f"not run: {c['skipped']}"
+    runs = " / ".join(f"{v:,}" for v in c["runs_fills_per_s"])
+    return f"{c['fills_per_s']:,} fills/s, {c['orders_per_s']:,} orders/s (runs {runs} fills/s)"
+
+
+def _rtt(q: dict) -> str:
+    return f"{_int(q['p50'])} / {_int(q['p99'])} us"
+
+
+def store(r: dict) -> list[str]:
+    rows = []
+    c = r.get("store_catch_up")
+    if c:
+        w = c["store_workload"]
+        rows += [[f"store writer catch-up into SQLite, {w['requests']:,} requests ({w['fills']:,} fills, "
+                  f"{w['accounts']} accounts, {w['requests_per_batch']} per journal batch) (`store_fills_per_s`)",
+                  _catch_up(c["sqlite"]), ""],
+                 ["  same into PostgreSQL (`store_fills_per_s`)", _catch_up(c["postgresql"]), ""]]
+    x = r.get("exchange_rtt")
+    if x:
+        for key in (k for k in x if k.startswith("fsync_") and k != "fsync_headline"):
+            f = x[key]
+            name = ("`exchange_rtt_us_p50_p99_with_store` / `_without_store`" if key[6:] == x["fsync_headline"]
+                    else "same keys under `exchange_rtt`")
+            rows.append([f"exchange round trip p50 / p99, compiled client, fsync `{key[6:]}`, with the store writer / "
+                         f"without ({name})", f"with {_rtt(f['with_store_us'])}, without {_rtt(f['without_store_us'])} "
+                         f"(ratio {_dec(f['ratio_p50'], 2)} / {_dec(f['ratio_p99'], 2)})", "no slower"])
+            lag = f["store_lag_bytes_median"]
+            rows.append([f"  store writer's lag when the probe ended (median) / time to catch up after, fsync "
+                         f"`{key[6:]}`", f"{_int(lag / 1024)} KiB (~{_int(lag / 32)} requests) / at most "
+                         f"{_dec(f['store_caught_up_s_max'], 2)} s", ""])
+    u = r.get("redis_updates")
+    if u and "skipped" in u:
+        rows.append(["Redis writer (`redis_updates_per_s`)", f"not run: {u['skipped']}", ""])
+    elif u:
+        for key, v in ((k, v) for k, v in u.items() if k.startswith("interval_")):
+            head = v["interval_ms"] == r["redis_updates_interval_ms"]
+            rows.append([f"{'Redis writer' if head else '  same'}, `[redis] interval_ms` = {v['interval_ms']:g}, "
+                         f"{u['symbols']} symbols, feed at {_m(u['feed_msgs_per_s'], 0)} msgs/s"
+                         + (" (`redis_updates_per_s`)" if head else ""),
+                         f"{v['writes_per_s']:,} writes/s ({v['rounds_per_s']:,} rounds/s)", ""])
+    p = r.get("redis_pipeline")
+    if p and "skipped" in p:
+        rows.append(["book rate with / without Redis (`book_rate_ratio_with_redis`)", f"not run: {p['skipped']}",
+                     ">= 0.95"])
+    elif p:
+        m = p["msgs_per_s"]
+        rows += [["pipeline fed as fast as possible, applied msgs/s with the Redis writer / without "
+                  "(`book_rate_ratio_with_redis`)",
+                  f"{_dec(r['book_rate_ratio_with_redis'], 3)} ({_m(m['on'], 2)} / {_m(m['off'], 2)})", ">= 0.95"],
+                 [f"  same, writer at `interval_ms` = {p['fastest_interval_ms']:g} "
+                  "(`book_rate_ratio_with_redis_fastest`)",
+                  f"{_dec(r['book_rate_ratio_with_redis_fastest'], 3)} ({_m(m['on_fastest'], 2)})", ""]]
+    runs = len(p["runs"]["on"]) if p and "runs" in p else None
+    load = r.get("loadavg_1m_at_start")
+    return [f"Run {r['when']}, {r['machine']['cores']} cores"
+            + (f", load average {load} at the start" if load is not None else "")
+            + f"; median of {r['repeats']} runs" + (f" ({runs} alternations for the book rate)" if runs else "") + ".",
+            "", *_table(["figure (`store.json` key)", "measured", "target"], ["---", "---:", "---:"], rows)]
+
+
 SECTIONS = {  # marker name -> (results file, renderer)
     "core": ("core.json", core),
     "pipeline": ("pipeline.json", pipeline),
@@ -211,6 +276,7 @@ SECTIONS = {  # marker name -> (results file, renderer)
     "matching": ("matching.json", matching),
     "matching-tcp": ("matching.json", matching_tcp),
     "story": ("story.json", story),
+    "store": ("store.json", store),
 }
 
 
