@@ -112,7 +112,10 @@ class Db:
             path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
             self.con = sqlite3.connect(path, timeout=30.0, isolation_level=None)  # explicit BEGIN / COMMIT
             self.con.execute("PRAGMA journal_mode=WAL")  # readers (obpipe orders) do not block the writer
-            self.con.execute("PRAGMA synchronous=NORMAL")
+            # OFF: no fsync at all.  The journal is the durable record and the store is
+            # derived from it; fsyncs here stretched the exchange's journal-fsync tail
+            # (docs/DECISIONS.md).  A store an OS crash damaged is rebuilt from the journal.
+            self.con.execute("PRAGMA synchronous=OFF")
             self.lock = ""  # (BEGIN IMMEDIATE takes the write lock)
 
     def _sql(self, sql: str) -> str:

@@ -526,10 +526,14 @@ def cmd_store(name: str, argv: list[str]) -> int:
                 from obpipe.ring.runtime import die_with_parent
 
                 die_with_parent(a.parent)
-                os.nice(10)
+                os.nice(19)
+                os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
             stop = [False]
+
+            def on_signal(*_):
+                stop[0] = True
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.__setitem__(0, True))
+                signal.signal(sig, on_signal)
             log = lambda m: print(f"obpipe store: {m}", file=sys.stderr, flush=True)  # noqa: E731
             accounts = None
             if a.redis:
