@@ -652,7 +652,7 @@ def since_ns(text: str) -> int:
 
 def spawn_writer(journal_path: str, db: str, parent_pid: int, extra: tuple[str, ...] = ()):
     """Start ``obpipe store --follow`` as a child of ``parent_pid`` (it dies with it and
-    runs at nice 10: the exchange's CPU comes first); returns the Popen."""
+    runs SCHED_BATCH at nice 19: the exchange's CPU comes first); returns the Popen."""
     import subprocess
     import sys
 
