@@ -688,13 +688,44 @@ def flush_summaries(out_ctrl, out, A, F, G, P, C):
 
 
 @njit(**HOT)
-def run_loop(ev_ctrl, ev, out_ctrl, out, A, F, G, P, QT, QV, QX, C, max_n, budget, spin_iters, yield_iters):
+def relay(ev_ctrl, evw, rec_ctrl, recw, C, max_n):
+    """Copy the next events (up to ``max_n``, not yet consumed) on to the tick
+    recorder's ring; a full ring drops and counts.  Returns how many are available
+    (``process`` then consumes exactly those).  The book writer never sees the recorder:
+    this copy is the analysis's (docs/DECISIONS.md "The tick recorder's feed")."""
+    tail, avail = ring_available(ev_ctrl, max_n)
+    n = min(avail, max_n)
+    if n <= 0:
+        return 0
+    cap = recw.shape[0]
+    h, k = ring_claim(rec_ctrl, cap, n)
+    emask = evw.shape[0] - 1
+    rmask = cap - 1
+    w = evw.shape[1]
+    for i in range(k):
+        s = (tail + i) & emask
+        d = (h + i) & rmask
+        for j in range(w):
+            recw[d, j] = evw[s, j]
+    if k > 0:
+        ring_publish(rec_ctrl, h + k)
+    C[schema.ST_AN_RELAYED] += k
+    C[schema.ST_AN_RELAY_DROPS] += n - k
+    return n
+
+
+@njit(**HOT)
+def run_loop(ev_ctrl, ev, out_ctrl, out, A, F, G, P, QT, QV, QX, C, max_n, budget, spin_iters, yield_iters,
+             evw, rec_ctrl, recw):
     """Process events until ``budget`` are done or the ring stays empty through the
-    spin and yield phases; returns events processed (0: idle, the caller sleeps)."""
+    spin and yield phases; returns events processed (0: idle, the caller sleeps).
+    ``recw`` with rows: each batch is first relayed to the tick recorder's ring."""
     done = 0
     idle = 0
+    rec = recw.shape[0] > 0
     while done < budget:
-        k = process(ev_ctrl, ev, out_ctrl, out, A, F, G, P, QT, QV, QX, C, max_n)
+        m = relay(ev_ctrl, evw, rec_ctrl, recw, C, max_n) if rec else max_n
+        k = process(ev_ctrl, ev, out_ctrl, out, A, F, G, P, QT, QV, QX, C, m) if m > 0 else 0
         if k > 0:
             done += k
             idle = 0

@@ -60,7 +60,8 @@ class Analyzer:
 
     Usable in-process (tests, benchmarks) with any (ctrl, records) pair of rings."""
 
-    def __init__(self, n_symbols: int, params_: tuple[float, ...], ev, out, counters=None, max_batch: int = 4096):
+    def __init__(self, n_symbols: int, params_: tuple[float, ...], ev, out, counters=None, max_batch: int = 4096,
+                 relay_to=None, ev_words=None):
         self.P = np.array(params_, np.float64)
         if self.P.shape != (K.N_PARAMS,):
             raise ValueError(f"expected {K.N_PARAMS} parameters, got {self.P.shape}")
@@ -69,6 +70,15 @@ class Analyzer:
         self.out_ctrl, self.out = out
         self.C = counters if counters is not None else np.zeros(schema.STATS_WORDS, np.int64)
         self.max_batch = max_batch
+        # the tick recorder's ring ((ctrl, slots as int64 words); ``ev_words``: the events
+        # ring's slots as words): every event is copied on to it before it is consumed
+        if relay_to is not None:
+            self.rec_ctrl, self.recw = relay_to
+            self.evw = ev_words
+        else:
+            self.rec_ctrl = np.zeros(schema.RING_DATA_OFFSET // 8, np.int64)
+            self.recw = np.zeros((0, schema.words_of(schema.EVENT_DTYPE)), np.int64)
+            self.evw = self.recw
 
     def _args(self):
         return (self.ev_ctrl, self.ev, self.out_ctrl, self.out, self.A, self.F, self.G, self.P,
@@ -76,13 +86,14 @@ class Analyzer:
 
     def step(self, budget: int = 1 << 16, spin_iters: int = 0, yield_iters: int = 0) -> int:
         """Process up to ``budget`` events (spinning/yielding while idle); returns how many."""
-        return K.run_loop(*self._args(), self.max_batch, budget, spin_iters, yield_iters)
+        return K.run_loop(*self._args(), self.max_batch, budget, spin_iters, yield_iters, self.evw, self.rec_ctrl,
+                          self.recw)
 
     def drain(self) -> int:
         """Process every event available now."""
         total = 0
         while True:
-            n = K.process(*self._args(), self.max_batch)
+            n = self.step(self.max_batch)
             total += n
             if n == 0:
                 return total
@@ -105,6 +116,7 @@ class AnalysisSpec:
     cores: tuple[int, ...] = ()
     background: bool = False  # SCHED_IDLE: only CPU the book writer and rx leave
     parent_pid: int = 0
+    relay_ticks: bool = False  # copy every event on to the "ticks" ring (the tick recorder's, [ticks] enabled)
 
 
 def run(spec: AnalysisSpec, stop) -> int:
@@ -113,8 +125,10 @@ def run(spec: AnalysisSpec, stop) -> int:
     _, row = claim_row(spec.instance, ROW_ANALYSIS)
     ev = Ring.attach(spec.instance, "events", schema.EVENT_DTYPE)
     out = Ring.attach(spec.instance, "signals", schema.SIGNAL_DTYPE)
+    rec = Ring.attach(spec.instance, "ticks", schema.EVENT_DTYPE) if spec.relay_ticks else None
     an = Analyzer(spec.n_symbols, spec.params, (ev.ctrl, ev.records), (out.ctrl, out.records), counters=row,
-                  max_batch=spec.max_batch)
+                  max_batch=spec.max_batch, relay_to=None if rec is None else (rec.ctrl, rec.slots),
+                  ev_words=ev.slots)
     b = spec.backoff
     an.step(0)  # compile (or load from cache) before announcing "running"
     an.flush()

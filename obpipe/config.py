@@ -73,7 +73,7 @@ class PinningConfig:
 #: The analysis restarts with empty detector state and reads on from the events ring's
 #: tail; the publisher reads on from the signals ring's tail (what the dead one held in
 #: flight is counted as lost).
-RESTARTABLE = ("rx", "analysis", "publisher", "redis")
+RESTARTABLE = ("rx", "analysis", "publisher", "redis", "ticks")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class RxConfig:
 
 @dataclass(frozen=True)
 class SupervisorConfig:
-    restart: tuple[str, ...] = ("rx", "analysis", "publisher", "redis")  # parts restarted when they die or hang
+    restart: tuple[str, ...] = ("rx", "analysis", "publisher", "redis", "ticks")  # parts restarted when they die or hang
     max_restarts: int = 3  # restarts per part per run; one more failure fails the run
     heartbeat_timeout_s: float = 5.0  # a running part whose heartbeat is older is killed (0: never)
 
@@ -192,6 +192,19 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class TicksConfig:
+    enabled: bool = False  # record ticks into the tick store (docs/TICKS.md; off while issue 16 is open)
+    where: str = ""  # a directory (embedded ClickHouse, chdb) or http(s):// server URL; "": <state dir>/ticks
+    ring_capacity: int = 1 << 18  # the "ticks" ring (analysis -> recorder), events; a power of two
+    flush_rows: int = 65_536  # insert when this many rows are buffered ...
+    flush_ms: float = 1000.0  # ... or when the oldest is this old (and at stop)
+    depth_interval_ms: float = 100.0  # top levels per symbol this often, from the snapshots (0: no depth)
+    quotes_days: int = 90  # retention (ClickHouse TTL) per table
+    trades_days: int = 365
+    depth_days: int = 90
+
+
+@dataclass(frozen=True)
 class RunConfig:
     rate: int = 200_000  # synthetic feed messages/s (0: as fast as possible)
     duration_s: float = 0.0  # 0: until Ctrl-C
@@ -214,6 +227,7 @@ class Config:
     analysis: AnalysisConfig = AnalysisConfig()
     kafka: KafkaConfig = KafkaConfig()
     redis: RedisConfig = RedisConfig()
+    ticks: TicksConfig = TicksConfig()
     exchange: ExchangeConfig = ExchangeConfig()
     traders: TradersConfig = TradersConfig()
     run: RunConfig = RunConfig()
@@ -283,6 +297,7 @@ def _validate(c: Config) -> None:
     _validate_analysis(c.analysis, bad)
     _validate_kafka(c.kafka, bad)
     _validate_redis(c.redis, bad)
+    _validate_ticks(c.ticks, bad)
     _validate_exchange(c.exchange, c.traders, bad)
     for k in ("book", "rx", "feed", "analysis", "publisher", "supervisor"):
         v = getattr(c.pinning, k)
@@ -399,6 +414,22 @@ def _validate_redis(r: RedisConfig, bad) -> None:
         bad("redis.timeout_s", f"must be in (0, 60] s, got {r.timeout_s}")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", r.key_prefix):
         bad("redis.key_prefix", f"{r.key_prefix!r}: 1-64 letters, digits, '.', '_' or '-'")
+
+
+def _validate_ticks(t: TicksConfig, bad) -> None:
+    import math
+
+    if not _pow2(t.ring_capacity) or t.ring_capacity < 1024:
+        bad("ticks.ring_capacity", f"must be a power of two >= 1024, got {t.ring_capacity}")
+    if not 1 <= t.flush_rows <= 1 << 24:
+        bad("ticks.flush_rows", f"must be 1..16777216, got {t.flush_rows}")
+    if not (math.isfinite(t.flush_ms) and 1 <= t.flush_ms <= 600_000):
+        bad("ticks.flush_ms", f"must be 1..600000 ms, got {t.flush_ms}")
+    if not (math.isfinite(t.depth_interval_ms) and (t.depth_interval_ms == 0 or 1 <= t.depth_interval_ms <= 3_600_000)):
+        bad("ticks.depth_interval_ms", f"must be 0 (no depth) or 1..3600000 ms, got {t.depth_interval_ms}")
+    for k in ("quotes_days", "trades_days", "depth_days"):
+        if not 1 <= getattr(t, k) <= 36_500:
+            bad(f"ticks.{k}", f"must be 1..36500 days, got {getattr(t, k)}")
 
 
 def _validate_exchange(x: ExchangeConfig, t: TradersConfig, bad) -> None:

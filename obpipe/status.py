@@ -20,6 +20,7 @@ from obpipe.ring.stats import (
     ROW_LATENCY,
     ROW_PUBLISHER,
     ROW_REDIS,
+    ROW_TICKS,
     ROW_RX,
     ROW_SUPERVISOR,
     StatsBlock,
@@ -79,12 +80,15 @@ class Status:
             "analysis": self._analysis(rows[ROW_ANALYSIS]),
             "publisher": self._publisher(rows[ROW_PUBLISHER]),
             "redis": self._redis(rows[ROW_REDIS]),
+            "ticks": {**{n: int(rows[ROW_TICKS][i]) for i, n in schema.TICKS_STAT_NAMES.items()},
+                      "state": _STATE.get(int(rows[ROW_TICKS][schema.ST_STATE]), "?")},
             "processes": {"supervisor": self._proc(int(self.stats.seg.header[0]["owner_pid"])),
                           "rx": self._proc(int(rows[ROW_RX][schema.ST_PID])),
                           "book": self._proc(int(book[schema.ST_PID])),
                           "analysis": self._proc(int(rows[ROW_ANALYSIS][schema.ST_PID])),
                           "publisher": self._proc(int(rows[ROW_PUBLISHER][schema.ST_PID])),
                           "redis": self._proc(int(rows[ROW_REDIS][schema.ST_PID])),
+                          "ticks": self._proc(int(rows[ROW_TICKS][schema.ST_PID])),
                           "feed": self._proc(int(feed[schema.ST_PID]))},
             "latency_ns": percentiles(rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)),
             "rings": {name: {"fill": len(r), "high_water": r.high_water, "capacity": r.capacity}
@@ -92,7 +96,7 @@ class Status:
             "symbols": {},
         }
         for role, r in (("rx", ROW_RX), ("book", ROW_BOOK), ("analysis", ROW_ANALYSIS), ("publisher", ROW_PUBLISHER),
-                        ("redis", ROW_REDIS), ("feed", ROW_FEED)):
+                        ("redis", ROW_REDIS), ("ticks", ROW_TICKS), ("feed", ROW_FEED)):
             p, hb = out["processes"][role], int(rows[r][schema.ST_HEARTBEAT_NS])
             if p is not None:
                 p["heartbeat_age_s"] = round((time.monotonic_ns() - hb) / 1e9, 3) if hb else None

@@ -68,8 +68,10 @@ from obpipe.ring.shm import clean_stale, list_segments
 from obpipe.ring.snapshot import SnapshotRegion
 from obpipe.ring.spsc import Backoff, Ring
 from obpipe.ring.stats import (ROW_ANALYSIS, ROW_BOOK, ROW_FEED, ROW_PUBLISHER, ROW_REDIS, ROW_RX, ROW_SUPERVISOR,
+                               ROW_TICKS,
                                StatsBlock)
 from obpipe.status import Status, render
+from obpipe.ticks import recorder as tick_recorder
 
 WATCH_S = 0.05  # supervisor loop period
 
@@ -107,6 +109,8 @@ class _Segments:
             self.snaps = self._add(SnapshotRegion.create(inst, "snap", len(cfg.book.symbols),
                                                          cfg.book.snapshot_levels))
             self.signals = self._add(Ring.create(inst, "signals", schema.SIGNAL_DTYPE, cfg.rings.signals_capacity))
+            self.ticks = self._add(Ring.create(inst, "ticks", schema.EVENT_DTYPE, cfg.ticks.ring_capacity)) \
+                if cfg.ticks.enabled and cfg.analysis.enabled else None
             self.ev_buf = np.zeros((4096, schema.EVENT_DTYPE.itemsize // 8), np.int64)  # _stand_in
             self.sig_buf = np.zeros((1024, schema.SIGNAL_DTYPE.itemsize // 8), np.int64)
         except BaseException:
@@ -259,6 +263,7 @@ class Specs:
     publisher: publisher_proc.PublisherSpec | None  # None: [kafka] enabled = false or --no-kafka
     feed: feedmod.FeedSpec | exchange_server.ExchangeFeedSpec | None  # None: --no-feed
     redis: redis_writer.RedisWriterSpec | None = None  # None: [redis] enabled = false, or no Redis to write to
+    ticks: tick_recorder.RecorderSpec | None = None  # None: [ticks] enabled = false (or no analysis to relay)
 
     def at_port(self, port: int) -> Specs:
         """The specs once rx has bound UDP ``port``: the feed sends there and a restarted
@@ -300,7 +305,14 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
     analysis = analysis_proc.AnalysisSpec(
         instance=inst, n_symbols=n_symbols, params=analysis_proc.params(a), max_batch=a.max_batch,
         backoff=Backoff(0, 0, a.idle_sleep_us), cores=cores.analysis, background=cfg.pinning.background_idle,
-        parent_pid=pid) if a.enabled else None
+        parent_pid=pid, relay_ticks=cfg.ticks.enabled) if a.enabled else None
+    tk = cfg.ticks
+    ticks = tick_recorder.RecorderSpec(
+        instance=inst, symbols=tuple(bk.symbols), where=tk.where or str(cfgmod.state_dir(inst) / "ticks"),
+        flush_rows=tk.flush_rows, flush_ms=tk.flush_ms, depth_interval_ms=tk.depth_interval_ms,
+        retention_days=(("quotes", tk.quotes_days), ("trades", tk.trades_days), ("depth", tk.depth_days)),
+        cores=cores.publisher, background=cfg.pinning.background_idle, parent_pid=pid,
+        quiet=opts.quiet) if tk.enabled and a.enabled else None
     k = cfg.kafka
     publisher = publisher_proc.PublisherSpec(
         instance=inst, symbols=tuple(bk.symbols), bootstrap=bootstrap, prefix=k.topic_prefix,
@@ -333,7 +345,7 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
             symbol=symbol, faults=opts.faults, capture=opts.capture, session=session, src_port=src_port,
             instance=inst, cores=cores.feed, parent_pid=pid, lobster_md=lobster_md,
             lobster_loader=lobster.load_lobster)
-    return Specs(book=book, rx=rx_spec, analysis=analysis, publisher=publisher, feed=feed, redis=redis)
+    return Specs(book=book, rx=rx_spec, analysis=analysis, publisher=publisher, feed=feed, redis=redis, ticks=ticks)
 
 
 class _Run:
@@ -344,8 +356,9 @@ class _Run:
         self.cfg, self.opts = cfg, opts
         self.ctx = mp.get_context("spawn")
         # (lock-free: children get SIGKILLed)
-        self.stop, self.feed_stop, self.an_stop, self.pub_stop, self.redis_stop = (StopFlag(self.ctx)
-                                                                                   for _ in range(5))
+        self.stop, self.feed_stop, self.an_stop, self.pub_stop, self.redis_stop, self.tk_stop = (
+            StopFlag(self.ctx) for _ in range(6))
+        self.ticks = None
         self.children: list[_Child] = []
         self.writer = self.rxc = self.analysis = self.publisher = self.feed = self.redisw = None
         self.status: Status | None = None
@@ -445,6 +458,10 @@ class _Run:
             self.redisw = _Child("redis", ROW_REDIS, redis_writer.main_entry, (specs.redis, self.redis_stop),
                                  "redis" in restart, essential=False)
             self.children.append(self.redisw)
+        if specs.ticks is not None:
+            self.ticks = _Child("ticks", ROW_TICKS, tick_recorder.main_entry, (specs.ticks, self.tk_stop),
+                                "ticks" in restart, essential=False)
+            self.children.append(self.ticks)
         for c in self.children:
             c.start(self.ctx)
         an, pub = self.analysis, self.publisher
@@ -540,7 +557,7 @@ class _Run:
         if self.redis_server is not None:  # (the final books are written at normal priority: see below)
             background_priority(False, self.redis_server.pid)
         for c, ev_ in ((self.analysis, self.an_stop), (self.publisher, self.pub_stop),
-                       (self.redisw, self.redis_stop)):
+                       (self.ticks, self.tk_stop), (self.redisw, self.redis_stop)):
             if c is not None and c.proc.pid:
                 # a SCHED_IDLE part drains at normal priority: the book writer is done, and a busy
                 # machine leaves it almost no CPU (set from here: it may not run to do it; docs/DECISIONS.md
@@ -579,7 +596,7 @@ class _Run:
         """Stop every child (terminate, then kill, the ones that do not exit), close the
         status view, the reserved port and the broker, unlink every segment, restore the
         signal handlers."""
-        for flag in (self.stop, self.feed_stop, self.an_stop, self.pub_stop, self.redis_stop):
+        for flag in (self.stop, self.feed_stop, self.an_stop, self.pub_stop, self.redis_stop, self.tk_stop):
             flag.set()
         for c in self.children:
             p = c.proc

@@ -622,9 +622,11 @@ ST_AN_SIGNAL_DROPS = 7  # signals dropped: the signals ring was full
 ST_AN_SUMMARY_DROPS = 8  # summaries dropped: the signals ring was full
 ST_AN_BY_KIND = 9  # words 9..13: signals per kind, SIG_* - 1 order
 ST_AN_CPU_NS = 14  # the analysis process's CPU time (user + system) so far
+ST_AN_RELAYED = 15  # events copied on to the tick recorder's ring ([ticks] enabled)
+ST_AN_RELAY_DROPS = 16  # events not copied: the tick recorder's ring was full (the recorder is behind)
 ANALYSIS_STAT_NAMES = {ST_AN_EVENTS: "events", ST_AN_SIGNALS: "signals", ST_AN_SUMMARIES: "summaries",
                        ST_AN_SIGNAL_DROPS: "signal_drops", ST_AN_SUMMARY_DROPS: "summary_drops",
-                       ST_AN_CPU_NS: "cpu_ns"}
+                       ST_AN_CPU_NS: "cpu_ns", ST_AN_RELAYED: "ticks_relayed", ST_AN_RELAY_DROPS: "ticks_dropped"}
 #: Publisher row (Python; written by the publisher between polls).
 ST_PUB_SIGNALS_IN = 4  # signals taken from the signals ring
 ST_PUB_SUMMARIES_IN = 5  # summaries taken from the signals ring
@@ -661,6 +663,19 @@ ST_REDIS_TORN = 10  # snapshot reads that gave up (writer mid-write too long): s
 REDIS_STAT_NAMES = {ST_REDIS_ROUNDS: "rounds", ST_REDIS_WRITES: "redis_writes", ST_REDIS_PUBLISHES: "publishes",
                     ST_REDIS_ERRORS: "redis_errors", ST_REDIS_UP: "up", ST_REDIS_RECONNECTS: "reconnects",
                     ST_REDIS_TORN: "snapshot_give_ups"}
+#: Tick recorder row (``obpipe.ticks.recorder``).
+ST_TK_EVENTS = 4  # events taken from the "ticks" ring
+ST_TK_QUOTES = 5  # quote rows stored (committed)
+ST_TK_TRADES = 6  # trade rows stored
+ST_TK_DEPTH = 7  # depth rows stored
+ST_TK_FLUSHES = 8  # inserts done
+ST_TK_ERRORS = 9  # inserts that failed (the rows are kept and retried)
+ST_TK_PENDING = 10  # rows taken but not stored yet (what a kill would lose)
+ST_TK_LOST = 11  # rows a previous, killed recorder had pending (counted at the restart)
+ST_TK_BAD_SYMBOL = 12  # events of a symbol index the config does not name (skipped)
+TICKS_STAT_NAMES = {ST_TK_EVENTS: "events", ST_TK_QUOTES: "quotes", ST_TK_TRADES: "trades", ST_TK_DEPTH: "depth",
+                    ST_TK_FLUSHES: "flushes", ST_TK_ERRORS: "errors", ST_TK_PENDING: "pending",
+                    ST_TK_LOST: "lost_at_restart", ST_TK_BAD_SYMBOL: "bad_symbol"}
 #: Supervisor row.
 ST_SUP_EVENTS_READ = 4  # events drained from the events ring while no analysis process runs
 ST_SUP_OUT_DISCARDED = 7  # signals-ring records drained while no publisher runs ([kafka] enabled = false)

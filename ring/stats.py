@@ -22,6 +22,7 @@ ROW_ANALYSIS = 3
 ROW_PUBLISHER = 4
 ROW_FEED = 5
 ROW_REDIS = 6  # the Redis writer (publisher.redis_writer)
+ROW_TICKS = 7  # the tick recorder (ticks.recorder)
 #: Rows 8..15: the receive->apply latency histogram (``ring.latency``), owned by the book
 #: writer: 256 log-linear buckets, one int64 count each.
 ROW_LATENCY = 8
