@@ -375,6 +375,29 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--width", type=int)
     lc.set_defaults(fn=cmd_lobster_check)
 
+    tk = sub.add_parser("ticks", help="a symbol's recorded quotes, trades, depth or bars from the tick store")
+    tk.add_argument("symbol")
+    tk.add_argument("--from", dest="from_", default="1d", help="start: epoch ns, ISO 8601 (UTC unless it says), or "
+                                                             "an age (30s, 10m, 2h, 1d ago; default 1d)")
+    tk.add_argument("--to", default="now", help="end (exclusive), same forms (default now)")
+    tk.add_argument("--what", choices=("quotes", "trades", "depth", "bars", "bars1s"), default="quotes",
+                    help="bars: 1-minute OHLCV; bars1s: 1-second")
+    fmt = tk.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="a JSON array")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header")
+    tk.add_argument("--store", help="the tick store: a directory or a ClickHouse URL (default: [ticks] where)")
+    tk.add_argument("--config")
+    tk.add_argument("--instance")
+    tk.set_defaults(fn=cmd_ticks)
+    sq = sub.add_parser("sql", help="a read-only SQL query against the tick store (quotes, trades, depth, bars_1s, "
+                                    "bars_1m)")
+    sq.add_argument("query")
+    sq.add_argument("--json", action="store_true", help="a JSON array (default: CSV with a header)")
+    sq.add_argument("--store")
+    sq.add_argument("--config")
+    sq.add_argument("--instance")
+    sq.set_defaults(fn=cmd_sql)
+
     # these two hand their arguments on (see publisher.tail / publisher.broker for options)
     sub.add_parser("tail", help="follow the signal/summary topics live (--json, --from-beginning, --kind; "
                                 "obpipe tail -h)", add_help=False)
@@ -393,6 +416,96 @@ def build_parser() -> argparse.ArgumentParser:
                        ("store", "apply the exchange's journal to its store (once, or --follow)")):
         sub.add_parser(name, help=f"{what}, from the store (obpipe {name} -h)", add_help=False)
     return p
+
+
+def parse_time_ns(text: str, now_ns: int | None = None) -> int:
+    """UTC epoch ns from epoch ns digits, ISO 8601 (naive = UTC) or an age ago (30s,
+    10m, 2h, 1d); ``now``."""
+    import datetime as dt
+
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    t = text.strip()
+    if t == "now":
+        return now_ns
+    if t.isdigit():
+        return int(t)
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if t and t[-1] in units and t[:-1].replace(".", "", 1).isdigit():
+        return now_ns - int(float(t[:-1]) * units[t[-1]] * 1e9)
+    try:
+        d = dt.datetime.fromisoformat(t)
+    except ValueError:
+        raise ValueError(f"{text!r}: not epoch ns, ISO 8601 or an age like 10m") from None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.timezone.utc)
+    return int(d.timestamp()) * 10**9 + d.microsecond * 1000
+
+
+def _tick_store(a):
+    """The tick store named by --store, else the config's [ticks] where (else the
+    instance's state directory), opened for reading."""
+    from obpipe.ticks.store import TickStore
+
+    cfg = _with_overrides(_load(a.config), a)
+    where = a.store or cfg.ticks.where or str(cfgmod.state_dir(cfg.instance.name) / "ticks")
+    if "://" not in where and not os.path.isdir(where):
+        raise ValueError(f"{where}: no tick store (obpipe run with [ticks] enabled records one)")
+    return TickStore.open(where)
+
+
+def _print_table(table, as_json: bool) -> None:
+    import json
+
+    rows = table.to_pylist()
+    if as_json:
+        print(json.dumps(rows))
+        return
+    import csv
+
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(table.column_names)
+    for r in rows:
+        w.writerow(["" if v is None else v for v in r.values()])
+
+
+def cmd_ticks(a) -> int:
+    try:
+        frm, to = parse_time_ns(a.from_), parse_time_ns(a.to)
+        st = _tick_store(a)
+    except (ValueError, ImportError) as e:
+        print(f"obpipe ticks: {e}", file=sys.stderr)
+        return 2
+    try:
+        if a.what in ("bars", "bars1s"):
+            t = st.bars(a.symbol, frm, to, "1m" if a.what == "bars" else "1s")
+        else:
+            t = getattr(st, a.what)(a.symbol, frm, to)
+    finally:
+        st.close()
+    if a.json or a.csv:
+        _print_table(t, a.json)
+    elif t.num_rows:
+        print(t.to_pandas().to_string(index=False) if hasattr(t, "to_pandas") else t)
+    else:
+        print(f"no {a.what} for {a.symbol} in that time", file=sys.stderr)
+    return 0
+
+
+def cmd_sql(a) -> int:
+    try:
+        st = _tick_store(a)
+    except (ValueError, ImportError) as e:
+        print(f"obpipe sql: {e}", file=sys.stderr)
+        return 2
+    try:
+        t = st.sql(a.query)
+    except Exception as e:  # (the store's message: refused, or ClickHouse's error)
+        print(f"obpipe sql: {e}", file=sys.stderr)
+        return 2
+    finally:
+        st.close()
+    _print_table(t, a.json)
+    return 0
 
 
 def cmd_book(argv: list[str]) -> int:
