@@ -1,1 +1,6 @@
-"""The tick store (ClickHouse: embedded chdb or a server) and the tick recorder process (docs/TICKS.md)."""
+"""The tick store: quotes, trades, depth and OHLCV bars in ClickHouse (docs/TICKS.md)."""
+from obpipe.ticks.store import (BAR_TABLES, DEFAULT_RETENTION_DAYS, WHATS, StoreError, TickStore, check_read_only,
+                                parse_width, unavailable)
+
+__all__ = ["BAR_TABLES", "DEFAULT_RETENTION_DAYS", "WHATS", "StoreError", "TickStore", "check_read_only",
+           "parse_width", "unavailable"]
