@@ -40,3 +40,67 @@ def test_a_run_stores_every_event_the_book_emitted_one_row_each(tmp_path, instan
     finally:
         st.close()
     assert list_segments(instance) == []
+
+
+@pytest.mark.timeout(400)
+def test_a_lobster_day_recorded_gives_the_files_tops_executions_and_bars(tmp_path, instance):
+    """The AMZN sample replayed with recording on: after each row's part of the replay
+    stream the last stored quote is that order-book row's top (every row: the stream
+    carries the file's corrections), the trades are the file's executions (time, price,
+    size) in UTC epoch ns of 2012-06-21, and 1-minute bars recomputed here from the
+    stored trades equal the stored bars."""
+    import numpy as np
+
+    from obpipe.engine import lobster
+    from obpipe.ring import schema as sc
+    from obpipe.ticks.store import TickStore
+    from tests.helpers import LOBSTER_MSG, LOBSTER_OB
+
+    where = tmp_path / "ticks"
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 17,
+                     extra=f'[book]\nsymbols = ["AMZN"]\nladder_width = 8192\n[ticks]\nenabled = true\n'
+                           f'where = "{where}"\ndepth_interval_ms = 0\n')
+    final, err = finish(popen_obpipe("run", "--config", cfg, "--replay", str(LOBSTER_MSG), "--rate", "500000",
+                                     "--json", "--quiet"), timeout=300)
+    assert final["analysis"]["ticks_dropped"] == 0 and final["ticks"]["events"] == final["book"]["events"]
+    md, d = lobster.load_messages(LOBSTER_MSG, return_tick=True)
+    ob = lobster.load_orderbook(LOBSTER_OB, tick_divisor=d)
+    stream, ends = lobster.replay_stream(md, ob)
+    assert final["applied"] == len(stream)
+    st = TickStore.open(str(where))
+    try:
+        q = st.quotes("AMZN", 0, 2**63 - 1).to_pydict()
+        tr = st.trades("AMZN", 0, 2**63 - 1).to_pydict()
+        bars = st.bars("AMZN", 0, 2**63 - 1, "1m").to_pydict()
+    finally:
+        st.close()
+    # quotes: the top after each row's part of the stream is that row's
+    qseq = np.array(q["seq"])
+    assert (np.diff(qseq) > 0).all()  # one quote per top change, in stream order
+    none = lambda v: sc.NO_PX if v is None else v  # noqa: E731
+    top = np.array([[none(a), aq, none(b), bq] for a, aq, b, bq in
+                    zip(q["ask_px_tick"], q["ask_qty"], q["bid_px_tick"], q["bid_qty"])], np.int64)
+    k = np.searchsorted(qseq, ends, side="right") - 1  # the last quote at or before each part's end
+    assert (k >= 0).all()
+    rows = ob[1:1 + len(ends), :4]  # (ends[k]: the stream through 1-based row k + 2)
+    bad = np.flatnonzero((top[k] != rows).any(axis=1))
+    assert len(bad) == 0, f"{len(bad)} of {len(rows)} rows differ; first: row {bad[0] + 2}: {top[k[bad[0]]]} vs {rows[bad[0]]}"
+    # trades: the file's visible and hidden executions and crosses, in order, in UTC epoch ns
+    # (from message 2: the replay starts from row 1, the book after message 1)
+    ex = md[1:][np.isin(md["kind"][1:], (sc.K_EXECUTE, sc.K_TRADE))]
+    assert tr["ts_ns"] == ex["ts_exch_ns"].tolist() and tr["px_tick"] == ex["px_tick"].tolist()
+    assert tr["qty"] == ex["qty"].tolist() and len(tr["qty"]) > 1000
+    day = 1_340_236_800 * 10**9  # 2012-06-21 00:00 UTC
+    assert day + 13 * 3600 * 10**9 <= tr["ts_ns"][0] and tr["ts_ns"][-1] < day + 21 * 3600 * 10**9
+    # 1-minute bars from the trades
+    want = {}
+    for t, p, n, s in zip(tr["ts_ns"], tr["px_tick"], tr["qty"], tr["seq"]):
+        b = t - t % 60_000_000_000
+        w = want.setdefault(b, [p, p, p, p, 0, 0])
+        w[1], w[2], w[3] = max(w[1], p), min(w[2], p), p
+        w[4] += n
+        w[5] += 1
+    got = {b: [o, h, lo, c, v, n] for b, o, h, lo, c, v, n in zip(
+        bars["ts_ns"], bars["open_tick"], bars["high_tick"], bars["low_tick"], bars["close_tick"], bars["volume"],
+        bars["trades"])}
+    assert got == want and len(got) > 300
