@@ -389,6 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--config")
     tk.add_argument("--instance")
     tk.set_defaults(fn=cmd_ticks)
+    ex = sub.add_parser("export", help="write a symbol's recorded quotes, trades, depth or bars to a Parquet file")
+    ex.add_argument("--what", choices=("quotes", "trades", "depth", "bars", "bars1s"), default="quotes")
+    ex.add_argument("--symbol", required=True)
+    ex.add_argument("--from", dest="from_", default="1d", help="start (as obpipe ticks; default 1d ago)")
+    ex.add_argument("--to", default="now")
+    ex.add_argument("--out", required=True, help="the Parquet file (pandas, polars, DuckDB read it)")
+    ex.add_argument("--store")
+    ex.add_argument("--config")
+    ex.add_argument("--instance")
+    ex.set_defaults(fn=cmd_export)
     sq = sub.add_parser("sql", help="a read-only SQL query against the tick store (quotes, trades, depth, bars_1s, "
                                     "bars_1m)")
     sq.add_argument("query")
@@ -472,7 +482,7 @@ def cmd_ticks(a) -> int:
     try:
         frm, to = parse_time_ns(a.from_), parse_time_ns(a.to)
         st = _tick_store(a)
-    except (ValueError, ImportError) as e:
+    except (ValueError, ImportError, RuntimeError) as e:  # (RuntimeError: the store's StoreError)
         print(f"obpipe ticks: {e}", file=sys.stderr)
         return 2
     try:
@@ -491,10 +501,29 @@ def cmd_ticks(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    try:
+        frm, to = parse_time_ns(a.from_), parse_time_ns(a.to)
+        st = _tick_store(a)
+    except (ValueError, ImportError, RuntimeError) as e:  # (RuntimeError: the store's StoreError)
+        print(f"obpipe export: {e}", file=sys.stderr)
+        return 2
+    try:
+        what, width = ("bars", "1s") if a.what == "bars1s" else (a.what, "1m")
+        n = st.export(what, a.symbol, frm, to, a.out, width)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"obpipe export: {e}", file=sys.stderr)
+        return 2
+    finally:
+        st.close()
+    print(f"{n} {a.what} rows of {a.symbol} -> {a.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_sql(a) -> int:
     try:
         st = _tick_store(a)
-    except (ValueError, ImportError) as e:
+    except (ValueError, ImportError, RuntimeError) as e:  # (RuntimeError: the store's StoreError)
         print(f"obpipe sql: {e}", file=sys.stderr)
         return 2
     try:

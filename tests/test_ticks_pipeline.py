@@ -104,3 +104,39 @@ def test_a_lobster_day_recorded_gives_the_files_tops_executions_and_bars(tmp_pat
         bars["ts_ns"], bars["open_tick"], bars["high_tick"], bars["low_tick"], bars["close_tick"], bars["volume"],
         bars["trades"])}
     assert got == want and len(got) > 300
+
+
+@pytest.mark.timeout(300)
+def test_the_commands_read_a_recorded_run_ticks_sql_and_a_parquet_export(tmp_path, instance):
+    import csv
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    from tests.helpers import obpipe
+
+    where = tmp_path / "ticks"
+    cfg = run_config(tmp_path, instance, extra=f'[ticks]\nenabled = true\nwhere = "{where}"\n')
+    final, _ = finish(popen_obpipe("run", "--config", cfg, "--json", "--messages", "50000", "--rate", "100000"))
+    sym = sorted(final["symbols"])[0]
+    span = ("--from", "0", "--to", "now")
+    trades = json.loads(obpipe("ticks", sym, *span, "--what", "trades", "--json", "--config", cfg).stdout)
+    assert trades and all(t["symbol"] == sym for t in trades)
+    csv_rows = list(csv.DictReader(io.StringIO(obpipe("ticks", sym, *span, "--what", "trades", "--csv",
+                                                       "--config", cfg).stdout)))
+    assert [int(r["seq"]) for r in csv_rows] == [t["seq"] for t in trades]
+    bars = json.loads(obpipe("ticks", sym, *span, "--what", "bars1s", "--json", "--config", cfg).stdout)
+    assert sum(b["volume"] for b in bars) == sum(t["qty"] for t in trades)
+    n = obpipe("sql", f"SELECT count() AS n FROM trades WHERE symbol = '{sym}'", "--json", "--config", cfg)
+    assert json.loads(n.stdout) == [{"n": len(trades)}]
+    refused = obpipe("sql", "DROP TABLE trades", "--config", cfg)
+    assert refused.returncode == 2 and "read-only" in refused.stderr.lower() or "refus" in refused.stderr.lower()
+    out = tmp_path / "q.parquet"
+    e = obpipe("export", "--what", "quotes", "--symbol", sym, *span, "--out", str(out), "--config", cfg)
+    assert e.returncode == 0, e.stderr
+    got = pq.read_table(out).to_pylist()
+    shown = json.loads(obpipe("ticks", sym, *span, "--json", "--config", cfg).stdout)
+    assert len(got) == len(shown) > 100 and [r["seq"] for r in got] == [r["seq"] for r in shown]
+    bad = obpipe("ticks", sym, "--from", "yesterday-ish", "--config", cfg)
+    assert bad.returncode == 2 and "ISO 8601" in bad.stderr
