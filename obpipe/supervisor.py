@@ -311,8 +311,8 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
         instance=inst, symbols=tuple(bk.symbols), where=tk.where or str(cfgmod.state_dir(inst) / "ticks"),
         flush_rows=tk.flush_rows, flush_ms=tk.flush_ms, depth_interval_ms=tk.depth_interval_ms,
         retention_days=(("quotes", tk.quotes_days), ("trades", tk.trades_days), ("depth", tk.depth_days)),
-        cores=cores.publisher, background=cfg.pinning.background_idle, parent_pid=pid,
-        quiet=opts.quiet) if tk.enabled and a.enabled else None
+        cores=cores.publisher, background=cfg.pinning.background_idle,
+        parent_pid=pid) if tk.enabled and a.enabled else None
     k = cfg.kafka
     publisher = publisher_proc.PublisherSpec(
         instance=inst, symbols=tuple(bk.symbols), bootstrap=bootstrap, prefix=k.topic_prefix,

@@ -140,3 +140,54 @@ def test_the_commands_read_a_recorded_run_ticks_sql_and_a_parquet_export(tmp_pat
     assert len(got) == len(shown) > 100 and [r["seq"] for r in got] == [r["seq"] for r in shown]
     bad = obpipe("ticks", sym, "--from", "yesterday-ish", "--config", cfg)
     assert bad.returncode == 2 and "ISO 8601" in bad.stderr
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_recorder_is_restarted_and_counts_the_rows_it_lost(tmp_path, instance):
+    """SIGKILL of the recorder holding unflushed rows: the supervisor restarts it, the
+    new one counts its predecessor's pending rows as lost and says so; every event
+    taken is then either stored or counted lost, none silently gone."""
+    import json
+    import os
+    import signal
+    import time
+
+    from obpipe.ticks.store import TickStore
+    from tests.helpers import obpipe, running_pipeline, wait_running
+
+    where = tmp_path / "ticks"
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 16,
+                     extra=f'[ticks]\nenabled = true\nwhere = "{where}"\nflush_ms = 1500\nflush_rows = 1000000\n')
+    with running_pipeline(cfg, "--rate", "100000", "--duration", "60") as p:
+        wait_running(cfg, min_msgs=1)
+        deadline = time.monotonic() + 90
+        while True:  # a recorder that has stored a batch and holds rows again
+            s = json.loads(obpipe("stats", "--config", cfg, "--json", timeout=60).stdout)
+            if s["ticks"]["flushes"] >= 1 and s["ticks"]["pending"] > 1000:
+                break
+            assert time.monotonic() < deadline, s["ticks"]
+            time.sleep(0.2)
+        pid = s["processes"]["ticks"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            s = json.loads(obpipe("stats", "--config", cfg, "--json", timeout=60).stdout)
+            if s["ticks"]["lost_at_restart"] > 0 and s["processes"]["ticks"]["pid"] != pid \
+                    and s["ticks"]["state"] == "running":
+                break
+            assert time.monotonic() < deadline, s["ticks"]
+            time.sleep(0.2)
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)
+        final, err = finish(p)
+    tk = final["ticks"]
+    assert final["restarts"]["ticks"] == 1 and "rows not stored: lost" in err
+    assert tk["pending"] == 0 and tk["lost_at_restart"] > 1000
+    st = TickStore.open(str(where))
+    try:
+        n = st.counts()
+    finally:
+        st.close()
+    assert n["quotes"] + n["trades"] == tk["quotes"] + tk["trades"]
+    # every row taken (events, depth samples) is stored or counted lost
+    assert tk["quotes"] + tk["trades"] + tk["depth"] + tk["lost_at_restart"] == tk["events"] + tk["depth_taken"]
+    assert tk["events"] == final["analysis"]["ticks_relayed"] and n["depth"] == tk["depth"]

@@ -42,7 +42,6 @@ class RecorderSpec:
     cores: tuple[int, ...] = ()
     background: bool = False  # SCHED_IDLE once ready (like the analysis)
     parent_pid: int = 0
-    quiet: bool = False
 
 
 class Recorder:
@@ -90,6 +89,7 @@ class Recorder:
                 continue
             self.versions[i] = v
             n = int(r["n_levels"])
+            self.row[sc.ST_TK_DEPTH_TAKEN] += 1
             self.depth_rows.append((int(r["ts_exch_ns"]) or ts, i, r["bid_px"][:n].copy(), r["bid_lvl_qty"][:n].copy(),
                                     r["ask_px"][:n].copy(), r["ask_lvl_qty"][:n].copy()))
             if self.n == 0 and len(self.depth_rows) == 1:
@@ -128,6 +128,38 @@ class Recorder:
         return True
 
 
+_TABLES = (("quotes", sc.ST_TK_QUOTES), ("trades", sc.ST_TK_TRADES), ("depth", sc.ST_TK_DEPTH))
+
+
+def _reconcile(store, row, log) -> None:
+    """First recorder of a run: note the store's row counts.  A restarted one (its
+    predecessor killed): the rows the store gained beyond what was counted are the
+    predecessor's last insert, which landed (counted as stored now); the rest of what it
+    had pending is lost, counted in ``lost_at_restart`` and said."""
+    counts = store.counts()
+    b = sc.ST_TK_BASE
+    if not row[b + 3]:
+        for i, (t, _w) in enumerate(_TABLES):
+            row[b + i] = counts[t]
+        row[b + 3] = 1
+        return
+    landed = 0
+    for i, (t, w) in enumerate(_TABLES):
+        extra = counts[t] - int(row[b + i]) - int(row[w])
+        if extra > 0:
+            row[w] += extra
+            landed += extra
+    pending = int(row[sc.ST_TK_PENDING])
+    row[sc.ST_TK_PENDING] = 0
+    lost = max(0, pending - landed)
+    if lost:
+        row[sc.ST_TK_LOST] += lost
+        log(f"the previous recorder was killed with {lost} rows not stored: lost (counted in lost_at_restart)"
+            + (f"; {landed} more of its rows had been stored" if landed else ""))
+    elif pending:
+        log(f"the previous recorder was killed; its last {landed} rows had been stored (none lost)")
+
+
 def run(spec: RecorderSpec, stop) -> int:
     """Record until ``stop`` is set, then take what is left in the ring, insert it and
     return 0."""
@@ -135,18 +167,13 @@ def run(spec: RecorderSpec, stop) -> int:
 
     stats, row = claim_row(spec.instance, ROW_TICKS)
 
-    def log(msg):
-        if not spec.quiet:
-            print(f"obpipe tick recorder: {msg}", file=sys.stderr, flush=True)
+    def log(msg):  # (losses and failures: said even with --quiet)
+        print(f"obpipe tick recorder: {msg}", file=sys.stderr, flush=True)
 
-    lost = int(row[sc.ST_TK_PENDING])  # (a killed predecessor's unflushed rows)
-    if lost:
-        row[sc.ST_TK_LOST] += lost
-        row[sc.ST_TK_PENDING] = 0
-        log(f"the previous recorder was killed with {lost} rows not stored: lost (counted in lost_at_restart)")
     ring = Ring.attach(spec.instance, "ticks", sc.EVENT_DTYPE)
     snaps = SnapshotRegion.attach(spec.instance, "snap")
     store = TickStore.open(spec.where, dict(spec.retention_days) or None)
+    _reconcile(store, row, log)
     rec = Recorder(spec, ring, snaps, store, row, log)
     mark_running(row)
     if spec.background:
