@@ -377,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tk = sub.add_parser("ticks", help="a symbol's recorded quotes, trades, depth or bars from the tick store")
     tk.add_argument("symbol")
-    tk.add_argument("--from", dest="from_", default="1d", help="start: epoch ns, ISO 8601 (UTC unless it says), or "
-                                                             "an age (30s, 10m, 2h, 1d ago; default 1d)")
+    tk.add_argument("--from", dest="from_", default="0", help="start: epoch ns, ISO 8601 (UTC unless it says), or "
+                                                            "an age (30s, 10m, 2h, 1d ago); default: the beginning")
     tk.add_argument("--to", default="now", help="end (exclusive), same forms (default now)")
     tk.add_argument("--what", choices=("quotes", "trades", "depth", "bars", "bars1s"), default="quotes",
                     help="bars: 1-minute OHLCV; bars1s: 1-second")
@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a symbol's recorded quotes, trades, depth or bars to a Parquet file")
     ex.add_argument("--what", choices=("quotes", "trades", "depth", "bars", "bars1s"), default="quotes")
     ex.add_argument("--symbol", required=True)
-    ex.add_argument("--from", dest="from_", default="1d", help="start (as obpipe ticks; default 1d ago)")
+    ex.add_argument("--from", dest="from_", default="0", help="start (as obpipe ticks; default: the beginning)")
     ex.add_argument("--to", default="now")
     ex.add_argument("--out", required=True, help="the Parquet file (pandas, polars, DuckDB read it)")
     ex.add_argument("--store")

@@ -193,7 +193,7 @@ class RedisConfig:
 
 @dataclass(frozen=True)
 class TicksConfig:
-    enabled: bool = False  # record ticks into the tick store (docs/TICKS.md; off while issue 16 is open)
+    enabled: bool = True  # record ticks into the tick store (docs/TICKS.md); needs chdb (the ticks extra)
     where: str = ""  # a directory (embedded ClickHouse, chdb) or http(s):// server URL; "": <state dir>/ticks
     ring_capacity: int = 1 << 18  # the "ticks" ring (analysis -> recorder), events; a power of two
     flush_rows: int = 65_536  # insert when this many rows are buffered ...

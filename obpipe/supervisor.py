@@ -152,6 +152,25 @@ class _Child:
         self.started_ns = time.monotonic_ns()
 
 
+def _ticks_possible(cfg: Config, opts: RunOptions) -> Config:
+    """``[ticks] enabled`` (the default) where recording cannot run: off, and said why
+    (no chdb/pyarrow: the ``ticks`` extra; no analysis to relay the events)."""
+    import importlib.util
+
+    if not cfg.ticks.enabled:
+        return cfg
+    why = None
+    missing = [m for m in ("chdb", "pyarrow") if importlib.util.find_spec(m) is None]
+    if missing:
+        why = f"{' and '.join(missing)} not installed (pip install 'obpipe[ticks]')"
+    elif not cfg.analysis.enabled:
+        why = "[analysis] enabled = false (the analysis relays the book's events to the recorder)"
+    if why is None:
+        return cfg
+    print(f"obpipe run: tick recording off ([ticks] enabled = false hides this): {why}", file=sys.stderr)
+    return cfgmod.replace(cfg, ticks={"enabled": False})
+
+
 def _run_journal(cfg: Config, opts: RunOptions) -> Config:
     """``--source exchange`` without ``[exchange] journal``: the exchange journals into
     the instance's state directory (a new journal each run, fsync ``interval``: the
@@ -189,6 +208,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         return 2
     if opts.source == "exchange":
         cfg = _run_journal(cfg, opts)
+    cfg = _ticks_possible(cfg, opts)
     r = _Run(cfg, opts)
     try:
         session, allow = r.admit()

@@ -64,7 +64,15 @@ def test_each_spec_copies_its_config_section():
                           allow=(("127.0.0.1", 5000),), max_seq_jump=1000, resync_packets=9,
                           accept_new_session=True)
     assert s.analysis == AnalysisSpec(instance="specs", n_symbols=3, params=params(cfg.analysis), max_batch=128,
-                                      backoff=Backoff(0, 0, 900), cores=(3,), background=False, parent_pid=pid)
+                                      backoff=Backoff(0, 0, 900), cores=(3,), background=False, parent_pid=pid,
+                                      relay_ticks=True)
+    from obpipe.config import state_dir
+    from obpipe.ticks.recorder import RecorderSpec
+
+    assert s.ticks == RecorderSpec(instance="specs", symbols=("AAA", "BBB", "CCC"),
+                                   where=str(state_dir("specs") / "ticks"),
+                                   retention_days=(("quotes", 90), ("trades", 365), ("depth", 90)), cores=(4,),
+                                   background=False, parent_pid=pid)
     assert s.publisher == PublisherSpec(instance="specs", symbols=("AAA", "BBB", "CCC"), bootstrap="kafka:9092",
                                         prefix="pfx", client=(("retries", 2), ("security.protocol", "PLAINTEXT")),
                                         pending_max=11, producer_queue_max=12, message_timeout_ms=1300,
@@ -109,6 +117,9 @@ def test_the_exchange_as_feed_gets_its_own_typed_spec():
 
 
 def test_parts_switched_off_have_no_spec():
+    off = _specs(_cfg(ticks={"enabled": False}))
+    assert off.ticks is None and not off.analysis.relay_ticks
+    assert _specs(_cfg(analysis={"enabled": False})).ticks is None  # (no analysis to relay the events)
     assert _specs(opts=RunOptions(no_feed=True)).feed is None
     assert _specs(opts=RunOptions(no_kafka=True)).publisher is None
     assert _specs(_cfg(kafka={"enabled": False})).publisher is None
@@ -180,3 +191,19 @@ def test_the_exchange_sections_are_the_exchange_packages_and_load_strictly():
         config.from_dict({"exchange": {"bogus": 1}})
     with pytest.raises(config.ConfigError, match="exchange.fsync"):
         config.from_dict({"exchange": {"fsync": "sometimes"}})
+
+
+def test_tick_recording_is_turned_off_and_said_where_it_cannot_run(monkeypatch, capsys):
+    import importlib.util
+
+    from obpipe.supervisor import _ticks_possible
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "chdb" else real(m, *a))
+    assert not _ticks_possible(_cfg(), RunOptions()).ticks.enabled
+    err = capsys.readouterr().err
+    assert "tick recording off" in err and "chdb not installed" in err
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert _ticks_possible(_cfg(), RunOptions()).ticks.enabled
+    assert not _ticks_possible(_cfg(analysis={"enabled": False}), RunOptions()).ticks.enabled
+    assert "[analysis] enabled = false" in capsys.readouterr().err
