@@ -425,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("positions", "positions and P&L per account"),
                        ("store", "apply the exchange's journal to its store (once, or --follow)")):
         sub.add_parser(name, help=f"{what}, from the store (obpipe {name} -h)", add_help=False)
+    sub.add_parser("backup", help="back up the tick store and the SQLite stores (obpipe backup -h)", add_help=False)
+    sub.add_parser("restore", help="restore and verify an obpipe backup (obpipe restore -h)", add_help=False)
     return p
 
 
@@ -730,8 +732,17 @@ def cmd_store(name: str, argv: list[str]) -> int:
     return 0
 
 
+def cmd_backup(argv: list[str]) -> int:
+    """``obpipe backup`` / ``obpipe restore`` (obpipe/backup.py; argv[0] says which)."""
+    from obpipe import backup
+
+    return backup.main(argv)
+
+
 _PASS_THROUGH = {"book": cmd_book, "exchange": cmd_exchange, "exchange-client": cmd_exchange_client,
                  "exchange-account": cmd_exchange_account,
+                 "backup": lambda argv: cmd_backup(["backup", *argv]),
+                 "restore": lambda argv: cmd_backup(["restore", *argv]),
                  **{n: (lambda argv, n=n: cmd_store(n, argv)) for n in ("orders", "fills", "positions", "store")}}
 
 

@@ -620,3 +620,120 @@ class TickStore:
         while time.monotonic() < deadline and int(b.command(
                 "SELECT count() FROM system.merges WHERE database = {d:String}", {"d": DB}).strip() or 0):
             time.sleep(0.05)
+
+
+# --- backup and restore (ClickHouse BACKUP / RESTORE; obpipe backup|restore, obpipe/backup.py) -----
+
+
+def _backup_engine(path: str, allowed: str):
+    """A chdb connection to data directory ``path`` whose engine may read and write
+    backups under directory ``allowed`` (ClickHouse's ``backups.allowed_path``, an engine
+    start-up parameter: the engine must not be running in this process yet)."""
+    import chdb
+    for p in (path, allowed):
+        if "?" in p or "&" in p:
+            raise StoreError(f"{p!r}: a path with '?' or '&' cannot be handed to chdb (it reads them as parameters)")
+    pid = _lock_holder(path)
+    if pid is not None:
+        raise _in_use(path, pid)
+    try:
+        return chdb.connect(f"{path}?async_insert=0&backups.allowed_path={allowed.rstrip('/')}/")
+    except Exception as e:
+        m = re.search(r"initialized with path '([^']*)'", str(e))
+        if m:
+            raise StoreError(
+                f"cannot open tick store {path} for a backup or restore: this process already has ClickHouse data "
+                f"directory {m.group(1)} open (chdb: one engine per process): close that store first") from None
+        pid = _lock_holder(path)
+        if pid is not None:
+            raise _in_use(path, pid) from None
+        raise StoreError(f"cannot open tick store {path}: {e}") from None
+
+
+def _run(con, sql: str, params: dict | None = None) -> str:
+    try:
+        return str(con.query(sql, "TabSeparated", params=params or {}))
+    except Exception as e:
+        msg = str(e)
+        if "backups.allowed_path" in msg:
+            raise StoreError(
+                "this process already runs the tick store's engine without a backup path (an open TickStore): "
+                "close it before backup()/restore(), which start the engine themselves") from None
+        raise StoreError(f"ClickHouse: {msg}") from None
+
+
+def _sql_path(p: str) -> str:
+    return "'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def digests(con) -> dict[str, dict]:
+    """Per table: rows and an order-free digest of the contents (the sum of a 64-bit hash
+    of every row, as text).  Bars are digested as read (states merged), so a background
+    merge, which folds a bar's partial rows into one, does not change them."""
+    out = {}
+    for t, cols in _COLUMNS.items():
+        n, h = _run(con, f"SELECT count(), sum(cityHash64({cols}, ingested)) FROM {DB}.{t}").split()
+        out[t] = {"rows": int(n), "digest": h}
+    for _, (t, _) in BAR_TABLES.items():
+        n, h = _run(con, "SELECT count(), sum(cityHash64(*)) FROM (SELECT symbol, bucket_ns, argMinMerge(open_tick),"
+                         " max(high_tick), min(low_tick), argMaxMerge(close_tick), sum(volume), sum(trades),"
+                         f" sum(turnover), max(ingested) FROM {DB}.{t} GROUP BY symbol, bucket_ns)").split()
+        out[t] = {"rows": int(n), "digest": h}
+    return out
+
+
+def backup(where: str, to_dir: str) -> dict:
+    """Back up the store at directory ``where`` into the new directory ``to_dir`` with
+    ClickHouse's ``BACKUP DATABASE ticks TO File(...)`` (tables, views, parts; about the
+    store's size on disk).  The engine starts here with a backup path, so no store may be
+    open in this process, and no other process may hold ``where`` (a running recorder):
+    StoreError says which.  Returns {"tables": digests(), "chdb", "clickhouse"} of what the
+    backup holds (nobody else can write while this process holds the lock)."""
+    import chdb
+    src, dest = os.path.abspath(str(where)), os.path.abspath(str(to_dir))
+    if not os.path.isdir(os.path.join(src, "metadata")):
+        raise StoreError(f"{src}: no tick store there (no ClickHouse metadata directory)")
+    if os.path.exists(dest):
+        raise StoreError(f"{dest} exists: a backup goes into a new directory")
+    con = _backup_engine(src, os.path.dirname(dest))
+    try:
+        if _run(con, "SELECT count() FROM system.databases WHERE name = {d:String}", {"d": DB}).strip() != "1":
+            raise StoreError(f"{src}: no '{DB}' database: not a tick store")
+        got = _run(con, f"BACKUP DATABASE {DB} TO File({_sql_path(dest)})")
+        if "BACKUP_CREATED" not in got:
+            raise StoreError(f"BACKUP of {src} did not finish: {got.strip()}")
+        return {"tables": digests(con), "chdb": chdb.__version__, "clickhouse": getattr(chdb, "engine_version", "?")}
+    finally:
+        con.close()
+
+
+def restore(from_dir: str, where: str, replace: bool = False) -> dict:
+    """Restore a ``backup()`` directory into the store at ``where`` (created if missing).
+    A target that already has the tables is refused unless ``replace`` (its ``ticks``
+    database is then dropped first).  Returns digests() of the restored tables, to compare
+    with the backup's.  ClickHouse does not check the parts' checksums on RESTORE (a
+    damaged file shows when it is read), hence the caller's file checksums."""
+    src, dest = os.path.abspath(str(from_dir)), os.path.abspath(str(where))
+    if not os.path.isfile(os.path.join(src, ".backup")):
+        raise StoreError(f"{src}: not a ClickHouse backup (no .backup file)")
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise StoreError(f"tick store {dest} exists and is not a directory")
+    os.makedirs(dest, exist_ok=True)
+    con = _backup_engine(dest, os.path.dirname(src))
+    try:
+        if _run(con, "SELECT count() FROM system.databases WHERE name = {d:String}", {"d": DB}).strip() == "1":
+            if not replace:
+                raise StoreError(f"tick store {dest} already has a '{DB}' database: restore into an empty directory")
+            _run(con, f"DROP DATABASE {DB} SYNC")
+        got = _run(con, f"RESTORE DATABASE {DB} FROM File({_sql_path(src)})")
+        if "RESTORED" not in got:
+            raise StoreError(f"RESTORE into {dest} did not finish: {got.strip()}")
+        return digests(con)
+    finally:
+        con.close()
+
+
+def lock_holder(where: str) -> int | None:
+    """Pid of another process that has the store at ``where`` open (a running recorder),
+    else None: chdb lets one process at a time open a data directory."""
+    return _lock_holder(os.path.abspath(str(where)))
