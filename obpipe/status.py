@@ -218,6 +218,14 @@ def _render_redis(r: dict) -> str:
             f"{up}  reconnects {r['reconnects']:,}  rounds {r['rounds']:,}  {r['state']}")
 
 
+def _render_ticks(t: dict, a: dict) -> str:
+    if t["state"] == "unused":
+        return "  ticks    off"
+    return (f"  ticks    events {t['events']:>13,}  stored quotes {t['quotes']:,} trades {t['trades']:,} depth "
+            f"{t['depth']:,}  pending {t['pending']:,}  dropped(ring full) {a.get('ticks_dropped', 0):,}  "
+            f"lost {t['lost_at_restart']:,}  errors {t['errors']:,}  {t['state']}")
+
+
 def _us(ns) -> str:
     return "-" if ns is None else f"{ns / 1000:.1f} us"
 
@@ -246,6 +254,7 @@ def render(d: dict, levels: int = 3) -> str:
         _render_analysis(d["analysis"]),
         _render_publisher(d["publisher"], d["supervisor"]),
         _render_redis(d["redis"]),
+        _render_ticks(d["ticks"], d["analysis"]),
         "  procs    " + "  ".join(
             f"{name} pid {p['pid']} cpu {p['cpu_percent']:.0f}% core {p['core']}"
             + (f" hb {p['heartbeat_age_s']:.2f}s" if p.get("heartbeat_age_s") is not None else "")
