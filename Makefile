@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser redis postgres
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store bench-ticks bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser redis postgres
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -104,7 +104,10 @@ bench-story: $(DEV) ## story service: ingest signals/s from the broker into SQLi
 bench-store: $(DEV) redis postgres ## store catch-up fills/s (SQLite, PostgreSQL), exchange round trips with/without the store writer, Redis writes/s, book rate with/without Redis -> bench/results/store.json
 	$(VPY) bench/store.py $(ARGS)
 
+bench-ticks: $(DEV) ## tick store: insert rows/s in the recorder's batches, book rate with/without the recorder, query p99 and bytes per quote over 50M quotes -> bench/results/ticks.json
+	$(VPY) bench/ticks.py $(ARGS)
+
 bench-table:     ## rewrite docs/BENCHMARKS.md's tables from bench/results/*.json (runs no benchmark)
 	$(PYTHON) bench/table.py
 
-bench: bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store ## every benchmark
+bench: bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store bench-ticks ## every benchmark

@@ -20,6 +20,7 @@ import argparse
 import difflib
 import json
 import re
+import statistics
 import sys
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -269,6 +270,71 @@ def store(r: dict) -> list[str]:
             "", *_table(["figure (`store.json` key)", "measured", "target"], ["---", "---:", "---:"], rows)]
 
 
+# --- ticks.json (make bench-ticks) -----------------------------------------------------
+
+def _ticks_ratio(p: dict, key: str, label: str, target: str) -> list[list[str]]:
+    m, runs = p["msgs_per_s"], p["runs"]
+    rate = "as fast as possible" if p["rate"] == "max" else f"paced at {_m(p['rate'], 0)} msgs/s"
+
+    def med(arm, k):
+        return _int(statistics.median(x[k] for x in runs[arm]))
+
+    return [[f"pipeline {rate} ({_int(p['messages'] / 1e6)}M msgs, {len(runs['on'])} alternations), applied "
+             f"msgs/s with the recorder / without (`{key}`)",
+             f"{_dec(p['ratio'], 3)} ({_m(m['on'], 2)} / {_m(m['off'], 2)})", target],
+            [f"  {label}: events relayed to the recorder / dropped by its full ring (median per run); all relayed "
+             f"stored", f"{_int(p['ticks_relayed_median'])} / {_int(p['ticks_dropped_median'])} "
+             f"({_dec(100 * p['ticks_dropped_share_median'])}% of the analysed events); "
+             f"{'yes' if p['relayed_all_stored'] else 'no'}", ""],
+            ["  same runs: book events the analysis missed (`events_dropped`) / messages lost before the book "
+             "(`lost`), median per run with / without", f"{med('on', 'events_dropped')} / {med('on', 'lost')}; "
+             f"{med('off', 'events_dropped')} / {med('off', 'lost')}", ""]]
+
+
+def ticks(r: dict) -> list[str]:
+    rows = []
+    if "insert_rows_per_s_by_batch" in r:
+        w = r["insert_workload"]
+        by = r["insert_rows_per_s_by_batch"]
+        for b, v in sorted(by.items(), key=lambda kv: (int(kv[0]) != r["recorder_batch_rows"], int(kv[0]))):
+            head = int(b) == r["recorder_batch_rows"]
+            rows.append([(f"insert_events, batches of {int(b):,} events (the recorder's `flush_rows`), "
+                          f"{w['events'] / 1e6:.2f}M book events (`recorder_rows_per_s`)") if head
+                         else f"  same, batches of {int(b):,} (`insert_rows_per_s_by_batch`)",
+                         f"{'**' if head else ''}{v['rows_per_s']:,} rows/s{'**' if head else ''} (runs "
+                         + " / ".join(f"{x:,}" for x in v["runs_rows_per_s"]) + f"), {_dec(v['cpu_cores'], 2)} cores",
+                         ""])
+        rows.append(["on disk after merges, the book's events (`bytes_per_quote`, `bytes_per_trade`)",
+                     f"{_dec(r['bytes_per_quote'])} B/quote, {_dec(r['bytes_per_trade'])} B/trade", ""])
+    p = r.get("pipeline")
+    if p:
+        rows += _ticks_ratio(p["max"], "book_rate_ratio_with_recorder", "same runs (`ticks_dropped`)", ">= 0.9")
+        if "paced" in p:
+            rows += _ticks_ratio(p["paced"], "book_rate_ratio_with_recorder_paced",
+                                 "same runs (`ticks_dropped_paced`)", "")
+    q = r.get("query_store")
+    if q:
+        a, o = q["as_inserted"], q["after_optimize"]
+        rows.append([f"query store: {q['quotes'] / 1e6:.1f}M synthetic quotes + {q['trades'] / 1e6:.1f}M trades, "
+                     f"{q['symbols']} symbols, one day, inserted in batches of {q['insert_batch']:,} "
+                     f"(`query_store.insert_rows_per_s`)", f"{q['insert_rows_per_s']:,} rows/s", ""])
+        for k, what in (("quotes_5min", "one symbol's 5-minute quotes"),
+                        ("bars_1m_day", "one symbol's day of 1-minute bars")):
+            rows.append([f"{what}, p50 / p99 over {q['queries']} random, as inserted "
+                         f"({q['quotes_parts_as_inserted']} parts) (`query_ms_p50` / `query_ms_p99`)",
+                         f"{_dec(a[k]['p50_ms'])} / **{_dec(a[k]['p99_ms'])}** ms "
+                         f"({_int(a[k]['rows_median'])} rows)", ""])
+            rows.append([f"  same after `optimize()` (`query_store.after_optimize`)",
+                         f"{_dec(o[k]['p50_ms'])} / {_dec(o[k]['p99_ms'])} ms", ""])
+        rows.append(["  on disk after merges (`query_store.bytes_per_quote`, `bytes_per_trade`)",
+                     f"{_dec(q['bytes_per_quote'])} B/quote, {_dec(q['bytes_per_trade'])} B/trade", ""])
+    mc, load = r["machine"], r.get("loadavg_1m_at_start")
+    return [f"Run {r['when']}, {mc['cores']} cores, chdb {mc.get('chdb')} (ClickHouse {mc.get('clickhouse')})"
+            + (f", load average {load} at the start" if load is not None else "")
+            + f"; median of {r['repeats']} runs for the inserts; {r['seconds']} s in all.", "",
+            *_table(["figure (`ticks.json` key)", "measured", "target"], ["---", "---:", "---:"], rows)]
+
+
 SECTIONS = {  # marker name -> (results file, renderer)
     "core": ("core.json", core),
     "pipeline": ("pipeline.json", pipeline),
@@ -277,6 +343,7 @@ SECTIONS = {  # marker name -> (results file, renderer)
     "matching-tcp": ("matching.json", matching_tcp),
     "story": ("story.json", story),
     "store": ("store.json", store),
+    "ticks": ("ticks.json", ticks),
 }
 
 
