@@ -51,6 +51,8 @@ def _with_overrides(cfg, a):
         sections["kafka"] = {"bootstrap_servers": a.kafka}
     if getattr(a, "no_redis", False):
         sections["redis"] = {"enabled": False}
+    if getattr(a, "no_ticks", False):
+        sections["ticks"] = {"enabled": False}
     try:
         return cfgmod.replace(cfg, **sections) if sections else cfg
     except cfgmod.ConfigError as e:
@@ -327,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "none named: start the embedded broker)")
     r.add_argument("--no-kafka", action="store_true", help="no publisher and no broker (signals are counted only)")
     r.add_argument("--no-redis", action="store_true", help="no Redis server and no Redis writer ([redis] enabled = false)")
+    r.add_argument("--no-ticks", action="store_true", help="no tick recording ([ticks] enabled = false)")
     r.add_argument("--source", choices=("synthetic", "exchange"), default="synthetic",
                    help="exchange: the matching engine's market data, driven by simulated traders over TCP "
                         "([exchange], [traders]; --rate = their orders/s)")

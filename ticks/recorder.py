@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from obpipe.ring import schema as sc
-from obpipe.ring.runtime import background_priority, child_setup, claim_row, mark_running
+from obpipe.ring.runtime import child_setup, claim_row, mark_running
 from obpipe.ring.snapshot import SnapshotRegion
 from obpipe.ring.spsc import Ring
 from obpipe.ring.stats import ROW_TICKS
@@ -128,6 +128,23 @@ class Recorder:
         return True
 
 
+def _all_threads(idle: bool) -> None:
+    """SCHED_IDLE (or back to normal) for every thread of this process, not only the
+    calling one: the embedded ClickHouse runs its inserts and merges on threads of its
+    own (one at nice -20), which would otherwise compete with the book writer and
+    starve the SCHED_IDLE analysis (measured: docs/BENCHMARKS.md "Tick store")."""
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return
+    for t in tids:
+        try:
+            os.sched_setscheduler(int(t), policy, os.sched_param(0))
+        except (OSError, ValueError):  # (a thread that ended meanwhile)
+            pass
+
+
 _TABLES = (("quotes", sc.ST_TK_QUOTES), ("trades", sc.ST_TK_TRADES), ("depth", sc.ST_TK_DEPTH))
 
 
@@ -171,23 +188,32 @@ def run(spec: RecorderSpec, stop) -> int:
         print(f"obpipe tick recorder: {msg}", file=sys.stderr, flush=True)
 
     ring = Ring.attach(spec.instance, "ticks", sc.EVENT_DTYPE)
+    events = Ring.attach(spec.instance, "events", sc.EVENT_DTYPE)  # (only its fill is read: see below)
     snaps = SnapshotRegion.attach(spec.instance, "snap")
     store = TickStore.open(spec.where, dict(spec.retention_days) or None)
     _reconcile(store, row, log)
     rec = Recorder(spec, ring, snaps, store, row, log)
     mark_running(row)
-    if spec.background:
-        background_priority()
+    next_idle = 0.0
     try:
         while not stop.is_set():
             now = time.monotonic()
+            if spec.background and now >= next_idle:  # (ClickHouse starts threads as it goes)
+                _all_threads(True)
+                next_idle = now + 1.0
+            if len(events) > events.capacity // 4:
+                # the analysis is behind (its events ring fills): give way, so the book never
+                # drops events for it; the recorder's own ring fills instead and drops, counted
+                row[sc.ST_HEARTBEAT_NS] = time.monotonic_ns()
+                time.sleep(0.002)
+                continue
             k = rec.poll(now)
             row[sc.ST_HEARTBEAT_NS] = time.monotonic_ns()
             if spec.parent_pid and os.getppid() != spec.parent_pid:
                 break  # orphaned
             if k == 0:
                 time.sleep(0.005)
-        background_priority(False)
+        _all_threads(False)  # (draining: the book writer has stopped)
         while rec.poll(time.monotonic()):  # what the analysis relayed before it stopped
             pass
         if spec.depth_interval_ms > 0:
@@ -198,6 +224,7 @@ def run(spec: RecorderSpec, stop) -> int:
                 break
     finally:
         store.close()
+        events.close()
         row[sc.ST_STATE] = sc.STATE_STOPPED
     return 0
 
