@@ -207,3 +207,15 @@ def test_tick_recording_is_turned_off_and_said_where_it_cannot_run(monkeypatch, 
     assert _ticks_possible(_cfg(), RunOptions()).ticks.enabled
     assert not _ticks_possible(_cfg(analysis={"enabled": False}), RunOptions()).ticks.enabled
     assert "[analysis] enabled = false" in capsys.readouterr().err
+
+
+def test_no_redis_and_no_ticks_switch_their_sections_off():
+    import argparse
+
+    from obpipe.cli import _with_overrides
+
+    cfg = _cfg()
+    assert cfg.redis.enabled and cfg.ticks.enabled
+    off = _with_overrides(cfg, argparse.Namespace(no_redis=True, no_ticks=True))
+    assert not off.redis.enabled and not off.ticks.enabled
+    assert _with_overrides(cfg, argparse.Namespace(no_redis=False, no_ticks=True)).redis.enabled
