@@ -483,18 +483,26 @@ def _print_table(table, as_json: bool) -> None:
         w.writerow(["" if v is None else v for v in r.values()])
 
 
-def cmd_ticks(a) -> int:
+def _ticks_request(a, name: str):
+    """(store, what, width, from_ns, to_ns) of ``obpipe ticks`` / ``export``; None
+    after saying why (bad times, no store, a store in use)."""
     try:
         frm, to = parse_time_ns(a.from_), parse_time_ns(a.to)
         st = _tick_store(a)
     except (ValueError, ImportError, RuntimeError) as e:  # (RuntimeError: the store's StoreError)
-        print(f"obpipe ticks: {e}", file=sys.stderr)
+        print(f"obpipe {name}: {e}", file=sys.stderr)
+        return None
+    what, width = ("bars", "1s") if a.what == "bars1s" else (a.what, "1m")
+    return st, what, width, frm, to
+
+
+def cmd_ticks(a) -> int:
+    req = _ticks_request(a, "ticks")
+    if req is None:
         return 2
+    st, what, width, frm, to = req
     try:
-        if a.what in ("bars", "bars1s"):
-            t = st.bars(a.symbol, frm, to, "1m" if a.what == "bars" else "1s")
-        else:
-            t = getattr(st, a.what)(a.symbol, frm, to)
+        t = st.bars(a.symbol, frm, to, width) if what == "bars" else getattr(st, what)(a.symbol, frm, to)
     finally:
         st.close()
     if a.json or a.csv:
@@ -507,14 +515,11 @@ def cmd_ticks(a) -> int:
 
 
 def cmd_export(a) -> int:
-    try:
-        frm, to = parse_time_ns(a.from_), parse_time_ns(a.to)
-        st = _tick_store(a)
-    except (ValueError, ImportError, RuntimeError) as e:  # (RuntimeError: the store's StoreError)
-        print(f"obpipe export: {e}", file=sys.stderr)
+    req = _ticks_request(a, "export")
+    if req is None:
         return 2
+    st, what, width, frm, to = req
     try:
-        what, width = ("bars", "1s") if a.what == "bars1s" else (a.what, "1m")
         n = st.export(what, a.symbol, frm, to, a.out, width)
     except (ValueError, OSError, RuntimeError) as e:
         print(f"obpipe export: {e}", file=sys.stderr)
