@@ -23,7 +23,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 @pytest.mark.parametrize("delay_s", [0.0, 0.3])
 def test_ctrl_c_during_start_up_still_reports_and_cleans_up(tmp_path, instance, delay_s):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[instance]\nname = "{instance}"\n[kafka]\nenabled = false\n')
+    cfg.write_text(f'[instance]\nname = "{instance}"\n[kafka]\nenabled = false\n[ticks]\nenabled = false\n')
     p = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", str(cfg), "--no-feed", "--json"],
                          cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -149,7 +149,7 @@ def test_journal_drops_a_cut_last_batch_and_refuses_corruption_and_other_setting
 def test_run_with_the_exchange_as_feed_source_delivers_its_market_data_to_the_book(tmp_path, instance):
     cfg = tmp_path / "run.toml"
     cfg.write_text(f'[instance]\nname = "{instance}"\n[book]\nsymbols = ["A", "B"]\n[exchange]\nport = 0\n'
-                   f'[traders]\nclients = 4\nrate = 5000\n[kafka]\nenabled = false\n')
+                   f'[traders]\nclients = 4\nrate = 5000\n[kafka]\nenabled = false\n[ticks]\nenabled = false\n')
     p = subprocess.run([sys.executable, "-m", "obpipe", "run", "--config", str(cfg), "--source", "exchange",
                         "--duration", "3", "--json", "--quiet"], cwd=REPO, capture_output=True, text=True,
                        timeout=240)
