@@ -190,7 +190,7 @@ def run(spec: RecorderSpec, stop) -> int:
     ring = Ring.attach(spec.instance, "ticks", sc.EVENT_DTYPE)
     events = Ring.attach(spec.instance, "events", sc.EVENT_DTYPE)  # (only its fill is read: see below)
     snaps = SnapshotRegion.attach(spec.instance, "snap")
-    store = TickStore.open(spec.where, dict(spec.retention_days) or None)
+    store = TickStore.open(spec.where, dict(spec.retention_days) or None, lean=True)
     _reconcile(store, row, log)
     rec = Recorder(spec, ring, snaps, store, row, log)
     mark_running(row)

@@ -164,10 +164,14 @@ def _in_use(path: str, pid: int) -> StoreError:
         "a ClickHouse server (a URL) serves many processes")
 
 
+#: Engine settings of a lean store (``TickStore.open(..., lean=True)``).
+LEAN = "&max_threads=1&max_insert_threads=1&background_pool_size=2"
+
+
 class _Chdb:
     """chdb backend: a read-write connection and a read-only one (``sql()``) to one path."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, lean: bool = False):
         import chdb
         self.chdb_version = chdb.__version__
         self.engine_version = getattr(chdb, "engine_version", "?")
@@ -178,7 +182,9 @@ class _Chdb:
             raise _in_use(path, pid)
         try:
             # async_insert=0: an INSERT returns once its part is written (chdb defaults to 1).
-            self.rw = chdb.connect(f"{path}?async_insert=0")
+            # lean (the recorder beside a busy pipeline): one thread per query and insert, 2
+            # background merge threads, so the engine takes less of the CPU the analysis needs
+            self.rw = chdb.connect(f"{path}?async_insert=0" + (LEAN if lean else ""))
         except Exception as e:  # chdb raises RuntimeError with ClickHouse's text
             msg = str(e)
             m = re.search(r"initialized with path '([^']*)'", msg)
@@ -360,7 +366,7 @@ class TickStore:
     # -- open / close
 
     @classmethod
-    def open(cls, where: str, retention_days: dict[str, int] | None = None) -> "TickStore":
+    def open(cls, where: str, retention_days: dict[str, int] | None = None, lean: bool = False) -> "TickStore":
         """Open (create if missing) the store at directory ``where``; the tables are created
         if missing and their TTLs set to ``retention_days`` (table -> days, 0 = for ever;
         missing keys take DEFAULT_RETENTION_DAYS)."""
@@ -383,7 +389,7 @@ class TickStore:
         if os.path.exists(path) and not os.path.isdir(path):
             raise StoreError(f"tick store {path} exists and is not a directory")
         os.makedirs(path, exist_ok=True)
-        store = cls(_Chdb(path), path, days)
+        store = cls(_Chdb(path, lean), path, days)
         try:
             store._create()
             store._b.open_readonly()
