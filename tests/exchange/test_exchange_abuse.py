@@ -82,6 +82,13 @@ def test_only_a_login_proving_the_accounts_key_acts_for_it_and_anonymous_trading
     login = accmod.login_message(7, key, first[1].tobytes()[8:])
     assert key[:16] not in login and key[16:] not in login and b"secret-7" not in login
     s.sendall(login)
+    s.settimeout(30)  # (its answer, before the close: a stop right after the close could beat the login)
+    ans = b""
+    while len(ans) < OUT.itemsize:
+        part = s.recv(OUT.itemsize - len(ans))
+        assert part, "closed instead of answering the login"
+        ans += part
+    assert np.frombuffer(ans, OUT)["type"][0] == schema.R_HELLO
     s.close()
     summary = x.stop()
     assert summary["bad_logins"] == 4 and summary["closed_login_required"] == 1 and summary["logins"] == 2
