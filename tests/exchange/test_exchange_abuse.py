@@ -126,7 +126,9 @@ def test_exchange_account_add_stores_only_a_salted_scrypt_key_0600_and_its_crede
     assert json.loads(p.stdout)["responses"] == 50
     p = subprocess.run([sys.executable, "-m", "obpipe", "exchange-client", "--port", str(x.port), "--orders", "5",
                         "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert p.returncode == 1 and "login required" in p.stderr  # anonymous: refused
+    # anonymous: refused (the client may see the reset of the closed connection before the
+    # reject it was sent, when its own orders are still unread: seen once in CI)
+    assert p.returncode == 1 and ("login required" in p.stderr or "Connection reset by peer" in p.stderr)
     assert x.stop()["logins"] == 1
 
 
