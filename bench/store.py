@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import sqlite3
@@ -48,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import _result  # noqa: E402  (the result's header)
 import kafka as K  # noqa: E402  (bench/kafka.py: the pipeline runs)
 import matching as B  # noqa: E402  (bench/matching.py: the workload, the exchange's port, the probe)
 from obpipe.exchange import store  # noqa: E402
@@ -367,11 +367,8 @@ def bench_redis_ratio(count: int, repeats: int, fast_ms: float) -> dict:
 
 # --- main ----------------------------------------------------------------------------------
 
-def machine() -> dict:
-    import numba
-
-    from obpipe.ring.placement import usable_cores
-
+def versions() -> dict:
+    """The stores' and servers' versions this bench ran against."""
     def version(cmd):
         try:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -379,9 +376,7 @@ def machine() -> dict:
             return None
 
     pg = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
-    return {"cores": os.cpu_count(), "usable_cores": usable_cores(), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "cpu": platform.processor() or platform.machine(),
-            "sqlite": sqlite3.sqlite_version, "postgres": version([str(pg[-1]), "--version"]) if pg else None,
+    return {"sqlite": sqlite3.sqlite_version, "postgres": version([str(pg[-1]), "--version"]) if pg else None,
             "redis_server": version(["redis-server", "--version"]) if shutil.which("redis-server") else None}
 
 
@@ -406,8 +401,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "store.json"))
     a = ap.parse_args(argv)
     parts = set(a.only.split(","))
-    res = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "repeats": a.repeats,
-           "loadavg_1m_at_start": round(os.getloadavg()[0], 2)}  # (a shared machine: other work skews the figures)
+    res = _result.header(a.repeats, **versions())
+    no_redis = None if shutil.which("redis-server") else {"skipped": "no redis-server (make redis installs it)"}
     t_all = time.perf_counter()
     if "store" in parts:
         t = time.perf_counter()
@@ -432,9 +427,8 @@ def main(argv=None) -> int:
         print(f"rtt: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     if "redis" in parts:
         t = time.perf_counter()
-        if shutil.which("redis-server") is None:
-            res["redis_updates_per_s"] = None
-            res["redis_updates"] = {"skipped": "no redis-server (make redis installs it)"}
+        if no_redis:
+            res["redis_updates_per_s"], res["redis_updates"] = None, no_redis
         else:
             ms = [float(x) for x in a.redis_intervals.split(",")]
             u = bench_redis_updates(ms, a.redis_rate, a.redis_seconds, a.repeats)
@@ -444,9 +438,8 @@ def main(argv=None) -> int:
         print(f"redis: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     if "ratio" in parts:
         t = time.perf_counter()
-        if shutil.which("redis-server") is None:
-            res["book_rate_ratio_with_redis"] = None
-            res["redis_pipeline"] = {"skipped": "no redis-server (make redis installs it)"}
+        if no_redis:
+            res["book_rate_ratio_with_redis"], res["redis_pipeline"] = None, no_redis
         else:
             res.update(bench_redis_ratio(a.pipeline_msgs, a.pipeline_repeats, 0.1))
         print(f"ratio: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)

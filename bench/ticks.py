@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import _result  # noqa: E402  (the result's header)
 import kafka as K  # noqa: E402  (bench/kafka.py: book_events, the pipeline runs)
 from obpipe import config  # noqa: E402
 from obpipe.ring import schema as sc  # noqa: E402
@@ -301,14 +301,6 @@ def bench_query(tmp: str, quotes: int, batch: int, n_sym: int, trade_share: floa
                             "bytes": size["bytes"]}}
 
 
-def machine() -> dict:
-    import numba
-
-    from obpipe.ring.placement import usable_cores
-    return {"cores": os.cpu_count(), "usable_cores": usable_cores(), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "cpu": platform.processor() or platform.machine()}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--insert-msgs", type=int, default=4_000_000, help="messages whose book events are inserted")
@@ -329,8 +321,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "ticks.json"))
     a = ap.parse_args(argv)
     parts = set(a.parts.split(","))
-    res = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "repeats": a.repeats,
-           "loadavg_1m_at_start": round(os.getloadavg()[0], 2)}  # (a shared machine: other work skews the figures)
+    res = _result.header(a.repeats)
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="obpipe-bench-ticks", dir=a.tmp) as tmp:
         if "insert" in parts:

@@ -30,6 +30,7 @@ from fractions import Fraction
 import numpy as np
 
 from obpipe.ring import schema
+from obpipe.ring.settings import ago_ns
 from obpipe.exchange import _match_kernels as MK
 from obpipe.exchange import journal as J
 from obpipe.exchange.matching import MatchingEngine, trades_of
@@ -468,7 +469,13 @@ class StoreWriter:
         live = O[:, MK.O_ID] > 0
         accts, counts = np.unique(O[live, MK.O_ACCT], return_counts=True)
         open_n = dict(zip(accts.tolist(), counts.tolist()))
-        _, rows = self.db.query("SELECT account, symbol, qty, open_cost, realized_pnl FROM positions")
+        sql = "SELECT account, symbol, qty, open_cost, realized_pnl FROM positions"
+        if accounts is None:
+            rows = self.db.query(sql)[1]
+        else:  # (only the accounts asked for: a step's few, not the whole table each time)
+            ids = sorted(accounts)
+            rows = [r for i in range(0, len(ids), 500) for r in self.db.query(
+                f"{sql} WHERE account IN ({', '.join('?' * len(ids[i:i + 500]))})", ids[i:i + 500])[1]]
         pos: dict[int, dict] = {}
         for a, sym, qty, cost, pnl in rows:
             pos.setdefault(a, {})[sym] = (qty, cost, pnl)
@@ -549,6 +556,7 @@ def tail(journal_path: str, db: str, stop, poll_s: float = 0.05, batch_requests:
     backoff = 0.1
     try:
         while True:
+            last = stop()  # (seen before a step: that step applies what came meanwhile, then it ends)
             try:
                 if w is None:
                     w = StoreWriter(journal_path, db, batch_requests)
@@ -573,13 +581,9 @@ def tail(journal_path: str, db: str, stop, poll_s: float = 0.05, batch_requests:
                 total[k] = total.get(k, 0) + v
             if on_step is not None:
                 on_step(w)
-            if stop():
-                for k, v in w.step().items():
-                    total[k] = total.get(k, 0) + v
-                if on_step is not None:
-                    on_step(w)
+            if last:
                 return total
-            if not got["requests"]:
+            if not got["requests"] and not stop():
                 time.sleep(poll_s)
     finally:
         if w is not None:
@@ -644,10 +648,10 @@ def query_positions(db: str, account=None) -> list[dict]:
 
 def since_ns(text: str) -> int:
     """``10m``, ``2h``, ``30s``, ``1d`` before now, in epoch ns."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if not text or text[-1] not in units or not text[:-1].replace(".", "", 1).isdigit():
+    t = ago_ns(text)
+    if t is None:
         raise ValueError(f"--since wants a number and one of s, m, h, d (e.g. 10m), got {text!r}")
-    return time.time_ns() - int(float(text[:-1]) * units[text[-1]] * 1e9)
+    return t
 
 
 def spawn_writer(journal_path: str, db: str, parent_pid: int, extra: tuple[str, ...] = ()):

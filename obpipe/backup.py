@@ -178,7 +178,7 @@ def default_ticks(cfg) -> str:
     """The instance's tick store directory (``[ticks] where``, else its state directory)."""
     from obpipe import config as cfgmod
 
-    return cfg.ticks.where or str(cfgmod.state_dir(cfg.instance.name) / "ticks")
+    return cfgmod.ticks_where(cfg)
 
 
 def default_stores(cfg) -> list[str]:
@@ -193,7 +193,7 @@ def default_stores(cfg) -> list[str]:
         out.append(x.store.removeprefix("sqlite:///"))
     if x.journal:
         out.append(default_store(x.journal))
-    out.append(str(cfgmod.run_exchange_dir(cfg.instance.name) / "exchange.journal.db"))
+    out.append(str(cfgmod.run_exchange_store(cfg.instance.name)))
     return out
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 from obpipe import config as cfgmod
+from obpipe.ring.settings import ago_ns
 
 
 def _load(path):
@@ -444,9 +445,9 @@ def parse_time_ns(text: str, now_ns: int | None = None) -> int:
         return now_ns
     if t.isdigit():
         return int(t)
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if t and t[-1] in units and t[:-1].replace(".", "", 1).isdigit():
-        return now_ns - int(float(t[:-1]) * units[t[-1]] * 1e9)
+    ago = ago_ns(t, now_ns)
+    if ago is not None:
+        return ago
     try:
         d = dt.datetime.fromisoformat(t)
     except ValueError:
@@ -462,7 +463,7 @@ def _tick_store(a):
     from obpipe.ticks.store import TickStore
 
     cfg = _with_overrides(_load(a.config), a)
-    where = a.store or cfg.ticks.where or str(cfgmod.state_dir(cfg.instance.name) / "ticks")
+    where = a.store or cfgmod.ticks_where(cfg)
     if "://" not in where and not os.path.isdir(where):
         raise ValueError(f"{where}: no tick store (obpipe run with [ticks] enabled records one)")
     return TickStore.open(where)
@@ -660,7 +661,7 @@ def cmd_store(name: str, argv: list[str]) -> int:
     configured = cfg.exchange.store if cfg.exchange.store != "off" else ""
     db = a.store or configured or (store.default_store(journal) if journal else "")
     if not db and name != "store":
-        last = cfgmod.run_exchange_dir(a.instance or cfg.instance.name) / "exchange.journal.db"
+        last = cfgmod.run_exchange_store(a.instance or cfg.instance.name)
         db = str(last) if last.exists() else ""
     if not db:
         print(f"obpipe {name}: no store: give --store, or a config with [exchange] store or journal (or run "

@@ -517,3 +517,13 @@ def run_exchange_dir(instance: str) -> Path:
     """The journal and store of the instance's latest ``obpipe run --source exchange``
     (``exchange.journal``, ``exchange.journal.db``); the run before it is in ``exchange.prev``."""
     return state_dir(instance) / "exchange"
+
+
+def run_exchange_store(instance: str) -> Path:
+    """The store of the instance's latest ``obpipe run --source exchange`` (beside its journal)."""
+    return run_exchange_dir(instance) / "exchange.journal.db"
+
+
+def ticks_where(cfg: Config) -> str:
+    """The tick store a config names: ``[ticks] where``, else the instance's state directory."""
+    return cfg.ticks.where or str(state_dir(cfg.instance.name) / "ticks")

@@ -328,7 +328,7 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
         parent_pid=pid, relay_ticks=cfg.ticks.enabled) if a.enabled else None
     tk = cfg.ticks
     ticks = tick_recorder.RecorderSpec(
-        instance=inst, symbols=tuple(bk.symbols), where=tk.where or str(cfgmod.state_dir(inst) / "ticks"),
+        instance=inst, symbols=tuple(bk.symbols), where=cfgmod.ticks_where(cfg),
         flush_rows=tk.flush_rows, flush_ms=tk.flush_ms, depth_interval_ms=tk.depth_interval_ms,
         retention_days=(("quotes", tk.quotes_days), ("trades", tk.trades_days), ("depth", tk.depth_days)),
         cores=cores.publisher, background=cfg.pinning.background_idle,

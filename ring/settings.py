@@ -70,3 +70,15 @@ def read_toml(p: Path) -> dict:
         raise ConfigError(f"config file {p} not found") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from e
+
+
+def ago_ns(text: str, now_ns: int | None = None) -> int | None:
+    """UTC epoch ns of an age before now: ``30s``, ``10m``, ``2h``, ``1d`` (a number, maybe
+    with a fraction, and one of s, m, h, d); None if ``text`` is not one."""
+    import time
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    if not t or t[-1] not in units or not t[:-1].replace(".", "", 1).isdigit():
+        return None
+    return (time.time_ns() if now_ns is None else now_ns) - int(float(t[:-1]) * units[t[-1]] * 1e9)
