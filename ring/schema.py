@@ -121,6 +121,54 @@ MD_DTYPE = np.dtype(
 )
 assert MD_DTYPE.itemsize == 40 and MD_DTYPE.fields["px_tick"][1] == 8
 
+#: Per-order (L3) message kinds, as decoded from order-by-order feeds (Nasdaq ITCH 5.0,
+#: LOBSTER with order ids) into ``MD_L3_DTYPE``.  Only ``L3_ADD`` names side and price:
+#: the others name an order reference, and the per-order book resolves the rest.
+L3_ADD = 16  # new order ``ref``: side, px_tick, qty (ITCH A and F)
+L3_EXEC = 17  # ``qty`` of order ``ref`` executed at its own price (ITCH E)
+L3_EXEC_PX = 18  # ``qty`` of order ``ref`` executed at ``px_tick`` (ITCH C); side = 1 printable, 0 not
+L3_CANCEL = 19  # ``qty`` of order ``ref`` cancelled (ITCH X)
+L3_DELETE = 20  # order ``ref`` deleted, whatever remains (ITCH D)
+L3_REPLACE = 21  # order ``ref`` replaced by ``new_ref`` at px_tick for qty, same side, new priority (ITCH U)
+L3_TRADE = 22  # a trade against a hidden order: symbol, side (resting side), px_tick, qty (ITCH P)
+L3_CROSS = 23  # a cross trade: symbol, px_tick, qty (ITCH Q); side SIDE_NONE_L3
+L3_CLEAR = 24  # forget every order of ``symbol`` and clear its book (a rebuild)
+L3_KIND_NAMES = {
+    L3_ADD: "add",
+    L3_EXEC: "exec",
+    L3_EXEC_PX: "exec_px",
+    L3_CANCEL: "cancel",
+    L3_DELETE: "delete",
+    L3_REPLACE: "replace",
+    L3_TRADE: "trade",
+    L3_CROSS: "cross",
+    L3_CLEAR: "clear",
+}
+#: ``MD_L3_DTYPE.side`` of a cross trade (no resting side).
+SIDE_NONE_L3 = 2
+
+#: One per-order message (the "md" ring's record when the input is order by order).
+#: 56 bytes: ``MD_DTYPE``'s fields in the same places, then the order reference(s).
+#: ``symbol`` is the configured symbol index (L3_ADD, L3_TRADE, L3_CROSS, L3_CLEAR; the
+#: others carry it when the decoder knows it, and the book trusts its own table).
+MD_L3_DTYPE = np.dtype(
+    [
+        ("kind", "u1"),  # L3_*
+        ("side", "u1"),  # SIDE_BID / SIDE_ASK (L3_ADD, L3_TRADE); printable flag (L3_EXEC_PX)
+        ("symbol", "<u2"),
+        ("qty", "<u4"),  # shares
+        ("px_tick", "<i8"),  # price in ticks (L3_ADD, L3_EXEC_PX, L3_REPLACE, L3_TRADE, L3_CROSS)
+        ("seq", "<i8"),
+        ("ts_exch_ns", "<i8"),
+        ("ts_recv_ns", "<i8"),
+        ("ref", "<u8"),  # order reference number
+        ("new_ref", "<u8"),  # L3_REPLACE: the new order's reference; else 0
+    ],
+    align=True,
+)
+assert MD_L3_DTYPE.itemsize == 56
+assert all(MD_L3_DTYPE.fields[f][1] == MD_DTYPE.fields[f][1] for f in MD_DTYPE.names)
+
 #: Event kinds of the "events" ring (book writer -> analysis).
 EV_BBO = 1  # top of book changed (price or size on either side)
 EV_TRADE = 2  # a trade (visible execution or hidden trade)
