@@ -460,13 +460,22 @@ def parse_time_ns(text: str, now_ns: int | None = None) -> int:
 def _tick_store(a):
     """The tick store named by --store, else the config's [ticks] where (else the
     instance's state directory), opened for reading."""
+    from obpipe.ticks.spool import store_leftovers
     from obpipe.ticks.store import TickStore
 
     cfg = _with_overrides(_load(a.config), a)
     where = a.store or cfgmod.ticks_where(cfg)
     if "://" not in where and not os.path.isdir(where):
         raise ValueError(f"{where}: no tick store (obpipe run with [ticks] enabled records one)")
-    return TickStore.open(where)
+    store = TickStore.open(where)
+    try:
+        n = store_leftovers(where, store)
+    except BaseException:
+        store.close()
+        raise
+    if n:
+        print(f"obpipe: stored {n:,} rows a stopped recorder had left in its spool", file=sys.stderr)
+    return store
 
 
 def _print_table(table, as_json: bool) -> None:

@@ -199,6 +199,8 @@ class TicksConfig:
     flush_rows: int = 65_536  # insert when this many rows are buffered ...
     flush_ms: float = 1000.0  # ... or when the oldest is this old (and at stop)
     depth_interval_ms: float = 100.0  # top levels per symbol this often, from the snapshots (0: no depth)
+    live_max_events_per_s: float = 200_000.0  # store during the run only while events come slower (else: spool) ...
+    spool_max_mb: float = 2048.0  # ... or while the spool holds more than this (ticks/spool.py)
     quotes_days: int = 90  # retention (ClickHouse TTL) per table
     trades_days: int = 365
     depth_days: int = 90
@@ -425,6 +427,10 @@ def _validate_ticks(t: TicksConfig, bad) -> None:
         bad("ticks.flush_rows", f"must be 1..16777216, got {t.flush_rows}")
     if not (math.isfinite(t.flush_ms) and 1 <= t.flush_ms <= 600_000):
         bad("ticks.flush_ms", f"must be 1..600000 ms, got {t.flush_ms}")
+    if not (math.isfinite(t.live_max_events_per_s) and t.live_max_events_per_s >= 0):
+        bad("ticks.live_max_events_per_s", f"must be >= 0 events/s (0: store only at the stop), got {t.live_max_events_per_s}")
+    if not (math.isfinite(t.spool_max_mb) and t.spool_max_mb > 0):
+        bad("ticks.spool_max_mb", f"must be > 0 MB, got {t.spool_max_mb}")
     if not (math.isfinite(t.depth_interval_ms) and (t.depth_interval_ms == 0 or 1 <= t.depth_interval_ms <= 3_600_000)):
         bad("ticks.depth_interval_ms", f"must be 0 (no depth) or 1..3600000 ms, got {t.depth_interval_ms}")
     for k in ("quotes_days", "trades_days", "depth_days"):

@@ -330,6 +330,7 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
     ticks = tick_recorder.RecorderSpec(
         instance=inst, symbols=tuple(bk.symbols), where=cfgmod.ticks_where(cfg),
         flush_rows=tk.flush_rows, flush_ms=tk.flush_ms, depth_interval_ms=tk.depth_interval_ms,
+        live_max_events_per_s=tk.live_max_events_per_s, spool_max_mb=tk.spool_max_mb,
         retention_days=(("quotes", tk.quotes_days), ("trades", tk.trades_days), ("depth", tk.depth_days)),
         cores=cores.publisher, background=cfg.pinning.background_idle,
         parent_pid=pid) if tk.enabled and a.enabled else None
@@ -584,9 +585,28 @@ class _Run:
                 # "SCHED_IDLE only while the book writer runs")
                 background_priority(False, c.proc.pid)
             ev_.set()
-            if c is not None:
+            if c is self.ticks and c is not None:
+                self._join_recorder(c)
+            elif c is not None:
                 c.proc.join(30 + (self.cfg.kafka.flush_timeout_s if c is self.publisher else 0))
             _stand_in(self.segs, self.analysis, self.publisher)
+
+    def _join_recorder(self, c) -> None:
+        """Wait for the recorder while it stores its spool: as long as the spool shrinks
+        (30 s without progress ends the wait; what is left stays in the spool, stored by the
+        next run or ``obpipe ticks``)."""
+        row = self.segs.stats.row(ROW_TICKS)
+        last, t_last, said = int(row[schema.ST_TK_PENDING]), time.monotonic(), False
+        while c.proc.is_alive():
+            c.proc.join(0.5)
+            p = int(row[schema.ST_TK_PENDING])
+            if p < last:
+                last, t_last = p, time.monotonic()
+            elif time.monotonic() - t_last > 30:
+                break
+            if p > 1_000_000 and not said:
+                _say(self.opts, f"obpipe: storing {p:,} recorded ticks; killed, they stay in the spool for the next run")
+                said = True
 
     def report(self, rc: int) -> None:
         """Print the final stats (JSON on stdout with ``--json``, else the table)."""

@@ -718,16 +718,17 @@ ST_TK_TRADES = 6  # trade rows stored
 ST_TK_DEPTH = 7  # depth rows stored
 ST_TK_FLUSHES = 8  # inserts done
 ST_TK_ERRORS = 9  # inserts that failed (the rows are kept and retried)
-ST_TK_PENDING = 10  # rows taken but not stored yet (what a kill would lose)
-ST_TK_LOST = 11  # rows a previous, killed recorder had pending (counted at the restart)
+ST_TK_PENDING = 10  # rows taken but not stored yet (in the spool, ticks/spool.py)
+ST_TK_LOST = 11  # rows a previous, killed recorder had taken but not spooled (counted at the restart)
 ST_TK_BAD_SYMBOL = 12  # events of a symbol index the config does not name (skipped)
 ST_TK_DEPTH_TAKEN = 13  # depth rows sampled from the snapshots (stored, pending or lost)
 ST_TK_BASE = 14  # words 14..16: the store's quotes, trades, depth rows when this run's first recorder
 #                   started, and word 17 = 1 once they are set (a restarted recorder finds what its
 #                   killed predecessor's last insert stored, and counts only the rest as lost)
+ST_TK_SPOOLED = 18  # rows (events, depth) written to the spool
 TICKS_STAT_NAMES = {ST_TK_EVENTS: "events", ST_TK_QUOTES: "quotes", ST_TK_TRADES: "trades", ST_TK_DEPTH: "depth",
                     ST_TK_FLUSHES: "flushes", ST_TK_ERRORS: "errors", ST_TK_PENDING: "pending",
-                    ST_TK_LOST: "lost_at_restart", ST_TK_BAD_SYMBOL: "bad_symbol", ST_TK_DEPTH_TAKEN: "depth_taken"}
+                    ST_TK_LOST: "lost_at_restart", ST_TK_BAD_SYMBOL: "bad_symbol", ST_TK_DEPTH_TAKEN: "depth_taken", ST_TK_SPOOLED: "spooled"}
 #: Supervisor row.
 ST_SUP_EVENTS_READ = 4  # events drained from the events ring while no analysis process runs
 ST_SUP_OUT_DISCARDED = 7  # signals-ring records drained while no publisher runs ([kafka] enabled = false)
