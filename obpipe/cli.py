@@ -277,6 +277,27 @@ def cmd_lobster_check(a) -> int:
     return lobster.main(argv)
 
 
+def cmd_trace(a) -> int:
+    from obpipe.engine import trace as tr
+    from obpipe.feed_sim.capture import CaptureError, is_capture
+
+    try:
+        if is_capture(a.file):
+            cfg = _load(a.config)
+            if a.symbol is None:
+                raise tr.TraceError("--symbol is required for a capture (one of the config's [book] symbols)")
+            src = tr.from_capture(a.file, a.symbol, tuple(cfg.book.symbols), cfg.book.widths(), cfg.analysis.tick_size)
+        else:
+            src = tr.from_lobster(a.file, a.symbol, a.levels)
+        tr.trace(src, a.levels, csv=a.csv)
+    except (tr.TraceError, CaptureError, ValueError, OSError) as e:
+        print(f"obpipe trace: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # (piped into head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def _add_feed_args(p, run: bool) -> None:
     p.add_argument("--start-ns", type=int, metavar="NS",
                    help="synthetic clock start, UTC epoch ns (default: now; same seed + start: same stream)")
@@ -378,6 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--json", action="store_true")
     lc.add_argument("--width", type=int)
     lc.set_defaults(fn=cmd_lobster_check)
+
+    trc = sub.add_parser("trace", help="a symbol's top levels after every message of a file (LOBSTER, capture)")
+    trc.add_argument("file", help="a LOBSTER message CSV or a capture (.obcap)")
+    trc.add_argument("--symbol", help="the symbol to trace (a LOBSTER file's own ticker by default)")
+    trc.add_argument("--levels", type=int, default=5, help="levels per side (default 5)")
+    trc.add_argument("--csv", action="store_true", help="CSV (seq,ts_ns, then bid_px_k,bid_qty_k,ask_px_k,ask_qty_k); "
+                                                        "default: aligned columns")
+    trc.add_argument("--config", help="TOML config (a capture's symbols, ladder widths and tick size)")
+    trc.set_defaults(fn=cmd_trace)
 
     tk = sub.add_parser("ticks", help="a symbol's recorded quotes, trades, depth or bars from the tick store")
     tk.add_argument("symbol")
