@@ -166,6 +166,8 @@ EVENT_END_OF_MESSAGES = b"C"
 
 N_SYMBOLS_MAX = K.N_LOCATES - 1  # locate 0 names no stock
 _UNKNOWN_LOCATE = {"skip": K.UNK_SKIP, "name": K.UNK_NAME, "any": K.UNK_ANY}
+#: Statuses of ``Decoder.run`` (``_itch_kernels.decode_l3``).
+DONE, FULL, PARTIAL = K.DONE, K.FULL, K.PARTIAL
 _GZIP_MAGIC = b"\x1f\x8b"
 _EXCHANGE_TZ = "America/New_York"
 
@@ -349,13 +351,21 @@ class Decoder:
         for c in (K.C_SYMBOLS, K.C_SYMBOL_OVERFLOW, K.C_LOCATE_CONFLICT):
             self.C[c] += C[c]
 
-    def run(self, buf: np.ndarray, end: int, out: np.ndarray, start: int = 0, final: bool = True) -> tuple[int, int]:
-        """One kernel call on ``buf[start:end]`` into ``out`` (from index 0): returns
-        (status, records written); ``self.D[D_POS]`` is where it stopped."""
+    def run(self, buf: np.ndarray, end: int, out: np.ndarray, start: int = 0, final: bool = True,
+            seq: int | None = None, recv_ns: int | None = None) -> tuple[int, int]:
+        """One kernel call on ``buf[start:end]`` (uint8, contiguous, writable) into ``out``
+        (MD_L3_DTYPE, from index 0): returns (status ``DONE``/``FULL``/``PARTIAL``, records
+        written); ``self.D[D_POS]`` is where it stopped.  ``seq``: the first message's
+        sequence number (default: continue); ``recv_ns``: the records' ts_recv_ns from now
+        on (e.g. a MoldUDP64 packet's sequence number and receive stamp, once per packet)."""
         D = self.D
         D[K.D_POS] = start
         D[K.D_NOUT] = 0
         D[K.D_FINAL] = 1 if final else 0
+        if seq is not None:
+            D[K.D_SEQ] = seq
+        if recv_ns is not None:
+            D[K.D_RECV_NS] = recv_ns
         st = K.decode_l3(buf, end, out, self.loc, self.wanted, self.names, D, self.C)
         return int(st), int(D[K.D_NOUT])
 

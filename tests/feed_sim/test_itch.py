@@ -350,6 +350,29 @@ def test_chunked_feed_and_full_output_resume_exactly():
 
 
 @pytest.mark.timeout(60)
+def test_packet_by_packet_into_a_preallocated_output():
+    """As rx would use it on MoldUDP64 message blocks: one call per block, its own sequence
+    number and receive stamp, no allocation."""
+    names = ["AA", "BB"]
+    recs = gen_records(1_000, 2, seed=12)
+    buf, _ = itch.encode(recs, names)
+    offs, end = itch.frame(buf)
+    assert end == buf.size and offs.size == 1_000 + 4
+    dec = itch.Decoder(names)
+    out = np.zeros(64, sc.MD_L3_DTYPE)
+    got = []
+    for k, a in enumerate(range(0, offs.size, 20)):  # blocks of 20 messages
+        b = int(offs[a + 20]) if a + 20 < offs.size else buf.size
+        st, n = dec.run(buf, b, out, start=int(offs[a]), seq=1 + a, recv_ns=k)
+        assert st == itch.DONE and int(dec.D[K.D_POS]) == b
+        got.append(out[:n].copy())
+    got = np.concatenate(got)
+    for f in ("kind", "side", "symbol", "qty", "px_tick", "ts_exch_ns", "ref", "new_ref"):
+        assert np.array_equal(got[f], recs[f]), f
+    assert np.array_equal(got["seq"], np.arange(1_000) + 4) and np.array_equal(got["ts_recv_ns"], (got["seq"] - 1) // 20)
+
+
+@pytest.mark.timeout(60)
 def test_gzip_file_and_chunked_reading(tmp_path):
     raw = SLICE.read_bytes()
     gz = tmp_path / "01302019.NASDAQ_ITCH50.gz"
