@@ -558,17 +558,36 @@ def _text(d: dict) -> str:
     return " ".join(parts)
 
 
-def dump(path, json: bool = False, count: int | None = None, out=None) -> int:
+def iter_file_messages(path, count: int | None = None, chunk_bytes: int = 1 << 24) -> Iterator[dict]:
+    """``iter_messages`` over a file (plain or gzip) read in chunks: memory stays bounded,
+    and with ``count`` only what is needed is read."""
+    tail = np.zeros(0, np.uint8)
+    left = count
+    for chunk in iter_itch(path, chunk_bytes):
+        buf = np.concatenate([tail, chunk]) if tail.size else chunk
+        end = frame(buf)[1]
+        for d in iter_messages(buf[:end], left):
+            yield d
+            if left is not None:
+                left -= 1
+                if left <= 0:
+                    return
+        tail = buf[end:].copy()
+    if tail.size:
+        yield {"type": None, "error": "truncated", "length": int(tail.size)}
+
+
+def dump(path, json: bool = False, count: int | None = None, out=None, chunk_bytes: int = 1 << 24) -> int:
     """Print the messages of an ITCH file (plain or gzip), one per line; returns how many.
 
     Text: ``HH:MM:SS.nnnnnnnnn <type> loc=<stock_locate> [<stock>] field=value ...`` with
     prices in decimal USD.  JSON (``json=True``): one object per line, ``type`` and every
     field under the spec's names, prices as the spec's integers (``PRICE_DECIMALS``
     implied decimals: 4 for Price(4), i.e. USD x 10,000; 8 for the MWCB levels).  ``out``:
-    a text stream, default ``sys.stdout``."""
+    a text stream, default ``sys.stdout``.  The file is read in chunks of ``chunk_bytes``."""
     out = sys.stdout if out is None else out
     n = 0
-    for d in iter_messages(read_itch(path), count):
+    for d in iter_file_messages(path, count, chunk_bytes):
         out.write((_json.dumps(d, separators=(",", ":")) if json else _text(d)) + "\n")
         n += 1
     return n

@@ -387,6 +387,14 @@ def test_gzip_file_and_chunked_reading(tmp_path):
     s = io.StringIO()
     assert itch.dump(gz, json=True, count=5, out=s) == 5
     assert json.loads(s.getvalue().splitlines()[4]) == ref_decode(ref_split(raw)[4])
+    # read in chunks that cut messages: the same 200 messages, then a cut one is reported
+    cut = tmp_path / "cut.itch50"
+    cut.write_bytes(raw + raw[:30])
+    s = io.StringIO()
+    assert itch.dump(cut, json=True, out=s, chunk_bytes=97) == 201
+    lines = [json.loads(x) for x in s.getvalue().splitlines()]
+    assert lines[:200] == [ref_decode(m) for m in ref_split(raw)]
+    assert lines[200] == {"type": None, "error": "truncated", "length": 30}
 
 
 @pytest.mark.timeout(60)
