@@ -10,7 +10,7 @@ P trade, Q cross); every other type is validated, counted and passed over.  Fiel
 read byte by byte at the spec's fixed offsets (``O_*`` below; ``itch.py`` asserts them
 against its per-type dtypes), so there is no alignment or endianness assumption.
 
-State is three caller-owned arrays, so the kernel never allocates and a caller can call
+State lives in caller-owned arrays, so the kernel never allocates and a caller can call
 it in batches (a bench on a preallocated output, rx once per datagram):
 
 * ``D`` - int64 decoder state and settings (``D_*``): read position, next sequence
@@ -57,6 +57,9 @@ SPEC_LENGTHS = {
 TYPE_CODES = "".join(SPEC_LENGTHS)
 MAX_MSG_LEN = max(SPEC_LENGTHS.values())  # 50 (I)
 MIN_MSG_LEN = min(SPEC_LENGTHS.values())  # 12 (S, W)
+#: The shortest message that makes a record (D, 19 bytes): a buffer of b bytes makes at
+#: most b // (2 + MIN_BOOK_LEN) records.
+MIN_BOOK_LEN = min(SPEC_LENGTHS[c] for c in "AFECXDUPQ")
 
 
 def _tables():

@@ -411,7 +411,7 @@ def decode(data, symbols: Sequence[str] | None = None, n_symbols: int | None = N
     buf = _as_buffer(data)
     dec = Decoder(symbols, n_symbols, tick_divisor=tick_divisor, day_ns=day_ns, seq0=seq0,
                   unknown_locate=unknown_locate, locates=locates,
-                  capacity=buf.size // (2 + K.MIN_MSG_LEN) + 1)  # room for every message: one kernel call
+                  capacity=buf.size // (2 + K.MIN_BOOK_LEN) + 1)  # room for every record: one kernel call
     recs = dec.feed(buf, final=True)
     return recs, dec.symbol_names, dec.counters()
 
