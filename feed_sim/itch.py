@@ -593,11 +593,11 @@ def dump(path, json: bool = False, count: int | None = None, out=None, chunk_byt
     return n
 
 
-def main(argv: Iterable[str] | None = None) -> int:
+def main(argv: Iterable[str] | None = None, prog: str = "itch") -> int:
     """``python -m obpipe.feed_sim.itch dump FILE [--json] [--count N]``."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="itch", description="Nasdaq TotalView-ITCH 5.0 tools")
+    p = argparse.ArgumentParser(prog=prog, description="Nasdaq TotalView-ITCH 5.0 tools")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("dump", help="print decoded messages, one per line")
     d.add_argument("file")

@@ -298,6 +298,17 @@ def cmd_trace(a) -> int:
     return 0
 
 
+def cmd_itch(argv: list[str]) -> int:
+    """``obpipe itch dump FILE [--json] [--count N]``: decoded ITCH 5.0 messages."""
+    from obpipe.feed_sim import itch
+
+    try:
+        return itch.main(argv, prog="obpipe itch")
+    except (OSError, ValueError) as e:
+        print(f"obpipe itch: {e}", file=sys.stderr)
+        return 2
+
+
 def _add_feed_args(p, run: bool) -> None:
     p.add_argument("--start-ns", type=int, metavar="NS",
                    help="synthetic clock start, UTC epoch ns (default: now; same seed + start: same stream)")
@@ -788,7 +799,7 @@ def cmd_backup(argv: list[str]) -> int:
 
 
 _PASS_THROUGH = {"book": cmd_book, "exchange": cmd_exchange, "exchange-client": cmd_exchange_client,
-                 "exchange-account": cmd_exchange_account,
+                 "exchange-account": cmd_exchange_account, "itch": cmd_itch,
                  "backup": lambda argv: cmd_backup(["backup", *argv]),
                  "restore": lambda argv: cmd_backup(["restore", *argv]),
                  **{n: (lambda argv, n=n: cmd_store(n, argv)) for n in ("orders", "fills", "positions", "store")}}
@@ -802,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         from obpipe.publisher import broker
 
         return broker.main(argv[1:])
-    if argv and argv[0] in ("orders", "fills", "positions"):
+    if argv and argv[0] in ("orders", "fills", "positions", "itch"):
         try:
             return _PASS_THROUGH[argv[0]](argv[1:])
         except BrokenPipeError:  # (piped into head: the reader has what it wanted)
