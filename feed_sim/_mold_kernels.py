@@ -34,8 +34,8 @@ Receiver (one session), for a valid packet holding messages [a, b):
   duplicate, s == N -> delivered (then every held message that follows), else held.
 
 Bounds: a packet that must be held needs b <= N + H and a free pool buffer; the gap
-table has G rows.  When one is short, the lowest gap is declared lost (as far as
-needed) and N moves past it; when nothing can be lost (the held run at N waits for
+table has G rows.  When one is short, the lowest gap is declared lost (all of it:
+holding its tail would only postpone the same choice) and N moves past it; when nothing can be lost (the held run at N waits for
 room in OUT), the packet is dropped and counted (``hold_drops``): its messages are
 still missing, so they are requested again like any loss.  ``due_requests`` asks for
 each gap on discovery (after ``C_DELAY_NS``), again after ``C_TIMEOUT_NS`` without
@@ -305,8 +305,9 @@ def window_range(X, win, arena):
 def answer(X, XC, win, arena, seq, count, out, o, dg_off, dg_len, k, max_pk):
     """Packets answering a request for [seq, seq+count), clipped to what the window
     holds: appended to ``out`` from byte ``o`` and to the datagram list from entry
-    ``k``, at most ``max_pk`` packets (and XC_ANSWER_PACKETS).  Returns (packets,
-    first sequence served, messages served, bytes used)."""
+    ``k``, at most ``max_pk`` packets (and XC_ANSWER_PACKETS); counted answered (and
+    clipped when short of ``count``) or refused.  Returns (packets, first sequence
+    served, messages served, bytes used)."""
     first, end = window_range(X, win, arena)
     lo = max(seq, first)
     hi = min(seq + count, end)
@@ -340,6 +341,12 @@ def answer(X, XC, win, arena, seq, count, out, o, dg_off, dg_len, k, max_pk):
         npk += 1
     X[X_ANSWER_PACKETS] += npk
     X[X_ANSWER_MSGS] += s - lo
+    if s == lo:
+        X[X_REFUSED] += 1
+    else:
+        X[X_ANSWERED] += 1
+        if s - lo < count:
+            X[X_CLIPPED] += 1
     return npk, lo, s - lo, o - o0
 
 
@@ -373,12 +380,6 @@ def serve(fd, mvec, raw, names, X, XC, win, arena, out, dg_off, dg_len, smvec, s
             X[X_OVER_BUDGET] += 1
             continue
         got, _, msgs, used = answer(X, XC, win, arena, seq, cnt, out, o, dg_off, dg_len, k, max_pk - k)
-        if msgs == 0:
-            X[X_REFUSED] += 1
-            continue
-        X[X_ANSWERED] += 1
-        if msgs < cnt:
-            X[X_CLIPPED] += 1
         for j in range(k, k + got):
             smvec[j, 0] = nb + 16 * i
             smvec[j, 1] = 16
@@ -506,22 +507,17 @@ def _drain(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, hmask):
 
 
 @njit(**HOT)
-def _lose_first(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, hmask, upto, why):
-    """Declare the lowest gap lost, up to ``upto`` (all of it if upto >= its end), and
-    move N past it.  Only when the gap starts at N; returns False otherwise."""
+def _lose_first(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, hmask, why):
+    """Declare the lowest gap lost and move N past it (delivering what was held behind
+    it).  Only when the gap starts at N; returns False otherwise."""
     if S[S_NGAPS] == 0 or G[0, G_LO] != S[S_NEXT]:
         return False
     lo = G[0, G_LO]
     hi = G[0, G_HI]
-    if upto < hi:
-        hi = max(upto, lo + 1)
     _report_lost(S, LOST, lo, hi)
     S[why] += 1
-    if hi == G[0, G_HI]:
-        S[S_GAPS_LOST] += 1
-        _gap_remove(S, G, 0)
-    else:
-        G[0, G_LO] = hi
+    S[S_GAPS_LOST] += 1
+    _gap_remove(S, G, 0)
     S[S_NEXT] = hi
     _drain(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, hmask)
     return True
@@ -582,12 +578,8 @@ def _new_gap(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, hmask, lo, hi, now):
     """Append the gap [lo, hi) (lo == F); False if the table is full and its lowest gap
     cannot be declared lost."""
     if S[S_NGAPS] == G.shape[0]:
-        if not _lose_first(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, hmask, hi, S_LOST_TABLE):
+        if not _lose_first(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, hmask, S_LOST_TABLE):
             return False
-        if S[S_NEXT] >= hi:  # the lost gap reached past this one: nothing left missing below hi
-            return True
-    if S[S_NEXT] > lo:
-        lo = S[S_NEXT]
     k = S[S_NGAPS]
     G[k, G_LO] = lo
     G[k, G_HI] = hi
@@ -696,8 +688,7 @@ def rx_datagram(pkt, nbytes, from_answer, now, S, C, G, HB, POOL, REF, FREE, OUT
     need_pool = a > S[S_NEXT] or not _room(S, OUT, OSEQ, pay + S[S_HELD_BYTES], c + S[S_HELD])
     if need_pool:
         while S[S_NEXT] < b - H or S[S_NFREE] == 0:
-            upto = b - H if S[S_NFREE] > 0 else G[0, G_HI]
-            if not _lose_first(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, hmask, upto, S_LOST_HOLD):
+            if not _lose_first(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, hmask, S_LOST_HOLD):
                 S[S_HOLD_DROPS] += 1
                 return S[S_DELIVERED] - d0
     if a < F:
@@ -705,7 +696,7 @@ def rx_datagram(pkt, nbytes, from_answer, now, S, C, G, HB, POOL, REF, FREE, OUT
         for i in range(S[S_NGAPS]):
             if G[i, G_LO] < a and b < G[i, G_HI]:
                 if S[S_NGAPS] == G.shape[0] and not _lose_first(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST,
-                                                                  hmask, G[0, G_HI], S_LOST_TABLE):
+                                                                  hmask, S_LOST_TABLE):
                     S[S_HOLD_DROPS] += 1
                     return S[S_DELIVERED] - d0
                 break
