@@ -196,8 +196,12 @@ def _put_header(b, o, s0, s1, seq, count):
 
 @njit(**HOT, inline="always")
 def _copy(dst, d, src, s, n):
+    # through views indexed from 0: numba wraps a negative index, and with ``d + i``
+    # LLVM cannot rule that out, so the plain loop copies a byte at a time (10x slower)
+    dv = dst[d:d + n]
+    sv = src[s:s + n]
     for i in range(n):
-        dst[d + i] = src[s + i]
+        dv[i] = sv[i]
 
 
 # ----------------------------------------------------------------------- sender
@@ -669,8 +673,9 @@ def rx_datagram(pkt, nbytes, from_answer, now, S, C, G, HB, POOL, REF, FREE, OUT
         ob = S[S_OUT_BYTES]
         om = S[S_OUT_MSGS]
         _copy(OUT, ob, pkt, HDR, pay)
+        sq = OSEQ[om:om + c]
         for i in range(c):
-            OSEQ[om + i] = a + i
+            sq[i] = a + i
         S[S_OUT_BYTES] = ob + pay
         S[S_OUT_MSGS] = om + c
         S[S_DELIVERED] += c
