@@ -89,7 +89,7 @@ XC_ANSWER_PACKETS = 2  # most packets answering one request
 NXC = 4
 
 # -------------------------------------------------------------- receiver words (S)
-S_NEXT = 0  # N: next sequence to deliver
+S_NEXT = 0  # N: next sequence to deliver (0: not started, N becomes the first packet's sequence)
 S_FRONT = 1  # F: 1 + the highest sequence known to exist
 S_SESS0 = 2
 S_SESS1 = 3
@@ -136,6 +136,7 @@ S_LOST_MERGED = 45  # lost ranges merged into LOST's last row (LOST full)
 S_FOREIGN_SOURCE = 46  # data datagrams from a source outside the allow-list
 S_END_SEQ = 47  # the sequence an end-of-session packet announced
 S_TRUNCATED = 48  # datagrams longer than STRIDE (cut by the receive; counted malformed too)
+S_SESSIONS = 49  # sessions followed
 NS = 56
 # receiver settings (C)
 C_HMASK = 0  # hold index size H - 1 (H a power of two)
@@ -144,6 +145,7 @@ C_DELAY_NS = 2  # first request this long after a gap is seen (0: at once)
 C_RETRIES = 3  # re-requests before a gap is declared lost
 C_MAX_JUMP = 4  # a packet ending more than this past N is implausible
 C_REQ_MAX = 5  # most messages one request asks for
+C_NEXT_SESSION = 6  # 1: after an end of session, follow a new session starting at sequence 1
 NC = 8
 # gap rows (G)
 G_LO, G_HI, G_T_SEEN, G_T_FIRST, G_T_LAST, G_RETRIES, G_LOST = 0, 1, 2, 3, 4, 5, 6
@@ -615,9 +617,6 @@ def rx_datagram(pkt, nbytes, from_answer, now, S, C, G, HB, POOL, REF, FREE, OUT
         return 0
     s0 = _le(pkt, 0, 8)
     s1 = _le(pkt, 8, 2)
-    if S[S_SESS_SET] != 0 and (s0 != S[S_SESS0] or s1 != S[S_SESS1]):
-        S[S_WRONG_SESSION] += 1
-        return 0
     a = _i64(pkt, 10)
     c = _u16(pkt, 18)
     if a < 1:
@@ -640,6 +639,25 @@ def rx_datagram(pkt, nbytes, from_answer, now, S, C, G, HB, POOL, REF, FREE, OUT
         S[S_SESS0] = s0
         S[S_SESS1] = s1
         S[S_SESS_SET] = 1
+        S[S_SESSIONS] += 1
+    elif s0 != S[S_SESS0] or s1 != S[S_SESS1]:
+        # the next session (MoldUDP64 feeds start one a day): followed from its first
+        # packet once the current one ended and nothing of it is missing or held
+        if (C[C_NEXT_SESSION] != 0 and S[S_ENDED] != 0 and S[S_NEXT] >= S[S_END_SEQ] and S[S_NGAPS] == 0
+                and S[S_HELD] == 0 and a == 1 and c != EOS):
+            S[S_SESS0] = s0
+            S[S_SESS1] = s1
+            S[S_SESSIONS] += 1
+            S[S_ENDED] = 0
+            S[S_END_SEQ] = 0
+            S[S_NEXT] = 1
+            S[S_FRONT] = 1
+        else:
+            S[S_WRONG_SESSION] += 1
+            return 0
+    if S[S_NEXT] == 0:  # start where the stream is (start_seq 0): nothing before counts as missing
+        S[S_NEXT] = a
+        S[S_FRONT] = a
     hmask = C[C_HMASK]
     N = S[S_NEXT]
     if c == 0 or c == EOS:  # heartbeat / end of session: a is the next sequence

@@ -285,7 +285,7 @@ _RX_NAMES = {
     MK.S_RTT_MAX_NS: "round_trip_max_ns", MK.S_HEALED_UNREQ: "healed_unrequested",
     MK.S_LOST_RETRY: "lost_retries", MK.S_LOST_HOLD: "lost_hold_full", MK.S_LOST_TABLE: "lost_table_full",
     MK.S_LOST_MERGED: "lost_merged", MK.S_FOREIGN_SOURCE: "foreign_source", MK.S_ENDED: "ended",
-    MK.S_TRUNCATED: "truncated",
+    MK.S_TRUNCATED: "truncated", MK.S_SESSIONS: "sessions",
 }
 
 
@@ -303,7 +303,10 @@ class MoldRx:
 
     Args:
         session: follow this session only (None: the first seen in a well-formed packet).
-        start_seq: the first sequence expected (1: a late joiner asks for everything).
+        start_seq: the first sequence expected (1: a late joiner asks for everything; 0:
+            start at the first packet's sequence, e.g. a restarted receiver).
+        next_session: after an end of session (and nothing missing), follow a new
+            session whose first packet (sequence 1) arrives.
         hold: messages that may wait for a gap (a power of two): the hold index size.
         pool: packet buffers for the held messages (default ``hold // 32``).
         max_gaps: gap rows; more open gaps declare the oldest lost.
@@ -319,11 +322,11 @@ class MoldRx:
     def __init__(self, session: str | bytes | int | None = None, *, start_seq: int = 1, hold: int = 1 << 17,
                  pool: int | None = None, max_gaps: int = 256, timeout_ns: int = 25_000_000, delay_ns: int = 0,
                  retries: int = 8, max_jump: int = 1 << 24, out_bytes: int = 1 << 22, out_msgs: int = 1 << 18,
-                 max_lost: int = 1024, max_requests: int = 64):
+                 max_lost: int = 1024, max_requests: int = 64, next_session: bool = True):
         _pow2(hold, "hold")
         pool = max(2, hold // 32) if pool is None else pool
-        if pool < 1 or max_gaps < 2 or max_lost < 1 or start_seq < 1:
-            raise MoldError("pool >= 1, max_gaps >= 2, max_lost >= 1 and start_seq >= 1 are needed")
+        if pool < 1 or max_gaps < 2 or max_lost < 1 or start_seq < 0:
+            raise MoldError("pool >= 1, max_gaps >= 2, max_lost >= 1 and start_seq >= 0 are needed")
         if out_bytes < STRIDE or out_msgs < STRIDE // 2:
             raise MoldError(f"out_bytes must be >= {STRIDE} and out_msgs >= {STRIDE // 2} (one datagram)")
         self.S = np.zeros(MK.NS, np.int64)
@@ -338,6 +341,7 @@ class MoldRx:
         self.C[MK.C_RETRIES] = retries
         self.C[MK.C_MAX_JUMP] = max_jump
         self.C[MK.C_REQ_MAX] = MAX_COUNT
+        self.C[MK.C_NEXT_SESSION] = int(next_session)
         self.G = np.zeros((max_gaps, MK.NG), np.int64)
         self.HB = np.full((hold, 2), -1, np.int64)
         self.POOL = np.zeros((pool, STRIDE), np.uint8)

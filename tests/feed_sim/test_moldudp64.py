@@ -357,6 +357,32 @@ def test_malformed_and_foreign_packets_are_counted_never_applied():
     assert c["packets"] == len(bad) + 4 and c["open_gaps"] == 0
 
 
+@pytest.mark.timeout(60)
+def test_sessions_a_late_start_and_the_next_session():
+    stream = make_stream(500, seed=18)
+    a, b = M.MoldPacker("DAY1", max_packets=50), M.MoldPacker("DAY2", max_packets=50)
+    na, _ = a.pack(stream)
+    nb, _ = b.pack(stream)
+    # start_seq 0: the receiver starts where the stream is, nothing before it is missing
+    late = M.MoldRx(start_seq=0)
+    assert late.ingest(a.packet(3)) == int(a.pk_cnt[3]) and late.counters()["gaps_seen"] == 0
+    rx = M.MoldRx()
+    rx.ingest(a.packet(0))
+    assert rx.ingest(b.packet(0)) == 0 and rx.counters()["wrong_session"] == 1  # day 1 still runs
+    for i in range(1, na):
+        rx.ingest(a.packet(i))
+    rx.ingest(a.end_of_session())
+    assert rx.complete and rx.take().seq[-1] == 500
+    assert sum(rx.ingest(b.packet(i)) for i in range(nb)) == 500  # day 2, from its sequence 1
+    c = rx.counters()
+    assert rx.session == b"DAY2      " and c["sessions"] == 2 and not rx.complete and c["messages_lost"] == 0
+    assert rx.take().data.tobytes() == stream.tobytes()
+    stay = M.MoldRx(next_session=False)
+    stay.ingest(a.packet(0))
+    stay.ingest(M.MoldPacker("DAY1").end_of_session())  # (announces 1: nothing missing)
+    assert stay.ingest(b.packet(0)) == 0 and stay.counters()["wrong_session"] == 1
+
+
 # ------------------------------------------------------------------------- real UDP
 def _udp_client() -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
