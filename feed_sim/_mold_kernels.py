@@ -148,8 +148,8 @@ C_REQ_MAX = 5  # most messages one request asks for
 C_NEXT_SESSION = 6  # 1: after an end of session, follow a new session starting at sequence 1
 NC = 8
 # gap rows (G)
-G_LO, G_HI, G_T_SEEN, G_T_FIRST, G_T_LAST, G_RETRIES, G_LOST = 0, 1, 2, 3, 4, 5, 6
-NG = 8
+G_LO, G_HI, G_T_SEEN, G_T_FIRST, G_T_LAST, G_RETRIES, G_LOST, G_SENT = 0, 1, 2, 3, 4, 5, 6, 7
+NG = 8  # (seen, first and last request times in the caller's ns; requests sent)
 
 
 # ----------------------------------------------------------------- byte helpers
@@ -549,9 +549,8 @@ def _carve(S, G, a, b, from_answer, now):
         G[i, G_RETRIES] = 0  # progress: the retry budget starts again
         if a <= lo and hi <= b:  # emptied: healed
             S[S_GAPS_HEALED] += 1
-            t = G[i, G_T_FIRST]
-            if t > 0:
-                rtt = now - t
+            if G[i, G_SENT] > 0:
+                rtt = now - G[i, G_T_FIRST]
                 S[S_RTT_N] += 1
                 S[S_RTT_SUM_NS] += rtt
                 if rtt > S[S_RTT_MAX_NS]:
@@ -594,6 +593,7 @@ def _new_gap(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, hmask, lo, hi, now):
     G[k, G_T_LAST] = 0
     G[k, G_RETRIES] = 0
     G[k, G_LOST] = 0
+    G[k, G_SENT] = 0
     S[S_NGAPS] = k + 1
     S[S_GAPS_SEEN] += 1
     return True
@@ -749,7 +749,9 @@ def rx_datagram(pkt, nbytes, from_answer, now, S, C, G, HB, POOL, REF, FREE, OUT
             _drain(S, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, hmask)
         else:
             fresh += 1
-            if pb < 0:  # the packet's bytes go to a pool buffer (need_pool made one free)
+            if pb < 0:  # the packet's bytes go to a pool buffer: need_pool made one free
+                # (with a <= N and OUT room for the packet and all held, none is needed:
+                # each message is then below N or at it)
                 S[S_NFREE] -= 1
                 pb = FREE[S[S_NFREE]]
                 _copy(POOL[pb], 0, pkt, 0, nbytes)
@@ -787,19 +789,19 @@ def due_requests(now, S, C, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, req, max_re
             break
         if G[i, G_LOST] != 0:
             continue
-        last = G[i, G_T_LAST]
-        if last == 0:
+        if G[i, G_SENT] == 0:
             if now - G[i, G_T_SEEN] < C[C_DELAY_NS]:
                 continue
             G[i, G_T_FIRST] = now
         else:
-            if now - last < C[C_TIMEOUT_NS]:
+            if now - G[i, G_T_LAST] < C[C_TIMEOUT_NS]:
                 continue
             if G[i, G_RETRIES] >= C[C_RETRIES]:
                 G[i, G_LOST] = 1
                 continue
             G[i, G_RETRIES] += 1
         G[i, G_T_LAST] = now
+        G[i, G_SENT] += 1
         cnt = min(G[i, G_HI] - G[i, G_LO], C[C_REQ_MAX])
         _put_header(req[k], 0, S[S_SESS0], S[S_SESS1], G[i, G_LO], cnt)
         S[S_REQUESTS] += 1

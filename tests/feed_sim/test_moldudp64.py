@@ -232,7 +232,7 @@ def test_any_arrival_splits_the_stream_into_delivered_in_order_and_reported_lost
         bounds = dict(hold=int(rng.choice([64, 1024, 8192])), pool=int(rng.choice([2, 16, 256])),
                       max_gaps=int(rng.choice([2, 8, 64])))
     else:
-        bounds = dict(hold=8192, pool=1024, max_gaps=256)
+        bounds = dict(hold=1 << 15, pool=2048, max_gaps=256)
     lag = int(rng.integers(0, 3))  # answers arrive lag + 1 turns after their requests
     answers = seed % 3 != 0
     rx = M.MoldRx(**bounds, timeout_ns=HB_STEP_NS * (1 if tight else lag + 2), retries=int(rng.integers(0, 3)))
