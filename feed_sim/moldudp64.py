@@ -400,15 +400,34 @@ class MoldRx:
         return rx_counters(self.S)
 
 
+def _big_rcvbuf(s: socket.socket) -> None:
+    try:  # SO_RCVBUFFORCE when allowed: plain SO_RCVBUF is capped by net.core.rmem_max
+        s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), RCVBUF_BYTES)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+
+
 def open_data_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """Non-blocking UDP socket with a large receive buffer (SO_RCVBUFFORCE when allowed)."""
+    """Non-blocking UDP socket bound to (host, port) with a large receive buffer."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        try:
-            s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), RCVBUF_BYTES)
-        except OSError:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        _big_rcvbuf(s)
         s.bind((host, port))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def open_request_socket(request_addr: tuple[str, int]) -> socket.socket:
+    """Non-blocking UDP socket connected to the feed's request port: requests leave from
+    it, and (connected) it receives only that port's datagrams, the answers, which come
+    in bursts (hence its large receive buffer too)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        _big_rcvbuf(s)
+        s.connect(request_addr)
         s.setblocking(False)
     except BaseException:
         s.close()
@@ -439,9 +458,7 @@ class MoldReceiver(MoldRx):
         self.allow = allow_list(allow)
         self.sock = open_data_socket(host, port)
         try:
-            self.req_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.req_sock.connect(request_addr)
-            self.req_sock.setblocking(False)
+            self.req_sock = open_request_socket(request_addr)
         except BaseException:
             self.sock.close()
             raise
@@ -481,6 +498,6 @@ class MoldReceiver(MoldRx):
 
 
 __all__ = ["MoldPacker", "RequestServer", "MoldRx", "MoldReceiver", "Delivery", "MoldError", "session_bytes",
-           "request_packet", "rx_counters", "open_data_socket", "pack", "answer", "serve", "empty_packet",
+           "request_packet", "rx_counters", "open_data_socket", "open_request_socket", "pack", "answer", "serve", "empty_packet",
            "window_range", "fault_datagrams", "rx_datagram", "rx_list", "rx_turn", "drain", "due_requests",
            "HDR", "REQ_BYTES", "EOS", "MAX_COUNT", "STRIDE", "DEFAULT_MTU"]
