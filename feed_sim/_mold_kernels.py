@@ -35,12 +35,12 @@ Receiver (one session), for a valid packet holding messages [a, b):
 
 Bounds: a packet that must be held needs b <= N + H and a free pool buffer; the gap
 table has G rows.  When one is short, the lowest gap is declared lost (all of it:
-holding its tail would only postpone the same choice) and N moves past it; when nothing can be lost (the held run at N waits for
-room in OUT), the packet is dropped and counted (``hold_drops``): its messages are
-still missing, so they are requested again like any loss.  ``due_requests`` asks for
-each gap on discovery (after ``C_DELAY_NS``), again after ``C_TIMEOUT_NS`` without
-progress, and after ``C_RETRIES`` retries flags it lost; a lost gap is skipped when N
-reaches it.  Every skipped range is reported in ``LOST`` (lo, hi, messages delivered
+holding its tail would only postpone the same choice) and N moves past it; when
+nothing can be lost (the held run at N waits for room in OUT), the packet is dropped
+and counted (``hold_drops``): its messages are still missing, so they are requested
+again like any loss.  ``due_requests`` asks for each gap on discovery (after
+``C_DELAY_NS``), again after ``C_TIMEOUT_NS`` without progress, and after
+``C_RETRIES`` retries flags it lost; a lost gap is skipped when N reaches it.  Every skipped range is reported in ``LOST`` (lo, hi, messages delivered
 to OUT before it) so the caller can mark books stale at the right place.
 
 Invariant: ``gaps_seen + gaps_split == gaps_healed + gaps_lost + open gaps``.

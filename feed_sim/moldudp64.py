@@ -498,6 +498,7 @@ class MoldReceiver(MoldRx):
 
 
 __all__ = ["MoldPacker", "RequestServer", "MoldRx", "MoldReceiver", "Delivery", "MoldError", "session_bytes",
-           "request_packet", "rx_counters", "open_data_socket", "open_request_socket", "pack", "answer", "serve", "empty_packet",
+           "request_packet", "rx_counters", "open_data_socket", "open_request_socket", "pack", "answer", "serve",
+           "empty_packet",
            "window_range", "fault_datagrams", "rx_datagram", "rx_list", "rx_turn", "drain", "due_requests",
            "HDR", "REQ_BYTES", "EOS", "MAX_COUNT", "STRIDE", "DEFAULT_MTU"]
