@@ -30,6 +30,12 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from obpipe.feed_sim import _itch_kernels as K
+
+# The decoder kernel and the words of its state, for compiled loops elsewhere (rx).
+decode_l3 = K.decode_l3
+D_POS, D_SEQ, D_NOUT, D_RECV_NS, D_FINAL = K.D_POS, K.D_SEQ, K.D_NOUT, K.D_RECV_NS, K.D_FINAL
+DONE, FULL, PARTIAL = K.DONE, K.FULL, K.PARTIAL
+N_COUNTERS = K.NC
 from obpipe.ring import schema
 
 INT, ALPHA, PRICE4, PRICE8, TS = "int", "alpha", "price4", "price8", "timestamp"
