@@ -33,6 +33,7 @@ class BookConfig:
     event_depth_ticks: int = 10  # events carry the lots within this many ticks of each best (1..16)
     max_batch: int = 1024  # messages applied per batch (one snapshot per symbol per batch)
     uncross: bool = False  # an add crossing the other side removes the stale levels it crosses (on for LOBSTER replays)
+    l3_orders: int = 1 << 22  # live orders the per-order book holds (ITCH input; docs/L3BOOK.md); more are counted
 
     def widths(self) -> list[int]:
         return [self.ladder_width_by_symbol.get(s, self.ladder_width) for s in self.symbols]
@@ -95,6 +96,14 @@ class RxConfig:
     # a new session's first packet (seq 1) from an allowed source switches rx to it (a
     # restarted external feed); false: a new session needs a restart of obpipe
     accept_new_session: bool = False
+    # "obpipe": obpipe's own datagrams into the aggregated book; "moldudp64": Nasdaq ITCH 5.0
+    # in MoldUDP64 packets into the per-order book, gaps requested and healed (an ITCH
+    # replay sets it); [book] symbols then name the stocks selected (docs/ITCH.md)
+    protocol: str = "obpipe"
+    request_port: int = 0  # moldudp64: the feed's retransmission request port (0: the feed obpipe starts)
+    mold_hold: int = 1 << 19  # moldudp64: messages that may wait for a gap to be filled (a power of two)
+    mold_timeout_ms: float = 25.0  # moldudp64: ask again after this long without an answer
+    mold_retries: int = 16  # moldudp64: requests after the first before a gap is declared lost
 
     def sources(self) -> tuple[tuple[str, int], ...]:
         """``allow_sources`` as (host, port) pairs (port 0: any)."""
@@ -279,6 +288,8 @@ def _validate(c: Config) -> None:
         bad("book.event_depth_ticks", f"must be 1..16 ticks, got {b.event_depth_ticks}")
     if not 1 <= b.max_batch <= 1 << 20:
         bad("book.max_batch", f"must be 1..{1 << 20}, got {b.max_batch}")
+    if not 1 << 10 <= b.l3_orders <= 1 << 28:
+        bad("book.l3_orders", f"must be {1 << 10}..{1 << 28} orders, got {b.l3_orders}")
     for k in ("md_capacity", "events_capacity", "signals_capacity"):
         v = getattr(c.rings, k)
         if not _pow2(v) or v > 1 << 24:
@@ -338,6 +349,16 @@ def _validate_rx(r: RxConfig, bad) -> None:
         bad("rx.max_seq_jump", f"must be 1..{1 << 48} messages, got {r.max_seq_jump}")
     if not 0 <= r.resync_packets <= 1 << 20:
         bad("rx.resync_packets", f"must be 0 (never) .. {1 << 20}, got {r.resync_packets}")
+    if r.protocol not in ("obpipe", "moldudp64"):
+        bad("rx.protocol", f"must be \"obpipe\" or \"moldudp64\", got {r.protocol!r}")
+    if not 0 <= r.request_port <= 65535:
+        bad("rx.request_port", f"must be 0..65535, got {r.request_port}")
+    if not (1 << 10 <= r.mold_hold <= 1 << 24) or r.mold_hold & (r.mold_hold - 1):
+        bad("rx.mold_hold", f"must be a power of two 1024..{1 << 24}, got {r.mold_hold}")
+    if not 1 <= r.mold_timeout_ms <= 10_000:
+        bad("rx.mold_timeout_ms", f"must be 1..10000 ms, got {r.mold_timeout_ms}")
+    if not 0 <= r.mold_retries <= 1000:
+        bad("rx.mold_retries", f"must be 0..1000, got {r.mold_retries}")
 
 
 def _validate_analysis(a: AnalysisConfig, bad) -> None:

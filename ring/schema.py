@@ -389,6 +389,7 @@ def snapshot_dtype(n_levels: int) -> np.dtype:
             ("ts_apply_ns", "<i8"),  # CLOCK_MONOTONIC of the batch that applied it
             ("version", "<i8"),  # snapshot publications of this symbol so far
             ("n_levels", "<i8"),  # levels per side in this layout
+            ("stale", "<i8"),  # 1: messages were lost (a gap not healed): the book may be wrong until cleared
             ("bid_px", "<i8", (n_levels,)),  # top-N bids, best first; NO_PX padding
             ("bid_lvl_qty", "<i8", (n_levels,)),
             ("ask_px", "<i8", (n_levels,)),  # top-N asks, best first; NO_PX padding
@@ -418,9 +419,10 @@ SW_TS_EXCH = 13
 SW_TS_APPLY = 14
 SW_VERSION = 15
 SW_N_LEVELS = 16
+SW_STALE = 17
 #: Scalar words before the level arrays: bid_px[N], bid_lvl_qty[N], ask_px[N],
 #: ask_lvl_qty[N] follow, then ``check`` at word ``SNAP_HEADER_WORDS + 4 * N``.
-SNAP_HEADER_WORDS = 17
+SNAP_HEADER_WORDS = 18
 
 #: Byte offset of the first snapshot slot in a snapshot segment.
 SNAP_DATA_OFFSET = 128
@@ -443,7 +445,7 @@ for _name, _w in (("bid_px_tick", SW_BID_PX), ("bid_qty", SW_BID_QTY), ("ask_px_
                   ("last_trade_px_tick", SW_LAST_PX), ("last_trade_qty", SW_LAST_QTY),
                   ("last_trade_side", SW_LAST_SIDE), ("msgs_applied", SW_MSGS), ("seq", SW_SEQ),
                   ("ts_exch_ns", SW_TS_EXCH), ("ts_apply_ns", SW_TS_APPLY), ("version", SW_VERSION),
-                  ("n_levels", SW_N_LEVELS)):
+                  ("n_levels", SW_N_LEVELS), ("stale", SW_STALE)):
     assert _s.fields[_name][1] == _w * 8, _name
 
 # --- UDP wire protocol (docs/PROTOCOL.md) ----------------------------------------------
