@@ -31,7 +31,7 @@ from obpipe.ring import schema as sc
 from obpipe.ring.runtime import child_setup, claim_row, mark_running
 from obpipe.ring.snapshot import SnapshotRegion
 from obpipe.ring.spsc import Ring
-from obpipe.ring.stats import ROW_TICKS
+from obpipe.ring.stats import ROW_ANALYSIS, ROW_TICKS
 from obpipe.ticks.spool import EVENTS, Spool, depth_dtype, spool_dir, store_leftovers
 
 
@@ -58,7 +58,7 @@ class Recorder:
     (``store_chunk``)."""
 
     def __init__(self, spec: RecorderSpec, ring: Ring, snaps: SnapshotRegion | None, store, row, log,
-                 spool: Spool, base: tuple[int, int, int]):
+                 spool: Spool, base: tuple[int, int, int], an_row=None):
         self.spec, self.ring, self.snaps, self.store, self.row, self.log = spec, ring, snaps, store, row, log
         self.spool, self.base = spool, base
         self.buf = np.empty(max(spec.flush_rows, 1024), sc.EVENT_DTYPE)
@@ -73,8 +73,11 @@ class Recorder:
         self.oldest = time.monotonic() if self.pending else 0.0  # when the oldest pending row was taken
         self.halt = threading.Event()
         self.inserter: threading.Thread | None = None
-        self.rate = 0.0  # events/s taken, over the last second or so
-        self._rate_t, self._rate_n = time.monotonic(), 0
+        # the events' rate: what the analysis relays to the ring, taken or not (a recorder that
+        # gives way takes less than comes), over the last half second or so
+        self.an_row = an_row
+        self.rate = 0.0
+        self._rate_t, self._rate_n = time.monotonic(), self._relayed()
 
     def take(self, now: float) -> int:
         """Take what the ring has into the spool, and sample depth when due; returns
@@ -84,14 +87,18 @@ class Recorder:
             self.spool.append(EVENTS, self.buf[:k])
             self._taken(now, k)
             self.row[sc.ST_TK_EVENTS] += k
-            self._rate_n += k
         if self.dbuf is not None and self.spec.depth_interval_ms > 0 and now >= self.next_depth:
             self.sample_depth(now)
             self.next_depth = now + self.spec.depth_interval_ms / 1000
         if now - self._rate_t >= 0.5:
-            self.rate = self._rate_n / (now - self._rate_t)
-            self._rate_t, self._rate_n = now, 0
+            n = self._relayed()
+            self.rate = (n - self._rate_n) / (now - self._rate_t)
+            self._rate_t, self._rate_n = now, n
         return k
+
+    def _relayed(self) -> int:
+        r = self.an_row
+        return 0 if r is None else int(r[sc.ST_AN_RELAYED] + r[sc.ST_AN_RELAY_DROPS])
 
     def _taken(self, now: float, n: int) -> None:
         self.row[sc.ST_TK_SPOOLED] += n
@@ -127,6 +134,8 @@ class Recorder:
         if stopping:
             return True
         if not (self.pending >= self.spec.flush_rows or now - self.oldest >= self.spec.flush_ms / 1000):
+            return False
+        if len(self.ring) > self.ring.capacity // 8:  # (catch up first)
             return False
         return (self.rate <= self.spec.live_max_events_per_s
                 or self.pending * sc.EVENT_DTYPE.itemsize > self.spec.spool_max_mb * 1e6)
@@ -250,7 +259,7 @@ def run(spec: RecorderSpec, stop) -> int:
     spool = rec = None
     try:
         spool, base = _start(spec, store, row, log)
-        rec = Recorder(spec, ring, snaps, store, row, log, spool, base)
+        rec = Recorder(spec, ring, snaps, store, row, log, spool, base, stats.row(ROW_ANALYSIS))
         rec.count_stored()
         rec.start_inserter(events)
         mark_running(row)
@@ -260,11 +269,16 @@ def run(spec: RecorderSpec, stop) -> int:
             if spec.background and now >= next_idle:  # (ClickHouse starts threads as it goes)
                 _all_threads(True)
                 next_idle = now + 1.0
-            k = rec.take(now)
             row[sc.ST_HEARTBEAT_NS] = time.monotonic_ns()
             if spec.parent_pid and os.getppid() != spec.parent_pid:
                 break  # orphaned
-            if k == 0:
+            if len(events) > events.capacity // 4:
+                # the analysis is behind (its events ring fills): give way, so the book never drops
+                # events for the recorder's sake; the recorder's own ring takes the wait (full: drops,
+                # counted as ticks_dropped)
+                time.sleep(0.002)
+                continue
+            if rec.take(now) == 0:
                 time.sleep(0.005)
         rec.stop_inserter()
         _all_threads(False)  # (storing: the book writer has stopped)
