@@ -401,9 +401,14 @@ class Decoder:
 
     def counters(self) -> dict[str, int]:
         """The counters by name (docs/ITCH.md), messages of each type as ``type_<letter>``."""
-        d = {name: int(self.C[i]) for i, name in K.COUNTER_NAMES.items()}
-        d.update({f"type_{c}": int(self.C[K.C_TYPE0 + i]) for i, c in enumerate(K.TYPE_CODES)})
-        return d
+        return counters(self.C)
+
+
+def counters(C: np.ndarray) -> dict[str, int]:
+    """A decoder's counter words by name, messages of each type as ``type_<letter>``."""
+    d = {name: int(C[i]) for i, name in K.COUNTER_NAMES.items()}
+    d.update({f"type_{c}": int(C[K.C_TYPE0 + i]) for i, c in enumerate(K.TYPE_CODES)})
+    return d
 
 
 def decode(data, symbols: Sequence[str] | None = None, n_symbols: int | None = None, *, tick_divisor: int = 100,

@@ -10,6 +10,8 @@ from obpipe.ring import schema
 from obpipe.ring.snapshot import SnapshotRegion
 from obpipe.ring.spsc import Ring
 from obpipe.feed_sim import wire_kernels as WK
+from obpipe.feed_sim.itch import counters as itch_counters
+from obpipe.feed_sim.moldudp64 import rx_counters
 from obpipe.feed_sim.wire import tracker_counters
 from obpipe.ring.latency import percentiles
 from obpipe.ring.stats import (
@@ -158,9 +160,21 @@ class Status:
 
     @staticmethod
     def _rx(row) -> dict:
-        return {"pid": int(row[schema.ST_PID]), "state": _STATE.get(int(row[schema.ST_STATE]), "?"),
-                "port": int(row[schema.ST_RX_PORT]), "kernel_drops": int(row[schema.ST_RX_KERNEL_DROPS]),
-                **tracker_counters(row[schema.RX_TRACKER_BASE:schema.RX_TRACKER_BASE + WK.NT])}
+        d = {"pid": int(row[schema.ST_PID]), "state": _STATE.get(int(row[schema.ST_STATE]), "?"),
+             "port": int(row[schema.ST_RX_PORT]), "kernel_drops": int(row[schema.ST_RX_KERNEL_DROPS]),
+             **tracker_counters(row[schema.RX_TRACKER_BASE:schema.RX_TRACKER_BASE + WK.NT])}
+        if row[schema.ST_RX_PROTOCOL] != schema.RX_PROTO_MOLDUDP64:
+            d["protocol"] = "obpipe"
+            return d
+        m = rx_counters(row[schema.RX_MOLD_BASE:schema.RX_MOLD_BASE + schema.RX_MOLD_WORDS])
+        it = itch_counters(row[schema.RX_ITCH_BASE:schema.RX_ITCH_BASE + schema.RX_ITCH_WORDS])
+        # the common keys, as the MoldUDP64 receiver counts them (gap_messages: messages lost)
+        d.update(protocol="moldudp64", packets=m["packets"], messages=m["messages"], gap_messages=m["messages_lost"],
+                 duplicates=m["duplicate_messages"], out_of_order=m["late"], malformed=m["malformed"],
+                 ring_drops=0, foreign_source=m["foreign_source"], foreign_session=m["wrong_session"],
+                 implausible_seq=m["implausible_seq"], mold=m, itch=it,
+                 ring_waits=int(row[schema.ST_RX_RING_WAITS]), stale_marks=int(row[schema.ST_RX_STALE_MARKS]))
+        return d
 
     def close(self):
         for x in (self.stats, self.md, self.events, self.signals, self.snaps):
@@ -230,6 +244,20 @@ def _us(ns) -> str:
     return "-" if ns is None else f"{ns / 1000:.1f} us"
 
 
+def _render_mold(r: dict) -> list[str]:
+    if r.get("protocol") != "moldudp64":
+        return []
+    m, it = r["mold"], r["itch"]
+    return [f"  mold     gaps {m['gaps_seen']:,} healed {m['gaps_healed']:,} lost {m['gaps_lost']:,} "
+            f"({m['messages_lost']:,} msgs; books marked stale {r['stale_marks']:,})  recovered {m['recovered']:,}  "
+            f"requests {m['requests']:,}  round trip mean {_us(m['round_trip_mean_ns'])} max "
+            f"{_us(m['round_trip_max_ns'])}  held {m['held']:,} (max {m['max_held']:,})",
+            f"  itch     msgs {it['messages']:,}  book records {it['records']:,}  other {it['other']:,}  "
+            f"skipped symbol {it['skipped_symbol']:,}  unknown locate {it['unknown_locate']:,}  "
+            f"bad {it['unknown_type'] + it['bad_length'] + it['bad_field'] + it['truncated']:,}  "
+            f"subtick {it['subtick']:,}  ring waits {r['ring_waits']:,}"]
+
+
 def render(d: dict, levels: int = 3) -> str:
     """A human table of ``Status.collect()``."""
     b, f = d["book"], d["feed"]
@@ -246,6 +274,7 @@ def render(d: dict, levels: int = 3) -> str:
         f"  rx admit session {d['rx']['session']}  foreign_source {d['rx']['foreign_source']:,}  "
         f"foreign_session {d['rx']['foreign_session']:,}  implausible_seq {d['rx']['implausible_seq']:,}  "
         f"accepted {d['rx']['accepted']:,}",
+        *_render_mold(d["rx"]),
         f"  book     msgs {b['msgs']:>14,}  batches {b['batches']:>10,}  bad {b['bad_msgs']:,}  "
         f"out_of_ladder {b['out_of_ladder']:,}  recentres {b['recentres']:,}  evicted {b['evicted_levels']:,}  "
         f"underflow {b['qty_underflow']:,}  crossed {b['crossed']:,}  uncrossed {b['uncrossed_levels']:,}",

@@ -949,4 +949,6 @@ def summary(d: dict) -> dict:
             "signals": a["signals"], "summaries": a["summaries"], "published": p["delivered"],
             "publish_dropped": (a["signal_drops"] + a["summary_drops"] + p["signals_dropped"]
                                 + p["summaries_dropped"] + p["failed"] + p["lost"] + p["encode_errors"]),
-            "publish_coalesced": p["coalesced"], "kafka_errors": p["kafka_errors"]}
+            "publish_coalesced": p["coalesced"], "kafka_errors": p["kafka_errors"],
+            **({k: r["mold"][k] for k in ("gaps_seen", "gaps_healed", "gaps_lost", "messages_lost", "recovered")}
+               if r.get("protocol") == "moldudp64" else {})}
