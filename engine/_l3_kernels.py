@@ -57,13 +57,25 @@ Messages (``apply_batch_l3``; checks count ``bad_msgs`` like ``apply_batch``'s):
   and K_CLEAR empties its ladders.
 * Unknown references: counted ``l3_unknown_refs`` and skipped.
 
+Prefetch: while applying message j, ``apply_batch_l3`` fetches the direct bucket of
+message j + 2 ``PF_D`` and the pool row of message j + ``PF_D`` (a two-stage software
+prefetch, ``llvm.prefetch``), so the order's cache lines are there when its message
+comes; with hundreds of thousands of live orders most of them would not be
+(docs/L3BOOK.md "Figures").
+
 Build (``ring.jit.HOT``): no reference counting, no allocation; the small helpers are
-``inline="always"``, the rare paths (overflow insert and delete, clear) plain calls.
+``inline="always"``, the rare paths (overflow insert and delete, clear) plain calls,
+and ``apply_msg`` / ``after_msg`` have one call site each (a replace's delete half is
+the plain call ``_ladder_delete``): IR-level inlining is what compiling costs.
 """
 from __future__ import annotations
 
+import llvmlite.binding as _llb
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from obpipe.ring import schema
 from obpipe.ring.atomics import monotonic_ns, store_relaxed
@@ -144,6 +156,36 @@ def reset_table(O, Hd, Hx, E):
     E[E_PEAK] = 0
     E[E_PRIO] = 0
     E[E_MAXREF] = -1
+
+
+# --- prefetch ----------------------------------------------------------------------------
+
+_PREFETCH = "llvm.prefetch.p0" if _llb.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """Hint: bring word ``i`` of C-contiguous ``arr`` (flat index) into the cache
+    (``llvm.prefetch``: read, keep; x86 ``prefetcht0``).  Never faults."""
+    if not (isinstance(arr, types.Array) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            _PREFETCH)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, i), codegen
+
+
+#: Prefetch distance, messages: the direct bucket of message j + 2 PF_D and the pool row
+#: of message j + PF_D are fetched while message j is applied.
+PF_D = 8
 
 
 # --- reference -> row ------------------------------------------------------------------
@@ -310,7 +352,15 @@ def apply_batch_l3(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty, O, Hd, Hx,
     ne = 0
     dropped = 0
     n_sym = S.shape[0]
+    hm = E[E_HM] - 1
     for j in range(n):
+        # a two-stage prefetch: the bucket two distances ahead, the row one distance ahead
+        if j + 2 * PF_D < n:
+            _prefetch(Hd, np.int64(md[(start + j + 2 * PF_D) & mask].ref) & hm)
+        if j + PF_D < n:
+            r = Hd[np.int64(md[(start + j + PF_D) & mask].ref) & hm]
+            if r >= 0:
+                _prefetch(O, np.int64(r) * NO_COLS)
         m = md[(start + j) & mask]
         kind = np.int64(m.kind)
         ref = np.int64(m.ref)
