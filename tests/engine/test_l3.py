@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from obpipe.engine import _l3_kernels as LK
+from obpipe.feed_sim.l3_synth import L3SynthParams, finish_event, generate_l3_into, new_state
 from obpipe.engine.book import _local_ring
 from obpipe.engine.l3 import L3Book
 from obpipe.ring import schema as sc
@@ -268,3 +269,40 @@ def test_l3_by_hand():
     book.apply(clear)
     assert book.orders() == {16: (1, 0, 50, 9, 5)} and book.bbo(0) == (NO_PX, 0, NO_PX, 0)
     assert book.counters()["l3_live_orders"] == 1 and book.counters()["l3_peak_orders"] == 5
+
+
+@pytest.mark.timeout(120)
+def test_generated_day_stream_equals_reference():
+    """The L3 generator's stream (many symbols, injected unknown references): the top
+    levels of every touched symbol after each of the first 20,000 messages, then every
+    symbol's at 100 points of the rest, equal the reference's; at the end the orders
+    equal the generator's own live orders too."""
+    p = L3SynthParams(n_symbols=30, seed=9, p_bad_ref=0.001, p_cross=1e-3, target_orders=50, max_orders=256,
+                      ladder_ticks=128, max_depth_ticks=40)
+    st = new_state(p)
+    msgs = np.empty(100_000, sc.MD_L3_DTYPE)
+    generate_l3_into(msgs, p, st)
+    msgs = np.concatenate([msgs, finish_event(st)])
+    widths = [256] * p.n_symbols
+    book = L3Book(widths, 5_000, n_levels=5)
+    ref = RefL3(widths, 5_000)
+    for j in range(20_000):
+        book.apply(msgs, j, 1)
+        _ref_apply(ref, msgs[j])
+        s = int(msgs[j]["symbol"])
+        b = ref.books[s]
+        assert book.top(s, 0, 5) == b.top(0, 5) and book.top(s, 1, 5) == b.top(1, 5), j
+    rest = np.array_split(np.arange(20_000, len(msgs)), 100)
+    for part in rest:
+        book.apply(msgs, int(part[0]), len(part))
+        for r in msgs[part[0]:part[-1] + 1]:
+            _ref_apply(ref, r)
+        for s, b in enumerate(ref.books):
+            assert book.top(s, 0, 5) == b.top(0, 5) and book.top(s, 1, 5) == b.top(1, 5), int(part[-1])
+    _compare_orders(book, ref, "end")
+    assert {r: tuple(o[:4]) for r, o in book.orders().items()} == st.live_orders()
+    got = book.counters()
+    for key, v in ref.counters().items():
+        assert got[key] == v, key
+    assert got["l3_unknown_refs"] == st.n_bad_refs > 0
+    assert got["l3_overfills"] == got["l3_duplicate_refs"] == got["bad_msgs"] == got["crossed"] == 0
