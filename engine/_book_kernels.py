@@ -87,7 +87,8 @@ B_PREV = 16  # B_PREV + 0..3: bid px, bid qty, ask px, ask qty as last emitted (
 B_TS_APPLY = 20  # apply stamp of the last batch that touched the symbol
 B_DT = 21  # the depth band of events, ticks ([book] event_depth_ticks), 1..PAD
 B_UNCROSS = 22  # 1: an add that crosses the other side removes the levels it crosses ([book] uncross)
-NS = 23
+B_STALE = 23  # 1: messages for this book were lost (per-order input, a gap not healed) until it is cleared
+NS = 24
 #: Always-zero words around each side's ladder; also the widest events depth band.
 PAD = 16
 
@@ -359,6 +360,7 @@ def clear_symbol(lad, S, s):
     S[s, B_BEST + 1] = -1
     S[s, B_NLEV] = 0
     S[s, B_NLEV + 1] = 0
+    S[s, B_STALE] = 0
 
 
 # --- one message ----------------------------------------------------------------------
@@ -506,6 +508,7 @@ def build_payload(lad, S, s, n_levels, pay, lv_px, lv_qty):
     pay[schema.SW_TS_APPLY] = S[s, B_TS_APPLY]
     pay[schema.SW_VERSION] = S[s, B_VERSION]
     pay[schema.SW_N_LEVELS] = n_levels
+    pay[schema.SW_STALE] = S[s, B_STALE]
     nw = h + 4 * n_levels + 1
     pay[nw - 1] = payload_check(pay, nw)
 

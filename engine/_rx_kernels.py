@@ -1,15 +1,21 @@
 """The rx process's compiled receive loop: ``recvmmsg`` batches, each datagram checked,
 sequence-tracked and pushed into the md ring by ``feed_sim.wire_kernels.rx_packet``.
 No Python runs per datagram; the loop returns to Python every ``budget_ns`` for the
-stop flag, the heartbeat and the kernel-drop counter."""
+stop flag, the heartbeat and the kernel-drop counter.  In moldudp64 mode
+(``mold_rx_loop``) the MoldUDP64 receiver and the ITCH decoder run in the same way."""
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
+from obpipe.feed_sim import itch as IT
+from obpipe.feed_sim import moldudp64 as MS
 from obpipe.feed_sim.wire_kernels import rx_packet
+from obpipe.ring import schema
 from obpipe.ring.atomics import cpu_relax, monotonic_ns, sched_yield, sleep_ns
-from obpipe.ring.net import recv_batch
 from obpipe.ring.jit import HOT
+from obpipe.ring.kernels import ring_claim, ring_publish
+from obpipe.ring.net import recv_batch
 
 RAW_STRIDE = 2048  # bytes per receive buffer: more than any valid datagram (1,464)
 
@@ -31,6 +37,130 @@ def rx_loop(fd, mvec, raw, names, T, miss, C, allow, ctrl, rec, spin_iters, yiel
             now = monotonic_ns()
             for k in range(n):
                 rx_packet(raw[k], mvec[k, 7] & 0xFFFFFFFF, names[k, 0], T, miss, C, allow, ctrl, rec, now)
+            total += n
+            idle = 0
+            if now >= t_end:
+                return total
+            continue
+        idle += 1
+        if idle < spin_iters:
+            cpu_relax()
+            if (idle & 1023) == 0 and monotonic_ns() >= t_end:
+                return total
+        elif idle < spin_iters + yield_iters:
+            sched_yield()
+        else:
+            if monotonic_ns() >= t_end:
+                return total
+            sleep_ns(idle_sleep_ns)
+
+
+# --- MoldUDP64 + ITCH 5.0 (``[rx] protocol = "moldudp64"``) ------------------------------
+
+#: Words of rx's own state in moldudp64 mode (``X``): where decoding of the receiver's
+#: delivered messages stands, and counters.
+X_MSG = 0  # messages of OUT decoded (index into OSEQ)
+X_BYTE = 1  # bytes of OUT decoded
+X_LOST = 2  # rows of LOST handled (a stale mark pushed)
+X_RING_WAITS = 3  # turns that found the md ring full (decoding waits; the receiver heals what the kernel drops)
+X_STALE_MARKS = 4  # stale marks pushed (one per lost range)
+NX = 8
+
+
+@njit(**HOT, inline="always")
+def _msg_end(OUT, b, k):
+    """Byte offset after ``k`` framed messages from byte ``b`` of OUT."""
+    for _ in range(k):
+        b += 2 + ((np.int64(OUT[b]) << 8) | np.int64(OUT[b + 1]))
+    return b
+
+
+@njit(**HOT)
+def mold_decode(S, OUT, OSEQ, LOST, X, D, loc, wanted, names, DC, md_ctrl, md_rec, now):
+    """Decode what the receiver delivered into OUT (from where the last call stopped)
+    into the md ring, as ``MD_L3_DTYPE`` records, with a stale mark (``L3_STALE``, every
+    symbol) where a range was lost.  Returns True when all of OUT is decoded (the caller
+    resets OUT), False when the md ring filled first."""
+    cap = md_rec.shape[0]
+    mask = cap - 1
+    n_msgs = S[MS.S_OUT_MSGS]
+    n_lost = S[MS.S_NLOST]
+    D[IT.D_RECV_NS] = now
+    D[IT.D_FINAL] = 1
+    while True:
+        # the next boundary: a lost range after message LOST[X_LOST, 2], else the end
+        stop = n_msgs
+        if X[X_LOST] < n_lost:
+            stop = min(stop, LOST[X[X_LOST], 2])
+        if X[X_MSG] >= stop:
+            if X[X_LOST] >= n_lost:
+                return True
+            head, free = ring_claim(md_ctrl, cap, 1)
+            if free < 1:
+                X[X_RING_WAITS] += 1
+                return False
+            r = md_rec[head & mask]
+            r.kind = schema.L3_STALE
+            r.symbol = schema.SYMBOL_ALL
+            r.side = 0
+            r.qty = 0
+            r.px_tick = 0
+            r.seq = LOST[X[X_LOST], 0]
+            r.ts_exch_ns = 0
+            r.ts_recv_ns = now
+            r.ref = 0
+            r.new_ref = 0
+            ring_publish(md_ctrl, head + 1)
+            X[X_LOST] += 1
+            X[X_STALE_MARKS] += 1
+            continue
+        end = _msg_end(OUT, X[X_BYTE], stop - X[X_MSG])
+        head, free = ring_claim(md_ctrl, cap, cap)
+        if free < 1:
+            X[X_RING_WAITS] += 1
+            return False
+        h0 = head & mask
+        room = min(free, cap - h0)
+        D[IT.D_POS] = X[X_BYTE]
+        D[IT.D_SEQ] = OSEQ[X[X_MSG]]
+        D[IT.D_NOUT] = 0
+        IT.decode_l3(OUT, end, md_rec[h0:h0 + room], loc, wanted, names, D, DC)
+        X[X_MSG] += D[IT.D_SEQ] - OSEQ[X[X_MSG]]
+        X[X_BYTE] = D[IT.D_POS]
+        if D[IT.D_NOUT] > 0:
+            ring_publish(md_ctrl, head + D[IT.D_NOUT])
+
+
+@njit(**HOT)
+def mold_rx_loop(dfd, dmvec, draw, dnames, allow, afd, amvec, araw, rmvec, riov, req,
+                 S, C, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST, X, D, loc, wanted, names, DC, md_ctrl, md_rec,
+                 spin_iters, yield_iters, idle_sleep_ns, budget_ns):
+    """rx's loop in moldudp64 mode for about ``budget_ns``: a receive turn (answers, data,
+    requests due: ``moldudp64.rx_turn``), then the delivered messages decoded into the md
+    ring (``mold_decode``).  While the md ring is full no datagram is read: the socket
+    buffer fills and the kernel drops, and those gaps are requested and healed like any
+    other.  Idle: spin, yield, sleep as ``rx_loop``.  Returns datagrams handled."""
+    t_end = monotonic_ns() + budget_ns
+    idle = 0
+    total = 0
+    while True:
+        now = monotonic_ns()
+        if S[MS.S_OUT_MSGS] > 0 or S[MS.S_NLOST] > 0:
+            if mold_decode(S, OUT, OSEQ, LOST, X, D, loc, wanted, names, DC, md_ctrl, md_rec, now):
+                S[MS.S_OUT_BYTES] = 0
+                S[MS.S_OUT_MSGS] = 0
+                S[MS.S_NLOST] = 0
+                X[X_MSG] = 0
+                X[X_BYTE] = 0
+                X[X_LOST] = 0
+            else:
+                if now >= t_end:
+                    return total
+                sched_yield()
+                continue
+        n = MS.rx_turn(dfd, dmvec, draw, dnames, allow, afd, amvec, araw, rmvec, riov, req, now,
+                       S, C, G, HB, POOL, REF, FREE, OUT, OSEQ, LOST)
+        if n > 0 or S[MS.S_OUT_MSGS] > 0 or S[MS.S_NLOST] > 0:
             total += n
             idle = 0
             if now >= t_end:

@@ -39,6 +39,7 @@ class BookWriterSpec:
     cores: tuple[int, ...] = ()
     budget: int = 1 << 16  # messages per kernel call before Python checks the stop flag
     parent_pid: int = 0  # the supervisor; the writer exits if it disappears
+    l3_orders: int = 0  # > 0: the md ring carries per-order records (MD_L3) into a per-order book this big
 
 
 def run(spec: BookWriterSpec, stop) -> int:

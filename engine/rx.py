@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from obpipe.feed_sim import itch as IT
+from obpipe.feed_sim import moldudp64 as MS
 from obpipe.feed_sim import wire_kernels as WK
+from obpipe.feed_sim.moldudp64 import MoldReceiver
 from obpipe.feed_sim.wire import allow_list
 from obpipe.ring import schema
 from obpipe.ring.schema import STATE_STOPPED
@@ -55,6 +58,16 @@ class RxSpec:
     max_seq_jump: int = WK.DEFAULT_WINDOW
     resync_packets: int = WK.DEFAULT_RESYNC
     accept_new_session: bool = False
+    # [rx] protocol = "moldudp64": ITCH 5.0 in MoldUDP64 packets into the per-order book
+    protocol: str = "obpipe"
+    request_host: str = "127.0.0.1"  # the feed's retransmission request port
+    request_port: int = 0
+    symbols: tuple[str, ...] = ()  # the stocks selected (index = position), by their stock directory names
+    tick_divisor: int = 100  # ITCH price units (1e-4) per tick
+    day_ns: int = 0  # UTC epoch ns of the session's midnight (New York); 0: today's
+    mold_hold: int = 1 << 19  # messages that may wait for a gap (0.5 s at 1M msgs/s)
+    mold_timeout_ms: float = 25.0  # ask again after this long
+    mold_retries: int = 16  # requests after the first before a gap is lost
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -92,7 +105,10 @@ def _drops_or_unknown(port: int) -> int:
 
 
 def run(spec: RxSpec, stop) -> int:
+    if spec.protocol == "moldudp64":
+        return run_mold(spec, stop)
     stats, row = claim_row(spec.instance, ROW_RX)
+    row[schema.ST_RX_PROTOCOL] = schema.RX_PROTO_OBPIPE
     md = Ring.attach(spec.instance, "md", schema.MD_DTYPE)
     sock = open_socket(spec.host, spec.port)
     T = row[schema.RX_TRACKER_BASE:schema.RX_TRACKER_BASE + WK.NT]
@@ -132,6 +148,81 @@ def run(spec: RxSpec, stop) -> int:
     finally:
         row[schema.ST_RX_KERNEL_DROPS] = _drops_or_unknown(port)
         sock.close()
+        row[schema.ST_STATE] = STATE_STOPPED
+    return 0
+
+
+assert MS.NS == schema.RX_MOLD_WORDS and IT.N_COUNTERS == schema.RX_ITCH_WORDS
+#: Receiver words that are counters (kept across an rx restart); the others are state.
+_MOLD_COUNTERS = [w for w in range(MS.S_PACKETS, MS.S_SESSIONS + 1) if w != MS.S_END_SEQ]
+
+
+def today_midnight_ns() -> int:
+    """UTC epoch ns of today's midnight in New York (ITCH times count from it)."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    d = dt.datetime.now(ZoneInfo("America/New_York")).date()
+    return IT.session_midnight_ns(d.year, d.month, d.day)
+
+
+def run_mold(spec: RxSpec, stop) -> int:
+    """rx in moldudp64 mode: the MoldUDP64 receiver (gaps requested from the feed's
+    request port and healed; docs/MOLDUDP64.md) and the ITCH decoder, both compiled, in
+    one loop (``_rx_kernels.mold_rx_loop``) into the md ring of ``MD_L3_DTYPE`` records.
+    A restarted rx continues from where its predecessor's row says it was: the messages
+    it missed meanwhile are requested like any gap."""
+    stats, row = claim_row(spec.instance, ROW_RX)
+    md = Ring.attach(spec.instance, "md", schema.MD_L3_DTYPE)
+    prev = row[schema.RX_MOLD_BASE:schema.RX_MOLD_BASE + MS.NS].copy()
+    restarted = row[schema.ST_RX_PROTOCOL] == schema.RX_PROTO_MOLDUDP64 and prev[MS.S_NEXT] > 0
+    rxm = MoldReceiver((spec.request_host, spec.request_port), spec.host, spec.port, allow=spec.allow,
+                       hold=spec.mold_hold, timeout_ns=int(spec.mold_timeout_ms * 1e6), retries=spec.mold_retries,
+                       start_seq=int(prev[MS.S_NEXT]) if restarted else 1)
+    if restarted:
+        rxm.S[_MOLD_COUNTERS] = prev[_MOLD_COUNTERS]
+        if prev[MS.S_SESS_SET]:
+            rxm.S[[MS.S_SESS0, MS.S_SESS1, MS.S_SESS_SET]] = prev[[MS.S_SESS0, MS.S_SESS1, MS.S_SESS_SET]]
+    dec = IT.Decoder(list(spec.symbols), tick_divisor=spec.tick_divisor, day_ns=spec.day_ns or today_midnight_ns(),
+                     capacity=1)
+    if restarted:
+        dec.C[:] = row[schema.RX_ITCH_BASE:schema.RX_ITCH_BASE + IT.N_COUNTERS]
+    X = np.zeros(RK.NX, np.int64)
+    X[RK.X_RING_WAITS] = row[schema.ST_RX_RING_WAITS] if restarted else 0
+    X[RK.X_STALE_MARKS] = row[schema.ST_RX_STALE_MARKS] if restarted else 0
+    row[schema.ST_RX_PROTOCOL] = schema.RX_PROTO_MOLDUDP64
+    b = spec.backoff
+    args = (*rxm.turn_args, *rxm.state, X, dec.D, dec.loc, dec.wanted, dec.names, dec.C, md.ctrl, md.records)
+
+    def publish():
+        row[schema.RX_MOLD_BASE:schema.RX_MOLD_BASE + MS.NS] = rxm.S
+        row[schema.RX_ITCH_BASE:schema.RX_ITCH_BASE + IT.N_COUNTERS] = dec.C
+        row[schema.ST_RX_RING_WAITS] = X[RK.X_RING_WAITS]
+        row[schema.ST_RX_STALE_MARKS] = X[RK.X_STALE_MARKS]
+
+    RK.mold_rx_loop(*args, 0, 0, 0, 0)  # compile / load before announcing "running"
+    port = rxm.port
+    row[schema.ST_RX_PORT] = port
+    row[schema.ST_RX_KERNEL_DROPS] = _drops_or_unknown(port)
+    publish()
+    row[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()
+    mark_running(row)
+    next_drops = 0
+    try:
+        while not stop.is_set():
+            RK.mold_rx_loop(*args, b.spin_iters, b.yield_iters, b.sleep_us * 1000, BUDGET_NS)
+            publish()
+            now = time.monotonic_ns()
+            row[schema.ST_HEARTBEAT_NS] = now
+            if now >= next_drops:
+                row[schema.ST_RX_KERNEL_DROPS] = _drops_or_unknown(port)
+                next_drops = now + 200_000_000
+            if spec.parent_pid and os.getppid() != spec.parent_pid:
+                break
+    finally:
+        publish()
+        row[schema.ST_RX_KERNEL_DROPS] = _drops_or_unknown(port)
+        rxm.close()
         row[schema.ST_STATE] = STATE_STOPPED
     return 0
 

@@ -78,6 +78,12 @@ class FeedSpec:
     # the LOBSTER ``replay`` already loaded (MD records): not parsed again
     lobster_md: np.ndarray | None = field(default=None, compare=False, repr=False)
     lobster_loader: LobsterLoader | None = None  # else how to load it
+    # ITCH 5.0 in MoldUDP64 (an ITCH file, ``is_itch``): the retransmission request port
+    # (0: a free one, published in the feed row) and window, and how long the feed stays
+    # after the last message answering requests
+    request_port: int = 0
+    retransmit_window: int = 1 << 20
+    linger_s: float = 2.0
 
     def source_name(self) -> str:
         return "synthetic" if self.replay is None else Path(self.replay).name
@@ -179,6 +185,8 @@ def run(spec: FeedSpec, stop=None) -> dict:
         raise FeedError(f"no receiver port (got {spec.port}); give --port or --instance")
     kind, md, cap = "synthetic", None, None
     if spec.replay is not None:
+        if is_itch(spec.replay):
+            return _run_itch(spec, stop)
         if capmod.is_capture(spec.replay):
             kind = "capture"
             try:
@@ -242,6 +250,70 @@ def run(spec: FeedSpec, stop=None) -> dict:
             "start_ns": spec.start_ns if kind == "synthetic" else None, "seconds": round(seconds, 3),
             "msgs_per_s": round(sender.msgs / max(seconds, 1e-9)), "interrupted": interrupted,
             "port": spec.port}
+
+
+def is_itch(path) -> bool:
+    """A Nasdaq ITCH 5.0 file, by its name: ``*.itch50``, ``*.NASDAQ_ITCH50`` (``.gz`` too)."""
+    n = str(path).lower().removesuffix(".gz")
+    return n.endswith(".itch50") or n.endswith(".nasdaq_itch50")
+
+
+def _run_itch(spec: FeedSpec, stop) -> dict:
+    """An ITCH file sent in MoldUDP64 packets, answering retransmission requests
+    (``itch_feed``)."""
+    from obpipe.feed_sim import itch
+    from obpipe.feed_sim import itch_feed
+    from obpipe.feed_sim.moldudp64 import MoldError, MoldPacker, RequestServer
+
+    try:
+        stream = itch_feed.ItchStream(itch.read_itch(spec.replay))
+    except (OSError, ValueError) as e:
+        raise FeedError(f"{spec.replay}: {e}") from None
+    session = spec.session or random_session()
+    try:
+        packer = MoldPacker(session, window=spec.retransmit_window, max_packets=itch_feed.MAX_PACKETS)
+        server = RequestServer(packer, port=spec.request_port)
+    except (MoldError, OSError) as e:
+        raise FeedError(f"retransmission: {e}") from None
+    sender = UdpSender((spec.host, spec.port), session=session, rate=spec.rate, speed=spec.speed,
+                       capture=spec.capture, src_port=spec.src_port)
+    row = FeedRow(spec.instance)
+    total = len(stream) if spec.count is None else min(spec.count, len(stream))
+    prog = Progress(f"itch {spec.source_name()}", total, spec.progress)
+    t_start = time.monotonic()
+    res, interrupted, request_port = {}, False, server.port
+    try:
+        sender.warm()
+        packer.warm()
+        if row.row is not None:
+            row.row[schema.ST_FEED_REQUEST_PORT] = server.port
+        sender.start_clock()
+        t_start = prog.t0 = time.monotonic()
+        row.publish(sender, total, schema.STATE_RUNNING)
+
+        def progress(done):
+            row.publish(sender, total)
+            prog.update(done)
+
+        res = itch_feed.send(stream, sender, packer, server, spec.faults, spec.rate, spec.speed, spec.count,
+                             lambda: _should_stop(spec, stop, t_start), progress, spec.linger_s)
+        for k, v in res["injected"].items():
+            sender.injected[k] += v
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        seconds = time.monotonic() - t_start
+        server.close()
+        sender.close()
+        row.publish(sender, total, schema.STATE_STOPPED)
+        row.close()
+        prog.close(sender.msgs)
+    return {"source": "itch", "file": spec.replay, "messages": sender.msgs, "packets": sender.packets_made,
+            "datagrams": sender.datagrams_sent, "send_errors": sender.send_errors, "injected": dict(sender.injected),
+            "retransmission": res.get("server", {}), "request_port": request_port, "session": session,
+            "captured": sender.capture.datagrams if sender.capture is not None else 0, "capture_file": spec.capture,
+            "seconds": round(seconds, 3), "msgs_per_s": round(sender.msgs / max(seconds, 1e-9)),
+            "interrupted": interrupted, "port": spec.port}
 
 
 def _chunk(rate: float) -> int:

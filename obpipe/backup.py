@@ -204,6 +204,17 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _store_spool(where: str) -> None:
+    """Rows a stopped recorder left in its spool go into the store before it is backed up
+    (the spool itself is not part of a backup)."""
+    from obpipe.ticks.spool import spool_dir, store_leftovers
+    from obpipe.ticks.store import TickStore
+
+    if os.path.exists(os.path.join(spool_dir(where), "id")):
+        with TickStore.open(where) as st:
+            store_leftovers(where, st)
+
+
 def backup(to: str | Path, ticks: str | None = None, stores=(), story=(), instance: str | None = None,
            say=_say) -> dict:
     """Back up the tick store at ``ticks`` (a directory, or None) and the SQLite files
@@ -257,6 +268,7 @@ def backup(to: str | Path, ticks: str | None = None, stores=(), story=(), instan
             taken_ns = time.time_ns()
             if kind == "ticks":
                 rel = "ticks"
+                _store_spool(str(src))
                 got = ticks_store.backup(str(src), str(dest / rel))
                 item = {"kind": kind, "source": str(src), "path": rel, "taken_ns": taken_ns,
                         "engine": {"chdb": got["chdb"], "clickhouse": got["clickhouse"]}, "tables": got["tables"]}

@@ -277,6 +277,38 @@ def cmd_lobster_check(a) -> int:
     return lobster.main(argv)
 
 
+def cmd_trace(a) -> int:
+    from obpipe.engine import trace as tr
+    from obpipe.feed_sim.capture import CaptureError, is_capture
+
+    try:
+        if is_capture(a.file):
+            cfg = _load(a.config)
+            if a.symbol is None:
+                raise tr.TraceError("--symbol is required for a capture (one of the config's [book] symbols)")
+            src = tr.from_capture(a.file, a.symbol, tuple(cfg.book.symbols), cfg.book.widths(), cfg.analysis.tick_size)
+        else:
+            src = tr.from_lobster(a.file, a.symbol, a.levels)
+        tr.trace(src, a.levels, csv=a.csv)
+    except (tr.TraceError, CaptureError, ValueError, OSError) as e:
+        print(f"obpipe trace: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # (piped into head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def cmd_itch(argv: list[str]) -> int:
+    """``obpipe itch dump FILE [--json] [--count N]``: decoded ITCH 5.0 messages."""
+    from obpipe.feed_sim import itch
+
+    try:
+        return itch.main(argv, prog="obpipe itch")
+    except (OSError, ValueError) as e:
+        print(f"obpipe itch: {e}", file=sys.stderr)
+        return 2
+
+
 def _add_feed_args(p, run: bool) -> None:
     p.add_argument("--start-ns", type=int, metavar="NS",
                    help="synthetic clock start, UTC epoch ns (default: now; same seed + start: same stream)")
@@ -379,6 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--width", type=int)
     lc.set_defaults(fn=cmd_lobster_check)
 
+    trc = sub.add_parser("trace", help="a symbol's top levels after every message of a file (LOBSTER, capture)")
+    trc.add_argument("file", help="a LOBSTER message CSV or a capture (.obcap)")
+    trc.add_argument("--symbol", help="the symbol to trace (a LOBSTER file's own ticker by default)")
+    trc.add_argument("--levels", type=int, default=5, help="levels per side (default 5)")
+    trc.add_argument("--csv", action="store_true", help="CSV (seq,ts_ns, then bid_px_k,bid_qty_k,ask_px_k,ask_qty_k); "
+                                                        "default: aligned columns")
+    trc.add_argument("--config", help="TOML config (a capture's symbols, ladder widths and tick size)")
+    trc.set_defaults(fn=cmd_trace)
+
     tk = sub.add_parser("ticks", help="a symbol's recorded quotes, trades, depth or bars from the tick store")
     tk.add_argument("symbol")
     tk.add_argument("--from", dest="from_", default="0", help="start: epoch ns, ISO 8601 (UTC unless it says), or "
@@ -460,13 +501,22 @@ def parse_time_ns(text: str, now_ns: int | None = None) -> int:
 def _tick_store(a):
     """The tick store named by --store, else the config's [ticks] where (else the
     instance's state directory), opened for reading."""
+    from obpipe.ticks.spool import store_leftovers
     from obpipe.ticks.store import TickStore
 
     cfg = _with_overrides(_load(a.config), a)
     where = a.store or cfgmod.ticks_where(cfg)
     if "://" not in where and not os.path.isdir(where):
         raise ValueError(f"{where}: no tick store (obpipe run with [ticks] enabled records one)")
-    return TickStore.open(where)
+    store = TickStore.open(where)
+    try:
+        n = store_leftovers(where, store)
+    except BaseException:
+        store.close()
+        raise
+    if n:
+        print(f"obpipe: stored {n:,} rows a stopped recorder had left in its spool", file=sys.stderr)
+    return store
 
 
 def _print_table(table, as_json: bool) -> None:
@@ -749,7 +799,7 @@ def cmd_backup(argv: list[str]) -> int:
 
 
 _PASS_THROUGH = {"book": cmd_book, "exchange": cmd_exchange, "exchange-client": cmd_exchange_client,
-                 "exchange-account": cmd_exchange_account,
+                 "exchange-account": cmd_exchange_account, "itch": cmd_itch,
                  "backup": lambda argv: cmd_backup(["backup", *argv]),
                  "restore": lambda argv: cmd_backup(["restore", *argv]),
                  **{n: (lambda argv, n=n: cmd_store(n, argv)) for n in ("orders", "fills", "positions", "store")}}
@@ -763,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         from obpipe.publisher import broker
 
         return broker.main(argv[1:])
-    if argv and argv[0] in ("orders", "fills", "positions"):
+    if argv and argv[0] in ("orders", "fills", "positions", "itch"):
         try:
             return _PASS_THROUGH[argv[0]](argv[1:])
         except BrokenPipeError:  # (piped into head: the reader has what it wanted)

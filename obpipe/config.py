@@ -33,6 +33,7 @@ class BookConfig:
     event_depth_ticks: int = 10  # events carry the lots within this many ticks of each best (1..16)
     max_batch: int = 1024  # messages applied per batch (one snapshot per symbol per batch)
     uncross: bool = False  # an add crossing the other side removes the stale levels it crosses (on for LOBSTER replays)
+    l3_orders: int = 1 << 22  # live orders the per-order book holds (ITCH input; docs/L3BOOK.md); more are counted
 
     def widths(self) -> list[int]:
         return [self.ladder_width_by_symbol.get(s, self.ladder_width) for s in self.symbols]
@@ -95,6 +96,14 @@ class RxConfig:
     # a new session's first packet (seq 1) from an allowed source switches rx to it (a
     # restarted external feed); false: a new session needs a restart of obpipe
     accept_new_session: bool = False
+    # "obpipe": obpipe's own datagrams into the aggregated book; "moldudp64": Nasdaq ITCH 5.0
+    # in MoldUDP64 packets into the per-order book, gaps requested and healed (an ITCH
+    # replay sets it); [book] symbols then name the stocks selected (docs/ITCH.md)
+    protocol: str = "obpipe"
+    request_port: int = 0  # moldudp64: the feed's retransmission request port (0: the feed obpipe starts)
+    mold_hold: int = 1 << 19  # moldudp64: messages that may wait for a gap to be filled (a power of two)
+    mold_timeout_ms: float = 25.0  # moldudp64: ask again after this long without an answer
+    mold_retries: int = 16  # moldudp64: requests after the first before a gap is declared lost
 
     def sources(self) -> tuple[tuple[str, int], ...]:
         """``allow_sources`` as (host, port) pairs (port 0: any)."""
@@ -199,6 +208,8 @@ class TicksConfig:
     flush_rows: int = 65_536  # insert when this many rows are buffered ...
     flush_ms: float = 1000.0  # ... or when the oldest is this old (and at stop)
     depth_interval_ms: float = 100.0  # top levels per symbol this often, from the snapshots (0: no depth)
+    live_max_events_per_s: float = 200_000.0  # store during the run only while events come slower (else: spool) ...
+    spool_max_mb: float = 2048.0  # ... or while the spool holds more than this (ticks/spool.py)
     quotes_days: int = 90  # retention (ClickHouse TTL) per table
     trades_days: int = 365
     depth_days: int = 90
@@ -277,6 +288,8 @@ def _validate(c: Config) -> None:
         bad("book.event_depth_ticks", f"must be 1..16 ticks, got {b.event_depth_ticks}")
     if not 1 <= b.max_batch <= 1 << 20:
         bad("book.max_batch", f"must be 1..{1 << 20}, got {b.max_batch}")
+    if not 1 << 10 <= b.l3_orders <= 1 << 28:
+        bad("book.l3_orders", f"must be {1 << 10}..{1 << 28} orders, got {b.l3_orders}")
     for k in ("md_capacity", "events_capacity", "signals_capacity"):
         v = getattr(c.rings, k)
         if not _pow2(v) or v > 1 << 24:
@@ -336,6 +349,16 @@ def _validate_rx(r: RxConfig, bad) -> None:
         bad("rx.max_seq_jump", f"must be 1..{1 << 48} messages, got {r.max_seq_jump}")
     if not 0 <= r.resync_packets <= 1 << 20:
         bad("rx.resync_packets", f"must be 0 (never) .. {1 << 20}, got {r.resync_packets}")
+    if r.protocol not in ("obpipe", "moldudp64"):
+        bad("rx.protocol", f"must be \"obpipe\" or \"moldudp64\", got {r.protocol!r}")
+    if not 0 <= r.request_port <= 65535:
+        bad("rx.request_port", f"must be 0..65535, got {r.request_port}")
+    if not (1 << 10 <= r.mold_hold <= 1 << 24) or r.mold_hold & (r.mold_hold - 1):
+        bad("rx.mold_hold", f"must be a power of two 1024..{1 << 24}, got {r.mold_hold}")
+    if not 1 <= r.mold_timeout_ms <= 10_000:
+        bad("rx.mold_timeout_ms", f"must be 1..10000 ms, got {r.mold_timeout_ms}")
+    if not 0 <= r.mold_retries <= 1000:
+        bad("rx.mold_retries", f"must be 0..1000, got {r.mold_retries}")
 
 
 def _validate_analysis(a: AnalysisConfig, bad) -> None:
@@ -425,6 +448,10 @@ def _validate_ticks(t: TicksConfig, bad) -> None:
         bad("ticks.flush_rows", f"must be 1..16777216, got {t.flush_rows}")
     if not (math.isfinite(t.flush_ms) and 1 <= t.flush_ms <= 600_000):
         bad("ticks.flush_ms", f"must be 1..600000 ms, got {t.flush_ms}")
+    if not (math.isfinite(t.live_max_events_per_s) and t.live_max_events_per_s >= 0):
+        bad("ticks.live_max_events_per_s", f"must be >= 0 events/s (0: store only at the stop), got {t.live_max_events_per_s}")
+    if not (math.isfinite(t.spool_max_mb) and t.spool_max_mb > 0):
+        bad("ticks.spool_max_mb", f"must be > 0 MB, got {t.spool_max_mb}")
     if not (math.isfinite(t.depth_interval_ms) and (t.depth_interval_ms == 0 or 1 <= t.depth_interval_ms <= 3_600_000)):
         bad("ticks.depth_interval_ms", f"must be 0 (no depth) or 1..3600000 ms, got {t.depth_interval_ms}")
     for k in ("quotes_days", "trades_days", "depth_days"):

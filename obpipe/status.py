@@ -186,7 +186,7 @@ def snapshot_dict(r) -> dict:
         "last_trade_px_tick": _px(r["last_trade_px_tick"]), "last_trade_qty": int(r["last_trade_qty"]),
         "last_trade_side": int(r["last_trade_side"]), "msgs_applied": int(r["msgs_applied"]),
         "seq": int(r["seq"]), "ts_exch_ns": int(r["ts_exch_ns"]), "ts_apply_ns": int(r["ts_apply_ns"]),
-        "version": int(r["version"]),
+        "version": int(r["version"]), "stale": bool(r["stale"]),
         "bids": [[int(p), int(q)] for p, q in zip(r["bid_px"][:n], r["bid_lvl_qty"][:n]) if int(p) != schema.NO_PX],
         "asks": [[int(p), int(q)] for p, q in zip(r["ask_px"][:n], r["ask_lvl_qty"][:n]) if int(p) != schema.NO_PX],
     }
@@ -271,5 +271,6 @@ def render(d: dict, levels: int = 3) -> str:
         last = f"{s['last_trade_qty']}@{s['last_trade_px_tick']}" if s["last_trade_px_tick"] is not None else "-"
         imb = f"{s['imbalance']:+.2f}" if s["imbalance"] is not None else "-"
         spread = s["spread_tick"] if s["spread_tick"] is not None else "-"
-        lines.append(f"  {name:<8}{bid:>16}{ask:>16}{spread!s:>8}{imb:>8}{last:>18}{s['msgs_applied']:>14,}")
+        lines.append(f"  {name:<8}{bid:>16}{ask:>16}{spread!s:>8}{imb:>8}{last:>18}{s['msgs_applied']:>14,}"
+                     + ("  STALE (messages lost)" if s.get("stale") else ""))
     return "\n".join(lines)

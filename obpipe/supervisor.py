@@ -53,6 +53,7 @@ from obpipe.engine import book_writer, lobster, rx
 from obpipe.exchange import server as exchange_server
 from obpipe.feed_sim import capture as capmod
 from obpipe.feed_sim import feed as feedmod
+from obpipe.feed_sim import moldudp64 as MS
 from obpipe.feed_sim import wire_kernels as WK
 from obpipe.feed_sim.wire import Faults
 from obpipe.publisher import process as publisher_proc
@@ -96,6 +97,12 @@ class RunOptions:
     quiet: bool = False
 
 
+def md_dtype(cfg: Config) -> np.dtype:
+    """The md ring's records: per-order (``MD_L3_DTYPE``) for ITCH in MoldUDP64, else
+    the aggregated ``MD_DTYPE``."""
+    return schema.MD_L3_DTYPE if cfg.rx.protocol == "moldudp64" else schema.MD_DTYPE
+
+
 class _Segments:
     """Every segment of one instance; unlinks them all on close."""
 
@@ -104,7 +111,7 @@ class _Segments:
         self.items = []
         try:
             self.stats = self._add(StatsBlock.create(inst))
-            self.md = self._add(Ring.create(inst, "md", schema.MD_DTYPE, cfg.rings.md_capacity))
+            self.md = self._add(Ring.create(inst, "md", md_dtype(cfg), cfg.rings.md_capacity))
             self.events = self._add(Ring.create(inst, "events", schema.EVENT_DTYPE, cfg.rings.events_capacity))
             self.snaps = self._add(SnapshotRegion.create(inst, "snap", len(cfg.book.symbols),
                                                          cfg.book.snapshot_levels))
@@ -217,7 +224,8 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         r.start_redis(cores.publisher)
         specs = specs_from_config(cfg, opts, cores, session=session, allow=allow, src_port=r.src_port(),
                                   bootstrap=r.bootstrap or "", lobster_md=lobster_md, symbol=symbol,
-                                  redis_url=r.redis_url or "")
+                                  redis_url=r.redis_url or "", request_port=r.request_port(),
+                                  day_ns=_itch_day(opts))
         r.trap_signals()
         if r.start_parts(specs):
             r.start_feed(specs.at_port(r.rx_port()))
@@ -302,13 +310,15 @@ def _duration_s(cfg: Config, opts: RunOptions) -> float:
 
 def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placement(), *, session: int = 0,
                       allow: tuple[tuple[str, int], ...] = (), src_port: int = 0, bootstrap: str = "",
-                      lobster_md: np.ndarray | None = None, symbol: int = 0, redis_url: str = "") -> Specs:
+                      lobster_md: np.ndarray | None = None, symbol: int = 0, redis_url: str = "",
+                      request_port: int = 0, day_ns: int = 0) -> Specs:
     """Every child's spec from the config and the command line: the one place where the
     config becomes process specs (no child sees the ``Config``).  What the run decided
     before comes as arguments: admission (``session``, ``allow``, the feed's reserved
     ``src_port``; ``_admission``), the Kafka ``bootstrap`` (``_Run.start_broker``) and a
-    LOBSTER replay's loaded ``lobster_md`` and ``symbol`` (``_replay_settings``), and the Redis
-    written to (``redis_url``; ``_Run.start_redis``).  rx's port is known once it runs:
+    LOBSTER replay's loaded ``lobster_md`` and ``symbol`` (``_replay_settings``), the Redis
+    written to (``redis_url``; ``_Run.start_redis``), and for ITCH in MoldUDP64 the feed's
+    retransmission ``request_port`` and the session's ``day_ns``.  rx's port is known once it runs:
     ``Specs.at_port``."""
     inst, pid, n_symbols = cfg.instance.name, os.getpid(), len(cfg.book.symbols)
     b = cfg.backoff
@@ -316,11 +326,16 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
     bk = cfg.book
     book = book_writer.BookWriterSpec(
         instance=inst, widths=tuple(bk.widths()), n_levels=bk.snapshot_levels, depth_ticks=bk.event_depth_ticks,
-        max_batch=bk.max_batch, uncross=bk.uncross, backoff=backoff, cores=cores.book, parent_pid=pid)
+        max_batch=bk.max_batch, uncross=bk.uncross, backoff=backoff, cores=cores.book, parent_pid=pid,
+        l3_orders=bk.l3_orders if cfg.rx.protocol == "moldudp64" else 0)
     r = cfg.rx
-    rx_spec = rx.RxSpec(inst, port=0, backoff=backoff, cores=cores.rx, parent_pid=pid, session=session, allow=allow,
-                        max_seq_jump=r.max_seq_jump, resync_packets=r.resync_packets,
-                        accept_new_session=r.accept_new_session)
+    mold = r.protocol == "moldudp64"
+    rx_spec = rx.RxSpec(inst, port=0, backoff=backoff, cores=cores.rx, parent_pid=pid,
+                        session=0 if mold else session, allow=allow, max_seq_jump=r.max_seq_jump,
+                        resync_packets=r.resync_packets, accept_new_session=r.accept_new_session,
+                        protocol=r.protocol, request_port=request_port or r.request_port, symbols=tuple(bk.symbols),
+                        tick_divisor=round(cfg.analysis.tick_size * 10_000), day_ns=day_ns, mold_hold=r.mold_hold,
+                        mold_timeout_ms=r.mold_timeout_ms, mold_retries=r.mold_retries)
     a = cfg.analysis
     analysis = analysis_proc.AnalysisSpec(
         instance=inst, n_symbols=n_symbols, params=analysis_proc.params(a), max_batch=a.max_batch,
@@ -330,6 +345,7 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
     ticks = tick_recorder.RecorderSpec(
         instance=inst, symbols=tuple(bk.symbols), where=cfgmod.ticks_where(cfg),
         flush_rows=tk.flush_rows, flush_ms=tk.flush_ms, depth_interval_ms=tk.depth_interval_ms,
+        live_max_events_per_s=tk.live_max_events_per_s, spool_max_mb=tk.spool_max_mb,
         retention_days=(("quotes", tk.quotes_days), ("trades", tk.trades_days), ("depth", tk.depth_days)),
         cores=cores.publisher, background=cfg.pinning.background_idle,
         parent_pid=pid) if tk.enabled and a.enabled else None
@@ -364,7 +380,7 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
             seed=cfg.run.seed if opts.seed is None else opts.seed, start_ns=cfg.run.start_ns, n_symbols=n_symbols,
             symbol=symbol, faults=opts.faults, capture=opts.capture, session=session, src_port=src_port,
             instance=inst, cores=cores.feed, parent_pid=pid, lobster_md=lobster_md,
-            lobster_loader=lobster.load_lobster)
+            lobster_loader=lobster.load_lobster, request_port=request_port)
     return Specs(book=book, rx=rx_spec, analysis=analysis, publisher=publisher, feed=feed, redis=redis, ticks=ticks)
 
 
@@ -387,6 +403,7 @@ class _Run:
         self.redis_server: EmbeddedRedis | None = None
         self.redis_url: str | None = None  # the Redis written to (None: none)
         self.src_sock: socket.socket | None = None
+        self._request_port = 0
         self.interrupted: list[int] = []  # non-empty once SIGINT or SIGTERM came
         self.old_handlers: dict = {}
         self.meter: dict = {}  # the CPU window: see supervise()
@@ -396,6 +413,19 @@ class _Run:
         """Who rx admits (``_admission``): the feed's session and the allowed sources."""
         session, self.src_sock, allow = _admission(self.cfg, self.opts)
         return session, allow
+
+    def request_port(self) -> int:
+        """moldudp64 with the feed obpipe starts: a free port on 127.0.0.1 for its
+        retransmission requests (``[rx] request_port`` if set); else 0."""
+        if self.cfg.rx.protocol != "moldudp64" or self.opts.no_feed:
+            return 0
+        if self.cfg.rx.request_port:
+            return self.cfg.rx.request_port
+        if not self._request_port:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sk:
+                sk.bind(("127.0.0.1", 0))
+                self._request_port = sk.getsockname()[1]
+        return self._request_port
 
     def src_port(self) -> int:
         """The UDP port reserved for the feed to send from (0: none reserved)."""
@@ -565,8 +595,14 @@ class _Run:
         segs, writer, rxc = self.segs, self.writer, self.rxc
         rx_row, feed_row = segs.stats.row(ROW_RX), segs.stats.row(ROW_FEED)
         t_drain = time.monotonic()
+        if self.cfg.rx.protocol == "moldudp64":  # every message delivered or declared lost
+            def behind():
+                return rx_row[schema.RX_MOLD_BASE + MS.S_NEXT] <= feed_row[schema.ST_FEED_SENT]
+        else:
+            def behind():
+                return rx_row[schema.RX_TRACKER_BASE + WK.T_PACKETS] < feed_row[schema.ST_FEED_DATAGRAMS]
         while time.monotonic() - t_drain < 10 and writer.proc.is_alive() and rxc.proc.is_alive() and (
-                rx_row[schema.RX_TRACKER_BASE + WK.T_PACKETS] < feed_row[schema.ST_FEED_DATAGRAMS] or len(segs.md)):
+                behind() or len(segs.md)):
             _stand_in(segs, self.analysis, self.publisher)
             time.sleep(0.01)
         self.stop.set()
@@ -584,9 +620,28 @@ class _Run:
                 # "SCHED_IDLE only while the book writer runs")
                 background_priority(False, c.proc.pid)
             ev_.set()
-            if c is not None:
+            if c is self.ticks and c is not None:
+                self._join_recorder(c)
+            elif c is not None:
                 c.proc.join(30 + (self.cfg.kafka.flush_timeout_s if c is self.publisher else 0))
             _stand_in(self.segs, self.analysis, self.publisher)
+
+    def _join_recorder(self, c) -> None:
+        """Wait for the recorder while it stores its spool: as long as the spool shrinks
+        (30 s without progress ends the wait; what is left stays in the spool, stored by the
+        next run or ``obpipe ticks``)."""
+        row = self.segs.stats.row(ROW_TICKS)
+        last, t_last, said = int(row[schema.ST_TK_PENDING]), time.monotonic(), False
+        while c.proc.is_alive():
+            c.proc.join(0.5)
+            p = int(row[schema.ST_TK_PENDING])
+            if p < last:
+                last, t_last = p, time.monotonic()
+            elif time.monotonic() - t_last > 30:
+                break
+            if p > 1_000_000 and not said:
+                _say(self.opts, f"obpipe: storing {p:,} recorded ticks; killed, they stay in the spool for the next run")
+                said = True
 
     def report(self, rc: int) -> None:
         """Print the final stats (JSON on stdout with ``--json``, else the table)."""
@@ -672,6 +727,30 @@ def _admission(cfg: Config, opts: RunOptions) -> tuple[int, socket.socket | None
     return session, sock, allow
 
 
+def _itch_day(opts: RunOptions) -> int:
+    """An ITCH replay's session day (UTC epoch ns of its midnight in New York) from the
+    file's name (e.g. 01302019.NASDAQ_ITCH50.gz); 0: not known (rx takes today's)."""
+    if opts.replay is None or not feedmod.is_itch(opts.replay):
+        return 0
+    from obpipe.feed_sim import itch
+
+    return itch.file_day_ns(opts.replay) or 0
+
+
+def _itch_settings(cfg: Config, opts: RunOptions) -> Config:
+    """An ITCH replay runs rx in moldudp64 mode into the per-order book, on the stocks
+    ``--symbol A,B,...`` names (else ``[book] symbols``)."""
+    names = tuple(x for x in str(opts.symbol).split(",") if x) if opts.symbol is not None else cfg.book.symbols
+    if not names:
+        raise ValueError("--symbol: name the stocks to follow (e.g. --symbol AAPL,MSFT)")
+    w = {k: v for k, v in cfg.book.ladder_width_by_symbol.items() if k in names}
+    try:
+        return cfgmod.replace(cfg, rx={"protocol": "moldudp64"},
+                              book={"symbols": list(names), "ladder_width_by_symbol": w})
+    except cfgmod.ConfigError as e:
+        raise ValueError(f"--symbol {opts.symbol}: {e}") from None
+
+
 def _replay_symbol(cfg: Config, opts: RunOptions) -> tuple[Config, int]:
     """The symbol index a LOBSTER replay's messages carry, and the config naming it:
     ``--symbol`` as an index, or as a name (one of ``[book] symbols``, else the only
@@ -705,6 +784,8 @@ def _replay_settings(cfg: Config, opts: RunOptions) -> tuple[Config, np.ndarray 
     file has no message for an order cancelled away from the top N levels, so such a
     level stays in the book and, once the market moves through it, crosses it (without
     the order-book file beside it to correct the top; ``lobster.load_lobster``)."""
+    if opts.replay is not None and feedmod.is_itch(opts.replay) and not opts.no_feed:
+        return _itch_settings(cfg, opts), None, 0
     if opts.replay is None or opts.no_feed or opts.source == "exchange" or capmod.is_capture(opts.replay) \
             or not os.path.isfile(opts.replay):
         return cfg, None, opts.symbol if isinstance(opts.symbol, int) else 0

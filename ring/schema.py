@@ -17,7 +17,7 @@ import numpy as np
 #: Magic number at offset 0 of every obpipe segment: b"OBPIPE\x00\x01" little-endian.
 SEG_MAGIC = int.from_bytes(b"OBPIPE\x00\x01", "little")
 #: Bumped whenever any layout in this module changes incompatibly.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 #: Prefix of every segment name: ``/obpipe.<instance>.<part>``.
 SEG_PREFIX = "obpipe"
 
@@ -133,6 +133,11 @@ L3_REPLACE = 21  # order ``ref`` replaced by ``new_ref`` at px_tick for qty, sam
 L3_TRADE = 22  # a trade against a hidden order: symbol, side (resting side), px_tick, qty (ITCH P)
 L3_CROSS = 23  # a cross trade: symbol, px_tick, qty (ITCH Q); side SIDE_NONE_L3
 L3_CLEAR = 24  # forget every order of ``symbol`` and clear its book (a rebuild)
+#: Messages were lost before this point (a gap the feed could not fill): the books of
+#: ``symbol`` (SYMBOL_ALL: every symbol) are stale, wrong from here on, until cleared.
+L3_STALE = 25
+#: ``MD_L3_DTYPE.symbol`` meaning every symbol (L3_STALE).
+SYMBOL_ALL = 0xFFFF
 L3_KIND_NAMES = {
     L3_ADD: "add",
     L3_EXEC: "exec",
@@ -143,6 +148,7 @@ L3_KIND_NAMES = {
     L3_TRADE: "trade",
     L3_CROSS: "cross",
     L3_CLEAR: "clear",
+    L3_STALE: "stale",
 }
 #: ``MD_L3_DTYPE.side`` of a cross trade (no resting side).
 SIDE_NONE_L3 = 2
@@ -383,6 +389,7 @@ def snapshot_dtype(n_levels: int) -> np.dtype:
             ("ts_apply_ns", "<i8"),  # CLOCK_MONOTONIC of the batch that applied it
             ("version", "<i8"),  # snapshot publications of this symbol so far
             ("n_levels", "<i8"),  # levels per side in this layout
+            ("stale", "<i8"),  # 1: messages were lost (a gap not healed): the book may be wrong until cleared
             ("bid_px", "<i8", (n_levels,)),  # top-N bids, best first; NO_PX padding
             ("bid_lvl_qty", "<i8", (n_levels,)),
             ("ask_px", "<i8", (n_levels,)),  # top-N asks, best first; NO_PX padding
@@ -412,9 +419,10 @@ SW_TS_EXCH = 13
 SW_TS_APPLY = 14
 SW_VERSION = 15
 SW_N_LEVELS = 16
+SW_STALE = 17
 #: Scalar words before the level arrays: bid_px[N], bid_lvl_qty[N], ask_px[N],
 #: ask_lvl_qty[N] follow, then ``check`` at word ``SNAP_HEADER_WORDS + 4 * N``.
-SNAP_HEADER_WORDS = 17
+SNAP_HEADER_WORDS = 18
 
 #: Byte offset of the first snapshot slot in a snapshot segment.
 SNAP_DATA_OFFSET = 128
@@ -437,7 +445,7 @@ for _name, _w in (("bid_px_tick", SW_BID_PX), ("bid_qty", SW_BID_QTY), ("ask_px_
                   ("last_trade_px_tick", SW_LAST_PX), ("last_trade_qty", SW_LAST_QTY),
                   ("last_trade_side", SW_LAST_SIDE), ("msgs_applied", SW_MSGS), ("seq", SW_SEQ),
                   ("ts_exch_ns", SW_TS_EXCH), ("ts_apply_ns", SW_TS_APPLY), ("version", SW_VERSION),
-                  ("n_levels", SW_N_LEVELS)):
+                  ("n_levels", SW_N_LEVELS), ("stale", SW_STALE)):
     assert _s.fields[_name][1] == _w * 8, _name
 
 # --- UDP wire protocol (docs/PROTOCOL.md) ----------------------------------------------
@@ -592,8 +600,8 @@ MAX_ORDER_QTY = (1 << 32) - 1
 
 # --- stats block ---------------------------------------------------------------------
 
-#: Counters per stats row: 32 int64 = 4 cache lines, written only by the row's owner.
-STATS_WORDS = 32
+#: Counters per stats row: 128 int64 = 16 cache lines, written only by the row's owner.
+STATS_WORDS = 128
 STATS_DATA_OFFSET = 64
 
 #: Common words of every row.
@@ -664,6 +672,19 @@ ST_RX_PORT = RX_TRACKER_BASE + RX_TRACKER_WORDS
 #: rx row: datagrams the kernel dropped for rx's socket (receive queue full), -1 unknown.
 ST_RX_KERNEL_DROPS = ST_RX_PORT + 1
 assert ST_RX_PORT == 28 and ST_RX_KERNEL_DROPS < STATS_WORDS  # (docs/PROTOCOL.md "Stats block" gives the words)
+#: rx row, ``[rx] protocol = "moldudp64"``: the MoldUDP64 receiver's state words
+#: (``obpipe.feed_sim.moldudp64`` S_*, RX_MOLD_WORDS of them) and the ITCH decoder's
+#: counters (``obpipe.feed_sim.itch`` counters, RX_ITCH_WORDS), copied by rx after each
+#: loop turn; then rx's own.
+RX_MOLD_BASE = ST_RX_KERNEL_DROPS + 1
+RX_MOLD_WORDS = 56
+RX_ITCH_BASE = RX_MOLD_BASE + RX_MOLD_WORDS
+RX_ITCH_WORDS = 39
+ST_RX_RING_WAITS = 125  # turns that found the md ring full (decoding waited; nothing dropped)
+ST_RX_STALE_MARKS = 126  # lost ranges: every book marked stale at that point
+ST_RX_PROTOCOL = 127  # RX_PROTO_* of the rx that owns the row
+RX_PROTO_OBPIPE, RX_PROTO_MOLDUDP64 = 1, 2
+assert RX_ITCH_BASE + RX_ITCH_WORDS <= ST_RX_RING_WAITS and ST_RX_PROTOCOL < STATS_WORDS
 #: Feed row (the feed process: synthetic flow or a replay, sent over UDP).
 ST_FEED_SENT = 4  # messages sent
 ST_FEED_DATAGRAMS = 5  # datagrams sent (faults included)
@@ -676,6 +697,7 @@ ST_FEED_CAPTURED = 22  # datagrams written to the capture file
 ST_FEED_T0_NS = 23  # CLOCK_MONOTONIC when pacing started (after the kernels were loaded)
 ST_FEED_T1_NS = 24  # CLOCK_MONOTONIC after the last send so far
 ST_FEED_CPU_NS = 25  # the feed process's own CPU time (user + system) so far
+ST_FEED_REQUEST_PORT = 26  # an ITCH feed's MoldUDP64 retransmission request port (127.0.0.1)
 FEED_INJECTED_NAMES = ("drop", "duplicate", "reorder", "truncate", "corrupt", "bad_magic", "bad_version")
 FEED_EXPECTED_NAMES = ("gap_messages", "duplicates", "out_of_order", "malformed", "late_messages", "delivered")
 #: Analysis row (written by the analysis kernel in place).
@@ -734,16 +756,17 @@ ST_TK_TRADES = 6  # trade rows stored
 ST_TK_DEPTH = 7  # depth rows stored
 ST_TK_FLUSHES = 8  # inserts done
 ST_TK_ERRORS = 9  # inserts that failed (the rows are kept and retried)
-ST_TK_PENDING = 10  # rows taken but not stored yet (what a kill would lose)
-ST_TK_LOST = 11  # rows a previous, killed recorder had pending (counted at the restart)
+ST_TK_PENDING = 10  # rows taken but not stored yet (in the spool, ticks/spool.py)
+ST_TK_LOST = 11  # rows a previous, killed recorder had taken but not spooled (counted at the restart)
 ST_TK_BAD_SYMBOL = 12  # events of a symbol index the config does not name (skipped)
 ST_TK_DEPTH_TAKEN = 13  # depth rows sampled from the snapshots (stored, pending or lost)
 ST_TK_BASE = 14  # words 14..16: the store's quotes, trades, depth rows when this run's first recorder
 #                   started, and word 17 = 1 once they are set (a restarted recorder finds what its
 #                   killed predecessor's last insert stored, and counts only the rest as lost)
+ST_TK_SPOOLED = 18  # rows (events, depth) written to the spool
 TICKS_STAT_NAMES = {ST_TK_EVENTS: "events", ST_TK_QUOTES: "quotes", ST_TK_TRADES: "trades", ST_TK_DEPTH: "depth",
                     ST_TK_FLUSHES: "flushes", ST_TK_ERRORS: "errors", ST_TK_PENDING: "pending",
-                    ST_TK_LOST: "lost_at_restart", ST_TK_BAD_SYMBOL: "bad_symbol", ST_TK_DEPTH_TAKEN: "depth_taken"}
+                    ST_TK_LOST: "lost_at_restart", ST_TK_BAD_SYMBOL: "bad_symbol", ST_TK_DEPTH_TAKEN: "depth_taken", ST_TK_SPOOLED: "spooled"}
 #: Supervisor row.
 ST_SUP_EVENTS_READ = 4  # events drained from the events ring while no analysis process runs
 ST_SUP_OUT_DISCARDED = 7  # signals-ring records drained while no publisher runs ([kafka] enabled = false)
@@ -753,7 +776,8 @@ ST_SUP_RESTARTS = 5  # children restarted (restartable parts only)
 ST_SUP_STALE_KILLS = 6  # children killed because their heartbeat went stale
 FEED_STAT_NAMES = {ST_FEED_SENT: "sent", ST_FEED_DATAGRAMS: "datagrams", ST_FEED_PACKETS: "packets",
                    ST_FEED_SEND_ERRORS: "send_errors", ST_FEED_TOTAL: "total", ST_FEED_CAPTURED: "captured",
-                   ST_FEED_T0_NS: "t0_ns", ST_FEED_T1_NS: "t1_ns", ST_FEED_CPU_NS: "cpu_ns"}
+                   ST_FEED_T0_NS: "t0_ns", ST_FEED_T1_NS: "t1_ns", ST_FEED_CPU_NS: "cpu_ns",
+                   ST_FEED_REQUEST_PORT: "request_port"}
 SUP_STAT_NAMES = {ST_SUP_EVENTS_READ: "events_read", ST_SUP_RESTARTS: "restarts", ST_SUP_STALE_KILLS: "stale_kills",
                   ST_SUP_OUT_DISCARDED: "signals_discarded", ST_SUP_KAFKA_PORT: "kafka_port",
                   ST_SUP_REDIS_PID: "redis_pid"}

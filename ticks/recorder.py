@@ -8,14 +8,20 @@ and counts (``ticks_dropped`` in the analysis row), never the book.  Depth: ever
 ``depth_interval_ms`` the top levels of each symbol whose snapshot changed, read from
 the book's seqlock snapshots.
 
-Rows are buffered and inserted in batches (``flush_rows`` or ``flush_ms``, and at
-stop).  ``pending`` in its stats row is what a kill would lose; a restarted recorder
-adds what its predecessor had pending to ``lost_at_restart`` and says so.
+Every batch taken goes to the spool at once (``ticks/spool.py``: a copy and a write, so
+the recorder keeps up at any rate the analysis does).  Rows move from the spool into the
+store in chunks (``flush_rows``, or ``flush_ms`` after the oldest) while the events come
+slower than ``live_max_events_per_s``, or the spool is over ``spool_max_mb``; faster
+than that the inserts (about a core at 0.5M rows/s) would take the CPU the pipeline
+needs, so they wait for the flow to slow down or for the stop.  ``pending`` in its stats
+row is what the spool holds; a restarted recorder counts what its killed predecessor had
+taken but not spooled in ``lost_at_restart`` and says so.
 """
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -25,7 +31,8 @@ from obpipe.ring import schema as sc
 from obpipe.ring.runtime import child_setup, claim_row, mark_running
 from obpipe.ring.snapshot import SnapshotRegion
 from obpipe.ring.spsc import Ring
-from obpipe.ring.stats import ROW_TICKS
+from obpipe.ring.stats import ROW_ANALYSIS, ROW_TICKS
+from obpipe.ticks.spool import EVENTS, Spool, depth_dtype, spool_dir, store_leftovers
 
 
 @dataclass(frozen=True)
@@ -35,51 +42,75 @@ class RecorderSpec:
     instance: str
     symbols: tuple[str, ...]
     where: str  # the store: a directory (embedded ClickHouse) or a server URL
-    flush_rows: int = 65_536  # insert when this many rows are buffered ...
-    flush_ms: float = 1000.0  # ... or when the oldest buffered row is this old
+    flush_rows: int = 65_536  # insert when this many rows are pending ...
+    flush_ms: float = 1000.0  # ... or when the oldest pending row is this old
     depth_interval_ms: float = 100.0  # top levels per symbol this often (0: no depth)
     retention_days: tuple[tuple[str, int], ...] = ()  # (table, days)
+    live_max_events_per_s: float = 200_000.0  # store while running only below this event rate ...
+    spool_max_mb: float = 2048.0  # ... or when the spool holds more than this
     cores: tuple[int, ...] = ()
     background: bool = False  # SCHED_IDLE once ready (like the analysis)
     parent_pid: int = 0
 
 
 class Recorder:
-    """Buffers events and depth rows and inserts them; ``poll`` does one turn."""
+    """Takes events and depth into the spool (``take``) and moves them into the store
+    (``store_chunk``)."""
 
-    def __init__(self, spec: RecorderSpec, ring: Ring, snaps: SnapshotRegion | None, store, row, log):
+    def __init__(self, spec: RecorderSpec, ring: Ring, snaps: SnapshotRegion | None, store, row, log,
+                 spool: Spool, base: tuple[int, int, int], an_row=None):
         self.spec, self.ring, self.snaps, self.store, self.row, self.log = spec, ring, snaps, store, row, log
+        self.spool, self.base = spool, base
         self.buf = np.empty(max(spec.flush_rows, 1024), sc.EVENT_DTYPE)
-        self.n = 0
-        self.oldest = 0.0  # monotonic time of the oldest buffered row
-        self.depth_rows: list[tuple] = []
-        self.versions = [-1] * (snaps.n_slots if snaps is not None else 0)
+        n_slots = min(snaps.n_slots, len(spec.symbols)) if snaps is not None else 0
+        self.dkind = f"depth{snaps.n_levels}" if snaps is not None else ""
+        self.dbuf = np.zeros(n_slots, depth_dtype(snaps.n_levels)) if n_slots else None
+        self.versions = [-1] * n_slots
         self.next_depth = 0.0
         self.backoff_until = 0.0
+        self.lock = threading.Lock()  # (pending, oldest and the row's pending word: both threads)
+        self.pending = spool.pending()
+        self.oldest = time.monotonic() if self.pending else 0.0  # when the oldest pending row was taken
+        self.halt = threading.Event()
+        self.inserter: threading.Thread | None = None
+        # the events' rate: what the analysis relays to the ring, taken or not (a recorder that
+        # gives way takes less than comes), over the last half second or so
+        self.an_row = an_row
+        self.rate = 0.0
+        self._rate_t, self._rate_n = time.monotonic(), self._relayed()
 
-    def poll(self, now: float) -> int:
-        """Take what the ring has (up to the buffer's room), sample depth when due,
-        insert when a bound is reached; returns events taken."""
-        k = self.ring.pop(self.buf[self.n:]) if self.n < len(self.buf) else 0
+    def take(self, now: float) -> int:
+        """Take what the ring has into the spool, and sample depth when due; returns
+        events taken."""
+        k = self.ring.pop(self.buf)
         if k:
-            if self.n == 0:
-                self.oldest = now
-            self.n += k
+            self.spool.append(EVENTS, self.buf[:k])
+            self._taken(now, k)
             self.row[sc.ST_TK_EVENTS] += k
-        if self.snaps is not None and self.spec.depth_interval_ms > 0 and now >= self.next_depth:
-            self._sample_depth()
+        if self.dbuf is not None and self.spec.depth_interval_ms > 0 and now >= self.next_depth:
+            self.sample_depth(now)
             self.next_depth = now + self.spec.depth_interval_ms / 1000
-        pending = self.n + len(self.depth_rows)
-        self.row[sc.ST_TK_PENDING] = pending
-        if pending and now >= self.backoff_until and (
-                self.n >= self.spec.flush_rows or now - self.oldest >= self.spec.flush_ms / 1000
-                or len(self.depth_rows) >= self.spec.flush_rows):
-            self.flush()
+        if now - self._rate_t >= 0.5:
+            n = self._relayed()
+            self.rate = (n - self._rate_n) / (now - self._rate_t)
+            self._rate_t, self._rate_n = now, n
         return k
 
-    def _sample_depth(self) -> None:
-        ts = time.time_ns()
-        for i in range(min(self.snaps.n_slots, len(self.spec.symbols))):
+    def _relayed(self) -> int:
+        r = self.an_row
+        return 0 if r is None else int(r[sc.ST_AN_RELAYED] + r[sc.ST_AN_RELAY_DROPS])
+
+    def _taken(self, now: float, n: int) -> None:
+        self.row[sc.ST_TK_SPOOLED] += n
+        with self.lock:
+            if not self.pending:
+                self.oldest = now
+            self.pending += n
+            self.row[sc.ST_TK_PENDING] = self.pending
+
+    def sample_depth(self, now: float) -> None:
+        ts, m, d = time.time_ns(), 0, self.dbuf
+        for i in range(len(self.versions)):
             try:
                 r = self.snaps.read(i, max_tries=100_000)
             except TimeoutError:
@@ -88,44 +119,74 @@ class Recorder:
             if v == self.versions[i] or int(r["msgs_applied"]) == 0:
                 continue
             self.versions[i] = v
-            n = int(r["n_levels"])
-            self.row[sc.ST_TK_DEPTH_TAKEN] += 1
-            self.depth_rows.append((int(r["ts_exch_ns"]) or ts, i, r["bid_px"][:n].copy(), r["bid_lvl_qty"][:n].copy(),
-                                    r["ask_px"][:n].copy(), r["ask_lvl_qty"][:n].copy()))
-            if self.n == 0 and len(self.depth_rows) == 1:
-                self.oldest = time.monotonic()
+            d[m] = (int(r["ts_exch_ns"]) or ts, i, r["bid_px"], r["bid_lvl_qty"], r["ask_px"], r["ask_lvl_qty"])
+            m += 1
+        if m:
+            self.spool.append(self.dkind, d[:m])
+            self.row[sc.ST_TK_DEPTH_TAKEN] += m
+            self._taken(now, m)
 
-    def flush(self) -> bool:
-        """Insert everything buffered; False (rows kept, retried after a back-off) if
-        the store failed."""
+    def due(self, now: float, stopping: bool = False) -> bool:
+        """Whether to store a chunk now: something pending, no back-off, a bound reached,
+        and (unless stopping) the flow slow enough or the spool too full."""
+        if not self.pending or now < self.backoff_until:
+            return False
+        if stopping:
+            return True
+        if not (self.pending >= self.spec.flush_rows or now - self.oldest >= self.spec.flush_ms / 1000):
+            return False
+        if len(self.ring) > self.ring.capacity // 8:  # (catch up first)
+            return False
+        return (self.rate <= self.spec.live_max_events_per_s
+                or self.pending * sc.EVENT_DTYPE.itemsize > self.spec.spool_max_mb * 1e6)
+
+    def store_chunk(self) -> int:
+        """Move one chunk from the spool into the store; returns rows moved (0 after a
+        failure: the chunk stays in the spool, retried after a back-off)."""
         row = self.row
         try:
-            if self.n:
-                ev = self.buf[:self.n]
-                ok = ev["symbol"] < len(self.spec.symbols)
-                if not ok.all():
-                    row[sc.ST_TK_BAD_SYMBOL] += int((~ok).sum())
-                    ev = ev[ok]
-                q, t = self.store.insert_events(ev, self.spec.symbols)
-                row[sc.ST_TK_QUOTES] += q
-                row[sc.ST_TK_TRADES] += t
-                self.n = 0
-            if self.depth_rows:
-                d = self.depth_rows
-                cols = list(zip(*d))
-                n = self.store.insert_depth(np.array(cols[0], np.int64), np.array(cols[1], np.int64),
-                                            np.stack(cols[2]), np.stack(cols[3]), np.stack(cols[4]),
-                                            np.stack(cols[5]), self.spec.symbols)
-                row[sc.ST_TK_DEPTH] += n
-                self.depth_rows = []
+            n = self.spool.store_chunk(self.store, self.spec.flush_rows)
+            self.count_stored()
         except Exception as e:  # (the store's own errors: disk full, a server down)
             row[sc.ST_TK_ERRORS] += 1
             self.backoff_until = time.monotonic() + 1.0
-            self.log(f"insert failed ({type(e).__name__}: {e}); {self.n + len(self.depth_rows)} rows kept, retrying")
-            return False
-        row[sc.ST_TK_FLUSHES] += 1
-        row[sc.ST_TK_PENDING] = 0
-        return True
+            self.log(f"insert failed ({type(e).__name__}: {e}); {self.pending} rows kept in the spool, retrying")
+            return 0
+        if n:
+            row[sc.ST_TK_FLUSHES] += 1
+            with self.lock:
+                self.pending = max(0, self.pending - n)
+                row[sc.ST_TK_PENDING] = self.pending
+                if self.pending:
+                    self.oldest = time.monotonic()
+        return n
+
+    def start_inserter(self, events: Ring) -> None:
+        """Store chunks from a thread of its own while the run goes on, so the taking never
+        waits for an insert (chdb releases the GIL while it works).  It gives way while the
+        analysis is behind (its events ring over a quarter full): no insert then, so the
+        book never drops events for the recorder's sake."""
+        def loop():
+            while not self.halt.is_set():
+                if self.due(time.monotonic()) and len(events) <= events.capacity // 4:
+                    self.store_chunk()
+                else:
+                    self.halt.wait(0.02)
+
+        self.inserter = threading.Thread(target=loop, name="tick-inserter", daemon=True)
+        self.inserter.start()
+
+    def stop_inserter(self) -> None:
+        self.halt.set()
+        if self.inserter is not None:
+            self.inserter.join()
+
+    def count_stored(self) -> None:
+        """Rows stored this run: the store's counts over the run's first recorder's (exact
+        even when a retried chunk was deduplicated)."""
+        counts = self.store.counts()
+        for (t, w), b in zip(_TABLES, self.base):
+            self.row[w] = counts[t] - b
 
 
 def _all_threads(idle: bool) -> None:
@@ -148,38 +209,42 @@ def _all_threads(idle: bool) -> None:
 _TABLES = (("quotes", sc.ST_TK_QUOTES), ("trades", sc.ST_TK_TRADES), ("depth", sc.ST_TK_DEPTH))
 
 
-def _reconcile(store, row, log) -> None:
-    """First recorder of a run: note the store's row counts.  A restarted one (its
-    predecessor killed): the rows the store gained beyond what was counted are the
-    predecessor's last insert, which landed (counted as stored now); the rest of what it
-    had pending is lost, counted in ``lost_at_restart`` and said."""
-    counts = store.counts()
+def _start(spec: RecorderSpec, store, row, log) -> tuple[Spool, tuple[int, int, int]]:
+    """The spool and the store's row counts when this run's first recorder started.
+
+    The first recorder of a run first stores what an earlier run left in the spool (its
+    recorder killed, or stopped before it had stored everything), then notes the counts.
+    A restarted one (its predecessor killed) keeps the spool as it is: the rows its
+    predecessor had taken but not spooled are lost, counted in ``lost_at_restart`` and
+    said."""
     b = sc.ST_TK_BASE
+    path = spool_dir(spec.where)
     if not row[b + 3]:
+        left = store_leftovers(spec.where, store, spec.flush_rows)
+        if left:
+            log(f"stored {left} rows an earlier run had left in the spool")
+        counts = store.counts()
         for i, (t, _w) in enumerate(_TABLES):
             row[b + i] = counts[t]
         row[b + 3] = 1
-        return
-    landed = 0
-    for i, (t, w) in enumerate(_TABLES):
-        extra = counts[t] - int(row[b + i]) - int(row[w])
-        if extra > 0:
-            row[w] += extra
-            landed += extra
-    pending = int(row[sc.ST_TK_PENDING])
-    row[sc.ST_TK_PENDING] = 0
-    lost = max(0, pending - landed)
-    if lost:
+        return Spool(path, spec.symbols), tuple(int(row[b + i]) for i in range(3))
+    base = tuple(int(row[b + i]) for i in range(3))
+    lost = int(row[sc.ST_TK_EVENTS] + row[sc.ST_TK_DEPTH_TAKEN] - row[sc.ST_TK_SPOOLED])
+    if lost > 0:
         row[sc.ST_TK_LOST] += lost
-        log(f"the previous recorder was killed with {lost} rows not stored: lost (counted in lost_at_restart)"
-            + (f"; {landed} more of its rows had been stored" if landed else ""))
-    elif pending:
-        log(f"the previous recorder was killed; its last {landed} rows had been stored (none lost)")
+        row[sc.ST_TK_SPOOLED] += lost  # (so a later restart counts only its own)
+        log(f"the previous recorder was killed with {lost} rows taken but not spooled: lost (counted in lost_at_restart)")
+    else:
+        log("the previous recorder was killed; every row it took is in the spool (none lost)")
+    sp = Spool(path, spec.symbols)
+    if sp.symbols != tuple(spec.symbols):  # (cannot happen within a run: the same config)
+        raise RuntimeError(f"spool {path} names symbols {sp.symbols}, this run {spec.symbols}")
+    return sp, base
 
 
 def run(spec: RecorderSpec, stop) -> int:
-    """Record until ``stop`` is set, then take what is left in the ring, insert it and
-    return 0."""
+    """Record until ``stop`` is set, then take what is left in the ring, store all of it
+    and return 0."""
     from obpipe.ticks.store import TickStore
 
     stats, row = claim_row(spec.instance, ROW_TICKS)
@@ -191,38 +256,54 @@ def run(spec: RecorderSpec, stop) -> int:
     events = Ring.attach(spec.instance, "events", sc.EVENT_DTYPE)  # (only its fill is read: see below)
     snaps = SnapshotRegion.attach(spec.instance, "snap")
     store = TickStore.open(spec.where, dict(spec.retention_days) or None, lean=True)
-    _reconcile(store, row, log)
-    rec = Recorder(spec, ring, snaps, store, row, log)
-    mark_running(row)
-    next_idle = 0.0
+    spool = rec = None
     try:
+        spool, base = _start(spec, store, row, log)
+        rec = Recorder(spec, ring, snaps, store, row, log, spool, base, stats.row(ROW_ANALYSIS))
+        rec.count_stored()
+        rec.start_inserter(events)
+        mark_running(row)
+        next_idle = 0.0
         while not stop.is_set():
             now = time.monotonic()
             if spec.background and now >= next_idle:  # (ClickHouse starts threads as it goes)
                 _all_threads(True)
                 next_idle = now + 1.0
-            if len(events) > events.capacity // 4:
-                # the analysis is behind (its events ring fills): give way, so the book never
-                # drops events for it; the recorder's own ring fills instead and drops, counted
-                row[sc.ST_HEARTBEAT_NS] = time.monotonic_ns()
-                time.sleep(0.002)
-                continue
-            k = rec.poll(now)
             row[sc.ST_HEARTBEAT_NS] = time.monotonic_ns()
             if spec.parent_pid and os.getppid() != spec.parent_pid:
                 break  # orphaned
-            if k == 0:
+            if len(events) > events.capacity // 4:
+                # the analysis is behind (its events ring fills): give way, so the book never drops
+                # events for the recorder's sake; the recorder's own ring takes the wait (full: drops,
+                # counted as ticks_dropped)
+                time.sleep(0.002)
+                continue
+            if rec.take(now) == 0:
                 time.sleep(0.005)
-        _all_threads(False)  # (draining: the book writer has stopped)
-        while rec.poll(time.monotonic()):  # what the analysis relayed before it stopped
+        rec.stop_inserter()
+        _all_threads(False)  # (storing: the book writer has stopped)
+        while rec.take(time.monotonic()):  # what the analysis relayed before it stopped
             pass
-        if spec.depth_interval_ms > 0:
-            rec._sample_depth()  # the final books
-        while (rec.n or rec.depth_rows) and not rec.flush():
-            time.sleep(0.2)
-            if stop.is_set() and row[sc.ST_TK_ERRORS] > 20:
-                break
+        if rec.dbuf is not None and spec.depth_interval_ms > 0:
+            rec.sample_depth(time.monotonic())  # the final books
+        if rec.pending > spec.flush_rows:
+            log(f"storing {rec.pending} rows from the spool")
+        while rec.pending:
+            row[sc.ST_HEARTBEAT_NS] = time.monotonic_ns()
+            if rec.due(time.monotonic(), stopping=True):
+                if not rec.store_chunk() and row[sc.ST_TK_ERRORS] > 20:
+                    log(f"giving up for now: {rec.pending} rows stay in the spool {spool.path}, stored by the "
+                        "next run or `obpipe ticks`")
+                    break
+            else:
+                time.sleep(0.1)
+        else:
+            spool.clear_if_stored()
     finally:
+        if rec is not None:
+            rec.stop_inserter()
+        if spool is not None:
+            spool.close()
         store.close()
         events.close()
         row[sc.ST_STATE] = sc.STATE_STOPPED

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import secrets
 import time
 from typing import TYPE_CHECKING
 
@@ -54,7 +55,10 @@ _DAY = "toDate(fromUnixTimestamp64Nano({col}, 'UTC'))"
 _INGESTED = "ingested DateTime('UTC') DEFAULT now() CODEC(Delta, ZSTD(1))"
 _TS_ALIAS = "ts DateTime64(9, 'UTC') ALIAS fromUnixTimestamp64Nano(ts_ns, 'UTC')"
 _MT = ("ENGINE = {engine} PARTITION BY " + _DAY + " ORDER BY (symbol, {col}{extra})"
-       " {ttl} SETTINGS ttl_only_drop_parts = 1")
+       " {ttl} SETTINGS ttl_only_drop_parts = 1, " + "non_replicated_deduplication_window = {dedup}")
+#: Blocks per table whose deduplication tokens ClickHouse remembers (the recorder's spool
+#: retries an interrupted chunk with the same token: ticks/spool.py).
+DEDUP_WINDOW = 1000
 
 _TABLES = {
     "quotes": (
@@ -232,15 +236,21 @@ class _Chdb:
         except Exception as e:
             raise StoreError(f"ClickHouse: {e}") from None
 
-    def insert(self, table: str, tbl: "pyarrow.Table") -> None:
-        """One INSERT of an Arrow IPC stream: one part per partition, parsed column-wise."""
+    def insert(self, table: str, tbl: "pyarrow.Table", token: str = "") -> None:
+        """One INSERT of an Arrow IPC stream: one part per partition, parsed column-wise.
+        With ``token``, a block inserted before under the same token is dropped (and so
+        are the views' rows from it); without, nothing is deduplicated."""
         pa = _pa()
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, tbl.schema) as w:
             w.write_table(tbl)
         cols = ", ".join(tbl.column_names)
         try:
-            with self.rw.send_insert(f"INSERT INTO {DB}.{table} ({cols})", "ArrowStream") as ins:
+            # (no token: a fresh one, since ``insert_deduplicate = 0`` does not stop the hash
+            # deduplication of a non-replicated table in this engine: measured)
+            tok = token or secrets.token_hex(12)
+            with self.rw.send_insert(f"INSERT INTO {DB}.{table} ({cols}) SETTINGS insert_deduplication_token = '{tok}', "
+                                     "deduplicate_blocks_in_dependent_materialized_views = 1", "ArrowStream") as ins:
                 ins.append(sink.getvalue().to_pybytes())
                 ins.finish()
         except Exception as e:
@@ -403,8 +413,9 @@ class TickStore:
         b.command(f"CREATE DATABASE IF NOT EXISTS {DB}")
         for t, (cols, engine, col, extra, key) in _TABLES.items():
             b.command(f"CREATE TABLE IF NOT EXISTS {DB}.{t} ({cols}) "
-                      + _MT.format(engine=engine, col=col, extra=extra, ttl=self._ttl(key)))
+                      + _MT.format(engine=engine, col=col, extra=extra, ttl=self._ttl(key), dedup=DEDUP_WINDOW))
             self._sync_ttl(t, key)
+            b.command(f"ALTER TABLE {DB}.{t} MODIFY SETTING non_replicated_deduplication_window = {DEDUP_WINDOW}")
         for w, (t, ns) in BAR_TABLES.items():
             b.command(_BAR_MV.format(db=DB, t=t, w=ns))
 
@@ -456,12 +467,13 @@ class TickStore:
             self._sym_key, self._sym_dict = key, pa.array(list(key), pa.string())
         return self._sym_dict
 
-    def insert_events(self, ev: np.ndarray, symbols) -> tuple[int, int]:
+    def insert_events(self, ev: np.ndarray, symbols, token: str = "") -> tuple[int, int]:
         """Store a batch of book events (``schema.EVENT_DTYPE``): EV_BBO -> ``quotes``, EV_TRADE
         -> ``trades`` (and, through the views, the bars).  One INSERT per table.  Events with
         a symbol index outside ``symbols``, an unknown kind or (trades) a side that is not
-        SIDE_BID/SIDE_ASK are skipped and counted in ``skipped``.  Returns (quotes, trades)
-        inserted."""
+        SIDE_BID/SIDE_ASK are skipped and counted in ``skipped``.  ``token``: inserting the
+        same batch again under the same token stores nothing more (the spool's retries).
+        Returns (quotes, trades) in the batch."""
         b = self._backend()
         if len(ev) == 0:
             return 0, 0
@@ -483,7 +495,8 @@ class TickStore:
                 "ts_ns": np.ascontiguousarray(q["ts_exch_ns"]), "symbol": _dict_symbols(pa, q["symbol"], names),
                 "seq": np.ascontiguousarray(q["seq"]),
                 "bid_px_tick": _px(pa, q["bid_px_tick"]), "bid_qty": np.ascontiguousarray(q["bid_qty"]),
-                "ask_px_tick": _px(pa, q["ask_px_tick"]), "ask_qty": np.ascontiguousarray(q["ask_qty"])}))
+                "ask_px_tick": _px(pa, q["ask_px_tick"]), "ask_qty": np.ascontiguousarray(q["ask_qty"])}),
+                token and token + ":q")
             nq = len(q)
         t = ev[ok & is_trade & good_side]
         if len(t):
@@ -492,16 +505,17 @@ class TickStore:
                 "seq": np.ascontiguousarray(t["seq"]), "px_tick": np.ascontiguousarray(t["trade_px_tick"]),
                 "qty": t["trade_qty"].astype(np.int64),
                 "aggressor": pa.DictionaryArray.from_arrays(pa.array(t["side"].astype(np.int8)),
-                                                            pa.array(["buy", "sell"]))}))
+                                                            pa.array(["buy", "sell"]))}),
+                token and token + ":t")
             nt = len(t)
         return nq, nt
 
     def insert_depth(self, ts_ns: np.ndarray, symbol: np.ndarray, bid_px: np.ndarray, bid_qty: np.ndarray,
-                     ask_px: np.ndarray, ask_qty: np.ndarray, symbols) -> int:
+                     ask_px: np.ndarray, ask_qty: np.ndarray, symbols, token: str = "") -> int:
         """Store depth snapshots: row i is symbol index ``symbol[i]`` at ``ts_ns[i]`` with the
         levels ``*_px[i, :]``/``*_qty[i, :]`` (best first; NO_PX = no level, not stored).
-        Rows with a symbol index outside ``symbols`` are skipped and counted.  Returns rows
-        inserted."""
+        Rows with a symbol index outside ``symbols`` are skipped and counted.  ``token``: as
+        ``insert_events``.  Returns rows in the batch."""
         b = self._backend()
         ts_ns = np.asarray(ts_ns, dtype=np.int64)
         symbol = np.asarray(symbol)
@@ -517,7 +531,7 @@ class TickStore:
         bp, bq = _levels(pa, np.asarray(bid_px)[ok], np.asarray(bid_qty)[ok])
         ap, aq = _levels(pa, np.asarray(ask_px)[ok], np.asarray(ask_qty)[ok])
         b.insert("depth", pa.table({"ts_ns": ts_ns[ok], "symbol": _dict_symbols(pa, symbol[ok], self._symbols(pa, symbols)),
-                                    "bid_px_tick": bp, "bid_qty": bq, "ask_px_tick": ap, "ask_qty": aq}))
+                                    "bid_px_tick": bp, "bid_qty": bq, "ask_px_tick": ap, "ask_qty": aq}), token)
         return int(np.count_nonzero(ok))
 
     # -- reads
