@@ -54,8 +54,18 @@ Messages (``apply_batch_l3``; checks count ``bad_msgs`` like ``apply_batch``'s):
   which a cross has not); counted as a trade (``trades``) and the symbol's last trade
   becomes it with side -1.  A cross of 0 shares changes nothing.
 * L3_CLEAR: every order of the symbol leaves the table (a scan of the used rows: rare)
-  and K_CLEAR empties its ladders.
+  and K_CLEAR empties its ladders (and lifts a stale mark).
+* L3_STALE: the symbol's book (every book: ``SYMBOL_ALL``) is marked stale (messages
+  were lost), shown in its next snapshot, until an L3_CLEAR; nothing else changes.
 * Unknown references: counted ``l3_unknown_refs`` and skipped.
+
+The ladders are a window on the table: the ladder policy of ``_book_kernels`` (window,
+re-centre, out of ladder) is applied to each resolved message, and whenever a message
+moves a symbol's window its ladders are rebuilt from its live orders
+(``_rebuild_levels``, a scan: re-centres are rare), so a level a re-centre evicted, or
+an order added while its price was outside the window, is there again once the window
+holds its price.  So each ladder is always the exact sum of the live orders inside its
+window.  ``[book] uncross`` does not apply: a per-order book has no stale levels.
 
 Prefetch: while applying message j, ``apply_batch_l3`` fetches the direct bucket of
 message j + 2 ``PF_D`` and the pool row of message j + ``PF_D`` (a two-stage software
@@ -83,8 +93,9 @@ from obpipe.ring.jit import HOT
 from obpipe.ring.kernels import ring_available, ring_claim, ring_publish, ring_release, ring_wait
 from obpipe.ring.latency import record_batch
 
-from obpipe.engine._book_kernels import (_PX_LIMIT, B_BASE, B_LAST_PX, B_LAST_QTY, B_LAST_SIDE, after_msg, apply_msg,
-                                         publish_counters, publish_snapshots)
+from obpipe.engine._book_kernels import (_PX_LIMIT, B_BASE, B_DIRTY, B_LAST_PX, B_LAST_QTY, B_LAST_SIDE, B_STALE,
+                                         B_WIDTH, _level_grow, after_msg, apply_msg, clear_symbol, publish_counters,
+                                         publish_snapshots)
 
 K_ADD = schema.K_ADD
 K_CANCEL = schema.K_CANCEL
@@ -92,6 +103,7 @@ K_DELETE = schema.K_DELETE
 K_EXECUTE = schema.K_EXECUTE
 K_TRADE = schema.K_TRADE
 K_CLEAR = schema.K_CLEAR
+NO_PX = schema.NO_PX
 
 # Pool columns.
 O_REF = 0  # order reference
@@ -332,7 +344,39 @@ def _forget_symbol(O, Hd, Hx, E, s):
 def _ladder_delete(lad, S, C, s, side, px, q):
     """A replace's first half on the ladder: K_DELETE of the old order's rest (a plain
     call: one compiled copy of ``apply_msg`` fewer in ``apply_batch_l3``)."""
-    apply_msg(lad, S, C, s, K_DELETE, side, px, q, True)
+    apply_msg(lad, S, C, s, K_DELETE, side, px, q, False)
+
+
+@njit(**HOT)
+def _rebuild_levels(lad, S, O, E, s):
+    """Symbol ``s``'s ladders := the sum of its live orders inside its window (a scan of
+    the used rows), after the window moved: orders of levels a re-centre evicted, or
+    added while outside the window, are back as soon as the window holds them again.
+    The stale mark stays."""
+    stale = S[s, B_STALE]
+    clear_symbol(lad, S, s)
+    S[s, B_STALE] = stale
+    base = S[s, B_BASE]
+    w = S[s, B_WIDTH]
+    for row in range(E[E_HWM]):
+        x = O[row, O_QSS]
+        if x != 0 and ((x >> 32) & 0xFFFF) == s:
+            i = O[row, O_PX] - base
+            if i >= 0 and i < w:
+                _level_grow(lad, S, s, x >> 48, i, x & _QMASK)
+
+
+@njit(**HOT)
+def _mark_stale(S, dirty, s):
+    """Stale mark for symbol s, or every symbol (SYMBOL_ALL): published with the next
+    snapshot, until an L3_CLEAR."""
+    lo, hi = (0, S.shape[0]) if s == schema.SYMBOL_ALL else (s, s + 1)
+    for x in range(lo, hi):
+        S[x, B_STALE] = 1
+        if S[x, B_DIRTY] == 0:
+            S[x, B_DIRTY] = 1
+            dirty[0] += 1
+            dirty[dirty[0]] = x
 
 
 @njit(**HOT)
@@ -445,6 +489,13 @@ def apply_batch_l3(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty, O, Hd, Hx,
             lk = K_CLEAR
             side = 0
             tpx = px
+        elif kind == schema.L3_STALE:
+            s = np.int64(m.symbol)
+            if s >= n_sym and s != schema.SYMBOL_ALL:
+                C[schema.ST_BOOK_BAD_MSG] += 1
+                continue
+            _mark_stale(S, dirty, s)
+            continue
         else:
             C[schema.ST_BOOK_BAD_MSG] += 1
             continue
@@ -452,16 +503,18 @@ def apply_batch_l3(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty, O, Hd, Hx,
         if kind == schema.L3_CROSS:
             # no aggressor: last trade with side -1, no EV_TRADE (after_msg: no book change)
             trade = False
-            uncrossed = False
             if q > 0:
                 C[schema.ST_BOOK_TRADES] += 1
                 S[s, B_LAST_PX] = px
                 S[s, B_LAST_QTY] = q
                 S[s, B_LAST_SIDE] = -1
         else:
-            trade, uncrossed = apply_msg(lad, S, C, s, lk, side, px, q, True)
+            # never uncross: a per-order book has no stale levels to remove
+            trade, _ = apply_msg(lad, S, C, s, lk, side, px, q, False)
+            if S[s, B_BASE] != base0 and base0 != NO_PX:
+                _rebuild_levels(lad, S, O, E, s)
         k, d = after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dirty, s, lk, side, np.int64(m.seq),
-                         np.int64(m.ts_exch_ns), base0, trade, tpx, q, uncrossed)
+                         np.int64(m.ts_exch_ns), base0, trade, tpx, q, False)
         ne += k
         dropped += d
     if ne > 0:

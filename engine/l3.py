@@ -45,7 +45,7 @@ class L3Book(Book):
 
     Args:
         widths, n_levels, events, snapshots, depth_ticks, uncross: as ``Book``'s.
-        capacity: live orders the table holds (``[book] l3_capacity``); an add beyond
+        capacity: live orders the table holds (``[book] l3_orders``); an add beyond
             it is counted (``l3_table_full``) and skipped.  Memory: 48-64 bytes per
             order of capacity (docs/L3BOOK.md "Sizing").
     """

@@ -630,7 +630,7 @@ ST_BOOK_UNCROSSED = 18  # stale levels removed because a newer order crossed the
 # Per-order (L3) book (engine._l3_kernels; 0 when the input is aggregated):
 ST_BOOK_L3_LIVE = 19  # live orders in the order table now (its occupancy)
 ST_BOOK_L3_PEAK = 20  # most live orders at once so far
-ST_BOOK_L3_CAPACITY = 21  # orders the table holds ([book] l3_capacity)
+ST_BOOK_L3_CAPACITY = 21  # orders the table holds ([book] l3_orders)
 ST_BOOK_L3_UNKNOWN = 22  # messages naming an order the table does not hold (skipped)
 ST_BOOK_L3_DUPLICATE = 23  # adds (or replaces' new orders) whose reference is already live (skipped)
 ST_BOOK_L3_FULL = 24  # adds skipped because the table was full (later references to them: unknown)

@@ -23,6 +23,7 @@ class RefL3:
         self.depth_ticks = depth_ticks
         self.events: list[tuple] = []  # every event the book writer must emit, in order
         self.crossed = 0
+        self.stale = [False for _ in widths]
         self.c = dict(bad_msgs=0, l3_unknown_refs=0, l3_duplicate_refs=0, l3_table_full=0, l3_overfills=0,
                       cross_trades=0)
 
@@ -32,6 +33,18 @@ class RefL3:
         self.orders[ref] = [s, side, px, q, self.prio]
         self.prio += 1
         self.peak = max(self.peak, len(self.orders))
+
+    def _ladder(self, s, kind, side, px, q):
+        """One K_* on symbol s's reference ladders; if it moved the window, the ladders
+        become the sum of the symbol's live orders inside the new window."""
+        b = self.books[s]
+        base, n = b.base, b.c["recentres"]
+        b.apply(kind, side, px, q)
+        if b.c["recentres"] != n and base is not None:
+            b.lv = [{}, {}]
+            for o in self.orders.values():
+                if o[0] == s and b.base <= o[2] < b.base + b.w:
+                    b.lv[o[1]][o[2]] = b.lv[o[1]].get(o[2], 0) + o[3]
 
     def _event(self, s, kind, side, tpx, tq):
         b = self.books[s]
@@ -66,7 +79,7 @@ class RefL3:
             else:
                 self._enter(ref, symbol, side, px, qty)
                 self.msgs[symbol] += 1
-                self.books[symbol].apply(sc.K_ADD, side, px, qty)
+                self._ladder(symbol, sc.K_ADD, side, px, qty)
                 self._applied(symbol)
         elif sc.L3_EXEC <= kind <= sc.L3_REPLACE:
             if (kind != sc.L3_DELETE and qty <= 0) or (kind in (sc.L3_EXEC_PX, sc.L3_REPLACE) and bad_px):
@@ -77,15 +90,14 @@ class RefL3:
                 return
             s, oside, opx, rem, _ = self.orders[ref]
             self.msgs[s] += 1
-            book = self.books[s]
             if kind == sc.L3_REPLACE:  # the old order leaves, the new one enters: new priority
                 del self.orders[ref]
-                book.apply(sc.K_DELETE, oside, opx, rem)
+                self._ladder(s, sc.K_DELETE, oside, opx, rem)
                 if new_ref in self.orders:
                     self.c["l3_duplicate_refs"] += 1
                 else:
                     self._enter(new_ref, s, oside, px, qty)
-                    book.apply(sc.K_ADD, oside, px, qty)
+                    self._ladder(s, sc.K_ADD, oside, px, qty)
                 self._applied(s)
                 return
             q = rem if kind == sc.L3_DELETE else qty
@@ -97,10 +109,10 @@ class RefL3:
             else:
                 self.orders[ref][3] = rem - q
             if kind == sc.L3_EXEC or (kind == sc.L3_EXEC_PX and side != 0):  # printed at px for EXEC_PX
-                book.apply(sc.K_EXECUTE, oside, opx, q)
+                self._ladder(s, sc.K_EXECUTE, oside, opx, q)
                 self._applied(s, (opx if kind == sc.L3_EXEC else px, q, oside))
             else:  # cancel, delete, non-printable execution: shares leave, nothing printed
-                book.apply(sc.K_DELETE, oside, opx, q)
+                self._ladder(s, sc.K_DELETE, oside, opx, q)
                 self._applied(s)
         elif kind in (sc.L3_TRADE, sc.L3_CROSS):
             if symbol >= n_sym or bad_px or (kind == sc.L3_TRADE and (side > 1 or qty <= 0)):
@@ -115,6 +127,13 @@ class RefL3:
                     self.c["cross_trades"] += 1
                     self.last[symbol] = (px, qty, -1)
                 self._applied(symbol)
+        elif kind == sc.L3_STALE:  # messages were lost: shown in snapshots until a clear
+            if symbol == sc.SYMBOL_ALL:
+                self.stale = [True] * n_sym
+            elif symbol < n_sym:
+                self.stale[symbol] = True
+            else:
+                self.c["bad_msgs"] += 1
         elif kind == sc.L3_CLEAR:
             if symbol >= n_sym:
                 self.c["bad_msgs"] += 1
@@ -122,7 +141,8 @@ class RefL3:
             for r in [r for r, o in self.orders.items() if o[0] == symbol]:
                 del self.orders[r]
             self.msgs[symbol] += 1
-            self.books[symbol].apply(sc.K_CLEAR, 0, 0, 0)
+            self._ladder(symbol, sc.K_CLEAR, 0, 0, 0)
+            self.stale[symbol] = False
             self._applied(symbol)
         else:
             self.c["bad_msgs"] += 1

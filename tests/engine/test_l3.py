@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from obpipe.engine import _book_kernels as BK
 from obpipe.engine import _l3_kernels as LK
 from obpipe.feed_sim.l3_synth import L3SynthParams, finish_event, generate_l3_into, new_state
 from obpipe.engine.book import _local_ring
@@ -14,8 +15,8 @@ from .reference_l3 import NO_PX, RefL3
 
 U64 = (1 << 64) - 1
 _KINDS = (sc.L3_ADD, sc.L3_EXEC, sc.L3_EXEC_PX, sc.L3_CANCEL, sc.L3_DELETE, sc.L3_REPLACE, sc.L3_TRADE,
-          sc.L3_CROSS, sc.L3_CLEAR, 0, 25)
-_WEIGHTS = np.array([40, 10, 3, 10, 14, 8, 3, 1, 0.15, 0.2, 0.2])
+          sc.L3_CROSS, sc.L3_CLEAR, sc.L3_STALE, 0, 26)
+_WEIGHTS = np.array([40, 10, 3, 10, 14, 8, 3, 1, 0.15, 0.1, 0.2, 0.2])
 
 
 def _pick(rng, xs: list):
@@ -52,7 +53,7 @@ def random_l3_stream(seed: int, n: int, n_sym: int, width: int) -> np.ndarray:
         k = int(_KINDS[ks[j]])
         s = int(rng.integers(n_sym))
         side = int(rng.integers(2))
-        if rng.random() < 0.004:
+        if rng.random() < 0.008:
             mids[s] += int(rng.integers(-2 * width, 2 * width))  # a jump: re-centres, evictions
         else:
             mids[s] += int(rng.integers(-1, 2))
@@ -97,13 +98,15 @@ def random_l3_stream(seed: int, n: int, n_sym: int, width: int) -> np.ndarray:
         elif k == sc.L3_CLEAR:
             for r in [r for r, o in live.items() if o[0] == s]:
                 del live[r]
+        elif k == sc.L3_STALE and rng.random() < 0.3:
+            s = sc.SYMBOL_ALL
         if rng.random() < 0.003:
             side = 3  # bad side (matters for adds and trades)
         if rng.random() < 0.003:
             qty = 0  # bad qty (except deletes, crosses)
         if rng.random() < 0.002:
             px = 1 << 61  # bad price (adds, replaces, priced executions, trades)
-        sym = s if rng.random() > 0.003 else n_sym + 1  # bad symbol (adds, trades, clears)
+        sym = s if rng.random() > 0.003 else n_sym + 1  # bad symbol (adds, trades, clears, stale marks)
         m[j] = (k, side, sym, qty, px, j + 1, 1_000 * j, 0, ref, nref)
     return m
 
@@ -159,12 +162,15 @@ def test_l3_book_equals_reference_after_every_message(seed, capacity):
     assert got["events_dropped"] == 0 and got["events"] == n_ev
     assert _events(book, n_ev) == ref.events
     for s in range(len(widths)):
-        assert (int(book.S[s, 8]), int(book.S[s, 9]), int(book.S[s, 10])) == ref.last[s]  # last trade
-        assert int(book.S[s, 11]) == ref.msgs[s]  # messages applied to the symbol
+        assert (int(book.S[s, BK.B_LAST_PX]), int(book.S[s, BK.B_LAST_QTY]), int(book.S[s, BK.B_LAST_SIDE])) \
+            == ref.last[s]
+        assert int(book.S[s, BK.B_MSGS]) == ref.msgs[s]
+        assert bool(book.S[s, BK.B_STALE]) == ref.stale[s]
     # the stream exercised what it is meant to
     for key in ("bad_msgs", "l3_unknown_refs", "l3_duplicate_refs", "l3_overfills", "clears", "trades",
-                "recentres", "out_of_ladder"):
+                "recentres", "out_of_ladder", "evicted_levels"):
         assert got[key] > 0, key
+    assert got["qty_underflow"] == 0  # the ladders are the sum of the orders in their windows, always
     assert (got["l3_table_full"] > 0) == (capacity < 1000)
     assert got["l3_capacity"] == capacity and got["l3_peak_orders"] <= capacity
     assert int(book.E[LK.E_XN]) > 0 or capacity >= 1000  # the overflow part was used
@@ -259,7 +265,8 @@ def test_l3_by_hand():
     assert book.queue_position(15) == (85, 2)
     assert book.bbo(0) == (1000, 105, 1003, 50) and book.bbo(1) == (50, 9, NO_PX, 0)
     # the cross is the last trade, with no aggressor; the printable C printed at 1001
-    assert (int(book.S[0, 8]), int(book.S[0, 9]), int(book.S[0, 10])) == (1002, 500, -1)
+    assert (int(book.S[0, BK.B_LAST_PX]), int(book.S[0, BK.B_LAST_QTY]), int(book.S[0, BK.B_LAST_SIDE])) \
+        == (1002, 500, -1)
     trades = [(int(e["trade_px_tick"]), int(e["trade_qty"]), int(e["side"]))
               for e in book.ev[:int(book.ev_ctrl[sc.RING_W_HEAD])] if e["kind"] == sc.EV_TRADE]
     assert trades == [(1000, 40, 1), (1001, 10, 0)]
@@ -306,3 +313,45 @@ def test_generated_day_stream_equals_reference():
         assert got[key] == v, key
     assert got["l3_unknown_refs"] == st.n_bad_refs > 0
     assert got["l3_overfills"] == got["l3_duplicate_refs"] == got["bad_msgs"] == got["crossed"] == 0
+
+
+def _l3(steps):
+    """MD_L3 records from (kind, side, symbol, qty, px, ref) tuples."""
+    msgs = np.zeros(len(steps), sc.MD_L3_DTYPE)
+    for j, (k, side, sym, q, px, r) in enumerate(steps):
+        msgs[j] = (k, side, sym, q, px, j + 1, 0, 0, r, 0)
+    return msgs
+
+
+@pytest.mark.timeout(60)
+def test_a_moved_window_rebuilds_the_ladders_from_the_orders():
+    """A re-centre evicts a level, and its order is back when the window returns; an add
+    outside the window is counted and rests in the table, and shows once the window
+    holds its price.  The book stays exact: no underflow on the order's later delete."""
+    book = L3Book([20], 100, n_levels=5)
+    A, D = sc.L3_ADD, sc.L3_DELETE
+    book.apply(_l3([(A, 0, 0, 10, 100, 1), (A, 1, 0, 5, 109, 2), (A, 0, 0, 7, 91, 3),
+                    (A, 1, 0, 3, 111, 4)]))  # out of [90, 110): centre (100 + 109) // 2 -> [94, 114), 91 evicted
+    assert book.window(0) == (94, 114) and book.top(0, 0, 5) == [(100, 10)]
+    assert book.counters()["evicted_levels"] == 1 and book.order(3) is not None
+    book.apply(_l3([(D, 0, 0, 0, 0, 2), (D, 0, 0, 0, 0, 4),
+                    (A, 0, 0, 2, 90, 5),  # centre on the bid 100 -> [90, 110): the order at 91 is back
+                    (A, 0, 0, 4, 60, 6)]))  # far: counted, kept in the table
+    assert book.window(0) == (90, 110) and book.top(0, 0, 5) == [(100, 10), (91, 7), (90, 2)]
+    c = book.counters()
+    assert c["recentres"] == 2 and c["out_of_ladder"] == 1 and c["l3_live_orders"] == 4
+    book.apply(_l3([(D, 0, 0, 0, 0, 3), (D, 0, 0, 0, 0, 1), (D, 0, 0, 0, 0, 5),
+                    (A, 1, 0, 1, 58, 7)]))  # asks empty, bids only the far one (not in the ladder): centre 58
+    assert book.window(0) == (48, 68) and book.bbo(0) == (60, 4, 58, 1)
+    assert book.counters()["qty_underflow"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_stale_marks_until_cleared():
+    book = L3Book([64, 64, 64], 100)
+    book.apply(_l3([(sc.L3_ADD, 0, 1, 5, 100, 1), (sc.L3_STALE, 0, 1, 0, 0, 0)]))
+    assert book.S[:, BK.B_STALE].tolist() == [0, 1, 0] and book.order(1) is not None
+    book.apply(_l3([(sc.L3_CLEAR, 0, 1, 0, 0, 0), (sc.L3_STALE, 0, sc.SYMBOL_ALL, 0, 0, 0)]))
+    assert book.S[:, BK.B_STALE].tolist() == [1, 1, 1] and book.order(1) is None
+    book.apply(_l3([(sc.L3_CLEAR, 0, 2, 0, 0, 0), (sc.L3_STALE, 0, 7, 0, 0, 0)]))  # symbol 7: bad
+    assert book.S[:, BK.B_STALE].tolist() == [1, 1, 0] and book.counters()["bad_msgs"] == 1
