@@ -530,18 +530,16 @@ def _tob_changed(lad, S, s, sd):
 
 
 @njit(**HOT, inline="always")
-def after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dirty, s, kind, side, seq, ts_exch, base0, trade,
-              tpx, tq, uncrossed):
+def after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dropped, dirty, s, kind, side, seq, ts_exch, base0,
+              trade, tpx, tq, uncrossed):
     """What follows one message's ``apply_msg`` in the book writer: the symbol's message
     count, sequence and dirty mark; on a trade (``trade``: price ``tpx``, ``tq`` lots,
     ``side`` resting) its last trade and an EV_TRADE event; on a top-of-book change an
     EV_BBO event.  ``kind`` is the K_* applied, ``base0`` the window base before it,
     ``uncrossed`` as ``apply_msg`` returned.  Events go to slot ``(ev_head + ne) &
-    ev_mask`` while ``ne < ev_free``.  Returns (events written, events dropped) of this
-    message.  Shared by ``apply_batch`` and the per-order book (``engine._l3_kernels``),
+    ev_mask`` while ``ne < ev_free``, else count as ``dropped``.  Returns the updated
+    (ne, dropped).  Shared by ``apply_batch`` and the per-order book (``engine._l3_kernels``),
     which resolves an order's message to the K_* it means."""
-    ne0 = ne
-    dropped = 0
     S[s, B_MSGS] += 1
     S[s, B_SEQ] = seq
     S[s, B_TS_EXCH] = ts_exch
@@ -577,7 +575,7 @@ def after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dirty, s, kind, side
             ne += 1
         else:
             dropped += 1
-    return ne - ne0, dropped
+    return ne, dropped
 
 
 @njit(**HOT)
@@ -608,10 +606,8 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
                 continue
         base0 = S[s, B_BASE]
         trade, uncrossed = apply_msg(lad, S, C, s, kind, side, px, q, True)
-        k, d = after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dirty, s, kind, side, np.int64(m.seq),
-                         np.int64(m.ts_exch_ns), base0, trade, px, q, uncrossed)
-        ne += k
-        dropped += d
+        ne, dropped = after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dropped, dirty, s, kind, side,
+                                np.int64(m.seq), np.int64(m.ts_exch_ns), base0, trade, px, q, uncrossed)
     if ne > 0:
         ring_publish(ev_ctrl, ev_head + ne)
     C[schema.ST_BOOK_MSGS] += n

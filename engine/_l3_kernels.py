@@ -513,10 +513,8 @@ def apply_batch_l3(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty, O, Hd, Hx,
             trade, _ = apply_msg(lad, S, C, s, lk, side, px, q, False)
             if S[s, B_BASE] != base0 and base0 != NO_PX:
                 _rebuild_levels(lad, S, O, E, s)
-        k, d = after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dirty, s, lk, side, np.int64(m.seq),
-                         np.int64(m.ts_exch_ns), base0, trade, tpx, q, False)
-        ne += k
-        dropped += d
+        ne, dropped = after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dropped, dirty, s, lk, side,
+                                np.int64(m.seq), np.int64(m.ts_exch_ns), base0, trade, tpx, q, False)
     if ne > 0:
         ring_publish(ev_ctrl, ev_head + ne)
     C[schema.ST_BOOK_MSGS] += n
