@@ -529,6 +529,55 @@ def _tob_changed(lad, S, s, sd):
     return ch
 
 
+@njit(**HOT, inline="always")
+def after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dropped, dirty, s, kind, side, seq, ts_exch, base0,
+              trade, tpx, tq, uncrossed):
+    """What follows one message's ``apply_msg`` in the book writer: the symbol's message
+    count, sequence and dirty mark; on a trade (``trade``: price ``tpx``, ``tq`` lots,
+    ``side`` resting) its last trade and an EV_TRADE event; on a top-of-book change an
+    EV_BBO event.  ``kind`` is the K_* applied, ``base0`` the window base before it,
+    ``uncrossed`` as ``apply_msg`` returned.  Events go to slot ``(ev_head + ne) &
+    ev_mask`` while ``ne < ev_free``, else count as ``dropped``.  Returns the updated
+    (ne, dropped).  Shared by ``apply_batch`` and the per-order book (``engine._l3_kernels``),
+    which resolves an order's message to the K_* it means."""
+    S[s, B_MSGS] += 1
+    S[s, B_SEQ] = seq
+    S[s, B_TS_EXCH] = ts_exch
+    if S[s, B_DIRTY] == 0:
+        S[s, B_DIRTY] = 1
+        dirty[0] += 1
+        dirty[dirty[0]] = s
+    if trade:
+        agg = 1 - side
+        S[s, B_LAST_PX] = tpx
+        S[s, B_LAST_QTY] = tq
+        S[s, B_LAST_SIDE] = agg
+        if ne < ev_free:
+            _emit(ev, (ev_head + ne) & ev_mask, schema.EV_TRADE, agg, s, seq, ts_exch, lad, S, tpx, tq)
+            ne += 1
+        else:
+            dropped += 1
+    # Top-of-book change.  Only the touched side can move, except on a clear or a
+    # re-centre (the window moved: evictions may touch both sides).
+    if kind == schema.K_TRADE or kind == schema.K_HEARTBEAT:
+        changed = False
+    elif kind == schema.K_CLEAR or S[s, B_BASE] != base0 or uncrossed:
+        changed = _tob_changed(lad, S, s, 0) | _tob_changed(lad, S, s, 1)
+    else:
+        changed = _tob_changed(lad, S, s, side)
+    if changed:
+        bb = S[s, B_BEST]
+        ba = S[s, B_BEST + 1]
+        if bb >= 0 and ba >= 0 and bb >= ba:
+            C[schema.ST_BOOK_CROSSED] += 1
+        if ne < ev_free:
+            _emit(ev, (ev_head + ne) & ev_mask, schema.EV_BBO, 0, s, seq, ts_exch, lad, S, NO_PX, 0)
+            ne += 1
+        else:
+            dropped += 1
+    return ne, dropped
+
+
 @njit(**HOT)
 def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
     """Apply messages ``md[(start + j) & mask]`` for j in 0..n-1 (``mask = -1`` for a
@@ -557,43 +606,8 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
                 continue
         base0 = S[s, B_BASE]
         trade, uncrossed = apply_msg(lad, S, C, s, kind, side, px, q, True)
-        seq = np.int64(m.seq)
-        ts_exch = np.int64(m.ts_exch_ns)
-        S[s, B_MSGS] += 1
-        S[s, B_SEQ] = seq
-        S[s, B_TS_EXCH] = ts_exch
-        if S[s, B_DIRTY] == 0:
-            S[s, B_DIRTY] = 1
-            dirty[0] += 1
-            dirty[dirty[0]] = s
-        if trade:
-            agg = 1 - side
-            S[s, B_LAST_PX] = px
-            S[s, B_LAST_QTY] = q
-            S[s, B_LAST_SIDE] = agg
-            if ne < ev_free:
-                _emit(ev, (ev_head + ne) & ev_mask, schema.EV_TRADE, agg, s, seq, ts_exch, lad, S, px, q)
-                ne += 1
-            else:
-                dropped += 1
-        # Top-of-book change.  Only the touched side can move, except on a clear or a
-        # re-centre (the window moved: evictions may touch both sides).
-        if kind == schema.K_TRADE or kind == schema.K_HEARTBEAT:
-            changed = False
-        elif kind == schema.K_CLEAR or S[s, B_BASE] != base0 or uncrossed:
-            changed = _tob_changed(lad, S, s, 0) | _tob_changed(lad, S, s, 1)
-        else:
-            changed = _tob_changed(lad, S, s, side)
-        if changed:
-            bb = S[s, B_BEST]
-            ba = S[s, B_BEST + 1]
-            if bb >= 0 and ba >= 0 and bb >= ba:
-                C[schema.ST_BOOK_CROSSED] += 1
-            if ne < ev_free:
-                _emit(ev, (ev_head + ne) & ev_mask, schema.EV_BBO, 0, s, seq, ts_exch, lad, S, NO_PX, 0)
-                ne += 1
-            else:
-                dropped += 1
+        ne, dropped = after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dropped, dirty, s, kind, side,
+                                np.int64(m.seq), np.int64(m.ts_exch_ns), base0, trade, px, q, uncrossed)
     if ne > 0:
         ring_publish(ev_ctrl, ev_head + ne)
     C[schema.ST_BOOK_MSGS] += n

@@ -627,6 +627,14 @@ ST_BOOK_CLEARS = 15  # clear/reset messages
 ST_BOOK_HEARTBEATS = 16
 ST_BOOK_CROSSED = 17  # top-of-book changes that left the book crossed (bid >= ask)
 ST_BOOK_UNCROSSED = 18  # stale levels removed because a newer order crossed them ([book] uncross)
+# Per-order (L3) book (engine._l3_kernels; 0 when the input is aggregated):
+ST_BOOK_L3_LIVE = 19  # live orders in the order table now (its occupancy)
+ST_BOOK_L3_PEAK = 20  # most live orders at once so far
+ST_BOOK_L3_CAPACITY = 21  # orders the table holds ([book] l3_orders)
+ST_BOOK_L3_UNKNOWN = 22  # messages naming an order the table does not hold (skipped)
+ST_BOOK_L3_DUPLICATE = 23  # adds (or replaces' new orders) whose reference is already live (skipped)
+ST_BOOK_L3_FULL = 24  # adds skipped because the table was full (later references to them: unknown)
+ST_BOOK_L3_OVERFILL = 25  # executions / cancels of more shares than the order had (clamped: it leaves)
 BOOK_STAT_NAMES = {
     ST_BOOK_MSGS: "msgs",
     ST_BOOK_BATCHES: "batches",
@@ -643,7 +651,15 @@ BOOK_STAT_NAMES = {
     ST_BOOK_HEARTBEATS: "heartbeats",
     ST_BOOK_CROSSED: "crossed",
     ST_BOOK_UNCROSSED: "uncrossed_levels",
+    ST_BOOK_L3_LIVE: "l3_live_orders",
+    ST_BOOK_L3_PEAK: "l3_peak_orders",
+    ST_BOOK_L3_CAPACITY: "l3_capacity",
+    ST_BOOK_L3_UNKNOWN: "l3_unknown_refs",
+    ST_BOOK_L3_DUPLICATE: "l3_duplicate_refs",
+    ST_BOOK_L3_FULL: "l3_table_full",
+    ST_BOOK_L3_OVERFILL: "l3_overfills",
 }
+assert max(BOOK_STAT_NAMES) < STATS_WORDS
 
 #: rx row: words RX_TRACKER_BASE .. RX_TRACKER_BASE + RX_TRACKER_WORDS - 1 hold the
 #: receiver's tracker (``obpipe.feed_sim.wire_kernels.T_*``; its ``NT`` is
