@@ -21,7 +21,9 @@ from obpipe.ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_LATENCY
 
 from obpipe.engine import _book_kernels as BK
 from obpipe.ring.runtime import child_setup, claim_row, mark_running
+from obpipe.engine import _l3_kernels as LK
 from obpipe.engine.book import Book
+from obpipe.engine.l3 import L3Book
 
 
 @dataclass(frozen=True)
@@ -43,30 +45,42 @@ class BookWriterSpec:
 
 
 def run(spec: BookWriterSpec, stop) -> int:
-    """Run until ``stop`` is set, then drain the md ring and return 0."""
+    """Run until ``stop`` is set, then drain the md ring and return 0.  With
+    ``l3_orders`` the md ring carries per-order records and the book keeps every live
+    order (``engine.l3``); the ladders, events and snapshots are the same."""
     stats, row = claim_row(spec.instance, ROW_BOOK)
-    md = Ring.attach(spec.instance, "md", schema.MD_DTYPE)
+    l3 = spec.l3_orders > 0
+    md = Ring.attach(spec.instance, "md", schema.MD_L3_DTYPE if l3 else schema.MD_DTYPE)
     ev = Ring.attach(spec.instance, "events", schema.EVENT_DTYPE)
     snaps = SnapshotRegion.attach(spec.instance, "snap", spec.n_levels)
-    book = Book(spec.widths, spec.n_levels, events=(ev.ctrl, ev.records), snapshots=snaps,
-                depth_ticks=spec.depth_ticks, uncross=spec.uncross)
+    kw = dict(events=(ev.ctrl, ev.records), snapshots=snaps, depth_ticks=spec.depth_ticks, uncross=spec.uncross)
+    book = L3Book(spec.widths, spec.l3_orders, spec.n_levels, **kw) if l3 else Book(spec.widths, spec.n_levels, **kw)
     b = spec.backoff
     hist = stats.rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)
     args = (book.lad, book.S, book.C, book.ev, book.ev_ctrl, book.n_levels, book.dirty, snaps.words,
             snaps.base(0), snaps.slot_words, book.pay, book._lv_px, book._lv_qty, row, hist,
             np.zeros(len(hist), np.int64))
+    if l3:
+        table = book.table
+        row[schema.ST_BOOK_L3_CAPACITY] = book.C[schema.ST_BOOK_L3_CAPACITY]
+
+        def drain(budget, spin, yld):
+            return LK.drain_l3(md.ctrl, md.records, spec.max_batch, budget, *args, spin, yld, *table)
+    else:
+        def drain(budget, spin, yld):
+            return BK.drain(md.ctrl, md.records, spec.max_batch, budget, *args, spin, yld)
     # Compile (or load from cache) before announcing "running".
-    BK.drain(md.ctrl, md.records, spec.max_batch, 0, *args, 0, 0)
+    drain(0, 0, 0)
     mark_running(row)
     while not stop.is_set():
-        n = BK.drain(md.ctrl, md.records, spec.max_batch, spec.budget, *args, b.spin_iters, b.yield_iters)
+        n = drain(spec.budget, b.spin_iters, b.yield_iters)
         row[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()  # busy or idle: the supervisor watches it
         if n == 0:
             if spec.parent_pid and os.getppid() != spec.parent_pid:
                 row[schema.ST_STATE] = STATE_STOPPED
                 return 3  # orphaned: the supervisor died without stopping us
             time.sleep(b.sleep_us * 1e-6)
-    while BK.drain(md.ctrl, md.records, spec.max_batch, spec.budget, *args, 0, 0):
+    while drain(spec.budget, 0, 0):
         pass
     row[schema.ST_STATE] = STATE_STOPPED
     return 0

@@ -270,9 +270,11 @@ def _run_itch(spec: FeedSpec, stop) -> dict:
     except (OSError, ValueError) as e:
         raise FeedError(f"{spec.replay}: {e}") from None
     session = spec.session or random_session()
+    if spec.retransmit_window < 0 or (spec.retransmit_window & (spec.retransmit_window - 1)):
+        raise FeedError(f"retransmit window must be 0 (none) or a power of two, got {spec.retransmit_window}")
     try:
-        packer = MoldPacker(session, window=spec.retransmit_window, max_packets=itch_feed.MAX_PACKETS)
-        server = RequestServer(packer, port=spec.request_port)
+        packer = MoldPacker(session, window=max(spec.retransmit_window, 64), max_packets=itch_feed.MAX_PACKETS)
+        server = RequestServer(packer, port=spec.request_port) if spec.retransmit_window else None
     except (MoldError, OSError) as e:
         raise FeedError(f"retransmission: {e}") from None
     sender = UdpSender((spec.host, spec.port), session=session, rate=spec.rate, speed=spec.speed,
@@ -281,12 +283,12 @@ def _run_itch(spec: FeedSpec, stop) -> dict:
     total = len(stream) if spec.count is None else min(spec.count, len(stream))
     prog = Progress(f"itch {spec.source_name()}", total, spec.progress)
     t_start = time.monotonic()
-    res, interrupted, request_port = {}, False, server.port
+    res, interrupted, request_port = {}, False, server.port if server is not None else 0
     try:
         sender.warm()
-        packer.warm()
+        itch_feed.warm(packer, server)
         if row.row is not None:
-            row.row[schema.ST_FEED_REQUEST_PORT] = server.port
+            row.row[schema.ST_FEED_REQUEST_PORT] = request_port
         sender.start_clock()
         t_start = prog.t0 = time.monotonic()
         row.publish(sender, total, schema.STATE_RUNNING)
@@ -303,7 +305,8 @@ def _run_itch(spec: FeedSpec, stop) -> dict:
         interrupted = True
     finally:
         seconds = time.monotonic() - t_start
-        server.close()
+        if server is not None:
+            server.close()
         sender.close()
         row.publish(sender, total, schema.STATE_STOPPED)
         row.close()

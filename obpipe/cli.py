@@ -24,9 +24,9 @@ def _symbol_arg(v: str) -> int | str:
 
     if v.isdigit():
         return int(v)
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,16}", v):
-        raise argparse.ArgumentTypeError(f"--symbol must be an index or 1-16 letters, digits, '.', '_' or '-', "
-                                         f"got {v!r}")
+    if not all(re.fullmatch(r"[A-Za-z0-9._-]{1,16}", x) for x in v.split(",")):
+        raise argparse.ArgumentTypeError(f"--symbol must be an index or 1-16 letters, digits, '.', '_' or '-' "
+                                         f"(an ITCH replay: several, comma-separated), got {v!r}")
     return v
 
 
@@ -115,7 +115,8 @@ def cmd_run(a) -> int:
     _check_feed_args(a, faults)
     return run(cfg, RunOptions(count=a.count, as_json=a.json, quiet=a.quiet, faults=faults, replay=a.replay,
                                speed=a.speed, symbol=a.symbol, capture=a.capture, no_feed=a.no_feed,
-                               rate=a.rate, no_kafka=a.no_kafka, source=a.source))
+                               rate=a.rate, no_kafka=a.no_kafka, source=a.source,
+                               retransmit_window=a.retransmit_window))
 
 
 def _instance_word(inst: str, row: int, word: int) -> int:
@@ -196,7 +197,8 @@ def cmd_feed(a) -> int:
                             duration_s=a.duration or 0.0, seed=a.seed, n_symbols=a.symbols, symbol=a.symbol,
                             faults=faults, capture=a.capture, session=a.session, start_ns=a.start_ns or 0,
                             progress=(not a.no_progress and not a.json and sys.stderr.isatty()) or a.progress,
-                            lobster_loader=lobster.load_lobster)
+                            lobster_loader=lobster.load_lobster, request_port=a.request_port,
+                            retransmit_window=a.retransmit_window)
     from obpipe.ring.net import set_timer_slack
 
     set_timer_slack()
@@ -325,6 +327,12 @@ def _add_feed_args(p, run: bool) -> None:
     f.add_argument("--bad-magic-every", type=int, default=0, metavar="K", help="wrong magic in every K-th packet")
     f.add_argument("--bad-version-every", type=int, default=0, metavar="K", help="wrong version in every K-th packet")
     p.add_argument("--capture", metavar="FILE", help="also record every datagram sent to FILE (.obcap)")
+    p.add_argument("--retransmit-window", type=int, default=1 << 20, metavar="N",
+                   help="an ITCH feed keeps its last N messages for MoldUDP64 retransmission requests (0: none)")
+    if not run:
+        p.add_argument("--request-port", type=int, default=0, metavar="P",
+                       help="an ITCH feed answers retransmission requests on 127.0.0.1:P (default: a free port; "
+                            "give the [rx] request_port of the instance it sends to)")
     if run:
         p.add_argument("--replay", metavar="FILE", help="feed a capture (.obcap) or LOBSTER message CSV instead")
         p.add_argument("--speed", type=float, help="replay at the recorded pace x SPEED")

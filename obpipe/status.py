@@ -7,6 +7,7 @@ import time
 import psutil
 
 from obpipe.ring import schema
+from obpipe.ring.errors import HeaderMismatch
 from obpipe.ring.snapshot import SnapshotRegion
 from obpipe.ring.spsc import Ring
 from obpipe.feed_sim import wire_kernels as WK
@@ -37,7 +38,10 @@ class Status:
     def __init__(self, instance: str, symbols: list[str] | None = None):
         self.instance = instance
         self.stats = StatsBlock.attach(instance)
-        self.md = Ring.attach(instance, "md", schema.MD_DTYPE)
+        try:
+            self.md = Ring.attach(instance, "md", schema.MD_DTYPE)
+        except HeaderMismatch:  # (per-order input: ITCH in MoldUDP64)
+            self.md = Ring.attach(instance, "md", schema.MD_L3_DTYPE)
         self.events = Ring.attach(instance, "events", schema.EVENT_DTYPE)
         self.signals = Ring.attach(instance, "signals", schema.SIGNAL_DTYPE)
         self.snaps = SnapshotRegion.attach(instance, "snap")

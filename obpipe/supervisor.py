@@ -90,6 +90,7 @@ class RunOptions:
     speed: float | None = None  # replay at the recorded pace x speed
     symbol: int | str | None = None  # a LOBSTER replay's symbol: index or name (None: the file name's ticker)
     capture: str | None = None  # record the feed's datagrams to this file
+    retransmit_window: int = 1 << 20  # an ITCH feed's retransmission window, messages (0: none)
     no_feed: bool = False  # no feed process: an external feed sends to rx's port
     no_kafka: bool = False  # no publisher and no broker ([kafka] enabled = false)
     source: str = "synthetic"  # "exchange": the exchange + simulated traders are the feed ([exchange], [traders])
@@ -380,7 +381,8 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
             seed=cfg.run.seed if opts.seed is None else opts.seed, start_ns=cfg.run.start_ns, n_symbols=n_symbols,
             symbol=symbol, faults=opts.faults, capture=opts.capture, session=session, src_port=src_port,
             instance=inst, cores=cores.feed, parent_pid=pid, lobster_md=lobster_md,
-            lobster_loader=lobster.load_lobster, request_port=request_port)
+            lobster_loader=lobster.load_lobster, request_port=request_port,
+            retransmit_window=opts.retransmit_window)
     return Specs(book=book, rx=rx_spec, analysis=analysis, publisher=publisher, feed=feed, redis=redis, ticks=ticks)
 
 
