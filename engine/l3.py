@@ -26,10 +26,6 @@ from obpipe.engine import _book_kernels as BK
 from obpipe.engine import _l3_kernels as LK
 from obpipe.engine.book import DEFAULT_DEPTH_TICKS, Book
 
-#: Book-row counters of the order table, by name (also in ``Book.counters()``).
-L3_STAT_NAMES = {i: n for i, n in schema.BOOK_STAT_NAMES.items() if n.startswith("l3_")}
-
-
 class Order(NamedTuple):
     """A live order as the table holds it."""
 
@@ -44,7 +40,9 @@ class L3Book(Book):
     """Per-order books of ``len(widths)`` symbols.
 
     Args:
-        widths, n_levels, events, snapshots, depth_ticks, uncross: as ``Book``'s.
+        widths, n_levels, events, snapshots, depth_ticks: as ``Book``'s.
+        uncross: ignored (accepted as ``Book`` takes it): a per-order book has no stale
+            levels, so it never uncrosses.
         capacity: live orders the table holds (``[book] l3_orders``); an add beyond
             it is counted (``l3_table_full``) and skipped.  Memory: 48-64 bytes per
             order of capacity (docs/L3BOOK.md "Sizing").

@@ -355,3 +355,46 @@ def test_stale_marks_until_cleared():
     assert book.S[:, BK.B_STALE].tolist() == [1, 1, 1] and book.order(1) is None
     book.apply(_l3([(sc.L3_CLEAR, 0, 2, 0, 0, 0), (sc.L3_STALE, 0, 7, 0, 0, 0)]))  # symbol 7: bad
     assert book.S[:, BK.B_STALE].tolist() == [1, 1, 0] and book.counters()["bad_msgs"] == 1
+
+
+@pytest.mark.timeout(120)
+def test_drain_l3_from_a_ring_equals_apply():
+    """The book writer's loop on an md ring of MD_L3 records (wrapping, batches of 100):
+    the same ladders, table, events and counters as ``L3Book.apply``, a snapshot per
+    symbol, and the order table's counters in the stats row."""
+    widths = [64, 96, 48]
+    msgs = random_l3_stream(4, 3000, len(widths), 64)
+    ref = L3Book(widths, 400, n_levels=4, events=_local_ring(sc.EVENT_DTYPE, 1 << 14))
+    ref.apply(msgs)
+    book = L3Book(widths, 400, n_levels=4, events=_local_ring(sc.EVENT_DTYPE, 1 << 14))
+    md_ctrl, md = _local_ring(sc.MD_L3_DTYPE, 1024)
+    slot_words = sc.snapshot_slot_words(4)
+    snap = np.zeros(len(widths) * slot_words, np.int64)
+    row = np.zeros(sc.STATS_WORDS, np.int64)
+    hist = np.zeros(256, np.int64)
+    done = 0
+    for lo in range(0, len(msgs), 700):
+        chunk = msgs[lo:lo + 700]
+        for j, r in enumerate(chunk):
+            md[(lo + j) & 1023] = r
+        md_ctrl[sc.RING_W_HEAD] = lo + len(chunk)
+        done += LK.drain_l3(md_ctrl, md, 100, 1 << 20, book.lad, book.S, book.C, book.ev, book.ev_ctrl, 4,
+                            book.dirty, snap, 0, slot_words, book.pay, book._lv_px, book._lv_qty, row, hist,
+                            np.zeros_like(hist), 0, 0, *book.table)
+    assert done == len(msgs) and md_ctrl[sc.RING_W_TAIL] == len(msgs)
+    assert np.array_equal(book.lad, ref.lad) and np.array_equal(book.S[:, :BK.B_DIRTY], ref.S[:, :BK.B_DIRTY])
+    for a, b in zip(book.table, ref.table):
+        assert np.array_equal(a, b)
+    n_ev = int(ref.ev_ctrl[sc.RING_W_HEAD])
+    assert int(book.ev_ctrl[sc.RING_W_HEAD]) == n_ev and _events(book, n_ev) == _events(ref, n_ev)
+    c, r = book.counters(), ref.counters()
+    assert c.pop("batches") == 30 and c.pop("snapshots") > 0
+    r.pop("batches"), r.pop("snapshots")
+    assert c == r
+    for i, name in sc.BOOK_STAT_NAMES.items():  # the stats row has every counter
+        assert row[i] == book.C[i], name
+    assert row[sc.ST_BOOK_L3_LIVE] == book.occupancy > 0 and row[sc.ST_BOOK_L3_CAPACITY] == 400
+    for s in range(len(widths)):  # each symbol's last snapshot: its book after the last message
+        pay = snap[s * slot_words + 8:]
+        assert (pay[sc.SW_BID_PX], pay[sc.SW_BID_QTY], pay[sc.SW_ASK_PX], pay[sc.SW_ASK_QTY]) == book.bbo(s)
+        assert pay[sc.SW_STALE] == book.S[s, BK.B_STALE]
