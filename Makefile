@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store bench-ticks bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser redis postgres
+.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store bench-ticks bench-itch bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser redis postgres
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -110,4 +110,7 @@ bench-ticks: $(DEV) ## tick store: insert rows/s in the recorder's batches, book
 bench-table:     ## rewrite docs/BENCHMARKS.md's tables from bench/results/*.json (runs no benchmark)
 	$(PYTHON) bench/table.py
 
-bench: bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store bench-ticks ## every benchmark
+bench-itch: $(DEV) ## ITCH 5.0: decode and per-order apply rates in memory, MoldUDP64 over UDP into the per-order book at rising rates, gap recovery at 1 packet in 1,000 dropped -> bench/results/itch.json
+	$(VPY) bench/itch.py $(ARGS)
+
+bench: bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store bench-ticks bench-itch ## every benchmark

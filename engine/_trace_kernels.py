@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 from obpipe.engine import _book_kernels as BK
+from obpipe.engine import _l3_kernels as LK
 from obpipe.feed_sim.wire_kernels import rx_packet
 from obpipe.ring import schema
 from obpipe.ring.jit import HOT
@@ -34,21 +35,42 @@ def trace_md(md, start, n, lad, S, C, ev, ev_ctrl, dirty, sym, n_levels, out, lv
         BK.apply_batch(md, i, 1, -1, lad, S, C, ev, ev_ctrl, dirty)
         if md[i].symbol != sym:
             continue
-        r = out[rows]
-        r[0] = md[i].seq
-        r[1] = md[i].ts_exch_ns
-        for side in range(2):
-            k = BK.top_levels(lad, S, sym, side, n_levels, lv_px, lv_qty)
-            for lv in range(n_levels):
-                c = 2 + 4 * lv + 2 * side
-                if lv < k:
-                    r[c] = lv_px[lv]
-                    r[c + 1] = lv_qty[lv]
-                else:
-                    r[c] = NO_PX
-                    r[c + 1] = 0
+        _row(out[rows], md[i].seq, md[i].ts_exch_ns, lad, S, sym, n_levels, lv_px, lv_qty)
         rows += 1
     return n, rows
+
+
+@njit(**HOT)
+def trace_md_l3(md, start, n, lad, S, C, ev, ev_ctrl, dirty, O, Hd, Hx, E, sym, n_levels, out, lv_px, lv_qty):
+    """``trace_md`` for per-order records (``MD_L3_DTYPE``) through the per-order book."""
+    rows = 0
+    cap = out.shape[0]
+    for j in range(n):
+        i = start + j
+        if md[i].symbol == sym and rows == cap:
+            return j, rows
+        LK.apply_batch_l3(md, i, 1, -1, lad, S, C, ev, ev_ctrl, dirty, O, Hd, Hx, E)
+        if md[i].symbol != sym:
+            continue
+        _row(out[rows], md[i].seq, md[i].ts_exch_ns, lad, S, sym, n_levels, lv_px, lv_qty)
+        rows += 1
+    return n, rows
+
+
+@njit(**HOT, inline="always")
+def _row(r, seq, ts, lad, S, sym, n_levels, lv_px, lv_qty):
+    r[0] = seq
+    r[1] = ts
+    for side in range(2):
+        k = BK.top_levels(lad, S, sym, side, n_levels, lv_px, lv_qty)
+        for lv in range(n_levels):
+            c = 2 + 4 * lv + 2 * side
+            if lv < k:
+                r[c] = lv_px[lv]
+                r[c + 1] = lv_qty[lv]
+            else:
+                r[c] = NO_PX
+                r[c + 1] = 0
 
 
 @njit(**HOT)

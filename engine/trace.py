@@ -1,6 +1,6 @@
 """``obpipe trace``: one symbol's top N levels after every message that touches it, for
-any input obpipe reads (a LOBSTER message file, a capture; ITCH through the per-order
-book), the tool to reach for when a book looks wrong.
+any input obpipe reads (a LOBSTER message file, a capture, an ITCH 5.0 file through the
+per-order book), the tool to reach for when a book looks wrong.
 
 CSV: a header, then per message ``seq,ts_ns`` and for each level k = 1..N
 ``bid_px_k,bid_qty_k,ask_px_k,ask_qty_k``; prices in currency units, an empty level as
@@ -18,6 +18,7 @@ import numpy as np
 
 from obpipe.engine import _trace_kernels as TK
 from obpipe.engine.book import Book
+from obpipe.engine.l3 import L3Book
 from obpipe.ring import schema
 
 CHUNK_ROWS = 1 << 16
@@ -49,6 +50,7 @@ class Source:
     tick_size: float
     widths: list[int]
     uncross: bool = False
+    l3_orders: int = 0  # > 0: per-order records (ITCH) through a per-order book this big
 
 
 def header(n_levels: int) -> list[str]:
@@ -66,7 +68,8 @@ def trace(src: Source, n_levels: int = 5, csv: bool = True, out=None) -> int:
     out = out if out is not None else sys.stdout.buffer
     width = 0 if csv else TEXT_WIDTH
     tick_num, decimals = tick_units(src.tick_size)
-    book = Book(src.widths, n_levels=n_levels, uncross=src.uncross)
+    book = (L3Book(src.widths, src.l3_orders, n_levels=n_levels) if src.l3_orders
+            else Book(src.widths, n_levels=n_levels, uncross=src.uncross))
     rows = TK.new_rows(CHUNK_ROWS, n_levels)
     buf = np.zeros(CHUNK_ROWS * TK.row_bytes(n_levels, width), np.uint8)
     lv_px, lv_qty = np.zeros(n_levels, np.int64), np.zeros(n_levels, np.int64)
@@ -74,8 +77,11 @@ def trace(src: Source, n_levels: int = 5, csv: bool = True, out=None) -> int:
     out.write(((",".join(cols)) if csv else " ".join(c.rjust(width) for c in cols)).encode() + b"\n")
     md, start, total = src.md, 0, 0
     while start < len(md):
-        k, r = TK.trace_md(md, start, len(md) - start, book.lad, book.S, book.C, book.ev, book.ev_ctrl, book.dirty,
-                           src.sym, n_levels, rows, lv_px, lv_qty)
+        common = (md, start, len(md) - start, book.lad, book.S, book.C, book.ev, book.ev_ctrl, book.dirty)
+        if src.l3_orders:
+            k, r = TK.trace_md_l3(*common, *book.table, src.sym, n_levels, rows, lv_px, lv_qty)
+        else:
+            k, r = TK.trace_md(*common, src.sym, n_levels, rows, lv_px, lv_qty)
         nb = TK.format_rows(rows, r, n_levels, tick_num, decimals, width, buf)
         out.write(buf[:nb].tobytes())
         start += k
@@ -118,3 +124,15 @@ def from_capture(path: str, symbol: str, symbols: tuple[str, ...], widths: list[
     C = WK.receiver_config(accept_new_session=True)
     got = int(TK.capture_md(cap.raw.view(np.int64), cap.off, cap.length, T, miss, C, WK.NO_ALLOW, ctrl, rec))
     return Source(rec[:got], symbols.index(symbol), symbol, tick_size, list(widths))
+
+
+def from_itch(path: str, symbol: str, width: int, tick_size: float, l3_orders: int) -> Source:
+    """An ITCH 5.0 file (plain or gzip): the stock ``symbol`` chosen by its stock
+    directory name, through the per-order book."""
+    from obpipe.feed_sim import itch
+
+    day = itch.file_day_ns(path) or 0
+    recs, names, c = itch.decode(itch.read_itch(path), [symbol], tick_divisor=round(tick_size * 10_000), day_ns=day)
+    if not c["symbols"]:
+        raise TraceError(f"{path}: no stock directory message or order names {symbol}")
+    return Source(recs, 0, symbol, tick_size, [width], l3_orders=l3_orders)

@@ -229,7 +229,7 @@ def iter_itch(path, chunk_bytes: int = 1 << 26) -> Iterator[np.ndarray]:
             yield np.frombuffer(b, np.uint8, count=n)
 
 
-_FILE_DATE = re.compile(r"(\d{2})(\d{2})(\d{4})\.NASDAQ_ITCH50(?:\.gz)?", re.IGNORECASE)
+_FILE_DATE = re.compile(r"(\d{2})(\d{2})(\d{4})\.(?:[\w.-]+\.)?(?:NASDAQ_ITCH50|itch50)(?:\.gz)?", re.IGNORECASE)
 
 
 def session_midnight_ns(year: int, month: int, day: int) -> int:
@@ -242,7 +242,8 @@ def session_midnight_ns(year: int, month: int, day: int) -> int:
 
 def file_day_ns(path) -> int | None:
     """The session midnight (``session_midnight_ns``) from a Nasdaq file name
-    ``MMDDYYYY.NASDAQ_ITCH50[.gz]``; None for other names."""
+    ``MMDDYYYY.NASDAQ_ITCH50[.gz]`` (or ``MMDDYYYY.<anything>.itch50[.gz]``); None for
+    other names."""
     m = _FILE_DATE.fullmatch(Path(path).name)
     if m is None:
         return None
@@ -614,11 +615,34 @@ def main(argv: Iterable[str] | None = None, prog: str = "itch") -> int:
     d.add_argument("file")
     d.add_argument("--json", action="store_true", help="one JSON object per line")
     d.add_argument("--count", type=int, default=None, help="at most N messages")
+    g = sub.add_parser("generate", help="write a generated day-like order-by-order stream as an ITCH 5.0 file")
+    g.add_argument("--out", required=True, help="the file (name it DDMMYYYY.*.itch50 to give its day)")
+    g.add_argument("--messages", type=int, default=1_000_000)
+    g.add_argument("--symbols", default="AAPL,MSFT,NVDA,AMZN", help="stock names, comma-separated")
+    g.add_argument("--seed", type=int, default=1)
     a = p.parse_args(None if argv is None else list(argv))
+    if a.cmd == "generate":
+        return _generate(a.out, a.messages, [x for x in a.symbols.split(",") if x], a.seed)
     try:
         dump(a.file, json=a.json, count=a.count)
     except BrokenPipeError:
         pass
+    return 0
+
+
+def _generate(out: str, n: int, symbols: list[str], seed: int) -> int:
+    """``itch generate``: the seeded L3 flow (``l3_synth``) encoded as ITCH, its session
+    09:30 New York time of the file name's day (else 2019-01-30)."""
+    from obpipe.feed_sim.l3_synth import L3SynthParams, generate_l3
+
+    if n < 1 or not symbols:
+        raise ItchError("--messages must be >= 1 and --symbols name at least one stock")
+    day = file_day_ns(out) or session_midnight_ns(2019, 1, 30)
+    md = generate_l3(n, L3SynthParams(n_symbols=len(symbols), seed=seed, start_ts_ns=day + 34_200 * 10**9))
+    data, _ = encode(md, symbols, day_ns=day)
+    with open(out, "wb") as f:
+        f.write(data.tobytes())
+    print(f"wrote {n:,} messages ({len(data):,} bytes) of {', '.join(symbols)} to {out}", file=sys.stderr)
     return 0
 
 

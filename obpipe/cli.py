@@ -284,7 +284,15 @@ def cmd_trace(a) -> int:
     from obpipe.feed_sim.capture import CaptureError, is_capture
 
     try:
-        if is_capture(a.file):
+        from obpipe.feed_sim.feed import is_itch
+
+        if is_itch(a.file):
+            cfg = _load(a.config)
+            if a.symbol is None:
+                raise tr.TraceError("--symbol is required for an ITCH file (a stock, e.g. AAPL)")
+            src = tr.from_itch(a.file, a.symbol, cfg.book.ladder_width, cfg.analysis.tick_size,
+                               min(cfg.book.l3_orders, 1 << 22))
+        elif is_capture(a.file):
             cfg = _load(a.config)
             if a.symbol is None:
                 raise tr.TraceError("--symbol is required for a capture (one of the config's [book] symbols)")
@@ -419,8 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--width", type=int)
     lc.set_defaults(fn=cmd_lobster_check)
 
-    trc = sub.add_parser("trace", help="a symbol's top levels after every message of a file (LOBSTER, capture)")
-    trc.add_argument("file", help="a LOBSTER message CSV or a capture (.obcap)")
+    trc = sub.add_parser("trace", help="a symbol's top levels after every message of a file (LOBSTER, capture, ITCH)")
+    trc.add_argument("file", help="a LOBSTER message CSV, a capture (.obcap) or an ITCH 5.0 file (.itch50[.gz])")
     trc.add_argument("--symbol", help="the symbol to trace (a LOBSTER file's own ticker by default)")
     trc.add_argument("--levels", type=int, default=5, help="levels per side (default 5)")
     trc.add_argument("--csv", action="store_true", help="CSV (seq,ts_ns, then bid_px_k,bid_qty_k,ask_px_k,ask_qty_k); "
