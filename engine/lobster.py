@@ -231,8 +231,9 @@ def _time_ns(t: np.ndarray) -> np.ndarray:
     return sec.astype(np.int64) * 1_000_000_000 + np.strings.ljust(frac, 9, "0").astype(np.int64)
 
 
-def _parse_messages(path):
-    """(ts_ns, type, size, price, direction) int64 columns of a message file, validated."""
+def _parse_messages(path, with_ids: bool = False):
+    """(ts_ns, type, size, price, direction) int64 columns of a message file, validated
+    (and the order ids last, ``with_ids``)."""
     a, text = _parse_table(path, 6, True, _MSG_COLS)
     try:
         ts = _time_ns(a[:, 0])
@@ -246,7 +247,7 @@ def _parse_messages(path):
     _first_bad(path, book & ((size <= 0) | (size > _MAX_QTY)), f"size not in 1..{_MAX_QTY}", a)
     _first_bad(path, book & ((px <= 0) | (px >= _PRICE_LIMIT)), "price not positive", a)
     _first_bad(path, (typ == 7) & (size < 0), "negative size", a)
-    return ts, typ, size, px, direction
+    return (ts, typ, size, px, direction, v[:, 1]) if with_ids else (ts, typ, size, px, direction)
 
 
 def _parse_orderbook(path) -> np.ndarray:
@@ -388,6 +389,39 @@ def load_messages(path, symbol: int = 0, tick_divisor: int | None = None, return
     _refuse_message_outliers(path, typ, px, d)
     md = _messages_to_md(ts, typ, size, px, direction, symbol, d)
     return (md, d) if return_tick else md
+
+
+#: LOBSTER event type -> ``schema.L3_*`` (per order; 7, a halt, has none: left out).
+_L3_KIND_OF_TYPE = np.array([0, schema.L3_ADD, schema.L3_CANCEL, schema.L3_DELETE, schema.L3_EXEC,
+                             schema.L3_TRADE, schema.L3_CROSS, 0], np.uint8)
+
+
+def load_messages_l3(path, symbol: int = 0, tick_divisor: int | None = None, day_ns: int | None = None):
+    """A LOBSTER message CSV per order, as ``schema.MD_L3_DTYPE`` records for the per-order
+    book (``engine.l3``): 1 submission -> L3_ADD, 2 partial cancellation -> L3_CANCEL, 3
+    deletion -> L3_DELETE, 4 visible execution -> L3_EXEC (all by order id), 5 hidden
+    execution -> L3_TRADE, 6 cross -> L3_CROSS; halts (7) are left out, so ``seq`` (the
+    row number) skips them.  Returns (records, tick divisor).  Orders submitted before the
+    file starts are unknown to the book: their cancels, deletes and executions are counted
+    (``l3_unknown_refs``) and skipped."""
+    if not 0 <= symbol <= 0xFFFF:
+        raise ValueError(f"symbol must be 0..65535, got {symbol}")
+    if day_ns is None:
+        day_ns = file_info(path)[1] or 0
+    ts, typ, size, px, direction, oid = _parse_messages(path, with_ids=True)
+    d = _check_divisor(path, tick_divisor, _prices_of_messages(typ, px))
+    _refuse_message_outliers(path, typ, px, d)
+    keep = typ <= 6
+    md = np.zeros(int(keep.sum()), schema.MD_L3_DTYPE)
+    md["kind"] = _L3_KIND_OF_TYPE[typ[keep]]
+    md["side"] = np.where(typ[keep] == 6, schema.SIDE_NONE_L3, np.where(direction[keep] == -1, ASK, BID))
+    md["symbol"] = symbol
+    md["qty"] = size[keep]
+    md["px_tick"] = px[keep] // d
+    md["seq"] = np.flatnonzero(keep) + 1
+    md["ts_exch_ns"] = ts[keep] + day_ns
+    md["ref"] = np.where(typ[keep] <= 4, oid[keep], 0).astype(np.uint64)
+    return md, d
 
 
 def load_orderbook(path, tick_divisor: int | None = None, return_tick: bool = False):
