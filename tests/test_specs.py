@@ -62,7 +62,7 @@ def test_each_spec_copies_its_config_section():
                                     parent_pid=pid)
     assert s.rx == RxSpec("specs", port=0, backoff=Backoff(11, 3, 70), cores=(0,), parent_pid=pid, session=77,
                           allow=(("127.0.0.1", 5000),), max_seq_jump=1000, resync_packets=9,
-                          accept_new_session=True)
+                          accept_new_session=True, symbols=("AAA", "BBB", "CCC"), tick_divisor=50)
     assert s.analysis == AnalysisSpec(instance="specs", n_symbols=3, params=params(cfg.analysis), max_batch=128,
                                       backoff=Backoff(0, 0, 900), cores=(3,), background=False, parent_pid=pid,
                                       relay_ticks=True)
