@@ -199,14 +199,27 @@ def cmd_feed(a) -> int:
                             progress=(not a.no_progress and not a.json and sys.stderr.isatty()) or a.progress,
                             lobster_loader=lobster.load_lobster, request_port=a.request_port,
                             retransmit_window=a.retransmit_window)
+    from obpipe.ring.interrupt import Interrupt
     from obpipe.ring.net import set_timer_slack
 
     set_timer_slack()
+    # Ctrl-C is a flag the send loop reads between chunks (an ITCH feed's linger too), and
+    # a bound: still running 1.5 s later (e.g. in a kernel's first compile), it exits
+    intr = Interrupt(grace_s=1.5)
+
+    class _Stop:
+        @staticmethod
+        def is_set() -> bool:
+            return bool(intr)
+
     try:
-        res = feedmod.run(spec)
+        res = feedmod.run(spec, _Stop())
     except feedmod.FeedError as e:
         print(f"obpipe: {e}", file=sys.stderr)
         return 2
+    finally:
+        intr.restore()
+    res["interrupted"] = res.get("interrupted") or bool(intr)
     if a.json:
         print(orjson.dumps(res, option=orjson.OPT_INDENT_2).decode())
     else:

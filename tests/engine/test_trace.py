@@ -85,3 +85,33 @@ def test_tick_units():
     with pytest.raises(tr.TraceError):
         tr.tick_units(0)
     assert schema.NO_PX < 0
+
+
+@pytest.mark.timeout(120)
+def test_an_itch_trace_is_the_per_order_book_after_every_message_of_the_stock(tmp_path):
+    from obpipe.engine.l3 import L3Book
+    from obpipe.feed_sim import itch
+    from obpipe.feed_sim.l3_synth import L3SynthParams, generate_l3
+
+    day = itch.session_midnight_ns(2019, 1, 30)
+    md = generate_l3(20_000, L3SynthParams(n_symbols=3, seed=4, start_ts_ns=day + 34_200 * 10**9))
+    data, _ = itch.encode(md, ["AAPL", "MSFT", "NVDA"], day_ns=day)
+    path = tmp_path / "01302019.t.itch50"
+    path.write_bytes(data.tobytes())
+    r = obpipe("trace", str(path), "--symbol", "MSFT", "--levels", "3", "--csv", timeout=90)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.reader(io.StringIO(r.stdout)))[1:]
+    mine = md[md["symbol"] == 1]
+    assert len(rows) == len(mine) > 1000
+    book = L3Book([4096] * 3, 1 << 16, 3)
+    at = 0
+    for k in (0, 17, len(mine) // 2, len(mine) - 1):  # the book after the k-th MSFT message
+        i = int(np.flatnonzero(md["symbol"] == 1)[k])
+        book.apply(md, at, i + 1 - at)
+        at = i + 1
+        want = [str(int(mine[k]["seq"]) + 4), str(int(mine[k]["ts_exch_ns"]))]  # (ITCH seq: after S and 3 R)
+        for lv in range(3):
+            for side in (0, 1):
+                t = book.top(1, side, 3)
+                want += [f"{t[lv][0] / 100:.2f}", str(t[lv][1])] if lv < len(t) else ["", ""]
+        assert rows[k] == want, (k, rows[k], want)
