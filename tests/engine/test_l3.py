@@ -133,7 +133,7 @@ def _compare_orders(book: L3Book, ref: RefL3, where: str) -> None:
 def test_l3_book_equals_reference_after_every_message(seed, capacity):
     widths = [64, 96, 48]
     n_top = 6
-    msgs = random_l3_stream(seed, 3000, len(widths), 64)
+    msgs = random_l3_stream(seed, 6000, len(widths), 64)
     book = L3Book(widths, capacity, n_levels=n_top, events=_local_ring(sc.EVENT_DTYPE, 1 << 15))
     ref = RefL3(widths, capacity)
     rng = np.random.default_rng(seed)
