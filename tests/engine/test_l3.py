@@ -281,7 +281,7 @@ def test_l3_by_hand():
 @pytest.mark.timeout(120)
 def test_generated_day_stream_equals_reference():
     """The L3 generator's stream (many symbols, injected unknown references): the top
-    levels of every touched symbol after each of the first 8,000 messages, then every
+    levels of every touched symbol after each of the first 20,000 messages, then every
     symbol's at 100 points of the rest, equal the reference's; at the end the orders
     equal the generator's own live orders too."""
     p = L3SynthParams(n_symbols=30, seed=9, p_bad_ref=0.001, p_cross=1e-3, target_orders=50, max_orders=256,
@@ -293,7 +293,7 @@ def test_generated_day_stream_equals_reference():
     widths = [256] * p.n_symbols
     book = L3Book(widths, 5_000, n_levels=5)
     ref = RefL3(widths, 5_000)
-    for j in range(8_000):
+    for j in range(20_000):
         book.apply(msgs, j, 1)
         _ref_apply(ref, msgs[j])
         s = int(msgs[j]["symbol"])
