@@ -335,6 +335,45 @@ def ticks(r: dict) -> list[str]:
             *_table(["figure (`ticks.json` key)", "measured", "target"], ["---", "---:", "---:"], rows)]
 
 
+def itch(r: dict) -> list[str]:
+    rows = []
+    mem = r.get("memory", {})
+    if mem:
+        first, *rest = list(mem)
+        f = mem[first]
+        others = "; ".join(f"{n} symbols: {_m(mem[n]['decode']['msgs_per_s'])}" for n in rest)
+        rows.append([f"decode, {first} symbols, {f['messages'] / 1e6:g}M generated messages (`itch_decode_msgs_per_s`)",
+                     f"**{_m(f['decode']['msgs_per_s'])} msgs/s**" + (f" ({others})" if others else ""), ""])
+        others = "; ".join(f"{n} symbols: {_m(mem[n]['decode_apply']['msgs_per_s'])}" for n in rest)
+        ok = r["itch_l3_apply_msgs_per_s"] >= 20e6
+        rows.append([f"decode + the book writer's loop (per-order book, ladders, events, snapshots), {first} symbols "
+                     "(`itch_l3_apply_msgs_per_s`)", f"**{_m(f['decode_apply']['msgs_per_s'])} msgs/s**"
+                     + (f" ({others})" if others else ""), ">= 20M" + ("" if ok else " (not met)")])
+        rows.append(["  the per-order book alone, no snapshots (`memory.*.decode_apply.book_alone_msgs_per_s`), "
+                     "peak live orders",
+                     "; ".join(f"{n} symbols: {_m(m['decode_apply']['book_alone_msgs_per_s'])} msgs/s, "
+                               f"{_int(m['decode_apply']['peak_live_orders'])} orders" for n, m in mem.items()), ""])
+    if "pipeline_itch_max_zero_loss_msgs_per_s" in r:
+        w = r["pipeline_workload"]
+        rates = ", ".join("max" if x["rate"] == "max" else _m(x["rate"], 0) for x in r["pipeline_runs"]
+                          if x["zero_loss"])
+        rows.append([f"pipeline over UDP, {w['messages'] / 1e6:g}M messages of {w['symbols']} symbols, highest sending "
+                     "rate with nothing lost (`pipeline_itch_max_zero_loss_msgs_per_s`)",
+                     f"**{_m(r['pipeline_itch_max_zero_loss_msgs_per_s'])} msgs/s** (no loss at: {rates})", ""])
+        c = r["recovery"]
+        rows.append([f"1 packet in {c['drop_every']:,} dropped at {_m(c['rate'], 0)} msgs/s (`recovery`): gaps seen / "
+                     "healed / lost, messages recovered, per run",
+                     " ; ".join(f"{s} / {h} / {lo}, {_int(rc)}" for s, h, lo, rc in
+                                zip(c["gaps_seen"], c["gaps_healed"], c["gaps_lost"], c["recovered"])), "no loss"])
+        rows.append(["  request round trip mean / max, per run (`recovery.round_trip_mean_us` / `max_us`)",
+                     " ; ".join(f"{_dec(a / 1000, 1)} / {_dec(b / 1000, 1)} ms" for a, b in
+                                zip(c["round_trip_mean_us"], c["round_trip_max_us"])), ""])
+    mc, load = r["machine"], r.get("loadavg_1m_at_start")
+    return [f"Run {r['when']}, {mc['cores']} cores" + (f", load average {load} at the start" if load is not None else "")
+            + f"; medians of {r['repeats']} runs in memory; {r['seconds']} s in all.", "",
+            *_table(["figure (`itch.json` key)", "measured", "target"], ["---", "---:", "---:"], rows)]
+
+
 SECTIONS = {  # marker name -> (results file, renderer)
     "core": ("core.json", core),
     "pipeline": ("pipeline.json", pipeline),
@@ -344,6 +383,7 @@ SECTIONS = {  # marker name -> (results file, renderer)
     "story": ("story.json", story),
     "store": ("store.json", store),
     "ticks": ("ticks.json", ticks),
+    "itch": ("itch.json", itch),
 }
 
 

@@ -146,7 +146,8 @@ class FeedRow:
             self.stats, self.row = claim_row(instance, ROW_FEED)
             self.row[schema.ST_STATE + 1:] = 0
 
-    def publish(self, s: UdpSender, total: int | None, state: int | None = None) -> None:
+    def publish(self, s: UdpSender, total: int | None, state: int | None = None, t1_ns: int | None = None) -> None:
+        """``t1_ns``: when the last message went (default now; an ITCH feed lingers after it)."""
         r = self.row
         if r is None:
             return
@@ -162,7 +163,7 @@ class FeedRow:
         r[schema.ST_FEED_CAPTURED] = s.capture.datagrams if s.capture is not None else 0
         r[schema.ST_FEED_T0_NS] = s.t0_ns or 0
         now = time.monotonic_ns()
-        r[schema.ST_FEED_T1_NS] = now
+        r[schema.ST_FEED_T1_NS] = now if t1_ns is None else t1_ns
         if state is not None or now >= self._next_cpu:  # CPU time: 4 samples a second are enough
             t = os.times()
             r[schema.ST_FEED_CPU_NS] = int((t.user + t.system) * 1e9)
@@ -284,6 +285,7 @@ def _run_itch(spec: FeedSpec, stop) -> dict:
     prog = Progress(f"itch {spec.source_name()}", total, spec.progress)
     t_start = time.monotonic()
     res, interrupted, request_port = {}, False, server.port if server is not None else 0
+    sent_ns = None
     try:
         sender.warm()
         itch_feed.warm(packer, server)
@@ -299,16 +301,17 @@ def _run_itch(spec: FeedSpec, stop) -> dict:
 
         res = itch_feed.send(stream, sender, packer, server, spec.faults, spec.rate, spec.speed, spec.count,
                              lambda: _should_stop(spec, stop, t_start), progress, spec.linger_s)
+        sent_ns = res["sent_ns"]
         for k, v in res["injected"].items():
             sender.injected[k] += v
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        seconds = time.monotonic() - t_start
+        seconds = (sent_ns - sender.t0_ns) / 1e9 if sent_ns and sender.t0_ns else time.monotonic() - t_start
         if server is not None:
             server.close()
         sender.close()
-        row.publish(sender, total, schema.STATE_STOPPED)
+        row.publish(sender, total, schema.STATE_STOPPED, t1_ns=sent_ns)
         row.close()
         prog.close(sender.msgs)
     return {"source": "itch", "file": spec.replay, "messages": sender.msgs, "packets": sender.packets_made,

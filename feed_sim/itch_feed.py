@@ -105,6 +105,7 @@ def send(stream: ItchStream, sender, packer: MoldPacker, server: RequestServer, 
         if server is not None:
             server.poll()
         on_progress(sent)
+    sent_ns = time.monotonic_ns()
     # the end: end-of-session packets and answers until nobody asks for linger_s
     last_req, t_last = -1, time.monotonic()
     next_eos = 0.0
@@ -128,6 +129,6 @@ def send(stream: ItchStream, sender, packer: MoldPacker, server: RequestServer, 
         elif now - t_last >= linger_s:
             break
         time.sleep(0.001)
-    return {"injected": injected, "messages": sent, "packets": made,
+    return {"injected": injected, "messages": sent, "packets": made, "sent_ns": sent_ns,
             "server": server.counters() if server is not None else {},
             "sender": packer.counters()}
