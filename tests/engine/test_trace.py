@@ -71,12 +71,14 @@ def test_a_lobster_trace_prints_currency_units_and_empty_levels_as_empty_fields(
     assert lines[2] == f"2,{day + 34200189607670},223.810,21,,,,,,"
     assert lines[3] == f"3,{day + 34200190226476},,,,,,,,"
     assert len(lines) == 1 + 57_515
-    text = obpipe("trace", str(LOBSTER_MSG), "--levels", "2", timeout=90).stdout.splitlines()
+    buf = io.BytesIO()  # (the aligned text form, in process: the command line is tested above)
+    tr.trace(tr.from_lobster(str(LOBSTER_MSG), None, 2), 2, csv=False, out=buf)
+    text = buf.getvalue().decode().splitlines()
     assert len(text) == len(lines)
     for t, c in zip(text[1000:1100], lines[1000:1100]):
         assert [f or "-" for f in c.split(",")] == t.split()
-    bad = obpipe("trace", str(LOBSTER_MSG), "--symbol", "MSFT", timeout=60)
-    assert bad.returncode == 2 and "holds AMZN, not MSFT" in bad.stderr
+    with pytest.raises(tr.TraceError, match="holds AMZN, not MSFT"):
+        tr.from_lobster(str(LOBSTER_MSG), "MSFT", 2)
 
 
 def test_tick_units():
@@ -98,9 +100,9 @@ def test_an_itch_trace_is_the_per_order_book_after_every_message_of_the_stock(tm
     data, _ = itch.encode(md, ["AAPL", "MSFT", "NVDA"], day_ns=day)
     path = tmp_path / "01302019.t.itch50"
     path.write_bytes(data.tobytes())
-    r = obpipe("trace", str(path), "--symbol", "MSFT", "--levels", "3", "--csv", timeout=90)
-    assert r.returncode == 0, r.stderr
-    rows = list(csv.reader(io.StringIO(r.stdout)))[1:]
+    buf = io.BytesIO()
+    tr.trace(tr.from_itch(str(path), "MSFT", 4096, 0.01, 1 << 16), 3, csv=True, out=buf)
+    rows = list(csv.reader(io.StringIO(buf.getvalue().decode())))[1:]
     mine = md[md["symbol"] == 1]
     assert len(rows) == len(mine) > 1000
     book = L3Book([4096] * 3, 1 << 16, 3)
