@@ -227,8 +227,8 @@ def _x_find(O, Hx, E, ref):
 def find(O, Hd, Hx, E, ref):
     """Row of live order ``ref``, or -1: its direct bucket, else (only while the
     overflow part holds anything) the overflow probe."""
-    r = np.int64(Hd[ref & (E[E_HM] - 1)])
-    if r >= 0 and O[r, O_REF] == ref:
+    r = np.int64(Hd[np.uint64(ref & (E[E_HM] - 1))])
+    if r >= 0 and O[np.uint64(r), O_REF] == ref:
         return r
     if E[E_XN] == 0:
         return np.int64(-1)
@@ -405,7 +405,7 @@ def apply_batch_l3(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty, O, Hd, Hx,
             r = Hd[np.int64(md[(start + j + PF_D) & mask].ref) & hm]
             if r >= 0:
                 _prefetch(O, np.int64(r) * NO_COLS)
-        m = md[(start + j) & mask]
+        m = md[np.uint64((start + j) & mask)]  # (unsigned indices: no negative-index wraparound)
         kind = np.int64(m.kind)
         ref = np.int64(m.ref)
         q = np.int64(m.qty)

@@ -17,13 +17,13 @@ from obpipe.ring import schema
 from obpipe.ring.schema import STATE_STOPPED
 from obpipe.ring.snapshot import SnapshotRegion
 from obpipe.ring.spsc import Backoff, Ring
-from obpipe.ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_LATENCY
+from obpipe.ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_LATENCY, ROW_QUERY
 
 from obpipe.engine import _book_kernels as BK
 from obpipe.ring.runtime import child_setup, claim_row, mark_running
 from obpipe.engine import _l3_kernels as LK
 from obpipe.engine.book import Book
-from obpipe.engine.l3 import L3Book
+from obpipe.engine.l3 import L3Book, answer_query
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ def run(spec: BookWriterSpec, stop) -> int:
     args = (book.lad, book.S, book.C, book.ev, book.ev_ctrl, book.n_levels, book.dirty, snaps.words,
             snaps.base(0), snaps.slot_words, book.pay, book._lv_px, book._lv_qty, row, hist,
             np.zeros(len(hist), np.int64))
+    q = stats.rows[ROW_QUERY]
     if l3:
         table = book.table
         row[schema.ST_BOOK_L3_CAPACITY] = book.C[schema.ST_BOOK_L3_CAPACITY]
@@ -75,6 +76,8 @@ def run(spec: BookWriterSpec, stop) -> int:
     while not stop.is_set():
         n = drain(spec.budget, b.spin_iters, b.yield_iters)
         row[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()  # busy or idle: the supervisor watches it
+        if l3 and q[schema.Q_REQ] != q[schema.Q_ANS]:
+            answer_query(book, q)  # an order's queue position, asked by engine.l3.query_order
         if n == 0:
             if spec.parent_pid and os.getppid() != spec.parent_pid:
                 row[schema.ST_STATE] = STATE_STOPPED

@@ -133,3 +133,79 @@ def _ref(ref: int) -> int:
     if not 0 <= ref < 1 << 64:
         raise ValueError(f"order reference must be a u64, got {ref}")
     return ref - (1 << 64) if ref >= 1 << 63 else ref
+
+
+# --- the order query of a running book (not the hot path) ---------------------------------
+
+
+class OrderAnswer(NamedTuple):
+    """A running book writer's answer about one live order (``query_order``)."""
+
+    ref: int
+    symbol: int
+    side: int  # SIDE_BID / SIDE_ASK
+    px_tick: int
+    qty: int  # remaining shares
+    priority: int  # arrival order within the book (smaller: earlier)
+    shares_ahead: int  # shares of earlier orders at the same symbol, side and price
+    orders_ahead: int
+    seq: int  # the symbol's last applied message: the answer holds as of it
+    ts_exch_ns: int  # that message's exchange timestamp, UTC epoch ns
+
+
+def answer_query(book: L3Book, q: np.ndarray) -> bool:
+    """The book writer's side: answer the pending request in the query row ``q``, if any.
+    One word compared per call when none is pending."""
+    req = int(q[schema.Q_REQ])
+    if req == int(q[schema.Q_ANS]):
+        return False
+    ref = int(q[schema.Q_REF])
+    words = np.zeros(schema.Q_TS_EXCH_NS - schema.Q_FOUND + 1, np.int64)
+    row = int(LK.lookup(book.O, book.Hd, book.Hx, book.E, ref))
+    if row >= 0:
+        shares, orders = LK.queue_position(book.O, book.Hd, book.Hx, book.E, ref)
+        px, w, prio = (int(x) for x in book.O[row, LK.O_PX:LK.O_PRIO + 1])
+        s = (w >> 32) & 0xFFFF
+        words[:] = (1, s, w >> 48, px, w & 0xFFFFFFFF, prio, shares, orders, book.S[s, BK.B_SEQ],
+                    book.S[s, BK.B_TS_EXCH])
+    q[schema.Q_FOUND:schema.Q_TS_EXCH_NS + 1] = words
+    q[schema.Q_ANS] = req  # last: the reader polls it (x86 keeps stores in program order)
+    return True
+
+
+def query_order(instance: str, ref: int, timeout_s: float = 2.0) -> OrderAnswer | None:
+    """Ask the book writer of running ``instance`` about live order ``ref`` (an ITCH
+    order reference number): its price, remaining shares and queue position now.  None
+    when the order is not live.  Raises ``RuntimeError`` when the instance's book is not
+    per-order, ``TimeoutError`` when the writer does not answer within ``timeout_s``
+    (stopped, or stuck).  Readers take turns (an exclusive ``flock`` on the stats
+    segment's file); the writer answers between kernel calls, so within one batch."""
+    import fcntl
+    import time
+
+    from obpipe.ring.shm import SHM_DIR, seg_name
+    from obpipe.ring.stats import ROW_BOOK, ROW_QUERY, StatsBlock
+
+    stats = StatsBlock.attach(instance)
+    try:
+        book_row = stats.rows[ROW_BOOK]
+        if int(book_row[schema.ST_BOOK_L3_CAPACITY]) <= 0:
+            raise RuntimeError(f"instance {instance!r} keeps an aggregated book, not a per-order one "
+                               "(order-by-order input: [rx] protocol = \"moldudp64\" and [book] l3_orders)")
+        q = stats.rows[ROW_QUERY]
+        with open(f"{SHM_DIR}{seg_name(instance, 'stats')}", "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            req = max(int(q[schema.Q_REQ]), int(q[schema.Q_ANS])) + 1  # (past one a timed-out reader left)
+            q[schema.Q_REF] = _ref(ref)
+            q[schema.Q_REQ] = req
+            deadline = time.monotonic() + timeout_s
+            while int(q[schema.Q_ANS]) != req:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the book writer of {instance!r} did not answer within {timeout_s:g} s")
+                time.sleep(0.0005)
+            w = [int(x) for x in q[schema.Q_FOUND:schema.Q_TS_EXCH_NS + 1]]
+        if not w[0]:
+            return None
+        return OrderAnswer(ref & 0xFFFFFFFFFFFFFFFF, *w[1:])
+    finally:
+        stats.close()

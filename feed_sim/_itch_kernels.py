@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit
 
 from obpipe.ring import schema
-from obpipe.ring.jit import HOT
+from obpipe.ring.jit import HOT, HOT_NOALIAS
 
 #: Every message type of ITCH 5.0 and its length in bytes (the specification's table).
 SPEC_LENGTHS = {
@@ -183,12 +183,15 @@ _U32 = (1 << 32) - 1
 
 @njit(**HOT, inline="always")
 def _u16(b, i):
-    return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
+    u = np.uint64(i)  # (an unsigned index: no negative-index wraparound, so LLVM merges the byte loads)
+    return (np.int64(b[u]) << 8) | np.int64(b[u + np.uint64(1)])
 
 
 @njit(**HOT, inline="always")
 def _u32(b, i):
-    return (np.int64(b[i]) << 24) | (np.int64(b[i + 1]) << 16) | (np.int64(b[i + 2]) << 8) | np.int64(b[i + 3])
+    u = np.uint64(i)
+    return ((np.int64(b[u]) << 24) | (np.int64(b[u + np.uint64(1)]) << 16) | (np.int64(b[u + np.uint64(2)]) << 8)
+            | np.int64(b[u + np.uint64(3)]))
 
 
 @njit(**HOT, inline="always")
@@ -303,8 +306,19 @@ def _unmapped(buf, m, t, locate, v, loc, wanted, names, D, C):
 # --- decode --------------------------------------------------------------------------
 
 @njit(**HOT, inline="always")
+def _ticks(price, div, inv):
+    """``price // div`` when ``div`` divides the 32-bit ``price``, else -1 (subtick), by a
+    rounded multiply with ``inv = 1 / div``: its error is below 2**-20, so the rounding
+    is exact for every multiple, and the check by multiplication catches the rest."""
+    q = np.int64(price * inv + 0.5)
+    if q * div != price:
+        return np.int64(-1)
+    return q
+
+
+@njit(**HOT, inline="always")
 def _put(out, j, kind, side, sym, qty, px, seq, ts, recv, ref, new_ref):
-    r = out[j]
+    r = out[np.uint64(j)]
     r.kind = kind
     r.side = side
     r.symbol = sym
@@ -317,7 +331,7 @@ def _put(out, j, kind, side, sym, qty, px, seq, ts, recv, ref, new_ref):
     r.new_ref = new_ref
 
 
-@njit(**HOT)
+@njit(**HOT_NOALIAS)
 def decode_l3(buf, end, out, loc, wanted, names, D, C):
     """Decode the messages of ``buf[D[D_POS]:end]`` into ``out[D[D_NOUT]:]``; returns
     ``DONE``, ``FULL`` or ``PARTIAL`` (module docstring), with ``D`` advanced."""
@@ -327,7 +341,10 @@ def decode_l3(buf, end, out, loc, wanted, names, D, C):
     cap = out.shape[0]
     day = D[D_DAY_NS]
     div = D[D_TICK_DIV]
+    inv = 1.0 / div  # price -> ticks by a multiply (an integer division costs more than the rest of a message)
     recv = D[D_RECV_NS]
+    seq0 = seq
+    j0 = j
     z = np.uint64(0)
     status = DONE
     while True:
@@ -347,11 +364,10 @@ def decode_l3(buf, end, out, loc, wanted, names, D, C):
         pos = m + n
         s = seq
         seq += 1
-        C[C_MESSAGES] += 1
         if n == 0:
             C[C_BAD_LENGTH] += 1
             continue
-        t = np.int64(buf[m])
+        t = np.uint64(buf[np.uint64(m)])
         slot = _SLOT[t]
         if slot < 0:
             C[C_UNKNOWN_TYPE] += 1
@@ -359,20 +375,20 @@ def decode_l3(buf, end, out, loc, wanted, names, D, C):
         if n != _LEN[t]:
             C[C_BAD_LENGTH] += 1
             continue
-        C[C_TYPE0 + slot] += 1
+        C[np.uint64(C_TYPE0 + slot)] += 1
         if _BOOK[t] == 0:
             if t == T_R:
                 _directory(buf, m, loc, wanted, names, D, C)
             C[C_OTHER] += 1
             continue
         locate = _u16(buf, m + O_LOCATE)
-        sym = np.int64(loc[locate])
+        sym = np.int64(loc[np.uint64(locate)])
         if sym < 0:
             sym = _unmapped(buf, m, t, locate, sym, loc, wanted, names, D, C)
             if sym < 0:
                 continue
         if t == T_A or t == T_F or t == T_P:
-            side_b = buf[m + O_AP_SIDE]
+            side_b = buf[np.uint64(m + O_AP_SIDE)]
             if side_b == _B:
                 side = _BID
             elif side_b == _SELL:
@@ -380,14 +396,14 @@ def decode_l3(buf, end, out, loc, wanted, names, D, C):
             else:
                 C[C_BAD_FIELD] += 1
                 continue
-            price = _u32(buf, m + O_AP_PRICE)
-            if price % div != 0:
+            tick = _ticks(_u32(buf, m + O_AP_PRICE), div, inv)
+            if tick < 0:
                 C[C_SUBTICK] += 1
                 continue
             if names[sym] == z:
                 names[sym] = _u64(buf, m + O_AP_STOCK)
             kind = _TRADE if t == T_P else _ADD
-            _put(out, j, kind, side, sym, _u32(buf, m + O_AP_SHARES), price // div, s, day + _u48(buf, m + O_TS),
+            _put(out, j, kind, side, sym, _u32(buf, m + O_AP_SHARES), tick, s, day + _u48(buf, m + O_TS),
                  recv, _u64(buf, m + O_REF), z)
         elif t == T_D or t == T_X or t == T_E:
             if t == T_D:
@@ -401,37 +417,38 @@ def decode_l3(buf, end, out, loc, wanted, names, D, C):
                 qty = _u32(buf, m + O_EC_SHARES)
             _put(out, j, kind, 0, sym, qty, 0, s, day + _u48(buf, m + O_TS), recv, _u64(buf, m + O_REF), z)
         elif t == T_U:
-            price = _u32(buf, m + O_U_PRICE)
-            if price % div != 0:
+            tick = _ticks(_u32(buf, m + O_U_PRICE), div, inv)
+            if tick < 0:
                 C[C_SUBTICK] += 1
                 continue
-            _put(out, j, _REPLACE, 0, sym, _u32(buf, m + O_U_SHARES), price // div, s, day + _u48(buf, m + O_TS),
+            _put(out, j, _REPLACE, 0, sym, _u32(buf, m + O_U_SHARES), tick, s, day + _u48(buf, m + O_TS),
                  recv, _u64(buf, m + O_REF), _u64(buf, m + O_U_NEW_REF))
         elif t == T_C:
-            pr = buf[m + O_C_PRINTABLE]
+            pr = buf[np.uint64(m + O_C_PRINTABLE)]
             if pr != _Y and pr != _N:
                 C[C_BAD_FIELD] += 1
                 continue
-            price = _u32(buf, m + O_C_PRICE)
-            if price % div != 0:
+            tick = _ticks(_u32(buf, m + O_C_PRICE), div, inv)
+            if tick < 0:
                 C[C_SUBTICK] += 1
                 continue
-            _put(out, j, _EXEC_PX, 1 if pr == _Y else 0, sym, _u32(buf, m + O_EC_SHARES), price // div, s,
+            _put(out, j, _EXEC_PX, 1 if pr == _Y else 0, sym, _u32(buf, m + O_EC_SHARES), tick, s,
                  day + _u48(buf, m + O_TS), recv, _u64(buf, m + O_REF), z)
         else:  # T_Q
             shares = _u64(buf, m + O_Q_SHARES)
             if shares > np.uint64(_U32):
                 C[C_BAD_FIELD] += 1
                 continue
-            price = _u32(buf, m + O_Q_PRICE)
-            if price % div != 0:
+            tick = _ticks(_u32(buf, m + O_Q_PRICE), div, inv)
+            if tick < 0:
                 C[C_SUBTICK] += 1
                 continue
             if names[sym] == z:
                 names[sym] = _u64(buf, m + O_Q_STOCK)
-            _put(out, j, _CROSS, _NONE, sym, np.int64(shares), price // div, s, day + _u48(buf, m + O_TS), recv, z, z)
+            _put(out, j, _CROSS, _NONE, sym, np.int64(shares), tick, s, day + _u48(buf, m + O_TS), recv, z, z)
         j += 1
-        C[C_RECORDS] += 1
+    C[C_MESSAGES] += seq - seq0
+    C[C_RECORDS] += j - j0
     if status == PARTIAL and D[D_FINAL] != 0:
         C[C_TRUNCATED] += 1
         pos = end

@@ -321,6 +321,43 @@ def cmd_trace(a) -> int:
     return 0
 
 
+def cmd_queue(a) -> int:
+    """Live orders of a running per-order book: price, shares left, queue position."""
+    import orjson
+
+    from obpipe.engine.l3 import query_order
+    from obpipe.ring import schema
+    from obpipe.ring.errors import RingError
+
+    cfg = _with_overrides(_load(a.config), a)
+    inst = cfg.instance.name
+    names = list(cfg.book.symbols)
+    rc = 0
+    for ref in a.ref:
+        try:
+            ans = query_order(inst, ref, timeout_s=a.timeout)
+        except RingError as e:
+            print(f"obpipe queue: no running instance {inst!r}: {e}", file=sys.stderr)
+            return 1
+        except (RuntimeError, TimeoutError, ValueError) as e:
+            print(f"obpipe queue: {e}", file=sys.stderr)
+            return 1
+        if ans is None:
+            rc = 2
+            print(orjson.dumps({"ref": ref, "live": False}).decode() if a.json else f"order {ref}: not live")
+            continue
+        d = {"ref": ans.ref, "live": True, **ans._asdict()}
+        d["symbol_name"] = names[ans.symbol] if ans.symbol < len(names) else None
+        d["side"] = "bid" if ans.side == schema.SIDE_BID else "ask"
+        if a.json:
+            print(orjson.dumps(d).decode())
+        else:
+            name = d["symbol_name"] or f"symbol {ans.symbol}"
+            print(f"order {ans.ref}: {name} {d['side']} {ans.qty:,} @ {ans.px_tick} ticks; ahead of it "
+                  f"{ans.orders_ahead:,} orders, {ans.shares_ahead:,} shares (as of message {ans.seq:,})")
+    return rc
+
+
 def cmd_itch(argv: list[str]) -> int:
     """``obpipe itch dump FILE [--json] [--count N]``: decoded ITCH 5.0 messages."""
     from obpipe.feed_sim import itch
@@ -427,6 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--watch", action="store_true", help="repeat every --interval seconds")
     s.add_argument("--interval", type=float, default=1.0)
     s.set_defaults(fn=cmd_stats)
+
+    qu = sub.add_parser("queue", help="a live order of a running per-order book: price, shares left, queue "
+                                      "position (ITCH input)")
+    qu.add_argument("ref", nargs="+", type=int, help="order reference numbers")
+    qu.add_argument("--config")
+    qu.add_argument("--instance")
+    qu.add_argument("--json", action="store_true", help="one JSON object per order")
+    qu.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the book writer (default 2)")
+    qu.set_defaults(fn=cmd_queue)
 
     c = sub.add_parser("clean", help="remove shared-memory segments whose owner process is gone")
     c.add_argument("--instance", help="only this instance")

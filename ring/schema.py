@@ -17,7 +17,7 @@ import numpy as np
 #: Magic number at offset 0 of every obpipe segment: b"OBPIPE\x00\x01" little-endian.
 SEG_MAGIC = int.from_bytes(b"OBPIPE\x00\x01", "little")
 #: Bumped whenever any layout in this module changes incompatibly.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 #: Prefix of every segment name: ``/obpipe.<instance>.<part>``.
 SEG_PREFIX = "obpipe"
 
@@ -603,6 +603,24 @@ MAX_ORDER_QTY = (1 << 32) - 1
 #: Counters per stats row: 128 int64 = 16 cache lines, written only by the row's owner.
 STATS_WORDS = 128
 STATS_DATA_OFFSET = 64
+
+#: The order-query row (``stats.ROW_QUERY``): one reader at a time (it holds an
+#: exclusive ``flock`` on the stats segment's file) asks the book writer about a live
+#: order of the per-order book; the writer answers between two kernel calls
+#: (``engine.l3.query_order``, docs/L3BOOK.md "Queue position of a running book").
+Q_REQ = 0  # request number: the reader writes Q_REF, then this (+1)
+Q_REF = 1  # the order reference asked about
+Q_ANS = 2  # request number answered: the writer fills the words below, then this
+Q_FOUND = 3  # 1: the order is live; 0: not (the words below are 0)
+Q_SYMBOL = 4  # symbol index
+Q_SIDE = 5  # SIDE_BID / SIDE_ASK
+Q_PX = 6  # limit price, ticks
+Q_QTY = 7  # remaining shares
+Q_PRIORITY = 8  # arrival priority (smaller: earlier)
+Q_SHARES_AHEAD = 9  # shares of earlier orders at the same symbol, side and price
+Q_ORDERS_AHEAD = 10  # how many such orders
+Q_SEQ = 11  # the symbol's last applied message sequence: the answer holds as of it
+Q_TS_EXCH_NS = 12  # that message's exchange timestamp, UTC epoch ns
 
 #: Common words of every row.
 ST_PID = 0  # owner process id (0: row unused)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from obpipe.ring import schema
+from obpipe.ring.latency import N_BUCKETS
 from obpipe.ring.shm import Segment, seg_name
 
 #: Row of each process role.
@@ -23,10 +24,12 @@ ROW_PUBLISHER = 4
 ROW_FEED = 5
 ROW_REDIS = 6  # the Redis writer (publisher.redis_writer)
 ROW_TICKS = 7  # the tick recorder (ticks.recorder)
-#: Rows 8..15: the receive->apply latency histogram (``ring.latency``), owned by the book
-#: writer: 256 log-linear buckets, one int64 count each.
+#: Rows from 8: the receive->apply latency histogram (``ring.latency``), owned by the book
+#: writer: one int64 count per log-linear bucket.
 ROW_LATENCY = 8
-LATENCY_ROWS = 8
+LATENCY_ROWS = -(-N_BUCKETS // schema.STATS_WORDS)
+#: The order-query row (``schema.Q_*``): a reader asks, the book writer answers.
+ROW_QUERY = ROW_LATENCY + LATENCY_ROWS
 N_ROWS = 16
 
 _ROW_DTYPE = np.dtype([("w", "<i8", (schema.STATS_WORDS,))])

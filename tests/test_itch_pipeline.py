@@ -115,3 +115,51 @@ def test_without_retransmission_the_losses_are_counted_and_every_book_is_stale(t
     assert final["rx"]["stale_marks"] == m["gaps_lost"] - m["lost_merged"]
     assert final["applied"] < len(recs)
     assert all(final["symbols"][name]["stale"] for name in SYMBOLS)
+
+
+@pytest.mark.timeout(300)
+def test_queue_position_of_a_running_book(tmp_path, instance):
+    """``obpipe queue REF`` asks the running book writer: each live order's price, shares
+    left and queue position equal the offline per-order book's; an order not live says so."""
+    import json
+
+    from tests.helpers import obpipe, wait_running
+
+    path, recs = _stream(tmp_path, 30_000)
+    names = ", ".join(f'"{x}"' for x in SYMBOLS)
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 16,
+                     extra=f'[rx]\nprotocol = "moldudp64"\n[book]\nsymbols = [{names}]\nl3_orders = 65536\n')
+    p = popen_obpipe("run", "--config", cfg, "--no-feed", "--json", "--quiet")
+    try:
+        wait_running(cfg)
+        fed = obpipe("replay", str(path), "--instance", instance, "--rate", "0", "--no-progress", timeout=120)
+        assert fed.returncode == 0, fed.stderr
+        wait_running(cfg, min_msgs=len(recs))
+        book, _ = _offline(recs)
+        live = book.orders()
+        assert len(live) > 100
+        rng = np.random.default_rng(5)
+        refs = [int(x) for x in rng.choice(sorted(live), 20, replace=False)]
+        # one order deep in a queue too, so "ahead" is not always 0
+        deep = max(live, key=lambda r: book.queue_position(r)[1])
+        gone = int(recs[0]["ref"])  # the first add: deleted or executed by the end of the stream
+        assert gone not in live
+        out = obpipe("queue", *map(str, refs + [deep, gone]), "--config", cfg, "--json", timeout=60)
+        assert out.returncode == 2, out.stderr  # (one of them is not live)
+        rows = [json.loads(x) for x in out.stdout.splitlines()]
+        for ref, d in zip(refs + [deep], rows):
+            o = live[ref]
+            ahead = book.queue_position(ref)
+            assert d["live"] and d["ref"] == ref, d
+            assert (d["symbol"], d["side"], d["px_tick"], d["qty"]) == (
+                o.symbol, "bid" if o.side == schema.SIDE_BID else "ask", o.px_tick, o.qty), (d, o)
+            assert (d["shares_ahead"], d["orders_ahead"]) == ahead, (d, ahead)
+            assert d["symbol_name"] == SYMBOLS[o.symbol]
+        assert rows[-2]["orders_ahead"] > 0
+        assert rows[-1] == {"ref": gone, "live": False}
+        text = obpipe("queue", str(deep), "--config", cfg, timeout=60)
+        assert text.returncode == 0 and f"order {deep}: " in text.stdout and "ahead of it" in text.stdout
+    finally:
+        p.send_signal(2)
+        finish(p, timeout=120)
+    assert list_segments(instance) == []
