@@ -9,6 +9,8 @@ Workloads, those of bench/core.py's book figures:
   (``book_apply_only_msgs_per_s``);
 * ``whole_job``: the same with every event written to a ring a consumer keeps empty and
   a snapshot per touched symbol per batch (``book_msgs_per_s``);
+* ``drain``: the book writer's loop (``drain``) over a local md ring on the same
+  stream: batches of 1,024, events, snapshots, latency, counters;
 * ``lobster_day``: ``apply_batch`` on the AMZN LOBSTER day, 20 passes on fresh books
   (``book_lobster_msgs_per_s``); ``lobster_day_uncross``: the same with ``[book]
   uncross`` on, as a LOBSTER replay runs;
@@ -95,6 +97,36 @@ def run_apply(BK, msgs, widths, batch, events: bool, snapshots: bool, passes: in
     return dt, (lad, S, C)
 
 
+def run_drain(BK, msgs, widths, batch):
+    """(thread CPU seconds in ``drain``, final lad, S, C): the book writer's loop over a
+    local md ring (chunks of 2**16 copied in, untimed), events to a ring a consumer keeps
+    empty, a snapshot per touched symbol per batch, latency and counters to a local row."""
+    n_levels = 10
+    lad, S, C = BK.new_state(widths, n_levels)
+    md_ctrl = np.zeros(schema.RING_DATA_OFFSET // 8, np.int64)
+    ring = np.zeros(1 << 17, schema.MD_DTYPE)
+    ev_ctrl = np.zeros(schema.RING_DATA_OFFSET // 8, np.int64)
+    ev = np.zeros(1 << 18, schema.EVENT_DTYPE)
+    slot_words = schema.snapshot_slot_words(n_levels)
+    args = (lad, S, C, ev, ev_ctrl, n_levels, np.zeros(len(widths) + 1, np.int64),
+            np.zeros(slot_words * len(widths), np.int64), 0, slot_words,
+            np.zeros(schema.snapshot_dtype(n_levels).itemsize // 8, np.int64), np.zeros(n_levels, np.int64),
+            np.zeros(n_levels, np.int64), np.zeros(schema.STATS_WORDS, np.int64), np.zeros(256, np.int64),
+            np.zeros(256, np.int64))
+    chunk, head, dt = 1 << 16, 0, 0.0
+    for j in range(0, len(msgs), chunk):
+        k = min(chunk, len(msgs) - j)
+        ring[head & (len(ring) - 1):][:k] = msgs[j:j + k]
+        head += k
+        md_ctrl[schema.RING_W_HEAD] = head
+        t = time.thread_time()
+        BK.drain(md_ctrl, ring, batch, k, *args, 0, 0)
+        dt += time.thread_time() - t
+        ev_ctrl[schema.RING_W_TAIL] = ev_ctrl[schema.RING_W_HEAD]
+    S[:, BK.B_TS_APPLY] = 0  # (a clock reading)
+    return dt, (lad, S, C)
+
+
 def run_check(BK, LOB, md, top, width):
     lad, S, C = BK.new_state([width], 1)
     ev_ctrl = np.zeros(schema.RING_DATA_OFFSET // 8, np.int64)
@@ -138,6 +170,7 @@ def main() -> None:
         workloads = {
             "apply_only": (len(synth), lambda BK, L: run_apply(BK, synth, w4, 1024, False, False)),
             "whole_job": (len(synth), lambda BK, L: run_apply(BK, synth, w4, 1024, True, True)),
+            "drain": (len(synth), lambda BK, L: run_drain(BK, synth, w4, 1024)),
             "lobster_day": (20 * len(md), lambda BK, L: run_apply(BK, md, [4096], 1024, False, False, passes=20)),
             "lobster_day_uncross": (20 * len(md), lambda BK, L: run_apply(BK, md, [4096], 1024, False, False,
                                                                           passes=20, uncross=True)),

@@ -578,6 +578,18 @@ def after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dropped, dirty, s, k
     return ne, dropped
 
 
+@njit(**HOT, inline="always")
+def end_apply(C, ev_ctrl, ev_head, ne, dropped, n):
+    """The end of a batch's apply (``apply_batch``, ``_l3_kernels.apply_batch_l3``): its
+    ``ne`` events published, message, batch and event counts added."""
+    if ne > 0:
+        ring_publish(ev_ctrl, ev_head + ne)
+    C[schema.ST_BOOK_MSGS] += n
+    C[schema.ST_BOOK_BATCHES] += 1
+    C[schema.ST_BOOK_EVENTS] += ne
+    C[schema.ST_BOOK_EVENTS_DROPPED] += dropped
+
+
 @njit(**HOT)
 def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
     """Apply messages ``md[(start + j) & mask]`` for j in 0..n-1 (``mask = -1`` for a
@@ -608,12 +620,7 @@ def apply_batch(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty):
         trade, uncrossed = apply_msg(lad, S, C, s, kind, side, px, q, True)
         ne, dropped = after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dropped, dirty, s, kind, side,
                                 np.int64(m.seq), np.int64(m.ts_exch_ns), base0, trade, px, q, uncrossed)
-    if ne > 0:
-        ring_publish(ev_ctrl, ev_head + ne)
-    C[schema.ST_BOOK_MSGS] += n
-    C[schema.ST_BOOK_BATCHES] += 1
-    C[schema.ST_BOOK_EVENTS] += ne
-    C[schema.ST_BOOK_EVENTS_DROPPED] += dropped
+    end_apply(C, ev_ctrl, ev_head, ne, dropped, n)
     return n
 
 
@@ -641,33 +648,52 @@ def publish_counters(C, row, lo, hi):
         store_relaxed(row, k, C[k])
 
 
+@njit(**HOT, inline="always")
+def next_batch(md_ctrl, max_batch, spin_iters, yield_iters):
+    """The book writer's next batch: (tail, n) of up to ``max_batch`` md records, waiting
+    through the spin -> yield backoff when there are none; n = 0: still none (idle)."""
+    tail, n = ring_available(md_ctrl, max_batch)
+    if n == 0:
+        if ring_wait(md_ctrl, spin_iters, yield_iters) == 0:
+            return tail, 0
+        tail, n = ring_available(md_ctrl, max_batch)
+    return tail, min(n, max_batch)
+
+
+@njit(**HOT, inline="always")
+def end_batch(md_ctrl, md, tail, n, mask, lad, S, C, n_levels, dirty, snap_words, snap_base0, slot_words, pay,
+              lv_px, lv_qty, row, hist, hist_local, ts, last_counter):
+    """What follows a batch's apply in the book writer: each message's receive -> apply
+    latency into the shared histogram ``hist`` (the second stamp), the md slots
+    released, one snapshot per touched symbol, counters ``ST_BOOK_MSGS .. last_counter``
+    and the heartbeat (``ts``, the batch's start) copied to the stats ``row``."""
+    record_batch(md, tail, n, mask, monotonic_ns(), hist, hist_local)
+    ring_release(md_ctrl, tail + n)
+    publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_words, pay, lv_px, lv_qty, ts)
+    publish_counters(C, row, schema.ST_BOOK_MSGS, last_counter + 1)
+    store_relaxed(row, schema.ST_HEARTBEAT_NS, ts)
+
+
 @njit(**HOT)
 def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirty, snap_words,
           snap_base0, slot_words, pay, lv_px, lv_qty, row, hist, hist_local, spin_iters, yield_iters):
     """The book writer's loop: apply batches from the md ring until ``budget`` messages
     are applied or the ring stays empty through the spin -> yield backoff.
 
-    Per batch: apply (events published), add each message's receive -> apply latency to
-    the shared histogram ``hist``, release the md slots, publish one snapshot per
-    touched symbol, copy counters and a heartbeat to the stats ``row``.  Returns
-    messages applied (0: idle; the caller sleeps briefly and checks its stop flag).
+    Per batch: apply (events published), then ``end_batch`` (latency, release,
+    snapshots, counters, heartbeat).  Returns messages applied (0: idle; the caller
+    sleeps briefly and checks its stop flag).  The per-order book's loop
+    (``_l3_kernels.drain_l3``) is this one with its own apply.
     """
     done = 0
     mask = md.shape[0] - 1
     while done < budget:
-        tail, n = ring_available(md_ctrl, max_batch)
+        tail, n = next_batch(md_ctrl, max_batch, spin_iters, yield_iters)
         if n == 0:
-            if ring_wait(md_ctrl, spin_iters, yield_iters) == 0:
-                break
-            tail, n = ring_available(md_ctrl, max_batch)
-        n = min(n, max_batch)
+            break
         ts = monotonic_ns()
         apply_batch(md, tail, n, mask, lad, S, C, ev, ev_ctrl, dirty)
-        # the second stamp: receive -> apply latency of every message rx stamped
-        record_batch(md, tail, n, mask, monotonic_ns(), hist, hist_local)
-        ring_release(md_ctrl, tail + n)
-        publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_words, pay, lv_px, lv_qty, ts)
-        publish_counters(C, row, schema.ST_BOOK_MSGS, schema.ST_BOOK_UNCROSSED + 1)
-        store_relaxed(row, schema.ST_HEARTBEAT_NS, ts)
+        end_batch(md_ctrl, md, tail, n, mask, lad, S, C, n_levels, dirty, snap_words, snap_base0, slot_words, pay,
+                  lv_px, lv_qty, row, hist, hist_local, ts, schema.ST_BOOK_UNCROSSED)
         done += n
     return done

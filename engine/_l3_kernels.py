@@ -88,14 +88,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from obpipe.ring import schema
-from obpipe.ring.atomics import monotonic_ns, store_relaxed
+from obpipe.ring.atomics import monotonic_ns
 from obpipe.ring.jit import HOT
-from obpipe.ring.kernels import ring_available, ring_claim, ring_publish, ring_release, ring_wait
-from obpipe.ring.latency import record_batch
+from obpipe.ring.kernels import ring_claim
 
 from obpipe.engine._book_kernels import (_PX_LIMIT, B_BASE, B_DIRTY, B_LAST_PX, B_LAST_QTY, B_LAST_SIDE, B_STALE,
-                                         B_WIDTH, _level_grow, after_msg, apply_msg, clear_symbol, publish_counters,
-                                         publish_snapshots)
+                                         B_WIDTH, _level_grow, after_msg, apply_msg, clear_symbol, end_apply,
+                                         end_batch, next_batch)
 
 K_ADD = schema.K_ADD
 K_CANCEL = schema.K_CANCEL
@@ -515,12 +514,7 @@ def apply_batch_l3(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty, O, Hd, Hx,
                 _rebuild_levels(lad, S, O, E, s)
         ne, dropped = after_msg(lad, S, C, ev, ev_head, ev_mask, ev_free, ne, dropped, dirty, s, lk, side,
                                 np.int64(m.seq), np.int64(m.ts_exch_ns), base0, trade, tpx, q, False)
-    if ne > 0:
-        ring_publish(ev_ctrl, ev_head + ne)
-    C[schema.ST_BOOK_MSGS] += n
-    C[schema.ST_BOOK_BATCHES] += 1
-    C[schema.ST_BOOK_EVENTS] += ne
-    C[schema.ST_BOOK_EVENTS_DROPPED] += dropped
+    end_apply(C, ev_ctrl, ev_head, ne, dropped, n)
     C[schema.ST_BOOK_L3_LIVE] = E[E_LIVE]
     C[schema.ST_BOOK_L3_PEAK] = E[E_PEAK]
     C[schema.ST_BOOK_L3_CAPACITY] = E[E_CAP]
@@ -532,25 +526,19 @@ def drain_l3(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, d
              snap_base0, slot_words, pay, lv_px, lv_qty, row, hist, hist_local, spin_iters, yield_iters,
              O, Hd, Hx, E):
     """``_book_kernels.drain`` for an md ring of ``MD_L3_DTYPE`` records: the same loop
-    (apply, latency, release, snapshots, counters and heartbeat per batch) with
-    ``apply_batch_l3`` and the order table ``O, Hd, Hx, E`` as its last arguments; the
-    L3 counters are copied to the stats row too.  Returns messages applied."""
+    (``next_batch``, apply, ``end_batch``) with ``apply_batch_l3`` and the order table
+    ``O, Hd, Hx, E`` as its last arguments; the L3 counters are copied to the stats row
+    too.  Returns messages applied."""
     done = 0
     mask = md.shape[0] - 1
     while done < budget:
-        tail, n = ring_available(md_ctrl, max_batch)
+        tail, n = next_batch(md_ctrl, max_batch, spin_iters, yield_iters)
         if n == 0:
-            if ring_wait(md_ctrl, spin_iters, yield_iters) == 0:
-                break
-            tail, n = ring_available(md_ctrl, max_batch)
-        n = min(n, max_batch)
+            break
         ts = monotonic_ns()
         apply_batch_l3(md, tail, n, mask, lad, S, C, ev, ev_ctrl, dirty, O, Hd, Hx, E)
-        record_batch(md, tail, n, mask, monotonic_ns(), hist, hist_local)
-        ring_release(md_ctrl, tail + n)
-        publish_snapshots(lad, S, C, dirty, n_levels, snap_words, snap_base0, slot_words, pay, lv_px, lv_qty, ts)
-        publish_counters(C, row, schema.ST_BOOK_MSGS, schema.ST_BOOK_L3_OVERFILL + 1)
-        store_relaxed(row, schema.ST_HEARTBEAT_NS, ts)
+        end_batch(md_ctrl, md, tail, n, mask, lad, S, C, n_levels, dirty, snap_words, snap_base0, slot_words, pay,
+                  lv_px, lv_qty, row, hist, hist_local, ts, schema.ST_BOOK_L3_OVERFILL)
         done += n
     return done
 

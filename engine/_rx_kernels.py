@@ -20,6 +20,23 @@ from obpipe.ring.net import recv_batch
 RAW_STRIDE = 2048  # bytes per receive buffer: more than any valid datagram (1,464)
 
 
+@njit(**HOT, inline="always")
+def _idle_wait(idle, spin_iters, yield_iters, idle_sleep_ns, t_end):
+    """The ``idle``-th poll in a row that found nothing: spin (``pause``) for the first
+    ``spin_iters``, then ``sched_yield`` for ``yield_iters``, then sleep
+    ``idle_sleep_ns``.  True when the turn's budget (``t_end``) is spent."""
+    if idle < spin_iters:
+        cpu_relax()
+        return (idle & 1023) == 0 and monotonic_ns() >= t_end
+    if idle < spin_iters + yield_iters:
+        sched_yield()
+        return False
+    if monotonic_ns() >= t_end:
+        return True
+    sleep_ns(idle_sleep_ns)
+    return False
+
+
 @njit(**HOT)
 def rx_loop(fd, mvec, raw, names, T, miss, C, allow, ctrl, rec, spin_iters, yield_iters, idle_sleep_ns, budget_ns):
     """Receive and handle datagrams for about ``budget_ns``; when none is waiting, spin
@@ -43,16 +60,8 @@ def rx_loop(fd, mvec, raw, names, T, miss, C, allow, ctrl, rec, spin_iters, yiel
                 return total
             continue
         idle += 1
-        if idle < spin_iters:
-            cpu_relax()
-            if (idle & 1023) == 0 and monotonic_ns() >= t_end:
-                return total
-        elif idle < spin_iters + yield_iters:
-            sched_yield()
-        else:
-            if monotonic_ns() >= t_end:
-                return total
-            sleep_ns(idle_sleep_ns)
+        if _idle_wait(idle, spin_iters, yield_iters, idle_sleep_ns, t_end):
+            return total
 
 
 # --- MoldUDP64 + ITCH 5.0 (``[rx] protocol = "moldudp64"``) ------------------------------
@@ -167,13 +176,5 @@ def mold_rx_loop(dfd, dmvec, draw, dnames, allow, afd, amvec, araw, rmvec, riov,
                 return total
             continue
         idle += 1
-        if idle < spin_iters:
-            cpu_relax()
-            if (idle & 1023) == 0 and monotonic_ns() >= t_end:
-                return total
-        elif idle < spin_iters + yield_iters:
-            sched_yield()
-        else:
-            if monotonic_ns() >= t_end:
-                return total
-            sleep_ns(idle_sleep_ns)
+        if _idle_wait(idle, spin_iters, yield_iters, idle_sleep_ns, t_end):
+            return total

@@ -33,7 +33,7 @@ from obpipe.ring import schema
 
 from obpipe.feed_sim import _l3_synth_kernels as LS
 from obpipe.feed_sim import _synth_kernels as SK
-from obpipe.feed_sim.synth import DEFAULT_START_NS, _QTY_TABLE_BITS, qty_table
+from obpipe.feed_sim.synth import DEFAULT_START_NS, _QTY_TABLE_BITS, new_books, qty_table
 
 
 @dataclass(frozen=True)
@@ -220,24 +220,14 @@ class L3SynthState:
 def new_state(params: L3SynthParams) -> L3SynthState:
     """A fresh stream: empty books, fair values at the base prices."""
     params.validate()
-    n, m, w = params.n_symbols, params.max_orders, params.ladder_ticks
     pi, pf, qtab, sym_cum = _packed(params)
     G = np.zeros(LS.NG, np.int64)
     G[LS.G_T] = params.start_ts_ns
     G[LS.G_SEQ] = params.first_seq
     G[LS.G_REF] = params.first_ref
-    rng = np.array([params.seed % (1 << 64)], dtype=np.uint64)
-    ss = np.zeros((n, LS.NSS), np.int64)
-    ss[:, SK.S_FV] = [params.base_px(s) for s in range(n)]
-    ss[:, SK.S_BEST] = schema.NO_PX
-    ss[:, SK.S_BEST + 1] = schema.NO_PX
-    lv = np.zeros((n, 2, w, SK.LV_N), np.int64)
-    lv[:, :, :, SK.LV_HEAD] = -1
-    lv[:, :, :, SK.LV_TAIL] = -1
-    od = np.zeros((n * m, LS.NO), np.int64)
-    perm = np.tile(np.arange(m, dtype=np.int64), (n, 1))
-    rec = np.zeros((n, params.recent_orders, 2), np.int64)
-    pend = np.zeros((2 * m + 8, LS.L3_WORDS), np.int64)  # an event emits <= 2 x live orders + 1
+    rng, ss, lv, od, perm = new_books(params, LS.NSS, LS.NO)
+    rec = np.zeros((params.n_symbols, params.recent_orders, 2), np.int64)
+    pend = np.zeros((2 * params.max_orders + 8, LS.L3_WORDS), np.int64)  # an event emits <= 2 x live orders + 1
     return L3SynthState(params, G, rng, ss, lv, od, perm, rec, pend, pi, pf, qtab, sym_cum)
 
 

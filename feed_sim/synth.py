@@ -281,23 +281,33 @@ def new_state(params: SynthParams) -> SynthState:
     """A fresh stream: empty books, fair values at the base prices, clock at
     ``start_ts_ns``, next seq ``first_seq``."""
     params.validate()
-    n, m, w = params.n_symbols, params.max_orders, params.ladder_ticks
     pi, pf, qtab, sym_cum = _packed(params)
     G = np.zeros(SK.NG, np.int64)
     G[SK.G_T] = params.start_ts_ns
     G[SK.G_SEQ] = params.first_seq
+    rng, ss, lv, od, perm = new_books(params, SK.NSS, SK.NO)
+    pend = np.zeros((params.max_orders + 8, SK.MD_WORDS), np.int64)  # an event emits <= live orders + 2 messages
+    return SynthState(params, G, rng, ss, lv, od, perm, pend, pi, pf, qtab, sym_cum)
+
+
+def new_books(params, n_ss: int, n_od: int):
+    """The generator's own books, for this flow and the per-order one (``l3_synth``):
+    ``(rng, ss, lv, od, perm)``: the random state from ``params.seed``, ``n_ss`` words
+    per symbol (fair value at its base price, no best price), the price levels' FIFO
+    heads and tails, an order pool of ``max_orders`` rows of ``n_od`` words per
+    symbol and each symbol's free-row permutation."""
+    n, m, w = params.n_symbols, params.max_orders, params.ladder_ticks
     rng = np.array([params.seed % (1 << 64)], dtype=np.uint64)
-    ss = np.zeros((n, SK.NSS), np.int64)
+    ss = np.zeros((n, n_ss), np.int64)
     ss[:, SK.S_FV] = [params.base_px(s) for s in range(n)]
     ss[:, SK.S_BEST] = schema.NO_PX
     ss[:, SK.S_BEST + 1] = schema.NO_PX
     lv = np.zeros((n, 2, w, SK.LV_N), np.int64)
     lv[:, :, :, SK.LV_HEAD] = -1
     lv[:, :, :, SK.LV_TAIL] = -1
-    od = np.zeros((n * m, SK.NO), np.int64)
+    od = np.zeros((n * m, n_od), np.int64)
     perm = np.tile(np.arange(m, dtype=np.int64), (n, 1))
-    pend = np.zeros((m + 8, SK.MD_WORDS), np.int64)  # an event emits <= live orders + 2 messages
-    return SynthState(params, G, rng, ss, lv, od, perm, pend, pi, pf, qtab, sym_cum)
+    return rng, ss, lv, od, perm
 
 
 def _words(out: np.ndarray) -> np.ndarray:
