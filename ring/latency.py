@@ -65,3 +65,19 @@ def percentiles(hist: np.ndarray, qs=(0.5, 0.99, 0.999)) -> dict[str, int | None
         out[name] = bucket_upper(b)
     out["count"] = total
     return out
+
+
+def cumulative_le(hist: np.ndarray, lo_exp: int = 10, hi_exp: int = 34) -> tuple[list[tuple[float, int]], int]:
+    """The histogram as cumulative counts at the powers of two ``2**lo_exp`` ..
+    ``2**hi_exp`` ns (1 us .. 17 s by default), for exporters whose buckets say
+    "<= le seconds" (Prometheus): ``([(le_s, count of values < le), ...], total)``.
+    Exact, because a power of two is a bucket boundary here (the bucket below it ends at
+    ``2**k - 1`` ns)."""
+    counts = np.asarray(hist, dtype=np.int64)
+    cum = np.cumsum(counts)
+    total = int(cum[-1]) if len(cum) else 0
+    out = []
+    for k in range(lo_exp, hi_exp + 1):
+        b = (k - 2) * 4 + 3  # the last bucket of values < 2**k (floor(log2 v) = k - 1, sub-bucket 3)
+        out.append((2.0**k / 1e9, int(cum[b]) if 0 <= b < len(cum) else total))
+    return out, total

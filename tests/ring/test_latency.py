@@ -30,3 +30,20 @@ def test_percentiles_never_understate():
         true = float(np.quantile(vals, q))
         assert true <= p[name] <= true * 1.26, (name, true, p[name])
     assert percentiles(np.zeros(N_BUCKETS, np.int64))["p99"] is None
+
+
+def test_cumulative_counts_at_powers_of_two_are_exact():
+    """An exporter's "<= le" buckets from the log-linear ones: at each power of two of ns,
+    the count of recorded values below it, exactly."""
+    from obpipe.ring.latency import cumulative_le
+
+    vals = np.random.default_rng(1).integers(0, 10**9, 20_000)
+    vals[:50] = [2**k for k in range(10, 35) for _ in range(2)]  # values on the boundaries themselves
+    hist = np.zeros(N_BUCKETS, np.int64)
+    for v in vals:
+        hist[bucket(int(v))] += 1
+    les, total = cumulative_le(hist)
+    assert total == len(vals)
+    assert [round(le * 1e9) for le, _ in les] == [2**k for k in range(10, 35)]
+    for le, count in les:
+        assert count == int((vals < round(le * 1e9)).sum()), le
