@@ -7,7 +7,7 @@ BENCH  := $(VENV)/.installed-bench
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-exchange test stats clean-shm bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store bench-ticks bench-itch bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser redis postgres
+.PHONY: help install run run-exchange test stats clean-shm metrics prometheus bench bench-core bench-pipeline bench-kafka bench-matching bench-story bench-store bench-ticks bench-itch bench-metrics bench-table fuzz flaky-check lobster-check kafka tail exchange book story browser redis postgres
 
 help:           ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,7 +38,7 @@ book: $(DEV)     ## the matching engine on CSV commands from stdin (ARGS=FILE to
 story: $(DEV)    ## the story service against the local broker (the running instance's), SQLite story.db, page on http://127.0.0.1:8080/
 	$(VENV)/bin/obpipe-story run $(ARGS)
 
-test: $(DEV) browser redis postgres ## run the test suite
+test: $(DEV) browser redis postgres prometheus ## run the test suite
 	$(VPY) -m pytest $(ARGS)
 
 fuzz: $(DEV) browser ## the fuzz and abuse campaigns of the suite, ten times longer (OBPIPE_FUZZ_SCALE=10)
@@ -63,6 +63,14 @@ redis:           ## Debian's redis-server for the live state ([redis]; apt-get w
 	      || echo "could not install redis-server: runs go on without Redis and the Redis tests skip"; \
 	  else echo "no redis-server and not root: runs go on without Redis and the Redis tests skip"; fi; }
 
+prometheus:      ## Debian's prometheus (and promtool) for the metrics tests (apt-get when missing and root; else they skip). The tests start their own on a loopback port; the package's service is not started
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's prometheus (the metrics tests scrape a pipeline with it)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+	      || echo "could not install prometheus: the Prometheus tests will skip"; \
+	  else echo "no prometheus and not root: the Prometheus tests will skip"; fi; }
+
 postgres:        ## Debian's PostgreSQL server for the PostgreSQL store tests and bench-store (apt-get when missing and root; else they skip)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -79,6 +87,9 @@ kafka: $(DEV)    ## run the embedded Kafka-compatible broker (tansu) on 127.0.0.
 
 stats: $(DEV)    ## live counters and books of a running instance
 	$(VENV)/bin/obpipe stats $(ARGS)
+
+metrics: $(DEV)  ## /metrics for an instance started elsewhere (obpipe run serves its own on 127.0.0.1:9464)
+	$(VENV)/bin/obpipe metrics $(ARGS)
 
 clean-shm: $(DEV) ## remove shared-memory segments whose owner is gone
 	$(VENV)/bin/obpipe clean $(ARGS)
@@ -109,6 +120,9 @@ bench-ticks: $(DEV) ## tick store: insert rows/s in the recorder's batches, book
 
 bench-table:     ## rewrite docs/BENCHMARKS.md's tables from bench/results/*.json (runs no benchmark)
 	$(PYTHON) bench/table.py
+
+bench-metrics: $(DEV) ## /metrics: scrape time with 4 and 64 symbols, the pipeline's rate with a scrape every second vs none (same run) -> bench/results/metrics.json
+	$(VPY) bench/metrics.py $(ARGS)
 
 bench-itch: $(DEV) ## ITCH 5.0: decode and per-order apply rates in memory, MoldUDP64 over UDP into the per-order book at rising rates, gap recovery at 1 packet in 1,000 dropped -> bench/results/itch.json
 	$(VPY) bench/itch.py $(ARGS)

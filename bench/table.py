@@ -374,6 +374,26 @@ def itch(r: dict) -> list[str]:
             *_table(["figure (`itch.json` key)", "measured", "target"], ["---", "---:", "---:"], rows)]
 
 
+def metrics(r: dict) -> list[str]:
+    rows = []
+    for n, sc in r["scrape"].items():
+        rows.append([f"scrape of /metrics, {n} symbols ({_int(sc['series'])} series, {_int(sc['bytes'])} bytes): HTTP "
+                     f"round trip / the collector alone, median (max) of {sc['scrapes']} (`scrape_ms_{n}_symbols`)",
+                     f"**{_dec(sc['http_ms_median'], 2)} ms** ({_dec(sc['http_ms_max'], 2)}) / "
+                     f"{_dec(sc['collect_ms_median'], 2)} ms ({_dec(sc['collect_ms_max'], 2)})", ""])
+    rt = r["rate"]
+    rows.append([f"pipeline as fast as possible, {rt['messages'] / 1e6:g}M messages: applied msgs/s without / with a "
+                 "scrape every second, medians", f"{_m(rt['applied_msgs_per_s_without'])} / "
+                 f"{_m(rt['applied_msgs_per_s_with_scrapes'])}", ""])
+    rows.append([f"  same-run ratio with / without, median of {rt['pairs']} pairs (`book_rate_ratio_with_scrapes`)",
+                 f"**{_dec(rt['ratio_with_over_without'], 3)}** ({', '.join(_dec(x, 3) for x in rt['ratios'])})",
+                 "unchanged"])
+    mc, load = r["machine"], r.get("loadavg_1m_at_start")
+    return [f"Run {r['when']}, {mc['cores']} cores" + (f", load average {load} at the start" if load is not None else "")
+            + f"; {r['seconds']} s in all.", "",
+            *_table(["figure (`metrics.json` key)", "measured", "target"], ["---", "---:", "---:"], rows)]
+
+
 SECTIONS = {  # marker name -> (results file, renderer)
     "core": ("core.json", core),
     "pipeline": ("pipeline.json", pipeline),
@@ -384,6 +404,7 @@ SECTIONS = {  # marker name -> (results file, renderer)
     "store": ("store.json", store),
     "ticks": ("ticks.json", ticks),
     "itch": ("itch.json", itch),
+    "metrics": ("metrics.json", metrics),
 }
 
 

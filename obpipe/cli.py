@@ -358,6 +358,27 @@ def cmd_queue(a) -> int:
     return rc
 
 
+def cmd_metrics(a) -> int:
+    """``obpipe metrics``: /metrics for an instance started elsewhere, until Ctrl-C."""
+    from obpipe.metrics.exporter import serve
+    from obpipe.ring.interrupt import Interrupt
+
+    cfg = _with_overrides(_load(a.config), a)
+    port = cfg.metrics.port if a.port is None else a.port
+    if not 0 < port < 65536:
+        print(f"obpipe metrics: --port must be 1..65535, got {port}", file=sys.stderr)
+        return 2
+    stop = Interrupt()
+    try:
+        return serve(cfg.instance.name, list(cfg.book.symbols), cfg.analysis.tick_size, port,
+                     a.host or cfg.metrics.host, stop)
+    except OSError as e:
+        print(f"obpipe metrics: cannot serve on {a.host or cfg.metrics.host}:{port}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        stop.restore()
+
+
 def cmd_itch(argv: list[str]) -> int:
     """``obpipe itch dump FILE [--json] [--count N]``: decoded ITCH 5.0 messages."""
     from obpipe.feed_sim import itch
@@ -473,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--json", action="store_true", help="one JSON object per order")
     qu.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the book writer (default 2)")
     qu.set_defaults(fn=cmd_queue)
+
+    me = sub.add_parser("metrics", help="serve /metrics (Prometheus text format) for a running instance")
+    me.add_argument("--config")
+    me.add_argument("--instance")
+    me.add_argument("--port", type=int, help="TCP port (default: [metrics] port, 9464)")
+    me.add_argument("--host", help="address to listen on (default: [metrics] host, 127.0.0.1)")
+    me.set_defaults(fn=cmd_metrics)
 
     c = sub.add_parser("clean", help="remove shared-memory segments whose owner process is gone")
     c.add_argument("--instance", help="only this instance")

@@ -216,6 +216,12 @@ class TicksConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    port: int = 9464  # /metrics in the Prometheus text format on host:port (docs/METRICS.md); 0: off
+    host: str = "127.0.0.1"  # the address it listens on (loopback unless configured)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     rate: int = 200_000  # synthetic feed messages/s (0: as fast as possible)
     duration_s: float = 0.0  # 0: until Ctrl-C
@@ -241,6 +247,7 @@ class Config:
     ticks: TicksConfig = TicksConfig()
     exchange: ExchangeConfig = ExchangeConfig()
     traders: TradersConfig = TradersConfig()
+    metrics: MetricsConfig = MetricsConfig()
     run: RunConfig = RunConfig()
 
     def __post_init__(self):
@@ -311,6 +318,7 @@ def _validate(c: Config) -> None:
     _validate_kafka(c.kafka, bad)
     _validate_redis(c.redis, bad)
     _validate_ticks(c.ticks, bad)
+    _validate_metrics(c.metrics, bad)
     _validate_exchange(c.exchange, c.traders, bad)
     for k in ("book", "rx", "feed", "analysis", "publisher", "supervisor"):
         v = getattr(c.pinning, k)
@@ -330,6 +338,17 @@ def _validate(c: Config) -> None:
         bad("run.duration_s", "must be >= 0")
     if c.run.stats_interval_s <= 0:
         bad("run.stats_interval_s", "must be > 0")
+
+
+def _validate_metrics(m: MetricsConfig, bad) -> None:
+    import ipaddress
+
+    if not 0 <= m.port <= 65535:
+        bad("metrics.port", f"must be 0 (off) or 1..65535, got {m.port}")
+    try:
+        ipaddress.ip_address(m.host)
+    except ValueError:
+        bad("metrics.host", f"must be an IP address (e.g. 127.0.0.1), got {m.host!r}")
 
 
 def _validate_rx(r: RxConfig, bad) -> None:

@@ -14,7 +14,7 @@ from obpipe.feed_sim import wire_kernels as WK
 from obpipe.feed_sim.itch import counters as itch_counters
 from obpipe.feed_sim.moldudp64 import rx_counters
 from obpipe.feed_sim.wire import tracker_counters
-from obpipe.ring.latency import percentiles
+from obpipe.ring.latency import N_BUCKETS, percentiles
 from obpipe.ring.stats import (
     LATENCY_ROWS,
     ROW_ANALYSIS,
@@ -49,26 +49,35 @@ class Status:
         self._procs: dict[int, psutil.Process] = {}
         self._prev: tuple[float, dict] | None = None  # (time, counters) of the previous sample
 
-    def _proc(self, pid: int) -> dict | None:
-        """CPU% since the previous sample (first sample: since the call before) and the
-        core it last ran on; None if the process is gone."""
+    def _proc(self, pid: int, cpu_percent: bool = True) -> dict | None:
+        """CPU% since the previous sample (first sample: since the call before), CPU
+        seconds so far and the core it last ran on; None if the process is gone.
+        ``cpu_percent=False``: no percentage (and no first-sample wait)."""
         if pid <= 0:
             return None
         try:
             p = self._procs.get(pid)
             if p is None:
                 p = self._procs[pid] = psutil.Process(pid)
-                p.cpu_percent(None)
-                time.sleep(0.05)
+                if cpu_percent:
+                    p.cpu_percent(None)
+                    time.sleep(0.05)
             with p.oneshot():
-                return {"pid": pid, "cpu_percent": round(p.cpu_percent(None), 1), "core": p.cpu_num(),
-                        "affinity": p.cpu_affinity()}
+                t = p.cpu_times()
+                d = {"pid": pid, "cpu_seconds": round(t.user + t.system, 3), "core": p.cpu_num(),
+                     "affinity": p.cpu_affinity()}
+                if cpu_percent:
+                    d["cpu_percent"] = round(p.cpu_percent(None), 1)
+                return d
         except (psutil.Error, AttributeError):
             self._procs.pop(pid, None)
             return None
 
-    def collect(self) -> dict:
-        if self._prev is None:  # a baseline, so the first sample has rates too
+    def collect(self, rates: bool = True, cpu_percent: bool = True) -> dict:
+        """Everything ``obpipe stats --json`` prints.  ``rates=False``: no per-second
+        rates (and no 0.25 s baseline wait on the first call); ``cpu_percent=False``: the
+        processes' CPU seconds only (no wait): what a scrape wants."""
+        if rates and self._prev is None:  # a baseline, so the first sample has rates too
             self._prev = (time.monotonic(), self._counts(self.stats.snapshot()))
             time.sleep(0.25)
         t_rows = time.monotonic()  # rates use the time of *this* snapshot (the calls below take time)
@@ -88,14 +97,14 @@ class Status:
             "redis": self._redis(rows[ROW_REDIS]),
             "ticks": {**{n: int(rows[ROW_TICKS][i]) for i, n in schema.TICKS_STAT_NAMES.items()},
                       "state": _STATE.get(int(rows[ROW_TICKS][schema.ST_STATE]), "?")},
-            "processes": {"supervisor": self._proc(int(self.stats.seg.header[0]["owner_pid"])),
-                          "rx": self._proc(int(rows[ROW_RX][schema.ST_PID])),
-                          "book": self._proc(int(book[schema.ST_PID])),
-                          "analysis": self._proc(int(rows[ROW_ANALYSIS][schema.ST_PID])),
-                          "publisher": self._proc(int(rows[ROW_PUBLISHER][schema.ST_PID])),
-                          "redis": self._proc(int(rows[ROW_REDIS][schema.ST_PID])),
-                          "ticks": self._proc(int(rows[ROW_TICKS][schema.ST_PID])),
-                          "feed": self._proc(int(feed[schema.ST_PID]))},
+            "processes": {"supervisor": self._proc(int(self.stats.seg.header[0]["owner_pid"]), cpu_percent),
+                          "rx": self._proc(int(rows[ROW_RX][schema.ST_PID]), cpu_percent),
+                          "book": self._proc(int(book[schema.ST_PID]), cpu_percent),
+                          "analysis": self._proc(int(rows[ROW_ANALYSIS][schema.ST_PID]), cpu_percent),
+                          "publisher": self._proc(int(rows[ROW_PUBLISHER][schema.ST_PID]), cpu_percent),
+                          "redis": self._proc(int(rows[ROW_REDIS][schema.ST_PID]), cpu_percent),
+                          "ticks": self._proc(int(rows[ROW_TICKS][schema.ST_PID]), cpu_percent),
+                          "feed": self._proc(int(feed[schema.ST_PID]), cpu_percent)},
             "latency_ns": percentiles(rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)),
             "rings": {name: {"fill": len(r), "high_water": r.high_water, "capacity": r.capacity}
                       for name, r in (("md", self.md), ("events", self.events), ("signals", self.signals))},
@@ -110,8 +119,14 @@ class Status:
             r = self.snaps.read(i, max_tries=100_000)
             out["symbols"][name] = snapshot_dict(r)
         out["snapshot_read_retries"] = self.snaps.retries
-        out["rates"] = self._rates(rows, t_rows)
+        if rates:
+            out["rates"] = self._rates(rows, t_rows)
         return out
+
+    def latency_buckets(self):
+        """The receive->apply histogram's counts now: int64[N_BUCKETS] (``ring.latency``)."""
+        rows = self.stats.snapshot()
+        return rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)[:N_BUCKETS]
 
     _RATE_KEYS = (("feed_msgs_per_s", ROW_FEED, schema.ST_FEED_SENT),
                   ("rx_msgs_per_s", ROW_RX, schema.RX_TRACKER_BASE + WK.T_MESSAGES),

@@ -223,6 +223,7 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
         if not r.start_broker():
             return 1
         r.start_redis(cores.publisher)
+        r.start_metrics()
         specs = specs_from_config(cfg, opts, cores, session=session, allow=allow, src_port=r.src_port(),
                                   bootstrap=r.bootstrap or "", lobster_md=lobster_md, symbol=symbol,
                                   redis_url=r.redis_url or "", request_port=r.request_port(),
@@ -404,6 +405,7 @@ class _Run:
         self.bootstrap: str | None = None  # the Kafka published to (None: nothing is published)
         self.redis_server: EmbeddedRedis | None = None
         self.redis_url: str | None = None  # the Redis written to (None: none)
+        self.metrics = None  # the /metrics endpoint (obpipe.metrics.exporter.MetricsServer), if serving
         self.src_sock: socket.socket | None = None
         self._request_port = 0
         self.interrupted: list[int] = []  # non-empty once SIGINT or SIGTERM came
@@ -485,6 +487,25 @@ class _Run:
         inst, kp = self.cfg.instance.name, rd.key_prefix
         _say(opts, f"obpipe: Redis (redis-server) pid {self.redis_server.pid} on {self.redis_url}; try: redis-cli "
                    f"-s {self.redis_server.socket_path} HGETALL {kp}:{inst}:bbo:{self.cfg.book.symbols[0]}")
+
+    def start_metrics(self) -> None:
+        """The /metrics endpoint on ``[metrics] host:port`` (a daemon thread of this
+        process; a scrape reads shared memory).  Never fails the run: a port in use is
+        said and the run goes on without it."""
+        m = self.cfg.metrics
+        if m.port == 0:
+            return
+        from obpipe.metrics.exporter import MetricsServer
+
+        try:
+            self.metrics = MetricsServer(self.cfg.instance.name, list(self.cfg.book.symbols),
+                                         self.cfg.analysis.tick_size, m.port, m.host)
+        except OSError as e:
+            print(f"obpipe run: no /metrics on {m.host}:{m.port} ([metrics] port; 0 turns it off): {e}",
+                  file=sys.stderr, flush=True)
+            return
+        self.segs.stats.row(ROW_SUPERVISOR)[schema.ST_SUP_METRICS_PORT] = self.metrics.port
+        _say(self.opts, f"obpipe: metrics on {self.metrics.url}")
 
     def trap_signals(self) -> None:
         """SIGINT and SIGTERM end the run in order (``close`` restores the handlers)."""
@@ -686,6 +707,8 @@ class _Run:
             if p.is_alive():
                 p.kill()
                 p.join(5)
+        if self.metrics is not None:
+            self.metrics.close()
         if self.status is not None:
             self.status.close()
         if self.src_sock is not None:

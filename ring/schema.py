@@ -790,6 +790,7 @@ ST_SUP_EVENTS_READ = 4  # events drained from the events ring while no analysis 
 ST_SUP_OUT_DISCARDED = 7  # signals-ring records drained while no publisher runs ([kafka] enabled = false)
 ST_SUP_KAFKA_PORT = 8  # port of the embedded broker on 127.0.0.1 (0: none started)
 ST_SUP_REDIS_PID = 9  # pid of the Redis server obpipe run started (0: none)
+ST_SUP_METRICS_PORT = 10  # port of the /metrics endpoint obpipe run serves (0: none)
 ST_SUP_RESTARTS = 5  # children restarted (restartable parts only)
 ST_SUP_STALE_KILLS = 6  # children killed because their heartbeat went stale
 FEED_STAT_NAMES = {ST_FEED_SENT: "sent", ST_FEED_DATAGRAMS: "datagrams", ST_FEED_PACKETS: "packets",
@@ -798,7 +799,7 @@ FEED_STAT_NAMES = {ST_FEED_SENT: "sent", ST_FEED_DATAGRAMS: "datagrams", ST_FEED
                    ST_FEED_REQUEST_PORT: "request_port"}
 SUP_STAT_NAMES = {ST_SUP_EVENTS_READ: "events_read", ST_SUP_RESTARTS: "restarts", ST_SUP_STALE_KILLS: "stale_kills",
                   ST_SUP_OUT_DISCARDED: "signals_discarded", ST_SUP_KAFKA_PORT: "kafka_port",
-                  ST_SUP_REDIS_PID: "redis_pid"}
+                  ST_SUP_REDIS_PID: "redis_pid", ST_SUP_METRICS_PORT: "metrics_port"}
 
 
 def dtype_crc(dt: np.dtype) -> int:

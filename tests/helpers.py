@@ -103,9 +103,9 @@ def popen_obpipe(*args, **kw) -> subprocess.Popen:
 def run_config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, events_capacity=1 << 16,
                signals_capacity=1 << 14) -> str:
     """A config file for one test run.  ``kafka``: bootstrap servers to publish to; None:
-    no publisher (tests that are not about Kafka do not start a broker).  Redis and tick
-    recording are off unless ``extra`` has a ``[redis]`` / ``[ticks]`` section (tests not
-    about them start no server and no recorder)."""
+    no publisher (tests that are not about Kafka do not start a broker).  Redis, tick
+    recording and /metrics are off unless ``extra`` has a ``[redis]`` / ``[ticks]`` /
+    ``[metrics]`` section (tests not about them start no server, recorder or endpoint)."""
     p = tmp_path / "c.toml"
     k = f'[kafka]\nbootstrap_servers = "{kafka}"\n' if kafka else "[kafka]\nenabled = false\n"
     if "[kafka]" in extra:
@@ -114,6 +114,8 @@ def run_config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, event
         k += "[redis]\nenabled = false\n"
     if "[ticks]" not in extra:
         k += "[ticks]\nenabled = false\n"
+    if "[metrics]" not in extra:
+        k += "[metrics]\nport = 0\n"
     p.write_text(f'[instance]\nname = "{instance}"\n[rings]\nmd_capacity = {md_capacity}\n'
                  f'events_capacity = {events_capacity}\nsignals_capacity = {signals_capacity}\n{k}{extra}')
     return str(p)
