@@ -99,22 +99,60 @@ def random_session() -> int:
 
 
 class Progress:
-    """A one-line progress bar on stderr (at most 5 redraws a second)."""
+    """The feed's progress on stderr (``--progress`` / ``--no-progress``; the command
+    line turns it on by itself when stderr is a terminal).
+
+    On a terminal: a rich progress bar (label, bar, percent, messages sent of the total,
+    messages/s, time left), redrawn in place at most 5 times a second by ``update`` (no
+    refresh thread: nothing runs beside the send loop).  Anywhere else (a pipe, a log
+    file: ``--progress`` asked for it): plain text, no escape codes, one line at most
+    every second and a last one at ``close``, each ``LABEL [####   ]  42.0%
+    DONE/TOTAL msgs  RATE msgs/s  ETA m:ss`` (``LABEL DONE msgs  RATE msgs/s`` without a
+    total), so a log reads it and a test can parse it.  Rates are averages since
+    ``start`` (messages per second of sending)."""
 
     def __init__(self, label: str, total: int | None, enabled: bool, stream=None):
         self.label, self.total, self.enabled = label, total, enabled
         self.stream = stream or sys.stderr
+        self.tty = enabled and _isatty(self.stream) and os.environ.get("TERM") != "dumb"
         self.t0 = time.monotonic()
         self._next = 0.0
+        self._bar = self._task = None
+
+    def start(self) -> float:
+        """Sending starts now (rate and time left count from here): returns the time
+        (``time.monotonic()`` seconds)."""
+        self.t0 = time.monotonic()
+        if self.tty and self._bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
+
+            # the decision is ours (a terminal): force_terminal, so FORCE_COLOR/TTY_COMPATIBLE do not change it
+            console = Console(file=self.stream, force_terminal=True)
+            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                            TextColumn("{task.fields[count]}"), TextColumn("{task.fields[rate]}"),
+                            TimeRemainingColumn(), console=console, auto_refresh=False,
+                            redirect_stdout=False, redirect_stderr=False)
+            self._task = self._bar.add_task(self.label, total=self.total, count="", rate="")
+            self._bar.start()
+        return self.t0
 
     def update(self, done: int, force: bool = False) -> None:
+        """``done`` messages sent so far (drawn when due or ``force``)."""
         if not self.enabled:
             return
         now = time.monotonic()
         if now < self._next and not force:
             return
-        self._next = now + 0.2
+        self._next = now + (0.2 if self.tty else 1.0)
         rate = done / max(now - self.t0, 1e-9)
+        if self.tty:
+            if self._bar is None:
+                self.start()
+            count = f"{done:,}/{self.total:,} msgs" if self.total else f"{done:,} msgs"
+            self._bar.update(self._task, completed=done, count=count, rate=f"{rate:,.0f} msgs/s", refresh=True)
+            return
         if self.total:
             f = min(done / self.total, 1.0)
             bar = "#" * int(f * 30)
@@ -123,14 +161,24 @@ class Progress:
                     f"{rate:,.0f} msgs/s  ETA {int(eta) // 60}:{int(eta) % 60:02d}")
         else:
             line = f"{self.label} {done:,} msgs  {rate:,.0f} msgs/s"
-        self.stream.write("\r" + line)
+        self.stream.write(line + "\n")
         self.stream.flush()
 
     def close(self, done: int) -> None:
-        if self.enabled:
-            self.update(done, force=True)
-            self.stream.write("\n")
-            self.stream.flush()
+        """The last state (``done`` messages sent), drawn once more; the bar ends there."""
+        if not self.enabled:
+            return
+        self.update(done, force=True)
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # (no isatty, or closed)
+        return False
 
 
 class FeedRow:
@@ -226,7 +274,7 @@ def run(spec: FeedSpec, stop=None) -> dict:
             generate_into(np.zeros(1, schema.MD_DTYPE), SynthParams(n_symbols=spec.n_symbols, seed=spec.seed))
             spec = replace(spec, start_ns=spec.start_ns or time.time_ns())  # the stream's clock: its start
         sender.start_clock()
-        t_start = prog.t0 = time.monotonic()
+        t_start = prog.start()
         row.publish(sender, total, schema.STATE_RUNNING)
         if kind == "capture":
             _send_capture(spec, sender, cap, total, stop, row, prog, t_start)
@@ -292,7 +340,7 @@ def _run_itch(spec: FeedSpec, stop) -> dict:
         if row.row is not None:
             row.row[schema.ST_FEED_REQUEST_PORT] = request_port
         sender.start_clock()
-        t_start = prog.t0 = time.monotonic()
+        t_start = prog.start()
         row.publish(sender, total, schema.STATE_RUNNING)
 
         def progress(done):

@@ -232,9 +232,13 @@ def cmd_feed(a) -> int:
 
 
 def cmd_stats(a) -> int:
+    """``obpipe stats``: on a terminal a styled view (``--watch``: redrawn in place, with
+    sparklines of each rate's recent history); into a pipe or a file, or with
+    ``--plain``, the plain text report (no escape codes; ``--watch`` appends one report
+    per interval, a blank line between); ``--json``: the ``Status.collect()`` dict."""
     import orjson
 
-    from obpipe.status import Status, render
+    from obpipe.status import RateHistory, Status, render, render_view
     from obpipe.ring.errors import RingError
 
     cfg = _with_overrides(_load(a.config), a)
@@ -246,16 +250,39 @@ def cmd_stats(a) -> int:
         return 1
     from obpipe.ring.interrupt import Interrupt
 
+    # a heartbeat older than half the supervisor's kill timeout is shown stale
+    stale_s = (cfg.supervisor.heartbeat_timeout_s or 5.0) / 2
+    view = not a.json and not a.plain and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+    console = live = None
+    if view:
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console(force_terminal=True)  # (the decision is ours: FORCE_COLOR in a pipe changes nothing)
+        if a.watch:  # redrawn in place; no refresh thread: the loop below redraws
+            live = Live(console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False,
+                        vertical_overflow="ellipsis")
+    history = RateHistory()
     stop = Interrupt()
     try:
+        if live is not None:
+            live.start()
         while not stop:
             try:
                 d = st.collect()
             except TimeoutError as e:
+                if live is not None:  # (its last frame first, then the message under it)
+                    live.stop()
+                    live = None
                 print(f"obpipe stats: {e} (book writer stuck or killed mid-write?)", file=sys.stderr)
                 return 1
+            history.add(d.get("rates", {}))
             if a.json:
                 print(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())
+            elif live is not None:
+                live.update(render_view(d, history, stale_s, console.width), refresh=True)
+            elif console is not None:
+                console.print(render_view(d, None, stale_s, console.width))
             else:
                 print(render(d), flush=True)
             if not a.watch:
@@ -263,9 +290,12 @@ def cmd_stats(a) -> int:
             t_next = time.monotonic() + a.interval
             while not stop and time.monotonic() < t_next:
                 time.sleep(min(0.1, a.interval))
-            print()
+            if live is None:
+                print()
         return 0
     finally:
+        if live is not None:
+            live.stop()
         st.close()
         stop.restore()
 
@@ -482,8 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config")
     s.add_argument("--instance")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--watch", action="store_true", help="repeat every --interval seconds")
+    s.add_argument("--watch", action="store_true", help="repeat every --interval seconds (on a terminal: redrawn "
+                                                        "in place, with each rate's recent history)")
     s.add_argument("--interval", type=float, default=1.0)
+    s.add_argument("--plain", action="store_true", help="the plain text report even on a terminal (no colour; what "
+                                                        "a pipe or a file gets)")
     s.set_defaults(fn=cmd_stats)
 
     qu = sub.add_parser("queue", help="a live order of a running per-order book: price, shares left, queue "
