@@ -189,17 +189,12 @@ class Instance:
     Every method reads shared memory at the moment of the call; nothing is cached but
     the names.  Use as a context manager, or call ``close``."""
 
-    def __init__(self, instance: str, symbols: Sequence[str] | None, tick_size: float):
+    def __init__(self, instance: str, tick_size: float):
         self.instance = instance
-        self._status: Status | None = Status(instance, list(symbols) if symbols else None)
-        n = self._status.snaps.n_slots
-        if symbols is not None and len(symbols) != n:
-            self._status.close()
-            self._status = None
-            raise ValueError(f"instance {instance!r} has {n} symbols, {len(symbols)} names given")
-        self._names = list(symbols) if symbols is not None else [f"sym{i}" for i in range(n)]
-        self._status.symbols = self._names
         self._money = _Money(tick_size)
+        self._status: Status | None = Status(instance)
+        self._names = [f"sym{i}" for i in range(self._status.snaps.n_slots)]
+        self._status.symbols = self._names
         #: Price of one tick in currency (the config's ``[analysis] tick_size``, or ``attach(tick_size=)``).
         self.tick_size = self._money.tick_size
 
@@ -222,6 +217,13 @@ class Instance:
         if self._status is None:
             raise ValueError(f"instance {self.instance!r}: this Instance is closed")
         return self._status
+
+    def _name_slots(self, names: Sequence[str]) -> bool:
+        """Name the slots ``names`` if there are as many; returns whether it did."""
+        if len(names) != len(self._names):
+            return False
+        self._names[:] = names  # (the list Status.collect names the symbols by)
+        return True
 
     def _slot(self, sym: str | int) -> int:
         if isinstance(sym, (int, np.integer)) and not isinstance(sym, bool):
@@ -349,13 +351,14 @@ def attach(instance: str | None = None, symbols: Sequence[str] | None = None, *,
     cfg = _load_config(config)
     name = instance if instance is not None else cfg.instance.name
     ts = tick_size if tick_size is not None else cfg.analysis.tick_size
+    inst = Instance(name, ts)
     if symbols is None:
-        probe = Instance(name, None, ts)
-        if len(cfg.book.symbols) == len(probe._names):
-            probe._names = list(cfg.book.symbols)
-            probe._st().symbols = probe._names
-        return probe
-    return Instance(name, list(symbols), ts)
+        inst._name_slots(list(cfg.book.symbols))  # (else sym0, sym1, ...: not this instance's config)
+    elif not inst._name_slots([str(s) for s in symbols]):
+        n = len(inst.symbols())
+        inst.close()
+        raise ValueError(f"instance {name!r} has {n} symbols, {len(symbols)} names given")
+    return inst
 
 
 # --- replay --------------------------------------------------------------------------------------
@@ -407,14 +410,14 @@ def _lobster_input(path: str, symbol: str | None, orderbook: bool | None) -> _In
     return _Input(md, 0, symbol or ticker or "?", d / 10_000, [width], True, 0, kind)
 
 
-def _open_input(path: str, symbol: str | None, cfg: cfgmod.Config | None, config, orderbook) -> _Input:
+def _open_input(path: str, symbol: str | None, config, orderbook: bool | None) -> _Input:
     from obpipe.feed_sim.capture import is_capture
     from obpipe.feed_sim.feed import is_itch
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"no such file: {path}")
     if is_itch(path) or is_capture(path):
-        cfg = cfg or _load_config(config)
+        cfg = _load_config(config)
         if symbol is None:
             raise tr.TraceError(f"{path}: symbol= is required for an ITCH file or a capture "
                                 f"(a stock, or one of the config's [book] symbols)")
@@ -436,7 +439,7 @@ def _open_input(path: str, symbol: str | None, cfg: cfgmod.Config | None, config
 class Replay:
     """A file run through a book in process; made by ``replay``.
 
-    Iterate it for ``ReplayBatch`` es as the book goes (each iteration replays from the
+    Iterate it for ``ReplayBatch`` records as the book goes (each iteration replays from the
     start on a fresh book), or take everything at once: ``events`` (``EVENT_RECORD``),
     ``depth`` (``depth_record(levels)``, one per batch) and ``to_pandas()``.  The
     replay runs once for those and is kept.
@@ -586,13 +589,15 @@ def replay(path: str | Path, symbol: str | None = None, *, levels: int = 5, dept
             (given, it must be the file's ticker).
         levels: levels per side in ``depth`` records.
         depth_every_s: also end a batch (so take a ``depth`` record) at each multiple of
-            this many seconds of exchange time; None: batches of ``batch_size`` only.
+            this many seconds of exchange time (intervals without messages take none);
+            None: batches of ``batch_size`` messages only.
         batch_size: messages per kernel call (the events ring holds two events per message).
         orderbook: LOBSTER only: replay with the order-book file beside the message file
             (row 1 as seeds and per-message corrections, as ``obpipe run --replay``);
             None: when it is there; False: the messages alone (as ``obpipe trace``).
-        config: config file (or ``Config``) for a capture's symbols and ladders and an ITCH
-            file's tick size and order-table size; None: ``configs/default.toml``.
+        config: config file (or ``Config``) for a capture's symbols, ladders and tick size,
+            an ITCH file's ladder, tick size and largest order table (``[book]
+            l3_orders``; the table holds the file's adds); None: ``configs/default.toml``.
 
     The file is read and decoded at once; the book runs when the result is iterated or
     its ``events`` / ``depth`` / ``to_pandas()`` are first asked for.  Raises
@@ -605,5 +610,4 @@ def replay(path: str | Path, symbol: str | None = None, *, levels: int = 5, dept
         raise ValueError(f"depth_every_s must be > 0 seconds, got {depth_every_s}")
     depth_record(levels)  # (checks levels)
     path = str(path)
-    cfg = config if isinstance(config, cfgmod.Config) else None
-    return Replay(path, _open_input(path, symbol, cfg, config, orderbook), levels, batch_size, depth_every_s)
+    return Replay(path, _open_input(path, symbol, config, orderbook), levels, batch_size, depth_every_s)

@@ -47,7 +47,7 @@ def test_the_public_surface_is_all_and_nothing_private():
         if callable(obj) and not isinstance(obj, np.dtype):
             assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
             for attr, member in vars(obj).items() if isinstance(obj, type) else ():
-                if not attr.startswith("_") and callable(member) and not isinstance(obj, tuple):
+                if not attr.startswith("_") and (callable(member) or isinstance(member, property)):
                     assert (member.__doc__ or "").strip(), f"{name}.{attr} has no docstring"
     leaked = [n for n, v in vars(obpipe).items() if isinstance(v, types.ModuleType) and n.startswith("_")]
     assert leaked == []
