@@ -1,6 +1,8 @@
 """The Python API (``import obpipe``; docs/API.md): its surface is ``obpipe.__all__`` and
 nothing private; ``attach`` reads what ``obpipe stats --json`` prints of a real running
-pipeline, and ``replay`` of the capture that fed it ends at the same books; a LOBSTER
+pipeline, and ``replay`` of the capture that fed it ends at the same books; a running
+per-order book answers queue positions as the offline book does and an ITCH replay
+ends at its books; a LOBSTER
 replay's top of book is the vendor's order-book row after every message (and, on the
 messages alone, ``obpipe trace``'s); an ITCH replay is the per-order book's; the
 examples run and print what an independent computation says."""
@@ -145,6 +147,49 @@ def test_attach_reads_the_books_stats_prints_and_a_capture_replay_ends_at_them(t
         assert e["msgs"][-1] <= last["msgs"] == s["msgs_applied"]
         assert (e["bid_px_tick"][-1], e["ask_qty"][-1]) == (s["bid_px_tick"], s["ask_qty"])
         assert len(r.depth) == -(-r.messages // 4096)
+
+
+@pytest.mark.multiproc
+@pytest.mark.timeout(180)
+def test_queue_position_and_books_of_a_running_per_order_book_equal_an_itch_replays(tmp_path, instance):
+    from obpipe.engine.l3 import L3Book
+    from obpipe.feed_sim import itch
+    from obpipe.feed_sim.l3_synth import L3SynthParams, generate_l3
+
+    names = ["AAPL", "MSFT", "NVDA"]
+    day = itch.session_midnight_ns(2019, 1, 30)
+    md = generate_l3(12_000, L3SynthParams(n_symbols=3, seed=8, start_ts_ns=day + 34_200 * 10**9))
+    path = tmp_path / "01302019.t.itch50"
+    path.write_bytes(itch.encode(md, names, day_ns=day)[0].tobytes())
+    book = L3Book([4096] * 3, 1 << 16, 10)  # the offline per-order book of the whole stream
+    book.apply(md)
+    live = book.orders()
+    deep = max(live, key=lambda r: book.queue_position(r)[1])
+    cfg = run_config(tmp_path, instance, md_capacity=1 << 16, extra='[rx]\nprotocol = "moldudp64"\n[book]\n'
+                     'symbols = ["AAPL", "MSFT", "NVDA"]\nl3_orders = 65536\n')
+    with running_pipeline(cfg, "--no-feed") as p:
+        wait_running(cfg)
+        poll(lambda: _stats(cfg), lambda d: d["rx"]["port"] > 0, timeout_s=30)  # (rx binds after the book runs)
+        fed = obpipe_cli("replay", str(path), "--instance", instance, "--rate", "0", "--no-progress", timeout=120)
+        assert fed.returncode == 0, fed.stderr
+        wait_running(cfg, min_msgs=len(md))
+        with obpipe.attach(config=cfg) as inst:
+            assert inst.instance == instance and inst.symbols() == names
+            for ref in sorted(live)[:: max(1, len(live) // 10)] + [deep]:
+                a, o = inst.queue_position(ref), live[ref]
+                assert (a.symbol, a.side, a.px_tick, a.qty) == (o.symbol, o.side, o.px_tick, o.qty)
+                assert (a.shares_ahead, a.orders_ahead) == book.queue_position(ref)
+            assert inst.queue_position(deep).orders_ahead > 0
+            assert inst.queue_position(int(md[0]["ref"])) is None  # (the first add: gone by the end)
+            running = {n: inst.book(n) for n in names}
+        p.send_signal(signal.SIGINT)
+        finish(p)
+    for s, n in enumerate(names):  # the same file replayed in process ends at the running books
+        last = obpipe.replay(path, n, levels=10, config=cfg).depth[-1]
+        for side, lv in (("bid", running[n].bids), ("ask", running[n].asks)):
+            assert last[f"{side}_px_tick"][:len(lv)].tolist() == lv["px_tick"].tolist() == [
+                x[0] for x in book.top(s, 0 if side == "bid" else 1, 10)]
+            assert last[f"{side}_qty"][:len(lv)].tolist() == lv["qty"].tolist()
 
 
 # --- replay ------------------------------------------------------------------------------------
