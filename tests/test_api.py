@@ -1,11 +1,10 @@
 """The Python API (``import obpipe``; docs/API.md): its surface is ``obpipe.__all__`` and
 nothing private; ``attach`` reads what ``obpipe stats --json`` prints of a real running
 pipeline, and ``replay`` of the capture that fed it ends at the same books; a running
-per-order book answers queue positions as the offline book does and an ITCH replay
-ends at its books; a LOBSTER
-replay's top of book is the vendor's order-book row after every message (and, on the
-messages alone, ``obpipe trace``'s); an ITCH replay is the per-order book's; the
-examples run and print what an independent computation says."""
+per-order book answers queue positions as the offline book does, and an ITCH replay
+ends at its books; a LOBSTER replay's top of book is the vendor's order-book row after
+every message (and, on the messages alone, ``obpipe trace``'s); the examples run and
+print what an independent computation says."""
 from __future__ import annotations
 
 import csv
