@@ -122,13 +122,15 @@ def run_config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, event
 
 
 def wait_running(cfg, min_msgs=0, timeout_s=120) -> dict:
-    """Poll `obpipe stats --json` until the book writer runs (and applied min_msgs)."""
+    """Poll `obpipe stats --json` until the book writer runs (and applied min_msgs) and
+    rx has bound its port."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         s = obpipe("stats", "--config", cfg, "--json", timeout=60)
         if s.returncode == 0:
             d = json.loads(s.stdout)
-            if d["book"]["state"] == "running" and d["book"]["msgs"] >= min_msgs:
+            # (and rx has its port: the book writer runs before rx has bound it)
+            if d["book"]["state"] == "running" and d["book"]["msgs"] >= min_msgs and d["rx"]["port"] > 0:
                 return d
         time.sleep(0.3)
     raise AssertionError(f"the book writer never ran (last stats: {s.stdout or s.stderr})")
