@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from importlib.metadata import PackageNotFoundError, version
 import time
 from collections.abc import Iterator
 
@@ -25,11 +26,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from obpipe import __version__
 from obpipe.ring.errors import RingError
 from obpipe.ring.latency import cumulative_le
 from obpipe.ring.shm import SHM_DIR, seg_name
 from obpipe.status import Status
+
+try:
+    _VERSION = version("obpipe")
+except PackageNotFoundError:  # (run from a checkout that is not installed)
+    _VERSION = "unknown"
 
 #: The parts whose process, heartbeat and CPU are exported (label ``part``).
 PARTS = ("supervisor", "feed", "rx", "book", "analysis", "publisher", "redis", "ticks")
@@ -179,7 +184,7 @@ class PipelineCollector(Collector):
             yield up
             info = GaugeMetricFamily("obpipe_info", "The exporter's instance and obpipe version.",
                                      labels=["name", "version", "protocol"])
-            info.add_metric([self.instance, __version__, d["rx"].get("protocol", "") if d else ""], 1)
+            info.add_metric([self.instance, _VERSION, d["rx"].get("protocol", "") if d else ""], 1)
             yield info
             if d is not None:
                 yield from self._families(d, hist)
