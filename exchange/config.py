@@ -35,6 +35,9 @@ class ExchangeConfig:
     cancel_on_disconnect: bool = False  # logged-in accounts: cancel resting orders on disconnect (always on anonymous)
     idle_timeout_s: float = 30.0  # nothing received for this long (send heartbeats): disconnected; 0 = never
     max_clients_per_address: int = 64  # connections from one IP address at a time
+    # Prometheus metrics of the exchange (exchange.metrics; docs/METRICS.md):
+    metrics_port: int = 0  # serve them at http://metrics_host:metrics_port/metrics; 0 = off
+    metrics_host: str = "127.0.0.1"  # 127.0.0.1 = this machine only
 
 
 @dataclass(frozen=True)

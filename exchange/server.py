@@ -34,6 +34,10 @@ One process, one event loop (``selectors``: epoll on Linux), many clients:
   from the kernel.  A trailing partial message at disconnect is counted.
 * SIGINT/SIGTERM: stop reading, flush what can be flushed, end the feed with a
   heartbeat, sync and close the journal, print the counters.
+* With ``metrics_port`` set, Prometheus metrics (``exchange.metrics``) are served from a
+  daemon thread that reads the counters at scrape time; the loop adds only O(1) per turn
+  (messages by type, the turn's time in a log-bucket histogram) and a ``bincount`` of
+  the reject reasons in a batch that has rejects.
 """
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from obpipe.ring import schema
+from obpipe.ring import latency, schema
 
 from obpipe.exchange import _match_kernels as MK
 from obpipe.exchange import accounts as accmod
@@ -82,6 +86,7 @@ _GATE_REASON[schema.RS_OPEN_LIMIT] = schema.RS_OPEN_LIMIT
 _KNOWN = bytes([schema.OE_NEW, schema.OE_CANCEL, schema.OE_MODIFY])
 NO_LIMIT = float(1 << 62)
 E_LIVE = MK.E_LIVE
+E_REJECTED = MK.E_REJECTED
 
 
 class _Conn:
@@ -155,6 +160,15 @@ class Exchange:
                       closed_idle=0, rate_limited=0, open_limited=0, heartbeats=0, disconnect_cancels=0,
                       requests=0, batches=0, reports_sent=0, reports_undeliverable=0, partial_at_close=0,
                       md_messages=0, md_datagrams=0)
+        # Read by the metrics collector's thread at scrape time (exchange.metrics); written by the loop only.
+        self.rejects = np.zeros(256, np.int64)  # reject reports sent, by reason (RS_*)
+        self._rejected = 0  # the engine's rejected counter after the last batch (a batch without rejects: no count)
+        self.orders_by_type = [0] * 256  # order-entry messages read from clients, by type (OE_*)
+        # Per client request, ns from its turn's reads to its reports queued: latency.bucket() counts (a list:
+        # an element += from Python is ~10x cheaper than a numpy one's) and their sum.
+        self.turn_hist = [0] * latency.N_BUCKETS
+        self.turn_ns = 0
+        self.metrics_url = ""  # where metrics are served (exchange.metrics.serve), "" = not served
 
     # --- start ---------------------------------------------------------------------
     def start(self) -> None:
@@ -164,6 +178,7 @@ class Exchange:
                                                              x.fsync, x.fsync_interval_ms)
             for i in range(0, len(reqs), _RECOVER_CHUNK):
                 self.eng.process(reqs[i:i + _RECOVER_CHUNK])
+            self._rejected = int(self.eng.E[E_REJECTED])  # (rejects by reason count this process's reports)
             auto = reqs["account"][reqs["account"] >= schema.OE_AUTO_ACCOUNT]
             if len(auto):
                 self.next_account = int(auto.max()) + 1
@@ -177,6 +192,7 @@ class Exchange:
             self.sender.first_seq = self.sender.next_seq = self.eng.md_messages + 1
             self.sender.warm()
         self.eng.process(np.zeros(0, schema.ORDER_IN_DTYPE))  # compile / load the kernel before clients come
+        latency.bucket(0)  # (and the turn histogram's, called from the loop)
         self._live = self.eng.resting
         live = self.eng.O[:, MK.O_ID] > 0
         acct, n = np.unique(self.eng.O[live, MK.O_ACCT], return_counts=True)
@@ -214,8 +230,21 @@ class Exchange:
               if self.sender else "no market data")
         auth = (f"{len(self.accounts)} accounts from {x.accounts_file}" if x.accounts_file else "no accounts file")
         auth += "; anonymous trading " + ("allowed" if x.allow_anonymous else "off")
+        metrics = f"; metrics at {self.metrics_url}" if self.metrics_url else ""
         return (f"exchange listening on {x.host}:{self.port}; {self.n_symbols} symbols; next order id "
-                f"{self.eng.next_order_id}; {self.eng.resting} resting; {j}; {md}; {auth}")
+                f"{self.eng.next_order_id}; {self.eng.resting} resting; {j}; {md}; {auth}{metrics}")
+
+    def serve_metrics(self):
+        """Serve this exchange's Prometheus metrics at ``[exchange] metrics_host:metrics_port``
+        (``exchange.metrics``) from a daemon thread, if the port is set; returns what
+        ``exchange.metrics.stop`` takes, or None.  Raises OSError when it cannot bind."""
+        if not self.x.metrics_port:
+            return None
+        from obpipe.exchange import metrics
+
+        served = metrics.serve(self, self.x.metrics_port, self.x.metrics_host)
+        self.metrics_url = f"http://{self.x.metrics_host}:{served[0].server_port}/metrics"
+        return served
 
     # --- loop ------------------------------------------------------------------------
     def serve(self, stop: list, tick=None, tick_s: float = 0.1) -> None:
@@ -224,8 +253,11 @@ class Exchange:
         next_tick = time.monotonic() + tick_s  # (also paces the slow-client sweep)
         raw = bytearray()  # this turn's whole messages, every client's, in arrival order
         runs: list[tuple[int, int]] = []  # (messages, account) per client read this turn
+        by_type, turn_hist, bucket = self.orders_by_type, self.turn_hist, latency.bucket
         while not stop[0]:
-            for key, mask in sel.select(timeout=0.05):
+            ready = sel.select(timeout=0.05)
+            t_read = time.monotonic_ns()
+            for key, mask in ready:
                 conn = key.data
                 if conn is None:
                     self._accept()
@@ -237,6 +269,13 @@ class Exchange:
             if self._cod:  # before this turn's requests: a new login of the account keeps its new orders
                 self._cancel_disconnected()
             if runs:
+                if len(raw) == REQ:  # (one request: the common turn when the exchange keeps up)
+                    by_type[raw[0]] += 1
+                else:
+                    types = raw[0::REQ]
+                    by_type[schema.OE_NEW] += types.count(schema.OE_NEW)
+                    by_type[schema.OE_CANCEL] += types.count(schema.OE_CANCEL)
+                    by_type[schema.OE_MODIFY] += types.count(schema.OE_MODIFY)
                 reqs = np.frombuffer(bytes(raw), schema.ORDER_IN_DTYPE).copy()
                 if len(runs) == 1:  # (one client this turn: no per-message account array)
                     reqs["account"] = runs[0][1]
@@ -249,6 +288,10 @@ class Exchange:
                 if self._gates:
                     gated = self._gate(reqs)
                 self._batch(reqs, gated)
+                n = len(reqs)
+                dt = time.monotonic_ns() - t_read
+                turn_hist[bucket(dt)] += n
+                self.turn_ns += dt * n
             if self._closing:
                 for conn in self._closing:
                     self._flush(conn)
@@ -326,6 +369,7 @@ class Exchange:
         """Reject ``conn``'s login (``reason``) and close it, counted as ``close``."""
         r = np.zeros(1, schema.ORDER_OUT_DTYPE)
         r["type"], r["reason"] = schema.R_REJECT, reason
+        self.rejects[reason] += 1
         conn.out += r.tobytes()
         self._flush(conn)
         self._close(conn, close)
@@ -495,6 +539,11 @@ class Exchange:
                 self.c["md_messages"] += len(out.md)
             if g is not None:
                 _answer_gated(out.reports)
+            rej = E.item(E_REJECTED)
+            if rej != self._rejected:  # (a batch with rejects: count them by reason, in one numpy call)
+                self._rejected = rej
+                r = out.reports
+                self.rejects += np.bincount(r["reason"][r["type"] == schema.R_REJECT], minlength=256)
             if reason:
                 out.reports["reason"][out.reports["type"] == schema.R_CANCELLED] = reason
             self._route(out.reports, out.accounts, live, not reason)
@@ -598,9 +647,9 @@ class Exchange:
             self.c["partial_at_close"] += 1
         if why:
             self.c[why] += 1
+        self.c["disconnects"] += 1  # (before the peer can see the close: a scrape then counts it)
         self.sel.unregister(conn.sock)
         conn.sock.close()
-        self.c["disconnects"] += 1
 
     def _cancel_disconnected(self) -> int:
         """Cancel every resting order of the accounts in ``_cod`` (journaled, market
@@ -733,6 +782,7 @@ def feed_main(spec: ExchangeFeedSpec, stop_event) -> None:
     n_sym = max(1, spec.n_symbols)
     ex = Exchange(x, n_sym)
     ex.start()
+    served = ex.serve_metrics()
     print(ex.banner(), file=sys.stderr, flush=True)
     writer = None
     if x.journal and x.store != "off":  # (docs/STORE.md: orders, fills and positions from the journal)
@@ -767,6 +817,10 @@ def feed_main(spec: ExchangeFeedSpec, stop_event) -> None:
                 traders.wait(10)
         sender = ex.sender
         ex.close()
+        if served is not None:
+            from obpipe.exchange import metrics
+
+            metrics.stop(served)
         if writer is not None:
             store.stop_writer(writer)  # (it applies what the exchange journaled, then exits)
         row.publish(sender, sender.msgs, schema.STATE_STOPPED)
@@ -782,6 +836,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML config ([exchange], [book] symbols)")
     p.add_argument("--host", help="bind address (default [exchange] host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (0: any free port)")
+    p.add_argument("--metrics-port", dest="metrics_port", type=int, metavar="P",
+                   help="serve Prometheus metrics at http://[exchange] metrics_host:P/metrics (0: off)")
     p.add_argument("--md", metavar="HOST:PORT", help="send market data over UDP here")
     p.add_argument("--journal", help="journal file (created, or recovered on start)")
     p.add_argument("--fsync", choices=("batch", "interval", "none"))
@@ -801,7 +857,7 @@ def sections_with_options(x, n_symbols: int, a) -> tuple:
     """The ``[exchange]`` section and symbol count with ``obpipe exchange``'s options
     applied (the caller validates the section as a config's)."""
     over = {}
-    for k in ("host", "port", "journal", "fsync", "accounts_file", "allow_anonymous"):
+    for k in ("host", "port", "journal", "fsync", "accounts_file", "allow_anonymous", "metrics_port"):
         if getattr(a, k) is not None:
             over[k] = getattr(a, k)
     if a.md:
@@ -835,11 +891,21 @@ def serve_cli(x, n_symbols: int, a) -> int:
     except (JournalError, accmod.AccountsError, OSError) as e:
         print(f"obpipe exchange: {e}", file=sys.stderr)
         return 2
+    try:
+        served = ex.serve_metrics()
+    except OSError as e:
+        ex.close()
+        print(f"obpipe exchange: metrics on {x.metrics_host}:{x.metrics_port}: {e}", file=sys.stderr)
+        return 2
     print(ex.banner(), file=sys.stderr, flush=True)
     try:
         ex.serve(stop)
     finally:
         ex.close()
+        if served is not None:
+            from obpipe.exchange import metrics
+
+            metrics.stop(served)
     s = ex.summary()
     if a.dump_book:
         with open(a.dump_book, "w") as f:

@@ -481,7 +481,7 @@ def _validate_ticks(t: TicksConfig, bad) -> None:
 def _validate_exchange(x: ExchangeConfig, t: TradersConfig, bad) -> None:
     import math
 
-    for key in ("port", "md_port", "md_src_port"):
+    for key in ("port", "md_port", "md_src_port", "metrics_port"):
         if not 0 <= getattr(x, key) <= 65535:
             bad(f"exchange.{key}", f"must be 0..65535, got {getattr(x, key)}")
     if not 2 <= x.band_ticks <= 1 << 24:
@@ -507,6 +507,8 @@ def _validate_exchange(x: ExchangeConfig, t: TradersConfig, bad) -> None:
         bad("exchange.idle_timeout_s", f"must be >= 0 (0: never), got {x.idle_timeout_s}")
     if x.max_clients_per_address < 1:
         bad("exchange.max_clients_per_address", f"must be >= 1, got {x.max_clients_per_address}")
+    if not x.metrics_host:
+        bad("exchange.metrics_host", "must be an address (127.0.0.1: this machine only)")
     if t.clients < 1 or t.window < 1 or t.rate < 0:
         bad("traders", f"clients and window must be >= 1 and rate >= 0, got {t}")
 
