@@ -122,18 +122,37 @@ def run_config(tmp_path, instance, extra="", md_capacity=4096, kafka=None, event
 
 
 def wait_running(cfg, min_msgs=0, timeout_s=120) -> dict:
-    """Poll `obpipe stats --json` until the book writer runs (and applied min_msgs) and
-    rx has bound its port."""
+    """Poll the instance of config ``cfg`` until the book writer runs (and applied
+    ``min_msgs``) and rx has bound its port; returns what `obpipe stats --json` would
+    print then.  Read in this process (``obpipe.status.Status``, the view `obpipe stats`
+    prints): a subprocess per poll costs the starting pipeline a core's worth of imports."""
+    from obpipe import config as cfgmod
+    from obpipe.ring.errors import RingError
+    from obpipe.status import Status
+
+    c = cfgmod.load(cfg)
     deadline = time.monotonic() + timeout_s
+    last = None
     while time.monotonic() < deadline:
-        s = obpipe("stats", "--config", cfg, "--json", timeout=60)
-        if s.returncode == 0:
-            d = json.loads(s.stdout)
+        try:
+            st = Status(c.instance.name, list(c.book.symbols))
+        except (RingError, OSError, ValueError) as e:
+            last = e
+        else:
+            try:
+                d = orjson.loads(orjson.dumps(st.collect()))  # (JSON types, as the command prints them)
+            except (RingError, OSError, TimeoutError, ValueError) as e:
+                last = e
+                d = None
+            finally:
+                st.close()
             # (and rx has its port: the book writer runs before rx has bound it)
-            if d["book"]["state"] == "running" and d["book"]["msgs"] >= min_msgs and d["rx"]["port"] > 0:
-                return d
+            if d is not None:
+                last = d
+                if d["book"]["state"] == "running" and d["book"]["msgs"] >= min_msgs and d["rx"]["port"] > 0:
+                    return d
         time.sleep(0.3)
-    raise AssertionError(f"the book writer never ran (last stats: {s.stdout or s.stderr})")
+    raise AssertionError(f"the book writer never ran (last stats: {last})")
 
 
 def poll(fn, cond, timeout_s=60.0, every=0.2):

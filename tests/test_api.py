@@ -168,7 +168,6 @@ def test_queue_position_and_books_of_a_running_per_order_book_equal_an_itch_repl
                      'symbols = ["AAPL", "MSFT", "NVDA"]\nl3_orders = 65536\n')
     with running_pipeline(cfg, "--no-feed") as p:
         wait_running(cfg)
-        poll(lambda: _stats(cfg), lambda d: d["rx"]["port"] > 0, timeout_s=30)  # (rx binds after the book runs)
         fed = obpipe_cli("replay", str(path), "--instance", instance, "--rate", "0", "--no-progress", timeout=120)
         assert fed.returncode == 0, fed.stderr
         wait_running(cfg, min_msgs=len(md))
@@ -181,6 +180,17 @@ def test_queue_position_and_books_of_a_running_per_order_book_equal_an_itch_repl
             assert inst.queue_position(deep).orders_ahead > 0
             assert inst.queue_position(int(md[0]["ref"])) is None  # (the first add: gone by the end)
             running = {n: inst.book(n) for n in names}
+        # the command line asks the same writer: `obpipe queue` (JSON per order; exit 2: one not live)
+        q = obpipe_cli("queue", str(deep), str(int(md[0]["ref"])), "--config", cfg, "--json", timeout=60)
+        assert q.returncode == 2, q.stderr
+        rows = [json.loads(x) for x in q.stdout.splitlines()]
+        o = live[deep]
+        assert rows[0]["live"] and (rows[0]["symbol_name"], rows[0]["px_tick"], rows[0]["qty"]) == (
+            names[o.symbol], o.px_tick, o.qty)
+        assert (rows[0]["shares_ahead"], rows[0]["orders_ahead"]) == book.queue_position(deep)
+        assert rows[1] == {"ref": int(md[0]["ref"]), "live": False}
+        text = obpipe_cli("queue", str(deep), "--config", cfg, timeout=60)
+        assert text.returncode == 0 and f"order {deep}: {names[o.symbol]} " in text.stdout and "ahead of it" in text.stdout
         p.send_signal(signal.SIGINT)
         finish(p)
     for s, n in enumerate(names):  # the same file replayed in process ends at the running books

@@ -101,9 +101,11 @@ def test_prometheus_scrapes_the_pipeline(tmp_path, instance):
             poll(lambda: _safe(lambda: _value(prom, 'up{job="obpipe"}')), lambda v: v == 1.0, timeout_s=60)
             poll(lambda: _safe(lambda: _value(prom, "obpipe_rx_messages_total")), lambda v: v and v > 0,
                  timeout_s=30)
-            # the scraped counter equals `obpipe stats` within one scrape interval
-            before = _stats(cfg)["rx"]["messages"]
-            time.sleep(2.5)  # (two scrape intervals: the latest sample is newer than `before`)
+            # the scraped counter equals `obpipe stats` within one scrape interval: the latest
+            # sample, scraped after `before` was read, lies between it and `after`, read after it
+            before, t_before = _stats(cfg)["rx"]["messages"], time.time()
+            poll(lambda: _safe(lambda: _value(prom, "timestamp(obpipe_rx_messages_total)")),
+                 lambda t: t and t > t_before, timeout_s=10, every=0.1)
             scraped = _value(prom, "obpipe_rx_messages_total")
             after = _stats(cfg)["rx"]["messages"]
             assert before <= scraped <= after, (before, scraped, after)
@@ -123,7 +125,7 @@ def test_prometheus_scrapes_the_pipeline(tmp_path, instance):
             t_restart = time.time()
             poll(lambda: _safe(lambda: _value(prom, "obpipe_rx_messages_total")), lambda v: v and v > after,
                  timeout_s=30)
-            time.sleep(2.5)
+            time.sleep(1.5)  # (a sample or two more after the restart)
             rng = json.loads(_get(f"{prom}/api/v1/query_range?" + urllib.parse.urlencode(
                 {"query": "obpipe_rx_messages_total", "start": t_restart - 60, "end": time.time(), "step": "1"})))
             series = [float(v) for _, v in rng["data"]["result"][0]["values"]]
