@@ -622,8 +622,22 @@ class _Run:
             def behind():
                 return rx_row[schema.RX_MOLD_BASE + MS.S_NEXT] <= feed_row[schema.ST_FEED_SENT]
         else:
+            # rx behind the feed, unless it has turned its loop 3 times since its last datagram
+            # with nothing more to read: what it still lacks never reached it (sent while rx was
+            # down and being restarted, or dropped by the kernel), and is counted as a gap
+            seen = {"packets": -1, "hb": 0, "idle_turns": 0}
+
             def behind():
-                return rx_row[schema.RX_TRACKER_BASE + WK.T_PACKETS] < feed_row[schema.ST_FEED_DATAGRAMS]
+                pk = int(rx_row[schema.RX_TRACKER_BASE + WK.T_PACKETS])
+                if pk >= feed_row[schema.ST_FEED_DATAGRAMS]:
+                    return False
+                hb = int(rx_row[schema.ST_HEARTBEAT_NS])
+                if pk != seen["packets"]:
+                    seen.update(packets=pk, idle_turns=0)
+                elif hb != seen["hb"]:
+                    seen["idle_turns"] += 1
+                seen["hb"] = hb
+                return seen["idle_turns"] < 3
         while time.monotonic() - t_drain < 10 and writer.proc.is_alive() and rxc.proc.is_alive() and (
                 behind() or len(segs.md)):
             _stand_in(segs, self.analysis, self.publisher)
