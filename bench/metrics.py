@@ -141,8 +141,8 @@ def bench_rate(tmp: str, messages: int, pairs: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scrapes", type=int, default=50)
-    ap.add_argument("--messages", type=int, default=20_000_000)
-    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--messages", type=int, default=60_000_000)
+    ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "metrics.json"))
     a = ap.parse_args(argv)
     res = _result.header(repeats=a.pairs)
