@@ -41,8 +41,8 @@ story: $(DEV)    ## the story service against the local broker (the running inst
 test: $(DEV) browser redis postgres prometheus ## run the test suite
 	$(VPY) -m pytest $(ARGS)
 
-fuzz: $(DEV) browser ## the fuzz and abuse campaigns of the suite, ten times longer (OBPIPE_FUZZ_SCALE=10)
-	OBPIPE_FUZZ_SCALE=10 $(VPY) -m pytest -m fuzz -p no:cacheprovider -o timeout=1800 $(ARGS)
+fuzz: $(DEV) browser ## the fuzz and abuse campaigns of the suite, ten times longer (OBPIPE_FUZZ_SCALE=10), and the slow stress and timing tests `make test` leaves out
+	OBPIPE_FUZZ_SCALE=10 $(VPY) -m pytest -m "fuzz or slow" -p no:cacheprovider -o timeout=1800 $(ARGS)
 
 flaky-check: $(DEV) ## run TESTS="node ids" N times in a row (N=20) while every core is kept busy
 	$(VPY) -m tests.under_load -n $(or $(N),20) $(TESTS)

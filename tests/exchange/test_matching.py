@@ -716,7 +716,6 @@ def test_market_data_rebuilds_the_engines_levels():
 
 # --- differential against the reference ---------------------------------------------------
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_random_requests_match_the_reference_request_by_request():
     n_symbols = 2
