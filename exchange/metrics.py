@@ -121,16 +121,10 @@ class ExchangeCollector(Collector):
         yield GaugeMetricFamily("obpipe_exchange_resting_orders", "Orders resting in the book (all symbols).",
                                 value=eng["resting"])
 
-        cum, total = latency.cumulative_le(hist)
-        buckets = [(_le(le_s), n) for le_s, n in cum] + [("+Inf", total)]
         yield HistogramMetricFamily("obpipe_exchange_turn_seconds", "Server time from a turn's requests being read "
                                     "to their reports being queued (match, journal, market data, routing), one "
-                                    "observation per client request.", buckets=buckets, sum_value=turn_ns / 1e9)
-
-
-def _le(seconds: float) -> str:
-    """A bucket bound as Prometheus clients print it (shortest repr of the float)."""
-    return repr(float(seconds))
+                                    "observation per client request.", buckets=latency.le_buckets(hist),
+                                    sum_value=turn_ns / 1e9)
 
 
 def serve(ex, port: int, host: str = "127.0.0.1"):

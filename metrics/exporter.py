@@ -24,10 +24,9 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from obpipe.ring.errors import RingError
-from obpipe.ring.latency import cumulative_le
+from obpipe.ring.latency import le_buckets
 from obpipe.ring.shm import SHM_DIR, seg_name
 from obpipe.status import Status
 
@@ -39,65 +38,79 @@ except PackageNotFoundError:  # (run from a checkout that is not installed)
 #: The parts whose process, heartbeat and CPU are exported (label ``part``).
 PARTS = ("supervisor", "feed", "rx", "book", "analysis", "publisher", "redis", "ticks")
 
-# (metric name without _total, help, section of Status.collect(), key)
+# (metric name without _total, help, path in Status.collect()); a path that is absent (the
+# MoldUDP64 receiver's counters with obpipe's own protocol) exports nothing
 _COUNTERS = (
-    ("obpipe_feed_messages_sent", "Messages the feed sent.", "feed", "sent"),
-    ("obpipe_feed_datagrams_sent", "Datagrams the feed sent.", "feed", "datagrams"),
-    ("obpipe_feed_send_errors", "Datagrams the feed failed to send.", "feed", "send_errors"),
-    ("obpipe_rx_packets", "Datagrams rx received and accepted.", "rx", "packets"),
-    ("obpipe_rx_messages", "Messages rx received in order and pushed to the md ring.", "rx", "messages"),
-    ("obpipe_rx_gap_messages", "Messages rx found missing (sequence gaps; lost ones with MoldUDP64).", "rx",
-     "gap_messages"),
-    ("obpipe_rx_duplicate_messages", "Messages rx received again (dropped).", "rx", "duplicates"),
-    ("obpipe_rx_out_of_order_messages", "Messages rx received late, after a later one.", "rx", "out_of_order"),
-    ("obpipe_rx_malformed_datagrams", "Datagrams rx rejected as malformed.", "rx", "malformed"),
-    ("obpipe_rx_kernel_drops", "Datagrams the kernel dropped at rx's socket (receive buffer full).", "rx",
-     "kernel_drops"),
-    ("obpipe_rx_foreign_source_datagrams", "Datagrams from a sender rx does not admit.", "rx", "foreign_source"),
-    ("obpipe_rx_foreign_session_datagrams", "Datagrams of a session other than the one rx follows.", "rx",
-     "foreign_session"),
-    ("obpipe_book_messages", "Messages the book writer applied.", "book", "msgs"),
-    ("obpipe_book_batches", "Batches the book writer applied.", "book", "batches"),
+    ("obpipe_feed_messages_sent", "Messages the feed sent.", ("feed", "sent")),
+    ("obpipe_feed_datagrams_sent", "Datagrams the feed sent.", ("feed", "datagrams")),
+    ("obpipe_feed_send_errors", "Datagrams the feed failed to send.", ("feed", "send_errors")),
+    ("obpipe_rx_packets", "Datagrams rx received and accepted.", ("rx", "packets")),
+    ("obpipe_rx_messages", "Messages rx received in order and pushed to the md ring.", ("rx", "messages")),
+    ("obpipe_rx_gap_messages", "Messages rx found missing (sequence gaps; lost ones with MoldUDP64).", ("rx",
+     "gap_messages")),
+    ("obpipe_rx_duplicate_messages", "Messages rx received again (dropped).", ("rx", "duplicates")),
+    ("obpipe_rx_out_of_order_messages", "Messages rx received late, after a later one.", ("rx", "out_of_order")),
+    ("obpipe_rx_malformed_datagrams", "Datagrams rx rejected as malformed.", ("rx", "malformed")),
+    ("obpipe_rx_kernel_drops", "Datagrams the kernel dropped at rx's socket (receive buffer full).", ("rx",
+     "kernel_drops")),
+    ("obpipe_rx_foreign_source_datagrams", "Datagrams from a sender rx does not admit.", ("rx", "foreign_source")),
+    ("obpipe_rx_foreign_session_datagrams", "Datagrams of a session other than the one rx follows.", ("rx",
+     "foreign_session")),
+    ("obpipe_book_messages", "Messages the book writer applied.", ("book", "msgs")),
+    ("obpipe_book_batches", "Batches the book writer applied.", ("book", "batches")),
     ("obpipe_book_bad_messages", "Messages the book writer refused (bad kind, symbol, side, price or size).",
-     "book", "bad_msgs"),
-    ("obpipe_book_out_of_ladder_messages", "Messages whose price fell outside the symbol's ladder.", "book",
-     "out_of_ladder"),
-    ("obpipe_book_trades", "Trades the book writer saw (executions, hidden trades, crosses).", "book", "trades"),
-    ("obpipe_book_events", "Events (top-of-book changes, trades) the book writer wrote.", "book", "events"),
-    ("obpipe_book_snapshots", "Seqlock snapshots the book writer published.", "book", "snapshots"),
-    ("obpipe_book_crossed", "Top-of-book changes that left a book crossed or locked.", "book", "crossed"),
-    ("obpipe_book_unknown_order_refs", "Per-order messages naming an order the book does not hold.", "book",
-     "l3_unknown_refs"),
-    ("obpipe_book_order_table_full", "Orders refused because the per-order table was full.", "book",
-     "l3_table_full"),
-    ("obpipe_analysis_events", "Events the analysis read.", "analysis", "events"),
-    ("obpipe_analysis_summaries", "Summaries the analysis wrote.", "analysis", "summaries"),
-    ("obpipe_kafka_produced", "Messages the publisher handed to the Kafka client.", "publisher", "produced"),
-    ("obpipe_kafka_delivered", "Messages Kafka acknowledged.", "publisher", "delivered"),
+     ("book", "bad_msgs")),
+    ("obpipe_book_out_of_ladder_messages", "Messages whose price fell outside the symbol's ladder.", ("book",
+     "out_of_ladder")),
+    ("obpipe_book_trades", "Trades the book writer saw (executions, hidden trades, crosses).", ("book", "trades")),
+    ("obpipe_book_events", "Events (top-of-book changes, trades) the book writer wrote.", ("book", "events")),
+    ("obpipe_book_snapshots", "Seqlock snapshots the book writer published.", ("book", "snapshots")),
+    ("obpipe_book_crossed", "Top-of-book changes that left a book crossed or locked.", ("book", "crossed")),
+    ("obpipe_book_unknown_order_refs", "Per-order messages naming an order the book does not hold.", ("book",
+     "l3_unknown_refs")),
+    ("obpipe_book_order_table_full", "Orders refused because the per-order table was full.", ("book",
+     "l3_table_full")),
+    ("obpipe_analysis_events", "Events the analysis read.", ("analysis", "events")),
+    ("obpipe_analysis_summaries", "Summaries the analysis wrote.", ("analysis", "summaries")),
+    ("obpipe_kafka_produced", "Messages the publisher handed to the Kafka client.", ("publisher", "produced")),
+    ("obpipe_kafka_delivered", "Messages Kafka acknowledged.", ("publisher", "delivered")),
     ("obpipe_kafka_delivery_failures", "Messages whose delivery failed (retried from the publisher's queue).",
-     "publisher", "failed"),
-    ("obpipe_kafka_errors", "Errors the Kafka client reported.", "publisher", "kafka_errors"),
-    ("obpipe_kafka_lost", "Messages the publisher gave up on (its queue full for too long).", "publisher", "lost"),
-    ("obpipe_redis_writes", "Writes to Redis (live book state).", "redis", "redis_writes"),
-    ("obpipe_redis_errors", "Redis commands that failed.", "redis", "redis_errors"),
-    ("obpipe_ticks_stored_quotes", "Quotes stored in the tick store.", "ticks", "quotes"),
-    ("obpipe_ticks_stored_trades", "Trades stored in the tick store.", "ticks", "trades"),
-    ("obpipe_ticks_errors", "Tick store inserts that failed.", "ticks", "errors"),
-    ("obpipe_supervisor_restarts", "Parts the supervisor restarted.", "supervisor", "restarts"),
-    ("obpipe_supervisor_stale_kills", "Parts killed because their heartbeat went stale.", "supervisor",
-     "stale_kills"),
+     ("publisher", "failed")),
+    ("obpipe_kafka_errors", "Errors the Kafka client reported.", ("publisher", "kafka_errors")),
+    ("obpipe_kafka_lost", "Messages the publisher gave up on (its queue full for too long).", ("publisher", "lost")),
+    ("obpipe_redis_writes", "Writes to Redis (live book state).", ("redis", "redis_writes")),
+    ("obpipe_redis_errors", "Redis commands that failed.", ("redis", "redis_errors")),
+    ("obpipe_ticks_stored_quotes", "Quotes stored in the tick store.", ("ticks", "quotes")),
+    ("obpipe_ticks_stored_trades", "Trades stored in the tick store.", ("ticks", "trades")),
+    ("obpipe_ticks_errors", "Tick store inserts that failed.", ("ticks", "errors")),
+    ("obpipe_supervisor_restarts", "Parts the supervisor restarted.", ("supervisor", "restarts")),
+    ("obpipe_supervisor_stale_kills", "Parts killed because their heartbeat went stale.", ("supervisor",
+     "stale_kills")),
+    # the MoldUDP64 receiver (order-by-order input only)
+    ("obpipe_rx_gaps_seen", "Sequence gaps rx saw (MoldUDP64).", ("rx", "mold", "gaps_seen")),
+    ("obpipe_rx_gaps_healed", "Gaps filled by retransmission.", ("rx", "mold", "gaps_healed")),
+    ("obpipe_rx_gaps_lost", "Gaps declared lost (books marked stale).", ("rx", "mold", "gaps_lost")),
+    ("obpipe_rx_messages_recovered", "Messages received by retransmission.", ("rx", "mold", "recovered")),
+    ("obpipe_rx_retransmission_requests", "Retransmission requests rx sent.", ("rx", "mold", "requests")),
+    ("obpipe_rx_stale_marks", "Lost ranges that marked the books stale.", ("rx", "stale_marks")),
 )
-# MoldUDP64 receiver (rx's ``mold`` section, order-by-order input only)
-_MOLD = (
-    ("obpipe_rx_gaps_seen", "Sequence gaps rx saw (MoldUDP64).", "gaps_seen"),
-    ("obpipe_rx_gaps_healed", "Gaps filled by retransmission.", "gaps_healed"),
-    ("obpipe_rx_gaps_lost", "Gaps declared lost (books marked stale).", "gaps_lost"),
-    ("obpipe_rx_messages_recovered", "Messages received by retransmission.", "recovered"),
-    ("obpipe_rx_retransmission_requests", "Retransmission requests rx sent.", "requests"),
+# (metric name, help, path in Status.collect()) of plain gauges
+_GAUGES = (
+    ("obpipe_kafka_broker_up", "1 while the publisher reaches Kafka.", ("publisher", "broker_up")),
+    ("obpipe_kafka_pending_messages", "Messages waiting in the publisher's queue.", ("publisher", "pending")),
 )
 # (ring label, section, key) of each ring's drops
 _RING_DROPS = (("md", "rx", "ring_drops"), ("events", "book", "events_dropped"),
                ("signals", "analysis", "signal_drops"), ("ticks", "analysis", "ticks_dropped"))
+
+
+def _at(d: dict, path: tuple[str, ...]):
+    """``d[path[0]][path[1]]...``, or None where a key is absent."""
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
 
 
 class _Monotonic:
@@ -193,34 +206,28 @@ class PipelineCollector(Collector):
             g.add_metric([], self.last_scrape_s)
             yield g
 
-    def _counter(self, name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
-        return CounterMetricFamily(name, doc, labels=labels)
-
     def _add(self, fam: CounterMetricFamily, labels: list[str], raw: int) -> None:
         fam.add_metric(labels, self._mono((fam.name, *labels), int(raw)))
 
     def _families(self, d: dict, hist) -> Iterator:
-        for name, doc, section, key in _COUNTERS:
-            v = d.get(section, {}).get(key)
-            if v is None:
-                continue
-            c = self._counter(name, doc)
-            self._add(c, [], v)
-            yield c
-        rx = d["rx"]
-        if rx.get("protocol") == "moldudp64":
-            for name, doc, key in _MOLD:
-                c = self._counter(name, doc)
-                self._add(c, [], rx["mold"][key])
+        for name, doc, path in _COUNTERS:
+            v = _at(d, path)
+            if v is not None:
+                c = CounterMetricFamily(name, doc)
+                self._add(c, [], v)
                 yield c
-            c = self._counter("obpipe_rx_stale_marks", "Lost ranges that marked the books stale.")
-            self._add(c, [], rx["stale_marks"])
-            yield c
-        drops = self._counter("obpipe_ring_drops", "Records dropped because a ring was full.", ["ring"])
+        for name, doc, path in _GAUGES:
+            yield GaugeMetricFamily(name, doc, value=int(_at(d, path) or 0))
+        if d["book"].get("l3_capacity", 0) > 0:  # (a per-order book)
+            yield GaugeMetricFamily("obpipe_book_orders_live", "Live orders in the per-order book.",
+                                    value=d["book"]["l3_live_orders"])
+            yield GaugeMetricFamily("obpipe_book_orders_capacity", "Orders the per-order table holds.",
+                                    value=d["book"]["l3_capacity"])
+        drops = CounterMetricFamily("obpipe_ring_drops", "Records dropped because a ring was full.", labels=["ring"])
         for ring, section, key in _RING_DROPS:
             self._add(drops, [ring], d[section].get(key, 0))
         yield drops
-        sig = self._counter("obpipe_signals", "Signals the analysis detected, by kind.", ["kind"])
+        sig = CounterMetricFamily("obpipe_signals", "Signals the analysis detected, by kind.", labels=["kind"])
         for kind, n in d["analysis"]["by_kind"].items():
             self._add(sig, [kind], n)
         yield sig
@@ -229,20 +236,6 @@ class PipelineCollector(Collector):
         yield from self._parts(d)
         yield from self._symbols(d["symbols"])
         yield self._latency(hist)
-        b = d["book"]
-        if b.get("l3_capacity", 0) > 0:
-            for name, doc, key in (("obpipe_book_orders_live", "Live orders in the per-order book.", "l3_live_orders"),
-                                   ("obpipe_book_orders_capacity", "Orders the per-order table holds.",
-                                    "l3_capacity")):
-                g = GaugeMetricFamily(name, doc)
-                g.add_metric([], b[key])
-                yield g
-        g = GaugeMetricFamily("obpipe_kafka_broker_up", "1 while the publisher reaches Kafka.")
-        g.add_metric([], 1 if d["publisher"].get("broker_up") else 0)
-        yield g
-        g = GaugeMetricFamily("obpipe_kafka_pending_messages", "Messages waiting in the publisher's queue.")
-        g.add_metric([], d["publisher"].get("pending", 0))
-        yield g
 
     @staticmethod
     def _rings(rings: dict) -> Iterator:
@@ -257,8 +250,8 @@ class PipelineCollector(Collector):
         yield from fams
 
     def _processes(self, procs: dict) -> Iterator:
-        cpu = self._counter("obpipe_process_cpu_seconds", "CPU time of the part's process (user + system).",
-                            ["part"])
+        cpu = CounterMetricFamily("obpipe_process_cpu_seconds", "CPU time of the part's process (user + system).",
+                                  labels=["part"])
         hb = GaugeMetricFamily("obpipe_process_heartbeat_age_seconds",
                                "Time since the part's last loop turn (stale: hung).", labels=["part"])
         for part in PARTS:
@@ -275,8 +268,8 @@ class PipelineCollector(Collector):
     def _parts(d: dict) -> Iterator:
         up = GaugeMetricFamily("obpipe_part_running", "1 while the part's process says it is running.",
                                labels=["part"])
-        for part in ("feed", "rx", "book", "analysis", "publisher", "redis", "ticks"):
-            state = d.get(part, {}).get("state")
+        for part in PARTS:
+            state = d.get(part, {}).get("state")  # (the supervisor's counters carry no state)
             if state is not None:
                 up.add_metric([part], 1 if state == "running" else 0)
         yield up
@@ -314,15 +307,12 @@ class PipelineCollector(Collector):
         yield from fams.values()
 
     def _latency(self, hist) -> HistogramMetricFamily:
-        les, total = cumulative_le(hist)
         name = "obpipe_receive_apply_latency_seconds"
         h = HistogramMetricFamily(name, "From rx's receive stamp to the book writer's apply, per message "
                                         "(no _sum: the book writer counts buckets only).")
-        buckets = [(floatToGoString(le), self._mono(("lat", le), c)) for le, c in les]
-        count = self._mono(("lat", "count"), total)
-        buckets.append(("+Inf", count))
+        buckets = [(le, self._mono(("lat", le), n)) for le, n in le_buckets(hist)]
         h.add_metric([], buckets, sum_value=None)
-        h.add_sample(name + "_count", {}, count)
+        h.add_sample(name + "_count", {}, buckets[-1][1])
         return h
 
 

@@ -81,3 +81,11 @@ def cumulative_le(hist: np.ndarray, lo_exp: int = 10, hi_exp: int = 34) -> tuple
         b = (k - 2) * 4 + 3  # the last bucket of values < 2**k (floor(log2 v) = k - 1, sub-bucket 3)
         out.append((2.0**k / 1e9, int(cum[b]) if 0 <= b < len(cum) else total))
     return out, total
+
+
+def le_buckets(hist: np.ndarray) -> list[tuple[str, int]]:
+    """``cumulative_le`` as a Prometheus histogram's buckets: ``(le, count)`` pairs with
+    ``le`` as Prometheus clients print it (the float's shortest repr), ending with
+    ``("+Inf", total)``."""
+    les, total = cumulative_le(hist)
+    return [(repr(float(le)), n) for le, n in les] + [("+Inf", total)]
