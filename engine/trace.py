@@ -99,9 +99,16 @@ def from_lobster(path: str, symbol: str | None, levels: int) -> Source:
     if symbol is not None and ticker is not None and symbol != ticker:
         raise TraceError(f"{path} holds {ticker}, not {symbol}")
     md, d = lobster.load_messages(path, return_tick=True)
-    px = md["px_tick"][md["px_tick"] > 0]
-    width = lobster.auto_width(px) if len(px) else 1024
-    return Source(md, 0, symbol or ticker or "?", d / 10_000, [width], uncross=True)
+    return Source(md, 0, symbol or ticker or "?", d / 10_000, [lobster_width(md)], uncross=True)
+
+
+def lobster_width(md: np.ndarray) -> int:
+    """The ladder width (ticks) for LOBSTER records ``md``: ``lobster.auto_width`` of
+    their prices (halts, whose price field is a code, left out), 1,024 without any."""
+    from obpipe.engine import lobster
+
+    px = md["px_tick"][(md["px_tick"] > 0) & (md["kind"] != schema.K_HEARTBEAT)]
+    return lobster.auto_width(px) if len(px) else 1024
 
 
 def from_capture(path: str, symbol: str, symbols: tuple[str, ...], widths: list[int], tick_size: float) -> Source:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -45,7 +44,6 @@ from obpipe.ring import kernels as RK
 from obpipe.ring import schema
 from obpipe.ring.latency import N_BUCKETS, bucket_upper, percentiles
 from obpipe.ring.shm import process_start_ns
-from obpipe.ring.stats import LATENCY_ROWS, ROW_LATENCY
 from obpipe.status import Status
 
 if TYPE_CHECKING:
@@ -310,8 +308,7 @@ class Instance:
         true value; None before any message), ``count`` (messages), ``buckets`` (int64
         counts of the 256 log-linear buckets) and ``bucket_upper_ns`` (each bucket's
         largest value, ns; the top buckets end at the int64 maximum)."""
-        rows = self._st().stats.snapshot()
-        counts = np.array(rows[ROW_LATENCY:ROW_LATENCY + LATENCY_ROWS].reshape(-1)[:N_BUCKETS], np.int64)
+        counts = np.array(self._st().latency_buckets(), np.int64)
         out: dict[str, Any] = percentiles(counts, (0.5, 0.9, 0.99, 0.999))
         out["buckets"] = counts
         top = np.iinfo(np.int64).max  # (the last buckets reach past any int64 nanoseconds)
@@ -373,44 +370,28 @@ class ReplayBatch(NamedTuple):
     depth: np.void
 
 
-@dataclass
-class _Input:
-    md: np.ndarray
-    sym: int
-    name: str
-    tick_size: float
-    widths: list[int]
-    uncross: bool
-    l3_orders: int
-    kind: str  # "lobster", "lobster+orderbook", "capture", "itch"
-
-
-def _lobster_input(path: str, symbol: str | None, orderbook: bool | None) -> _Input:
+def _lobster_input(path: str, symbol: str | None, orderbook: bool | None) -> tuple[tr.Source, str]:
     from obpipe.engine import lobster
 
-    ticker, _day = lobster.file_info(path)
-    if symbol is not None and ticker is not None and symbol != ticker:
-        raise tr.TraceError(f"{path} holds {ticker}, not {symbol}")
+    src = tr.from_lobster(path, symbol, 0)
     ob_path = lobster.orderbook_beside(path) if orderbook is not False else None
     if orderbook is True and ob_path is None:
         raise FileNotFoundError(f"no order-book file beside {path} (…_orderbook_N.csv)")
-    md, d = lobster.load_messages(path, return_tick=True)
-    kind = "lobster"
-    if ob_path is not None and len(md):
-        ob = lobster.load_orderbook(ob_path, tick_divisor=d)
-        md, ends = lobster.replay_stream(md, ob)
-        # each record's seq: the file row it belongs to (row 1's levels, the seeds: 1;
-        # message k and the corrections after it: k), so events speak of the file's rows
-        seeds = int(((ob[0, 0::2] != NO_PX) & (ob[0, 1::2] > 0)).sum())
-        i = np.arange(len(md))
-        md["seq"] = np.where(i < seeds, 1, np.searchsorted(ends, i, side="right") + 2)
-        kind = "lobster+orderbook"
-    px = md["px_tick"][(md["px_tick"] > 0) & (md["kind"] != schema.K_HEARTBEAT)]
-    width = lobster.auto_width(px) if len(px) else 1024
-    return _Input(md, 0, symbol or ticker or "?", d / 10_000, [width], True, 0, kind)
+    if ob_path is None or not len(src.md):
+        return src, "lobster"
+    ob = lobster.load_orderbook(ob_path, tick_divisor=round(src.tick_size * 10_000))
+    md, ends = lobster.replay_stream(src.md, ob)
+    # each record's seq: the file row it belongs to (row 1's levels, the seeds: 1;
+    # message k and the corrections after it: k), so events speak of the file's rows
+    seeds = int(((ob[0, 0::2] != NO_PX) & (ob[0, 1::2] > 0)).sum())
+    i = np.arange(len(md))
+    md["seq"] = np.where(i < seeds, 1, np.searchsorted(ends, i, side="right") + 2)
+    src.md, src.widths = md, [tr.lobster_width(md)]
+    return src, "lobster+orderbook"
 
 
-def _open_input(path: str, symbol: str | None, config, orderbook: bool | None) -> _Input:
+def _open_input(path: str, symbol: str | None, config, orderbook: bool | None) -> tuple[tr.Source, str]:
+    """The file as ``engine.trace`` reads it, and its kind."""
     from obpipe.feed_sim.capture import is_capture
     from obpipe.feed_sim.feed import is_itch
 
@@ -428,11 +409,9 @@ def _open_input(path: str, symbol: str | None, config, orderbook: bool | None) -
             kinds = s.md["kind"]
             s.l3_orders = int(min(cfg.book.l3_orders, max(1024, np.count_nonzero(
                 (kinds == schema.L3_ADD) | (kinds == schema.L3_REPLACE)))))
-            kind = "itch"
-        else:
-            s = tr.from_capture(path, symbol, tuple(cfg.book.symbols), cfg.book.widths(), cfg.analysis.tick_size)
-            kind = "capture"
-        return _Input(s.md, s.sym, s.name, s.tick_size, list(s.widths), s.uncross, s.l3_orders, kind)
+            return s, "itch"
+        return tr.from_capture(path, symbol, tuple(cfg.book.symbols), cfg.book.widths(),
+                               cfg.analysis.tick_size), "capture"
     return _lobster_input(path, symbol, orderbook)
 
 
@@ -450,11 +429,12 @@ class Replay:
     its order-book file, the messages and the corrections).
     """
 
-    def __init__(self, path: str, inp: _Input, levels: int, batch_size: int, depth_every_s: float | None):
+    def __init__(self, path: str, inp: tr.Source, kind: str, levels: int, batch_size: int,
+                 depth_every_s: float | None):
         self.path = path
         self._in = inp
         self.symbol = inp.name
-        self.kind = inp.kind
+        self.kind = kind
         self.tick_size = inp.tick_size
         self.levels = levels
         self.messages = len(inp.md)
@@ -610,4 +590,4 @@ def replay(path: str | Path, symbol: str | None = None, *, levels: int = 5, dept
         raise ValueError(f"depth_every_s must be > 0 seconds, got {depth_every_s}")
     depth_record(levels)  # (checks levels)
     path = str(path)
-    return Replay(path, _open_input(path, symbol, config, orderbook), levels, batch_size, depth_every_s)
+    return Replay(path, *_open_input(path, symbol, config, orderbook), levels, batch_size, depth_every_s)
