@@ -46,6 +46,22 @@ PREFIX = f"t{os.getpid()}x"
 _counter = itertools.count()
 
 
+#: The session day of the generated ITCH files: 2019-01-30 (UTC epoch ns of its midnight in New York).
+ITCH_DAY_NS = 1548824400 * 10**9
+
+
+def itch_day(path: Path, n: int, names: list[str], seed: int):
+    """A generated order-by-order day (``feed_sim.l3_synth``, from 09:30 New York time on
+    2019-01-30): ``n`` messages over the stocks ``names``, written to ``path`` as ITCH 5.0.
+    Returns the MD_L3 records it encodes."""
+    from obpipe.feed_sim import itch
+    from obpipe.feed_sim.l3_synth import L3SynthParams, generate_l3
+
+    md = generate_l3(n, L3SynthParams(n_symbols=len(names), seed=seed, start_ts_ns=ITCH_DAY_NS + 34_200 * 10**9))
+    Path(path).write_bytes(itch.encode(md, names, day_ns=ITCH_DAY_NS)[0].tobytes())
+    return md
+
+
 def new_instance() -> str:
     """An instance name unique to this test session (its segments are ``/obpipe.<name>.*``)."""
     return f"{PREFIX}{next(_counter)}"

@@ -21,8 +21,8 @@ import pytest
 import obpipe
 from obpipe.engine import lobster
 from obpipe.engine import trace as tr
-from tests.helpers import (ENV, LOBSTER_MSG, LOBSTER_OB, REPO, finish, obpipe as obpipe_cli, poll, run_config,
-                           running_pipeline, wait_running)
+from tests.helpers import (ENV, LOBSTER_MSG, LOBSTER_OB, REPO, finish, itch_day, obpipe as obpipe_cli, poll,
+                           run_config, running_pipeline, wait_running)
 
 EXAMPLES = REPO / "examples"
 
@@ -152,14 +152,9 @@ def test_attach_reads_the_books_stats_prints_and_a_capture_replay_ends_at_them(t
 @pytest.mark.timeout(180)
 def test_queue_position_and_books_of_a_running_per_order_book_equal_an_itch_replays(tmp_path, instance):
     from obpipe.engine.l3 import L3Book
-    from obpipe.feed_sim import itch
-    from obpipe.feed_sim.l3_synth import L3SynthParams, generate_l3
-
     names = ["AAPL", "MSFT", "NVDA"]
-    day = itch.session_midnight_ns(2019, 1, 30)
-    md = generate_l3(12_000, L3SynthParams(n_symbols=3, seed=8, start_ts_ns=day + 34_200 * 10**9))
     path = tmp_path / "01302019.t.itch50"
-    path.write_bytes(itch.encode(md, names, day_ns=day)[0].tobytes())
+    md = itch_day(path, 12_000, names, seed=8)
     book = L3Book([4096] * 3, 1 << 16, 10)  # the offline per-order book of the whole stream
     book.apply(md)
     live = book.orders()
@@ -249,14 +244,8 @@ def test_a_lobster_replay_is_the_vendors_order_book_after_every_message():
 @pytest.mark.timeout(120)
 def test_an_itch_replay_is_the_per_order_book_and_depth_follows_exchange_time(tmp_path):
     from obpipe.engine.l3 import L3Book
-    from obpipe.feed_sim import itch
-    from obpipe.feed_sim.l3_synth import L3SynthParams, generate_l3
-
-    day = itch.session_midnight_ns(2019, 1, 30)
-    md = generate_l3(20_000, L3SynthParams(n_symbols=3, seed=4, start_ts_ns=day + 34_200 * 10**9))
-    data, _ = itch.encode(md, ["AAPL", "MSFT", "NVDA"], day_ns=day)
     path = tmp_path / "01302019.t.itch50"
-    path.write_bytes(data.tobytes())
+    md = itch_day(path, 20_000, ["AAPL", "MSFT", "NVDA"], seed=4)
     with pytest.raises(ValueError, match="symbol= is required"):
         obpipe.replay(path)
     r = obpipe.replay(path, "MSFT", levels=4, depth_every_s=0.001)

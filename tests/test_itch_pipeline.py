@@ -12,25 +12,21 @@ import pytest
 from obpipe import config
 from obpipe.engine.l3 import L3Book
 from obpipe.feed_sim import itch
-from obpipe.feed_sim.l3_synth import L3SynthParams, generate_l3
 from obpipe.ring import schema
 from obpipe.ring.shm import list_segments
-from tests.helpers import finish, popen_obpipe, run_config
+from tests.helpers import ITCH_DAY_NS as DAY, finish, itch_day, popen_obpipe, run_config
 
 pytestmark = pytest.mark.multiproc
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "QQQ", "SPY", "TSLA"]
 N = 2_000_000
-DAY = itch.session_midnight_ns(2019, 1, 30)
 
 
 def _stream(tmp_path, n: int, name: str = "01302019.gen.itch50"):
     """(path, records as the decoder gives them back, names)."""
-    md = generate_l3(n, L3SynthParams(n_symbols=len(SYMBOLS), seed=11, start_ts_ns=DAY + 34_200 * 10**9))
-    data, _ = itch.encode(md, SYMBOLS, day_ns=DAY)
     path = tmp_path / name
-    path.write_bytes(data.tobytes())
-    recs, names, c = itch.decode(data, SYMBOLS, day_ns=DAY)
+    itch_day(path, n, SYMBOLS, seed=11)
+    recs, names, c = itch.decode(np.fromfile(path, np.uint8), SYMBOLS, day_ns=DAY)
     assert names == SYMBOLS and c["records"] == len(recs) == n, c
     return path, recs
 

@@ -92,14 +92,10 @@ def test_tick_units():
 @pytest.mark.timeout(120)
 def test_an_itch_trace_is_the_per_order_book_after_every_message_of_the_stock(tmp_path):
     from obpipe.engine.l3 import L3Book
-    from obpipe.feed_sim import itch
-    from obpipe.feed_sim.l3_synth import L3SynthParams, generate_l3
+    from tests.helpers import itch_day
 
-    day = itch.session_midnight_ns(2019, 1, 30)
-    md = generate_l3(20_000, L3SynthParams(n_symbols=3, seed=4, start_ts_ns=day + 34_200 * 10**9))
-    data, _ = itch.encode(md, ["AAPL", "MSFT", "NVDA"], day_ns=day)
     path = tmp_path / "01302019.t.itch50"
-    path.write_bytes(data.tobytes())
+    md = itch_day(path, 20_000, ["AAPL", "MSFT", "NVDA"], seed=4)
     buf = io.BytesIO()
     tr.trace(tr.from_itch(str(path), "MSFT", 4096, 0.01, 1 << 16), 3, csv=True, out=buf)
     rows = list(csv.reader(io.StringIO(buf.getvalue().decode())))[1:]
