@@ -159,5 +159,5 @@ def run(spec: AnalysisSpec, stop) -> int:
 
 def main_entry(spec: AnalysisSpec, stop) -> None:
     """Process target (spawn): exit code is run()'s return value."""
-    child_setup(spec.parent_pid, spec.cores)
+    child_setup(spec.parent_pid, spec.cores, "analysis")
     sys.exit(run(spec, stop))

@@ -649,12 +649,13 @@ def publish_counters(C, row, lo, hi):
 
 
 @njit(**HOT, inline="always")
-def next_batch(md_ctrl, max_batch, spin_iters, yield_iters):
-    """The book writer's next batch: (tail, n) of up to ``max_batch`` md records, waiting
-    through the spin -> yield backoff when there are none; n = 0: still none (idle)."""
+def next_batch(md_ctrl, max_batch, spin_iters, yield_iters, doze_ns):
+    """The book writer's next batch: (tail, n) of whatever is there now, up to
+    ``max_batch`` md records, waiting through the spin -> yield -> doorbell backoff when
+    there are none; n = 0: still none (idle)."""
     tail, n = ring_available(md_ctrl, max_batch)
     if n == 0:
-        if ring_wait(md_ctrl, spin_iters, yield_iters) == 0:
+        if ring_wait(md_ctrl, spin_iters, yield_iters, doze_ns) == 0:
             return tail, 0
         tail, n = ring_available(md_ctrl, max_batch)
     return tail, min(n, max_batch)
@@ -676,9 +677,10 @@ def end_batch(md_ctrl, md, tail, n, mask, lad, S, C, n_levels, dirty, snap_words
 
 @njit(**HOT)
 def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirty, snap_words,
-          snap_base0, slot_words, pay, lv_px, lv_qty, row, hist, hist_local, spin_iters, yield_iters):
+          snap_base0, slot_words, pay, lv_px, lv_qty, row, hist, hist_local, spin_iters, yield_iters, doze_ns=0):
     """The book writer's loop: apply batches from the md ring until ``budget`` messages
-    are applied or the ring stays empty through the spin -> yield backoff.
+    are applied or the ring stays empty through the spin -> yield backoff, and then
+    (``doze_ns`` > 0) blocked on the ring's doorbell that long.
 
     Per batch: apply (events published), then ``end_batch`` (latency, release,
     snapshots, counters, heartbeat).  Returns messages applied (0: idle; the caller
@@ -688,7 +690,7 @@ def drain(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirt
     done = 0
     mask = md.shape[0] - 1
     while done < budget:
-        tail, n = next_batch(md_ctrl, max_batch, spin_iters, yield_iters)
+        tail, n = next_batch(md_ctrl, max_batch, spin_iters, yield_iters, doze_ns)
         if n == 0:
             break
         ts = monotonic_ns()

@@ -524,15 +524,15 @@ def apply_batch_l3(md, start, n, mask, lad, S, C, ev, ev_ctrl, dirty, O, Hd, Hx,
 @njit(**HOT)
 def drain_l3(md_ctrl, md, max_batch, budget, lad, S, C, ev, ev_ctrl, n_levels, dirty, snap_words,
              snap_base0, slot_words, pay, lv_px, lv_qty, row, hist, hist_local, spin_iters, yield_iters,
-             O, Hd, Hx, E):
+             O, Hd, Hx, E, doze_ns=0):
     """``_book_kernels.drain`` for an md ring of ``MD_L3_DTYPE`` records: the same loop
     (``next_batch``, apply, ``end_batch``) with ``apply_batch_l3`` and the order table
-    ``O, Hd, Hx, E`` as its last arguments; the L3 counters are copied to the stats row
+    ``O, Hd, Hx, E`` after the backoff's arguments; the L3 counters are copied to the stats row
     too.  Returns messages applied."""
     done = 0
     mask = md.shape[0] - 1
     while done < budget:
-        tail, n = next_batch(md_ctrl, max_batch, spin_iters, yield_iters)
+        tail, n = next_batch(md_ctrl, max_batch, spin_iters, yield_iters, doze_ns)
         if n == 0:
             break
         ts = monotonic_ns()

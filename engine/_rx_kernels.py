@@ -12,40 +12,54 @@ from obpipe.feed_sim import itch as IT
 from obpipe.feed_sim import moldudp64 as MS
 from obpipe.feed_sim.wire_kernels import rx_packet
 from obpipe.ring import schema
-from obpipe.ring.atomics import cpu_relax, monotonic_ns, sched_yield, sleep_ns
+from obpipe.ring.atomics import cpu_relax, monotonic_ns, poll_in, sched_yield, sleep_ns
 from obpipe.ring.jit import HOT
-from obpipe.ring.kernels import ring_claim, ring_publish
+from obpipe.ring.kernels import ring_claim, ring_publish, ring_wake
 from obpipe.ring.net import recv_batch
 
 RAW_STRIDE = 2048  # bytes per receive buffer: more than any valid datagram (1,464)
+#: Datagrams per ``recvmmsg`` when rx hands its core to the book writer after each call
+#: (``handoff``): after a stall, a backlog is passed on in slices of this many (360
+#: messages), not in one call of 64 whose first message waits for all the rest.
+HANDOFF_DGRAMS = 8
 
 
 @njit(**HOT, inline="always")
-def _idle_wait(idle, spin_iters, yield_iters, idle_sleep_ns, t_end):
+def _idle_wait(idle, spin_iters, yield_iters, idle_sleep_ns, t_end, wait_fd):
     """The ``idle``-th poll in a row that found nothing: spin (``pause``) for the first
-    ``spin_iters``, then ``sched_yield`` for ``yield_iters``, then sleep
-    ``idle_sleep_ns``.  True when the turn's budget (``t_end``) is spent."""
+    ``spin_iters``, then ``sched_yield`` for ``yield_iters``, then block in ``poll`` on
+    ``wait_fd`` until a datagram arrives or the turn ends (``wait_fd`` < 0: sleep
+    ``idle_sleep_ns`` instead).  True when the turn's budget (``t_end``) is spent."""
     if idle < spin_iters:
         cpu_relax()
         return (idle & 1023) == 0 and monotonic_ns() >= t_end
     if idle < spin_iters + yield_iters:
         sched_yield()
         return False
-    if monotonic_ns() >= t_end:
+    now = monotonic_ns()
+    if now >= t_end:
         return True
-    sleep_ns(idle_sleep_ns)
+    if wait_fd >= 0:
+        poll_in(wait_fd, (t_end - now) // 1_000_000 + 1)
+    else:
+        sleep_ns(idle_sleep_ns)
     return False
 
 
 @njit(**HOT)
-def rx_loop(fd, mvec, raw, names, T, miss, C, allow, ctrl, rec, spin_iters, yield_iters, idle_sleep_ns, budget_ns):
+def rx_loop(fd, mvec, raw, names, T, miss, C, allow, ctrl, rec, spin_iters, yield_iters, idle_sleep_ns, budget_ns,
+            block=False, handoff=False):
     """Receive and handle datagrams for about ``budget_ns``; when none is waiting, spin
     (``pause``) ``spin_iters`` polls, then ``sched_yield`` ``yield_iters`` polls, then
-    sleep ``idle_sleep_ns`` per poll.  Every datagram of one ``recvmmsg`` gets the same
-    receive stamp; ``names[k, 0]`` is datagram k's sender (sockaddr_in, first 8 bytes),
-    checked against ``allow``.  Returns the datagrams handled."""
+    block in ``poll`` until one arrives (``block``) or sleep ``idle_sleep_ns`` per poll.
+    Every datagram of one ``recvmmsg`` gets the same receive stamp; ``names[k, 0]`` is
+    datagram k's sender (sockaddr_in, first 8 bytes), checked against ``allow``.  The
+    book writer's doorbell is rung once per ``recvmmsg``; with ``handoff`` (rx and the
+    book writer real-time on one core) rx then yields, so the woken writer applies this
+    batch before rx reads the next one (not after a backlog).  Returns the datagrams
+    handled."""
     t_end = monotonic_ns() + budget_ns
-    vlen = mvec.shape[0]
+    vlen = min(mvec.shape[0], HANDOFF_DGRAMS) if handoff else mvec.shape[0]
     idle = 0
     total = 0
     while True:
@@ -54,13 +68,15 @@ def rx_loop(fd, mvec, raw, names, T, miss, C, allow, ctrl, rec, spin_iters, yiel
             now = monotonic_ns()
             for k in range(n):
                 rx_packet(raw[k], mvec[k, 7] & 0xFFFFFFFF, names[k, 0], T, miss, C, allow, ctrl, rec, now)
+            if ring_wake(ctrl) and handoff:
+                sched_yield()
             total += n
             idle = 0
             if now >= t_end:
                 return total
             continue
         idle += 1
-        if _idle_wait(idle, spin_iters, yield_iters, idle_sleep_ns, t_end):
+        if _idle_wait(idle, spin_iters, yield_iters, idle_sleep_ns, t_end, fd if block else -1):
             return total
 
 
@@ -148,14 +164,17 @@ def mold_rx_loop(dfd, dmvec, draw, dnames, allow, afd, amvec, araw, rmvec, riov,
     requests due: ``moldudp64.rx_turn``), then the delivered messages decoded into the md
     ring (``mold_decode``).  While the md ring is full no datagram is read: the socket
     buffer fills and the kernel drops, and those gaps are requested and healed like any
-    other.  Idle: spin, yield, sleep as ``rx_loop``.  Returns datagrams handled."""
+    other.  Idle: spin, yield, sleep as ``rx_loop`` (not ``poll``: the receiver's request
+    timers are due without a datagram).  Returns datagrams handled."""
     t_end = monotonic_ns() + budget_ns
     idle = 0
     total = 0
     while True:
         now = monotonic_ns()
         if S[MS.S_OUT_MSGS] > 0 or S[MS.S_NLOST] > 0:
-            if mold_decode(S, OUT, OSEQ, LOST, X, D, loc, wanted, names, DC, md_ctrl, md_rec, now):
+            done = mold_decode(S, OUT, OSEQ, LOST, X, D, loc, wanted, names, DC, md_ctrl, md_rec, now)
+            ring_wake(md_ctrl)
+            if done:
                 S[MS.S_OUT_BYTES] = 0
                 S[MS.S_OUT_MSGS] = 0
                 S[MS.S_NLOST] = 0
@@ -176,5 +195,5 @@ def mold_rx_loop(dfd, dmvec, draw, dnames, allow, afd, amvec, araw, rmvec, riov,
                 return total
             continue
         idle += 1
-        if _idle_wait(idle, spin_iters, yield_iters, idle_sleep_ns, t_end):
+        if _idle_wait(idle, spin_iters, yield_iters, idle_sleep_ns, t_end, -1):
             return total

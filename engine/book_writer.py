@@ -20,7 +20,11 @@ from obpipe.ring.spsc import Backoff, Ring
 from obpipe.ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_LATENCY, ROW_QUERY
 
 from obpipe.engine import _book_kernels as BK
-from obpipe.ring.runtime import child_setup, claim_row, mark_running
+from obpipe.ring.runtime import child_setup, claim_row, go_realtime, mark_running
+
+#: The longest an idle book writer blocks on the md ring's doorbell before it looks at
+#: its stop flag and refreshes its heartbeat (rx rings it as soon as there is data).
+DOZE_NS = 5_000_000
 from obpipe.engine import _l3_kernels as LK
 from obpipe.engine.book import Book
 from obpipe.engine.l3 import L3Book, answer_query
@@ -42,6 +46,7 @@ class BookWriterSpec:
     budget: int = 1 << 16  # messages per kernel call before Python checks the stop flag
     parent_pid: int = 0  # the supervisor; the writer exits if it disappears
     l3_orders: int = 0  # > 0: the md ring carries per-order records (MD_L3) into a per-order book this big
+    realtime: int = 0  # > 0: run SCHED_FIFO at this priority once compiled ([pinning] realtime)
 
 
 def run(spec: BookWriterSpec, stop) -> int:
@@ -65,16 +70,18 @@ def run(spec: BookWriterSpec, stop) -> int:
         table = book.table
         row[schema.ST_BOOK_L3_CAPACITY] = book.C[schema.ST_BOOK_L3_CAPACITY]
 
-        def drain(budget, spin, yld):
-            return LK.drain_l3(md.ctrl, md.records, spec.max_batch, budget, *args, spin, yld, *table)
+        def drain(budget, spin, yld, doze):
+            return LK.drain_l3(md.ctrl, md.records, spec.max_batch, budget, *args, spin, yld, *table, doze)
     else:
-        def drain(budget, spin, yld):
-            return BK.drain(md.ctrl, md.records, spec.max_batch, budget, *args, spin, yld)
+        def drain(budget, spin, yld, doze):
+            return BK.drain(md.ctrl, md.records, spec.max_batch, budget, *args, spin, yld, doze)
+    doze = DOZE_NS if b.doorbell else 0
     # Compile (or load from cache) before announcing "running".
-    drain(0, 0, 0)
+    drain(0, 0, 0, doze)
+    go_realtime(spec.realtime)
     mark_running(row)
     while not stop.is_set():
-        n = drain(spec.budget, b.spin_iters, b.yield_iters)
+        n = drain(spec.budget, b.spin_iters, b.yield_iters, doze)
         row[schema.ST_HEARTBEAT_NS] = time.monotonic_ns()  # busy or idle: the supervisor watches it
         if l3 and q[schema.Q_REQ] != q[schema.Q_ANS]:
             answer_query(book, q)  # an order's queue position, asked by engine.l3.query_order
@@ -82,8 +89,9 @@ def run(spec: BookWriterSpec, stop) -> int:
             if spec.parent_pid and os.getppid() != spec.parent_pid:
                 row[schema.ST_STATE] = STATE_STOPPED
                 return 3  # orphaned: the supervisor died without stopping us
-            time.sleep(b.sleep_us * 1e-6)
-    while drain(spec.budget, 0, 0):
+            if not doze:
+                time.sleep(b.sleep_us * 1e-6)
+    while drain(spec.budget, 0, 0, 0):
         pass
     row[schema.ST_STATE] = STATE_STOPPED
     return 0
@@ -91,5 +99,5 @@ def run(spec: BookWriterSpec, stop) -> int:
 
 def main_entry(spec: BookWriterSpec, stop) -> None:
     """Process target (spawn): exit code is run()'s return value."""
-    child_setup(spec.parent_pid, spec.cores)
+    child_setup(spec.parent_pid, spec.cores, "book")
     sys.exit(run(spec, stop))

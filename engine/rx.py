@@ -32,7 +32,7 @@ from obpipe.ring.net import VLEN, MsgVec
 from obpipe.ring.stats import ROW_RX
 
 from obpipe.engine import _rx_kernels as RK
-from obpipe.ring.runtime import child_setup, claim_row, mark_running
+from obpipe.ring.runtime import child_setup, claim_row, go_realtime, mark_running
 
 RCVBUF_BYTES = 8 << 20
 BUDGET_NS = 20_000_000  # the compiled loop returns to Python this often
@@ -68,6 +68,7 @@ class RxSpec:
     mold_hold: int = 1 << 19  # messages that may wait for a gap (0.5 s at 1M msgs/s)
     mold_timeout_ms: float = 25.0  # ask again after this long
     mold_retries: int = 16  # requests after the first before a gap is lost
+    realtime: int = 0  # > 0: run SCHED_FIFO at this priority once compiled ([pinning] realtime)
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -128,7 +129,8 @@ def run(spec: RxSpec, stop) -> int:
     b = spec.backoff
     fd = sock.fileno()
     loop_args = (fd, mv.mvec, raw, names, T, miss, C, allow, md.ctrl, md.records)
-    RK.rx_loop(*loop_args, 0, 0, 0, 0)  # compile / load before announcing "running"
+    RK.rx_loop(*loop_args, 0, 0, 0, 0, b.doorbell, b.handoff)  # compile / load before announcing "running"
+    go_realtime(spec.realtime)
     port = sock.getsockname()[1]
     row[schema.ST_RX_PORT] = port
     row[schema.ST_RX_KERNEL_DROPS] = _drops_or_unknown(port)
@@ -137,7 +139,7 @@ def run(spec: RxSpec, stop) -> int:
     next_drops = 0
     try:
         while not stop.is_set():
-            RK.rx_loop(*loop_args, b.spin_iters, b.yield_iters, b.sleep_us * 1000, BUDGET_NS)
+            RK.rx_loop(*loop_args, b.spin_iters, b.yield_iters, b.sleep_us * 1000, BUDGET_NS, b.doorbell, b.handoff)
             now = time.monotonic_ns()
             row[schema.ST_HEARTBEAT_NS] = now
             if now >= next_drops:  # /proc read at most 5x a second
@@ -201,6 +203,7 @@ def run_mold(spec: RxSpec, stop) -> int:
         row[schema.ST_RX_STALE_MARKS] = X[RK.X_STALE_MARKS]
 
     RK.mold_rx_loop(*args, 0, 0, 0, 0)  # compile / load before announcing "running"
+    go_realtime(spec.realtime)
     port = rxm.port
     row[schema.ST_RX_PORT] = port
     row[schema.ST_RX_KERNEL_DROPS] = _drops_or_unknown(port)
@@ -229,5 +232,5 @@ def run_mold(spec: RxSpec, stop) -> int:
 
 def main_entry(spec: RxSpec, stop) -> None:
     """Process target (spawn): exit code is run()'s return value."""
-    child_setup(spec.parent_pid, spec.cores)
+    child_setup(spec.parent_pid, spec.cores, "rx")
     sys.exit(run(spec, stop))

@@ -762,7 +762,7 @@ def feed_entry(spec: ExchangeFeedSpec, stop_event) -> None:
     """Process target for the supervisor (spawn) when the exchange is the source."""
     from obpipe.ring.runtime import child_setup
 
-    child_setup(spec.parent_pid, spec.cores)
+    child_setup(spec.parent_pid, spec.cores, "exchange")
     feed_main(spec, stop_event)
     sys.exit(0)
 

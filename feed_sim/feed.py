@@ -442,7 +442,7 @@ def main_entry(spec: FeedSpec, stop) -> None:
     """Process target for the supervisor (spawn)."""
     from obpipe.ring.runtime import child_setup
 
-    child_setup(spec.parent_pid, spec.cores)
+    child_setup(spec.parent_pid, spec.cores, "feed")
     try:
         run(spec, stop)
     except FeedError as e:

@@ -50,7 +50,11 @@ class RingsConfig:
 class BackoffConfig:
     spin_iters: int = 2000  # pause-loop polls before yielding (~10 us)
     yield_iters: int = 20  # sched_yield() polls before sleeping
-    sleep_us: int = 50  # sleep per idle round after that
+    sleep_us: int = 50  # sleep per idle round after that (wake = "sleep")
+    # "doorbell": after spinning and yielding, an idle rx blocks in poll() until a
+    # datagram arrives and an idle book writer blocks on its ring's doorbell until rx
+    # rings it (docs/LATENCY.md); "sleep": both sleep sleep_us per idle round
+    wake: str = "doorbell"
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,11 @@ class PinningConfig:
     # analysis and publisher as SCHED_IDLE: they use only CPU the book writer and rx
     # leave, so sharing a core never delays those (a starved analysis drops and counts)
     background_idle: bool = True
+    # rx and the book writer as SCHED_FIFO real-time processes (they always wait
+    # blocking, so they cannot starve the machine): "auto" when permitted and there are
+    # 2+ cores, true (refuse to start if not permitted), false
+    realtime: str | bool = "auto"
+    realtime_priority: int = 10  # 1..99 (SCHED_FIFO priority)
 
 
 #: Parts a restart brings back to a correct state: rx keeps its tracker in shared memory.
@@ -320,6 +329,12 @@ def _validate(c: Config) -> None:
     _validate_ticks(c.ticks, bad)
     _validate_metrics(c.metrics, bad)
     _validate_exchange(c.exchange, c.traders, bad)
+    if c.backoff.wake not in ("doorbell", "sleep"):
+        bad("backoff.wake", f"must be \"doorbell\" or \"sleep\", got {c.backoff.wake!r}")
+    if c.pinning.realtime not in ("auto", True, False):
+        bad("pinning.realtime", f"must be \"auto\", true or false, got {c.pinning.realtime!r}")
+    if not (isinstance(c.pinning.realtime_priority, int) and 1 <= c.pinning.realtime_priority <= 99):
+        bad("pinning.realtime_priority", f"must be 1..99, got {c.pinning.realtime_priority!r}")
     for k in ("book", "rx", "feed", "analysis", "publisher", "supervisor"):
         v = getattr(c.pinning, k)
         if isinstance(v, str) and v != "auto":

@@ -15,6 +15,7 @@ from obpipe.feed_sim.itch import counters as itch_counters
 from obpipe.feed_sim.moldudp64 import rx_counters
 from obpipe.feed_sim.wire import tracker_counters
 from obpipe.ring.latency import N_BUCKETS, percentiles
+from obpipe.ring.runtime import sched_policy
 from obpipe.ring.stats import (
     LATENCY_ROWS,
     ROW_ANALYSIS,
@@ -65,7 +66,7 @@ class Status:
             with p.oneshot():
                 t = p.cpu_times()
                 d = {"pid": pid, "cpu_seconds": round(t.user + t.system, 3), "core": p.cpu_num(),
-                     "affinity": p.cpu_affinity()}
+                     "affinity": p.cpu_affinity(), "sched": sched_policy(pid)}
                 if cpu_percent:
                     d["cpu_percent"] = round(p.cpu_percent(None), 1)
                 return d
@@ -248,6 +249,11 @@ def _bad(v: int, style: str = DROP, fmt: str = ",") -> Seg:
     return format(v, fmt), (style if v else None)
 
 
+def _sched_note(p: dict) -> str:
+    """`` fifo:10`` / `` idle`` after a process that is not scheduled normally."""
+    return f" {p['sched']}" if p.get("sched") not in (None, "", "normal") else ""
+
+
 def _hb_style(age_s: float | None, state: str | None, stale_s: float) -> str | None:
     """A running part's heartbeat age (seconds): WARN from ``HEARTBEAT_WARN_S``, DROP
     from ``stale_s`` (a part not running has no heartbeat to keep)."""
@@ -365,7 +371,7 @@ def _part_lines(d: dict, stale_s: float) -> list[tuple[str, list[Seg]]]:
         ("ticks", _ticks_segs(d["ticks"], d["analysis"])),
         ("procs", [s for i, (name, p) in enumerate((n, p) for n, p in d["processes"].items() if p)
                    for s in (((("  " if i else "") + f"{name} pid {p['pid']} cpu {p['cpu_percent']:.0f}% core "
-                               f"{p['core']}"), None),
+                               f"{p['core']}" + _sched_note(p)), None),
                              *(((" hb ", None), (f"{p['heartbeat_age_s']:.2f}s",
                                                  _hb_style(p["heartbeat_age_s"], states.get(name), stale_s)))
                                if p.get("heartbeat_age_s") is not None else ()))]),
@@ -482,14 +488,14 @@ def render_view(d: dict, history: RateHistory | None = None, stale_s: float = 2.
     pt = Table(title="processes", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
                show_edge=False)
     for c, j in (("process", "left"), ("pid", "right"), ("state", "left"), ("cpu", "right"), ("core", "right"),
-                 ("heartbeat", "right")):
+                 ("sched", "left"), ("heartbeat", "right")):
         pt.add_column(c, justify=j)
     for name, p in d["processes"].items():
         if not p:
             continue
         st, age = states.get(name), p.get("heartbeat_age_s")
         pt.add_row(name, str(p["pid"]), Text(st or "-", style=_STATE_STYLE.get(st, "")), f"{p['cpu_percent']:.0f}%",
-                   str(p["core"]),
+                   str(p["core"]), p.get("sched") or "-",
                    Text("-" if age is None else f"{age:.2f} s", style=_hb_style(age, st, stale_s) or ""))
 
     ct = Table.grid(padding=(0, 1))

@@ -63,8 +63,8 @@ from obpipe.publisher.redis_server import EmbeddedRedis, RedisServerError
 from obpipe.publisher.redis_server import ping as redis_ping
 from obpipe.ring import schema
 from obpipe.ring.kernels import ring_pop
-from obpipe.ring.placement import cores_for, pin
-from obpipe.ring.runtime import StopFlag, background_priority
+from obpipe.ring.placement import cores_for, pin, usable_cores
+from obpipe.ring.runtime import StopFlag, background_priority, realtime_permitted
 from obpipe.ring.shm import clean_stale, list_segments
 from obpipe.ring.snapshot import SnapshotRegion
 from obpipe.ring.spsc import Backoff, Ring
@@ -208,7 +208,11 @@ def run(cfg: Config, opts: RunOptions | None = None) -> int:
     opts = opts or RunOptions()
     if not _instance_free(cfg.instance.name, opts):
         return 2
-    cores = _place(cfg)
+    try:
+        cores = _place(cfg)
+    except ValueError as e:
+        print(f"obpipe run: {e}", file=sys.stderr)
+        return 2
     try:
         cfg, lobster_md, symbol = _replay_settings(cfg, opts)  # (before the segments: it may name the symbol)
     except ValueError as e:
@@ -270,16 +274,36 @@ class Placement:
     feed: tuple[int, ...] = ()
     analysis: tuple[int, ...] = ()
     publisher: tuple[int, ...] = ()
+    realtime: int = 0  # SCHED_FIFO priority of rx and the book writer (0: normal scheduling)
+
+
+def _realtime(cfg: Config, n_cores: int) -> int:
+    """rx's and the book writer's SCHED_FIFO priority from ``[pinning] realtime`` (0:
+    none): "auto" takes it where permitted on 2+ cores; true where not permitted is an
+    error (ValueError)."""
+    rt, prio = cfg.pinning.realtime, cfg.pinning.realtime_priority
+    if rt is False or (rt == "auto" and n_cores < 2):
+        return 0
+    if realtime_permitted(prio):
+        return prio
+    if rt is True:
+        raise ValueError(f"pinning.realtime = true, but this process may not use SCHED_FIFO priority {prio} "
+                         f"(it needs CAP_SYS_NICE or RLIMIT_RTPRIO >= {prio}); set it to \"auto\" or false")
+    return 0
 
 
 def _place(cfg: Config) -> Placement:
-    """Each child's cores, decided from the cores we may use *before* pinning ourselves;
-    then pins the supervisor."""
+    """Each child's cores and rx's and the book writer's real-time priority, decided from
+    the cores we may use *before* pinning ourselves; then pins the supervisor."""
     p = cfg.pinning
-    cores = Placement(book=tuple(cores_for("book", p.book)), rx=tuple(cores_for("rx", p.rx)),
-                      feed=tuple(cores_for("feed", p.feed)), analysis=tuple(cores_for("analysis", p.analysis)),
-                      publisher=tuple(cores_for("publisher", p.publisher)))
-    pin(cores_for("supervisor", p.supervisor))
+    rt = _realtime(cfg, len(usable_cores()))
+
+    def at(role):
+        return tuple(cores_for(role, getattr(p, role), realtime=rt > 0))
+
+    cores = Placement(book=at("book"), rx=at("rx"), feed=at("feed"), analysis=at("analysis"),
+                      publisher=at("publisher"), realtime=rt)
+    pin(list(at("supervisor")))
     return cores
 
 
@@ -324,12 +348,17 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
     ``Specs.at_port``."""
     inst, pid, n_symbols = cfg.instance.name, os.getpid(), len(cfg.book.symbols)
     b = cfg.backoff
-    backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us)
+    backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us, doorbell=b.wake == "doorbell")
+    if cores.realtime and b.wake == "doorbell" and len(cores.rx) == 1 and cores.rx == cores.book:
+        # real-time rx and book writer on one core: neither may spin (a SCHED_FIFO spinner
+        # holds the core its partner needs); each blocks at once and
+        # the other's data wakes it; rx hands the core over after ringing
+        backoff = dataclasses.replace(backoff, spin_iters=0, yield_iters=0, handoff=True)
     bk = cfg.book
     book = book_writer.BookWriterSpec(
         instance=inst, widths=tuple(bk.widths()), n_levels=bk.snapshot_levels, depth_ticks=bk.event_depth_ticks,
         max_batch=bk.max_batch, uncross=bk.uncross, backoff=backoff, cores=cores.book, parent_pid=pid,
-        l3_orders=bk.l3_orders if cfg.rx.protocol == "moldudp64" else 0)
+        l3_orders=bk.l3_orders if cfg.rx.protocol == "moldudp64" else 0, realtime=cores.realtime)
     r = cfg.rx
     mold = r.protocol == "moldudp64"
     rx_spec = rx.RxSpec(inst, port=0, backoff=backoff, cores=cores.rx, parent_pid=pid,
@@ -337,7 +366,7 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
                         resync_packets=r.resync_packets, accept_new_session=r.accept_new_session,
                         protocol=r.protocol, request_port=request_port or r.request_port, symbols=tuple(bk.symbols),
                         tick_divisor=round(cfg.analysis.tick_size * 10_000), day_ns=day_ns, mold_hold=r.mold_hold,
-                        mold_timeout_ms=r.mold_timeout_ms, mold_retries=r.mold_retries)
+                        mold_timeout_ms=r.mold_timeout_ms, mold_retries=r.mold_retries, realtime=cores.realtime)
     a = cfg.analysis
     analysis = analysis_proc.AnalysisSpec(
         instance=inst, n_symbols=n_symbols, params=analysis_proc.params(a), max_batch=a.max_batch,

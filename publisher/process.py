@@ -252,5 +252,5 @@ def run(spec: PublisherSpec, stop) -> int:
 
 def main_entry(spec: PublisherSpec, stop) -> None:
     """Process target (spawn): exit code is run()'s return value."""
-    child_setup(spec.parent_pid, spec.cores)
+    child_setup(spec.parent_pid, spec.cores, "publisher")
     sys.exit(run(spec, stop))

@@ -326,5 +326,5 @@ def run(spec: RedisWriterSpec, stop) -> int:
 
 def main_entry(spec: RedisWriterSpec, stop) -> None:
     """Process target (spawn): exit code is run()'s return value."""
-    child_setup(spec.parent_pid, spec.cores)
+    child_setup(spec.parent_pid, spec.cores, "redis")
     sys.exit(run(spec, stop))

@@ -44,7 +44,8 @@ Counters are ``int64``, not ``uint64``: numba promotes ``uint64 op int64`` to fl
 and 2**63 messages is ~2,900 years at 100M/s.
 
 Also here, because they are the same kind of low-level code: ``cpu_relax`` (x86
-``pause``), ``sched_yield``, ``sleep_ns`` (nanosleep), ``monotonic_ns``
+``pause``), ``sched_yield``, ``sleep_ns`` (nanosleep), ``futex_wait`` / ``futex_wake``
+(the doorbell), ``poll_in``, ``monotonic_ns``
 (clock_gettime) and ``rdtsc``.  They are
 linked by symbol name (not by ctypes address), so kernels using them stay cacheable.
 """
@@ -320,3 +321,82 @@ def bits_f64(typingctx, x):
         return builder.bitcast(v, ir.DoubleType())
 
     return types.float64(x), codegen
+
+
+# --- blocking waits: a futex on a shared word, poll on a descriptor ---------------------
+
+_SYS_FUTEX = 202 if _IS_X86 else 98  # x86-64 / aarch64 (asm-generic)
+_FUTEX_WAIT = 0  # not FUTEX_PRIVATE_FLAG: the word is in memory shared between processes
+_FUTEX_WAKE = 1
+
+
+def _syscall(builder):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64], var_arg=True), "syscall")
+
+
+def _timespec(builder, ns):
+    ts = cgutils.alloca_once(builder, ir.ArrayType(_I64, 2))
+    base = builder.bitcast(ts, _I64.as_pointer())
+    billion = ir.Constant(_I64, 1_000_000_000)
+    builder.store(builder.sdiv(ns, billion), base)
+    builder.store(builder.srem(ns, billion), builder.gep(base, [ir.Constant(ir.IntType(32), 1)]))
+    return base
+
+
+@intrinsic
+def futex_wait(typingctx, arr, idx, expected, timeout_ns):
+    """Block while the low 32 bits of ``arr[idx]`` equal ``expected``, at most
+    ``timeout_ns``, until a ``futex_wake`` on that word (Linux ``FUTEX_WAIT``, shared
+    between processes).  Returns at once if the word differs.  0: woken; -1: timed out,
+    interrupted or the word differed (callers re-check their condition either way)."""
+    if not (_is_i64_vector(arr) and all(isinstance(t, types.Integer) for t in (idx, expected, timeout_ns))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _word_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        ns = context.cast(builder, args[3], sig.args[3], types.int64)
+        ts = _timespec(builder, ns)
+        z = ir.Constant(_I64, 0)
+        r = builder.call(_syscall(builder), [ir.Constant(_I64, _SYS_FUTEX), builder.ptrtoint(ptr, _I64),
+                                             ir.Constant(_I64, _FUTEX_WAIT), val, builder.ptrtoint(ts, _I64), z, z])
+        return builder.select(builder.icmp_signed("==", r, z), z, ir.Constant(_I64, -1))
+
+    return types.int64(arr, idx, expected, timeout_ns), codegen
+
+
+@intrinsic
+def futex_wake(typingctx, arr, idx):
+    """Wake one process blocked in ``futex_wait`` on ``arr[idx]``; returns how many
+    were woken (0 or 1)."""
+    if not (_is_i64_vector(arr) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _word_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        z = ir.Constant(_I64, 0)
+        return builder.call(_syscall(builder), [ir.Constant(_I64, _SYS_FUTEX), builder.ptrtoint(ptr, _I64),
+                                                ir.Constant(_I64, _FUTEX_WAKE), ir.Constant(_I64, 1), z, z, z])
+
+    return types.int64(arr, idx), codegen
+
+
+@intrinsic
+def poll_in(typingctx, fd, timeout_ms):
+    """Block until descriptor ``fd`` is readable, at most ``timeout_ms`` ms (libc
+    ``poll``, one ``POLLIN`` entry).  Returns 1 if readable, 0 on timeout, -1 on error
+    or interruption."""
+    if not (isinstance(fd, types.Integer) and isinstance(timeout_ms, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        f = context.cast(builder, args[0], sig.args[0], types.int64)
+        ms = context.cast(builder, args[1], sig.args[1], types.int64)
+        pfd = cgutils.alloca_once(builder, _I64)  # struct pollfd {int fd; short events; short revents}
+        builder.store(builder.or_(builder.and_(f, ir.Constant(_I64, 0xFFFFFFFF)), ir.Constant(_I64, 1 << 32)), pfd)
+        fnty = ir.FunctionType(ir.IntType(32), [_I64.as_pointer(), _I64, ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "poll")
+        r = builder.call(fn, [pfd, ir.Constant(_I64, 1), builder.trunc(ms, ir.IntType(32))])
+        return builder.sext(r, _I64)
+
+    return types.int64(fd, timeout_ms), codegen

@@ -18,6 +18,9 @@ from numba import njit
 from obpipe.ring import schema
 from obpipe.ring.atomics import (
     cpu_relax,
+    fence_seq_cst,
+    futex_wait,
+    futex_wake,
     load_acquire,
     load_relaxed,
     sched_yield,
@@ -35,6 +38,7 @@ _TAIL = schema.RING_W_TAIL
 _TAIL_CACHE = schema.RING_W_TAIL_CACHE
 _HEAD_CACHE = schema.RING_W_HEAD_CACHE
 _HWM = schema.RING_W_HWM
+_SLEEP = schema.RING_W_SLEEP
 
 
 @njit(**HOT, inline="always")
@@ -122,11 +126,12 @@ def ring_pop(ctrl, slots, dst, max_n):
 
 
 @njit(**HOT)
-def ring_wait(ctrl, spin_iters, yield_iters):
-    """Consumer backoff: spin (``pause``) then ``sched_yield`` until data arrives.
+def ring_wait(ctrl, spin_iters, yield_iters, doze_ns=0):
+    """Consumer backoff: spin (``pause``), then ``sched_yield``, then (``doze_ns`` > 0)
+    block on the doorbell until the producer rings or ``doze_ns`` passes.
 
     Returns the number of readable records, 0 if still empty after the budget (the
-    caller then sleeps briefly and checks its stop flag).
+    caller then checks its stop flag, and sleeps if it did not doze).
     """
     for _ in range(spin_iters):
         tail, n = ring_available(ctrl, 1)
@@ -138,8 +143,43 @@ def ring_wait(ctrl, spin_iters, yield_iters):
         if n > 0:
             return n
         sched_yield()
+    if doze_ns > 0:
+        return ring_doze(ctrl, doze_ns)
     tail, n = ring_available(ctrl, 1)
     return n
+
+
+@njit(**HOT)
+def ring_doze(ctrl, timeout_ns):
+    """Consumer: block until the producer publishes and rings (``ring_wake``), at most
+    ``timeout_ns``; returns the readable records (0: timed out empty).
+
+    The doorbell word is raised *before* the ring is looked at once more, with a full
+    fence between, and the producer's ``ring_wake`` fences between publishing and
+    reading the word: so either this look sees the new records or the producer sees
+    the raised word and wakes us.  No wake-up is lost, and the futex returns at once if
+    the producer lowered the word first."""
+    store_relaxed(ctrl, _SLEEP, 1)
+    fence_seq_cst()
+    tail, n = ring_available(ctrl, 1)
+    if n == 0:
+        futex_wait(ctrl, _SLEEP, 1, timeout_ns)
+        tail, n = ring_available(ctrl, 1)
+    store_relaxed(ctrl, _SLEEP, 0)
+    return n
+
+
+@njit(**HOT, inline="always")
+def ring_wake(ctrl):
+    """Producer, after ``ring_publish``: wake the consumer if it dozes on the doorbell.
+    Costs one fence and one load of a word written only when the consumer goes to
+    sleep; the syscall only when it does.  True when it rang (the consumer was asleep)."""
+    fence_seq_cst()
+    if load_relaxed(ctrl, _SLEEP) != 0:
+        store_relaxed(ctrl, _SLEEP, 0)
+        futex_wake(ctrl, _SLEEP)
+        return True
+    return False
 
 
 @njit(**HOT)

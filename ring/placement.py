@@ -13,9 +13,15 @@ def usable_cores() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def cores_for(role: str, setting, cores: list[int] | None = None) -> list[int]:
+def cores_for(role: str, setting, cores: list[int] | None = None, realtime: bool = False) -> list[int]:
     """Cores for ``role`` ("book", "rx", "feed", "analysis", "publisher", "supervisor")
     given the config value.
+
+    ``"auto"`` with ``realtime`` (rx and the book writer SCHED_FIFO) on exactly 2 cores:
+    rx and the book writer share the last core, where the data passes from one to the
+    other by a same-core wake-up (~1 us here, against ~31 us across cores:
+    docs/LATENCY.md); the SCHED_IDLE analysis and publisher run there too, on what the
+    two leave; the feed and the supervisor get the other core.
 
     ``"auto"``: with 2+ cores the book writer gets the last core to itself.  The
     analysis and the publisher get the core before it when there are 3+ cores, and on 2
@@ -28,6 +34,8 @@ def cores_for(role: str, setting, cores: list[int] | None = None) -> list[int]:
     if setting == "auto":
         if len(cores) < 2:
             return list(cores)
+        if realtime and len(cores) == 2:
+            return [cores[-1]] if role in ("book", "rx", "analysis", "publisher") else [cores[0]]
         if role == "book":
             return [cores[-1]]
         if role in ("analysis", "publisher"):

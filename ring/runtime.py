@@ -13,6 +13,7 @@ from obpipe.ring.stats import StatsBlock
 from obpipe.ring.placement import pin
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 
 
 class StopFlag:
@@ -42,9 +43,21 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
-def child_setup(parent_pid: int, cores) -> None:
-    """Die with the supervisor, leave Ctrl-C to it, pin to ``cores``, and sleep with a
-    1 us timer slack (idle sleeps of ~50 us wake on time, not 50 us late)."""
+def set_name(name: str) -> None:
+    """The process's name as ``top``, ``ps -o comm`` and ``perf sched`` show it (Linux
+    keeps 15 bytes); a no-op where unsupported."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def child_setup(parent_pid: int, cores, name: str = "") -> None:
+    """Die with the supervisor, leave Ctrl-C to it, pin to ``cores``, sleep with a 1 us
+    timer slack (idle sleeps of ~50 us wake on time, not 50 us late), and take the name
+    ``obpipe-<name>`` (so the parts are told apart in ``top``)."""
+    if name:
+        set_name(f"obpipe-{name}")
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     if cores:
@@ -68,6 +81,45 @@ def background_priority(on: bool = True, pid: int = 0) -> None:
         os.sched_setscheduler(pid, policy, os.sched_param(0))
     except (AttributeError, OSError):  # (ProcessLookupError: it is gone)
         pass
+
+
+def realtime_permitted(priority: int) -> bool:
+    """Whether this process may make itself (and its children) ``SCHED_FIFO`` at
+    ``priority``: tried on the calling thread and undone (Linux: CAP_SYS_NICE or
+    RLIMIT_RTPRIO; a container may deny it even to root)."""
+    try:
+        old = os.sched_getscheduler(0), os.sched_getparam(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (AttributeError, OSError):
+        return False
+    os.sched_setscheduler(0, old[0], old[1])
+    return True
+
+
+def go_realtime(priority: int) -> bool:
+    """This process as ``SCHED_FIFO`` at ``priority`` (0: leave it as it is); whether it
+    took.  Only for parts whose every wait blocks (rx and the book writer): a spinning
+    real-time process would hold its core from everything else."""
+    if priority <= 0:
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+def sched_policy(pid: int) -> str:
+    """How ``pid`` is scheduled, for ``obpipe stats``: ``"fifo:10"``, ``"rr:5"``,
+    ``"normal"``, ``"batch"``, ``"idle"``; ``""`` if it is gone."""
+    try:
+        pol = os.sched_getscheduler(pid)
+        prio = os.sched_getparam(pid).sched_priority
+    except (AttributeError, OSError):
+        return ""
+    name = {os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr", os.SCHED_OTHER: "normal",
+            getattr(os, "SCHED_BATCH", -1): "batch", getattr(os, "SCHED_IDLE", -2): "idle"}.get(pol, str(pol))
+    return f"{name}:{prio}" if pol in (os.SCHED_FIFO, os.SCHED_RR) else name
 
 
 def claim_row(instance: str, row_index: int) -> tuple[StatsBlock, "object"]:

@@ -17,7 +17,7 @@ import numpy as np
 #: Magic number at offset 0 of every obpipe segment: b"OBPIPE\x00\x01" little-endian.
 SEG_MAGIC = int.from_bytes(b"OBPIPE\x00\x01", "little")
 #: Bumped whenever any layout in this module changes incompatibly.
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 #: Prefix of every segment name: ``/obpipe.<instance>.<part>``.
 SEG_PREFIX = "obpipe"
 
@@ -49,6 +49,10 @@ assert SEG_HEADER_DTYPE.itemsize == CACHE_LINE
 # Ring control words, as indices into the segment viewed as int64 words.  Producer
 # words and consumer words sit 128 bytes apart (two lines: x86's adjacent-line
 # prefetcher pulls pairs of lines, so 64 bytes apart would still share traffic).
+#: The doorbell: 1 while the consumer is blocked (or about to block) in ``ring_doze``,
+#: waiting for the producer's ``ring_wake``; the futex word.  Writers: the consumer sets
+#: it, either side clears it.  In the header's line pair, which is otherwise read-only.
+RING_W_SLEEP = 64 // 8
 #: Producer count of records ever pushed.  Writer: producer.  Readers: consumer.
 RING_W_HEAD = 128 // 8
 #: Producer's private cache of the consumer tail.  Writer and reader: producer only.

@@ -32,6 +32,8 @@ class Backoff:
     spin_iters: int = 2000  # pause-loop iterations before yielding (~10 us)
     yield_iters: int = 20  # sched_yield() calls before sleeping
     sleep_us: int = 50  # sleep per idle round once spinning and yielding found nothing
+    doorbell: bool = False  # instead of sleeping, block until woken by the data (rx: poll; book: the md ring's doorbell)
+    handoff: bool = False  # rx: yield the core after waking the book writer (real-time, one shared core)
 
 
 class Ring:
@@ -93,7 +95,9 @@ class Ring:
     def push(self, records: np.ndarray) -> int:
         """Push a batch; returns how many were accepted (the rest are the caller's drops)."""
         src = self._as_words(records)
-        return int(K.ring_push(self.ctrl, self.slots, src, 0, src.shape[0]))
+        n = int(K.ring_push(self.ctrl, self.slots, src, 0, src.shape[0]))
+        K.ring_wake(self.ctrl)  # a consumer dozing on the doorbell
+        return n
 
     def pop(self, out: np.ndarray, max_n: int | None = None) -> int:
         """Pop up to ``len(out)`` (or ``max_n``) records into ``out``; returns the count."""

@@ -14,6 +14,9 @@ import numpy as np
 import psutil
 import pytest
 
+from obpipe.ring.placement import usable_cores
+from obpipe.ring.runtime import realtime_permitted
+
 from obpipe.engine.book import Book
 from obpipe.ring import schema
 from obpipe.ring.shm import list_segments
@@ -83,9 +86,12 @@ def test_a_lobster_replay_through_the_pipeline_builds_the_offline_book(tmp_path,
 @pytest.mark.multiproc
 @pytest.mark.timeout(300)
 def test_a_paused_book_writer_fills_the_md_ring_rx_drops_and_counts_and_all_resumes(tmp_path, instance):
-    cfg = run_config(tmp_path, instance, md_capacity=4096, extra="[supervisor]\nheartbeat_timeout_s = 60.0\n")
+    # the way before the doorbell and real-time scheduling: both sleep when idle, normal priority
+    cfg = run_config(tmp_path, instance, md_capacity=4096, extra="[supervisor]\nheartbeat_timeout_s = 60.0\n"
+                     "[backoff]\nwake = \"sleep\"\n[pinning]\nrealtime = false\n")
     with running_pipeline(cfg, "--rate", "200000", "--duration", "7") as p:
         d = wait_running(cfg, min_msgs=20_000)
+        assert d["processes"]["rx"]["sched"] == d["processes"]["book"]["sched"] == "normal"
         stats = StatsBlock.attach(instance)
         md = Ring.attach(instance, "md", schema.MD_DTYPE)
         try:
@@ -123,9 +129,18 @@ def test_a_killed_rx_is_restarted_on_its_port_and_the_run_carries_on(tmp_path, i
         assert d["rates"]["applied_msgs_per_s"] > 10_000 and d["rates"]["feed_msgs_per_s"] > 10_000
         assert 0 < d["rings"]["md"]["high_water"] <= d["rings"]["md"]["capacity"]
         assert d["processes"]["rx"]["heartbeat_age_s"] < 2 and d["processes"]["feed"]["pid"] > 0
+        # [pinning] realtime = "auto": SCHED_FIFO where permitted on 2+ cores, and on 2 cores
+        # rx and the book writer share one core (the feed and the supervisor the other)
+        rt = len(usable_cores()) >= 2 and realtime_permitted(10)
+        want = "fifo:10" if rt else "normal"
+        assert d["processes"]["rx"]["sched"] == d["processes"]["book"]["sched"] == want
+        if rt and len(usable_cores()) == 2:
+            assert d["processes"]["rx"]["affinity"] == d["processes"]["book"]["affinity"] == usable_cores()[-1:]
+            assert d["processes"]["feed"]["affinity"] == usable_cores()[:1]
         os.kill(d["rx"]["pid"], signal.SIGKILL)
         time.sleep(2.0)
         later = wait_running(cfg)
+        assert later["processes"]["rx"]["sched"] == want  # a restarted rx too
         assert later["rx"]["pid"] != d["rx"]["pid"] and later["rx"]["port"] == d["rx"]["port"]
         final, stderr = finish(p)
     assert "rx died (exit code -9); restarting (1/3)" in stderr

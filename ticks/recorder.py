@@ -312,5 +312,5 @@ def run(spec: RecorderSpec, stop) -> int:
 
 def main_entry(spec: RecorderSpec, stop) -> None:
     """Process target (spawn): exit code is run()'s return value."""
-    child_setup(spec.parent_pid, spec.cores)
+    child_setup(spec.parent_pid, spec.cores, "ticks")
     sys.exit(run(spec, stop))
