@@ -5,7 +5,9 @@ bench/results/sched.json.  Not a test.
   design meets: two processes ping-pong one 8-byte token over a pair of eventfds
   (blocking reads), pinned to the same core or to different cores; a one-way hop is
   half a round trip (Python on both sides: an upper bound of the kernel's own).
-- ``pipeline``: a real ``obpipe run`` at ``--rate`` (default 1M msgs/s, 4 symbols):
+- ``pipeline``: a real ``obpipe run`` (defaults: Redis and tick recording on) at each
+  of ``--rates``, once with the settings issue 19 started from (``VARIANTS["before"]``)
+  and once with today's:
   per part, from ``/proc/<pid>/schedstat`` and ``/proc/<pid>/status`` over a steady
   window, CPU used, time spent runnable but waiting for a CPU (run delay), timeslices,
   voluntary (blocked or slept) and involuntary (preempted) context switches; and the
@@ -76,12 +78,16 @@ def _proc(pid: int) -> dict | None:
         return None
 
 
-def bench_pipeline(rate: int, seconds: float, window: float) -> dict:
+#: The settings issue 19 started from (sleeping waits, normal scheduling, the old
+#: placement), against today's defaults, in the same invocation.
+VARIANTS = {"before": '[backoff]\nwake = "sleep"\n[pinning]\nrealtime = false\n', "now": ""}
+
+
+def bench_pipeline(rate: int, seconds: float, window: float, extra: str = "") -> dict:
     with tempfile.TemporaryDirectory(prefix="obpipe-bench-sched") as tmp:
         inst = f"benchs{os.getpid()}"
         cfg = Path(tmp) / "c.toml"
-        cfg.write_text(f'[instance]\nname = "{inst}"\n[redis]\nenabled = false\n[ticks]\nenabled = false\n'
-                       '[metrics]\nport = 0\n[rings]\nmd_capacity = 65536\n')
+        cfg.write_text(f'[instance]\nname = "{inst}"\n[metrics]\nport = 0\n{extra}')
         p = subprocess.Popen([sys.executable, "-m", "obpipe", "run", "--config", str(cfg), "--rate", str(rate),
                               "--messages", str(int(rate * seconds)), "--json", "--quiet"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
@@ -131,9 +137,11 @@ def main(argv=None) -> int:
     res = _result.header(repeats=1)
     res["wake"] = bench_wake(a.hops)
     print(json.dumps(res["wake"]), file=sys.stderr, flush=True)
-    res["pipeline"] = [bench_pipeline(int(r), a.seconds, a.window) for r in a.rates.split(",")]
-    for r in res["pipeline"]:
-        print(json.dumps(r), file=sys.stderr, flush=True)
+    res["pipeline"] = []
+    for r in a.rates.split(","):
+        for name, extra in VARIANTS.items():
+            res["pipeline"].append({"variant": name, **bench_pipeline(int(r), a.seconds, a.window, extra)})
+            print(json.dumps(res["pipeline"][-1]), file=sys.stderr, flush=True)
     res["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     return 0

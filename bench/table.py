@@ -101,7 +101,7 @@ def core(r: dict) -> list[str]:
 
 # --- pipeline.json (make bench-pipeline) -----------------------------------------------
 
-PIPELINE_CPU = ["feed", "rx", "book", "analysis", "publisher"]
+PIPELINE_CPU = ["feed", "rx", "book", "analysis", "publisher", "redis", "ticks"]
 
 
 def _pass(s: dict) -> str:
@@ -117,10 +117,19 @@ def pipeline(r: dict) -> list[str]:
              " / ".join(_us(s["latency_ns"][p]) for p in ("p50", "p99", "p999")) + " us",
              " / ".join(_int(s['cpu_percent'].get(c, 0)) for c in PIPELINE_CPU), _pass(s)]
             for s in r["steps"]]
-    return [f"Run {r['when']}, {r['seconds_per_step']:g} s per step; "
-            f"`max_zero_drop_msgs_per_s` = **{r['max_zero_drop_msgs_per_s']:,}**.", "",
-            *_table(["asked msgs/s", "achieved", "lost", "receive->apply p50 / p99 / p999 (bucket upper bounds)",
-                     "CPU% " + " / ".join(PIPELINE_CPU), "pass"], ["---:", "---:", "---:", "---", "---", "---"], rows)]
+    out = [f"Run {r['when']}, {r['seconds_per_step']:g} s per step; "
+           f"`max_zero_drop_msgs_per_s` = **{r['max_zero_drop_msgs_per_s']:,}**.", "",
+           *_table(["asked msgs/s", "achieved", "lost", "receive->apply p50 / p99 / p999 (bucket upper bounds)",
+                    "CPU% " + " / ".join(PIPELINE_CPU), "pass"], ["---:", "---:", "---:", "---", "---", "---"], rows)]
+    lat = r.get("latency_median_ns") or {}
+    if lat:
+        lrows = [[f"{int(rate):,}", " / ".join(f"**{_us(v[q])}**" for q in ("p50", "p99", "p999")) + " us",
+                  "; ".join(" / ".join(_us(x[q]) for q in ("p50", "p99", "p999")) for x in v["runs"]),
+                  f"{v['lost']:,}"] for rate, v in lat.items()]
+        out += ["", "receive->apply, median of whole runs (`latency_median_ns`):", "",
+                *_table(["msgs/s", "p50 / p99 / p999", "each run (us)", "lost"], ["---:", "---", "---", "---:"],
+                        lrows)]
+    return out
 
 
 # --- kafka.json (make bench-kafka) -----------------------------------------------------
