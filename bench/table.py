@@ -403,7 +403,33 @@ def metrics(r: dict) -> list[str]:
             *_table(["figure (`metrics.json` key)", "measured", "target"], ["---", "---:", "---:"], rows)]
 
 
+# --- sched.json (bench/sched.py) -------------------------------------------------------
+
+def sched(r: dict) -> list[str]:
+    w = r["wake"]
+    rows = [[f"{name.replace('_', ' ')}", f"{_us(v['hop_ns_p50'])} / {_us(v['hop_ns_p99'])} / "
+             f"{_us(v['hop_ns_p999'])} us"] for name, v in w.items()]
+    out = [f"Run {r.get('when', '?')}. Waking a blocked process (eventfd ping-pong, one hop):", "",
+           *_table(["where", "p50 / p99 / p999"], ["---", "---"], rows), ""]
+    prow = []
+    for p in r["pipeline"]:
+        lat = " / ".join(_us(p["latency_ns"][q]) for q in ("p50", "p99", "p999")) + " us"
+        for part in ("rx", "book", "feed"):
+            v = p["parts"].get(part)
+            if v:
+                prow.append([p.get("variant", ""), f"{p['rate']:,}", part, f"{_int(v['cpu_share'] * 100)}%",
+                             f"{_dec(v['run_delay_share'] * 100)}%", f"{_dec(v['run_delay_us_per_slice'])} us",
+                             f"{v['voluntary_per_s']:,} / {v['involuntary_per_s']:,}", lat if part == "rx" else ""])
+    out += ["Each part over a steady window (`/proc/<pid>/schedstat`); \"before\" = `[backoff] wake = "
+            "\"sleep\"`, `[pinning] realtime = false`:", "",
+            *_table(["settings", "msgs/s", "part", "CPU", "run delay", "per slice", "voluntary / involuntary per s",
+                     "run's receive->apply p50 / p99 / p999"], ["---", "---:", "---", "---:", "---:", "---:", "---:",
+                                                                 "---"], prow)]
+    return out
+
+
 SECTIONS = {  # marker name -> (results file, renderer)
+    "sched": ("sched.json", sched),
     "core": ("core.json", core),
     "pipeline": ("pipeline.json", pipeline),
     "kafka": ("kafka.json", kafka),

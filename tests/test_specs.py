@@ -58,9 +58,9 @@ def test_each_spec_copies_its_config_section():
     pid = s.book.parent_pid
     assert pid > 0 and {s.rx.parent_pid, s.analysis.parent_pid, s.publisher.parent_pid, s.feed.parent_pid} == {pid}
     assert s.book == BookWriterSpec(instance="specs", widths=(512, 1024, 512), n_levels=7, depth_ticks=5,
-                                    max_batch=256, backoff=Backoff(11, 3, 70), uncross=True, cores=(1,),
+                                    max_batch=256, backoff=Backoff(11, 3, 70, doorbell=True), uncross=True, cores=(1,),
                                     parent_pid=pid)
-    assert s.rx == RxSpec("specs", port=0, backoff=Backoff(11, 3, 70), cores=(0,), parent_pid=pid, session=77,
+    assert s.rx == RxSpec("specs", port=0, backoff=Backoff(11, 3, 70, doorbell=True), cores=(0,), parent_pid=pid, session=77,
                           allow=(("127.0.0.1", 5000),), max_seq_jump=1000, resync_packets=9,
                           accept_new_session=True, symbols=("AAA", "BBB", "CCC"), tick_divisor=50)
     assert s.analysis == AnalysisSpec(instance="specs", n_symbols=3, params=params(cfg.analysis), max_batch=128,
