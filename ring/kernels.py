@@ -152,7 +152,8 @@ def ring_wait(ctrl, spin_iters, yield_iters, doze_ns=0):
 @njit(**HOT)
 def ring_doze(ctrl, timeout_ns):
     """Consumer: block until the producer publishes and rings (``ring_wake``), at most
-    ``timeout_ns``; returns the readable records (0: timed out empty).
+    ``timeout_ns``; returns the readable records (0: timed out, or woken early by a
+    ring meant for records already taken: the caller looks again).
 
     The doorbell word is raised *before* the ring is looked at once more, with a full
     fence between, and the producer's ``ring_wake`` fences between publishing and

@@ -72,7 +72,9 @@ def test_an_empty_ring_dozes_until_the_timeout_and_a_full_one_not_at_all(instanc
 def test_no_wake_up_is_lost_over_thousands_of_hand_offs(instance):
     """Producer and consumer race on every record: a lost wake-up would leave the
     consumer dozing to its 2 s timeout (counted), and the whole exchange would take
-    seconds per loss."""
+    seconds per loss.  A doze that ends early with nothing to read is no loss: the
+    producer's ring for the previous record can land after the consumer took that
+    record and dozed again."""
     n = 3000
     ring = Ring.create(instance, "md", sc.MD_DTYPE, 16)
     out = np.zeros(1, sc.MD_DTYPE)
@@ -88,8 +90,9 @@ def test_no_wake_up_is_lost_over_thousands_of_hand_offs(instance):
                         wrong.append((seen, int(out["seq"][0])))
                     seen += 1
                     continue
-                if K.ring_doze(ring.ctrl, 2_000_000_000) == 0:
-                    timeouts.append(seen)
+                t = time.monotonic()
+                if K.ring_doze(ring.ctrl, 2_000_000_000) == 0 and time.monotonic() - t > 1.5:
+                    timeouts.append(seen)  # (a doze may also end early and empty: a late ring for the last record)
 
         th = threading.Thread(target=consumer)
         th.start()
