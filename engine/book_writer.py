@@ -22,12 +22,13 @@ from obpipe.ring.stats import LATENCY_ROWS, ROW_BOOK, ROW_LATENCY, ROW_QUERY
 from obpipe.engine import _book_kernels as BK
 from obpipe.ring.runtime import child_setup, claim_row, go_realtime, mark_running
 
-#: The longest an idle book writer blocks on the md ring's doorbell before it looks at
-#: its stop flag and refreshes its heartbeat (rx rings it as soon as there is data).
-DOZE_NS = 5_000_000
 from obpipe.engine import _l3_kernels as LK
 from obpipe.engine.book import Book
 from obpipe.engine.l3 import L3Book, answer_query
+
+#: The longest an idle book writer blocks on the md ring's doorbell before it looks at
+#: its stop flag and refreshes its heartbeat (rx rings it as soon as there is data).
+DOZE_NS = 5_000_000
 
 
 @dataclass(frozen=True)

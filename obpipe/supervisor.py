@@ -295,11 +295,11 @@ def _realtime(cfg: Config, n_cores: int) -> int:
 def _place(cfg: Config) -> Placement:
     """Each child's cores and rx's and the book writer's real-time priority, decided from
     the cores we may use *before* pinning ourselves; then pins the supervisor."""
-    p = cfg.pinning
-    rt = _realtime(cfg, len(usable_cores()))
+    p, usable = cfg.pinning, usable_cores()
+    rt = _realtime(cfg, len(usable))
 
     def at(role):
-        return tuple(cores_for(role, getattr(p, role), realtime=rt > 0))
+        return tuple(cores_for(role, getattr(p, role), usable, realtime=rt > 0))
 
     cores = Placement(book=at("book"), rx=at("rx"), feed=at("feed"), analysis=at("analysis"),
                       publisher=at("publisher"), realtime=rt)
@@ -351,8 +351,8 @@ def specs_from_config(cfg: Config, opts: RunOptions, cores: Placement = Placemen
     backoff = Backoff(b.spin_iters, b.yield_iters, b.sleep_us, doorbell=b.wake == "doorbell")
     if cores.realtime and b.wake == "doorbell" and len(cores.rx) == 1 and cores.rx == cores.book:
         # real-time rx and book writer on one core: neither may spin (a SCHED_FIFO spinner
-        # holds the core its partner needs); each blocks at once and
-        # the other's data wakes it; rx hands the core over after ringing
+        # holds the core its partner needs); each blocks at once until the other's data
+        # wakes it, and rx hands the core over after ringing
         backoff = dataclasses.replace(backoff, spin_iters=0, yield_iters=0, handoff=True)
     bk = cfg.book
     book = book_writer.BookWriterSpec(

@@ -19,8 +19,8 @@ def cores_for(role: str, setting, cores: list[int] | None = None, realtime: bool
 
     ``"auto"`` with ``realtime`` (rx and the book writer SCHED_FIFO) on exactly 2 cores:
     rx and the book writer share the last core, where the data passes from one to the
-    other by a same-core wake-up (~1 us here, against ~31 us across cores:
-    docs/LATENCY.md); the SCHED_IDLE analysis and publisher run there too, on what the
+    other by a same-core wake-up, far cheaper than one across cores (docs/LATENCY.md);
+    the SCHED_IDLE analysis and publisher run there too, on what the
     two leave; the feed and the supervisor get the other core.
 
     ``"auto"``: with 2+ cores the book writer gets the last core to itself.  The

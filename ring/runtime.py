@@ -89,10 +89,11 @@ def realtime_permitted(priority: int) -> bool:
     RLIMIT_RTPRIO; a container may deny it even to root)."""
     try:
         old = os.sched_getscheduler(0), os.sched_getparam(0)
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
     except (AttributeError, OSError):
         return False
-    os.sched_setscheduler(0, old[0], old[1])
+    if not go_realtime(priority):
+        return False
+    os.sched_setscheduler(0, *old)
     return True
 
 
